@@ -1,0 +1,260 @@
+//! What an image holds: the records of one process, as plain data.
+
+use serde::{Deserialize, Serialize};
+
+pub const INVENTORY_FILE: &str = "inventory.img";
+pub const CORE_FILE: &str = "core.img";
+pub const MM_FILE: &str = "mm.img";
+pub const FILES_FILE: &str = "files.img";
+pub const PAGES_FILE: &str = "pages.img";
+
+/// Name of the chunk file holding the saved contents of a deleted file.
+pub fn deleted_file_name(desc: u32) -> String {
+    format!("file-{desc}.img")
+}
+
+/// The image's table of contents.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub tern_version: String,
+    pub pid: i32,
+    pub comm: String,
+    pub created_unix_ms: u64,
+    pub kernel_release: String,
+    pub page_size: u64,
+    /// Summary of the page file, so `inspect` needs no scan.
+    pub pages_bytes: u64,
+    pub pages_stored_bytes: u64,
+}
+
+/// x86-64 general registers, in `struct user_regs_struct` order.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// What the thread was doing in the kernel when it was stopped.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallState {
+    /// Running user code, or a syscall that had completed.
+    None,
+    /// Interrupted inside syscall `nr`; the saved registers re-issue it.
+    Restart { nr: u64, code: i64 },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// real, effective, saved, filesystem
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub securebits: u32,
+    pub no_new_privs: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// Per-thread state. (One thread for now.)
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub tid: i32,
+    /// Registers as they must be on resume (a syscall interrupted by the
+    /// dump is already rewound to be re-issued).
+    pub regs: Regs,
+    /// `NT_X86_XSTATE` regset (FPU, SSE, AVX...), as the kernel gave it.
+    pub xstate: Vec<u8>,
+    pub syscall: SyscallState,
+    pub sigmask: u64,
+    pub altstack: AltStack,
+    pub rseq: Option<Rseq>,
+    pub clear_child_tid: u64,
+    pub robust_list_head: u64,
+    pub robust_list_len: u64,
+    pub comm: String,
+}
+
+/// Process-wide state other than memory and files.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Core {
+    pub pid: i32,
+    pub threads: Vec<Thread>,
+    /// Index = signal number - 1, for signals 1..=64.
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending at dump time (re-raised after restore).
+    pub pending_signals: Vec<i32>,
+    pub creds: Creds,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub cwd: String,
+    pub root: String,
+    pub was_session_leader: bool,
+    pub was_group_leader: bool,
+    pub dumpable: i32,
+    pub pdeath_signal: i32,
+    pub personality: u32,
+}
+
+/// Identity of a file as seen at dump time; a restore checks it before use.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum VmaKind {
+    /// Private or shared anonymous memory (incl. heap and stack).
+    Anon,
+    /// A file mapping; private COW'd pages are in the page file.
+    File { file: FileIdentity, offset: u64 },
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Vsyscall,
+}
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    pub growsdown: bool,
+    pub kind: VmaKind,
+    /// `madvise` advice values to re-apply (MADV_DONTFORK, ...).
+    pub advice: Vec<i32>,
+    /// The name `/proc/PID/maps` shows (for humans).
+    pub name: String,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Mm {
+    pub vmas: Vec<Vma>,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// Raw auxiliary vector words (pairs, ending with AT_NULL).
+    pub auxv: Vec<u64>,
+    pub exe: FileIdentity,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FdKind {
+    /// A file reopened by path (regular files, /dev/null and friends).
+    Path {
+        path: String,
+        flags: i32,
+        offset: u64,
+        file: FileIdentity,
+    },
+    /// A deleted-but-open regular file: contents saved in
+    /// [`deleted_file_name`]`(desc)`; recreated at `path` and unlinked again.
+    Deleted {
+        path: String,
+        flags: i32,
+        offset: u64,
+        mode: u32,
+        size: u64,
+    },
+    /// stdio (fd 0-2) connected to a pipe, tty or socket: restored as the
+    /// restorer's own fd of the same number.
+    Inherited { what: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    pub cloexec: bool,
+    /// Open file description id: fds with the same id share one
+    /// description (offset, flags) and are restored as dups.
+    pub desc: u32,
+    pub kind: FdKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Files {
+    pub fds: Vec<Fd>,
+}
