@@ -1,1 +1,182 @@
-fn main() {}
+//! The `tern` command: parses arguments and calls the engine, restorer and
+//! wire crates.
+
+mod demo;
+mod inspect;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Checkpoint, restore and live-migrate running Linux processes"
+)]
+struct Cli {
+    /// Log level filter (error, warn, info, debug, trace); RUST_LOG also works.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Stop a process and write its image; the process is killed afterwards
+    /// unless --leave-running.
+    Dump {
+        #[arg(long, short = 't')]
+        pid: i32,
+        /// Image directory (created if missing).
+        #[arg(long, short = 'D')]
+        images: PathBuf,
+        /// Let the process continue after the dump.
+        #[arg(long, short = 'R')]
+        leave_running: bool,
+        /// zstd level for page data (0 stores pages uncompressed).
+        #[arg(long, default_value_t = 1)]
+        compress: i32,
+    },
+    /// Recreate a process from an image; returns once it runs.
+    Restore {
+        #[arg(long, short = 'D')]
+        images: PathBuf,
+        /// Write the restored process's pid here.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// Give it a new pid instead of its original one. Risky: glibc caches
+        /// the thread id, so raise(), pthread_kill() and robust futexes may
+        /// act on the wrong id.
+        #[arg(long)]
+        new_pid: bool,
+        /// How long to wait for the original pid to be free, in ms.
+        #[arg(long, default_value_t = 5000)]
+        pid_wait_ms: u64,
+    },
+    /// Show what an image holds.
+    Inspect {
+        #[arg(long, short = 'D')]
+        images: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe which kernel features this machine offers.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a sample program, dump it, and restore it on this machine.
+    Demo {
+        /// Where to keep the demo's files (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The demo's sample program (internal).
+    #[command(hide = true)]
+    DemoWorkload { out: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli.cmd) {
+        eprintln!("tern: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Dump {
+            pid,
+            images,
+            leave_running,
+            compress,
+        } => {
+            let opts = tern_engine::DumpOptions {
+                leave_running,
+                zstd_level: (compress > 0).then_some(compress),
+            };
+            let stats = tern_engine::dump(pid, &images, &opts)
+                .with_context(|| format!("dump of process {pid} failed; it was left running"))?;
+            eprintln!(
+                "dumped process {pid} to {}: {} MiB of memory ({} MiB stored), {} mappings, {} fds; stopped for {:.1} ms{}",
+                images.display(),
+                stats.pages_bytes >> 20,
+                stats.stored_bytes >> 20,
+                stats.vmas,
+                stats.fds,
+                stats.frozen_ms,
+                if leave_running { ", left running" } else { ", then killed" }
+            );
+            Ok(())
+        }
+        Cmd::Restore {
+            images,
+            pidfile,
+            new_pid,
+            pid_wait_ms,
+        } => {
+            let opts = tern_restorer::RestoreOptions {
+                new_pid,
+                pid_wait: Duration::from_millis(pid_wait_ms),
+            };
+            let r = tern_restorer::restore(&images, &opts)
+                .with_context(|| format!("restore from {} failed", images.display()))?;
+            if let Some(p) = pidfile {
+                std::fs::write(&p, format!("{}\n", r.pid))
+                    .with_context(|| format!("write pidfile {}", p.display()))?;
+            }
+            eprintln!(
+                "restored process {} from {} in {:.1} ms ({} MiB of memory)",
+                r.pid,
+                images.display(),
+                r.restore_ms,
+                r.pages_bytes >> 20
+            );
+            Ok(())
+        }
+        Cmd::Inspect { images, json } => inspect::run(&images, json),
+        Cmd::Check { json } => check(json),
+        Cmd::Demo { dir } => demo::run(dir),
+        Cmd::DemoWorkload { out } => demo::workload(&out),
+    }
+}
+
+fn check(json: bool) -> Result<()> {
+    let probes = tern_engine::check::run_all();
+    if json {
+        let rows: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "available": p.available,
+                    "detail": p.detail,
+                    "needed_for": p.needed_for,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let width = probes.iter().map(|p| p.name.len()).max().unwrap_or(10);
+    for p in &probes {
+        println!(
+            "{:width$}  {:3}  {} (needed for {})",
+            p.name,
+            if p.available { "yes" } else { "no" },
+            p.detail,
+            p.needed_for
+        );
+    }
+    Ok(())
+}

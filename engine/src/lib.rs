@@ -1,1 +1,14 @@
+//! tern's source side: attach to a running process with ptrace, read its
+//! state from /proc and from syscalls run inside it, copy its memory, and
+//! write an image (see `tern_wire`).
+//!
+//! Kernel-facing unsafe code lives in [`sys`]; the restorer uses it too.
 
+pub mod check;
+pub mod dump;
+pub mod error;
+pub mod proc;
+pub mod sys;
+
+pub use dump::{dump, DumpOptions, DumpStats};
+pub use error::{EngineError, Result};

@@ -1,1 +1,1006 @@
+//! tern's destination side: rebuild a process from an image.
+//!
+//! All records are read and verified, and every file the image refers to is
+//! checked, before any process is created. The puppet (see [`puppet`]) is
+//! then reshaped step by step; if any step fails it is killed, so a bad
+//! image never leaves a half-restored program behind.
 
+pub mod puppet;
+
+use puppet::Puppet;
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tern_engine::dump::regs_from_wire;
+use tern_engine::sys::{mem, nr, ptrace};
+use tern_wire as wire;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("image: {0}")]
+    Wire(#[from] wire::WireError),
+    #[error("image {dir}: {what}")]
+    BadImage { dir: PathBuf, what: String },
+    #[error("{path}: {what}")]
+    File { path: String, what: String },
+    #[error(
+        "pid {pid} is in use by another process (waited {waited_ms} ms); free it or use --new-pid"
+    )]
+    PidBusy { pid: i32, waited_ms: u64 },
+    #[error("restoring process {pid}: {what}: {source}")]
+    Step {
+        pid: i32,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot restore here: {0}")]
+    Unsupported(String),
+}
+
+pub type Result<T> = std::result::Result<T, RestoreError>;
+
+trait StepContext<T> {
+    fn step(self, pid: i32, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> StepContext<T> for io::Result<T> {
+    fn step(self, pid: i32, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| RestoreError::Step {
+            pid,
+            what: what(),
+            source,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Give the program a new pid instead of its own (risky: glibc caches
+    /// the tid, so thread-directed signals and robust futexes may misbehave).
+    pub new_pid: bool,
+    /// How long to wait for the original pid to become free.
+    pub pid_wait: Duration,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            new_pid: false,
+            pid_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub pid: i32,
+    pub restore_ms: f64,
+    pub pages_bytes: u64,
+}
+
+/// A whole image, read and verified.
+pub struct Image {
+    pub dir: PathBuf,
+    pub inventory: wire::Inventory,
+    pub core: wire::Core,
+    pub mm: wire::Mm,
+    pub files: wire::Files,
+}
+
+impl Image {
+    pub fn load(dir: &Path) -> Result<Image> {
+        let inv_path = dir.join(wire::INVENTORY_FILE);
+        if !inv_path.exists() {
+            return Err(RestoreError::BadImage {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "{} is missing: not an image, or the dump did not finish",
+                    wire::INVENTORY_FILE
+                ),
+            });
+        }
+        let image = Image {
+            dir: dir.to_path_buf(),
+            inventory: wire::read_record(&inv_path, wire::RecordKind::Inventory)?,
+            core: wire::read_record(&dir.join(wire::CORE_FILE), wire::RecordKind::Core)?,
+            mm: wire::read_record(&dir.join(wire::MM_FILE), wire::RecordKind::Mm)?,
+            files: wire::read_record(&dir.join(wire::FILES_FILE), wire::RecordKind::Files)?,
+        };
+        image.validate()?;
+        Ok(image)
+    }
+
+    fn bad(&self, what: String) -> RestoreError {
+        RestoreError::BadImage {
+            dir: self.dir.clone(),
+            what,
+        }
+    }
+
+    /// Structural checks a checksum cannot give: the records agree.
+    fn validate(&self) -> Result<()> {
+        if self.core.threads.len() != 1 {
+            return Err(self.bad(format!(
+                "{} threads; this tern restores exactly one",
+                self.core.threads.len()
+            )));
+        }
+        if self.core.sigactions.len() != 64 {
+            return Err(self.bad(format!(
+                "{} signal actions, expected 64",
+                self.core.sigactions.len()
+            )));
+        }
+        let page = tern_engine::dump::page_size();
+        if self.inventory.page_size != page {
+            return Err(self.bad(format!(
+                "page size {} differs from this machine's {page}",
+                self.inventory.page_size
+            )));
+        }
+        let mut prev_end = 0;
+        for v in &self.mm.vmas {
+            if v.start >= v.end || v.start % page != 0 || v.end % page != 0 || v.start < prev_end {
+                return Err(self.bad(format!(
+                    "mapping {:#x}-{:#x} is malformed or overlaps",
+                    v.start, v.end
+                )));
+            }
+            prev_end = v.end;
+        }
+        Ok(())
+    }
+}
+
+/// Refuse a file that is not the one the image was made with.
+fn check_same_file(f: &wire::FileIdentity) -> Result<()> {
+    let meta = std::fs::metadata(&f.path).map_err(|e| RestoreError::File {
+        path: f.path.clone(),
+        what: format!("needed by the image but cannot be opened: {e}"),
+    })?;
+    if meta.size() != f.size || meta.mtime() != f.mtime_sec || meta.mtime_nsec() != f.mtime_nsec {
+        return Err(RestoreError::File {
+            path: f.path.clone(),
+            what: format!(
+                "changed since the dump (size {} -> {}, mtime {}.{:09} -> {}.{:09}); refusing to map a different file",
+                f.size,
+                meta.size(),
+                f.mtime_sec,
+                f.mtime_nsec,
+                meta.mtime(),
+                meta.mtime_nsec()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn wait_pid_free(pid: i32, wait: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if t0.elapsed() >= wait {
+            return Err(RestoreError::PidBusy {
+                pid,
+                waited_ms: t0.elapsed().as_millis() as u64,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Restore the image in `dir`; returns once the program runs.
+pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    let t0 = Instant::now();
+    let image = Image::load(dir)?;
+    for v in &image.mm.vmas {
+        if let wire::VmaKind::File { file, .. } = &v.kind {
+            check_same_file(file)?;
+        }
+    }
+    check_same_file(&image.mm.exe)?;
+    for fd in &image.files.fds {
+        if let wire::FdKind::Path { path, .. } = &fd.kind {
+            if std::fs::symlink_metadata(path).is_err() {
+                return Err(RestoreError::File {
+                    path: path.clone(),
+                    what: format!("open as fd {} in the image, but it no longer exists", fd.fd),
+                });
+            }
+        }
+    }
+    let want = if opts.new_pid {
+        None
+    } else {
+        wait_pid_free(image.core.pid, opts.pid_wait)?;
+        Some(image.core.pid)
+    };
+    let mut puppet = Puppet::spawn(want).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            RestoreError::PidBusy {
+                pid: image.core.pid,
+                waited_ms: 0,
+            }
+        } else {
+            RestoreError::Step {
+                pid: image.core.pid,
+                what: "create the process (clone3)".into(),
+                source: e,
+            }
+        }
+    })?;
+    let mut b = Builder {
+        image: &image,
+        pid: puppet.pid,
+        puppet: &mut puppet,
+        scratch: 0,
+        pages_bytes: 0,
+    };
+    b.build()?;
+    let pending = image.core.pending_signals.clone();
+    let pid = puppet.pid;
+    puppet.release().step(pid, || "PTRACE_DETACH".into())?;
+    for sig in pending {
+        // SAFETY: plain syscall with integer arguments.
+        unsafe { libc::kill(pid, sig) };
+    }
+    let pages_bytes = image.inventory.pages_bytes;
+    let restored = Restored {
+        pid,
+        restore_ms: t0.elapsed().as_secs_f64() * 1e3,
+        pages_bytes,
+    };
+    info!(?restored, "restore complete");
+    Ok(restored)
+}
+
+const SCRATCH_LEN: u64 = 64 << 10;
+/// Offsets inside the scratch mapping.
+const SCRATCH_STRUCT: u64 = 0;
+const SCRATCH_STAT: u64 = 1024;
+const SCRATCH_PATH: u64 = 4096;
+const SCRATCH_AUXV: u64 = 16384;
+
+struct Builder<'a> {
+    image: &'a Image,
+    puppet: &'a mut Puppet,
+    pid: i32,
+    scratch: u64,
+    pages_bytes: u64,
+}
+
+impl Builder<'_> {
+    fn sys(
+        &mut self,
+        nr: libc::c_long,
+        args: &[u64],
+        what: impl FnOnce() -> String,
+    ) -> Result<u64> {
+        let pid = self.pid;
+        self.puppet.syscall(nr, args).step(pid, what)
+    }
+
+    fn poke(&mut self, off: u64, data: &[u8]) -> Result<()> {
+        let pid = self.pid;
+        let addr = self.scratch + off;
+        mem::write_fully(pid, addr, data).step(pid, || format!("write scratch at {addr:#x}"))
+    }
+
+    fn peek(&mut self, off: u64, len: usize) -> Result<Vec<u8>> {
+        let pid = self.pid;
+        let mut buf = vec![0u8; len];
+        mem::read_fully(pid, self.scratch + off, &mut buf).step(pid, || "read scratch".into())?;
+        Ok(buf)
+    }
+
+    /// Put a NUL-terminated path in the scratch area; returns its address.
+    fn path_arg(&mut self, path: &str) -> Result<u64> {
+        if path.len() >= (SCRATCH_AUXV - SCRATCH_PATH) as usize || path.contains('\0') {
+            return Err(self
+                .image
+                .bad(format!("path {path:?} is too long or contains NUL")));
+        }
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        self.poke(SCRATCH_PATH, &bytes)?;
+        Ok(self.scratch + SCRATCH_PATH)
+    }
+
+    fn open(&mut self, path: &str, flags: i32) -> Result<u64> {
+        let p = self.path_arg(path)?;
+        let pid = self.pid;
+        self.puppet
+            .syscall(
+                libc::SYS_openat,
+                &[libc::AT_FDCWD as u64, p, flags as u64, 0],
+            )
+            .map_err(|e| RestoreError::File {
+                path: path.to_string(),
+                what: format!("cannot open in process {pid}: {e}"),
+            })
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let t = Instant::now();
+        self.reset_inherited_state()?;
+        self.clear_address_space()?;
+        self.move_vdso()?;
+        self.map_scratch()?;
+        self.map_vmas()?;
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "mappings created");
+        self.write_pages()?;
+        debug!(
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            bytes = self.pages_bytes,
+            "pages written"
+        );
+        self.apply_advice()?;
+        self.restore_files()?;
+        self.restore_process_state()?;
+        self.restore_mm_fields()?;
+        self.restore_thread_state()?;
+        self.restore_creds()?;
+        self.finish()?;
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "puppet ready");
+        Ok(())
+    }
+
+    /// The puppet is a copy of tern: drop tern's rseq registration before
+    /// its memory goes away (or every resume would fault).
+    fn reset_inherited_state(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let rseq = ptrace::get_rseq(pid).step(pid, || "PTRACE_GET_RSEQ_CONFIGURATION".into())?;
+        if rseq.rseq_abi_pointer != 0 {
+            const RSEQ_FLAG_UNREGISTER: u64 = 1;
+            self.sys(
+                nr::RSEQ,
+                &[
+                    rseq.rseq_abi_pointer,
+                    rseq.rseq_abi_size as u64,
+                    RSEQ_FLAG_UNREGISTER,
+                    rseq.signature as u64,
+                ],
+                || "unregister inherited rseq".into(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn clear_address_space(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let maps = tern_engine::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
+        let special = |n: &str| matches!(n, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]");
+        for m in maps.iter().filter(|m| !special(&m.name)) {
+            self.sys(libc::SYS_munmap, &[m.start, m.end - m.start], || {
+                format!("unmap puppet range {:#x}-{:#x}", m.start, m.end)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Move vvar/vvar_vclock/vdso to where the image had them, keeping
+    /// their relative layout (the vdso finds vvar by offset).
+    fn move_vdso(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let maps = tern_engine::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
+        let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
+        let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, len, to)
+        for name in names {
+            let ours = maps.iter().find(|m| m.name == name);
+            let theirs = self.image.mm.vmas.iter().find(|v| v.name == name);
+            match (ours, theirs) {
+                (Some(o), Some(t)) => {
+                    if o.end - o.start != t.end - t.start {
+                        return Err(RestoreError::Unsupported(format!(
+                            "{name} is {} bytes on this kernel but {} in the image (made on kernel {})",
+                            o.end - o.start,
+                            t.end - t.start,
+                            self.image.inventory.kernel_release
+                        )));
+                    }
+                    moves.push((o.start, o.end - o.start, t.start));
+                }
+                (None, None) => {}
+                (o, t) => {
+                    return Err(RestoreError::Unsupported(format!(
+                        "{name} is {} here but {} in the image",
+                        if o.is_some() { "present" } else { "absent" },
+                        if t.is_some() { "present" } else { "absent" }
+                    )))
+                }
+            }
+        }
+        let Some(vdso) = moves.last().copied() else {
+            return Err(RestoreError::Unsupported(
+                "no [vdso] to run syscalls through".into(),
+            ));
+        };
+        if moves.iter().all(|(from, _, to)| from == to) {
+            return Ok(());
+        }
+        // Via a temporary place, so no destination overlaps a source.
+        let lo = moves.iter().map(|m| m.0.min(m.2)).min().unwrap_or(0);
+        let hi = moves
+            .iter()
+            .map(|m| (m.0 + m.1).max(m.2 + m.1))
+            .max()
+            .unwrap_or(0);
+        let temp_base = self.find_gap(hi - lo + (1 << 20), &[(lo, hi)])?;
+        let gadget_off = self.puppet.remote.gadget() - vdso.0;
+        for stage in 0..2 {
+            for &(from, len, to) in &moves {
+                let (src, dst) = if stage == 0 {
+                    (from, temp_base + (from - lo))
+                } else {
+                    (temp_base + (from - lo), to)
+                };
+                self.sys(
+                    libc::SYS_mremap,
+                    &[
+                        src,
+                        len,
+                        len,
+                        (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                        dst,
+                    ],
+                    || format!("move vdso/vvar {src:#x} -> {dst:#x}"),
+                )?;
+                if len == vdso.1 && from == vdso.0 {
+                    self.puppet.remote.set_gadget(dst + gadget_off);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A free, page-aligned range of `len` bytes, outside every image
+    /// mapping and outside `avoid`.
+    fn find_gap(&self, len: u64, avoid: &[(u64, u64)]) -> Result<u64> {
+        let mut taken: Vec<(u64, u64)> = self
+            .image
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| v.kind != wire::VmaKind::Vsyscall)
+            .map(|v| (v.start, v.end))
+            .chain(avoid.iter().copied())
+            .collect();
+        taken.sort_unstable();
+        // Search from the middle of the address space downward-friendly:
+        // start above the first 4 GiB, with a guard page on both sides.
+        let guard = 1 << 16;
+        let mut candidate: u64 = 1 << 32;
+        for (s, e) in taken {
+            if e + guard <= candidate {
+                continue;
+            }
+            if candidate + len + guard <= s {
+                return Ok(candidate);
+            }
+            candidate = candidate.max(e + guard);
+        }
+        if candidate + len < 0x7fff_0000_0000 {
+            return Ok(candidate);
+        }
+        Err(RestoreError::Unsupported(
+            "no free address range for tern's scratch area".into(),
+        ))
+    }
+
+    fn map_scratch(&mut self) -> Result<()> {
+        let at = self.find_gap(SCRATCH_LEN, &[])?;
+        self.scratch = self.sys(
+            libc::SYS_mmap,
+            &[
+                at,
+                SCRATCH_LEN,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                u64::MAX,
+                0,
+            ],
+            || "map the scratch area".into(),
+        )?;
+        Ok(())
+    }
+
+    fn map_vmas(&mut self) -> Result<()> {
+        // One fd per file for all its mappings, closed afterwards.
+        let mut fds: BTreeMap<(String, bool), u64> = BTreeMap::new();
+        let vmas = self.image.mm.vmas.clone();
+        for v in &vmas {
+            let share = if v.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
+            let (flags, fd, offset) = match &v.kind {
+                wire::VmaKind::Vdso
+                | wire::VmaKind::Vvar
+                | wire::VmaKind::VvarVclock
+                | wire::VmaKind::Vsyscall => continue,
+                wire::VmaKind::Anon => {
+                    let grows = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+                    (share | libc::MAP_ANONYMOUS | grows, u64::MAX, 0)
+                }
+                wire::VmaKind::File { file, offset } => {
+                    let writable = v.shared && v.prot & wire::PROT_WRITE != 0;
+                    let key = (file.path.clone(), writable);
+                    let fd = match fds.get(&key) {
+                        Some(fd) => *fd,
+                        None => {
+                            let mode = if writable {
+                                libc::O_RDWR
+                            } else {
+                                libc::O_RDONLY
+                            };
+                            let fd = self.open(&file.path, mode | libc::O_CLOEXEC)?;
+                            self.check_open_file(fd, file)?;
+                            fds.insert(key, fd);
+                            fd
+                        }
+                    };
+                    (share, fd, *offset)
+                }
+            };
+            self.sys(
+                libc::SYS_mmap,
+                &[
+                    v.start,
+                    v.len(),
+                    v.prot as u64,
+                    (flags | libc::MAP_FIXED) as u64,
+                    fd,
+                    offset,
+                ],
+                || format!("mmap {:#x}-{:#x} ({})", v.start, v.end, v.name),
+            )?;
+        }
+        for fd in fds.into_values() {
+            self.sys(libc::SYS_close, &[fd], || "close mapping fd".into())?;
+        }
+        Ok(())
+    }
+
+    /// fstat inside the puppet: the file it opened is the one checked.
+    fn check_open_file(&mut self, fd: u64, f: &wire::FileIdentity) -> Result<()> {
+        let st = self.scratch + SCRATCH_STAT;
+        self.sys(libc::SYS_fstat, &[fd, st], || format!("fstat {}", f.path))?;
+        let raw = self.peek(SCRATCH_STAT, std::mem::size_of::<libc::stat>())?;
+        let field = |off: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[off..off + 8]);
+            i64::from_le_bytes(b)
+        };
+        // x86-64 struct stat: st_size at 48, st_mtime at 88, st_mtime_nsec at 96.
+        let (size, mtime, mtime_ns) = (field(48) as u64, field(88), field(96));
+        if size != f.size || mtime != f.mtime_sec || mtime_ns != f.mtime_nsec {
+            return Err(RestoreError::File {
+                path: f.path.clone(),
+                what: "changed while being restored".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_pages(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let path = self.image.dir.join(wire::PAGES_FILE);
+        let mut reader = wire::ChunkReader::open(&path)?;
+        let mut buf = Vec::new();
+        let vmas = &self.image.mm.vmas;
+        while let Some(addr) = reader.next_into(&mut buf)? {
+            let end = addr.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+            let inside = vmas.iter().any(|v| {
+                v.start <= addr
+                    && end <= v.end
+                    && matches!(v.kind, wire::VmaKind::Anon | wire::VmaKind::File { .. })
+                    && !(v.shared && matches!(v.kind, wire::VmaKind::File { .. }))
+            });
+            if !inside {
+                return Err(RestoreError::BadImage {
+                    dir: self.image.dir.clone(),
+                    what: format!(
+                        "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
+                        path.display()
+                    ),
+                });
+            }
+            mem::write_fully(pid, addr, &buf).step(pid, || format!("write pages at {addr:#x}"))?;
+            self.pages_bytes += buf.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn apply_advice(&mut self) -> Result<()> {
+        let vmas = self.image.mm.vmas.clone();
+        for v in &vmas {
+            for &adv in &v.advice {
+                self.sys(libc::SYS_madvise, &[v.start, v.len(), adv as u64], || {
+                    format!("madvise({adv}) on {:#x}-{:#x}", v.start, v.end)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restore_files(&mut self) -> Result<()> {
+        let fds = self.image.files.fds.clone();
+        let wanted: Vec<i32> = fds.iter().map(|f| f.fd).collect();
+        for n in 0..=2 {
+            if !wanted.contains(&n) {
+                self.sys(libc::SYS_close, &[n as u64], || format!("close fd {n}"))
+                    .ok();
+            }
+        }
+        // Group fds by open file description.
+        let mut groups: BTreeMap<u32, Vec<&wire::Fd>> = BTreeMap::new();
+        for f in &fds {
+            groups.entry(f.desc).or_default().push(f);
+        }
+        for members in groups.values() {
+            let first = members[0];
+            let (tmp, offset, regular) = match &first.kind {
+                wire::FdKind::Inherited { what } => {
+                    for m in members {
+                        let open = self.sys(
+                            libc::SYS_fcntl,
+                            &[m.fd as u64, libc::F_GETFD as u64],
+                            || "fcntl".into(),
+                        );
+                        if open.is_err() {
+                            warn!(fd = m.fd, what, "stdio fd was {what}; tern restore has no fd {} to pass on, left closed", m.fd);
+                        }
+                    }
+                    continue;
+                }
+                wire::FdKind::Path {
+                    path,
+                    flags,
+                    offset,
+                    file,
+                } => {
+                    let tmp = self.open(path, flags | libc::O_CLOEXEC)?;
+                    let regular = std::fs::metadata(path)
+                        .map(|m| m.is_file())
+                        .unwrap_or(false);
+                    if regular && file.size < *offset {
+                        warn!(path, "file is shorter than the saved offset {offset}");
+                    }
+                    (tmp, *offset, regular)
+                }
+                wire::FdKind::Deleted {
+                    path,
+                    flags,
+                    offset,
+                    mode,
+                    ..
+                } => {
+                    let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
+                    (tmp, *offset, true)
+                }
+            };
+            if regular {
+                self.sys(
+                    libc::SYS_lseek,
+                    &[tmp, offset, libc::SEEK_SET as u64],
+                    || format!("lseek fd {} to {offset}", first.fd),
+                )?;
+            }
+            let mut tmp_used = false;
+            for m in members {
+                let cloexec = if m.cloexec { libc::O_CLOEXEC } else { 0 };
+                if m.fd as u64 == tmp {
+                    tmp_used = true;
+                    let fl = if m.cloexec { libc::FD_CLOEXEC } else { 0 };
+                    self.sys(
+                        libc::SYS_fcntl,
+                        &[tmp, libc::F_SETFD as u64, fl as u64],
+                        || "fcntl F_SETFD".into(),
+                    )?;
+                } else {
+                    self.sys(libc::SYS_dup3, &[tmp, m.fd as u64, cloexec as u64], || {
+                        format!("dup3 to fd {}", m.fd)
+                    })?;
+                }
+            }
+            if !tmp_used {
+                self.sys(libc::SYS_close, &[tmp], || "close temporary fd".into())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Recreate a deleted file's contents at its old path, open it in the
+    /// puppet, and unlink it again.
+    fn recreate_deleted(&mut self, desc: u32, path: &str, flags: i32, mode: u32) -> Result<u64> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let src = self.image.dir.join(wire::deleted_file_name(desc));
+        let mut reader = wire::ChunkReader::open(&src)?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| RestoreError::File {
+                path: path.to_string(),
+                what: format!("cannot recreate the deleted file here: {e}"),
+            })?;
+        let mut buf = Vec::new();
+        let result = (|| -> Result<u64> {
+            while let Some(_off) = reader.next_into(&mut buf)? {
+                out.write_all(&buf).map_err(|e| RestoreError::File {
+                    path: path.to_string(),
+                    what: e.to_string(),
+                })?;
+            }
+            self.open(path, flags | libc::O_CLOEXEC)
+        })();
+        let _ = std::fs::remove_file(path);
+        result
+    }
+
+    fn restore_process_state(&mut self) -> Result<()> {
+        let core = self.image.core.clone();
+        let cwd = self.path_arg(&core.cwd)?;
+        self.sys(libc::SYS_chdir, &[cwd], || format!("chdir {}", core.cwd))?;
+        self.sys(libc::SYS_umask, &[core.umask as u64], || "umask".into())?;
+        for l in &core.rlimits {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&l.cur.to_le_bytes());
+            raw[8..].copy_from_slice(&l.max.to_le_bytes());
+            self.poke(SCRATCH_STRUCT, &raw)?;
+            let addr = self.scratch + SCRATCH_STRUCT;
+            if let Err(e) = self.sys(
+                libc::SYS_prlimit64,
+                &[0, l.resource as u64, addr, 0],
+                || "prlimit64".into(),
+            ) {
+                warn!("resource limit {} not restored: {e}", l.resource);
+            }
+        }
+        for (i, act) in core.sigactions.iter().enumerate() {
+            let sig = i as u64 + 1;
+            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+                continue;
+            }
+            let mut raw = [0u8; 32];
+            for (k, w) in [act.handler, act.flags, act.restorer, act.mask]
+                .iter()
+                .enumerate()
+            {
+                raw[k * 8..k * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            self.poke(SCRATCH_STRUCT, &raw)?;
+            let addr = self.scratch + SCRATCH_STRUCT;
+            self.sys(libc::SYS_rt_sigaction, &[sig, addr, 0, 8], || {
+                format!("rt_sigaction({sig})")
+            })?;
+        }
+        if core.personality != 0 {
+            self.sys(libc::SYS_personality, &[core.personality as u64], || {
+                "personality".into()
+            })?;
+        }
+        if core.pdeath_signal != 0 {
+            warn!(
+                "parent-death signal {} not restored: the new parent is tern, which exits",
+                core.pdeath_signal
+            );
+        }
+        Ok(())
+    }
+
+    fn restore_mm_fields(&mut self) -> Result<()> {
+        let mm = &self.image.mm;
+        let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+        if auxv.len() > (SCRATCH_LEN - SCRATCH_AUXV) as usize {
+            return Err(self
+                .image
+                .bad(format!("auxv of {} bytes is too large", auxv.len())));
+        }
+        let exe = mm.exe.clone();
+        let exe_fd = self.open(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+        self.check_open_file(exe_fd, &exe)?;
+        let mm = &self.image.mm;
+        // struct prctl_mm_map
+        let mut raw = Vec::with_capacity(104);
+        for w in [
+            mm.start_code,
+            mm.end_code,
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.brk,
+            mm.start_stack,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+            self.scratch + SCRATCH_AUXV,
+        ] {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+        raw.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+        raw.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+        self.poke(SCRATCH_AUXV, &auxv)?;
+        self.poke(SCRATCH_STRUCT, &raw)?;
+        const PR_SET_MM_MAP: u64 = 14;
+        let addr = self.scratch + SCRATCH_STRUCT;
+        self.sys(
+            libc::SYS_prctl,
+            &[
+                libc::PR_SET_MM as u64,
+                PR_SET_MM_MAP,
+                addr,
+                raw.len() as u64,
+                0,
+            ],
+            || "prctl(PR_SET_MM, PR_SET_MM_MAP)".into(),
+        )?;
+        self.sys(libc::SYS_close, &[exe_fd], || "close exe fd".into())?;
+        Ok(())
+    }
+
+    fn restore_thread_state(&mut self) -> Result<()> {
+        let th = self.image.core.threads[0].clone();
+        self.sys(libc::SYS_set_tid_address, &[th.clear_child_tid], || {
+            "set_tid_address".into()
+        })?;
+        if th.robust_list_head != 0 {
+            self.sys(
+                libc::SYS_set_robust_list,
+                &[th.robust_list_head, th.robust_list_len],
+                || "set_robust_list".into(),
+            )?;
+        }
+        if let Some(r) = th.rseq {
+            self.sys(
+                nr::RSEQ,
+                &[r.addr, r.len as u64, 0, r.signature as u64],
+                || "rseq register".into(),
+            )?;
+        }
+        const SS_ONSTACK: i32 = 1;
+        let mut raw = [0u8; 24];
+        raw[..8].copy_from_slice(&th.altstack.sp.to_le_bytes());
+        raw[8..12].copy_from_slice(&(th.altstack.flags & !SS_ONSTACK).to_le_bytes());
+        raw[16..].copy_from_slice(&th.altstack.size.to_le_bytes());
+        self.poke(SCRATCH_STRUCT, &raw)?;
+        let addr = self.scratch + SCRATCH_STRUCT;
+        self.sys(libc::SYS_sigaltstack, &[addr, 0], || "sigaltstack".into())?;
+        let mut name = th.comm.as_bytes().to_vec();
+        name.truncate(15);
+        name.push(0);
+        self.poke(SCRATCH_PATH, &name)?;
+        let addr = self.scratch + SCRATCH_PATH;
+        self.sys(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr], || {
+            "prctl(PR_SET_NAME)".into()
+        })?;
+        Ok(())
+    }
+
+    /// Become exactly the image's credentials; never more.
+    fn restore_creds(&mut self) -> Result<()> {
+        let c = self.image.core.creds.clone();
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(40);
+        for cap in 0..=last_cap {
+            if c.cap_bounding & (1 << cap) == 0 {
+                self.sys(
+                    libc::SYS_prctl,
+                    &[libc::PR_CAPBSET_DROP as u64, cap],
+                    || format!("drop capability {cap} from the bounding set"),
+                )?;
+            }
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        if groups.len() > 4096 {
+            return Err(self.image.bad("too many supplementary groups".into()));
+        }
+        self.poke(SCRATCH_PATH, &groups)?;
+        let addr = self.scratch + SCRATCH_PATH;
+        self.sys(libc::SYS_setgroups, &[c.groups.len() as u64, addr], || {
+            "setgroups".into()
+        })?;
+        self.sys(
+            libc::SYS_setresgid,
+            &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64],
+            || "setresgid".into(),
+        )?;
+        self.sys(libc::SYS_setfsgid, &[c.gid[3] as u64], || "setfsgid".into())?;
+        const SECBIT_KEEP_CAPS: u32 = 1 << 4;
+        let other_bits = c.securebits & !SECBIT_KEEP_CAPS;
+        if other_bits != 0 {
+            self.sys(
+                libc::SYS_prctl,
+                &[libc::PR_SET_SECUREBITS as u64, other_bits as u64],
+                || "prctl(PR_SET_SECUREBITS)".into(),
+            )?;
+        }
+        self.sys(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1], || {
+            "prctl(PR_SET_KEEPCAPS)".into()
+        })?;
+        self.sys(
+            libc::SYS_setresuid,
+            &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
+            || "setresuid".into(),
+        )?;
+        self.sys(libc::SYS_setfsuid, &[c.uid[3] as u64], || "setfsuid".into())?;
+        // capset v3: header {version, pid}, then two {effective, permitted, inheritable}.
+        let mut raw = Vec::with_capacity(32);
+        raw.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+        raw.extend_from_slice(&0u32.to_le_bytes());
+        for half in 0..2 {
+            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+                raw.extend_from_slice(&((set >> (32 * half)) as u32).to_le_bytes());
+            }
+        }
+        self.poke(SCRATCH_STRUCT, &raw)?;
+        let hdr = self.scratch + SCRATCH_STRUCT;
+        self.sys(libc::SYS_capset, &[hdr, hdr + 8], || "capset".into())?;
+        for cap in 0..=last_cap {
+            if c.cap_ambient & (1 << cap) != 0 {
+                self.sys(
+                    libc::SYS_prctl,
+                    &[
+                        libc::PR_CAP_AMBIENT as u64,
+                        libc::PR_CAP_AMBIENT_RAISE as u64,
+                        cap,
+                        0,
+                        0,
+                    ],
+                    || format!("raise ambient capability {cap}"),
+                )?;
+            }
+        }
+        let keep = u64::from(c.securebits & SECBIT_KEEP_CAPS != 0);
+        self.sys(
+            libc::SYS_prctl,
+            &[libc::PR_SET_KEEPCAPS as u64, keep],
+            || "prctl(PR_SET_KEEPCAPS)".into(),
+        )?;
+        if c.no_new_privs {
+            self.sys(
+                libc::SYS_prctl,
+                &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+                || "prctl(PR_SET_NO_NEW_PRIVS)".into(),
+            )?;
+        }
+        // Credential changes reset the dumpable flag; put the image's back.
+        let dumpable = self.image.core.dumpable as u64;
+        self.sys(
+            libc::SYS_prctl,
+            &[libc::PR_SET_DUMPABLE as u64, dumpable],
+            || "prctl(PR_SET_DUMPABLE)".into(),
+        )?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let th = &self.image.core.threads[0];
+        let scratch = self.scratch;
+        self.sys(libc::SYS_munmap, &[scratch, SCRATCH_LEN], || {
+            "unmap the scratch area".into()
+        })?;
+        let mut regs = regs_from_wire(&th.regs);
+        regs.orig_rax = u64::MAX;
+        ptrace::set_xstate(pid, &th.xstate).step(pid, || {
+            format!(
+                "PTRACE_SETREGSET NT_X86_XSTATE ({} bytes; a different CPU?)",
+                th.xstate.len()
+            )
+        })?;
+        ptrace::set_regs(pid, &regs).step(pid, || "PTRACE_SETREGSET NT_PRSTATUS".into())?;
+        ptrace::set_sigmask(pid, th.sigmask).step(pid, || "PTRACE_SETSIGMASK".into())?;
+        Ok(())
+    }
+}

@@ -98,12 +98,14 @@ impl ChunkWriter {
         out.write_all(&header).map_err(|e| WireError::io(path, e))?;
         let compressor = match codec {
             Codec::Raw => None,
-            Codec::Zstd(level) => Some(zstd::bulk::Compressor::new(level).map_err(|e| {
-                WireError::Encode {
-                    what: "zstd compressor",
-                    reason: e.to_string(),
-                }
-            })?),
+            Codec::Zstd(level) => {
+                Some(
+                    zstd::bulk::Compressor::new(level).map_err(|e| WireError::Encode {
+                        what: "zstd compressor",
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
         };
         Ok(ChunkWriter {
             path: path.to_path_buf(),
@@ -128,7 +130,8 @@ impl ChunkWriter {
         let mut codec = Codec::Raw;
         if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
-            self.scratch.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(data.len()));
             match c.compress_to_buffer(data, &mut self.scratch) {
                 // Keep the compressed form only when it saves something.
                 Ok(n) if n < data.len() => codec = self.codec,
@@ -163,7 +166,9 @@ impl ChunkWriter {
     pub fn finish(mut self) -> Result<ChunkStats> {
         let h = chunk_header(TAG_END, 0, self.stats.raw_bytes, 0, &[], self.stats.chunks);
         let path = self.path.clone();
-        self.out.write_all(&h).map_err(|e| WireError::io(&path, e))?;
+        self.out
+            .write_all(&h)
+            .map_err(|e| WireError::io(&path, e))?;
         let file = self
             .out
             .into_inner()

@@ -168,7 +168,10 @@ pub enum VmaKind {
     /// Private or shared anonymous memory (incl. heap and stack).
     Anon,
     /// A file mapping; private COW'd pages are in the page file.
-    File { file: FileIdentity, offset: u64 },
+    File {
+        file: FileIdentity,
+        offset: u64,
+    },
     Vdso,
     Vvar,
     VvarVclock,

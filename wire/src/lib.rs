@@ -34,7 +34,9 @@ pub enum WireError {
     },
     #[error("{path}: not a tern image file (bad magic at offset {offset})")]
     BadMagic { path: PathBuf, offset: u64 },
-    #[error("{path}: format version {found} is not supported (this tern reads version {expected})")]
+    #[error(
+        "{path}: format version {found} is not supported (this tern reads version {expected})"
+    )]
     BadVersion {
         path: PathBuf,
         found: u32,

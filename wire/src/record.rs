@@ -94,7 +94,8 @@ pub fn decode_record<T: DeserializeOwned>(
             offset: 0,
         });
     }
-    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
     let u64_at = |o: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[o..o + 8]);
@@ -144,7 +145,10 @@ pub fn decode_record<T: DeserializeOwned>(
         return Err(WireError::Corrupt {
             path: p(),
             offset: RECORD_HEADER_LEN as u64 + len,
-            what: format!("{} trailing bytes after the payload", body.len() as u64 - len),
+            what: format!(
+                "{} trailing bytes after the payload",
+                body.len() as u64 - len
+            ),
         });
     }
     if xxh3_64(body) != u64_at(24) {

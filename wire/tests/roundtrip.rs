@@ -7,7 +7,14 @@ use tern_wire::record::{decode_record, encode_record};
 use tern_wire::*;
 
 fn arb_files() -> impl Strategy<Value = Files> {
-    let fd = (0i32..1024, any::<bool>(), 0u32..8, "[a-z/]{1,40}", any::<i32>(), any::<u64>())
+    let fd = (
+        0i32..1024,
+        any::<bool>(),
+        0u32..8,
+        "[a-z/]{1,40}",
+        any::<i32>(),
+        any::<u64>(),
+    )
         .prop_map(|(fd, cloexec, desc, path, flags, offset)| Fd {
             fd,
             cloexec,

@@ -1,0 +1,1072 @@
+//! `tern dump`: stop a process, write its image, then kill it or let it go.
+//!
+//! Order of work, chosen so that a failure at any point leaves the target
+//! running exactly as before: preflight checks on /proc (nothing touched) ->
+//! seize + interrupt -> state read with ptrace and /proc -> a scratch page
+//! mapped in the target for injected syscalls that return data -> scratch
+//! unmapped -> memory copied -> records written and fsynced -> the target is
+//! killed (default) or resumed with its own registers.
+
+use crate::error::{Context, EngineError, Result};
+use crate::proc::{self, MapEntry, Pagemap};
+use crate::sys::{mem, ptrace, remote, RemoteThread};
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+use tern_wire as wire;
+use tracing::{debug, info, warn};
+
+pub const ERESTARTSYS: i64 = 512;
+pub const ERESTARTNOINTR: i64 = 513;
+pub const ERESTARTNOHAND: i64 = 514;
+pub const ERESTART_RESTARTBLOCK: i64 = 516;
+
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Resume the program after the dump instead of killing it.
+    pub leave_running: bool,
+    /// zstd level for page data; `None` stores pages raw.
+    pub zstd_level: Option<i32>,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            leave_running: false,
+            zstd_level: Some(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DumpStats {
+    pub pages_bytes: u64,
+    pub stored_bytes: u64,
+    pub vmas: usize,
+    pub fds: usize,
+    /// How long the program was stopped.
+    pub frozen_ms: f64,
+    pub memory_ms: f64,
+}
+
+/// Page size of this machine.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
+}
+
+fn unsupported(pid: i32, reason: impl Into<String>) -> EngineError {
+    EngineError::Unsupported {
+        pid,
+        reason: reason.into(),
+    }
+}
+
+/// Checks that need nothing but /proc: refuse what this version cannot
+/// dump before touching the process.
+fn preflight(pid: i32) -> Result<()> {
+    // SAFETY: getpid has no preconditions.
+    if pid == unsafe { libc::getpid() } {
+        return Err(unsupported(pid, "tern cannot dump itself"));
+    }
+    let p = procfs::process::Process::new(pid).ctx(pid, || "open /proc entry".into())?;
+    let stat = p.stat().ctx(pid, || "read stat".into())?;
+    if stat.state == 'Z' || stat.state == 'X' {
+        return Err(unsupported(pid, "it is a zombie (already exited)"));
+    }
+    if stat.flags & 0x0020_0000 != 0 {
+        return Err(unsupported(pid, "it is a kernel thread"));
+    }
+    let status = p.status().ctx(pid, || "read status".into())?;
+    if status.threads != 1 {
+        return Err(unsupported(
+            pid,
+            format!(
+                "it has {} threads; multi-threaded programs are not supported yet",
+                status.threads
+            ),
+        ));
+    }
+    if status.tracerpid != 0 {
+        return Err(unsupported(
+            pid,
+            format!("it is already traced by process {}", status.tracerpid),
+        ));
+    }
+    if status.seccomp.unwrap_or(0) != 0 {
+        return Err(unsupported(
+            pid,
+            "it runs under seccomp, which tern cannot restore yet",
+        ));
+    }
+    let children = proc::list_children(pid).ctx(pid, || "list children".into())?;
+    if !children.is_empty() {
+        return Err(unsupported(
+            pid,
+            format!("it has child processes {children:?}; process trees are not supported yet"),
+        ));
+    }
+    for ns in ["mnt", "pid", "user"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+            .ctx(pid, || format!("read ns/{ns}"))?;
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"))
+            .ctx(pid, || format!("read own ns/{ns}"))?;
+        if theirs != ours {
+            return Err(unsupported(
+                pid,
+                format!(
+                    "it lives in another {ns} namespace ({}); namespaces are not supported yet",
+                    theirs.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A seized, stopped target. Dropping it without [`Seized::kill`] puts the
+/// registers back, removes the scratch mapping and detaches, so the program
+/// continues as if nothing happened.
+struct Seized {
+    pid: i32,
+    /// Registers exactly as found at the stop.
+    found_regs: libc::user_regs_struct,
+    remote: RemoteThread,
+    scratch: Option<(u64, u64)>,
+    injected: bool,
+    done: bool,
+}
+
+impl Seized {
+    fn attach(pid: i32) -> Result<Self> {
+        // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
+        ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).ctx(pid, || "PTRACE_SEIZE".into())?;
+        let mut s = Seized {
+            pid,
+            // SAFETY: plain integer struct; overwritten below before use.
+            found_regs: zero_regs(),
+            remote: RemoteThread::new(pid, 0, zero_regs()),
+            scratch: None,
+            injected: false,
+            done: false,
+        };
+        ptrace::interrupt(pid).ctx(pid, || "PTRACE_INTERRUPT".into())?;
+        let mut pending = Vec::new();
+        loop {
+            match ptrace::wait(pid).ctx(pid, || "wait for the stop".into())? {
+                ptrace::Stop::EventStop(_) => break,
+                ptrace::Stop::Signal(sig) => {
+                    // Arrived before our stop: hold it back and re-deliver
+                    // it when the program resumes (or record it as pending).
+                    pending.push(sig);
+                    ptrace::cont(pid, 0).ctx(pid, || "PTRACE_CONT".into())?;
+                }
+                ptrace::Stop::Syscall | ptrace::Stop::Event(_) => {
+                    ptrace::cont(pid, 0).ctx(pid, || "PTRACE_CONT".into())?;
+                }
+                ptrace::Stop::Exited(_) | ptrace::Stop::Killed(_) => {
+                    s.done = true;
+                    return Err(EngineError::NoProcess { pid });
+                }
+            }
+        }
+        s.found_regs = ptrace::get_regs(pid).ctx(pid, || "PTRACE_GETREGSET NT_PRSTATUS".into())?;
+        s.remote = RemoteThread::new(pid, 0, s.found_regs);
+        s.remote.intercepted_signals = pending;
+        Ok(s)
+    }
+
+    fn inject(&mut self, nr: libc::c_long, args: &[u64], what: &str) -> Result<u64> {
+        self.injected = true;
+        let pid = self.pid;
+        self.remote
+            .syscall_ok(nr, args)
+            .ctx(pid, || format!("injected {what}"))
+    }
+
+    /// Registers with which the live program must continue: the kernel's own
+    /// restart rewind applied, since resuming from a syscall-exit stop skips it.
+    fn resume_regs(&self) -> libc::user_regs_struct {
+        let mut r = self.found_regs;
+        if (r.orig_rax as i64) >= 0 {
+            match -(r.rax as i64) {
+                ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                    r.rax = r.orig_rax;
+                    r.rip -= 2;
+                }
+                ERESTART_RESTARTBLOCK => {
+                    r.rax = libc::SYS_restart_syscall as u64;
+                    r.rip -= 2;
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let pid = self.pid;
+        if let Some((addr, len)) = self.scratch.take() {
+            self.remote
+                .syscall_ok(libc::SYS_munmap, &[addr, len])
+                .ctx(pid, || "remove the scratch mapping".into())?;
+        }
+        if self.injected {
+            let regs = self.resume_regs();
+            ptrace::set_regs(pid, &regs).ctx(pid, || "restore registers".into())?;
+        }
+        let signals = std::mem::take(&mut self.remote.intercepted_signals);
+        ptrace::detach(pid, 0).ctx(pid, || "PTRACE_DETACH".into())?;
+        for sig in signals {
+            // SAFETY: plain syscall with integer arguments.
+            unsafe { libc::kill(pid, sig) };
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) -> Result<()> {
+        let pid = self.pid;
+        // SAFETY: plain syscall with integer arguments.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx(pid, || "kill".into());
+        }
+        self.done = true;
+        // As tracer we are told of the death; the parent reaps it.
+        loop {
+            match ptrace::wait(pid) {
+                Ok(ptrace::Stop::Exited(_)) | Ok(ptrace::Stop::Killed(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn zero_regs() -> libc::user_regs_struct {
+    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            warn!("could not resume process {} cleanly: {e}", self.pid);
+        }
+    }
+}
+
+/// Dump process `pid` into the image directory `dir`.
+pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    preflight(pid)?;
+    std::fs::create_dir_all(dir).map_err(|e| wire::WireError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    // A stale inventory would make a half-written image look complete.
+    let _ = std::fs::remove_file(dir.join(wire::INVENTORY_FILE));
+
+    let t0 = Instant::now();
+    let mut seized = Seized::attach(pid)?;
+    let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into())?;
+    let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
+        unsupported(
+            pid,
+            "it has no [vdso] mapping (tern runs its syscalls through it)",
+        )
+    })?;
+    let gadget = remote::find_syscall_insn(pid, vdso.start, vdso.end)
+        .ctx(pid, || "read the vdso".into())?
+        .ok_or_else(|| unsupported(pid, "no syscall instruction found in its vdso"))?;
+    seized.remote.set_gadget(gadget);
+
+    let core = capture_core(&mut seized, pid)?;
+    let mm = capture_mm(pid, &maps, &mut seized)?;
+    let files = capture_files(pid, dir)?;
+
+    let t_mem = Instant::now();
+    let codec = match opts.zstd_level {
+        Some(l) => wire::Codec::Zstd(l),
+        None => wire::Codec::Raw,
+    };
+    let page_stats = capture_pages(pid, &maps, dir, codec)?;
+    let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
+
+    wire::write_record(&dir.join(wire::CORE_FILE), wire::RecordKind::Core, &core)?;
+    wire::write_record(&dir.join(wire::MM_FILE), wire::RecordKind::Mm, &mm)?;
+    wire::write_record(&dir.join(wire::FILES_FILE), wire::RecordKind::Files, &files)?;
+    let inventory = wire::Inventory {
+        tern_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid,
+        comm: core
+            .threads
+            .first()
+            .map(|t| t.comm.clone())
+            .unwrap_or_default(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        kernel_release: kernel_release(),
+        page_size: page_size(),
+        pages_bytes: page_stats.raw_bytes,
+        pages_stored_bytes: page_stats.stored_bytes,
+    };
+    // Written last: its presence marks a complete image.
+    wire::write_record(
+        &dir.join(wire::INVENTORY_FILE),
+        wire::RecordKind::Inventory,
+        &inventory,
+    )?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+
+    if opts.leave_running {
+        seized.release()?;
+    } else {
+        seized.kill()?;
+    }
+    let stats = DumpStats {
+        pages_bytes: page_stats.raw_bytes,
+        stored_bytes: page_stats.stored_bytes,
+        vmas: mm.vmas.len(),
+        fds: files.fds.len(),
+        frozen_ms: t0.elapsed().as_secs_f64() * 1e3,
+        memory_ms,
+    };
+    info!(pid, ?stats, "dump complete");
+    Ok(stats)
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn read_u64(pid: i32, addr: u64) -> Result<u64> {
+    let mut b = [0u8; 8];
+    mem::read_fully(pid, addr, &mut b).ctx(pid, || format!("read scratch at {addr:#x}"))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
+    let p = procfs::process::Process::new(pid).ctx(pid, || "open /proc entry".into())?;
+    let status = p.status().ctx(pid, || "read status".into())?;
+    let stat = p.stat().ctx(pid, || "read stat".into())?;
+
+    let xstate = ptrace::get_xstate(pid).ctx(pid, || "PTRACE_GETREGSET NT_X86_XSTATE".into())?;
+    let sigmask = ptrace::get_sigmask(pid).ctx(pid, || "PTRACE_GETSIGMASK".into())?;
+    let rseq = ptrace::get_rseq(pid).ctx(pid, || "PTRACE_GET_RSEQ_CONFIGURATION".into())?;
+    let (robust_head, robust_len) = robust_list(pid)?;
+
+    // Scratch page for syscalls that return data through memory.
+    let page = page_size();
+    let scratch = seized.inject(
+        libc::SYS_mmap,
+        &[
+            0,
+            page,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+        "mmap of a scratch page",
+    )?;
+    seized.scratch = Some((scratch, page));
+
+    let mut sigactions = Vec::with_capacity(64);
+    for sig in 1..=64u64 {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            sigactions.push(wire::SigAction::default());
+            continue;
+        }
+        seized.inject(
+            libc::SYS_rt_sigaction,
+            &[sig, 0, scratch, 8],
+            "rt_sigaction",
+        )?;
+        let mut raw = [0u8; 32];
+        mem::read_fully(pid, scratch, &mut raw).ctx(pid, || "read sigaction".into())?;
+        let w = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        sigactions.push(wire::SigAction {
+            handler: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
+        });
+    }
+    seized.inject(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
+    let altstack = wire::AltStack {
+        sp: read_u64(pid, scratch)?,
+        flags: read_u64(pid, scratch + 8)? as i32,
+        size: read_u64(pid, scratch + 16)?,
+    };
+    seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+        "prctl(PR_GET_TID_ADDRESS)",
+    )?;
+    let clear_child_tid = read_u64(pid, scratch)?;
+    seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_PDEATHSIG as u64, scratch],
+        "prctl(PR_GET_PDEATHSIG)",
+    )?;
+    let pdeath_signal = read_u64(pid, scratch)? as i32;
+    let dumpable = seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64],
+        "prctl(PR_GET_DUMPABLE)",
+    )? as i32;
+    let securebits = seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_SECUREBITS as u64],
+        "prctl(PR_GET_SECUREBITS)",
+    )? as u32;
+    let personality = seized.inject(libc::SYS_personality, &[0xffff_ffff], "personality")? as u32;
+    seized.scratch = None;
+    seized.inject(
+        libc::SYS_munmap,
+        &[scratch, page],
+        "munmap of the scratch page",
+    )?;
+
+    let regs = seized.found_regs;
+    let (saved_regs, syscall) = registers_for_image(&regs);
+
+    let mut pending: BTreeSet<i32> = BTreeSet::new();
+    for sig in 1..=64 {
+        if (status.sigpnd | status.shdpnd) & (1u64 << (sig - 1)) != 0 {
+            pending.insert(sig);
+        }
+    }
+    pending.extend(seized.remote.intercepted_signals.iter().copied());
+
+    let limits = p.limits().ctx(pid, || "read limits".into())?;
+    let rlimits = convert_limits(&limits);
+
+    let link = |what: &str| -> Result<String> {
+        std::fs::read_link(format!("/proc/{pid}/{what}"))
+            .ctx(pid, || format!("readlink {what}"))
+            .map(|p| p.to_string_lossy().into_owned())
+    };
+    let root = link("root")?;
+    if root != "/" {
+        return Err(unsupported(
+            pid,
+            format!("its root directory is {root}, not /; chroot is not supported yet"),
+        ));
+    }
+
+    let thread = wire::Thread {
+        tid: pid,
+        regs: saved_regs,
+        xstate,
+        syscall,
+        sigmask,
+        altstack,
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(wire::Rseq {
+            addr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            signature: rseq.signature,
+        }),
+        clear_child_tid,
+        robust_list_head: robust_head,
+        robust_list_len: robust_len,
+        comm: stat.comm.clone(),
+    };
+    Ok(wire::Core {
+        pid,
+        threads: vec![thread],
+        sigactions,
+        pending_signals: pending.into_iter().collect(),
+        creds: wire::Creds {
+            uid: [status.ruid, status.euid, status.suid, status.fuid],
+            gid: [status.rgid, status.egid, status.sgid, status.fgid],
+            groups: status.groups.iter().map(|g| *g as u32).collect(),
+            cap_inheritable: status.capinh,
+            cap_permitted: status.capprm,
+            cap_effective: status.capeff,
+            cap_bounding: status.capbnd.unwrap_or(u64::MAX),
+            cap_ambient: status.capamb.unwrap_or(0),
+            securebits,
+            no_new_privs: status.nonewprivs.unwrap_or(0) != 0,
+        },
+        umask: status.umask.unwrap_or(0o022),
+        rlimits,
+        cwd: link("cwd")?,
+        root,
+        was_session_leader: stat.session == pid,
+        was_group_leader: stat.pgrp == pid,
+        dumpable,
+        pdeath_signal,
+        personality,
+    })
+}
+
+/// The registers to store: a syscall the dump interrupted is rewound so the
+/// restored thread issues it again. For `ERESTART_RESTARTBLOCK` (sleeps) the
+/// original call is re-issued, since the kernel's restart block does not
+/// travel: a relative sleep restarts in full, an absolute one is exact.
+pub fn registers_for_image(r: &libc::user_regs_struct) -> (wire::Regs, wire::SyscallState) {
+    let mut regs = regs_to_wire(r);
+    let mut state = wire::SyscallState::None;
+    if (r.orig_rax as i64) >= 0 {
+        let code = -(r.rax as i64);
+        if matches!(
+            code,
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        ) {
+            regs.rax = r.orig_rax;
+            regs.rip = r.rip - 2;
+            state = wire::SyscallState::Restart {
+                nr: r.orig_rax,
+                code,
+            };
+        }
+    }
+    regs.orig_rax = u64::MAX;
+    (regs, state)
+}
+
+pub fn regs_to_wire(r: &libc::user_regs_struct) -> wire::Regs {
+    wire::Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+pub fn regs_from_wire(w: &wire::Regs) -> libc::user_regs_struct {
+    libc::user_regs_struct {
+        r15: w.r15,
+        r14: w.r14,
+        r13: w.r13,
+        r12: w.r12,
+        rbp: w.rbp,
+        rbx: w.rbx,
+        r11: w.r11,
+        r10: w.r10,
+        r9: w.r9,
+        r8: w.r8,
+        rax: w.rax,
+        rcx: w.rcx,
+        rdx: w.rdx,
+        rsi: w.rsi,
+        rdi: w.rdi,
+        orig_rax: w.orig_rax,
+        rip: w.rip,
+        cs: w.cs,
+        eflags: w.eflags,
+        rsp: w.rsp,
+        ss: w.ss,
+        fs_base: w.fs_base,
+        gs_base: w.gs_base,
+        ds: w.ds,
+        es: w.es,
+        fs: w.fs,
+        gs: w.gs,
+    }
+}
+
+fn robust_list(pid: i32) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers are valid for the call; get_robust_list
+    // only writes a pointer-sized value to each.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            pid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).ctx(pid, || "get_robust_list".into());
+    }
+    Ok((head, len as u64))
+}
+
+fn convert_limits(l: &procfs::process::Limits) -> Vec<wire::Rlimit> {
+    use procfs::process::LimitValue;
+    let v = |x: &LimitValue| match x {
+        LimitValue::Unlimited => u64::MAX,
+        LimitValue::Value(n) => *n,
+    };
+    let pairs = [
+        (libc::RLIMIT_CPU, &l.max_cpu_time),
+        (libc::RLIMIT_FSIZE, &l.max_file_size),
+        (libc::RLIMIT_DATA, &l.max_data_size),
+        (libc::RLIMIT_STACK, &l.max_stack_size),
+        (libc::RLIMIT_CORE, &l.max_core_file_size),
+        (libc::RLIMIT_RSS, &l.max_resident_set),
+        (libc::RLIMIT_NPROC, &l.max_processes),
+        (libc::RLIMIT_NOFILE, &l.max_open_files),
+        (libc::RLIMIT_MEMLOCK, &l.max_locked_memory),
+        (libc::RLIMIT_AS, &l.max_address_space),
+        (libc::RLIMIT_LOCKS, &l.max_file_locks),
+        (libc::RLIMIT_SIGPENDING, &l.max_pending_signals),
+        (libc::RLIMIT_MSGQUEUE, &l.max_msgqueue_size),
+        (libc::RLIMIT_NICE, &l.max_nice_priority),
+        (libc::RLIMIT_RTPRIO, &l.max_realtime_priority),
+        (libc::RLIMIT_RTTIME, &l.max_realtime_timeout),
+    ];
+    pairs
+        .iter()
+        .map(|(res, lim)| wire::Rlimit {
+            resource: *res,
+            cur: v(&lim.soft_limit),
+            max: v(&lim.hard_limit),
+        })
+        .collect()
+}
+
+pub fn file_identity(path: &str, meta: &std::fs::Metadata) -> wire::FileIdentity {
+    wire::FileIdentity {
+        path: path.to_string(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_sec: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+    }
+}
+
+/// Classify each mapping; refuse the kinds this version cannot restore.
+fn capture_mm(pid: i32, maps: &[MapEntry], seized: &mut Seized) -> Result<wire::Mm> {
+    let mut vmas = Vec::with_capacity(maps.len());
+    for m in maps {
+        let kind = vma_kind(pid, m)?;
+        let mut advice = Vec::new();
+        for (flag, adv) in [
+            ("dc", libc::MADV_DONTFORK),
+            ("wf", libc::MADV_WIPEONFORK),
+            ("dd", libc::MADV_DONTDUMP),
+            ("hg", libc::MADV_HUGEPAGE),
+            ("nh", libc::MADV_NOHUGEPAGE),
+            ("sr", libc::MADV_SEQUENTIAL),
+            ("rr", libc::MADV_RANDOM),
+        ] {
+            if m.has_flag(flag) {
+                advice.push(adv);
+            }
+        }
+        if m.has_flag("lo") {
+            warn!(
+                pid,
+                start = m.start,
+                "mlock()ed mapping will be restored unlocked"
+            );
+        }
+        vmas.push(wire::Vma {
+            start: m.start,
+            end: m.end,
+            prot: (if m.read { wire::PROT_READ } else { 0 })
+                | (if m.write { wire::PROT_WRITE } else { 0 })
+                | (if m.exec { wire::PROT_EXEC } else { 0 }),
+            shared: m.shared,
+            growsdown: m.has_flag("gd"),
+            kind,
+            advice,
+            name: m.name.clone(),
+        });
+    }
+    let p = procfs::process::Process::new(pid).ctx(pid, || "open /proc entry".into())?;
+    let stat = p.stat().ctx(pid, || "read stat".into())?;
+    let brk = seized.inject(libc::SYS_brk, &[0], "brk(0)")?;
+    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ctx(pid, || "readlink exe".into())?
+        .to_string_lossy()
+        .into_owned();
+    if exe_path.ends_with(" (deleted)") {
+        return Err(unsupported(
+            pid,
+            format!("its executable {exe_path} was deleted"),
+        ));
+    }
+    let exe_meta = std::fs::metadata(format!("/proc/{pid}/exe")).ctx(pid, || "stat exe".into())?;
+    let need = |v: Option<u64>, what: &str| {
+        v.ok_or_else(|| {
+            unsupported(
+                pid,
+                format!("/proc/{pid}/stat lacks {what} (kernel too old)"),
+            )
+        })
+    };
+    Ok(wire::Mm {
+        vmas,
+        start_code: stat.startcode,
+        end_code: stat.endcode,
+        start_data: need(stat.start_data, "start_data")?,
+        end_data: need(stat.end_data, "end_data")?,
+        start_brk: need(stat.start_brk, "start_brk")?,
+        brk,
+        start_stack: stat.startstack,
+        arg_start: need(stat.arg_start, "arg_start")?,
+        arg_end: need(stat.arg_end, "arg_end")?,
+        env_start: need(stat.env_start, "env_start")?,
+        env_end: need(stat.env_end, "env_end")?,
+        auxv: proc::read_auxv(pid).ctx(pid, || "read auxv".into())?,
+        exe: file_identity(&exe_path, &exe_meta),
+    })
+}
+
+fn vma_kind(pid: i32, m: &MapEntry) -> Result<wire::VmaKind> {
+    let at = || format!("mapping {:#x}-{:#x} ({})", m.start, m.end, m.name);
+    match m.name.as_str() {
+        "[vdso]" => return Ok(wire::VmaKind::Vdso),
+        "[vvar]" => return Ok(wire::VmaKind::Vvar),
+        "[vvar_vclock]" => return Ok(wire::VmaKind::VvarVclock),
+        "[vsyscall]" => return Ok(wire::VmaKind::Vsyscall),
+        _ => {}
+    }
+    if m.has_flag("io") || m.has_flag("pf") {
+        return Err(unsupported(
+            pid,
+            format!("{}: device (I/O or PFN) mappings cannot be restored", at()),
+        ));
+    }
+    if m.has_flag("ht") {
+        return Err(unsupported(
+            pid,
+            format!("{}: hugetlbfs mappings are not supported yet", at()),
+        ));
+    }
+    if m.has_flag("um") || m.has_flag("uw") {
+        return Err(unsupported(
+            pid,
+            format!("{}: registered with userfaultfd", at()),
+        ));
+    }
+    if m.inode == 0 {
+        return Ok(wire::VmaKind::Anon);
+    }
+    if m.shared && m.name.starts_with("/dev/zero") {
+        // MAP_SHARED|MAP_ANONYMOUS shows as a deleted /dev/zero shmem file.
+        return Ok(wire::VmaKind::Anon);
+    }
+    if !m.name.starts_with('/') || m.name.ends_with(" (deleted)") || m.name.starts_with("/memfd:") {
+        return Err(unsupported(
+            pid,
+            format!(
+                "{}: mappings of deleted files, memfd and SysV shm are not supported yet",
+                at()
+            ),
+        ));
+    }
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let meta = std::fs::metadata(&link).ctx(pid, || format!("stat {link}"))?;
+    if meta.ino() != m.inode {
+        return Err(unsupported(
+            pid,
+            format!("{}: file changed identity during the dump", at()),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(unsupported(
+            pid,
+            format!("{}: only regular files can be mapped", at()),
+        ));
+    }
+    Ok(wire::VmaKind::File {
+        file: file_identity(&m.name, &meta),
+        offset: m.offset,
+    })
+}
+
+/// Whether a mapping's page `entry` must be saved.
+fn page_needed(m: &MapEntry, entry: u64) -> bool {
+    let swapped = entry & proc::PM_SWAP != 0;
+    let present = entry & proc::PM_PRESENT != 0;
+    if m.is_file() && !(m.shared && m.name.starts_with("/dev/zero")) {
+        if m.shared {
+            return false; // the file itself holds the data
+        }
+        // Private file mapping: only pages copied on write are ours.
+        return swapped || (present && entry & proc::PM_FILE_OR_SHARED_ANON == 0);
+    }
+    present || swapped
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(16).fold(0u128, |acc, c| {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(c);
+        acc | u128::from_ne_bytes(b)
+    }) == 0
+}
+
+/// Copy every page that must move into the page file.
+fn capture_pages(
+    pid: i32,
+    maps: &[MapEntry],
+    dir: &Path,
+    codec: wire::Codec,
+) -> Result<wire::chunks::ChunkStats> {
+    let page = page_size();
+    let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
+    let mut writer = wire::ChunkWriter::create(&dir.join(wire::PAGES_FILE), codec)?;
+    const BATCH_PAGES: u64 = 1024; // 4 MiB reads
+    let mut buf = vec![0u8; (BATCH_PAGES * page) as usize];
+    for m in maps {
+        if matches!(
+            m.name.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+        ) {
+            continue;
+        }
+        if m.is_file() && m.shared && !m.name.starts_with("/dev/zero") {
+            continue;
+        }
+        // Anonymous memory starts zero-filled on restore: zero pages are skipped.
+        let anon = !m.is_file() || m.name.starts_with("/dev/zero");
+        let entries = pagemap.read(m.start, m.end, page).ctx(pid, || {
+            format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
+        })?;
+        let mut i = 0usize;
+        while i < entries.len() {
+            if !page_needed(m, entries[i]) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < entries.len() && (j - i) < BATCH_PAGES as usize && page_needed(m, entries[j])
+            {
+                j += 1;
+            }
+            let addr = m.start + i as u64 * page;
+            let len = ((j - i) as u64 * page) as usize;
+            mem::read_fully(pid, addr, &mut buf[..len])
+                .ctx(pid, || format!("read memory at {addr:#x} (+{len} bytes)"))?;
+            write_nonzero_runs(&mut writer, addr, &buf[..len], page as usize, anon)?;
+            i = j;
+        }
+        debug!(pid, start = m.start, name = %m.name, "captured mapping");
+    }
+    Ok(writer.finish()?)
+}
+
+fn write_nonzero_runs(
+    writer: &mut wire::ChunkWriter,
+    addr: u64,
+    data: &[u8],
+    page: usize,
+    skip_zero: bool,
+) -> Result<()> {
+    if !skip_zero {
+        writer.write(addr, data)?;
+        return Ok(());
+    }
+    let mut run_start: Option<usize> = None;
+    for (k, p) in data.chunks(page).enumerate() {
+        let off = k * page;
+        match (is_zero(p), run_start) {
+            (false, None) => run_start = Some(off),
+            (true, Some(s)) => {
+                writer.write(addr + s as u64, &data[s..off])?;
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = run_start {
+        writer.write(addr + s as u64, &data[s..])?;
+    }
+    Ok(())
+}
+
+/// Open files. Shared open file descriptions are found with kcmp(KCMP_FILE).
+fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
+    let fds = proc::list_fds(pid).ctx(pid, || "list fds".into())?;
+    let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
+    for &fd in &fds {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .ctx(pid, || format!("readlink fd {fd}"))?
+            .to_string_lossy()
+            .into_owned();
+        let info_text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ctx(pid, || format!("read fdinfo {fd}"))?;
+        let info = proc::parse_fdinfo(&info_text)
+            .ok_or_else(|| unsupported(pid, format!("fd {fd}: unreadable fdinfo")))?;
+        let cloexec = info.flags & libc::O_CLOEXEC != 0;
+        let flags = info.flags
+            & !(libc::O_CLOEXEC | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+        let desc = match out.iter().find(|o| same_file(pid, o.fd, fd)) {
+            Some(o) => o.desc,
+            None => fd as u32,
+        };
+        let kind = fd_kind(pid, fd, &link, flags, info.pos, desc, dir)?;
+        out.push(wire::Fd {
+            fd,
+            cloexec,
+            desc,
+            kind,
+        });
+    }
+    Ok(wire::Files { fds: out })
+}
+
+fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_FILE,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    r == 0
+}
+
+fn fd_kind(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    flags: i32,
+    offset: u64,
+    desc: u32,
+    dir: &Path,
+) -> Result<wire::FdKind> {
+    let is_stdio = (0..=2).contains(&fd);
+    let what = || format!("fd {fd} ({link})");
+    if link.starts_with("pipe:") || link.starts_with("socket:") {
+        if is_stdio {
+            return Ok(wire::FdKind::Inherited {
+                what: link.to_string(),
+            });
+        }
+        return Err(unsupported(
+            pid,
+            format!(
+                "{}: pipes and sockets other than stdio are not supported yet",
+                what()
+            ),
+        ));
+    }
+    if !link.starts_with('/') {
+        return Err(unsupported(
+            pid,
+            format!("{}: this kind of file is not supported yet", what()),
+        ));
+    }
+    let proc_path = format!("/proc/{pid}/fd/{fd}");
+    let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {}", what()))?;
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(path) = link.strip_suffix(" (deleted)") {
+        if !ft.is_file() {
+            return Err(unsupported(
+                pid,
+                format!("{}: deleted non-regular file", what()),
+            ));
+        }
+        // Save the contents once per open file description.
+        let name = wire::deleted_file_name(desc);
+        let target = dir.join(&name);
+        if !target.exists() {
+            save_file_contents(pid, &proc_path, &target)?;
+        }
+        return Ok(wire::FdKind::Deleted {
+            path: path.to_string(),
+            flags,
+            offset,
+            mode: meta.mode() & 0o7777,
+            size: meta.size(),
+        });
+    }
+    if ft.is_char_device() {
+        let major = (meta.rdev() >> 8) & 0xfff;
+        // 4, 5 and 136-143 are terminals: they belong to the session, not the image.
+        if major == 4 || major == 5 || (136..=143).contains(&major) {
+            if is_stdio {
+                return Ok(wire::FdKind::Inherited {
+                    what: link.to_string(),
+                });
+            }
+            return Err(unsupported(
+                pid,
+                format!(
+                    "{}: terminals other than stdio are not supported yet",
+                    what()
+                ),
+            ));
+        }
+    } else if !(ft.is_file() || ft.is_dir()) {
+        return Err(unsupported(
+            pid,
+            format!(
+                "{}: only regular files, directories and character devices are supported",
+                what()
+            ),
+        ));
+    }
+    Ok(wire::FdKind::Path {
+        path: link.to_string(),
+        flags,
+        offset,
+        file: file_identity(link, &meta),
+    })
+}
+
+fn save_file_contents(pid: i32, src: &str, target: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(src).ctx(pid, || format!("open {src}"))?;
+    let mut w = wire::ChunkWriter::create(target, wire::Codec::Zstd(1))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read(&mut buf).ctx(pid, || format!("read {src}"))?;
+        if n == 0 {
+            break;
+        }
+        w.write(off, &buf[..n])?;
+        off += n as u64;
+    }
+    w.finish()?;
+    Ok(())
+}

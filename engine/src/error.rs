@@ -1,0 +1,55 @@
+use std::io;
+
+/// Errors of the source side; each names the process and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("process {pid}: no such process")]
+    NoProcess { pid: i32 },
+    #[error("process {pid}: {what}: {source}")]
+    Sys {
+        pid: i32,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("process {pid} cannot be dumped: {reason}")]
+    Unsupported { pid: i32, reason: String },
+    #[error("image: {0}")]
+    Wire(#[from] tern_wire::WireError),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Attach "process PID: WHAT" context to an `io::Result`.
+pub trait Context<T> {
+    fn ctx(self, pid: i32, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn ctx(self, pid: i32, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| {
+            if source.raw_os_error() == Some(libc::ESRCH) {
+                EngineError::NoProcess { pid }
+            } else {
+                EngineError::Sys {
+                    pid,
+                    what: what(),
+                    source,
+                }
+            }
+        })
+    }
+}
+
+impl<T> Context<T> for std::result::Result<T, procfs::ProcError> {
+    fn ctx(self, pid: i32, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| match e {
+            procfs::ProcError::NotFound(_) => EngineError::NoProcess { pid },
+            other => EngineError::Sys {
+                pid,
+                what: what(),
+                source: io::Error::other(other.to_string()),
+            },
+        })
+    }
+}

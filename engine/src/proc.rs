@@ -1,0 +1,243 @@
+//! Parsers for the /proc files tern reads about a process.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// One mapping from `/proc/PID/smaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    /// Path or pseudo-name (`[heap]`, `[vdso]`, ...); empty for anonymous.
+    pub name: String,
+    /// Two-letter `VmFlags` codes (`rd`, `wr`, `gd`, `dc`, ...).
+    pub vm_flags: Vec<String>,
+    pub anonymous_kb: u64,
+    pub swap_kb: u64,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.vm_flags.iter().any(|f| f == flag)
+    }
+    /// A mapping of a real file (not a pseudo-name, not anonymous).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.name.starts_with('/')
+    }
+}
+
+fn parse_header(line: &str) -> Option<MapEntry> {
+    // start-end perms offset major:minor inode   name
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = it.next()?;
+    let dev = it.next()?;
+    let inode = it.next()?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev_major: u32::from_str_radix(maj, 16).ok()?,
+        dev_minor: u32::from_str_radix(min, 16).ok()?,
+        inode: inode.parse().ok()?,
+        name,
+        vm_flags: Vec::new(),
+        anonymous_kb: 0,
+        swap_kb: 0,
+    })
+}
+
+/// Parse the text of `/proc/PID/smaps`.
+pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, String> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            out.push(parse_header(line).ok_or_else(|| format!("bad smaps line: {line:?}"))?);
+            continue;
+        }
+        let Some(cur) = out.last_mut() else {
+            return Err(format!("smaps field before any mapping: {line:?}"));
+        };
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            cur.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+        } else if let Some(v) = line.strip_prefix("Anonymous:") {
+            cur.anonymous_kb = parse_kb(v);
+        } else if let Some(v) = line.strip_prefix("Swap:") {
+            cur.swap_kb = parse_kb(v);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_kb(v: &str) -> u64 {
+    v.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn read_smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    parse_smaps(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAP: u64 = 1 << 62;
+pub const PM_FILE_OR_SHARED_ANON: u64 = 1 << 61;
+pub const PM_SOFT_DIRTY: u64 = 1 << 55;
+
+/// `/proc/PID/pagemap`, read a whole range at a time.
+pub struct Pagemap {
+    file: File,
+}
+
+impl Pagemap {
+    pub fn open(pid: i32) -> io::Result<Self> {
+        Ok(Pagemap {
+            file: File::open(format!("/proc/{pid}/pagemap"))?,
+        })
+    }
+
+    /// One 64-bit entry per page of `[start, end)`.
+    pub fn read(&self, start: u64, end: u64, page_size: u64) -> io::Result<Vec<u64>> {
+        let pages = ((end - start) / page_size) as usize;
+        let mut raw = vec![0u8; pages * 8];
+        self.file.read_exact_at(&mut raw, start / page_size * 8)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect())
+    }
+}
+
+/// `/proc/PID/auxv` as 64-bit words.
+pub fn read_auxv(pid: i32) -> io::Result<Vec<u64>> {
+    let raw = std::fs::read(format!("/proc/{pid}/auxv"))?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect())
+}
+
+/// The `pos:` and `flags:` lines of `/proc/PID/fdinfo/FD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdInfo {
+    pub pos: u64,
+    /// Octal in the file; includes O_CLOEXEC for close-on-exec fds.
+    pub flags: i32,
+}
+
+pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
+    let mut pos = None;
+    let mut flags = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("pos:") {
+            pos = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("flags:") {
+            flags = i32::from_str_radix(v.trim(), 8).ok();
+        }
+    }
+    Some(FdInfo {
+        pos: pos?,
+        flags: flags?,
+    })
+}
+
+/// Numbers of `/proc/PID/fd`, sorted.
+pub fn list_fds(pid: i32) -> io::Result<Vec<i32>> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    Ok(fds)
+}
+
+/// Thread ids in `/proc/PID/task`.
+pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// Children listed in `/proc/PID/task/*/children`.
+pub fn list_children(pid: i32) -> io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for tid in list_tasks(pid)? {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))?;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|s| s.parse::<i32>().ok()),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_parses_names_flags_and_sizes() {
+        let text = "\
+55d0a0000000-55d0a0021000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+Anonymous:             8 kB
+Swap:                  0 kB
+VmFlags: rd wr mr mw me ac
+7f00aa000000-7f00aa001000 r--p 00002000 fd:01 123456                     /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             4 kB
+VmFlags: rd mr mw me ac
+7ffd11000000-7ffd11021000 rw-p 00000000 00:00 0                          [stack]
+VmFlags: rd wr mr mw me gd ac
+7f00bb000000-7f00bb001000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
+VmFlags: rd wr sh mr mw me ms
+";
+        let m = parse_smaps(text).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].name, "[heap]");
+        assert_eq!(m[0].anonymous_kb, 8);
+        assert!(m[1].is_file() && !m[1].write && m[1].offset == 0x2000);
+        assert_eq!(m[1].dev_major, 0xfd);
+        assert!(m[2].has_flag("gd"));
+        assert!(m[3].shared && m[3].name == "/dev/zero (deleted)");
+    }
+
+    #[test]
+    fn fdinfo_flags_are_octal() {
+        let i = parse_fdinfo("pos:\t42\nflags:\t02102001\nmnt_id:\t25\n").unwrap();
+        assert_eq!(i.pos, 42);
+        assert_eq!(i.flags, 0o2102001);
+    }
+}

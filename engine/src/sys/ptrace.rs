@@ -1,0 +1,213 @@
+//! Thin, checked wrappers over ptrace(2) requests tern uses.
+//!
+//! All ptrace calls for one tracee must come from the OS thread that
+//! attached it; callers keep all work for a tracee on one thread.
+
+use std::io;
+
+/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// `NT_X86_XSTATE` regset: FPU/SSE/AVX state in XSAVE layout.
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Bigger than any XSAVE area the kernel reports today (AMX is ~11 KiB).
+const XSTATE_BUF: usize = 16 << 10;
+
+/// What a traced thread reported through `waitpid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `PTRACE_EVENT_STOP`: interrupt stop or group-stop (with its signal).
+    EventStop(i32),
+    /// Another ptrace event (`PTRACE_EVENT_*`), with the stop signal.
+    Event(i32),
+    /// Syscall entry or exit (needs `PTRACE_O_TRACESYSGOOD`).
+    Syscall,
+    /// About to deliver this signal.
+    Signal(i32),
+    Exited(i32),
+    Killed(i32),
+}
+
+/// `struct ptrace_rseq_configuration` from `<linux/ptrace.h>`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Issue a ptrace request whose result is only success or failure.
+fn request(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<()> {
+    // SAFETY: every caller passes either integer arguments or pointers to
+    // live, correctly sized buffers owned by the caller for the call's span.
+    let ret = unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    check(ret).map(|_| ())
+}
+
+pub fn seize(tid: i32, options: libc::c_int) -> io::Result<()> {
+    request(libc::PTRACE_SEIZE, tid, 0, options as usize)
+}
+
+pub fn interrupt(tid: i32) -> io::Result<()> {
+    request(libc::PTRACE_INTERRUPT, tid, 0, 0)
+}
+
+pub fn set_options(tid: i32, options: libc::c_int) -> io::Result<()> {
+    request(libc::PTRACE_SETOPTIONS, tid, 0, options as usize)
+}
+
+pub fn cont(tid: i32, sig: i32) -> io::Result<()> {
+    request(libc::PTRACE_CONT, tid, 0, sig as usize)
+}
+
+pub fn syscall(tid: i32, sig: i32) -> io::Result<()> {
+    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize)
+}
+
+pub fn detach(tid: i32, sig: i32) -> io::Result<()> {
+    request(libc::PTRACE_DETACH, tid, 0, sig as usize)
+}
+
+/// Wait for the next state change of `tid` (a thread we trace).
+pub fn wait(tid: i32) -> io::Result<Stop> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for the call.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        break;
+    }
+    Ok(decode_status(status))
+}
+
+fn decode_status(status: i32) -> Stop {
+    if libc::WIFEXITED(status) {
+        return Stop::Exited(libc::WEXITSTATUS(status));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Stop::Killed(libc::WTERMSIG(status));
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    if event == libc::PTRACE_EVENT_STOP {
+        Stop::EventStop(sig)
+    } else if event != 0 {
+        Stop::Event(event)
+    } else if sig == libc::SIGTRAP | 0x80 {
+        Stop::Syscall
+    } else {
+        Stop::Signal(sig)
+    }
+}
+
+pub fn get_regs(tid: i32) -> io::Result<libc::user_regs_struct> {
+    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: (&mut regs as *mut libc::user_regs_struct).cast(),
+        iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+    };
+    request(
+        libc::PTRACE_GETREGSET,
+        tid,
+        libc::NT_PRSTATUS as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )?;
+    Ok(regs)
+}
+
+pub fn set_regs(tid: i32, regs: &libc::user_regs_struct) -> io::Result<()> {
+    let mut copy = *regs;
+    let mut iov = libc::iovec {
+        iov_base: (&mut copy as *mut libc::user_regs_struct).cast(),
+        iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+    };
+    request(
+        libc::PTRACE_SETREGSET,
+        tid,
+        libc::NT_PRSTATUS as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )
+}
+
+/// The thread's XSAVE area (x87, SSE, AVX, ...), as long as the kernel says.
+pub fn get_xstate(tid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; XSTATE_BUF];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    request(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(tid: i32, xstate: &[u8]) -> io::Result<()> {
+    let mut buf = xstate.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    request(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )
+}
+
+pub fn get_sigmask(tid: i32) -> io::Result<u64> {
+    let mut mask = 0u64;
+    request(
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        8,
+        &mut mask as *mut u64 as usize,
+    )?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
+    let mut m = mask;
+    request(libc::PTRACE_SETSIGMASK, tid, 8, &mut m as *mut u64 as usize)
+}
+
+/// rseq registration of the thread; `rseq_abi_pointer == 0` if none.
+pub fn get_rseq(tid: i32) -> io::Result<RseqConfig> {
+    let mut conf = RseqConfig::default();
+    request(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<RseqConfig>(),
+        &mut conf as *mut RseqConfig as usize,
+    )?;
+    Ok(conf)
+}

@@ -1,0 +1,130 @@
+//! The puppet: a stopped child process driven entirely from outside with
+//! ptrace, which tern turns into the restored program.
+//!
+//! It is created with `clone3` (with `set_tid` to get the original pid) from
+//! the single-threaded `tern restore`, makes itself a session leader, closes
+//! every fd but 0-2, asks to be traced and stops. Everything after that is
+//! done by injecting syscalls through a `syscall` instruction in its vdso.
+
+use std::io;
+use tern_engine::proc;
+use tern_engine::sys::{nr, ptrace, remote, RemoteThread};
+
+/// `struct clone_args` (CLONE_ARGS_SIZE_VER2, Linux 5.7+).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// A child stopped under our ptrace; killed on drop unless released.
+pub struct Puppet {
+    pub pid: i32,
+    pub remote: RemoteThread,
+    released: bool,
+}
+
+impl Puppet {
+    /// Create the puppet, with pid `want_pid` if given.
+    pub fn spawn(want_pid: Option<i32>) -> io::Result<Puppet> {
+        let tids = [want_pid.unwrap_or(0)];
+        let mut args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            ..Default::default()
+        };
+        if want_pid.is_some() {
+            args.set_tid = tids.as_ptr() as u64;
+            args.set_tid_size = 1;
+        }
+        // SAFETY: fork-like clone3 (no CLONE_VM): the child gets a copy of
+        // our address space. `args` and `tids` outlive the call. The child
+        // runs only raw syscalls below, which are async-signal-safe, and
+        // never returns into Rust code.
+        let r = unsafe {
+            libc::syscall(
+                nr::CLONE3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if r == 0 {
+            // SAFETY: in the child: raw syscalls only (glibc's cached tid
+            // would be the parent's, so no raise()/getpid() wrappers).
+            unsafe {
+                libc::syscall(libc::SYS_setsid);
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+                let me = libc::syscall(libc::SYS_getpid);
+                libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+                libc::syscall(libc::SYS_exit_group, 127);
+            }
+        }
+        let pid = r as i32;
+        let mut puppet = Puppet {
+            pid,
+            remote: RemoteThread::new(pid, 0, zero_regs()),
+            released: false,
+        };
+        match ptrace::wait(pid)? {
+            ptrace::Stop::Signal(libc::SIGSTOP) => {}
+            other => {
+                return Err(io::Error::other(format!(
+                    "puppet {pid} did not stop as expected: {other:?}"
+                )))
+            }
+        }
+        ptrace::set_options(pid, libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD)?;
+        let regs = ptrace::get_regs(pid)?;
+        let maps = proc::read_smaps(pid)?;
+        let vdso = maps
+            .iter()
+            .find(|m| m.name == "[vdso]")
+            .ok_or_else(|| io::Error::other("tern itself has no [vdso] mapping"))?;
+        let gadget = remote::find_syscall_insn(pid, vdso.start, vdso.end)?
+            .ok_or_else(|| io::Error::other("no syscall instruction in the vdso"))?;
+        puppet.remote = RemoteThread::new(pid, gadget, regs);
+        Ok(puppet)
+    }
+
+    pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> io::Result<u64> {
+        self.remote.syscall_ok(nr, args)
+    }
+
+    /// Let the restored program run: it is no longer ours to kill.
+    pub fn release(&mut self) -> io::Result<()> {
+        ptrace::detach(self.pid, 0)?;
+        self.released = true;
+        Ok(())
+    }
+}
+
+impl Drop for Puppet {
+    fn drop(&mut self) {
+        if !self.released {
+            // SAFETY: plain syscalls on our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                let mut st = 0;
+                libc::waitpid(self.pid, &mut st, libc::__WALL);
+            }
+        }
+    }
+}
+
+fn zero_regs() -> libc::user_regs_struct {
+    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}

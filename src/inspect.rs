@@ -1,0 +1,115 @@
+//! `tern inspect`: what an image holds.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use tern_wire as wire;
+
+pub fn run(dir: &Path, json: bool) -> Result<()> {
+    let image = tern_restorer::Image::load(dir)
+        .with_context(|| format!("cannot read image {}", dir.display()))?;
+    if json {
+        let v = serde_json::json!({
+            "inventory": image.inventory,
+            "core": image.core,
+            "mm": image.mm,
+            "files": image.files,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let inv = &image.inventory;
+    println!(
+        "image {}: process {} ({}), tern {}, kernel {}",
+        dir.display(),
+        inv.pid,
+        inv.comm,
+        inv.tern_version,
+        inv.kernel_release
+    );
+    println!(
+        "memory: {} KiB of pages ({} KiB stored)",
+        inv.pages_bytes >> 10,
+        inv.pages_stored_bytes >> 10
+    );
+    let c = &image.core;
+    println!(
+        "creds: uid {:?} gid {:?} groups {:?}; cwd {}; umask {:03o}",
+        c.creds.uid, c.creds.gid, c.creds.groups, c.cwd, c.umask
+    );
+    for t in &c.threads {
+        let state = match t.syscall {
+            wire::SyscallState::None => "running user code".to_string(),
+            wire::SyscallState::Restart { nr, code } => {
+                format!("in syscall {nr} (restart code {code}), will re-issue it")
+            }
+        };
+        println!(
+            "thread {} ({}): rip {:#x} rsp {:#x}, {state}; blocked signals {:#x}",
+            t.tid, t.comm, t.regs.rip, t.regs.rsp, t.sigmask
+        );
+    }
+    let handled: Vec<String> = c
+        .sigactions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.handler > 1)
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    println!("signal handlers for: {}", handled.join(" "));
+    if !c.pending_signals.is_empty() {
+        println!("pending signals: {:?}", c.pending_signals);
+    }
+    println!("mappings:");
+    for v in &image.mm.vmas {
+        let prot = format!(
+            "{}{}{}{}",
+            if v.prot & wire::PROT_READ != 0 {
+                'r'
+            } else {
+                '-'
+            },
+            if v.prot & wire::PROT_WRITE != 0 {
+                'w'
+            } else {
+                '-'
+            },
+            if v.prot & wire::PROT_EXEC != 0 {
+                'x'
+            } else {
+                '-'
+            },
+            if v.shared { 's' } else { 'p' }
+        );
+        println!("  {:#014x}-{:#014x} {prot} {}", v.start, v.end, v.name);
+    }
+    println!("files:");
+    for f in &image.files.fds {
+        let what = match &f.kind {
+            wire::FdKind::Path {
+                path,
+                offset,
+                flags,
+                ..
+            } => {
+                format!("{path} (offset {offset}, flags {flags:#o})")
+            }
+            wire::FdKind::Deleted { path, size, .. } => {
+                format!("{path} (deleted, {size} bytes saved)")
+            }
+            wire::FdKind::Inherited { what } => {
+                format!("{what} (taken from the restorer's own fd)")
+            }
+        };
+        println!(
+            "  fd {}{}: {what}{}",
+            f.fd,
+            if f.cloexec { " cloexec" } else { "" },
+            if f.desc as i32 != f.fd {
+                format!(" [shares fd {}]", f.desc)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}

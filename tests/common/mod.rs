@@ -1,0 +1,1321 @@
+//! Helpers for tern's root-run integration tests: temporary directories,
+//! workloads compiled at test time, running `tern`, watching processes by pid
+//! and reading their state from /proc, and guards that kill whatever a test
+//! started even when it panics.
+//!
+//! Processes are only ever signalled by pid, never looked up by name.
+
+#![allow(dead_code)] // not every test crate uses every helper
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The tern binary under test: this workspace's build, or the program named
+/// by `TERN_BIN` (e.g. to run these tests against a release build).
+pub fn tern_bin() -> PathBuf {
+    std::env::var_os("TERN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tern")))
+}
+
+/// How long to wait for a workload to make progress.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How long a single `tern` command may take before the test gives up on it.
+pub const TERN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Poll interval for all waits.
+const POLL: Duration = Duration::from_millis(5);
+
+// ---------------------------------------------------------------------------
+// Preconditions
+
+/// Returns true when the test can run (we are root). Otherwise prints
+/// `SKIP: <reason>` and returns false, except when `CI` or
+/// `TERN_REQUIRE_ROOT` is set: there a skipped test would hide a failure, so
+/// it panics instead.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return true;
+    }
+    let reason = format!(
+        "{test}: needs root (euid is {euid}): tern ptraces its target and restores it under its original pid"
+    );
+    if std::env::var_os("CI").is_some() || std::env::var_os("TERN_REQUIRE_ROOT").is_some() {
+        panic!("{reason}; CI/TERN_REQUIRE_ROOT is set, so this test may not be skipped");
+    }
+    eprintln!("SKIP: {reason}");
+    false
+}
+
+/// For an optional environment feature a test needs: prints `SKIP: <reason>`
+/// (or panics under `CI`/`TERN_REQUIRE_ROOT`, where everything must run).
+pub fn skip_or_panic(test: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() || std::env::var_os("TERN_REQUIRE_ROOT").is_some() {
+        panic!("{test}: {reason}; CI/TERN_REQUIRE_ROOT is set, so this test may not be skipped");
+    }
+    eprintln!("SKIP: {test}: {reason}");
+}
+
+// ---------------------------------------------------------------------------
+// Temporary directories
+
+/// A fresh directory under `std::env::temp_dir()`, unique per test and per
+/// call. Removed on drop, except when the test is panicking (or
+/// `TERN_KEEP_TEST_DIRS` is set): then it is kept and its path printed so the
+/// images and outputs can be inspected.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "tern-it-{name}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create test dir {}: {e}", path.display()));
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() || std::env::var_os("TERN_KEEP_TEST_DIRS").is_some() {
+            eprintln!("test files kept in {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A small tmpfs mounted for one test (e.g. to make a dump run out of
+/// space); unmounted (lazily) on drop.
+pub struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(path: &Path, size: &str) -> Result<TmpfsMount, String> {
+        fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("tmpfs")
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs on {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(TmpfsMount {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workloads
+
+/// `tests/workloads` in this repository.
+pub fn workloads_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("workloads")
+}
+
+/// Compiles `tests/workloads/<name>.c` into `<dir>/<name>` with
+/// `cc -O1 -Wall` and returns the executable's path.
+pub fn compile_c(dir: &TestDir, name: &str) -> PathBuf {
+    let src = workloads_dir().join(format!("{name}.c"));
+    let exe = dir.join(name);
+    let output = Command::new("cc")
+        .arg("-O1")
+        .arg("-Wall")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cc for {}: {e}", src.display()));
+    assert!(
+        output.status.success(),
+        "cc -O1 -Wall -o {} {} failed ({}):\n{}{}",
+        exe.display(),
+        src.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    exe
+}
+
+/// The `rust_counter` example of this workspace. `cargo test` builds it into
+/// `target/<profile>/examples/` next to the `deps/` directory holding this
+/// test binary. When it is missing (e.g. `cargo test --test dump_restore`
+/// builds no examples) it is compiled here with `rustc` into `dir`.
+pub fn rust_counter_exe(dir: &TestDir) -> PathBuf {
+    let me = std::env::current_exe().expect("current_exe");
+    let profile_dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let built = profile_dir.join("examples").join("rust_counter");
+    if built.is_file() {
+        return built;
+    }
+    let src = workloads_dir().join("rust_counter.rs");
+    let exe = dir.join("rust_counter");
+    eprintln!(
+        "note: {} not built (run plain `cargo test` to build examples); compiling {} with rustc",
+        built.display(),
+        src.display()
+    );
+    let output = Command::new("rustc")
+        .args(["--edition", "2021", "-O", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run rustc: {e}"));
+    assert!(
+        output.status.success(),
+        "rustc failed for {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    exe
+}
+
+/// A program plus its arguments (argv[0] is the program path as given).
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<PathBuf>) -> Cmd {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// The NUL-separated argv as /proc/PID/cmdline shows it.
+    pub fn cmdline(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(self.program.as_os_str().as_bytes());
+        v.push(0);
+        for a in &self.args {
+            v.extend_from_slice(a.as_bytes());
+            v.push(0);
+        }
+        v
+    }
+}
+
+/// Spawns `cmd` with stdin from `stdin` and stdout/stderr redirected to the
+/// (truncated) files `out` and `err`. The process is killed on drop of the
+/// returned guard.
+pub fn spawn_redirected(cmd: &Cmd, stdin: Stdio, out: &Path, err: &Path) -> ProcGuard {
+    let stdout = File::create(out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
+    let stderr = File::create(err).unwrap_or_else(|e| panic!("create {}: {e}", err.display()));
+    let child = Command::new(&cmd.program)
+        .args(&cmd.args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", cmd.program.display()));
+    ProcGuard::child(child)
+}
+
+/// Creates a pipe (both ends close-on-exec in this process). Returns
+/// `(read end, write end)`.
+pub fn pipe() -> (OwnedFd, File) {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is a valid, writable array of two c_ints as pipe2 requires.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by
+    // nobody else; each is wrapped exactly once.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    (r, w)
+}
+
+/// The inode number of a pipe or file, as `/proc/PID/fd` links show it.
+pub fn inode_of(file: &File) -> u64 {
+    file.metadata().expect("fstat").ino()
+}
+
+// ---------------------------------------------------------------------------
+// Process guards and pid helpers
+
+/// Owns a process the test started, by pid. Dropping it kills the process
+/// with SIGKILL (and reaps it when it is our child), unless it has been
+/// disarmed because the test already knows it is gone.
+pub struct ProcGuard {
+    pid: i32,
+    child: Option<Child>,
+    armed: bool,
+}
+
+impl ProcGuard {
+    /// Guards a child of this test.
+    pub fn child(child: Child) -> ProcGuard {
+        let pid = i32::try_from(child.id()).expect("pid fits in i32");
+        ProcGuard {
+            pid,
+            child: Some(child),
+            armed: true,
+        }
+    }
+
+    /// Guards a process that is not our child (e.g. a restored one).
+    pub fn adopt(pid: i32) -> ProcGuard {
+        ProcGuard {
+            pid,
+            child: None,
+            armed: true,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn is_child(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Takes the child's stdin pipe, if it was spawned with one.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.as_mut().and_then(|c| c.stdin.take())
+    }
+
+    /// For a child: its exit status if it has exited (reaping it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("try_wait on a non-child");
+        let status = child.try_wait().expect("try_wait")?;
+        self.child = None;
+        self.armed = false;
+        Some(status)
+    }
+
+    /// For a child: waits up to `timeout` for it to exit and reaps it.
+    /// Returns None on timeout (the guard still owns it then).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Is the process still running (not exited, not a zombie)?
+    pub fn alive(&mut self) -> bool {
+        if self.child.is_some() {
+            return self.try_wait().is_none();
+        }
+        self.armed && pid_alive(self.pid)
+    }
+
+    /// Kills the process with SIGKILL and waits until it is gone (a zombie
+    /// counts as gone for a non-child; a child is reaped).
+    pub fn kill_and_wait(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if self.armed {
+            kill_pid(self.pid, libc::SIGKILL);
+            assert!(
+                wait_gone(self.pid, WAIT),
+                "pid {} still alive {WAIT:?} after SIGKILL",
+                self.pid
+            );
+        }
+        self.armed = false;
+    }
+
+    /// The test knows the process is gone: do not signal the pid on drop.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if self.armed && pid_alive(self.pid) {
+            kill_pid(self.pid, libc::SIGKILL);
+            let _ = wait_gone(self.pid, WAIT);
+        }
+    }
+}
+
+/// Sends `sig` to `pid`; returns whether kill(2) succeeded.
+pub fn kill_pid(pid: i32, sig: libc::c_int) -> bool {
+    assert!(pid > 0, "refusing to signal pid {pid}");
+    // SAFETY: kill(2) only takes integers; pid > 0 targets exactly one process.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// The parts of /proc/PID/stat the tests look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+}
+
+/// Parses /proc/PID/stat; None when the pid does not exist.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    let session = f.next()?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        ppid,
+        pgrp,
+        session,
+    })
+}
+
+/// True when a process runs under `pid` (a zombie or a dead entry does not count).
+pub fn pid_alive(pid: i32) -> bool {
+    matches!(proc_stat(pid), Some(s) if s.state != 'Z' && s.state != 'X')
+}
+
+/// True when anything, even a zombie, holds `pid`.
+pub fn pid_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits until no live process runs under `pid`; false on timeout.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(POLL);
+    }
+    true
+}
+
+/// Waits until `pid` is entirely free (not even a zombie waiting for init
+/// to reap it); false on timeout.
+pub fn wait_pid_free(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while pid_exists(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(POLL);
+    }
+    true
+}
+
+/// Live processes whose /proc/PID/exe is `exe`.
+pub fn live_pids_with_exe(exe: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe) && pid_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A field of /proc/PID/status, trimmed.
+pub fn status_field(pid: i32, name: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == name).then(|| v.trim().to_string())
+    })
+}
+
+/// A hexadecimal signal-set field of /proc/PID/status (SigBlk, SigPnd, ...).
+pub fn status_sigset(pid: i32, name: &str) -> Option<u64> {
+    u64::from_str_radix(&status_field(pid, name)?, 16).ok()
+}
+
+/// The bit of signal `sig` in a /proc signal set.
+pub fn sig_bit(sig: libc::c_int) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// The syscall number a stopped/sleeping process is in, from
+/// /proc/PID/syscall; None when it is running or unreadable.
+pub fn current_syscall(pid: i32) -> Option<libc::c_long> {
+    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Every open fd of `pid` and what it points to.
+pub fn fd_targets(pid: i32) -> BTreeMap<i32, String> {
+    let mut map = BTreeMap::new();
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in dir.flatten() {
+            if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                if let Ok(target) = fs::read_link(entry.path()) {
+                    map.insert(fd, target.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    map
+}
+
+/// `(pos, flags)` from /proc/PID/fdinfo/FD (flags are octal there).
+pub fn fdinfo(pid: i32, fd: i32) -> Option<(u64, u32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let mut pos = None;
+    let mut flags = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("pos:") {
+            pos = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("flags:") {
+            flags = u32::from_str_radix(v.trim(), 8).ok();
+        }
+    }
+    Some((pos?, flags?))
+}
+
+// ---------------------------------------------------------------------------
+// Memory maps
+
+/// One /proc/PID/maps line without the device and inode columns (an inode of
+/// a shared anonymous mapping changes across a restore) and with any
+/// " (deleted)" suffix removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub path: String,
+}
+
+impl std::fmt::Display for MapEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:x}-{:x} {} {:08x} {}",
+            self.start, self.end, self.perms, self.offset, self.path
+        )
+    }
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.len() < 5 {
+        return None;
+    }
+    let (start, end) = fields[0].split_once('-')?;
+    let path = fields[5..].join(" ");
+    Some(MapEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms: fields[1].to_string(),
+        offset: u64::from_str_radix(fields[2], 16).ok()?,
+        path: path.strip_suffix(" (deleted)").unwrap_or(&path).to_string(),
+    })
+}
+
+/// /proc/PID/maps as listed.
+pub fn read_maps(pid: i32) -> Vec<MapEntry> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(parse_maps_line)
+        .collect()
+}
+
+/// /proc/PID/maps with adjacent entries merged when they describe one
+/// contiguous mapping (same permissions and path, and for files contiguous
+/// offsets): how the kernel happens to split or merge VMAs is not part of
+/// the address space's meaning.
+pub fn normalized_maps(pid: i32) -> Vec<MapEntry> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for e in read_maps(pid) {
+        if let Some(prev) = out.last_mut() {
+            let anon = e.path.is_empty() || e.path.starts_with('[');
+            if prev.end == e.start
+                && prev.perms == e.perms
+                && prev.path == e.path
+                && (anon || prev.offset + (prev.end - prev.start) == e.offset)
+            {
+                prev.end = e.end;
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// The kernel-provided mappings whose addresses a restore must keep.
+pub fn special_maps(pid: i32) -> Vec<MapEntry> {
+    read_maps(pid)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.path.as_str(),
+                "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+            )
+        })
+        .collect()
+}
+
+/// A readable difference between two map lists (empty when equal).
+pub fn maps_diff(before: &[MapEntry], after: &[MapEntry]) -> String {
+    let mut s = String::new();
+    for e in before.iter().filter(|e| !after.contains(e)) {
+        let _ = writeln!(s, "  only before: {e}");
+    }
+    for e in after.iter().filter(|e| !before.contains(e)) {
+        let _ = writeln!(s, "  only after:  {e}");
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Process identity: what a restore must reproduce
+
+/// What a restored process must share with the original.
+#[derive(Clone, Debug)]
+pub struct ProcIdentity {
+    pub pid: i32,
+    pub exe: PathBuf,
+    pub cmdline: Vec<u8>,
+    pub comm: String,
+    pub sig_blk: u64,
+    pub sig_ign: u64,
+    pub sig_cgt: u64,
+    pub special_maps: Vec<MapEntry>,
+    /// The whole (normalized) memory map, for programs whose map is stable.
+    pub maps: Option<Vec<MapEntry>>,
+}
+
+impl ProcIdentity {
+    pub fn capture(pid: i32, with_maps: bool) -> ProcIdentity {
+        let read = |what: &str| {
+            fs::read(format!("/proc/{pid}/{what}"))
+                .unwrap_or_else(|e| panic!("read /proc/{pid}/{what}: {e}"))
+        };
+        let sig = |name: &str| {
+            status_sigset(pid, name).unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        };
+        ProcIdentity {
+            pid,
+            exe: fs::read_link(format!("/proc/{pid}/exe"))
+                .unwrap_or_else(|e| panic!("readlink /proc/{pid}/exe: {e}")),
+            cmdline: read("cmdline"),
+            comm: String::from_utf8_lossy(&read("comm"))
+                .trim_end()
+                .to_string(),
+            sig_blk: sig("SigBlk"),
+            sig_ign: sig("SigIgn"),
+            sig_cgt: sig("SigCgt"),
+            special_maps: special_maps(pid),
+            maps: with_maps.then(|| normalized_maps(pid)),
+        }
+    }
+
+    /// Panics with every difference between `self` and the process now
+    /// running under the same pid.
+    pub fn assert_same(&self, context: &str) {
+        let now = ProcIdentity::capture(self.pid, self.maps.is_some());
+        let mut problems = String::new();
+        if now.exe != self.exe {
+            let _ = writeln!(problems, "exe: {:?} != {:?}", now.exe, self.exe);
+        }
+        if now.cmdline != self.cmdline {
+            let _ = writeln!(
+                problems,
+                "cmdline: {:?} != {:?}",
+                String::from_utf8_lossy(&now.cmdline),
+                String::from_utf8_lossy(&self.cmdline)
+            );
+        }
+        if now.comm != self.comm {
+            let _ = writeln!(problems, "comm: {:?} != {:?}", now.comm, self.comm);
+        }
+        for (name, a, b) in [
+            ("SigBlk", now.sig_blk, self.sig_blk),
+            ("SigIgn", now.sig_ign, self.sig_ign),
+            ("SigCgt", now.sig_cgt, self.sig_cgt),
+        ] {
+            if a != b {
+                let _ = writeln!(problems, "{name}: {a:016x} != {b:016x}");
+            }
+        }
+        if now.special_maps != self.special_maps {
+            let _ = writeln!(
+                problems,
+                "vdso/vvar mappings moved:\n{}",
+                maps_diff(&self.special_maps, &now.special_maps)
+            );
+        }
+        if let (Some(before), Some(after)) = (&self.maps, &now.maps) {
+            if before != after {
+                let _ = writeln!(
+                    problems,
+                    "memory map differs:\n{}",
+                    maps_diff(before, after)
+                );
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{context}: pid {} differs from the original (now != before):\n{problems}",
+            self.pid
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files and waiting
+
+/// The whole file, or nothing if it does not exist (yet).
+pub fn read_bytes(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_default()
+}
+
+/// The last `n` lines of a file, for failure messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let bytes = read_bytes(path);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    format!(
+        "--- {} ({} bytes, last {} lines) ---\n{}\n---",
+        path.display(),
+        bytes.len(),
+        lines.len() - start,
+        lines[start..].join("\n")
+    )
+}
+
+/// The complete (newline-terminated) lines of a file; a line being written
+/// right now is left out.
+pub fn complete_lines(path: &Path) -> Vec<String> {
+    let bytes = read_bytes(path);
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&bytes[..end])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The number right after `prefix` in `line` ("tick 17 pass 0" -> 17).
+pub fn seq_number(line: &str, prefix: &str) -> Option<u64> {
+    line.strip_prefix(prefix)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The value following the word `key` in a "k1 v1 k2 v2" style line.
+pub fn field_after(line: &str, key: &str) -> Option<u64> {
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Polls `probe` until it returns Some, for at most `timeout`; on timeout
+/// panics saying what was awaited, with `diag()` appended.
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+    diag: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}\n{}", diag());
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Checks that `values` count up by exactly one from `first`, no gap and no
+/// repeat; the error names the first offending position.
+pub fn check_consecutive(values: &[u64], first: u64) -> Result<(), String> {
+    for (i, (&v, want)) in values.iter().zip(first..).enumerate() {
+        if v != want {
+            let lo = i.saturating_sub(3);
+            let hi = (i + 4).min(values.len());
+            return Err(format!(
+                "sequence broken at entry {i}: expected {want}, found {v} (around: {:?})",
+                &values[lo..hi]
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Running tern
+
+/// What a `tern` invocation did.
+pub struct TernOutput {
+    pub args: Vec<OsString>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TernOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "`tern {}` exited with {}\n--- tern stdout ---\n{}\n--- tern stderr ---\n{}\n---",
+            self.args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            self.status,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+
+    /// Panics with the full output unless tern exited 0.
+    pub fn assert_ok(&self, context: &str) -> &Self {
+        assert!(self.success(), "{context}: {}", self.describe());
+        self
+    }
+}
+
+/// Runs `tern ARGS` with the given stdin. Its stdout and stderr go to files
+/// in `dir` (not pipes: a restored process that wrongly inherited them must
+/// not make the test hang waiting for EOF). Kills tern and panics if it runs
+/// longer than [`TERN_TIMEOUT`].
+pub fn run_tern(dir: &TestDir, args: &[OsString], stdin: Stdio) -> TernOutput {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let sub = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out_path = dir.join(format!("tern-{n}-{sub}.stdout"));
+    let err_path = dir.join(format!("tern-{n}-{sub}.stderr"));
+    let tern = tern_bin();
+    let child = Command::new(&tern)
+        .args(args)
+        .stdin(stdin)
+        .stdout(File::create(&out_path).expect("create tern stdout file"))
+        .stderr(File::create(&err_path).expect("create tern stderr file"))
+        .env("RUST_BACKTRACE", "1")
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tern.display()));
+    let mut guard = ProcGuard::child(child);
+    let status = guard.wait_exit(TERN_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "`tern {args:?}` still running after {TERN_TIMEOUT:?} (killing it)\n{}\n{}",
+            tail(&out_path, 50),
+            tail(&err_path, 200)
+        )
+    });
+    TernOutput {
+        args: args.to_vec(),
+        status,
+        stdout: String::from_utf8_lossy(&read_bytes(&out_path)).into_owned(),
+        stderr: String::from_utf8_lossy(&read_bytes(&err_path)).into_owned(),
+    }
+}
+
+/// Builds an argument vector from anything path- or string-like.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        vec![$(::std::ffi::OsString::from($a)),*]
+    };
+}
+
+pub fn tern_dump(dir: &TestDir, pid: i32, images: &Path, leave_running: bool) -> TernOutput {
+    let mut a = args!["dump", "--pid", pid.to_string(), "--images", images];
+    if leave_running {
+        a.push("--leave-running".into());
+    }
+    run_tern(dir, &a, Stdio::null())
+}
+
+pub fn tern_restore(
+    dir: &TestDir,
+    images: &Path,
+    pidfile: Option<&Path>,
+    stdin: Stdio,
+) -> TernOutput {
+    let mut a = args!["restore", "--images", images];
+    if let Some(p) = pidfile {
+        a.push("--pidfile".into());
+        a.push(p.into());
+    }
+    run_tern(dir, &a, stdin)
+}
+
+pub fn tern_inspect(dir: &TestDir, images: &Path, json: bool) -> TernOutput {
+    let mut a = args!["inspect", "--images", images];
+    if json {
+        a.push("--json".into());
+    }
+    run_tern(dir, &a, Stdio::null())
+}
+
+/// Every regular file under `dir`, recursively, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap_or_else(|e| panic!("read_dir {}: {e}", d.display())) {
+            let path = entry.expect("dir entry").path();
+            let ft = fs::symlink_metadata(&path).expect("stat").file_type();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Copies the directory tree `from` to `to` (regular files and directories).
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read_dir {}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            fs::copy(&src, &dst)
+                .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A dump/restore session around one workload
+
+/// One workload's life across `tern dump` and `tern restore`: the original
+/// child, the restored process, their outputs, and the image directory.
+///
+/// The workload's progress is read from `seq_path` (stdout by default): its
+/// lines start with `prefix` followed by a number counting up from 1.
+pub struct Session {
+    // Guards come first: fields drop in declaration order, so the processes
+    // are killed before the directory holding their files is removed.
+    pub original: ProcGuard,
+    pub restored: Option<ProcGuard>,
+    pub pid: i32,
+    pub cmd: Cmd,
+    pub out: PathBuf,
+    pub err: PathBuf,
+    pub seq_path: PathBuf,
+    pub prefix: &'static str,
+    pub images: PathBuf,
+    /// Compare the whole memory map after restore (only for programs that
+    /// do not map or unmap anything while they run).
+    pub compare_maps: bool,
+    pub identity: Option<ProcIdentity>,
+    /// `seq_path`'s content when the original died.
+    pub pre_dump: Vec<u8>,
+    /// The last number the original printed.
+    pub last_before: u64,
+    pub last_tern: Option<String>,
+    pub dir: TestDir,
+}
+
+impl Session {
+    /// Starts `cmd` with stdout/stderr redirected to files in `dir`.
+    pub fn start(dir: TestDir, cmd: Cmd, stdin: Stdio) -> Session {
+        let out = dir.join("stdout.txt");
+        let err = dir.join("stderr.txt");
+        let original = spawn_redirected(&cmd, stdin, &out, &err);
+        let pid = original.pid();
+        Session {
+            original,
+            restored: None,
+            pid,
+            cmd,
+            seq_path: out.clone(),
+            out,
+            err,
+            prefix: "tick ",
+            images: dir.join("images"),
+            compare_maps: true,
+            identity: None,
+            pre_dump: Vec::new(),
+            last_before: 0,
+            last_tern: None,
+            dir,
+        }
+    }
+
+    /// Everything useful when something went wrong.
+    pub fn diag(&self) -> String {
+        let mut s = format!(
+            "workload {:?} pid {} (state {:?})\n",
+            self.cmd.program,
+            self.pid,
+            proc_stat(self.pid).map(|s| s.state)
+        );
+        s.push_str(&tail(&self.seq_path, 15));
+        s.push('\n');
+        if self.out != self.seq_path {
+            s.push_str(&tail(&self.out, 15));
+            s.push('\n');
+        }
+        s.push_str(&tail(&self.err, 15));
+        if let Some(t) = &self.last_tern {
+            s.push_str("\nlast tern command:\n");
+            s.push_str(t);
+        }
+        s
+    }
+
+    /// Panics (with diagnostics) if the workload died or reported corruption.
+    pub fn ensure_healthy(&mut self) {
+        let died = match &mut self.restored {
+            Some(r) => (!r.alive()).then(|| "the restored process died".to_string()),
+            None if self.original.is_child() => self
+                .original
+                .try_wait()
+                .map(|st| format!("the original process exited ({st})")),
+            None => None,
+        };
+        if let Some(why) = died {
+            panic!("{why}\n{}", self.diag());
+        }
+        for path in [&self.out, &self.err, &self.seq_path] {
+            let text = read_bytes(path);
+            if text.windows(7).any(|w| w == b"CORRUPT") {
+                panic!(
+                    "workload reported corruption in {}\n{}",
+                    path.display(),
+                    self.diag()
+                );
+            }
+        }
+    }
+
+    /// The complete lines of the progress file.
+    pub fn lines(&self) -> Vec<String> {
+        complete_lines(&self.seq_path)
+    }
+
+    /// The last complete line carrying a sequence number.
+    pub fn last_seq_line(&self) -> Option<String> {
+        self.lines()
+            .into_iter()
+            .rev()
+            .find(|l| seq_number(l, self.prefix).is_some())
+    }
+
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq_line()
+            .and_then(|l| seq_number(&l, self.prefix))
+    }
+
+    /// Waits until the workload printed number `n` (or later) and returns
+    /// the last number seen.
+    pub fn wait_seq(&mut self, n: u64) -> u64 {
+        let what = format!("number {n} in {}", self.seq_path.display());
+        let prefix = self.prefix;
+        let line = self.wait_for_line(&what, |l| seq_number(l, prefix).is_some_and(|v| v >= n));
+        seq_number(&line, prefix).expect("matched above")
+    }
+
+    /// Waits until the last progress line satisfies `pred`; returns it.
+    pub fn wait_for_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.ensure_healthy();
+            if let Some(l) = self.last_seq_line().filter(|l| pred(l)) {
+                return l;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {WAIT:?} waiting for {what}\n{}",
+                    self.diag()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Records the identity, runs `tern dump` (default mode), checks that it
+    /// succeeded and killed the original with SIGKILL, and reaps it.
+    pub fn dump(&mut self) -> TernOutput {
+        self.ensure_healthy();
+        self.identity = Some(ProcIdentity::capture(self.pid, self.compare_maps));
+        let out = tern_dump(&self.dir, self.pid, &self.images, false);
+        self.last_tern = Some(out.describe());
+        if !out.success() {
+            panic!("tern dump failed\n{}", self.diag());
+        }
+        let status = self.original.wait_exit(WAIT).unwrap_or_else(|| {
+            panic!(
+                "the original is still running {WAIT:?} after a successful `tern dump` (it must be killed)\n{}",
+                self.diag()
+            )
+        });
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "after `tern dump` the original must die of SIGKILL, it ended with {status}\n{}",
+            self.diag()
+        );
+        assert!(
+            !pid_alive(self.pid),
+            "pid {} still alive after the original was reaped",
+            self.pid
+        );
+        assert!(
+            !files_under(&self.images).is_empty(),
+            "`tern dump` succeeded but wrote no file into {}",
+            self.images.display()
+        );
+        self.pre_dump = read_bytes(&self.seq_path);
+        self.last_before = self.last_seq().unwrap_or_else(|| {
+            panic!(
+                "the original printed no progress before the dump\n{}",
+                self.diag()
+            )
+        });
+        out
+    }
+
+    /// Runs `tern restore` with `stdin`, checks that it succeeded, that the
+    /// pid file names the original pid, and that the process now running
+    /// under that pid is the original one restored: same exe, argv, comm,
+    /// signal state, vdso addresses (and memory map if `compare_maps`), not
+    /// our child, in a session of its own.
+    pub fn restore(&mut self, stdin: Stdio) -> TernOutput {
+        // Guard the pid before tern creates anything under it.
+        self.restored = Some(ProcGuard::adopt(self.pid));
+        let pidfile = self.dir.join("restored.pid");
+        let out = tern_restore(&self.dir, &self.images, Some(&pidfile), stdin);
+        self.last_tern = Some(out.describe());
+        if !out.success() {
+            panic!("tern restore failed\n{}", self.diag());
+        }
+        let written = fs::read_to_string(&pidfile).unwrap_or_else(|e| {
+            panic!(
+                "tern restore --pidfile {} wrote no pid file: {e}",
+                pidfile.display()
+            )
+        });
+        assert_eq!(
+            written.trim().parse::<i32>().ok(),
+            Some(self.pid),
+            "pid file {} holds {written:?}, the original pid was {}",
+            pidfile.display(),
+            self.pid
+        );
+        assert!(
+            pid_alive(self.pid),
+            "`tern restore` succeeded but nothing runs under pid {}\n{}",
+            self.pid,
+            self.diag()
+        );
+        if let Some(id) = &self.identity {
+            id.assert_same("restored process");
+        }
+        let stat = proc_stat(self.pid).expect("stat of restored process");
+        let me = i32::try_from(std::process::id()).expect("pid fits in i32");
+        assert_ne!(
+            stat.ppid, me,
+            "the restored process must not be a child of the test (it is detached)"
+        );
+        // SAFETY: getsid(0) only queries the calling process's session id.
+        let my_sid = unsafe { libc::getsid(0) };
+        assert_ne!(
+            stat.session, my_sid,
+            "the restored process must be detached in its own session, it is in the test's"
+        );
+        out
+    }
+
+    /// Kills the restored process and waits until it is gone.
+    pub fn kill_restored(&mut self) {
+        if let Some(r) = &mut self.restored {
+            r.kill_and_wait();
+        }
+    }
+
+    /// Strict checks of the final progress file: no NUL bytes (holes from a
+    /// wrong offset), every line complete, and the pre-dump content still
+    /// intact at its start. Returns its lines.
+    pub fn final_lines(&self) -> Vec<String> {
+        let bytes = read_bytes(&self.seq_path);
+        if let Some(i) = bytes.iter().position(|&b| b == 0) {
+            panic!(
+                "{} has a NUL byte at offset {i} (output resumed at the wrong offset?)\n{}",
+                self.seq_path.display(),
+                self.diag()
+            );
+        }
+        assert!(
+            bytes.starts_with(&self.pre_dump),
+            "{}: the first {} bytes written before the dump were changed after restore \
+             (output resumed at the wrong offset?)\n{}",
+            self.seq_path.display(),
+            self.pre_dump.len(),
+            self.diag()
+        );
+        assert!(
+            bytes.ends_with(b"\n"),
+            "{} ends with an incomplete line\n{}",
+            self.seq_path.display(),
+            self.diag()
+        );
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Kills the restored process and checks the whole run's output: every
+    /// line is "<prefix>N ...", N runs 1, 2, 3... with no gap or repeat
+    /// across the dump point and past the last pre-dump value, no CORRUPT,
+    /// nothing on stderr. Returns the lines.
+    pub fn finish(&mut self) -> Vec<String> {
+        self.ensure_healthy();
+        self.kill_restored();
+        let lines = self.final_lines();
+        let nums: Vec<u64> = lines
+            .iter()
+            .map(|l| {
+                seq_number(l, self.prefix).unwrap_or_else(|| {
+                    panic!(
+                        "unexpected line {l:?} in {}\n{}",
+                        self.seq_path.display(),
+                        self.diag()
+                    )
+                })
+            })
+            .collect();
+        if let Err(e) = check_consecutive(&nums, 1) {
+            panic!(
+                "{}: {e} (last value before the dump: {})\n{}",
+                self.seq_path.display(),
+                self.last_before,
+                self.diag()
+            );
+        }
+        assert!(
+            nums.last().copied().unwrap_or(0) > self.last_before,
+            "no progress after restore\n{}",
+            self.diag()
+        );
+        self.assert_stderr_empty();
+        lines
+    }
+
+    pub fn assert_stderr_empty(&self) {
+        let err = read_bytes(&self.err);
+        assert!(
+            err.is_empty(),
+            "the workload wrote to stderr:\n{}\n{}",
+            String::from_utf8_lossy(&err),
+            self.diag()
+        );
+    }
+}

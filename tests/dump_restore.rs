@@ -1,0 +1,799 @@
+//! Root-run integration tests: real programs are started, dumped with
+//! `tern dump`, killed, restored with `tern restore` under their original pid,
+//! and checked to continue exactly where they stopped.
+//!
+//! Workloads live in `tests/workloads/` (C compiled at test time, a Rust
+//! example of this workspace, a python3 script). Each prints a numbered line
+//! per step; the tests check that the numbers run on across the dump with no
+//! gap and no repeat, that output resumes at the right file offset, and that
+//! the programs' own self-checks never report CORRUPT.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// A session running `tests/workloads/<prog>.c` compiled for this test.
+fn c_session(test: &str, prog: &str, args: &[&str]) -> Session {
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, prog);
+    let mut cmd = Cmd::new(exe);
+    for a in args {
+        cmd = cmd.arg(a);
+    }
+    Session::start(dir, cmd, Stdio::null())
+}
+
+fn canonical(path: &Path) -> String {
+    fs::canonicalize(path)
+        .unwrap_or_else(|e| panic!("canonicalize {}: {e}", path.display()))
+        .display()
+        .to_string()
+}
+
+/// Does any number or string in `v` equal `pid`?
+fn json_mentions(v: &serde_json::Value, pid: i32) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => n.as_i64() == Some(i64::from(pid)),
+        Value::String(s) => s.trim() == pid.to_string(),
+        Value::Array(a) => a.iter().any(|x| json_mentions(x, pid)),
+        Value::Object(o) => o.values().any(|x| json_mentions(x, pid)),
+        _ => false,
+    }
+}
+
+/// `tern inspect` succeeds on a fresh image and shows the dumped pid, both as
+/// text and as JSON.
+fn check_inspect(s: &Session) {
+    let text = tern_inspect(&s.dir, &s.images, false);
+    text.assert_ok("tern inspect");
+    let pid = s.pid.to_string();
+    assert!(
+        text.stdout
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|w| w == pid),
+        "`tern inspect` does not show the dumped pid {pid}\n{}",
+        text.describe()
+    );
+    let json = tern_inspect(&s.dir, &s.images, true);
+    json.assert_ok("tern inspect --json");
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`tern inspect --json` printed invalid JSON: {e}\n{}",
+            json.describe()
+        )
+    });
+    assert!(
+        json_mentions(&value, s.pid),
+        "`tern inspect --json` does not mention the dumped pid {pid}\n{}",
+        json.describe()
+    );
+}
+
+/// The 64 MiB self-verifying counter: dumped, killed, restored; it must keep
+/// counting from where it stopped, verify its whole buffer again after the
+/// restore, and keep writing stdout at the offset it had reached.
+#[test]
+fn counter64_continues_exactly() {
+    if !root_or_skip("counter64_continues_exactly") {
+        return;
+    }
+    let mut s = c_session("counter64", "counter64", &[]);
+    s.wait_seq(5);
+    s.dump();
+    let pass_before = s
+        .last_seq_line()
+        .and_then(|l| field_after(&l, "pass"))
+        .expect("pass field in counter64 output");
+    check_inspect(&s);
+
+    s.restore(Stdio::null());
+    let pid = s.pid;
+    assert_eq!(
+        fd_targets(pid).get(&1),
+        Some(&canonical(&s.out)),
+        "the restored stdout is not the original output file\n{}",
+        s.diag()
+    );
+    let (pos, _) = fdinfo(pid, 1).expect("fdinfo of restored stdout");
+    assert!(
+        pos >= s.pre_dump.len() as u64,
+        "restored stdout offset {pos} is before the {} bytes written before the dump",
+        s.pre_dump.len()
+    );
+    // Two more passes: at least one whole pass of the 64 MiB buffer ran
+    // entirely after the restore.
+    s.wait_for_line("two more full verification passes", |l| {
+        field_after(l, "pass").is_some_and(|p| p >= pass_before + 2)
+    });
+    s.wait_seq(s.last_before + 10);
+    s.finish();
+}
+
+/// A program blocked in read(2) on a pipe at dump time. After restore its
+/// stdin is the pipe given to `tern restore`: lines written there are read,
+/// counting on from the pre-dump lines, and closing it delivers EOF.
+#[test]
+fn pipe_reader_blocked_in_read() {
+    if !root_or_skip("pipe_reader_blocked_in_read") {
+        return;
+    }
+    let dir = TestDir::new("pipe_reader");
+    let exe = compile_c(&dir, "pipe_reader");
+    let mut s = Session::start(dir, Cmd::new(exe), Stdio::piped());
+    s.prefix = "got: line ";
+    let pid = s.pid;
+    let mut input = s
+        .original
+        .take_stdin()
+        .expect("pipe to the original's stdin");
+    for i in 1..=5 {
+        writeln!(input, "line {i}").expect("write to pipe_reader");
+    }
+    s.wait_seq(5);
+    wait_until(
+        WAIT,
+        "pipe_reader to block in read()",
+        || (current_syscall(pid) == Some(libc::SYS_read)).then_some(()),
+        || s.diag(),
+    );
+    s.dump();
+    drop(input);
+
+    let (read_end, mut write_end) = pipe();
+    let ino = inode_of(&write_end);
+    s.restore(Stdio::from(read_end));
+    assert_eq!(
+        fd_targets(pid).get(&0),
+        Some(&format!("pipe:[{ino}]")),
+        "the restored stdin is not the pipe given to `tern restore` as its stdin"
+    );
+    for i in 6..=10 {
+        writeln!(write_end, "line {i}").expect("write to restored pipe_reader");
+    }
+    s.wait_seq(10);
+    drop(write_end);
+    wait_until(
+        WAIT,
+        "the restored pipe_reader to see EOF and exit",
+        || {
+            let eof = complete_lines(&s.seq_path)
+                .last()
+                .is_some_and(|l| l.starts_with("eof"));
+            (eof && !pid_alive(pid)).then_some(())
+        },
+        || s.diag(),
+    );
+    if let Some(r) = &mut s.restored {
+        r.disarm();
+    }
+
+    let lines = s.final_lines();
+    let (last, got) = lines.split_last().expect("output lines");
+    assert_eq!(last, "eof count 10", "\n{}", s.diag());
+    let expected: Vec<String> = (1..=10)
+        .map(|i| format!("got: line {i} count {i}"))
+        .collect();
+    assert_eq!(got, expected.as_slice(), "\n{}", s.diag());
+    s.assert_stderr_empty();
+}
+
+/// A sleeper (`rel`: raw nanosleep(2); `abs`: clock_nanosleep with
+/// TIMER_ABSTIME on CLOCK_MONOTONIC) dumped while asleep in `syscall_nr`.
+/// It must tick on; an interrupted sleep may end in at most one EINTR.
+fn sleeper_case(test: &str, mode: &str, syscall_nr: libc::c_long) {
+    let mut s = c_session(test, "sleeper", &[mode]);
+    s.wait_seq(3);
+    let pid = s.pid;
+    wait_until(
+        WAIT,
+        "the sleeper to be inside its sleep syscall",
+        || (current_syscall(pid) == Some(syscall_nr)).then_some(()),
+        || s.diag(),
+    );
+    s.dump();
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 5);
+    let lines = s.finish();
+    let eintr = lines
+        .last()
+        .and_then(|l| field_after(l, "eintr"))
+        .expect("eintr field in sleeper output");
+    assert!(
+        eintr <= 1,
+        "one restore made the sleep fail with EINTR {eintr} times (at most once is acceptable)"
+    );
+}
+
+#[test]
+fn sleeper_in_nanosleep() {
+    if !root_or_skip("sleeper_in_nanosleep") {
+        return;
+    }
+    sleeper_case("sleeper_rel", "rel", libc::SYS_nanosleep);
+}
+
+#[test]
+fn sleeper_in_clock_nanosleep_abstime() {
+    if !root_or_skip("sleeper_in_clock_nanosleep_abstime") {
+        return;
+    }
+    sleeper_case("sleeper_abs", "abs", libc::SYS_clock_nanosleep);
+}
+
+/// Sends SIGUSR1 and waits until the handler count printed reaches `count`.
+fn usr1_and_wait(s: &mut Session, count: u64) {
+    assert!(kill_pid(s.pid, libc::SIGUSR1), "kill(SIGUSR1) failed");
+    s.wait_for_line(&format!("SIGUSR1 handler count {count}"), |l| {
+        field_after(l, "usr1") == Some(count)
+    });
+}
+
+/// A SIGUSR1 handler (SA_RESTART) and a blocked SIGUSR2: after restore the
+/// handler still runs and counts on from its pre-dump count, the mask still
+/// blocks SIGUSR2 (which then stays pending instead of killing it).
+#[test]
+fn sighandler_and_mask_survive() {
+    if !root_or_skip("sighandler_and_mask_survive") {
+        return;
+    }
+    let mut s = c_session("sighandler", "sighandler", &[]);
+    s.wait_seq(3);
+    usr1_and_wait(&mut s, 1);
+    usr1_and_wait(&mut s, 2);
+    s.dump();
+    s.restore(Stdio::null());
+    let pid = s.pid;
+    let before = s.last_before;
+    let line = s.wait_for_line("a tick after restore", |l| {
+        seq_number(l, "tick ").is_some_and(|n| n > before)
+    });
+    assert_eq!(
+        field_after(&line, "usr1"),
+        Some(2),
+        "handler count changed across the restore: {line:?}"
+    );
+    usr1_and_wait(&mut s, 3);
+    usr1_and_wait(&mut s, 4);
+
+    assert!(kill_pid(pid, libc::SIGUSR2), "kill(SIGUSR2) failed");
+    let now = s.last_seq().expect("tick");
+    s.wait_seq(now + 3); // still alive: SIGUSR2 (default action: terminate) is blocked
+    let pending =
+        status_sigset(pid, "ShdPnd").unwrap_or(0) | status_sigset(pid, "SigPnd").unwrap_or(0);
+    assert_ne!(
+        pending & sig_bit(libc::SIGUSR2),
+        0,
+        "SIGUSR2 sent to the restored process is not pending (pending set {pending:x})"
+    );
+
+    let lines = s.finish();
+    let mut last_usr1 = 0;
+    for l in &lines {
+        let usr1 = field_after(l, "usr1").unwrap_or_else(|| panic!("no usr1 in {l:?}"));
+        assert!(
+            usr1 >= last_usr1 && usr1 <= 4,
+            "handler count went from {last_usr1} to {usr1} at {l:?}"
+        );
+        last_usr1 = usr1;
+        assert_eq!(
+            field_after(l, "usr2blocked"),
+            Some(1),
+            "SIGUSR2 not blocked at {l:?}"
+        );
+        assert_eq!(
+            field_after(l, "usr1blocked"),
+            Some(0),
+            "SIGUSR1 blocked at {l:?}"
+        );
+        assert_eq!(
+            field_after(l, "act"),
+            Some(1),
+            "SIGUSR1 disposition lost at {l:?}"
+        );
+    }
+    assert_eq!(last_usr1, 4);
+}
+
+/// A tight loop reading CLOCK_MONOTONIC and gettimeofday through the vDSO:
+/// time never goes backwards after restore, the vDSO/vvar stay where they
+/// were, and the in-memory iteration counter keeps increasing.
+#[test]
+fn vdso_clock_keeps_working() {
+    if !root_or_skip("vdso_clock_keeps_working") {
+        return;
+    }
+    let mut s = c_session("vdso_clock", "vdso_clock", &[]);
+    s.wait_seq(3);
+    assert!(
+        special_maps(s.pid).iter().any(|e| e.path == "[vdso]"),
+        "no [vdso] mapping in the original"
+    );
+    s.dump();
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 3);
+    let lines = s.finish();
+    let iters: Vec<u64> = lines
+        .iter()
+        .map(|l| field_after(l, "iters").unwrap_or_else(|| panic!("no iters in {l:?}")))
+        .collect();
+    assert!(
+        iters.windows(2).all(|w| w[1] > w[0]),
+        "the iteration counter did not keep increasing: {iters:?}"
+    );
+}
+
+/// A daemon: its own session, an O_APPEND log, a MAP_SHARED anonymous page
+/// holding its counter. After restore it is still a session leader, the log
+/// fd still has O_APPEND (so it writes after a line appended meanwhile by
+/// someone else), the shared page is still shared and its count runs on.
+#[test]
+fn daemon_session_append_log_shared_page() {
+    if !root_or_skip("daemon_session_append_log_shared_page") {
+        return;
+    }
+    let dir = TestDir::new("daemon");
+    let exe = compile_c(&dir, "daemon");
+    let log = dir.join("daemon.log");
+    let mut s = Session::start(dir, Cmd::new(exe).arg(&log), Stdio::null());
+    s.seq_path = log.clone();
+    s.prefix = "beat ";
+    let pid = s.pid;
+    s.wait_seq(5);
+
+    let is_shared_anon = |pid: i32| {
+        read_maps(pid)
+            .iter()
+            .any(|e| e.perms.ends_with('s') && e.path.starts_with("/dev/zero"))
+    };
+    let stat = proc_stat(pid).expect("stat");
+    assert_eq!(
+        (stat.session, stat.pgrp),
+        (pid, pid),
+        "the daemon did not setsid()"
+    );
+    assert!(
+        is_shared_anon(pid),
+        "no MAP_SHARED anonymous mapping in the original"
+    );
+
+    s.dump();
+    // Someone else appends to the log while the daemon is down. A log
+    // reopened with O_APPEND must continue after this line, not over it.
+    OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(b"EXTERNAL\n"))
+        .expect("append to the daemon's log");
+    s.pre_dump = fs::read(&log).expect("read log");
+
+    s.restore(Stdio::null());
+    let stat = proc_stat(pid).expect("stat of restored daemon");
+    assert_eq!(
+        (stat.session, stat.pgrp),
+        (pid, pid),
+        "the restored daemon is not the leader of its own session and group"
+    );
+    assert!(
+        is_shared_anon(pid),
+        "the restored daemon lost its MAP_SHARED anonymous mapping"
+    );
+    let log_path = canonical(&log);
+    let (log_fd, _) = fd_targets(pid)
+        .into_iter()
+        .find(|(_, t)| *t == log_path)
+        .unwrap_or_else(|| panic!("the restored daemon has no fd open on {log_path}"));
+    let (_, flags) = fdinfo(pid, log_fd).expect("fdinfo of the log fd");
+    assert_ne!(
+        flags & libc::O_APPEND as u32,
+        0,
+        "the restored log fd {log_fd} lost O_APPEND (flags {flags:o})"
+    );
+
+    s.wait_seq(s.last_before + 5);
+    s.ensure_healthy();
+    s.kill_restored();
+    let lines = s.final_lines();
+    let ext: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "EXTERNAL")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        ext,
+        vec![usize::try_from(s.last_before).expect("small")],
+        "the externally appended line is not exactly once, right after the pre-dump beats\n{}",
+        s.diag()
+    );
+    let beats: Vec<u64> = lines
+        .iter()
+        .filter(|l| *l != "EXTERNAL")
+        .map(|l| seq_number(l, "beat ").unwrap_or_else(|| panic!("unexpected log line {l:?}")))
+        .collect();
+    if let Err(e) = check_consecutive(&beats, 1) {
+        panic!("log: {e}\n{}", s.diag());
+    }
+    assert!(*beats.last().expect("beats") > s.last_before);
+    let out = complete_lines(&s.out);
+    assert_eq!(
+        out.len(),
+        1,
+        "the daemon's stdout should hold only its start line (a restarted program would print it again): {out:?}"
+    );
+    assert_eq!(
+        field_after(&out[0], "pid"),
+        Some(u64::try_from(pid).expect("pid")),
+        "{out:?}"
+    );
+    s.assert_stderr_empty();
+}
+
+/// The workspace's Rust example (HashMap, Vec, std's signal/altstack setup).
+#[test]
+fn rust_program_continues() {
+    if !root_or_skip("rust_program_continues") {
+        return;
+    }
+    let dir = TestDir::new("rust_counter");
+    let exe = rust_counter_exe(&dir);
+    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    s.compare_maps = false; // its heap may grow while it runs
+    s.wait_seq(5);
+    s.dump();
+    s.restore(Stdio::null());
+    // Past at least one full recomputation (every 16 ticks) after restore.
+    s.wait_seq(s.last_before + 20);
+    s.finish();
+}
+
+/// The system's python3 looping over a 200,000-entry dict.
+#[test]
+fn python_dict_loop_continues() {
+    if !root_or_skip("python_dict_loop_continues") {
+        return;
+    }
+    let python = PathBuf::from("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: these tests need the system's python3",
+        python.display()
+    );
+    let dir = TestDir::new("python_dict");
+    let cmd = Cmd::new(python)
+        .arg("-I")
+        .arg(workloads_dir().join("dict_loop.py"));
+    let mut s = Session::start(dir, cmd, Stdio::null());
+    s.compare_maps = false; // the interpreter maps and unmaps memory as it runs
+    s.wait_seq(5);
+    s.dump();
+    s.restore(Stdio::null());
+    // Past at least one full recomputation (every 16 ticks) after restore.
+    s.wait_seq(s.last_before + 20);
+    s.finish();
+}
+
+/// Checks that a process a dump left running (on purpose or after a failure)
+/// is untouched: running, not stopped, not traced, same memory map, same fds,
+/// same signal state, and still making progress.
+fn assert_untouched(
+    s: &mut Session,
+    identity: &ProcIdentity,
+    fds: &std::collections::BTreeMap<i32, String>,
+    context: &str,
+) {
+    s.ensure_healthy();
+    let pid = s.pid;
+    let state = proc_stat(pid).expect("stat").state;
+    assert!(
+        !matches!(state, 'T' | 't'),
+        "{context}: the program is left stopped (state {state})"
+    );
+    assert_eq!(
+        status_field(pid, "TracerPid").as_deref(),
+        Some("0"),
+        "{context}: the program is still traced"
+    );
+    identity.assert_same(context);
+    assert_eq!(
+        &fd_targets(pid),
+        fds,
+        "{context}: the program's fds changed"
+    );
+    let now = s.last_seq().expect("progress");
+    s.wait_seq(now + 5);
+}
+
+/// `--leave-running`: the image is written and the program runs on,
+/// uninterrupted and untouched.
+#[test]
+fn dump_leave_running_keeps_program_untouched() {
+    if !root_or_skip("dump_leave_running_keeps_program_untouched") {
+        return;
+    }
+    let mut s = c_session("leave_running", "counter64", &[]);
+    s.wait_seq(5);
+    let pid = s.pid;
+    let identity = ProcIdentity::capture(pid, true);
+    let fds = fd_targets(pid);
+    let out = tern_dump(&s.dir, pid, &s.images, true);
+    s.last_tern = Some(out.describe());
+    out.assert_ok("tern dump --leave-running");
+    assert!(
+        !files_under(&s.images).is_empty(),
+        "tern dump --leave-running wrote no image file"
+    );
+    assert_untouched(&mut s, &identity, &fds, "after dump --leave-running");
+    tern_inspect(&s.dir, &s.images, false).assert_ok("tern inspect");
+
+    s.original.kill_and_wait();
+    let lines = s.final_lines();
+    let nums: Vec<u64> = lines
+        .iter()
+        .map(|l| seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}")))
+        .collect();
+    if let Err(e) = check_consecutive(&nums, 1) {
+        panic!("{e}\n{}", s.diag());
+    }
+    s.assert_stderr_empty();
+}
+
+/// A dump that cannot even create its image directory fails and leaves the
+/// program running, untouched.
+#[test]
+fn dump_failure_leaves_program_running() {
+    if !root_or_skip("dump_failure_leaves_program_running") {
+        return;
+    }
+    let mut s = c_session("dump_failure", "sleeper", &["abs"]);
+    s.wait_seq(3);
+    let pid = s.pid;
+    let blocker = s.dir.join("not-a-directory");
+    fs::write(&blocker, "x").expect("write blocker file");
+    let images = blocker.join("images");
+    let identity = ProcIdentity::capture(pid, true);
+    let fds = fd_targets(pid);
+    let out = tern_dump(&s.dir, pid, &images, false);
+    s.last_tern = Some(out.describe());
+    assert!(
+        !out.success(),
+        "dumping into {} (under a regular file) must fail\n{}",
+        images.display(),
+        out.describe()
+    );
+    assert!(
+        !out.stderr.trim().is_empty(),
+        "a failed dump must say why on stderr"
+    );
+    assert_untouched(&mut s, &identity, &fds, "after a failed dump");
+    s.original.kill_and_wait();
+    let nums: Vec<u64> = s
+        .final_lines()
+        .iter()
+        .map(|l| seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}")))
+        .collect();
+    if let Err(e) = check_consecutive(&nums, 1) {
+        panic!("{e}\n{}", s.diag());
+    }
+}
+
+/// A dump that runs out of space half way (a 256 KiB tmpfs for a 64 MiB
+/// program) fails after it has stopped the program: the program must be
+/// resumed untouched (no leftover mapping, fd, stop or tracer).
+#[test]
+fn dump_failing_midway_leaves_program_running() {
+    if !root_or_skip("dump_failing_midway_leaves_program_running") {
+        return;
+    }
+    let mut s = c_session("dump_enospc", "counter64", &[]);
+    let mnt = match TmpfsMount::new(&s.dir.join("small-fs"), "256k") {
+        Ok(m) => m,
+        Err(e) => {
+            skip_or_panic("dump_failing_midway_leaves_program_running", &e);
+            return;
+        }
+    };
+    s.wait_seq(5);
+    let pid = s.pid;
+    let identity = ProcIdentity::capture(pid, true);
+    let fds = fd_targets(pid);
+    let images = mnt.path().join("images");
+    let out = tern_dump(&s.dir, pid, &images, false);
+    s.last_tern = Some(out.describe());
+    assert!(
+        !out.success(),
+        "a dump of a 64 MiB program into a 256 KiB filesystem must fail\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.trim().is_empty(),
+        "a failed dump must say why on stderr"
+    );
+    assert_untouched(&mut s, &identity, &fds, "after a dump that failed midway");
+    s.original.kill_and_wait();
+    drop(mnt);
+    let nums: Vec<u64> = s
+        .final_lines()
+        .iter()
+        .map(|l| seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}")))
+        .collect();
+    if let Err(e) = check_consecutive(&nums, 1) {
+        panic!("{e}\n{}", s.diag());
+    }
+}
+
+/// Dumping a pid that does not exist fails.
+#[test]
+fn dump_of_missing_pid_fails() {
+    if !root_or_skip("dump_of_missing_pid_fails") {
+        return;
+    }
+    let dir = TestDir::new("dump_missing");
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = i32::try_from(child.id()).expect("pid");
+    child.wait().expect("wait true");
+    if pid_exists(pid) {
+        eprintln!("note: pid {pid} was reused at once; not testing with it");
+        return;
+    }
+    let images = dir.join("images");
+    let out = tern_dump(&dir, pid, &images, false);
+    assert!(
+        !out.success(),
+        "dumping the missing pid {pid} succeeded\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.trim().is_empty(),
+        "no error message\n{}",
+        out.describe()
+    );
+}
+
+/// One way of damaging an image file.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// XOR the byte at this offset with 0xff.
+    Flip(u64),
+    /// Cut the file to this length.
+    Truncate(u64),
+}
+
+impl Damage {
+    fn apply(self, path: &Path) {
+        match self {
+            Damage::Flip(at) => {
+                let mut bytes = fs::read(path).expect("read image file");
+                let i = usize::try_from(at).expect("offset");
+                bytes[i] ^= 0xff;
+                fs::write(path, bytes).expect("write image file");
+            }
+            Damage::Truncate(len) => {
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(len))
+                    .expect("truncate image file");
+            }
+        }
+    }
+}
+
+/// Damages every file of a fresh image in turn (each in its own copy of the
+/// image), and checks `tern restore` refuses each: non-zero exit, the file
+/// named in the message, no process left under the pid (nor anywhere running
+/// the workload). Finally the undamaged image must still restore.
+fn damaged_images_are_refused(test: &str, damages: fn(u64) -> Vec<Damage>) {
+    let mut s = c_session(test, "sleeper", &["rel"]);
+    s.wait_seq(3);
+    s.dump();
+    let pid = s.pid;
+    let exe = s.cmd.program.clone();
+    let files = files_under(&s.images);
+    let mut tried = 0;
+    for (i, file) in files.iter().enumerate() {
+        let rel = file.strip_prefix(&s.images).expect("under images");
+        let name = file
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        let len = fs::metadata(file).expect("stat image file").len();
+        for (j, damage) in damages(len).into_iter().enumerate() {
+            let copy = s.dir.join(format!("damaged-{i}-{j}"));
+            copy_tree(&s.images, &copy);
+            damage.apply(&copy.join(rel));
+
+            let mut guard = ProcGuard::adopt(pid);
+            let out = tern_restore(&s.dir, &copy, None, Stdio::null());
+            let left_running = pid_alive(pid);
+            let strays = live_pids_with_exe(&exe);
+            // Clean up before asserting, so a failure leaves nothing behind.
+            if left_running {
+                guard.kill_and_wait();
+            } else {
+                guard.disarm();
+            }
+            for &p in &strays {
+                kill_pid(p, libc::SIGKILL);
+                wait_gone(p, WAIT);
+            }
+            let what = format!("{damage:?} of {} ({len} bytes)", rel.display());
+            assert!(
+                !out.success(),
+                "restore of an image with {what} succeeded\n{}",
+                out.describe()
+            );
+            assert!(
+                out.stderr.contains(&name),
+                "restore of an image with {what} failed without naming {name:?}\n{}",
+                out.describe()
+            );
+            assert!(
+                !left_running,
+                "restore of an image with {what} failed but left a process under pid {pid}\n{}",
+                out.describe()
+            );
+            assert!(
+                strays.is_empty(),
+                "restore of an image with {what} failed but left the workload running as {strays:?}"
+            );
+            // A zombie left for init to reap would hold the pid: wait for it
+            // (best effort) so the next attempt fails for its own reason.
+            let _ = wait_pid_free(pid, WAIT);
+            let _ = fs::remove_dir_all(&copy);
+            tried += 1;
+        }
+    }
+    assert!(
+        tried > 0,
+        "no image file could be damaged: {files:?} (all empty?)"
+    );
+    eprintln!("{test}: {tried} damaged images refused");
+
+    // Control: the undamaged image restores, so the refusals were about the damage.
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 3);
+    s.finish();
+}
+
+fn flips(len: u64) -> Vec<Damage> {
+    let mut at: Vec<u64> = if len == 0 {
+        Vec::new()
+    } else {
+        vec![0, len / 2, len - 1]
+    };
+    at.dedup();
+    at.into_iter().map(Damage::Flip).collect()
+}
+
+fn truncations(len: u64) -> Vec<Damage> {
+    let mut to: Vec<u64> = if len == 0 {
+        Vec::new()
+    } else {
+        vec![len - 1, len / 2, 0]
+    };
+    to.dedup();
+    to.into_iter().map(Damage::Truncate).collect()
+}
+
+#[test]
+fn corrupted_image_is_refused() {
+    if !root_or_skip("corrupted_image_is_refused") {
+        return;
+    }
+    damaged_images_are_refused("corrupted_image", flips);
+}
+
+#[test]
+fn truncated_image_is_refused() {
+    if !root_or_skip("truncated_image_is_refused") {
+        return;
+    }
+    damaged_images_are_refused("truncated_image", truncations);
+}
