@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // not every test crate uses every helper
 
+use std::os::unix::process::CommandExt;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -273,11 +274,23 @@ impl Cmd {
 pub fn spawn_redirected(cmd: &Cmd, stdin: Stdio, out: &Path, err: &Path) -> ProcGuard {
     let stdout = File::create(out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
     let stderr = File::create(err).unwrap_or_else(|e| panic!("create {}: {e}", err.display()));
-    let child = Command::new(&cmd.program)
+    let mut command = Command::new(&cmd.program);
+    command
         .args(&cmd.args)
         .stdin(stdin)
         .stdout(stdout)
-        .stderr(stderr)
+        .stderr(stderr);
+    // The workload gets fds 0-2 only: whatever the test runner inherited
+    // (a CI pipe, a job-control fd) is not part of the program under test.
+    // SAFETY: the closure runs between fork and exec and only makes the
+    // async-signal-safe close_range syscall.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", cmd.program.display()));
     ProcGuard::child(child)
