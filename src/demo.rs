@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,14 +76,24 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
         "1. starting the sample program (a counter with 32 MiB of state), log: {}",
         log.display()
     );
-    let mut child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .arg("demo-workload")
         .arg(&log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start the sample program")?;
+        .stderr(Stdio::null());
+    // Only fds 0-2: whatever this shell leaked (job-control pipes) would be
+    // refused by the dump.
+    // SAFETY: runs between fork and exec; only the async-signal-safe
+    // close_range syscall.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("start the sample program")?;
     let pid = child.id() as i32;
     let before = wait_ticks(&log, 5)?;
     println!("   pid {pid} is counting: tick {before}");

@@ -5,7 +5,7 @@ use std::io;
 pub enum EngineError {
     #[error("process {pid}: no such process")]
     NoProcess { pid: i32 },
-    #[error("process {pid}: {what}: {source}")]
+    #[error("process {pid}: {what}")]
     Sys {
         pid: i32,
         what: String,

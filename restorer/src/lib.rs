@@ -30,7 +30,7 @@ pub enum RestoreError {
         "pid {pid} is in use by another process (waited {waited_ms} ms); free it or use --new-pid"
     )]
     PidBusy { pid: i32, waited_ms: u64 },
-    #[error("restoring process {pid}: {what}: {source}")]
+    #[error("restoring process {pid}: {what}")]
     Step {
         pid: i32,
         what: String,
@@ -594,7 +594,7 @@ impl Builder<'_> {
         let mut buf = Vec::new();
         let vmas = &self.image.mm.vmas;
         while let Some(addr) = reader.next_into(&mut buf)? {
-            let end = addr.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+            let end = addr.saturating_add(buf.len() as u64);
             let inside = vmas.iter().any(|v| {
                 v.start <= addr
                     && end <= v.end
@@ -805,8 +805,19 @@ impl Builder<'_> {
                 .bad(format!("auxv of {} bytes is too large", auxv.len())));
         }
         let exe = mm.exe.clone();
-        let exe_fd = self.open(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?;
-        self.check_open_file(exe_fd, &exe)?;
+        // The kernel refuses (EBUSY) to switch exe_file while the old one is
+        // still mapped. The puppet's old exe is tern's own: when the image's
+        // program is that same file, it is already right and is not changed.
+        let same_exe = std::fs::metadata("/proc/self/exe")
+            .map(|m| m.dev() == exe.dev && m.ino() == exe.ino)
+            .unwrap_or(false);
+        let exe_fd = if same_exe {
+            None
+        } else {
+            let fd = self.open(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+            self.check_open_file(fd, &exe)?;
+            Some(fd)
+        };
         let mm = &self.image.mm;
         // struct prctl_mm_map
         let mut raw = Vec::with_capacity(104);
@@ -827,7 +838,7 @@ impl Builder<'_> {
             raw.extend_from_slice(&w.to_le_bytes());
         }
         raw.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
-        raw.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+        raw.extend_from_slice(&exe_fd.map_or(u32::MAX, |fd| fd as u32).to_le_bytes());
         self.poke(SCRATCH_AUXV, &auxv)?;
         self.poke(SCRATCH_STRUCT, &raw)?;
         const PR_SET_MM_MAP: u64 = 14;
@@ -843,7 +854,9 @@ impl Builder<'_> {
             ],
             || "prctl(PR_SET_MM, PR_SET_MM_MAP)".into(),
         )?;
-        self.sys(libc::SYS_close, &[exe_fd], || "close exe fd".into())?;
+        if let Some(fd) = exe_fd {
+            self.sys(libc::SYS_close, &[fd], || "close exe fd".into())?;
+        }
         Ok(())
     }
 

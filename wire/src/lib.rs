@@ -26,7 +26,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// file and, where it applies, the byte offset of the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
