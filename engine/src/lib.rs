@@ -8,6 +8,7 @@ pub mod check;
 pub mod dump;
 pub mod error;
 pub mod proc;
+pub mod seize;
 pub mod sys;
 
 pub use dump::{dump, DumpOptions, DumpStats};
