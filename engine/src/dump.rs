@@ -8,6 +8,7 @@
 //! killed (default) or resumed with its own registers.
 
 use crate::error::{Context, EngineError, Result};
+use crate::pagewriter::{PageWriter, BATCH_BYTES};
 use crate::proc::{self, MapEntry, Pagemap};
 use crate::sys::{mem, ptrace, remote};
 use std::collections::BTreeSet;
@@ -209,6 +210,29 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     };
     info!(pid, ?stats, "dump complete");
     Ok(stats)
+}
+
+/// Whether `dir` (or the nearest existing parent) is on tmpfs or ramfs.
+pub fn is_memory_fs(dir: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => return false,
+        }
+    }
+    let Ok(c) = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain data; all-zero is a valid value to overwrite.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 pub fn kernel_release() -> String {
@@ -692,14 +716,6 @@ fn page_needed(m: &MapEntry, entry: u64) -> bool {
     present || swapped
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(16).fold(0u128, |acc, c| {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(c);
-        acc | u128::from_ne_bytes(b)
-    }) == 0
-}
-
 /// Copy every page that must move into the page file.
 fn capture_pages(
     pid: i32,
@@ -709,74 +725,67 @@ fn capture_pages(
 ) -> Result<wire::chunks::ChunkStats> {
     let page = page_size();
     let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
-    let mut writer = wire::ChunkWriter::create(&dir.join(wire::PAGES_FILE), codec)?;
-    const BATCH_PAGES: u64 = 1024; // 4 MiB reads
-    let mut buf = vec![0u8; (BATCH_PAGES * page) as usize];
-    for m in maps {
-        if matches!(
-            m.name.as_str(),
-            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
-        ) {
-            continue;
-        }
-        if m.is_file() && m.shared && !m.name.starts_with("/dev/zero") {
-            continue;
-        }
-        // Anonymous memory starts zero-filled on restore: zero pages are skipped.
-        let anon = !m.is_file() || m.name.starts_with("/dev/zero");
-        let entries = pagemap.read(m.start, m.end, page).ctx(pid, || {
-            format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
-        })?;
-        let mut i = 0usize;
-        while i < entries.len() {
-            if !page_needed(m, entries[i]) {
-                i += 1;
+    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, page as usize)?;
+    let batch_pages = BATCH_BYTES / page as usize;
+    let mut read_ns = 0u128;
+    let mut wait_ns = 0u128;
+    let read_result = (|| -> Result<()> {
+        for m in maps {
+            if matches!(
+                m.name.as_str(),
+                "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+            ) {
                 continue;
             }
-            let mut j = i;
-            while j < entries.len() && (j - i) < BATCH_PAGES as usize && page_needed(m, entries[j])
-            {
-                j += 1;
+            if m.is_file() && m.shared && !m.name.starts_with("/dev/zero") {
+                continue;
             }
-            let addr = m.start + i as u64 * page;
-            let len = ((j - i) as u64 * page) as usize;
-            mem::read_fully(pid, addr, &mut buf[..len])
-                .ctx(pid, || format!("read memory at {addr:#x} (+{len} bytes)"))?;
-            write_nonzero_runs(&mut writer, addr, &buf[..len], page as usize, anon)?;
-            i = j;
-        }
-        debug!(pid, start = m.start, name = %m.name, "captured mapping");
-    }
-    Ok(writer.finish()?)
-}
-
-fn write_nonzero_runs(
-    writer: &mut wire::ChunkWriter,
-    addr: u64,
-    data: &[u8],
-    page: usize,
-    skip_zero: bool,
-) -> Result<()> {
-    if !skip_zero {
-        writer.write(addr, data)?;
-        return Ok(());
-    }
-    let mut run_start: Option<usize> = None;
-    for (k, p) in data.chunks(page).enumerate() {
-        let off = k * page;
-        match (is_zero(p), run_start) {
-            (false, None) => run_start = Some(off),
-            (true, Some(s)) => {
-                writer.write(addr + s as u64, &data[s..off])?;
-                run_start = None;
+            // Anonymous memory starts zero-filled on restore: zero pages are skipped.
+            let anon = !m.is_file() || m.name.starts_with("/dev/zero");
+            let entries = pagemap.read(m.start, m.end, page).ctx(pid, || {
+                format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
+            })?;
+            let mut i = 0usize;
+            while i < entries.len() {
+                if !page_needed(m, entries[i]) {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j < entries.len() && (j - i) < batch_pages && page_needed(m, entries[j]) {
+                    j += 1;
+                }
+                let addr = m.start + i as u64 * page;
+                let len = ((j - i) as u64 * page) as usize;
+                // A stopped pipeline has an error that finish() reports.
+                let tw = Instant::now();
+                let Some(mut buf) = out.buffer() else {
+                    return Ok(());
+                };
+                wait_ns += tw.elapsed().as_nanos();
+                let tr = Instant::now();
+                mem::read_fully(pid, addr, &mut buf[..len])
+                    .ctx(pid, || format!("read memory at {addr:#x} (+{len} bytes)"))?;
+                read_ns += tr.elapsed().as_nanos();
+                if !out.submit(addr, buf, len, anon) {
+                    return Ok(());
+                }
+                i = j;
             }
-            _ => {}
+            debug!(pid, start = m.start, name = %m.name, "captured mapping");
         }
-    }
-    if let Some(s) = run_start {
-        writer.write(addr + s as u64, &data[s..])?;
-    }
-    Ok(())
+        Ok(())
+    })();
+    let tf = Instant::now();
+    let stats = out.finish();
+    debug!(
+        read_ms = read_ns / 1_000_000,
+        buffer_wait_ms = wait_ns / 1_000_000,
+        drain_ms = tf.elapsed().as_millis(),
+        "page capture timing"
+    );
+    read_result?;
+    stats
 }
 
 /// Open files. Shared open file descriptions are found with kcmp(KCMP_FILE).

@@ -587,13 +587,36 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Stream the page file into the puppet. A reader thread verifies and
+    /// decompresses chunks into pooled buffers while this (the ptrace)
+    /// thread writes them with process_vm_writev.
     fn write_pages(&mut self) -> Result<()> {
         let pid = self.pid;
         let path = self.image.dir.join(wire::PAGES_FILE);
-        let mut reader = wire::ChunkReader::open(&path)?;
-        let mut buf = Vec::new();
+        let reader = wire::ChunkReader::open(&path)?;
+        const POOL: usize = 4;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(POOL);
+        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(POOL);
+        for _ in 0..POOL {
+            let _ = free_tx.send(Vec::new());
+        }
+        let decoder = std::thread::spawn(move || -> Result<()> {
+            let mut reader = reader;
+            while let Ok(mut buf) = free_rx.recv() {
+                match reader.next_into(&mut buf)? {
+                    Some(addr) => {
+                        if full_tx.send((addr, buf)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    None => return Ok(()),
+                }
+            }
+            Ok(())
+        });
         let vmas = &self.image.mm.vmas;
-        while let Some(addr) = reader.next_into(&mut buf)? {
+        let mut result = Ok(());
+        for (addr, buf) in full_rx.iter() {
             let end = addr.saturating_add(buf.len() as u64);
             let inside = vmas.iter().any(|v| {
                 v.start <= addr
@@ -602,18 +625,32 @@ impl Builder<'_> {
                     && !(v.shared && matches!(v.kind, wire::VmaKind::File { .. }))
             });
             if !inside {
-                return Err(RestoreError::BadImage {
+                result = Err(RestoreError::BadImage {
                     dir: self.image.dir.clone(),
                     what: format!(
                         "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
                         path.display()
                     ),
                 });
+                break;
             }
-            mem::write_fully(pid, addr, &buf).step(pid, || format!("write pages at {addr:#x}"))?;
+            if let Err(e) = mem::write_fully(pid, addr, &buf) {
+                result = Err(e).step(pid, || format!("write pages at {addr:#x}"));
+                break;
+            }
             self.pages_bytes += buf.len() as u64;
+            let _ = free_tx.send(buf);
         }
-        Ok(())
+        drop(full_rx);
+        drop(free_tx);
+        let decoded = decoder.join().map_err(|_| RestoreError::Step {
+            pid,
+            what: "page decoder thread".into(),
+            source: io::Error::other("panicked"),
+        })?;
+        // A corrupt or truncated page file is the root cause when both fail.
+        decoded?;
+        result
     }
 
     fn apply_advice(&mut self) -> Result<()> {

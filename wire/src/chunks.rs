@@ -56,15 +56,6 @@ pub struct ChunkStats {
     pub stored_bytes: u64,
 }
 
-pub struct ChunkWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
-    codec: Codec,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
-    scratch: Vec<u8>,
-    stats: ChunkStats,
-}
-
 fn chunk_header(
     tag: u32,
     codec: u8,
@@ -86,16 +77,32 @@ fn chunk_header(
     h
 }
 
-impl ChunkWriter {
-    pub fn create(path: &Path, codec: Codec) -> Result<Self> {
-        let file = File::create(path).map_err(|e| WireError::io(path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut header = [0u8; FILE_HEADER_LEN];
-        header[0..8].copy_from_slice(&CHUNK_FILE_MAGIC);
-        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let sum = xxh3_64(&header[..16]);
-        header[16..24].copy_from_slice(&sum.to_le_bytes());
-        out.write_all(&header).map_err(|e| WireError::io(path, e))?;
+/// Turns raw data into encoded chunks (header + stored bytes). Separate from
+/// [`ChunkWriter`] so that several threads can compress while one writes.
+pub struct ChunkEncoder {
+    codec: Codec,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    scratch: Vec<u8>,
+}
+
+/// Encoded chunks ready to append to a chunk file, with their totals.
+#[derive(Debug, Default)]
+pub struct EncodedChunks {
+    pub bytes: Vec<u8>,
+    pub chunks: u64,
+    pub raw_bytes: u64,
+}
+
+impl EncodedChunks {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.chunks = 0;
+        self.raw_bytes = 0;
+    }
+}
+
+impl ChunkEncoder {
+    pub fn new(codec: Codec) -> Result<Self> {
         let compressor = match codec {
             Codec::Raw => None,
             Codec::Zstd(level) => {
@@ -107,26 +114,23 @@ impl ChunkWriter {
                 )
             }
         };
-        Ok(ChunkWriter {
-            path: path.to_path_buf(),
-            out,
+        Ok(ChunkEncoder {
             codec,
             compressor,
             scratch: Vec::new(),
-            stats: ChunkStats::default(),
         })
     }
 
-    /// Append `data` under `key`; data longer than [`MAX_CHUNK_RAW`] is split,
-    /// each piece keyed by `key + offset`.
-    pub fn write(&mut self, key: u64, data: &[u8]) -> Result<()> {
+    /// Append `data` under `key` to `out`, split into chunks of at most
+    /// [`MAX_CHUNK_RAW`] bytes, each piece keyed by `key + offset`.
+    pub fn encode(&mut self, key: u64, data: &[u8], out: &mut EncodedChunks) -> Result<()> {
         for (i, piece) in data.chunks(MAX_CHUNK_RAW as usize).enumerate() {
-            self.write_one(key + (i as u64) * MAX_CHUNK_RAW as u64, piece)?;
+            self.encode_one(key + (i as u64) * MAX_CHUNK_RAW as u64, piece, out)?;
         }
         Ok(())
     }
 
-    fn write_one(&mut self, key: u64, data: &[u8]) -> Result<()> {
+    fn encode_one(&mut self, key: u64, data: &[u8], out: &mut EncodedChunks) -> Result<()> {
         let mut codec = Codec::Raw;
         if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
@@ -150,14 +154,62 @@ impl ChunkWriter {
             &self.scratch
         };
         let h = chunk_header(TAG_DATA, codec.id(), key, data.len() as u32, stored, 0);
-        let path = &self.path;
+        out.bytes.extend_from_slice(&h);
+        out.bytes.extend_from_slice(stored);
+        out.chunks += 1;
+        out.raw_bytes += data.len() as u64;
+        Ok(())
+    }
+}
+
+pub struct ChunkWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    encoder: ChunkEncoder,
+    pending: EncodedChunks,
+    stats: ChunkStats,
+}
+
+impl ChunkWriter {
+    pub fn create(path: &Path, codec: Codec) -> Result<Self> {
+        let file = File::create(path).map_err(|e| WireError::io(path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut header = [0u8; FILE_HEADER_LEN];
+        header[0..8].copy_from_slice(&CHUNK_FILE_MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let sum = xxh3_64(&header[..16]);
+        header[16..24].copy_from_slice(&sum.to_le_bytes());
+        out.write_all(&header).map_err(|e| WireError::io(path, e))?;
+        Ok(ChunkWriter {
+            path: path.to_path_buf(),
+            out,
+            encoder: ChunkEncoder::new(codec)?,
+            pending: EncodedChunks::default(),
+            stats: ChunkStats::default(),
+        })
+    }
+
+    /// Append `data` under `key`; data longer than [`MAX_CHUNK_RAW`] is split,
+    /// each piece keyed by `key + offset`.
+    pub fn write(&mut self, key: u64, data: &[u8]) -> Result<()> {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        let result = self
+            .encoder
+            .encode(key, data, &mut pending)
+            .and_then(|_| self.write_encoded(&pending));
+        self.pending = pending;
+        result
+    }
+
+    /// Append chunks encoded by a [`ChunkEncoder`].
+    pub fn write_encoded(&mut self, enc: &EncodedChunks) -> Result<()> {
         self.out
-            .write_all(&h)
-            .and_then(|_| self.out.write_all(stored))
-            .map_err(|e| WireError::io(path, e))?;
-        self.stats.chunks += 1;
-        self.stats.raw_bytes += data.len() as u64;
-        self.stats.stored_bytes += (CHUNK_HEADER_LEN + stored.len()) as u64;
+            .write_all(&enc.bytes)
+            .map_err(|e| WireError::io(&self.path, e))?;
+        self.stats.chunks += enc.chunks;
+        self.stats.raw_bytes += enc.raw_bytes;
+        self.stats.stored_bytes += enc.bytes.len() as u64;
         Ok(())
     }
 
@@ -327,13 +379,18 @@ impl<R: Read> ChunkReader<R> {
                 format!("chunk sizes raw {raw_len} / stored {stored_len} are out of bounds"),
             ));
         }
-        self.stored.resize(stored_len as usize, 0);
-        let got = read_full(&mut self.input, &mut self.stored)
-            .map_err(|e| WireError::io(&self.path, e))?;
+        // Raw data is read straight into `out`; compressed data into a buffer.
+        let target = if codec == 0 {
+            &mut *out
+        } else {
+            &mut self.stored
+        };
+        target.resize(stored_len as usize, 0);
+        let got = read_full(&mut self.input, target).map_err(|e| WireError::io(&self.path, e))?;
         if got < stored_len as usize {
             return Err(self.truncated(self.offset + got as u64, "chunk data"));
         }
-        if xxh3_64(&self.stored) != data_sum {
+        if xxh3_64(target) != data_sum {
             return Err(WireError::Checksum {
                 path: self.path.clone(),
                 offset: self.offset,
@@ -345,8 +402,6 @@ impl<R: Read> ChunkReader<R> {
                 if stored_len != raw_len {
                     return Err(self.corrupt(at, "raw chunk with stored != raw length".into()));
                 }
-                out.clear();
-                out.extend_from_slice(&self.stored);
             }
             1 => {
                 out.clear();

@@ -13,7 +13,7 @@ pub mod chunks;
 pub mod image;
 pub mod record;
 
-pub use chunks::{ChunkReader, ChunkWriter, Codec};
+pub use chunks::{ChunkEncoder, ChunkReader, ChunkWriter, Codec, EncodedChunks};
 pub use image::*;
 pub use record::{read_record, write_record, RecordKind};
 
