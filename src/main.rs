@@ -3,6 +3,7 @@
 
 mod demo;
 mod inspect;
+mod track;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -36,9 +37,11 @@ enum Cmd {
         /// Let the process continue after the dump.
         #[arg(long, short = 'R')]
         leave_running: bool,
-        /// zstd level for page data (0 stores pages uncompressed).
-        #[arg(long, default_value_t = 1)]
-        compress: i32,
+        /// Page compression: a zstd level (1..19, or -1..-7 for zstd's fast
+        /// modes), 0 for none, or "auto": none when the image goes to memory
+        /// (tmpfs, where compressing only slows the dump), zstd 1 otherwise.
+        #[arg(long, default_value = "auto", allow_negative_numbers = true)]
+        compress: String,
     },
     /// Recreate a process from an image; returns once it runs.
     Restore {
@@ -74,6 +77,31 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Report, round by round, which pages a running program writes (the
+    /// program keeps running; nothing of tern is left in it afterwards).
+    /// Each round: dirty_pages, dirty_bytes, hash (xxh3 of the dirty pages'
+    /// contents in address order), elapsed_ms (since tracking started),
+    /// collect_ms, stopped_ms (how long tern stopped the program that round)
+    /// and the dirty pages per VMA.
+    Track {
+        #[arg(long, short = 't')]
+        pid: i32,
+        /// auto, soft-dirty, uffd-wp or hash (auto: the most exact one that
+        /// works here: uffd-wp, then soft-dirty, then hash).
+        #[arg(long, default_value = "auto")]
+        tracker: tern_engine::track::TrackerKind,
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+        /// Time between rounds, in ms.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// One JSON object per round and line on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also write one CSV row per round to FILE.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
     /// The demo's sample program (internal).
     #[command(hide = true)]
     DemoWorkload { out: PathBuf },
@@ -101,9 +129,21 @@ fn run(cmd: Cmd) -> Result<()> {
             leave_running,
             compress,
         } => {
+            let level = match compress.as_str() {
+                "auto" => {
+                    if tern_engine::dump::is_memory_fs(&images) {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                n => n
+                    .parse::<i32>()
+                    .with_context(|| format!("--compress {n}: expected auto or a zstd level"))?,
+            };
             let opts = tern_engine::DumpOptions {
                 leave_running,
-                zstd_level: (compress > 0).then_some(compress),
+                zstd_level: (level != 0).then_some(level),
             };
             let stats = tern_engine::dump(pid, &images, &opts)
                 .with_context(|| format!("dump of process {pid} failed; it was left running"))?;
@@ -148,6 +188,21 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Check { json } => check(json),
         Cmd::Demo { dir } => demo::run(dir),
         Cmd::DemoWorkload { out } => demo::workload(&out),
+        Cmd::Track {
+            pid,
+            tracker,
+            rounds,
+            interval_ms,
+            json,
+            csv,
+        } => track::run(&track::Options {
+            pid,
+            tracker,
+            rounds,
+            interval: Duration::from_millis(interval_ms),
+            json,
+            csv: csv.as_deref(),
+        }),
     }
 }
 

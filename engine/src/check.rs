@@ -40,7 +40,7 @@ pub struct Probe {
 }
 
 /// What a probe found: `Ok(what worked)` or `Err(why not)`.
-type Outcome = Result<String, String>;
+pub(crate) type Outcome = Result<String, String>;
 
 /// One probe: exercises a feature and says what happened.
 type ProbeFn = fn() -> Outcome;
@@ -158,80 +158,81 @@ const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
-const PM_SOFT_DIRTY: u64 = 1 << 55;
-const PM_PRESENT: u64 = 1 << 63;
+pub(crate) const PM_SOFT_DIRTY: u64 = 1 << 55;
+pub(crate) const PM_PRESENT: u64 = 1 << 63;
 const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
 
-const UFFD_API: u64 = 0xaa;
-const UFFD_USER_MODE_ONLY: c_long = 1;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
+pub(crate) const UFFD_API: u64 = 0xaa;
+pub(crate) const UFFD_USER_MODE_ONLY: c_long = 1;
+pub(crate) const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub(crate) const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub(crate) const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+pub(crate) const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+pub(crate) const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+pub(crate) const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+pub(crate) const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
 /// `_IOWR(ty, nr, size)` from `include/uapi/asm-generic/ioctl.h`.
-const fn iowr(ty: u8, nr: u8, size: usize) -> libc::Ioctl {
+pub(crate) const fn iowr(ty: u8, nr: u8, size: usize) -> libc::Ioctl {
     ((3 << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32) as libc::Ioctl
 }
-const UFFDIO_API: libc::Ioctl = iowr(0xaa, 0x3f, size_of::<UffdioApi>());
-const UFFDIO_REGISTER: libc::Ioctl = iowr(0xaa, 0x00, size_of::<UffdioRegister>());
-const UFFDIO_WRITEPROTECT: libc::Ioctl = iowr(0xaa, 0x06, size_of::<UffdioWriteprotect>());
-const PAGEMAP_SCAN: libc::Ioctl = iowr(b'f', 16, size_of::<PmScanArg>());
+pub(crate) const UFFDIO_API: libc::Ioctl = iowr(0xaa, 0x3f, size_of::<UffdioApi>());
+pub(crate) const UFFDIO_REGISTER: libc::Ioctl = iowr(0xaa, 0x00, size_of::<UffdioRegister>());
+pub(crate) const UFFDIO_WRITEPROTECT: libc::Ioctl =
+    iowr(0xaa, 0x06, size_of::<UffdioWriteprotect>());
+pub(crate) const PAGEMAP_SCAN: libc::Ioctl = iowr(b'f', 16, size_of::<PmScanArg>());
 
 #[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
+pub(crate) struct UffdioApi {
+    pub(crate) api: u64,
+    pub(crate) features: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
+pub(crate) struct UffdioRange {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
 }
 
 #[repr(C)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
+pub(crate) struct UffdioRegister {
+    pub(crate) range: UffdioRange,
+    pub(crate) mode: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
+pub(crate) struct UffdioWriteprotect {
+    pub(crate) range: UffdioRange,
+    pub(crate) mode: u64,
 }
 
 /// `struct page_region`, one run of pages `PAGEMAP_SCAN` reports.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
+pub(crate) struct PageRegion {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) categories: u64,
 }
 
 /// `struct pm_scan_arg` (`include/uapi/linux/fs.h`).
 #[repr(C)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
+pub(crate) struct PmScanArg {
+    pub(crate) size: u64,
+    pub(crate) flags: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) walk_end: u64,
+    pub(crate) vec: u64,
+    pub(crate) vec_len: u64,
+    pub(crate) max_pages: u64,
+    pub(crate) category_inverted: u64,
+    pub(crate) category_mask: u64,
+    pub(crate) category_anyof_mask: u64,
+    pub(crate) return_mask: u64,
 }
 
 /// `struct ptrace_rseq_configuration` (`include/uapi/linux/ptrace.h`).
@@ -1331,7 +1332,7 @@ fn probe_map_files() -> Outcome {
     Ok(format!("opened {link} -> {path} (inode {inode})"))
 }
 
-fn probe_soft_dirty() -> Outcome {
+pub(crate) fn probe_soft_dirty() -> Outcome {
     let page = page_size();
     let map = Mapping::anon(page, libc::PROT_READ | libc::PROT_WRITE, false)?;
     // Kernels with soft-dirty mark every new VMA VM_SOFTDIRTY, shown as "sd".
@@ -1408,7 +1409,7 @@ struct UffdWpRange {
 
 /// `userfaultfd(O_CLOEXEC | O_NONBLOCK)`, falling back to user-mode-only
 /// faults when `vm.unprivileged_userfaultfd = 0` refuses the full kind.
-fn open_uffd() -> Result<(OwnedFd, &'static str), String> {
+pub(crate) fn open_uffd() -> Result<(OwnedFd, &'static str), String> {
     let flags = c_long::from(libc::O_CLOEXEC | libc::O_NONBLOCK);
     // SAFETY: userfaultfd takes flags only.
     let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
@@ -1427,7 +1428,7 @@ fn open_uffd() -> Result<(OwnedFd, &'static str), String> {
 }
 
 /// `UFFDIO_API` asking for `features`; returns what the kernel reports.
-fn uffd_api(uffd: &OwnedFd, features: u64) -> Result<u64, String> {
+pub(crate) fn uffd_api(uffd: &OwnedFd, features: u64) -> Result<u64, String> {
     let mut api = UffdioApi {
         api: UFFD_API,
         features,

@@ -16,6 +16,15 @@ pub enum EngineError {
     Unsupported { pid: i32, reason: String },
     #[error("image: {0}")]
     Wire(#[from] tern_wire::WireError),
+    /// A dirty-page tracker cannot work on this kernel or for this process.
+    #[error("process {pid}: the {tracker} tracker is not available: {reason}")]
+    TrackerUnavailable {
+        pid: i32,
+        tracker: &'static str,
+        reason: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -7,9 +7,11 @@
 pub mod check;
 pub mod dump;
 pub mod error;
+pub mod pagewriter;
 pub mod proc;
 pub mod seize;
 pub mod sys;
+pub mod track;
 
 pub use dump::{dump, DumpOptions, DumpStats};
 pub use error::{EngineError, Result};
