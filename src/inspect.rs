@@ -5,6 +5,29 @@ use std::path::Path;
 use tern_wire as wire;
 
 pub fn run(dir: &Path, json: bool) -> Result<()> {
+    let inv: wire::Inventory =
+        wire::read_record(&dir.join(wire::INVENTORY_FILE), wire::RecordKind::Inventory)
+            .with_context(|| format!("cannot read image {}", dir.display()))?;
+    if inv.pre_dump {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "inventory": inv }))?
+            );
+        } else {
+            println!(
+                "pre-dump {} of process {} ({}): {} KiB of changed pages ({} KiB stored), round hash {:016x}, parent {}",
+                dir.display(),
+                inv.pid,
+                inv.comm,
+                inv.pages_bytes >> 10,
+                inv.pages_stored_bytes >> 10,
+                inv.round_hash,
+                inv.parent.as_deref().unwrap_or("none")
+            );
+        }
+        return Ok(());
+    }
     let image = tern_restorer::Image::load(dir)
         .with_context(|| format!("cannot read image {}", dir.display()))?;
     if json {
@@ -27,9 +50,14 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         inv.kernel_release
     );
     println!(
-        "memory: {} KiB of pages ({} KiB stored)",
+        "memory: {} KiB of pages ({} KiB stored), round hash {:016x}{}",
         inv.pages_bytes >> 10,
-        inv.pages_stored_bytes >> 10
+        inv.pages_stored_bytes >> 10,
+        inv.round_hash,
+        match &inv.parent {
+            Some(p) => format!(", increment of {p}"),
+            None => String::new(),
+        }
     );
     let c = &image.core;
     println!(

@@ -42,6 +42,25 @@ enum Cmd {
         /// (tmpfs, where compressing only slows the dump), zstd 1 otherwise.
         #[arg(long, default_value = "auto", allow_negative_numbers = true)]
         compress: String,
+        /// An earlier image (pre-dump or dump) of this process: store only
+        /// pages changed since; `restore` then applies the whole chain.
+        /// A relative path is taken relative to --images, as in CRIU.
+        #[arg(long)]
+        parent: Option<PathBuf>,
+    },
+    /// Save the memory of a running process (only pages changed since
+    /// --parent, if given) and leave it running; the final `dump --parent`
+    /// then stops it only for the last delta.
+    PreDump {
+        #[arg(long, short = 't')]
+        pid: i32,
+        #[arg(long, short = 'D')]
+        images: PathBuf,
+        #[arg(long)]
+        parent: Option<PathBuf>,
+        /// Page compression, as for dump.
+        #[arg(long, default_value = "auto", allow_negative_numbers = true)]
+        compress: String,
     },
     /// Recreate a process from an image; returns once it runs.
     Restore {
@@ -128,34 +147,49 @@ fn run(cmd: Cmd) -> Result<()> {
             images,
             leave_running,
             compress,
+            parent,
         } => {
-            let level = match compress.as_str() {
-                "auto" => {
-                    if tern_engine::dump::is_memory_fs(&images) {
-                        0
-                    } else {
-                        1
-                    }
-                }
-                n => n
-                    .parse::<i32>()
-                    .with_context(|| format!("--compress {n}: expected auto or a zstd level"))?,
-            };
             let opts = tern_engine::DumpOptions {
                 leave_running,
-                zstd_level: (level != 0).then_some(level),
+                zstd_level: zstd_level(&compress, &images)?,
+                parent,
             };
             let stats = tern_engine::dump(pid, &images, &opts)
                 .with_context(|| format!("dump of process {pid} failed; it was left running"))?;
             eprintln!(
-                "dumped process {pid} to {}: {} MiB of memory ({} MiB stored), {} mappings, {} fds; stopped for {:.1} ms{}",
+                "dumped process {pid} to {}: {} of {} pages saved ({} MiB, {} MiB stored), {} mappings, {} fds; stopped for {:.1} ms{}",
                 images.display(),
+                stats.pages_stored,
+                stats.pages_seen,
                 stats.pages_bytes >> 20,
                 stats.stored_bytes >> 20,
                 stats.vmas,
                 stats.fds,
                 stats.frozen_ms,
                 if leave_running { ", left running" } else { ", then killed" }
+            );
+            Ok(())
+        }
+        Cmd::PreDump {
+            pid,
+            images,
+            parent,
+            compress,
+        } => {
+            let level = zstd_level(&compress, &images)?;
+            let stats = tern_engine::pre_dump(pid, &images, parent.as_deref(), level)
+                .with_context(|| {
+                    format!("pre-dump of process {pid} failed; it was left running")
+                })?;
+            eprintln!(
+                "pre-dumped process {pid} to {}: {} of {} pages saved ({} MiB stored), round hash {:016x}; stopped for {:.2} ms, memory read in {:.1} ms while running",
+                images.display(),
+                stats.pages_stored,
+                stats.pages_seen,
+                stats.stored_bytes >> 20,
+                stats.round_hash,
+                stats.frozen_ms,
+                stats.memory_ms
             );
             Ok(())
         }
@@ -204,6 +238,23 @@ fn run(cmd: Cmd) -> Result<()> {
             csv: csv.as_deref(),
         }),
     }
+}
+
+/// The zstd level for `--compress` (None: store raw).
+fn zstd_level(compress: &str, images: &std::path::Path) -> Result<Option<i32>> {
+    let level = match compress {
+        "auto" => {
+            if tern_engine::dump::is_memory_fs(images) {
+                0
+            } else {
+                1
+            }
+        }
+        n => n
+            .parse::<i32>()
+            .with_context(|| format!("--compress {n}: expected auto or a zstd level"))?,
+    };
+    Ok((level != 0).then_some(level))
 }
 
 fn check(json: bool) -> Result<()> {

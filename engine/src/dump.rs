@@ -8,12 +8,12 @@
 //! killed (default) or resumed with its own registers.
 
 use crate::error::{Context, EngineError, Result};
-use crate::pagewriter::{PageWriter, BATCH_BYTES};
+use crate::pagewriter::{PageFilter, PageWriter, BATCH_BYTES};
 use crate::proc::{self, MapEntry, Pagemap};
 use crate::sys::{mem, ptrace, remote};
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_wire as wire;
 use tracing::{debug, info, warn};
@@ -27,6 +27,9 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// zstd level for page data; `None` stores pages raw.
     pub zstd_level: Option<i32>,
+    /// Earlier image (a pre-dump or dump) of the same process: only pages
+    /// that changed since are stored.
+    pub parent: Option<PathBuf>,
 }
 
 impl Default for DumpOptions {
@@ -34,6 +37,7 @@ impl Default for DumpOptions {
         DumpOptions {
             leave_running: false,
             zstd_level: Some(1),
+            parent: None,
         }
     }
 }
@@ -47,6 +51,11 @@ pub struct DumpStats {
     /// How long the program was stopped.
     pub frozen_ms: f64,
     pub memory_ms: f64,
+    /// Pages this image stores (all, or those changed since the parent).
+    pub pages_stored: u64,
+    /// Pages the program had (present or swapped) at this moment.
+    pub pages_seen: u64,
+    pub round_hash: u64,
 }
 
 /// Page size of this machine.
@@ -139,6 +148,7 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     // A stale inventory would make a half-written image look complete.
     let _ = std::fs::remove_file(dir.join(wire::INVENTORY_FILE));
 
+    let parent = load_parent(pid, dir, opts.parent.as_deref())?;
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
     let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into())?;
@@ -162,38 +172,19 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         Some(l) => wire::Codec::Zstd(l),
         None => wire::Codec::Raw,
     };
-    let page_stats = capture_pages(pid, &maps, dir, codec)?;
+    let capture = capture_pages(pid, &maps, dir, codec, &parent, false)?;
+    let page_stats = capture.stats;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
 
     wire::write_record(&dir.join(wire::CORE_FILE), wire::RecordKind::Core, &core)?;
     wire::write_record(&dir.join(wire::MM_FILE), wire::RecordKind::Mm, &mm)?;
     wire::write_record(&dir.join(wire::FILES_FILE), wire::RecordKind::Files, &files)?;
-    let inventory = wire::Inventory {
-        tern_version: env!("CARGO_PKG_VERSION").to_string(),
-        pid,
-        comm: core
-            .threads
-            .first()
-            .map(|t| t.comm.clone())
-            .unwrap_or_default(),
-        created_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        kernel_release: kernel_release(),
-        page_size: page_size(),
-        pages_bytes: page_stats.raw_bytes,
-        pages_stored_bytes: page_stats.stored_bytes,
-    };
-    // Written last: its presence marks a complete image.
-    wire::write_record(
-        &dir.join(wire::INVENTORY_FILE),
-        wire::RecordKind::Inventory,
-        &inventory,
-    )?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let comm = core
+        .threads
+        .first()
+        .map(|t| t.comm.clone())
+        .unwrap_or_default();
+    write_inventory(dir, pid, comm, &capture, opts.parent.as_deref(), false)?;
 
     if opts.leave_running {
         seized.release()?;
@@ -207,9 +198,125 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         fds: files.fds.len(),
         frozen_ms: t0.elapsed().as_secs_f64() * 1e3,
         memory_ms,
+        pages_stored: capture.pages_stored,
+        pages_seen: capture.hashes.len() as u64,
+        round_hash: capture.round_hash,
     };
     info!(pid, ?stats, "dump complete");
     Ok(stats)
+}
+
+/// Page hashes of the parent image, checked to belong to the same process.
+fn load_parent(pid: i32, dir: &Path, parent: Option<&Path>) -> Result<Vec<(u64, u64)>> {
+    let Some(parent) = parent else {
+        return Ok(Vec::new());
+    };
+    let pdir = if parent.is_absolute() {
+        parent.to_path_buf()
+    } else {
+        dir.join(parent)
+    };
+    let inv: wire::Inventory = wire::read_record(
+        &pdir.join(wire::INVENTORY_FILE),
+        wire::RecordKind::Inventory,
+    )?;
+    if inv.pid != pid {
+        return Err(unsupported(
+            pid,
+            format!(
+                "parent image {} is of process {}, not {pid}",
+                pdir.display(),
+                inv.pid
+            ),
+        ));
+    }
+    Ok(wire::hashes::read_page_hashes(
+        &pdir.join(wire::HASHES_FILE),
+    )?)
+}
+
+fn write_inventory(
+    dir: &Path,
+    pid: i32,
+    comm: String,
+    capture: &PageCapture,
+    parent: Option<&Path>,
+    pre_dump: bool,
+) -> Result<()> {
+    wire::hashes::write_page_hashes(&dir.join(wire::HASHES_FILE), &capture.hashes)?;
+    let inventory = wire::Inventory {
+        tern_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid,
+        comm,
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        kernel_release: kernel_release(),
+        page_size: page_size(),
+        pages_bytes: capture.stats.raw_bytes,
+        pages_stored_bytes: capture.stats.stored_bytes,
+        parent: parent.map(|p| p.to_string_lossy().into_owned()),
+        pre_dump,
+        round_hash: capture.round_hash,
+    };
+    // Written last: its presence marks a complete image.
+    wire::write_record(
+        &dir.join(wire::INVENTORY_FILE),
+        wire::RecordKind::Inventory,
+        &inventory,
+    )?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// `tern pre-dump`: save the memory of a running process (only what changed
+/// since `parent`, if given) and leave it running. It is stopped only to
+/// read its memory map; pages are read while it runs, and each page's hash
+/// is of the bytes saved, so any later write shows up in the next increment.
+pub fn pre_dump(
+    pid: i32,
+    dir: &Path,
+    parent: Option<&Path>,
+    zstd_level: Option<i32>,
+) -> Result<DumpStats> {
+    preflight(pid)?;
+    std::fs::create_dir_all(dir).map_err(|e| wire::WireError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let _ = std::fs::remove_file(dir.join(wire::INVENTORY_FILE));
+    let parent_hashes = load_parent(pid, dir, parent)?;
+    let t0 = Instant::now();
+    let mut seized = Seized::attach(pid)?;
+    let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into());
+    seized.release()?;
+    let frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let maps = maps?;
+    let codec = match zstd_level {
+        Some(l) => wire::Codec::Zstd(l),
+        None => wire::Codec::Raw,
+    };
+    let t_mem = Instant::now();
+    let capture = capture_pages(pid, &maps, dir, codec, &parent_hashes, true)?;
+    let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default();
+    write_inventory(dir, pid, comm, &capture, parent, true)?;
+    Ok(DumpStats {
+        pages_bytes: capture.stats.raw_bytes,
+        stored_bytes: capture.stats.stored_bytes,
+        vmas: maps.len(),
+        fds: 0,
+        frozen_ms,
+        memory_ms,
+        pages_stored: capture.pages_stored,
+        pages_seen: capture.hashes.len() as u64,
+        round_hash: capture.round_hash,
+    })
 }
 
 /// Whether `dir` (or the nearest existing parent) is on tmpfs or ramfs.
@@ -716,35 +823,61 @@ fn page_needed(m: &MapEntry, entry: u64) -> bool {
     present || swapped
 }
 
-/// Copy every page that must move into the page file.
+/// What one capture stored, and the hash of every page it saw.
+pub struct PageCapture {
+    pub stats: wire::chunks::ChunkStats,
+    /// (address, xxh3) of every page the program had, sorted.
+    pub hashes: Vec<(u64, u64)>,
+    pub pages_stored: u64,
+    pub round_hash: u64,
+}
+
+/// Copy every page that must move into the page file: all of them, or,
+/// given the parent's page hashes, those whose content changed since, plus
+/// pages the parent had that are gone now (zeros for anonymous memory, the
+/// file's bytes for file mappings), so a chain restores exactly.
+/// `running`: the target is not stopped, so vanishing ranges are skipped
+/// (the next increment sees them) instead of failing the capture.
 fn capture_pages(
     pid: i32,
     maps: &[MapEntry],
     dir: &Path,
     codec: wire::Codec,
-) -> Result<wire::chunks::ChunkStats> {
+    parent: &[(u64, u64)],
+    running: bool,
+) -> Result<PageCapture> {
     let page = page_size();
+    let pg = page as usize;
     let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
-    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, page as usize)?;
-    let batch_pages = BATCH_BYTES / page as usize;
+    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, pg)?;
+    let batch_pages = BATCH_BYTES / pg;
+    let parent_hash = |addr: u64| {
+        parent
+            .binary_search_by_key(&addr, |(a, _)| *a)
+            .ok()
+            .map(|i| parent[i].1)
+    };
+    let mut hashes: Vec<(u64, u64)> = Vec::new();
+    let mut round = xxhash_rust::xxh3::Xxh3::new();
+    let mut pages_stored = 0u64;
     let mut read_ns = 0u128;
-    let mut wait_ns = 0u128;
     let read_result = (|| -> Result<()> {
         for m in maps {
-            if matches!(
-                m.name.as_str(),
-                "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
-            ) {
+            if !captures_pages(m) {
                 continue;
             }
-            if m.is_file() && m.shared && !m.name.starts_with("/dev/zero") {
-                continue;
-            }
-            // Anonymous memory starts zero-filled on restore: zero pages are skipped.
+            // Anonymous memory starts zero-filled on restore: zero pages
+            // need not be stored unless an older image had data there.
             let anon = !m.is_file() || m.name.starts_with("/dev/zero");
-            let entries = pagemap.read(m.start, m.end, page).ctx(pid, || {
-                format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
-            })?;
+            let entries = match pagemap.read(m.start, m.end, page) {
+                Ok(e) => e,
+                Err(_) if running => continue,
+                Err(e) => {
+                    return Err(e).ctx(pid, || {
+                        format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
+                    })
+                }
+            };
             let mut i = 0usize;
             while i < entries.len() {
                 if !page_needed(m, entries[i]) {
@@ -756,23 +889,93 @@ fn capture_pages(
                     j += 1;
                 }
                 let addr = m.start + i as u64 * page;
-                let len = ((j - i) as u64 * page) as usize;
+                let len = (j - i) * pg;
+                i = j;
                 // A stopped pipeline has an error that finish() reports.
-                let tw = Instant::now();
                 let Some(mut buf) = out.buffer() else {
                     return Ok(());
                 };
-                wait_ns += tw.elapsed().as_nanos();
                 let tr = Instant::now();
-                mem::read_fully(pid, addr, &mut buf[..len])
-                    .ctx(pid, || format!("read memory at {addr:#x} (+{len} bytes)"))?;
+                match mem::read_fully(pid, addr, &mut buf[..len]) {
+                    Ok(()) => {}
+                    Err(_) if running => {
+                        // Unmapped meanwhile: give the buffer back, move on.
+                        out.submit(addr, buf, 0, PageFilter::All);
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .ctx(pid, || format!("read memory at {addr:#x} (+{len} bytes)"))
+                    }
+                }
                 read_ns += tr.elapsed().as_nanos();
-                if !out.submit(addr, buf, len, anon) {
+                let mut keep = Vec::with_capacity(len / pg);
+                for (k, p) in buf[..len].chunks(pg).enumerate() {
+                    let a = addr + (k * pg) as u64;
+                    let h = xxhash_rust::xxh3::xxh3_64(p);
+                    hashes.push((a, h));
+                    let changed = match parent_hash(a) {
+                        Some(ph) => ph != h,
+                        None => !(anon && crate::pagewriter::is_zero(p)),
+                    };
+                    if changed {
+                        round.update(&a.to_le_bytes());
+                        round.update(&h.to_le_bytes());
+                        pages_stored += 1;
+                    }
+                    keep.push(changed);
+                }
+                if !out.submit(addr, buf, len, PageFilter::Only(keep)) {
                     return Ok(());
                 }
-                i = j;
             }
             debug!(pid, start = m.start, name = %m.name, "captured mapping");
+        }
+        // Pages an older image holds that are no longer present.
+        let mut gone: Vec<u64> = Vec::new();
+        let mut cur = hashes.iter().map(|(a, _)| *a).peekable();
+        for &(a, _) in parent {
+            while cur.next_if(|c| *c < a).is_some() {}
+            if cur.peek() != Some(&a) {
+                gone.push(a);
+            }
+        }
+        for run in gone.chunk_by(|x, y| *y == *x + page) {
+            for piece in run.chunks(batch_pages) {
+                let addr = piece[0];
+                let Some(m) = maps
+                    .iter()
+                    .find(|m| m.start <= addr && addr < m.end && captures_pages(m))
+                else {
+                    continue; // unmapped: the restore skips older pages there
+                };
+                let end = (addr + (piece.len() * pg) as u64).min(m.end);
+                let len = (end - addr) as usize;
+                let Some(mut buf) = out.buffer() else {
+                    return Ok(());
+                };
+                if m.is_file() && !m.name.starts_with("/dev/zero") {
+                    // The file's bytes show through again: read them.
+                    if mem::read_fully(pid, addr, &mut buf[..len]).is_err() {
+                        if running {
+                            out.submit(addr, buf, 0, PageFilter::All);
+                            continue;
+                        }
+                        return Err(std::io::Error::other("read failed"))
+                            .ctx(pid, || format!("read file-backed page at {addr:#x}"));
+                    }
+                } else {
+                    buf[..len].fill(0);
+                }
+                for k in 0..len / pg {
+                    round.update(&(addr + (k * pg) as u64).to_le_bytes());
+                    round.update(&0u64.to_le_bytes());
+                }
+                pages_stored += (len / pg) as u64;
+                if !out.submit(addr, buf, len, PageFilter::All) {
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     })();
@@ -780,12 +983,27 @@ fn capture_pages(
     let stats = out.finish();
     debug!(
         read_ms = read_ns / 1_000_000,
-        buffer_wait_ms = wait_ns / 1_000_000,
         drain_ms = tf.elapsed().as_millis(),
         "page capture timing"
     );
     read_result?;
-    stats
+    Ok(PageCapture {
+        stats: stats?,
+        hashes,
+        pages_stored,
+        round_hash: round.digest(),
+    })
+}
+
+/// Mappings whose pages an image may hold.
+fn captures_pages(m: &MapEntry) -> bool {
+    if matches!(
+        m.name.as_str(),
+        "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+    ) {
+        return false;
+    }
+    !(m.is_file() && m.shared && !m.name.starts_with("/dev/zero"))
 }
 
 /// Open files. Shared open file descriptions are found with kcmp(KCMP_FILE).

@@ -13,5 +13,5 @@ pub mod seize;
 pub mod sys;
 pub mod track;
 
-pub use dump::{dump, DumpOptions, DumpStats};
+pub use dump::{dump, pre_dump, DumpOptions, DumpStats};
 pub use error::{EngineError, Result};

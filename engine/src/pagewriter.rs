@@ -16,10 +16,20 @@ use wire::chunks::ChunkStats;
 /// Bytes per read buffer (and the largest chunk).
 pub const BATCH_BYTES: usize = wire::chunks::MAX_CHUNK_RAW as usize;
 
+/// Which pages of a batch go into the file.
+#[derive(Debug, Clone)]
+pub enum PageFilter {
+    All,
+    /// Leave out all-zero pages (anonymous memory reads back as zero anyway).
+    SkipZero,
+    /// Exactly the pages marked true.
+    Only(Vec<bool>),
+}
+
 struct Batch {
     addr: u64,
     len: usize,
-    skip_zero: bool,
+    filter: PageFilter,
     buf: Vec<u8>,
 }
 
@@ -33,7 +43,7 @@ pub struct PageWriter {
     page: usize,
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(16).fold(0u128, |acc, c| {
         let mut b = [0u8; 16];
         b.copy_from_slice(c);
@@ -41,7 +51,7 @@ fn is_zero(page: &[u8]) -> bool {
     }) == 0
 }
 
-/// Encode the non-zero runs of pages (or everything) of one batch.
+/// Encode the runs of kept pages of one batch.
 fn encode_batch(
     enc: &mut wire::ChunkEncoder,
     b: &Batch,
@@ -49,16 +59,17 @@ fn encode_batch(
     out: &mut wire::EncodedChunks,
 ) -> Result<()> {
     let data = &b.buf[..b.len];
-    if !b.skip_zero {
-        enc.encode(b.addr, data, out)?;
-        return Ok(());
-    }
+    let keep = |k: usize, p: &[u8]| match &b.filter {
+        PageFilter::All => true,
+        PageFilter::SkipZero => !is_zero(p),
+        PageFilter::Only(v) => v.get(k).copied().unwrap_or(false),
+    };
     let mut run_start: Option<usize> = None;
     for (k, p) in data.chunks(page).enumerate() {
         let off = k * page;
-        match (is_zero(p), run_start) {
-            (false, None) => run_start = Some(off),
-            (true, Some(s)) => {
+        match (keep(k, p), run_start) {
+            (true, None) => run_start = Some(off),
+            (false, Some(s)) => {
                 enc.encode(b.addr + s as u64, &data[s..off], out)?;
                 run_start = None;
             }
@@ -142,17 +153,16 @@ impl PageWriter {
         self.free_rx.recv().ok()
     }
 
-    /// Queue `buf[..len]` (pages starting at `addr`). With `skip_zero`, all-zero
-    /// pages are left out (anonymous memory reads back as zero anyway).
-    /// Returns false if the pipeline stopped.
-    pub fn submit(&mut self, addr: u64, buf: Vec<u8>, len: usize, skip_zero: bool) -> bool {
+    /// Queue the pages of `buf[..len]` (starting at `addr`) that `filter`
+    /// keeps. Returns false if the pipeline stopped.
+    pub fn submit(&mut self, addr: u64, buf: Vec<u8>, len: usize, filter: PageFilter) -> bool {
         debug_assert!(len.is_multiple_of(self.page) && len <= buf.len());
         match &self.work_tx {
             Some(tx) => tx
                 .send(Batch {
                     addr,
                     len,
-                    skip_zero,
+                    filter,
                     buf,
                 })
                 .is_ok(),

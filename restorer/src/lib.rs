@@ -103,15 +103,59 @@ impl Image {
                 ),
             });
         }
+        let inventory: wire::Inventory = wire::read_record(&inv_path, wire::RecordKind::Inventory)?;
+        if inventory.pre_dump {
+            return Err(RestoreError::BadImage {
+                dir: dir.to_path_buf(),
+                what: "is a pre-dump (memory only, taken while the program ran); restore the final `tern dump --parent` image instead".into(),
+            });
+        }
         let image = Image {
             dir: dir.to_path_buf(),
-            inventory: wire::read_record(&inv_path, wire::RecordKind::Inventory)?,
+            inventory,
             core: wire::read_record(&dir.join(wire::CORE_FILE), wire::RecordKind::Core)?,
             mm: wire::read_record(&dir.join(wire::MM_FILE), wire::RecordKind::Mm)?,
             files: wire::read_record(&dir.join(wire::FILES_FILE), wire::RecordKind::Files)?,
         };
         image.validate()?;
         Ok(image)
+    }
+
+    /// Directories of the older images this one builds on, oldest first.
+    pub fn ancestors(&self) -> Result<Vec<PathBuf>> {
+        let mut chain: Vec<PathBuf> = Vec::new();
+        let mut cur_dir = self.dir.clone();
+        let mut parent = self.inventory.parent.clone();
+        while let Some(p) = parent {
+            let p = PathBuf::from(p);
+            let pdir = if p.is_absolute() { p } else { cur_dir.join(p) };
+            let canon = pdir.canonicalize().map_err(|e| {
+                self.bad(format!(
+                    "parent image {} cannot be opened: {e}",
+                    pdir.display()
+                ))
+            })?;
+            if chain.contains(&canon) || chain.len() > 1000 {
+                return Err(self.bad(format!("the parent chain loops at {}", pdir.display())));
+            }
+            let inv: wire::Inventory = wire::read_record(
+                &canon.join(wire::INVENTORY_FILE),
+                wire::RecordKind::Inventory,
+            )?;
+            if inv.pid != self.inventory.pid {
+                return Err(self.bad(format!(
+                    "parent image {} is of process {}, not {}",
+                    pdir.display(),
+                    inv.pid,
+                    self.inventory.pid
+                )));
+            }
+            chain.push(canon.clone());
+            cur_dir = canon;
+            parent = inv.parent;
+        }
+        chain.reverse();
+        Ok(chain)
     }
 
     fn bad(&self, what: String) -> RestoreError {
@@ -203,6 +247,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         }
     }
     check_same_file(&image.mm.exe)?;
+    let ancestors = image.ancestors()?;
+    for a in &ancestors {
+        let pages = a.join(wire::PAGES_FILE);
+        if !pages.exists() {
+            return Err(image.bad(format!("{} is missing", pages.display())));
+        }
+    }
     for fd in &image.files.fds {
         if let wire::FdKind::Path { path, .. } = &fd.kind {
             if std::fs::symlink_metadata(path).is_err() {
@@ -235,6 +286,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     })?;
     let mut b = Builder {
         image: &image,
+        ancestors: &ancestors,
         pid: puppet.pid,
         puppet: &mut puppet,
         scratch: 0,
@@ -267,6 +319,8 @@ const SCRATCH_AUXV: u64 = 16384;
 
 struct Builder<'a> {
     image: &'a Image,
+    /// Older images of a pre-dump chain, oldest first.
+    ancestors: &'a [PathBuf],
     puppet: &'a mut Puppet,
     pid: i32,
     scratch: u64,
@@ -332,7 +386,11 @@ impl Builder<'_> {
         self.map_scratch()?;
         self.map_vmas()?;
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "mappings created");
-        self.write_pages()?;
+        for dir in self.ancestors {
+            self.write_pages(&dir.join(wire::PAGES_FILE), false)?;
+        }
+        let pages = self.image.dir.join(wire::PAGES_FILE);
+        self.write_pages(&pages, true)?;
         debug!(
             ms = t.elapsed().as_secs_f64() * 1e3,
             bytes = self.pages_bytes,
@@ -590,10 +648,12 @@ impl Builder<'_> {
     /// Stream the page file into the puppet. A reader thread verifies and
     /// decompresses chunks into pooled buffers while this (the ptrace)
     /// thread writes them with process_vm_writev.
-    fn write_pages(&mut self) -> Result<()> {
+    /// `strict`: every chunk must lie inside a private mapping (the image's
+    /// own pages); otherwise (an older image of a chain) the parts outside
+    /// today's mappings are skipped, since those ranges were unmapped since.
+    fn write_pages(&mut self, path: &Path, strict: bool) -> Result<()> {
         let pid = self.pid;
-        let path = self.image.dir.join(wire::PAGES_FILE);
-        let reader = wire::ChunkReader::open(&path)?;
+        let reader = wire::ChunkReader::open(path)?;
         const POOL: usize = 4;
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(POOL);
         let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(POOL);
@@ -614,16 +674,30 @@ impl Builder<'_> {
             }
             Ok(())
         });
-        let vmas = &self.image.mm.vmas;
+        let private = |v: &&wire::Vma| {
+            matches!(v.kind, wire::VmaKind::Anon | wire::VmaKind::File { .. })
+                && !(v.shared && matches!(v.kind, wire::VmaKind::File { .. }))
+        };
+        let vmas: Vec<&wire::Vma> = self.image.mm.vmas.iter().filter(private).collect();
         let mut result = Ok(());
         for (addr, buf) in full_rx.iter() {
             let end = addr.saturating_add(buf.len() as u64);
-            let inside = vmas.iter().any(|v| {
-                v.start <= addr
-                    && end <= v.end
-                    && matches!(v.kind, wire::VmaKind::Anon | wire::VmaKind::File { .. })
-                    && !(v.shared && matches!(v.kind, wire::VmaKind::File { .. }))
-            });
+            if !strict {
+                for v in vmas.iter().filter(|v| v.start < end && addr < v.end) {
+                    let (s, e) = (addr.max(v.start), end.min(v.end));
+                    let part = &buf[(s - addr) as usize..(e - addr) as usize];
+                    if let Err(err) = mem::write_fully(pid, s, part) {
+                        result = Err(err).step(pid, || format!("write pages at {s:#x}"));
+                        break;
+                    }
+                }
+                if result.is_err() {
+                    break;
+                }
+                let _ = free_tx.send(buf);
+                continue;
+            }
+            let inside = vmas.iter().any(|v| v.start <= addr && end <= v.end);
             if !inside {
                 result = Err(RestoreError::BadImage {
                     dir: self.image.dir.clone(),

@@ -175,11 +175,17 @@ pub fn workloads_dir() -> PathBuf {
 /// Compiles `tests/workloads/<name>.c` into `<dir>/<name>` with
 /// `cc -O1 -Wall` and returns the executable's path.
 pub fn compile_c(dir: &TestDir, name: &str) -> PathBuf {
+    compile_c_with(dir, name, &[])
+}
+
+/// Like [`compile_c`], with extra compiler arguments (e.g. `-DBUF_MIB=256`).
+pub fn compile_c_with(dir: &TestDir, name: &str, cflags: &[&str]) -> PathBuf {
     let src = workloads_dir().join(format!("{name}.c"));
     let exe = dir.join(name);
     let output = Command::new("cc")
         .arg("-O1")
         .arg("-Wall")
+        .args(cflags)
         .arg("-o")
         .arg(&exe)
         .arg(&src)
@@ -1156,9 +1162,22 @@ impl Session {
     /// Records the identity, runs `tern dump` (default mode), checks that it
     /// succeeded and killed the original with SIGKILL, and reaps it.
     pub fn dump(&mut self) -> TernOutput {
+        self.dump_with(&[])
+    }
+
+    /// [`dump`](Self::dump) with extra `tern dump` arguments (e.g. `--parent`).
+    pub fn dump_with(&mut self, extra: &[OsString]) -> TernOutput {
         self.ensure_healthy();
         self.identity = Some(ProcIdentity::capture(self.pid, self.compare_maps));
-        let out = tern_dump(&self.dir, self.pid, &self.images, false);
+        let mut a = args![
+            "dump",
+            "--pid",
+            self.pid.to_string(),
+            "--images",
+            &self.images
+        ];
+        a.extend(extra.iter().cloned());
+        let out = run_tern(&self.dir, &a, Stdio::null());
         self.last_tern = Some(out.describe());
         if !out.success() {
             panic!("tern dump failed\n{}", self.diag());

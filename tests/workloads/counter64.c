@@ -16,7 +16,10 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#define BUF_BYTES (64UL << 20)
+#ifndef BUF_MIB
+#define BUF_MIB 64UL /* -DBUF_MIB=256 for the pre-dump chain test */
+#endif
+#define BUF_BYTES (BUF_MIB << 20)
 #define PAGE_BYTES 4096UL
 #define WORDS_PER_PAGE (PAGE_BYTES / sizeof(uint64_t))
 #define NPAGES (BUF_BYTES / PAGE_BYTES)

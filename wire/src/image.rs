@@ -7,6 +7,9 @@ pub const CORE_FILE: &str = "core.img";
 pub const MM_FILE: &str = "mm.img";
 pub const FILES_FILE: &str = "files.img";
 pub const PAGES_FILE: &str = "pages.img";
+/// Chunk file of (address, xxh3) pairs for every page the program had at
+/// this image's moment: what the next increment is compared against.
+pub const HASHES_FILE: &str = "hashes.img";
 
 /// Name of the chunk file holding the saved contents of a deleted file.
 pub fn deleted_file_name(desc: u32) -> String {
@@ -25,6 +28,15 @@ pub struct Inventory {
     /// Summary of the page file, so `inspect` needs no scan.
     pub pages_bytes: u64,
     pub pages_stored_bytes: u64,
+    /// The image this one is an increment of: its pages file holds only
+    /// pages that changed since. Relative paths are relative to this image.
+    pub parent: Option<String>,
+    /// A memory-only increment taken while the program ran (`pre-dump`):
+    /// it has no core, files or registers and cannot be restored alone.
+    pub pre_dump: bool,
+    /// xxh3 over the address and content hash of every page this image
+    /// stores: equal hashes in consecutive rounds mean nothing changed.
+    pub round_hash: u64,
 }
 
 /// x86-64 general registers, in `struct user_regs_struct` order.

@@ -10,6 +10,7 @@
 //! always detected.
 
 pub mod chunks;
+pub mod hashes;
 pub mod image;
 pub mod record;
 
