@@ -869,3 +869,100 @@ fn predump_chain_restores_exactly() {
     s.wait_seq(s.last_before + 10);
     s.finish();
 }
+
+/// A file mapped by the program changes after the dump: restore refuses,
+/// naming the file, and leaves nothing running; put back, it restores.
+#[test]
+fn changed_mapped_file_is_refused() {
+    if !root_or_skip("changed_mapped_file_is_refused") {
+        return;
+    }
+    let dir = TestDir::new("changed_mapped_file");
+    let data = dir.join("mapped.dat");
+    fs::write(&data, vec![7u8; 3 * 4096 + 100]).expect("write mapped file");
+    let exe = compile_c(&dir, "mapfile");
+    let mut s = Session::start(dir, Cmd::new(exe).arg(&data), Stdio::null());
+    s.wait_seq(3);
+    s.dump();
+    let pid = s.pid;
+    let original = fs::read(&data).expect("read mapped file");
+    let mtime = fs::metadata(&data)
+        .and_then(|m| m.modified())
+        .expect("mtime of the mapped file");
+    let mut changed = original.clone();
+    changed.push(1);
+    fs::write(&data, &changed).expect("change mapped file");
+    let mut guard = ProcGuard::adopt(pid);
+    let out = tern_restore(&s.dir, &s.images, None, Stdio::null());
+    let alive = pid_alive(pid);
+    if alive {
+        guard.kill_and_wait();
+    } else {
+        guard.disarm();
+    }
+    assert!(
+        !out.success(),
+        "restore with a changed mapped file succeeded\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("mapped.dat") && out.stderr.contains("changed since the dump"),
+        "the refusal does not name the changed file\n{}",
+        out.describe()
+    );
+    assert!(!alive, "a refused restore left process {pid} running");
+    // Same contents and mtime again: the restore goes through.
+    fs::write(&data, &original).expect("put the mapped file back");
+    fs::File::options()
+        .write(true)
+        .open(&data)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set the mapped file's mtime back");
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 5);
+    s.finish();
+}
+
+/// `tern check` probes the machine: every probe has a reason, and what
+/// dump/restore need is reported available when running as root.
+#[test]
+fn check_reports_features() {
+    if !root_or_skip("check_reports_features") {
+        return;
+    }
+    let out = Command::new(tern_bin())
+        .args(["check", "--json"])
+        .output()
+        .expect("run tern check");
+    assert!(out.status.success(), "tern check failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "ptrace-seize",
+        "process-vm-readv",
+        "clone3-set-tid",
+        "pr-set-mm-map",
+        "soft-dirty",
+        "uffd-wp-async",
+    ] {
+        assert!(
+            text.contains(&format!("\"{name}\"")),
+            "tern check lacks {name}:\n{text}"
+        );
+    }
+    for needed in [
+        "ptrace-seize",
+        "process-vm-readv",
+        "clone3-set-tid",
+        "pr-set-mm-map",
+    ] {
+        let at = text.find(&format!("\"{needed}\"")).expect("probe present");
+        // Each probe is one JSON object; look at this one only.
+        let start = text[..at].rfind('{').unwrap_or(0);
+        let end = at + text[at..].find('}').unwrap_or(text.len() - at);
+        assert!(
+            text[start..end].contains("\"available\": true"),
+            "{needed} is not available as root:\n{}",
+            &text[start..end]
+        );
+    }
+}

@@ -451,6 +451,10 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         }
     }
     pending.extend(seized.remote.intercepted_signals.iter().copied());
+    if seized.was_stopped {
+        // Re-raised after restore: the program comes back stopped, as it was.
+        pending.insert(libc::SIGSTOP);
+    }
 
     let limits = p.limits().ctx(pid, || "read limits".into())?;
     let rlimits = convert_limits(&limits);

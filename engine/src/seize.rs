@@ -21,10 +21,20 @@ pub struct Seized {
     pub scratch: Option<(u64, u64)>,
     injected: bool,
     done: bool,
+    /// The program was in a job-control stop (state T) when seized: it is
+    /// put back into it on release, and the image records it as SIGSTOP.
+    pub was_stopped: bool,
 }
 
 impl Seized {
     pub fn attach(pid: i32) -> Result<Self> {
+        let was_stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false);
         // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
         ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).ctx(pid, || "PTRACE_SEIZE".into())?;
         let mut s = Seized {
@@ -35,6 +45,7 @@ impl Seized {
             scratch: None,
             injected: false,
             done: false,
+            was_stopped,
         };
         ptrace::interrupt(pid).ctx(pid, || "PTRACE_INTERRUPT".into())?;
         let mut pending = Vec::new();
@@ -107,6 +118,10 @@ impl Seized {
         }
         let signals = std::mem::take(&mut self.remote.intercepted_signals);
         ptrace::detach(pid, 0).ctx(pid, || "PTRACE_DETACH".into())?;
+        if self.was_stopped {
+            // SAFETY: plain syscall with integer arguments.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
         for sig in signals {
             // SAFETY: plain syscall with integer arguments.
             unsafe { libc::kill(pid, sig) };

@@ -247,6 +247,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         }
     }
     check_same_file(&image.mm.exe)?;
+    // Not needed to rebuild the process, but part of the image: a damaged
+    // table means a damaged image, and a later `--parent` would trust it.
+    wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
     let ancestors = image.ancestors()?;
     for a in &ancestors {
         let pages = a.join(wire::PAGES_FILE);
