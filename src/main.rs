@@ -47,6 +47,26 @@ enum Cmd {
         /// A relative path is taken relative to --images, as in CRIU.
         #[arg(long)]
         parent: Option<PathBuf>,
+        /// Live checkpoint: copy memory in rounds while the program runs and
+        /// stop it only for the last delta (writes round-N/ increments in
+        /// --images; restore applies the chain).
+        #[arg(long, conflicts_with = "parent")]
+        pre_copy: bool,
+        /// Dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty, hash.
+        #[arg(long, default_value = "auto")]
+        tracker: tern_engine::track::TrackerKind,
+        /// Stop policy for --pre-copy: paper (two equal round hashes),
+        /// adaptive (predicted downtime fits --target-downtime-ms, or rounds
+        /// stop shrinking) or rounds:N.
+        #[arg(long, default_value = "adaptive")]
+        policy: tern_engine::policy::PolicySpec,
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
+        #[arg(long, default_value_t = 10.0)]
+        target_downtime_ms: f64,
+        /// Longest pre-copy phase before the final stop, in ms.
+        #[arg(long, default_value_t = 30_000.0)]
+        time_limit_ms: f64,
     },
     /// Save the memory of a running process (only pages changed since
     /// --parent, if given) and leave it running; the final `dump --parent`
@@ -148,12 +168,60 @@ fn run(cmd: Cmd) -> Result<()> {
             leave_running,
             compress,
             parent,
+            pre_copy,
+            tracker,
+            policy,
+            max_rounds,
+            target_downtime_ms,
+            time_limit_ms,
         } => {
             let opts = tern_engine::DumpOptions {
                 leave_running,
                 zstd_level: zstd_level(&compress, &images)?,
                 parent,
             };
+            if pre_copy {
+                let popts = tern_engine::precopy::PrecopyOptions {
+                    tracker,
+                    policy,
+                    limits: tern_engine::policy::Limits {
+                        max_rounds,
+                        time_limit_ms,
+                        target_downtime_ms,
+                        link_bytes_per_ms: None,
+                    },
+                    dump: opts,
+                };
+                let r = tern_engine::precopy::precopy_dump(pid, &images, &popts).with_context(
+                    || format!("pre-copy dump of process {pid} failed; it was left running"),
+                )?;
+                eprintln!(
+                    "pre-copy of process {pid} (tracker {}, policy {}):",
+                    r.tracker, r.policy
+                );
+                eprintln!("  round  dirty_pages  stored_pages  stored_KiB       ms  hash");
+                for x in &r.rounds {
+                    eprintln!(
+                        "  {:>5}  {:>11}  {:>12}  {:>10}  {:>7.1}  {:016x}",
+                        x.round,
+                        x.dirty_pages,
+                        x.stored_pages,
+                        x.stored_bytes >> 10,
+                        x.ms,
+                        x.hash
+                    );
+                }
+                let f = &r.final_stats;
+                eprintln!(
+                    "  stopped: {}; final delta {} dirty pages, {} stored; program stopped for {:.1} ms{}",
+                    r.stop_reason,
+                    r.final_dirty_pages,
+                    f.pages_stored,
+                    f.frozen_ms,
+                    if leave_running { ", left running" } else { ", then killed" }
+                );
+                return Ok(());
+            }
             let stats = tern_engine::dump(pid, &images, &opts)
                 .with_context(|| format!("dump of process {pid} failed; it was left running"))?;
             eprintln!(

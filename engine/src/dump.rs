@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::seize::Seized;
 pub use crate::seize::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
+use crate::track::DirtySet;
 
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
@@ -78,7 +79,7 @@ fn unsupported(pid: i32, reason: impl Into<String>) -> EngineError {
 
 /// Checks that need nothing but /proc: refuse what this version cannot
 /// dump before touching the process.
-fn preflight(pid: i32) -> Result<()> {
+pub(crate) fn preflight(pid: i32) -> Result<()> {
     // SAFETY: getpid has no preconditions.
     if pid == unsafe { libc::getpid() } {
         return Err(unsupported(pid, "tern cannot dump itself"));
@@ -141,16 +142,35 @@ fn preflight(pid: i32) -> Result<()> {
 /// Dump process `pid` into the image directory `dir`.
 pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     preflight(pid)?;
+    prepare_dir(dir)?;
+    let parent = load_parent(pid, dir, opts.parent.as_deref())?;
+    let t0 = Instant::now();
+    let seized = Seized::attach(pid)?;
+    dump_seized(seized, t0, dir, opts, &parent, None)
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| wire::WireError::Io {
         path: dir.to_path_buf(),
         source: e,
     })?;
     // A stale inventory would make a half-written image look complete.
     let _ = std::fs::remove_file(dir.join(wire::INVENTORY_FILE));
+    Ok(())
+}
 
-    let parent = load_parent(pid, dir, opts.parent.as_deref())?;
-    let t0 = Instant::now();
-    let mut seized = Seized::attach(pid)?;
+/// The rest of a dump once the target is stopped (since `t0`): with
+/// `dirty`, only the pages a tracker reports (and new ones) are read, the
+/// others keep their hashes from `parent`.
+pub(crate) fn dump_seized(
+    mut seized: Seized,
+    t0: Instant,
+    dir: &Path,
+    opts: &DumpOptions,
+    parent: &[(u64, u64)],
+    dirty: Option<&DirtySet>,
+) -> Result<DumpStats> {
+    let pid = seized.pid;
     let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into())?;
     let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
         unsupported(
@@ -172,7 +192,7 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
         Some(l) => wire::Codec::Zstd(l),
         None => wire::Codec::Raw,
     };
-    let capture = capture_pages(pid, &maps, dir, codec, &parent, false)?;
+    let capture = capture_pages(pid, &maps, dir, codec, parent, dirty, false)?;
     let page_stats = capture.stats;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
 
@@ -283,12 +303,22 @@ pub fn pre_dump(
     zstd_level: Option<i32>,
 ) -> Result<DumpStats> {
     preflight(pid)?;
-    std::fs::create_dir_all(dir).map_err(|e| wire::WireError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    let _ = std::fs::remove_file(dir.join(wire::INVENTORY_FILE));
+    prepare_dir(dir)?;
     let parent_hashes = load_parent(pid, dir, parent)?;
+    pre_dump_round(pid, dir, parent, &parent_hashes, None, zstd_level).map(|(stats, _)| stats)
+}
+
+/// One memory-only round while the program runs; returns the page table
+/// the next round compares against.
+pub(crate) fn pre_dump_round(
+    pid: i32,
+    dir: &Path,
+    parent: Option<&Path>,
+    parent_hashes: &[(u64, u64)],
+    dirty: Option<&DirtySet>,
+    zstd_level: Option<i32>,
+) -> Result<(DumpStats, Vec<(u64, u64)>)> {
+    prepare_dir(dir)?;
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
     let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into());
@@ -300,13 +330,13 @@ pub fn pre_dump(
         None => wire::Codec::Raw,
     };
     let t_mem = Instant::now();
-    let capture = capture_pages(pid, &maps, dir, codec, &parent_hashes, true)?;
+    let capture = capture_pages(pid, &maps, dir, codec, parent_hashes, dirty, true)?;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();
     write_inventory(dir, pid, comm, &capture, parent, true)?;
-    Ok(DumpStats {
+    let stats = DumpStats {
         pages_bytes: capture.stats.raw_bytes,
         stored_bytes: capture.stats.stored_bytes,
         vmas: maps.len(),
@@ -316,7 +346,8 @@ pub fn pre_dump(
         pages_stored: capture.pages_stored,
         pages_seen: capture.hashes.len() as u64,
         round_hash: capture.round_hash,
-    })
+    };
+    Ok((stats, capture.hashes))
 }
 
 /// Whether `dir` (or the nearest existing parent) is on tmpfs or ramfs.
@@ -848,6 +879,7 @@ fn capture_pages(
     dir: &Path,
     codec: wire::Codec,
     parent: &[(u64, u64)],
+    dirty: Option<&DirtySet>,
     running: bool,
 ) -> Result<PageCapture> {
     let page = page_size();
@@ -882,14 +914,29 @@ fn capture_pages(
                     })
                 }
             };
+            // With a tracker's dirty set, only pages it reports (or that no
+            // older image has) are read; the others keep their old hash.
+            let addr_of = |k: usize| m.start + k as u64 * page;
+            let candidate = |k: usize| {
+                page_needed(m, entries[k])
+                    && match dirty {
+                        None => true,
+                        Some(set) => set.contains(addr_of(k)) || parent_hash(addr_of(k)).is_none(),
+                    }
+            };
             let mut i = 0usize;
             while i < entries.len() {
-                if !page_needed(m, entries[i]) {
+                if !candidate(i) {
+                    if page_needed(m, entries[i]) {
+                        if let Some(h) = parent_hash(addr_of(i)) {
+                            hashes.push((addr_of(i), h));
+                        }
+                    }
                     i += 1;
                     continue;
                 }
                 let mut j = i;
-                while j < entries.len() && (j - i) < batch_pages && page_needed(m, entries[j]) {
+                while j < entries.len() && (j - i) < batch_pages && candidate(j) {
                     j += 1;
                 }
                 let addr = m.start + i as u64 * page;

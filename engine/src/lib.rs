@@ -8,6 +8,8 @@ pub mod check;
 pub mod dump;
 pub mod error;
 pub mod pagewriter;
+pub mod policy;
+pub mod precopy;
 pub mod proc;
 pub mod seize;
 pub mod sys;

@@ -296,6 +296,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         pages_bytes: 0,
     };
     b.build()?;
+    let pages_bytes = b.pages_bytes;
     let pending = image.core.pending_signals.clone();
     let pid = puppet.pid;
     puppet.release().step(pid, || "PTRACE_DETACH".into())?;
@@ -303,7 +304,6 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         // SAFETY: plain syscall with integer arguments.
         unsafe { libc::kill(pid, sig) };
     }
-    let pages_bytes = image.inventory.pages_bytes;
     let restored = Restored {
         pid,
         restore_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -693,6 +693,7 @@ impl Builder<'_> {
                         result = Err(err).step(pid, || format!("write pages at {s:#x}"));
                         break;
                     }
+                    self.pages_bytes += part.len() as u64;
                 }
                 if result.is_err() {
                     break;
