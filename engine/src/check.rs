@@ -246,22 +246,7 @@ struct RseqConfiguration {
     pad: u32,
 }
 
-/// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+use crate::sys::CloneArgs;
 
 /// `struct prctl_mm_map` (`include/uapi/linux/prctl.h`).
 #[repr(C)]
@@ -288,7 +273,6 @@ const _: () = assert!(size_of::<UffdioApi>() == 24);
 const _: () = assert!(size_of::<UffdioRegister>() == 32);
 const _: () = assert!(size_of::<UffdioWriteprotect>() == 24);
 const _: () = assert!(size_of::<RseqConfiguration>() == 24);
-const _: () = assert!(size_of::<CloneArgs>() == 88);
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<PrctlMmMap>() == 104);
 

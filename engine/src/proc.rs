@@ -173,22 +173,23 @@ pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
     })
 }
 
-/// Numbers of `/proc/PID/fd`, sorted.
-pub fn list_fds(pid: i32) -> io::Result<Vec<i32>> {
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+/// The numeric entries of a /proc directory, sorted.
+fn numeric_entries(dir: &str) -> io::Result<Vec<i32>> {
+    let mut v: Vec<i32> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
-    fds.sort_unstable();
-    Ok(fds)
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Numbers of `/proc/PID/fd`, sorted.
+pub fn list_fds(pid: i32) -> io::Result<Vec<i32>> {
+    numeric_entries(&format!("/proc/{pid}/fd"))
 }
 
 /// Thread ids in `/proc/PID/task`.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
-    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    tids.sort_unstable();
-    Ok(tids)
+    numeric_entries(&format!("/proc/{pid}/task"))
 }
 
 /// Children listed in `/proc/PID/task/*/children`.

@@ -8,24 +8,7 @@
 
 use std::io;
 use tern_engine::proc;
-use tern_engine::sys::{nr, ptrace, remote, RemoteThread};
-
-/// `struct clone_args` (CLONE_ARGS_SIZE_VER2, Linux 5.7+).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
+use tern_engine::sys::{nr, ptrace, remote, CloneArgs, RemoteThread};
 
 /// A child stopped under our ptrace; killed on drop unless released.
 pub struct Puppet {

@@ -22,3 +22,23 @@ pub fn errno_result(r: i64) -> std::io::Result<u64> {
         Ok(r as u64)
     }
 }
+
+/// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, Linux 5.7+),
+/// for `clone3`.
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
