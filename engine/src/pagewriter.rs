@@ -70,14 +70,14 @@ fn encode_batch(
         match (keep(k, p), run_start) {
             (true, None) => run_start = Some(off),
             (false, Some(s)) => {
-                enc.encode(b.addr + s as u64, &data[s..off], out)?;
+                enc.encode(b.addr + s as u64, data, s..off, out)?;
                 run_start = None;
             }
             _ => {}
         }
     }
     if let Some(s) = run_start {
-        enc.encode(b.addr + s as u64, &data[s..], out)?;
+        enc.encode(b.addr + s as u64, data, s..data.len(), out)?;
     }
     Ok(())
 }
@@ -97,13 +97,14 @@ impl PageWriter {
         }
         let (work_tx, work_rx) = mpsc::sync_channel::<Batch>(buffers);
         let work_rx = Arc::new(Mutex::new(work_rx));
-        let (out_tx, out_rx) = mpsc::sync_channel::<wire::EncodedChunks>(buffers);
+        // Encoded chunks travel with the buffer they may point into; the
+        // writer gives the buffer back once written.
+        let (out_tx, out_rx) = mpsc::sync_channel::<(wire::EncodedChunks, Vec<u8>)>(buffers);
         let pool: EncodedPool = Arc::new(Mutex::new(Vec::new()));
 
         let mut workers = Vec::with_capacity(threads);
         for _ in 0..threads {
             let work_rx = Arc::clone(&work_rx);
-            let free_tx = free_tx.clone();
             let out_tx = out_tx.clone();
             let pool = Arc::clone(&pool);
             let mut enc = wire::ChunkEncoder::new(codec)?;
@@ -123,18 +124,21 @@ impl PageWriter {
                     encode_batch(&mut enc, &batch, page, &mut out)?;
                     // A closed channel means the pipeline is shutting down
                     // after an error elsewhere; that error is reported.
-                    if out_tx.send(out).is_err() || free_tx.send(batch.buf).is_err() {
+                    if out_tx.send((out, batch.buf)).is_err() {
                         return Ok(());
                     }
                 }
             }));
         }
+        drop(out_tx);
         let writer = std::thread::spawn(move || -> Result<ChunkStats> {
-            for enc in out_rx {
-                file.write_encoded(&enc)?;
+            for (enc, buf) in out_rx {
+                file.write_encoded(&enc, &buf)?;
                 if let Ok(mut p) = pool.lock() {
                     p.push(enc);
                 }
+                // The reader may have finished: a closed pool is fine.
+                let _ = free_tx.send(buf);
             }
             Ok(file.finish()?)
         });

@@ -86,18 +86,51 @@ pub struct ChunkEncoder {
 }
 
 /// Encoded chunks ready to append to a chunk file, with their totals.
+/// Data stored raw is not copied: a [`Part::Source`] names its range in the
+/// buffer that was encoded, and the writer takes it from there.
 #[derive(Debug, Default)]
 pub struct EncodedChunks {
+    /// Chunk headers and compressed data.
     pub bytes: Vec<u8>,
+    pub parts: Vec<Part>,
     pub chunks: u64,
     pub raw_bytes: u64,
+}
+
+/// One piece of an [`EncodedChunks`], in file order.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// A range of [`EncodedChunks::bytes`].
+    Inline(std::ops::Range<usize>),
+    /// A range of the source buffer given to [`ChunkEncoder::encode`].
+    Source(std::ops::Range<usize>),
 }
 
 impl EncodedChunks {
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.parts.clear();
         self.chunks = 0;
         self.raw_bytes = 0;
+    }
+
+    fn push_inline(&mut self, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        match self.parts.last_mut() {
+            Some(Part::Inline(r)) if r.end == start => r.end = self.bytes.len(),
+            _ => self.parts.push(Part::Inline(start..self.bytes.len())),
+        }
+    }
+
+    /// Bytes this adds to the file.
+    pub fn stored_len(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Inline(r) | Part::Source(r) => r.len() as u64,
+            })
+            .sum()
     }
 }
 
@@ -121,16 +154,33 @@ impl ChunkEncoder {
         })
     }
 
-    /// Append `data` under `key` to `out`, split into chunks of at most
-    /// [`MAX_CHUNK_RAW`] bytes, each piece keyed by `key + offset`.
-    pub fn encode(&mut self, key: u64, data: &[u8], out: &mut EncodedChunks) -> Result<()> {
-        for (i, piece) in data.chunks(MAX_CHUNK_RAW as usize).enumerate() {
-            self.encode_one(key + (i as u64) * MAX_CHUNK_RAW as u64, piece, out)?;
+    /// Append `source[range]` under `key` to `out`, split into chunks of at
+    /// most [`MAX_CHUNK_RAW`] bytes, each piece keyed by `key + offset`.
+    /// Raw pieces refer to `source`: write `out` with the same `source`.
+    pub fn encode(
+        &mut self,
+        key: u64,
+        source: &[u8],
+        range: std::ops::Range<usize>,
+        out: &mut EncodedChunks,
+    ) -> Result<()> {
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + MAX_CHUNK_RAW as usize).min(range.end);
+            self.encode_one(key + (at - range.start) as u64, source, at..end, out)?;
+            at = end;
         }
         Ok(())
     }
 
-    fn encode_one(&mut self, key: u64, data: &[u8], out: &mut EncodedChunks) -> Result<()> {
+    fn encode_one(
+        &mut self,
+        key: u64,
+        source: &[u8],
+        range: std::ops::Range<usize>,
+        out: &mut EncodedChunks,
+    ) -> Result<()> {
+        let data = &source[range.clone()];
         let mut codec = Codec::Raw;
         if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
@@ -148,14 +198,24 @@ impl ChunkEncoder {
                 }
             }
         }
-        let stored: &[u8] = if codec == Codec::Raw {
-            data
+        if codec == Codec::Raw {
+            let h = chunk_header(TAG_DATA, codec.id(), key, data.len() as u32, data, 0);
+            out.push_inline(&h);
+            out.parts.push(Part::Source(range));
         } else {
-            &self.scratch
-        };
-        let h = chunk_header(TAG_DATA, codec.id(), key, data.len() as u32, stored, 0);
-        out.bytes.extend_from_slice(&h);
-        out.bytes.extend_from_slice(stored);
+            let h = chunk_header(
+                TAG_DATA,
+                codec.id(),
+                key,
+                data.len() as u32,
+                &self.scratch,
+                0,
+            );
+            out.push_inline(&h);
+            let stored = std::mem::take(&mut self.scratch);
+            out.push_inline(&stored);
+            self.scratch = stored;
+        }
         out.chunks += 1;
         out.raw_bytes += data.len() as u64;
         Ok(())
@@ -196,20 +256,32 @@ impl ChunkWriter {
         pending.clear();
         let result = self
             .encoder
-            .encode(key, data, &mut pending)
-            .and_then(|_| self.write_encoded(&pending));
+            .encode(key, data, 0..data.len(), &mut pending)
+            .and_then(|_| self.write_encoded(&pending, data));
         self.pending = pending;
         result
     }
 
-    /// Append chunks encoded by a [`ChunkEncoder`].
-    pub fn write_encoded(&mut self, enc: &EncodedChunks) -> Result<()> {
-        self.out
-            .write_all(&enc.bytes)
-            .map_err(|e| WireError::io(&self.path, e))?;
+    /// Append chunks encoded by a [`ChunkEncoder`] from `source`.
+    pub fn write_encoded(&mut self, enc: &EncodedChunks, source: &[u8]) -> Result<()> {
+        for part in &enc.parts {
+            let piece = match part {
+                Part::Inline(r) => enc.bytes.get(r.clone()),
+                Part::Source(r) => source.get(r.clone()),
+            };
+            let Some(piece) = piece else {
+                return Err(WireError::Encode {
+                    what: "chunk",
+                    reason: "encoded part outside its buffer".into(),
+                });
+            };
+            self.out
+                .write_all(piece)
+                .map_err(|e| WireError::io(&self.path, e))?;
+        }
         self.stats.chunks += enc.chunks;
         self.stats.raw_bytes += enc.raw_bytes;
-        self.stats.stored_bytes += enc.bytes.len() as u64;
+        self.stats.stored_bytes += enc.stored_len();
         Ok(())
     }
 
