@@ -93,15 +93,6 @@ pub(crate) fn preflight(pid: i32) -> Result<()> {
         return Err(unsupported(pid, "it is a kernel thread"));
     }
     let status = p.status().ctx(pid, || "read status".into())?;
-    if status.threads != 1 {
-        return Err(unsupported(
-            pid,
-            format!(
-                "it has {} threads; multi-threaded programs are not supported yet",
-                status.threads
-            ),
-        ));
-    }
     if status.tracerpid != 0 {
         return Err(unsupported(
             pid,
@@ -181,7 +172,7 @@ pub(crate) fn dump_seized(
     let gadget = remote::find_syscall_insn(pid, vdso.start, vdso.end)
         .ctx(pid, || "read the vdso".into())?
         .ok_or_else(|| unsupported(pid, "no syscall instruction found in its vdso"))?;
-    seized.remote.set_gadget(gadget);
+    seized.set_gadget(gadget);
 
     let core = capture_core(&mut seized, pid)?;
     let mm = capture_mm(pid, &maps, &mut seized)?;
@@ -390,11 +381,6 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     let status = p.status().ctx(pid, || "read status".into())?;
     let stat = p.stat().ctx(pid, || "read stat".into())?;
 
-    let xstate = ptrace::get_xstate(pid).ctx(pid, || "PTRACE_GETREGSET NT_X86_XSTATE".into())?;
-    let sigmask = ptrace::get_sigmask(pid).ctx(pid, || "PTRACE_GETSIGMASK".into())?;
-    let rseq = ptrace::get_rseq(pid).ctx(pid, || "PTRACE_GET_RSEQ_CONFIGURATION".into())?;
-    let (robust_head, robust_len) = robust_list(pid)?;
-
     // Scratch page for syscalls that return data through memory.
     let page = page_size();
     let scratch = seized.inject(
@@ -436,18 +422,28 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             mask: w(3),
         });
     }
-    seized.inject(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
-    let altstack = wire::AltStack {
-        sp: read_u64(pid, scratch)?,
-        flags: read_u64(pid, scratch + 8)? as i32,
-        size: read_u64(pid, scratch + 16)?,
-    };
-    seized.inject(
-        libc::SYS_prctl,
-        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
-        "prctl(PR_GET_TID_ADDRESS)",
-    )?;
-    let clear_child_tid = read_u64(pid, scratch)?;
+    // Per-thread state, read by running the getters in each thread.
+    let mut threads = Vec::with_capacity(1 + seized.threads.len());
+    let main_regs = seized.found_regs;
+    threads.push(capture_thread(
+        pid,
+        pid,
+        &main_regs,
+        scratch,
+        &mut |nr, a, w| seized.inject(nr, a, w),
+    )?);
+    for k in 0..seized.threads.len() {
+        let tid = seized.threads[k].tid;
+        let regs = seized.threads[k].found_regs;
+        let t = &mut seized.threads[k];
+        threads.push(capture_thread(
+            pid,
+            tid,
+            &regs,
+            scratch,
+            &mut |nr, a, w| t.inject(nr, a, w),
+        )?);
+    }
     seized.inject(
         libc::SYS_prctl,
         &[libc::PR_GET_PDEATHSIG as u64, scratch],
@@ -472,16 +468,13 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         "munmap of the scratch page",
     )?;
 
-    let regs = seized.found_regs;
-    let (saved_regs, syscall) = registers_for_image(&regs);
-
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     for sig in 1..=64 {
         if (status.sigpnd | status.shdpnd) & (1u64 << (sig - 1)) != 0 {
             pending.insert(sig);
         }
     }
-    pending.extend(seized.remote.intercepted_signals.iter().copied());
+    pending.extend(seized.intercepted_signals());
     if seized.was_stopped {
         // Re-raised after restore: the program comes back stopped, as it was.
         pending.insert(libc::SIGSTOP);
@@ -503,26 +496,9 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         ));
     }
 
-    let thread = wire::Thread {
-        tid: pid,
-        regs: saved_regs,
-        xstate,
-        syscall,
-        sigmask,
-        altstack,
-        rseq: (rseq.rseq_abi_pointer != 0).then_some(wire::Rseq {
-            addr: rseq.rseq_abi_pointer,
-            len: rseq.rseq_abi_size,
-            signature: rseq.signature,
-        }),
-        clear_child_tid,
-        robust_list_head: robust_head,
-        robust_list_len: robust_len,
-        comm: stat.comm.clone(),
-    };
     Ok(wire::Core {
         pid,
-        threads: vec![thread],
+        threads,
         sigactions,
         pending_signals: pending.into_iter().collect(),
         creds: wire::Creds {
@@ -546,6 +522,62 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         dumpable,
         pdeath_signal,
         personality,
+    })
+}
+
+type Inject<'a> = dyn FnMut(libc::c_long, &[u64], &str) -> Result<u64> + 'a;
+
+/// One thread's state: ptrace getters, plus getters run inside the thread
+/// (`inject`) that return data through the scratch page.
+fn capture_thread(
+    pid: i32,
+    tid: i32,
+    found_regs: &libc::user_regs_struct,
+    scratch: u64,
+    inject: &mut Inject<'_>,
+) -> Result<wire::Thread> {
+    let xstate = ptrace::get_xstate(tid).ctx(pid, || {
+        format!("PTRACE_GETREGSET NT_X86_XSTATE of thread {tid}")
+    })?;
+    let sigmask =
+        ptrace::get_sigmask(tid).ctx(pid, || format!("PTRACE_GETSIGMASK of thread {tid}"))?;
+    let rseq = ptrace::get_rseq(tid).ctx(pid, || {
+        format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}")
+    })?;
+    let (robust_head, robust_len) = robust_list(tid)?;
+    inject(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
+    let altstack = wire::AltStack {
+        sp: read_u64(pid, scratch)?,
+        flags: read_u64(pid, scratch + 8)? as i32,
+        size: read_u64(pid, scratch + 16)?,
+    };
+    inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+        "prctl(PR_GET_TID_ADDRESS)",
+    )?;
+    let clear_child_tid = read_u64(pid, scratch)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .ctx(pid, || format!("read comm of thread {tid}"))?
+        .trim_end_matches('\n')
+        .to_string();
+    let (regs, syscall) = registers_for_image(found_regs);
+    Ok(wire::Thread {
+        tid,
+        regs,
+        xstate,
+        syscall,
+        sigmask,
+        altstack,
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(wire::Rseq {
+            addr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            signature: rseq.signature,
+        }),
+        clear_child_tid,
+        robust_list_head: robust_head,
+        robust_list_len: robust_len,
+        comm,
     })
 }
 

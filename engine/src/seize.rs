@@ -9,14 +9,36 @@ pub const ERESTARTNOINTR: i64 = 513;
 pub const ERESTARTNOHAND: i64 = 514;
 pub const ERESTART_RESTARTBLOCK: i64 = 516;
 
-/// A seized, stopped target. Dropping it without [`Seized::kill`] puts the
-/// registers back, removes the scratch mapping and detaches, so the program
-/// continues as if nothing happened.
-pub struct Seized {
-    pub pid: i32,
+/// A thread of the target other than the main one, stopped.
+pub struct SeizedThread {
+    pub tid: i32,
     /// Registers exactly as found at the stop.
     pub found_regs: libc::user_regs_struct,
     pub remote: RemoteThread,
+    injected: bool,
+}
+
+impl SeizedThread {
+    pub fn inject(&mut self, nr: libc::c_long, args: &[u64], what: &str) -> Result<u64> {
+        self.injected = true;
+        let tid = self.tid;
+        self.remote
+            .syscall_ok(nr, args)
+            .ctx(tid, || format!("injected {what} in thread {tid}"))
+    }
+}
+
+/// A seized, stopped target (every thread). Dropping it without
+/// [`Seized::kill`] puts the registers back, removes the scratch mapping and
+/// detaches, so the program continues as if nothing happened.
+pub struct Seized {
+    pub pid: i32,
+    /// Registers of the main thread exactly as found at the stop.
+    pub found_regs: libc::user_regs_struct,
+    /// Syscall injection in the main thread.
+    pub remote: RemoteThread,
+    /// The other threads, by ascending tid.
+    pub threads: Vec<SeizedThread>,
     /// A mapping tern added to the target (address, length): removed on release.
     pub scratch: Option<(u64, u64)>,
     injected: bool,
@@ -26,7 +48,60 @@ pub struct Seized {
     pub was_stopped: bool,
 }
 
+/// Seize and stop one thread; returns its registers and the signals that
+/// arrived before the stop (held back). `None` if the thread is gone.
+fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
+    // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
+    match ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e).ctx(tid, || format!("PTRACE_SEIZE of thread {tid}")),
+    }
+    ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
+    let mut pending = Vec::new();
+    loop {
+        match ptrace::wait(tid).ctx(tid, || "wait for the stop".into())? {
+            ptrace::Stop::EventStop(_) => break,
+            ptrace::Stop::Signal(sig) => {
+                // Arrived before our stop: hold it back and re-deliver it
+                // when the program resumes (or record it as pending).
+                pending.push(sig);
+                ptrace::cont(tid, 0).ctx(tid, || "PTRACE_CONT".into())?;
+            }
+            ptrace::Stop::Syscall | ptrace::Stop::Event(_) => {
+                ptrace::cont(tid, 0).ctx(tid, || "PTRACE_CONT".into())?;
+            }
+            ptrace::Stop::Exited(_) | ptrace::Stop::Killed(_) => return Ok(None),
+        }
+    }
+    let regs = ptrace::get_regs(tid).ctx(tid, || "PTRACE_GETREGSET NT_PRSTATUS".into())?;
+    Ok(Some((regs, pending)))
+}
+
+/// Registers with which a live thread must continue: the kernel's own
+/// restart rewind applied, since resuming from a syscall-exit stop skips it.
+pub fn resume_regs(found: &libc::user_regs_struct) -> libc::user_regs_struct {
+    let mut r = *found;
+    if (r.orig_rax as i64) >= 0 {
+        match -(r.rax as i64) {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                r.rax = libc::SYS_restart_syscall as u64;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
 impl Seized {
+    /// Seize every thread of `pid`. Threads may appear while seizing:
+    /// `/proc/PID/task` is rescanned until every listed thread is stopped
+    /// (a stopped thread cannot create more).
     pub fn attach(pid: i32) -> Result<Self> {
         let was_stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
@@ -35,42 +110,63 @@ impl Seized {
                     .map(|(_, rest)| rest.trim_start().starts_with('T'))
             })
             .unwrap_or(false);
-        // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
-        ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).ctx(pid, || "PTRACE_SEIZE".into())?;
+        let Some((regs, pending)) = stop_thread(pid)? else {
+            return Err(EngineError::NoProcess { pid });
+        };
+        let mut remote = RemoteThread::new(pid, 0, regs);
+        remote.intercepted_signals = pending;
         let mut s = Seized {
             pid,
-            // SAFETY: plain integer struct; overwritten below before use.
-            found_regs: zero_regs(),
-            remote: RemoteThread::new(pid, 0, zero_regs()),
+            found_regs: regs,
+            remote,
+            threads: Vec::new(),
             scratch: None,
             injected: false,
             done: false,
             was_stopped,
         };
-        ptrace::interrupt(pid).ctx(pid, || "PTRACE_INTERRUPT".into())?;
-        let mut pending = Vec::new();
         loop {
-            match ptrace::wait(pid).ctx(pid, || "wait for the stop".into())? {
-                ptrace::Stop::EventStop(_) => break,
-                ptrace::Stop::Signal(sig) => {
-                    // Arrived before our stop: hold it back and re-deliver
-                    // it when the program resumes (or record it as pending).
-                    pending.push(sig);
-                    ptrace::cont(pid, 0).ctx(pid, || "PTRACE_CONT".into())?;
+            let tids = crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())?;
+            let mut added = false;
+            for tid in tids {
+                if tid == pid || s.threads.iter().any(|t| t.tid == tid) {
+                    continue;
                 }
-                ptrace::Stop::Syscall | ptrace::Stop::Event(_) => {
-                    ptrace::cont(pid, 0).ctx(pid, || "PTRACE_CONT".into())?;
-                }
-                ptrace::Stop::Exited(_) | ptrace::Stop::Killed(_) => {
-                    s.done = true;
-                    return Err(EngineError::NoProcess { pid });
+                if let Some((regs, pending)) = stop_thread(tid)? {
+                    let mut remote = RemoteThread::new(tid, 0, regs);
+                    remote.intercepted_signals = pending;
+                    s.threads.push(SeizedThread {
+                        tid,
+                        found_regs: regs,
+                        remote,
+                        injected: false,
+                    });
+                    added = true;
                 }
             }
+            if !added {
+                break;
+            }
         }
-        s.found_regs = ptrace::get_regs(pid).ctx(pid, || "PTRACE_GETREGSET NT_PRSTATUS".into())?;
-        s.remote = RemoteThread::new(pid, 0, s.found_regs);
-        s.remote.intercepted_signals = pending;
+        s.threads.sort_by_key(|t| t.tid);
         Ok(s)
+    }
+
+    /// Use `gadget` (a `syscall` instruction in the target) in every thread.
+    pub fn set_gadget(&mut self, gadget: u64) {
+        self.remote.set_gadget(gadget);
+        for t in &mut self.threads {
+            t.remote.set_gadget(gadget);
+        }
+    }
+
+    /// Signals held back while stopping, from every thread.
+    pub fn intercepted_signals(&self) -> Vec<i32> {
+        let mut v = self.remote.intercepted_signals.clone();
+        for t in &self.threads {
+            v.extend(t.remote.intercepted_signals.iter().copied());
+        }
+        v
     }
 
     pub fn inject(&mut self, nr: libc::c_long, args: &[u64], what: &str) -> Result<u64> {
@@ -81,43 +177,46 @@ impl Seized {
             .ctx(pid, || format!("injected {what}"))
     }
 
-    /// Registers with which the live program must continue: the kernel's own
-    /// restart rewind applied, since resuming from a syscall-exit stop skips it.
-    pub fn resume_regs(&self) -> libc::user_regs_struct {
-        let mut r = self.found_regs;
-        if (r.orig_rax as i64) >= 0 {
-            match -(r.rax as i64) {
-                ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-                    r.rax = r.orig_rax;
-                    r.rip -= 2;
-                }
-                ERESTART_RESTARTBLOCK => {
-                    r.rax = libc::SYS_restart_syscall as u64;
-                    r.rip -= 2;
-                }
-                _ => {}
-            }
-        }
-        r
-    }
-
     pub fn release(&mut self) -> Result<()> {
         if self.done {
             return Ok(());
         }
         self.done = true;
         let pid = self.pid;
+        let mut first_err = None;
         if let Some((addr, len)) = self.scratch.take() {
-            self.remote
+            if let Err(e) = self
+                .remote
                 .syscall_ok(libc::SYS_munmap, &[addr, len])
-                .ctx(pid, || "remove the scratch mapping".into())?;
+                .ctx(pid, || "remove the scratch mapping".into())
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        let signals = self.intercepted_signals();
+        // Every thread is let go even if one fails, so none stays stopped.
+        for t in &self.threads {
+            let r = (|| {
+                if t.injected {
+                    ptrace::set_regs(t.tid, &resume_regs(&t.found_regs))
+                        .ctx(t.tid, || "restore registers".into())?;
+                }
+                ptrace::detach(t.tid, 0).ctx(t.tid, || "PTRACE_DETACH".into())
+            })();
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
         }
         if self.injected {
-            let regs = self.resume_regs();
-            ptrace::set_regs(pid, &regs).ctx(pid, || "restore registers".into())?;
+            if let Err(e) = ptrace::set_regs(pid, &resume_regs(&self.found_regs))
+                .ctx(pid, || "restore registers".into())
+            {
+                first_err.get_or_insert(e);
+            }
         }
-        let signals = std::mem::take(&mut self.remote.intercepted_signals);
-        ptrace::detach(pid, 0).ctx(pid, || "PTRACE_DETACH".into())?;
+        if let Err(e) = ptrace::detach(pid, 0).ctx(pid, || "PTRACE_DETACH".into()) {
+            first_err.get_or_insert(e);
+        }
         if self.was_stopped {
             // SAFETY: plain syscall with integer arguments.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -126,7 +225,10 @@ impl Seized {
             // SAFETY: plain syscall with integer arguments.
             unsafe { libc::kill(pid, sig) };
         }
-        Ok(())
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub fn kill(&mut self) -> Result<()> {
@@ -136,20 +238,24 @@ impl Seized {
             return Err(std::io::Error::last_os_error()).ctx(pid, || "kill".into());
         }
         self.done = true;
-        // As tracer we are told of the death; the parent reaps it.
-        loop {
-            match ptrace::wait(pid) {
-                Ok(ptrace::Stop::Exited(_)) | Ok(ptrace::Stop::Killed(_)) | Err(_) => break,
-                Ok(_) => {}
+        // As tracer we are told of each thread's death; the parent reaps.
+        // Other threads first: a traced group leader's death is reported
+        // only once every other thread of the group has been waited for.
+        for tid in self
+            .threads
+            .iter()
+            .map(|t| t.tid)
+            .chain(std::iter::once(pid))
+        {
+            loop {
+                match ptrace::wait(tid) {
+                    Ok(ptrace::Stop::Exited(_)) | Ok(ptrace::Stop::Killed(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
         }
         Ok(())
     }
-}
-
-fn zero_regs() -> libc::user_regs_struct {
-    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
-    unsafe { std::mem::zeroed() }
 }
 
 impl Drop for Seized {

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tern_engine::dump::regs_from_wire;
-use tern_engine::sys::{mem, nr, ptrace};
+use tern_engine::sys::{mem, nr, ptrace, RemoteThread};
 use tern_wire as wire;
 use tracing::{debug, info, warn};
 
@@ -167,11 +167,8 @@ impl Image {
 
     /// Structural checks a checksum cannot give: the records agree.
     fn validate(&self) -> Result<()> {
-        if self.core.threads.len() != 1 {
-            return Err(self.bad(format!(
-                "{} threads; this tern restores exactly one",
-                self.core.threads.len()
-            )));
+        if self.core.threads.is_empty() || self.core.threads[0].tid != self.core.pid {
+            return Err(self.bad("the first thread must be the main thread".into()));
         }
         if self.core.sigactions.len() != 64 {
             return Err(self.bad(format!(
@@ -270,7 +267,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let want = if opts.new_pid {
         None
     } else {
-        wait_pid_free(image.core.pid, opts.pid_wait)?;
+        for t in &image.core.threads {
+            wait_pid_free(t.tid, opts.pid_wait)?;
+        }
         Some(image.core.pid)
     };
     let mut puppet = Puppet::spawn(want).map_err(|e| {
@@ -294,8 +293,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         puppet: &mut puppet,
         scratch: 0,
         pages_bytes: 0,
+        extra: Vec::new(),
+        cur: 0,
+        keep_ids: !opts.new_pid,
     };
     b.build()?;
+    b.release_threads()?;
     let pages_bytes = b.pages_bytes;
     let pending = image.core.pending_signals.clone();
     let pid = puppet.pid;
@@ -328,6 +331,12 @@ struct Builder<'a> {
     pid: i32,
     scratch: u64,
     pages_bytes: u64,
+    /// Threads after the main one, once created (image order).
+    extra: Vec<RemoteThread>,
+    /// Which thread `sys` runs in: 0 = main, k = `extra[k - 1]`.
+    cur: usize,
+    /// Threads get their original tids (clone3 `set_tid`).
+    keep_ids: bool,
 }
 
 impl Builder<'_> {
@@ -338,7 +347,11 @@ impl Builder<'_> {
         what: impl FnOnce() -> String,
     ) -> Result<u64> {
         let pid = self.pid;
-        self.puppet.syscall(nr, args).step(pid, what)
+        let r = match self.cur {
+            0 => self.puppet.syscall(nr, args),
+            k => self.extra[k - 1].syscall_ok(nr, args),
+        };
+        r.step(pid, what)
     }
 
     fn poke(&mut self, off: u64, data: &[u8]) -> Result<()> {
@@ -403,8 +416,14 @@ impl Builder<'_> {
         self.restore_files()?;
         self.restore_process_state()?;
         self.restore_mm_fields()?;
-        self.restore_thread_state()?;
-        self.restore_creds()?;
+        self.restore_thread_state(0)?;
+        self.create_threads()?;
+        // Credentials are per thread in the kernel: set them in each.
+        for k in 0..self.image.core.threads.len() {
+            self.cur = k;
+            self.restore_creds()?;
+        }
+        self.cur = 0;
         self.finish()?;
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "puppet ready");
         Ok(())
@@ -975,8 +994,10 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn restore_thread_state(&mut self) -> Result<()> {
-        let th = self.image.core.threads[0].clone();
+    /// Per-thread kernel state of thread `k`, set from inside it.
+    fn restore_thread_state(&mut self, k: usize) -> Result<()> {
+        self.cur = k;
+        let th = self.image.core.threads[k].clone();
         self.sys(libc::SYS_set_tid_address, &[th.clear_child_tid], || {
             "set_tid_address".into()
         })?;
@@ -1010,6 +1031,66 @@ impl Builder<'_> {
         self.sys(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr], || {
             "prctl(PR_SET_NAME)".into()
         })?;
+        Ok(())
+    }
+
+    /// Re-create the other threads with their original tids: clone3 run in
+    /// the main thread (CLONE_THREAD and friends, `set_tid`); with
+    /// PTRACE_O_TRACECLONE each new thread is traced and stops before it
+    /// runs any user code, then gets its own state injected.
+    fn create_threads(&mut self) -> Result<()> {
+        let pid = self.pid;
+        for k in 1..self.image.core.threads.len() {
+            let tid = self.image.core.threads[k].tid;
+            self.cur = 0;
+            let flags = libc::CLONE_VM
+                | libc::CLONE_FS
+                | libc::CLONE_FILES
+                | libc::CLONE_SIGHAND
+                | libc::CLONE_THREAD
+                | libc::CLONE_SYSVSEM;
+            let tid_addr = self.scratch + SCRATCH_STRUCT + 512;
+            self.poke(SCRATCH_STRUCT + 512, &tid.to_le_bytes())?;
+            let mut args = Vec::with_capacity(88);
+            for w in [
+                flags as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                if self.keep_ids { tid_addr } else { 0 },
+                u64::from(self.keep_ids),
+                0,
+            ] {
+                args.extend_from_slice(&w.to_le_bytes());
+            }
+            self.poke(SCRATCH_STRUCT, &args)?;
+            let addr = self.scratch + SCRATCH_STRUCT;
+            let new_tid = self.sys(nr::CLONE3, &[addr, args.len() as u64], || {
+                format!("clone3 of thread {tid}")
+            })? as i32;
+            match ptrace::wait(new_tid).step(pid, || format!("wait for new thread {new_tid}"))? {
+                ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}
+                other => {
+                    return Err(RestoreError::Step {
+                        pid,
+                        what: format!("new thread {new_tid} did not stop as expected: {other:?}"),
+                        source: io::Error::other("unexpected ptrace stop"),
+                    })
+                }
+            }
+            let regs = ptrace::get_regs(new_tid).step(pid, || "PTRACE_GETREGSET".into())?;
+            self.extra.push(RemoteThread::new(
+                new_tid,
+                self.puppet.remote.gadget(),
+                regs,
+            ));
+            self.restore_thread_state(k)?;
+        }
+        self.cur = 0;
         Ok(())
     }
 
@@ -1114,21 +1195,33 @@ impl Builder<'_> {
 
     fn finish(&mut self) -> Result<()> {
         let pid = self.pid;
-        let th = &self.image.core.threads[0];
         let scratch = self.scratch;
+        self.cur = 0;
         self.sys(libc::SYS_munmap, &[scratch, SCRATCH_LEN], || {
             "unmap the scratch area".into()
         })?;
-        let mut regs = regs_from_wire(&th.regs);
-        regs.orig_rax = u64::MAX;
-        ptrace::set_xstate(pid, &th.xstate).step(pid, || {
-            format!(
-                "PTRACE_SETREGSET NT_X86_XSTATE ({} bytes; a different CPU?)",
-                th.xstate.len()
-            )
-        })?;
-        ptrace::set_regs(pid, &regs).step(pid, || "PTRACE_SETREGSET NT_PRSTATUS".into())?;
-        ptrace::set_sigmask(pid, th.sigmask).step(pid, || "PTRACE_SETSIGMASK".into())?;
+        for (k, th) in self.image.core.threads.iter().enumerate() {
+            let tid = if k == 0 { pid } else { self.extra[k - 1].tid };
+            let mut regs = regs_from_wire(&th.regs);
+            regs.orig_rax = u64::MAX;
+            ptrace::set_xstate(tid, &th.xstate).step(pid, || {
+                format!(
+                    "PTRACE_SETREGSET NT_X86_XSTATE of thread {tid} ({} bytes; a different CPU?)",
+                    th.xstate.len()
+                )
+            })?;
+            ptrace::set_regs(tid, &regs).step(pid, || "PTRACE_SETREGSET NT_PRSTATUS".into())?;
+            ptrace::set_sigmask(tid, th.sigmask).step(pid, || "PTRACE_SETSIGMASK".into())?;
+        }
+        Ok(())
+    }
+
+    /// Let the other threads run (the main one is released by the caller).
+    fn release_threads(&mut self) -> Result<()> {
+        let pid = self.pid;
+        for t in &self.extra {
+            ptrace::detach(t.tid, 0).step(pid, || format!("PTRACE_DETACH of thread {}", t.tid))?;
+        }
         Ok(())
     }
 }

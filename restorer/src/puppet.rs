@@ -69,7 +69,10 @@ impl Puppet {
                 )))
             }
         }
-        ptrace::set_options(pid, libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD)?;
+        ptrace::set_options(
+            pid,
+            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+        )?;
         let regs = ptrace::get_regs(pid)?;
         let maps = proc::read_smaps(pid)?;
         let vdso = maps

@@ -131,7 +131,7 @@ fn uffd_from_target(pid: i32, maps: &[MapEntry]) -> Result<(OwnedFd, bool, Durat
 
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
-    seized.remote.set_gadget(gadget);
+    seized.set_gadget(gadget);
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     let created = match seized.inject(libc::SYS_userfaultfd, &[flags], "userfaultfd") {
         Ok(fd) => Ok((fd, false)),
