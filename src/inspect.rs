@@ -84,6 +84,16 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         .map(|(i, _)| (i + 1).to_string())
         .collect();
     println!("signal handlers for: {}", handled.join(" "));
+    for t in &c.itimers {
+        println!(
+            "itimer {}: next in {} us, every {} us",
+            ["real", "virtual", "prof"]
+                .get(t.which as usize)
+                .unwrap_or(&"?"),
+            t.value_us,
+            t.interval_us
+        );
+    }
     if !c.pending_signals.is_empty() {
         println!("pending signals: {:?}", c.pending_signals);
     }
@@ -127,6 +137,12 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
             wire::FdKind::Inherited { what } => {
                 format!("{what} (taken from the restorer's own fd)")
             }
+            wire::FdKind::EventFd {
+                count, semaphore, ..
+            } => format!(
+                "eventfd (count {count}{})",
+                if *semaphore { ", semaphore" } else { "" }
+            ),
         };
         println!(
             "  fd {}{}: {what}{}",

@@ -1003,3 +1003,26 @@ fn precopy_dump_restores_exactly() {
         s.finish();
     }
 }
+
+/// A program driven only by setitimer(ITIMER_REAL) and keeping a count in an
+/// eventfd: after restore the timer keeps firing and the eventfd still holds
+/// its count (the program checks it every 5 ticks).
+#[test]
+fn itimer_and_eventfd_survive() {
+    if !root_or_skip("itimer_and_eventfd_survive") {
+        return;
+    }
+    let mut s = c_session("timers", "timers", &[]);
+    s.wait_seq(7);
+    s.dump();
+    let out = tern_inspect(&s.dir, &s.images, false);
+    out.assert_ok("tern inspect");
+    assert!(
+        out.stdout.contains("itimer real") && out.stdout.contains("eventfd (count"),
+        "inspect does not show the timer and the eventfd\n{}",
+        out.describe()
+    );
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 30);
+    s.finish();
+}

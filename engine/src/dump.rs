@@ -461,6 +461,20 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         "prctl(PR_GET_SECUREBITS)",
     )? as u32;
     let personality = seized.inject(libc::SYS_personality, &[0xffff_ffff], "personality")? as u32;
+    let mut itimers = Vec::new();
+    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+        seized.inject(libc::SYS_getitimer, &[which as u64, scratch], "getitimer")?;
+        let w = |i: u64| read_u64(pid, scratch + 8 * i);
+        let interval_us = w(0)? * 1_000_000 + w(1)?;
+        let value_us = w(2)? * 1_000_000 + w(3)?;
+        if value_us != 0 {
+            itimers.push(wire::Itimer {
+                which,
+                interval_us,
+                value_us,
+            });
+        }
+    }
     seized.scratch = None;
     seized.inject(
         libc::SYS_munmap,
@@ -522,6 +536,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         dumpable,
         pdeath_signal,
         personality,
+        itimers,
     })
 }
 
@@ -1160,6 +1175,23 @@ fn fd_kind(
                 what()
             ),
         ));
+    }
+    if link == "anon_inode:[eventfd]" {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ctx(pid, || format!("read fdinfo {fd}"))?;
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+        };
+        let count = field("eventfd-count:")
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .ok_or_else(|| unsupported(pid, format!("{}: no eventfd-count in fdinfo", what())))?;
+        return Ok(wire::FdKind::EventFd {
+            count,
+            semaphore: field("eventfd-semaphore:").as_deref() == Some("1"),
+            flags: flags & libc::O_NONBLOCK,
+        });
     }
     if !link.starts_with('/') {
         return Err(unsupported(

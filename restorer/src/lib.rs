@@ -300,7 +300,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     b.build()?;
     b.release_threads()?;
     let pages_bytes = b.pages_bytes;
-    let pending = image.core.pending_signals.clone();
+    let mut pending = image.core.pending_signals.clone();
+    // Signals that arrived while the puppet was driven (e.g. from a timer
+    // armed at the end) were held back: deliver them now.
+    for t in &b.extra {
+        pending.extend(t.intercepted_signals.iter().copied());
+    }
+    pending.extend(puppet.remote.intercepted_signals.iter().copied());
     let pid = puppet.pid;
     puppet.release().step(pid, || "PTRACE_DETACH".into())?;
     for sig in pending {
@@ -807,6 +813,31 @@ impl Builder<'_> {
                     }
                     (tmp, *offset, regular)
                 }
+                wire::FdKind::EventFd {
+                    count,
+                    semaphore,
+                    flags,
+                } => {
+                    let mut efd_flags = libc::EFD_CLOEXEC;
+                    if *semaphore {
+                        efd_flags |= libc::EFD_SEMAPHORE;
+                    }
+                    if flags & libc::O_NONBLOCK != 0 {
+                        efd_flags |= libc::EFD_NONBLOCK;
+                    }
+                    let fd = self.sys(libc::SYS_eventfd2, &[0, efd_flags as u64], || {
+                        format!("eventfd2 for fd {}", first.fd)
+                    })?;
+                    // eventfd2 takes a 32-bit initial value: write the count.
+                    if *count != 0 {
+                        self.poke(SCRATCH_STRUCT, &count.to_le_bytes())?;
+                        let addr = self.scratch + SCRATCH_STRUCT;
+                        self.sys(libc::SYS_write, &[fd, addr, 8], || {
+                            "write eventfd count".into()
+                        })?;
+                    }
+                    (fd, 0, false)
+                }
                 wire::FdKind::Deleted {
                     path,
                     flags,
@@ -1197,6 +1228,21 @@ impl Builder<'_> {
         let pid = self.pid;
         let scratch = self.scratch;
         self.cur = 0;
+        // Armed last, so they barely run before the program does; a signal
+        // they raise meanwhile is re-sent after the release.
+        let itimers = self.image.core.itimers.clone();
+        for t in &itimers {
+            let mut raw = Vec::with_capacity(32);
+            for us in [t.interval_us, t.value_us] {
+                raw.extend_from_slice(&(us / 1_000_000).to_le_bytes());
+                raw.extend_from_slice(&(us % 1_000_000).to_le_bytes());
+            }
+            self.poke(SCRATCH_STRUCT, &raw)?;
+            let addr = self.scratch + SCRATCH_STRUCT;
+            self.sys(libc::SYS_setitimer, &[t.which as u64, addr, 0], || {
+                format!("setitimer({})", t.which)
+            })?;
+        }
         self.sys(libc::SYS_munmap, &[scratch, SCRATCH_LEN], || {
             "unmap the scratch area".into()
         })?;

@@ -162,6 +162,17 @@ pub struct Core {
     pub dumpable: i32,
     pub pdeath_signal: i32,
     pub personality: u32,
+    /// Interval timers that were armed (`setitimer`).
+    pub itimers: Vec<Itimer>,
+}
+
+/// An armed `setitimer` timer; times in microseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Itimer {
+    /// ITIMER_REAL (0), ITIMER_VIRTUAL (1) or ITIMER_PROF (2).
+    pub which: i32,
+    pub interval_us: u64,
+    pub value_us: u64,
 }
 
 /// Identity of a file as seen at dump time; a restore checks it before use.
@@ -257,6 +268,12 @@ pub enum FdKind {
     /// stdio (fd 0-2) connected to a pipe, tty or socket: restored as the
     /// restorer's own fd of the same number.
     Inherited { what: String },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: i32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
