@@ -137,6 +137,18 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
             wire::FdKind::Inherited { what } => {
                 format!("{what} (taken from the restorer's own fd)")
             }
+            wire::FdKind::Pipe { id, write_end, .. } => {
+                let held = image
+                    .files
+                    .pipes
+                    .iter()
+                    .find(|p| p.id == *id)
+                    .map_or(0, |p| p.data.len());
+                format!(
+                    "pipe {id} ({} end, {held} bytes buffered)",
+                    if *write_end { "write" } else { "read" }
+                )
+            }
             wire::FdKind::EventFd {
                 count, semaphore, ..
             } => format!(

@@ -1026,3 +1026,39 @@ fn itimer_and_eventfd_survive() {
     s.wait_seq(s.last_before + 30);
     s.finish();
 }
+
+/// A pipe the program holds both ends of, with data buffered in it at dump
+/// time: the restored pipe holds exactly that data (the program checks every
+/// record's number), and the write end is still non-blocking.
+#[test]
+fn internal_pipe_keeps_buffered_data() {
+    if !root_or_skip("internal_pipe_keeps_buffered_data") {
+        return;
+    }
+    let mut s = c_session("selfpipe", "selfpipe", &[]);
+    s.wait_seq(20);
+    s.dump();
+    let out = tern_inspect(&s.dir, &s.images, false);
+    out.assert_ok("tern inspect");
+    assert!(
+        out.stdout.contains("read end") && out.stdout.contains("bytes buffered"),
+        "inspect does not show the pipe\n{}",
+        out.describe()
+    );
+    s.restore(Stdio::null());
+    let pid = s.pid;
+    let nonblocking_writer = fd_targets(pid)
+        .iter()
+        .filter(|(_, t)| t.starts_with("pipe:"))
+        .any(|(fd, _)| {
+            fdinfo(pid, *fd)
+                .is_some_and(|(_, flags)| flags & 0o3 == 1 && flags & libc::O_NONBLOCK as u32 != 0)
+        });
+    assert!(
+        nonblocking_writer,
+        "the restored pipe's write end is not O_NONBLOCK\n{}",
+        s.diag()
+    );
+    s.wait_seq(s.last_before + 20);
+    s.finish();
+}

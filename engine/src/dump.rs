@@ -1107,7 +1107,7 @@ fn captures_pages(m: &MapEntry) -> bool {
 /// Open files. Shared open file descriptions are found with kcmp(KCMP_FILE).
 fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
     let fds = proc::list_fds(pid).ctx(pid, || "list fds".into())?;
-    let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
+    let mut listed = Vec::with_capacity(fds.len());
     for &fd in &fds {
         let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
             .ctx(pid, || format!("readlink fd {fd}"))?
@@ -1117,6 +1117,47 @@ fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
             .ctx(pid, || format!("read fdinfo {fd}"))?;
         let info = proc::parse_fdinfo(&info_text)
             .ok_or_else(|| unsupported(pid, format!("fd {fd}: unreadable fdinfo")))?;
+        listed.push((fd, link, info));
+    }
+    // Pipes the process holds both ends of are its own: saved with their data.
+    let pipe_id = |link: &str| {
+        link.strip_prefix("pipe:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let mut pipes: Vec<wire::Pipe> = Vec::new();
+    for (fd, link, info) in &listed {
+        let Some(id) = pipe_id(link) else { continue };
+        let is_reader = info.flags & libc::O_ACCMODE == libc::O_RDONLY;
+        let has_writer = listed
+            .iter()
+            .any(|(_, l, i)| pipe_id(l) == Some(id) && i.flags & libc::O_ACCMODE == libc::O_WRONLY);
+        if is_reader && has_writer && !pipes.iter().any(|p| p.id == id) {
+            let (size, data) = crate::sys::pipe::peek_pipe(pid, *fd)
+                .ctx(pid, || format!("copy the data buffered in pipe fd {fd}"))?;
+            pipes.push(wire::Pipe { id, size, data });
+        }
+    }
+    let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
+    for (fd, link, info) in listed {
+        let link = link.as_str();
+        if let Some(id) = pipe_id(link).filter(|id| pipes.iter().any(|p| p.id == *id)) {
+            let desc = match out.iter().find(|o| same_file(pid, o.fd, fd)) {
+                Some(o) => o.desc,
+                None => fd as u32,
+            };
+            out.push(wire::Fd {
+                fd,
+                cloexec: info.flags & libc::O_CLOEXEC != 0,
+                desc,
+                kind: wire::FdKind::Pipe {
+                    id,
+                    write_end: info.flags & libc::O_ACCMODE == libc::O_WRONLY,
+                    flags: info.flags & libc::O_NONBLOCK,
+                },
+            });
+            continue;
+        }
         let cloexec = info.flags & libc::O_CLOEXEC != 0;
         let flags = info.flags
             & !(libc::O_CLOEXEC | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
@@ -1124,7 +1165,7 @@ fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
             Some(o) => o.desc,
             None => fd as u32,
         };
-        let kind = fd_kind(pid, fd, &link, flags, info.pos, desc, dir)?;
+        let kind = fd_kind(pid, fd, link, flags, info.pos, desc, dir)?;
         out.push(wire::Fd {
             fd,
             cloexec,
@@ -1132,7 +1173,7 @@ fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
             kind,
         });
     }
-    Ok(wire::Files { fds: out })
+    Ok(wire::Files { fds: out, pipes })
 }
 
 fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
@@ -1171,7 +1212,7 @@ fn fd_kind(
         return Err(unsupported(
             pid,
             format!(
-                "{}: pipes and sockets other than stdio are not supported yet",
+                "{}: pipes to other processes and sockets other than stdio are not supported yet",
                 what()
             ),
         ));

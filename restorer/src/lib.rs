@@ -777,6 +777,7 @@ impl Builder<'_> {
                     .ok();
             }
         }
+        let pipes = self.create_pipes(wanted.iter().copied().max().unwrap_or(2) + 1)?;
         // Group fds by open file description.
         let mut groups: BTreeMap<u32, Vec<&wire::Fd>> = BTreeMap::new();
         for f in &fds {
@@ -812,6 +813,27 @@ impl Builder<'_> {
                         warn!(path, "file is shorter than the saved offset {offset}");
                     }
                     (tmp, *offset, regular)
+                }
+                wire::FdKind::Pipe {
+                    id,
+                    write_end,
+                    flags,
+                } => {
+                    let Some(&(r, w)) = pipes.get(id) else {
+                        return Err(self.image.bad(format!(
+                            "fd {} names pipe {id}, which the image does not hold",
+                            first.fd
+                        )));
+                    };
+                    let end = if *write_end { w } else { r };
+                    if flags & libc::O_NONBLOCK != 0 {
+                        self.sys(
+                            libc::SYS_fcntl,
+                            &[end, libc::F_SETFL as u64, libc::O_NONBLOCK as u64],
+                            || "fcntl(F_SETFL, O_NONBLOCK) on a pipe".into(),
+                        )?;
+                    }
+                    (end, 0, false)
                 }
                 wire::FdKind::EventFd {
                     count,
@@ -878,6 +900,64 @@ impl Builder<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Create the image's pipes above every fd number the image uses (so no
+    /// later dup3 lands on them), refill their buffered data; returns
+    /// pipe id -> (read end, write end). The group loop closes them once
+    /// dup'ed to their numbers.
+    fn create_pipes(&mut self, base: i32) -> Result<BTreeMap<u64, (u64, u64)>> {
+        let pipes = self.image.files.pipes.clone();
+        let mut out = BTreeMap::new();
+        for p in &pipes {
+            let arr = self.scratch + SCRATCH_STRUCT;
+            self.sys(libc::SYS_pipe2, &[arr, libc::O_CLOEXEC as u64], || {
+                "pipe2".into()
+            })?;
+            let raw = self.peek(SCRATCH_STRUCT, 8)?;
+            let mut ends = [0u64; 2];
+            for (k, e) in ends.iter_mut().enumerate() {
+                let low = u32::from_le_bytes([
+                    raw[4 * k],
+                    raw[4 * k + 1],
+                    raw[4 * k + 2],
+                    raw[4 * k + 3],
+                ]) as u64;
+                *e = self.sys(
+                    libc::SYS_fcntl,
+                    &[low, libc::F_DUPFD_CLOEXEC as u64, base as u64],
+                    || "move a pipe end above the image's fds".into(),
+                )?;
+                self.sys(libc::SYS_close, &[low], || "close".into())?;
+            }
+            let [r, w] = ends;
+            if p.size != 65536 {
+                self.sys(
+                    libc::SYS_fcntl,
+                    &[w, libc::F_SETPIPE_SZ as u64, p.size as u64],
+                    || format!("F_SETPIPE_SZ {} on pipe {}", p.size, p.id),
+                )?;
+            }
+            const STAGE: u64 = SCRATCH_AUXV;
+            const STAGE_LEN: usize = 32 << 10;
+            for piece in p.data.chunks(STAGE_LEN) {
+                self.poke(STAGE, piece)?;
+                let addr = self.scratch + STAGE;
+                let n = self.sys(libc::SYS_write, &[w, addr, piece.len() as u64], || {
+                    format!("refill pipe {}", p.id)
+                })?;
+                if n != piece.len() as u64 {
+                    return Err(self.image.bad(format!(
+                        "pipe {} holds {} bytes, more than its capacity {}",
+                        p.id,
+                        p.data.len(),
+                        p.size
+                    )));
+                }
+            }
+            out.insert(p.id, (r, w));
+        }
+        Ok(out)
     }
 
     /// Recreate a deleted file's contents at its old path, open it in the

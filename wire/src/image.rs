@@ -268,6 +268,12 @@ pub enum FdKind {
     /// stdio (fd 0-2) connected to a pipe, tty or socket: restored as the
     /// restorer's own fd of the same number.
     Inherited { what: String },
+    /// One end of a pipe listed in [`Files::pipes`]; `flags` keeps O_NONBLOCK.
+    Pipe {
+        id: u64,
+        write_end: bool,
+        flags: i32,
+    },
     /// An eventfd with its counter.
     EventFd {
         count: u64,
@@ -289,4 +295,16 @@ pub struct Fd {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Files {
     pub fds: Vec<Fd>,
+    /// Pipes whose both ends the process holds, with their buffered data.
+    pub pipes: Vec<Pipe>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Pipe {
+    /// The pipe's inode number at dump time (what [`FdKind::Pipe`] names).
+    pub id: u64,
+    /// Capacity (`F_GETPIPE_SZ`).
+    pub size: u32,
+    /// Bytes buffered in it, in order.
+    pub data: Vec<u8>,
 }

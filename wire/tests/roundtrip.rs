@@ -33,7 +33,14 @@ fn arb_files() -> impl Strategy<Value = Files> {
                 },
             },
         });
-    proptest::collection::vec(fd, 0..20).prop_map(|fds| Files { fds })
+    proptest::collection::vec(fd, 0..20).prop_map(|fds| Files {
+        fds,
+        pipes: vec![Pipe {
+            id: 9,
+            size: 65536,
+            data: b"buffered".to_vec(),
+        }],
+    })
 }
 
 fn read_all_chunks(path: &Path, bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {

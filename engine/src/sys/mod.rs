@@ -3,6 +3,7 @@
 //! tern's source side lives under this module.
 
 pub mod mem;
+pub mod pipe;
 pub mod ptrace;
 pub mod remote;
 

@@ -1,0 +1,81 @@
+//! Reading what sits in another process's pipe without consuming it.
+//!
+//! The pipe's read end is copied out of the target with `pidfd_getfd`, and
+//! `tee(2)` duplicates its buffered bytes into a pipe of ours, from which
+//! they are read; the target's pipe keeps its data.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A duplicate, in this process, of fd `fd` of process `pid`.
+pub fn take_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes integers; the result is a new fd we own.
+    let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: `pidfd` was just returned to us and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: pidfd_getfd takes integers; the result is a new fd we own.
+    let ours = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    // SAFETY: as above, a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(ours as i32) })
+}
+
+/// Capacity of the pipe behind `fd` of `pid`, and the bytes buffered in it.
+pub fn peek_pipe(pid: i32, fd: i32) -> io::Result<(u32, Vec<u8>)> {
+    let theirs = take_fd(pid, fd)?;
+    // SAFETY: fcntl on an fd we own.
+    let size = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    let size = cvt(size as libc::c_long)? as u32;
+    let mut p = [0i32; 2];
+    // SAFETY: `p` is a valid array of two ints for pipe2 to fill.
+    let r = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    cvt(r as libc::c_long)?;
+    // SAFETY: pipe2 succeeded: both fds are new and ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // SAFETY: fcntl on an fd we own; our pipe must hold all their data.
+    let r = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    cvt(r as libc::c_long)?;
+    // SAFETY: tee between two pipe fds we own; it copies, never consumes.
+    let n = unsafe {
+        libc::tee(
+            theirs.as_raw_fd(),
+            wr.as_raw_fd(),
+            size as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EAGAIN) {
+            return Ok((size, Vec::new())); // empty pipe
+        }
+        return Err(e);
+    }
+    let mut data = vec![0u8; n as usize];
+    let mut got = 0usize;
+    while got < data.len() {
+        // SAFETY: reads into the unfilled part of `data`, which we own.
+        let r = unsafe {
+            libc::read(
+                rd.as_raw_fd(),
+                data[got..].as_mut_ptr().cast(),
+                data.len() - got,
+            )
+        };
+        if r <= 0 {
+            return Err(io::Error::other(format!(
+                "pipe copy ended after {got} of {} bytes",
+                data.len()
+            )));
+        }
+        got += r as usize;
+    }
+    Ok((size, data))
+}
