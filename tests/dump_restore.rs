@@ -1062,3 +1062,47 @@ fn internal_pipe_keeps_buffered_data() {
     s.wait_seq(s.last_before + 20);
     s.finish();
 }
+
+/// A region saved by a pre-dump is unmapped before the next pre-dump and
+/// replaced by fresh, never-written memory at the same address before the
+/// final dump: the chain restore must not write the oldest image's bytes
+/// there (the program checks for zeros).
+#[test]
+fn chain_does_not_resurrect_replaced_memory() {
+    if !root_or_skip("chain_does_not_resurrect_replaced_memory") {
+        return;
+    }
+    let dir = TestDir::new("chain_remap");
+    let (unmap, remap) = (dir.join("unmap-now"), dir.join("remap-now"));
+    let exe = compile_c(&dir, "remap");
+    let mut s = Session::start(dir, Cmd::new(exe).arg(&unmap).arg(&remap), Stdio::null());
+    s.wait_seq(3);
+    let pre_dump = |s: &Session, name: &str, parent: Option<&str>| {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "pre-dump".into(),
+            "--pid".into(),
+            s.pid.to_string().into(),
+            "--images".into(),
+            s.dir.join(name).into(),
+        ];
+        if let Some(p) = parent {
+            a.push("--parent".into());
+            a.push(p.into());
+        }
+        run_tern(&s.dir, &a, Stdio::null()).assert_ok("tern pre-dump");
+    };
+    pre_dump(&s, "pre1", None);
+    fs::write(&unmap, b"").expect("create the unmap file");
+    s.wait_for_line("the program to unmap its region", |l| {
+        l.ends_with("phase 2")
+    });
+    pre_dump(&s, "pre2", Some("../pre1"));
+    fs::write(&remap, b"").expect("create the remap file");
+    s.wait_for_line("the program to map fresh memory", |l| {
+        l.ends_with("phase 3")
+    });
+    s.dump_with(&["--parent".into(), "../pre2".into()]);
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 10);
+    s.finish();
+}

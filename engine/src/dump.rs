@@ -140,13 +140,23 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     dump_seized(seized, t0, dir, opts, &parent, None)
 }
 
-fn prepare_dir(dir: &Path) -> Result<()> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| wire::WireError::Io {
         path: dir.to_path_buf(),
         source: e,
     })?;
-    // A stale inventory would make a half-written image look complete.
+    // A stale inventory would make a half-written image look complete, and
+    // stale saved file contents would be taken for this dump's.
     let _ = std::fs::remove_file(dir.join(wire::INVENTORY_FILE));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("file-") && name.ends_with(".img") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -475,12 +485,12 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             });
         }
     }
-    seized.scratch = None;
     seized.inject(
         libc::SYS_munmap,
         &[scratch, page],
         "munmap of the scratch page",
     )?;
+    seized.scratch = None;
 
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     for sig in 1..=64 {
@@ -901,6 +911,12 @@ fn page_needed(m: &MapEntry, entry: u64) -> bool {
         }
         // Private file mapping: only pages copied on write are ours.
         return swapped || (present && entry & proc::PM_FILE_OR_SHARED_ANON == 0);
+    }
+    if m.shared {
+        // Shared anonymous memory (shmem) keeps data that no page table of
+        // ours maps (after MADV_DONTNEED, or swapped): read every page; the
+        // all-zero ones are then left out.
+        return true;
     }
     present || swapped
 }

@@ -53,6 +53,7 @@ pub struct PrecopyReport {
 /// in it (the tracker is torn down on drop).
 pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<PrecopyReport> {
     dump::preflight(pid)?;
+    dump::prepare_dir(dir)?;
     let level = opts.dump.zstd_level;
     let mut tracker = track::open_tracker(pid, opts.tracker)?;
     let mut stop_policy = policy::build(&opts.policy, &opts.limits);

@@ -57,6 +57,15 @@ fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
         Err(e) => return Err(e).ctx(tid, || format!("PTRACE_SEIZE of thread {tid}")),
     }
+    let stopped = wait_interrupted(tid);
+    if stopped.is_err() {
+        // Never leave a thread traced behind a failed seize.
+        let _ = ptrace::detach(tid, 0);
+    }
+    stopped
+}
+
+fn wait_interrupted(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
     ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
     let mut pending = Vec::new();
     loop {

@@ -191,11 +191,38 @@ impl Image {
                     v.start, v.end
                 )));
             }
+            // Only the kernel's vsyscall page lives above user space.
+            if v.end > USER_SPACE_END && v.kind != wire::VmaKind::Vsyscall {
+                return Err(self.bad(format!(
+                    "mapping {:#x}-{:#x} lies outside user space",
+                    v.start, v.end
+                )));
+            }
             prev_end = v.end;
+        }
+        for f in &self.files.fds {
+            if !(0..MAX_FD).contains(&f.fd) {
+                return Err(self.bad(format!("fd number {} is out of range", f.fd)));
+            }
+        }
+        for p in &self.files.pipes {
+            if p.data.len() as u64 > u64::from(p.size) {
+                return Err(self.bad(format!(
+                    "pipe {} holds {} bytes, more than its capacity {}",
+                    p.id,
+                    p.data.len(),
+                    p.size
+                )));
+            }
         }
         Ok(())
     }
 }
+
+/// End of x86-64 user space (47-bit addresses, top page excluded).
+const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+/// Largest fd number an image may name (the kernel's nr_open default).
+const MAX_FD: i32 = 1 << 20;
 
 /// Refuse a file that is not the one the image was made with.
 fn check_same_file(f: &wire::FileIdentity) -> Result<()> {
@@ -246,7 +273,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     check_same_file(&image.mm.exe)?;
     // Not needed to rebuild the process, but part of the image: a damaged
     // table means a damaged image, and a later `--parent` would trust it.
-    wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
+    let final_pages = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
     let ancestors = image.ancestors()?;
     for a in &ancestors {
         let pages = a.join(wire::PAGES_FILE);
@@ -289,6 +316,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mut b = Builder {
         image: &image,
         ancestors: &ancestors,
+        final_pages: &final_pages,
         pid: puppet.pid,
         puppet: &mut puppet,
         scratch: 0,
@@ -333,6 +361,9 @@ struct Builder<'a> {
     image: &'a Image,
     /// Older images of a pre-dump chain, oldest first.
     ancestors: &'a [PathBuf],
+    /// (address, xxh3) of every page the program had at the final moment:
+    /// an older image's page is written only where it still matches.
+    final_pages: &'a [(u64, u64)],
     puppet: &'a mut Puppet,
     pid: i32,
     scratch: u64,
@@ -711,14 +742,23 @@ impl Builder<'_> {
         for (addr, buf) in full_rx.iter() {
             let end = addr.saturating_add(buf.len() as u64);
             if !strict {
-                for v in vmas.iter().filter(|v| v.start < end && addr < v.end) {
-                    let (s, e) = (addr.max(v.start), end.min(v.end));
-                    let part = &buf[(s - addr) as usize..(e - addr) as usize];
-                    if let Err(err) = mem::write_fully(pid, s, part) {
-                        result = Err(err).step(pid, || format!("write pages at {s:#x}"));
+                // Only pages the program still had, with these very bytes:
+                // anything since unmapped, zeroed or rewritten is not ours.
+                let page = self.image.inventory.page_size as usize;
+                for (k, p) in buf.chunks(page).enumerate() {
+                    let a = addr + (k * page) as u64;
+                    let wanted = self
+                        .final_pages
+                        .binary_search_by_key(&a, |(x, _)| *x)
+                        .is_ok_and(|i| self.final_pages[i].1 == xxhash_rust::xxh3::xxh3_64(p));
+                    if !wanted || !vmas.iter().any(|v| v.start <= a && a < v.end) {
+                        continue;
+                    }
+                    if let Err(err) = mem::write_fully(pid, a, p) {
+                        result = Err(err).step(pid, || format!("write pages at {a:#x}"));
                         break;
                     }
-                    self.pages_bytes += part.len() as u64;
+                    self.pages_bytes += p.len() as u64;
                 }
                 if result.is_err() {
                     break;
@@ -967,10 +1007,13 @@ impl Builder<'_> {
         use std::os::unix::fs::OpenOptionsExt;
         let src = self.image.dir.join(wire::deleted_file_name(desc));
         let mut reader = wire::ChunkReader::open(&src)?;
+        // Created private: tern runs as root, and the file holds the
+        // program's bytes. Its mode is set on the open (unlinked) file below,
+        // without setuid/setgid bits.
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(0o600)
             .open(path)
             .map_err(|e| RestoreError::File {
                 path: path.to_string(),
@@ -987,7 +1030,11 @@ impl Builder<'_> {
             self.open(path, flags | libc::O_CLOEXEC)
         })();
         let _ = std::fs::remove_file(path);
-        result
+        let fd = result?;
+        self.sys(libc::SYS_fchmod, &[fd, u64::from(mode & 0o777)], || {
+            format!("fchmod of the recreated {path}")
+        })?;
+        Ok(fd)
     }
 
     fn restore_process_state(&mut self) -> Result<()> {
@@ -1193,6 +1240,7 @@ impl Builder<'_> {
                     })
                 }
             }
+            self.puppet.threads.push(new_tid);
             let regs = ptrace::get_regs(new_tid).step(pid, || "PTRACE_GETREGSET".into())?;
             self.extra.push(RemoteThread::new(
                 new_tid,

@@ -14,6 +14,8 @@ use tern_engine::sys::{nr, ptrace, remote, CloneArgs, RemoteThread};
 pub struct Puppet {
     pub pid: i32,
     pub remote: RemoteThread,
+    /// Threads created in it (traced too): reaped before the main one.
+    pub threads: Vec<i32>,
     released: bool,
 }
 
@@ -59,6 +61,7 @@ impl Puppet {
         let mut puppet = Puppet {
             pid,
             remote: RemoteThread::new(pid, 0, zero_regs()),
+            threads: Vec::new(),
             released: false,
         };
         match ptrace::wait(pid)? {
@@ -100,10 +103,15 @@ impl Puppet {
 impl Drop for Puppet {
     fn drop(&mut self) {
         if !self.released {
-            // SAFETY: plain syscalls on our own child.
+            // SAFETY: plain syscalls on our own child and its threads. A
+            // traced group leader's death is reported only after every other
+            // traced thread has been waited for: those first.
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);
                 let mut st = 0;
+                for &tid in &self.threads {
+                    libc::waitpid(tid, &mut st, libc::__WALL);
+                }
                 libc::waitpid(self.pid, &mut st, libc::__WALL);
             }
         }
