@@ -12,7 +12,7 @@ mod common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -458,18 +458,7 @@ fn python_dict_loop_continues() {
     if !root_or_skip("python_dict_loop_continues") {
         return;
     }
-    let python = PathBuf::from("/usr/bin/python3");
-    assert!(
-        python.exists(),
-        "{} is missing: these tests need the system's python3",
-        python.display()
-    );
-    let dir = TestDir::new("python_dict");
-    let cmd = Cmd::new(python)
-        .arg("-I")
-        .arg(workloads_dir().join("dict_loop.py"));
-    let mut s = Session::start(dir, cmd, Stdio::null());
-    s.compare_maps = false; // the interpreter maps and unmaps memory as it runs
+    let mut s = python_session("python_dict", "dict_loop.py");
     s.wait_seq(5);
     s.dump();
     s.restore(Stdio::null());

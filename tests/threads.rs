@@ -562,18 +562,7 @@ fn python_two_threads() {
     if !root_or_skip("python_two_threads") {
         return;
     }
-    let python = PathBuf::from("/usr/bin/python3");
-    assert!(
-        python.exists(),
-        "{} is missing: these tests need the system's python3",
-        python.display()
-    );
-    let dir = TestDir::new("python_threads");
-    let cmd = Cmd::new(python)
-        .arg("-I")
-        .arg(workloads_dir().join("two_threads.py"));
-    let mut s = Session::start(dir, cmd, Stdio::null());
-    s.compare_maps = false; // the interpreter maps and unmaps memory as it runs
+    let mut s = python_session("python_threads", "two_threads.py");
     let pid = s.pid;
     s.wait_seq(5);
     s.wait_for_line("both counters past 20", |l| {

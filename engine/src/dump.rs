@@ -189,10 +189,7 @@ pub(crate) fn dump_seized(
     let files = capture_files(pid, dir)?;
 
     let t_mem = Instant::now();
-    let codec = match opts.zstd_level {
-        Some(l) => wire::Codec::Zstd(l),
-        None => wire::Codec::Raw,
-    };
+    let codec = codec_for(opts.zstd_level);
     let capture = capture_pages(pid, &maps, dir, codec, parent, dirty, false)?;
     let page_stats = capture.stats;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
@@ -326,10 +323,7 @@ pub(crate) fn pre_dump_round(
     seized.release()?;
     let frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
     let maps = maps?;
-    let codec = match zstd_level {
-        Some(l) => wire::Codec::Zstd(l),
-        None => wire::Codec::Raw,
-    };
+    let codec = codec_for(zstd_level);
     let t_mem = Instant::now();
     let capture = capture_pages(pid, &maps, dir, codec, parent_hashes, dirty, true)?;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
@@ -349,6 +343,11 @@ pub(crate) fn pre_dump_round(
         round_hash: capture.round_hash,
     };
     Ok((stats, capture.hashes))
+}
+
+/// How page data is stored for a zstd level (`None`: raw).
+fn codec_for(zstd_level: Option<i32>) -> wire::Codec {
+    zstd_level.map_or(wire::Codec::Raw, wire::Codec::Zstd)
 }
 
 /// Whether `dir` (or the nearest existing parent) is on tmpfs or ramfs.
@@ -868,7 +867,7 @@ fn vma_kind(pid: i32, m: &MapEntry) -> Result<wire::VmaKind> {
     if m.inode == 0 {
         return Ok(wire::VmaKind::Anon);
     }
-    if m.shared && m.name.starts_with("/dev/zero") {
+    if m.is_shmem_anon() {
         // MAP_SHARED|MAP_ANONYMOUS shows as a deleted /dev/zero shmem file.
         return Ok(wire::VmaKind::Anon);
     }
@@ -905,7 +904,7 @@ fn vma_kind(pid: i32, m: &MapEntry) -> Result<wire::VmaKind> {
 fn page_needed(m: &MapEntry, entry: u64) -> bool {
     let swapped = entry & proc::PM_SWAP != 0;
     let present = entry & proc::PM_PRESENT != 0;
-    if m.is_file() && !(m.shared && m.name.starts_with("/dev/zero")) {
+    if m.is_file() && !m.is_shmem_anon() {
         if m.shared {
             return false; // the file itself holds the data
         }
@@ -1117,7 +1116,7 @@ fn captures_pages(m: &MapEntry) -> bool {
     ) {
         return false;
     }
-    !(m.is_file() && m.shared && !m.name.starts_with("/dev/zero"))
+    !(m.is_file() && m.shared) || m.is_shmem_anon()
 }
 
 /// Open files. Shared open file descriptions are found with kcmp(KCMP_FILE).
@@ -1157,11 +1156,11 @@ fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
         let link = link.as_str();
+        let desc = match out.iter().find(|o| same_file(pid, o.fd, fd)) {
+            Some(o) => o.desc,
+            None => fd as u32,
+        };
         if let Some(id) = pipe_id(link).filter(|id| pipes.iter().any(|p| p.id == *id)) {
-            let desc = match out.iter().find(|o| same_file(pid, o.fd, fd)) {
-                Some(o) => o.desc,
-                None => fd as u32,
-            };
             out.push(wire::Fd {
                 fd,
                 cloexec: info.flags & libc::O_CLOEXEC != 0,
@@ -1177,10 +1176,6 @@ fn capture_files(pid: i32, dir: &Path) -> Result<wire::Files> {
         let cloexec = info.flags & libc::O_CLOEXEC != 0;
         let flags = info.flags
             & !(libc::O_CLOEXEC | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-        let desc = match out.iter().find(|o| same_file(pid, o.fd, fd)) {
-            Some(o) => o.desc,
-            None => fd as u32,
-        };
         let kind = fd_kind(pid, fd, link, flags, info.pos, desc, dir)?;
         out.push(wire::Fd {
             fd,

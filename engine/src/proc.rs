@@ -29,6 +29,11 @@ impl MapEntry {
     pub fn has_flag(&self, flag: &str) -> bool {
         self.vm_flags.iter().any(|f| f == flag)
     }
+    /// `MAP_SHARED|MAP_ANONYMOUS` memory, which shows as a deleted
+    /// `/dev/zero` shmem file.
+    pub fn is_shmem_anon(&self) -> bool {
+        self.shared && self.name.starts_with("/dev/zero")
+    }
     /// A mapping of a real file (not a pseudo-name, not anonymous).
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.name.starts_with('/')

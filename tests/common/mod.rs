@@ -1351,3 +1351,19 @@ impl Session {
         );
     }
 }
+
+/// A session running `script` (in tests/workloads) under the system's
+/// python3, isolated (`-I`). The interpreter maps and unmaps memory as it
+/// runs, so memory maps are not compared across the restore.
+pub fn python_session(test: &str, script: &str) -> Session {
+    let python = PathBuf::from("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "{} is missing: these tests need the system's python3",
+        python.display()
+    );
+    let cmd = Cmd::new(python).arg("-I").arg(workloads_dir().join(script));
+    let mut s = Session::start(TestDir::new(test), cmd, Stdio::null());
+    s.compare_maps = false;
+    s
+}

@@ -65,12 +65,7 @@ impl RemoteThread {
 
     /// Like [`syscall`](Self::syscall) but a negative result becomes an error.
     pub fn syscall_ok(&mut self, nr: libc::c_long, args: &[u64]) -> io::Result<u64> {
-        let r = self.syscall(nr, args)?;
-        if (-4095..0).contains(&r) {
-            Err(io::Error::from_raw_os_error(-r as i32))
-        } else {
-            Ok(r as u64)
-        }
+        super::errno_result(self.syscall(nr, args)?)
     }
 
     fn wait_syscall_stop(&mut self) -> io::Result<()> {
