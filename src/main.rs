@@ -94,9 +94,14 @@ enum Cmd {
         /// act on the wrong id.
         #[arg(long)]
         new_pid: bool,
-        /// How long to wait for the original pid to be free, in ms.
+        /// How long to wait for the original pid to be free, in ms (with
+        /// `--pid-ns never`).
         #[arg(long, default_value_t = 5000)]
         pid_wait_ms: u64,
+        /// Restore into a fresh PID namespace: `auto` when the image's ids
+        /// are taken here, `always`, or `never` (wait for them to be free).
+        #[arg(long, default_value = "auto")]
+        pid_ns: tern_restorer::PidNsMode,
     },
     /// Show what an image holds.
     Inspect {
@@ -266,10 +271,12 @@ fn run(cmd: Cmd) -> Result<()> {
             pidfile,
             new_pid,
             pid_wait_ms,
+            pid_ns,
         } => {
             let opts = tern_restorer::RestoreOptions {
                 new_pid,
                 pid_wait: Duration::from_millis(pid_wait_ms),
+                pid_ns,
             };
             let r = tern_restorer::restore(&images, &opts)
                 .with_context(|| format!("restore from {} failed", images.display()))?;
@@ -277,8 +284,15 @@ fn run(cmd: Cmd) -> Result<()> {
                 std::fs::write(&p, format!("{}\n", r.pid))
                     .with_context(|| format!("write pidfile {}", p.display()))?;
             }
+            let ns = match r.pid_ns_init {
+                Some(init) => format!(
+                    " in a fresh PID namespace (it sees itself as pid {}; namespace init {init})",
+                    r.ns_pid
+                ),
+                None => String::new(),
+            };
             eprintln!(
-                "restored process {} from {} in {:.1} ms ({} MiB of memory)",
+                "restored process {}{ns} from {} in {:.1} ms ({} MiB of memory)",
                 r.pid,
                 images.display(),
                 r.restore_ms,

@@ -5,8 +5,10 @@
 //! then reshaped step by step; if any step fails it is killed, so a bad
 //! image never leaves a half-restored program behind.
 
+pub mod pidns;
 pub mod puppet;
 
+use pidns::PidNamespace;
 use puppet::Puppet;
 use std::collections::BTreeMap;
 use std::io;
@@ -62,8 +64,34 @@ pub struct RestoreOptions {
     /// Give the program a new pid instead of its own (risky: glibc caches
     /// the tid, so thread-directed signals and robust futexes may misbehave).
     pub new_pid: bool,
-    /// How long to wait for the original pid to become free.
+    /// How long to wait for the original pid to become free
+    /// (with [`PidNsMode::Never`]).
     pub pid_wait: Duration,
+    /// Whether to restore into a fresh PID namespace.
+    pub pid_ns: PidNsMode,
+}
+
+/// When to restore into a fresh PID namespace (where the image's ids are
+/// free even if this machine's are taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidNsMode {
+    /// Only if one of the image's ids is taken here.
+    Auto,
+    Always,
+    /// Never: wait for the ids to become free, or fail.
+    Never,
+}
+
+impl std::str::FromStr for PidNsMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(PidNsMode::Auto),
+            "always" => Ok(PidNsMode::Always),
+            "never" => Ok(PidNsMode::Never),
+            other => Err(format!("{other:?}: expected auto, always or never")),
+        }
+    }
 }
 
 impl Default for RestoreOptions {
@@ -71,13 +99,19 @@ impl Default for RestoreOptions {
         RestoreOptions {
             new_pid: false,
             pid_wait: Duration::from_secs(5),
+            pid_ns: PidNsMode::Auto,
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Restored {
+    /// The program's pid as this machine sees it.
     pub pid: i32,
+    /// The pid it sees itself (differs inside a fresh PID namespace).
+    pub ns_pid: i32,
+    /// The fresh PID namespace's init (our reaper), if one was made.
+    pub pid_ns_init: Option<i32>,
     pub restore_ms: f64,
     pub pages_bytes: u64,
 }
@@ -291,15 +325,30 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             }
         }
     }
+    let ids_free = || {
+        image
+            .core
+            .threads
+            .iter()
+            .all(|t| !Path::new(&format!("/proc/{}", t.tid)).exists())
+    };
+    let use_ns = !opts.new_pid
+        && match opts.pid_ns {
+            PidNsMode::Always => true,
+            PidNsMode::Never => false,
+            PidNsMode::Auto => !ids_free(),
+        };
     let want = if opts.new_pid {
         None
     } else {
-        for t in &image.core.threads {
-            wait_pid_free(t.tid, opts.pid_wait)?;
+        if !use_ns {
+            for t in &image.core.threads {
+                wait_pid_free(t.tid, opts.pid_wait)?;
+            }
         }
         Some(image.core.pid)
     };
-    let mut puppet = Puppet::spawn(want).map_err(|e| {
+    let spawn_err = |e: io::Error| {
         if e.raw_os_error() == Some(libc::EEXIST) {
             RestoreError::PidBusy {
                 pid: image.core.pid,
@@ -312,7 +361,29 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
                 source: e,
             }
         }
-    })?;
+    };
+    let namespace = if use_ns {
+        Some(PidNamespace::create().map_err(|e| RestoreError::Step {
+            pid: image.core.pid,
+            what: "create a PID namespace (clone3 CLONE_NEWPID)".into(),
+            source: e,
+        })?)
+    } else {
+        None
+    };
+    let mut puppet = match &namespace {
+        Some(ns) => ns.enter_for(|| Puppet::spawn(want)),
+        None => Puppet::spawn(want),
+    }
+    .map_err(spawn_err)?;
+    if let Some(ns) = &namespace {
+        info!(
+            reaper = ns.reaper,
+            host_pid = puppet.pid,
+            pid = image.core.pid,
+            "restoring into a fresh PID namespace (the image's ids are taken here)"
+        );
+    }
     let mut b = Builder {
         image: &image,
         ancestors: &ancestors,
@@ -343,6 +414,8 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     let restored = Restored {
         pid,
+        ns_pid: want.unwrap_or(pid),
+        pid_ns_init: namespace.map(PidNamespace::keep),
         restore_ms: t0.elapsed().as_secs_f64() * 1e3,
         pages_bytes,
     };
@@ -1230,6 +1303,9 @@ impl Builder<'_> {
             let new_tid = self.sys(nr::CLONE3, &[addr, args.len() as u64], || {
                 format!("clone3 of thread {tid}")
             })? as i32;
+            // clone3 returned the id inside the program's pid namespace.
+            let new_tid = pidns::host_tid(pid, new_tid)
+                .step(pid, || format!("find thread {new_tid} in /proc"))?;
             match ptrace::wait(new_tid).step(pid, || format!("wait for new thread {new_tid}"))? {
                 ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}
                 other => {

@@ -1,0 +1,182 @@
+//! A fresh PID namespace to restore into when the image's ids are taken on
+//! this machine (always the case when both ends of a migration are one
+//! machine): inside it the program gets back the pid and tids it had, which
+//! glibc has cached in its TLS.
+//!
+//! Its pid 1 is a tiny reaper forked from tern: it adopts the program once
+//! tern lets go of it, reaps whatever exits in the namespace, and exits
+//! itself when it is the last process there (a pid namespace dies with its
+//! pid 1, so it must outlive the program). The puppet is created inside by
+//! switching this thread's `pid_for_children` with `setns` around `clone3`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use tern_engine::sys::{nr, CloneArgs};
+
+/// The reaper's name in `ps` (at most 15 bytes).
+const REAPER_NAME: &[u8] = b"tern-ns-init\0";
+/// How long the reaper waits for the first process to appear.
+const REAPER_FIRST_WAIT_TICKS: u32 = 600;
+const REAPER_TICK_NS: i64 = 50_000_000;
+
+/// A PID namespace whose init is our reaper; killed with everything in it on
+/// drop unless [`PidNamespace::keep`] was called.
+pub struct PidNamespace {
+    /// The reaper's pid as this (the host's) namespace sees it.
+    pub reaper: i32,
+    ns: File,
+    kept: bool,
+}
+
+impl PidNamespace {
+    pub fn create() -> io::Result<PidNamespace> {
+        let args = CloneArgs {
+            flags: libc::CLONE_NEWPID as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..Default::default()
+        };
+        // SAFETY: fork-like clone3 (no CLONE_VM); `args` outlives the call.
+        // The child runs `reaper_main`, raw syscalls only, never returning
+        // into Rust code of the parent's (possibly multi-threaded) state.
+        let r = unsafe {
+            libc::syscall(
+                nr::CLONE3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if r == 0 {
+            reaper_main();
+        }
+        let reaper = r as i32;
+        let ns = match File::open(format!("/proc/{reaper}/ns/pid")) {
+            Ok(f) => f,
+            Err(e) => {
+                kill_and_reap(reaper);
+                return Err(e);
+            }
+        };
+        Ok(PidNamespace {
+            reaper,
+            ns,
+            kept: false,
+        })
+    }
+
+    /// Run `f` with this thread's new children created inside the namespace.
+    pub fn enter_for<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let ours = File::open("/proc/thread-self/ns/pid_for_children")?;
+        // SAFETY: setns on fds we own; CLONE_NEWPID changes only which pid
+        // namespace this thread's future children are created in.
+        if unsafe { libc::setns(self.ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let out = f();
+        // SAFETY: as above; going back to our own namespace is always allowed.
+        if unsafe { libc::setns(ours.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            let e = io::Error::last_os_error();
+            // Children we create later would land in the namespace: that is
+            // a bug in tern, not something to carry on with.
+            panic!("cannot switch pid_for_children back to our own namespace: {e}");
+        }
+        out
+    }
+
+    /// The program runs: the namespace lives on with it.
+    pub fn keep(mut self) -> i32 {
+        self.kept = true;
+        self.reaper
+    }
+}
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        if !self.kept {
+            // Killing pid 1 kills everything in the namespace.
+            kill_and_reap(self.reaper);
+        }
+    }
+}
+
+fn kill_and_reap(pid: i32) {
+    // SAFETY: plain syscalls on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+    }
+}
+
+/// The host pid of the task whose innermost pid is `ns_tid`, among the
+/// threads of `host_pid` (`NSpid:` in /proc/PID/task/TID/status).
+pub fn host_tid(host_pid: i32, ns_tid: i32) -> io::Result<i32> {
+    for entry in std::fs::read_dir(format!("/proc/{host_pid}/task"))? {
+        let entry = entry?;
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let inner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse::<i32>().ok());
+        if inner == Some(ns_tid) {
+            return Ok(tid);
+        }
+    }
+    Err(io::Error::other(format!(
+        "no thread of process {host_pid} has id {ns_tid} in its pid namespace"
+    )))
+}
+
+/// pid 1 of the namespace. Raw syscalls only: this is a fork of a process
+/// that may have had other threads.
+fn reaper_main() -> ! {
+    // SAFETY: raw syscalls with valid pointers to our own stack/static data.
+    unsafe {
+        libc::syscall(libc::SYS_setsid);
+        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, REAPER_NAME.as_ptr());
+        let tick = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: REAPER_TICK_NS,
+        };
+        let mut seen_others = false;
+        let mut ticks: u32 = 0;
+        loop {
+            while libc::syscall(
+                libc::SYS_wait4,
+                -1,
+                std::ptr::null_mut::<i32>(),
+                libc::WNOHANG | libc::__WALL,
+                std::ptr::null_mut::<libc::rusage>(),
+            ) > 0
+            {}
+            // kill(-1, 0) from pid 1 reaches every other process in the
+            // namespace: ESRCH means we are alone.
+            let others = libc::syscall(libc::SYS_kill, -1, 0) == 0;
+            if others {
+                seen_others = true;
+            } else if seen_others || ticks >= REAPER_FIRST_WAIT_TICKS {
+                libc::syscall(libc::SYS_exit_group, 0);
+            }
+            ticks = ticks.saturating_add(1);
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &tick as *const libc::timespec,
+                std::ptr::null_mut::<libc::timespec>(),
+            );
+        }
+    }
+}
