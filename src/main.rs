@@ -102,6 +102,10 @@ enum Cmd {
         /// are taken here, `always`, or `never` (wait for them to be free).
         #[arg(long, default_value = "auto")]
         pid_ns: tern_restorer::PidNsMode,
+        /// Rebuild a pre-copy chain round by round as `tern serve` does (a
+        /// warm standby), instead of all at once.
+        #[arg(long)]
+        standby: bool,
     },
     /// Show what an image holds.
     Inspect {
@@ -272,14 +276,19 @@ fn run(cmd: Cmd) -> Result<()> {
             new_pid,
             pid_wait_ms,
             pid_ns,
+            standby,
         } => {
             let opts = tern_restorer::RestoreOptions {
                 new_pid,
                 pid_wait: Duration::from_millis(pid_wait_ms),
                 pid_ns,
             };
-            let r = tern_restorer::restore(&images, &opts)
-                .with_context(|| format!("restore from {} failed", images.display()))?;
+            let r = if standby {
+                tern_restorer::restore_via_standby(&images, &opts)
+            } else {
+                tern_restorer::restore(&images, &opts)
+            }
+            .with_context(|| format!("restore from {} failed", images.display()))?;
             if let Some(p) = pidfile {
                 std::fs::write(&p, format!("{}\n", r.pid))
                     .with_context(|| format!("write pidfile {}", p.display()))?;

@@ -323,6 +323,15 @@ pub(crate) fn pre_dump_round(
     seized.release()?;
     let frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
     let maps = maps?;
+    // What a warm standby maps before it writes this round's pages.
+    let layout = wire::Layout {
+        vmas: capture_vmas(pid, &maps, true)?,
+    };
+    wire::write_record(
+        &dir.join(wire::LAYOUT_FILE),
+        wire::RecordKind::Layout,
+        &layout,
+    )?;
     let codec = codec_for(zstd_level);
     let t_mem = Instant::now();
     let capture = capture_pages(pid, &maps, dir, codec, parent_hashes, dirty, true)?;
@@ -759,10 +768,12 @@ pub fn file_identity(path: &str, meta: &std::fs::Metadata) -> wire::FileIdentity
 }
 
 /// Classify each mapping; refuse the kinds this version cannot restore.
-fn capture_mm(pid: i32, maps: &[MapEntry], seized: &mut Seized) -> Result<wire::Mm> {
+/// `in_round`: a pre-copy round, where a userfaultfd registration is our
+/// own tracker's (the program's own is refused by the final dump).
+pub(crate) fn capture_vmas(pid: i32, maps: &[MapEntry], in_round: bool) -> Result<Vec<wire::Vma>> {
     let mut vmas = Vec::with_capacity(maps.len());
     for m in maps {
-        let kind = vma_kind(pid, m)?;
+        let kind = vma_kind(pid, m, in_round)?;
         let mut advice = Vec::new();
         for (flag, adv) in [
             ("dc", libc::MADV_DONTFORK),
@@ -797,6 +808,11 @@ fn capture_mm(pid: i32, maps: &[MapEntry], seized: &mut Seized) -> Result<wire::
             name: m.name.clone(),
         });
     }
+    Ok(vmas)
+}
+
+fn capture_mm(pid: i32, maps: &[MapEntry], seized: &mut Seized) -> Result<wire::Mm> {
+    let vmas = capture_vmas(pid, maps, false)?;
     let p = procfs::process::Process::new(pid).ctx(pid, || "open /proc entry".into())?;
     let stat = p.stat().ctx(pid, || "read stat".into())?;
     let brk = seized.inject(libc::SYS_brk, &[0], "brk(0)")?;
@@ -837,7 +853,7 @@ fn capture_mm(pid: i32, maps: &[MapEntry], seized: &mut Seized) -> Result<wire::
     })
 }
 
-fn vma_kind(pid: i32, m: &MapEntry) -> Result<wire::VmaKind> {
+fn vma_kind(pid: i32, m: &MapEntry, in_round: bool) -> Result<wire::VmaKind> {
     let at = || format!("mapping {:#x}-{:#x} ({})", m.start, m.end, m.name);
     match m.name.as_str() {
         "[vdso]" => return Ok(wire::VmaKind::Vdso),
@@ -858,7 +874,7 @@ fn vma_kind(pid: i32, m: &MapEntry) -> Result<wire::VmaKind> {
             format!("{}: hugetlbfs mappings are not supported yet", at()),
         ));
     }
-    if m.has_flag("um") || m.has_flag("uw") {
+    if !in_round && (m.has_flag("um") || m.has_flag("uw")) {
         return Err(unsupported(
             pid,
             format!("{}: registered with userfaultfd", at()),

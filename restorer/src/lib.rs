@@ -7,9 +7,12 @@
 
 pub mod pidns;
 pub mod puppet;
+mod shape;
+pub mod standby;
 
 use pidns::PidNamespace;
 use puppet::Puppet;
+use shape::{SCRATCH_AUXV, SCRATCH_LEN, SCRATCH_PATH, SCRATCH_STRUCT};
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -295,26 +298,15 @@ fn wait_pid_free(pid: i32, wait: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Restore the image in `dir`; returns once the program runs.
-pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
-    let t0 = Instant::now();
-    let image = Image::load(dir)?;
+/// Check, before any process is created, that everything outside the
+/// image that it refers to is still there and unchanged.
+fn check_outside_world(image: &Image) -> Result<()> {
     for v in &image.mm.vmas {
         if let wire::VmaKind::File { file, .. } = &v.kind {
             check_same_file(file)?;
         }
     }
     check_same_file(&image.mm.exe)?;
-    // Not needed to rebuild the process, but part of the image: a damaged
-    // table means a damaged image, and a later `--parent` would trust it.
-    let final_pages = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
-    let ancestors = image.ancestors()?;
-    for a in &ancestors {
-        let pages = a.join(wire::PAGES_FILE);
-        if !pages.exists() {
-            return Err(image.bad(format!("{} is missing", pages.display())));
-        }
-    }
     for fd in &image.files.fds {
         if let wire::FdKind::Path { path, .. } = &fd.kind {
             if std::fs::symlink_metadata(path).is_err() {
@@ -325,12 +317,20 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             }
         }
     }
+    Ok(())
+}
+
+/// A new puppet for the program `pid` (threads `tids`), in a fresh PID
+/// namespace where the options and the ids taken here call for one.
+/// Returns it with its namespace and the pid it will see itself as.
+pub(crate) fn spawn_puppet(
+    pid: i32,
+    tids: &[i32],
+    opts: &RestoreOptions,
+) -> Result<(Puppet, Option<PidNamespace>, Option<i32>)> {
     let ids_free = || {
-        image
-            .core
-            .threads
-            .iter()
-            .all(|t| !Path::new(&format!("/proc/{}", t.tid)).exists())
+        tids.iter()
+            .all(|t| !Path::new(&format!("/proc/{t}")).exists())
     };
     let use_ns = !opts.new_pid
         && match opts.pid_ns {
@@ -342,21 +342,18 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         None
     } else {
         if !use_ns {
-            for t in &image.core.threads {
-                wait_pid_free(t.tid, opts.pid_wait)?;
+            for &t in tids {
+                wait_pid_free(t, opts.pid_wait)?;
             }
         }
-        Some(image.core.pid)
+        Some(pid)
     };
     let spawn_err = |e: io::Error| {
         if e.raw_os_error() == Some(libc::EEXIST) {
-            RestoreError::PidBusy {
-                pid: image.core.pid,
-                waited_ms: 0,
-            }
+            RestoreError::PidBusy { pid, waited_ms: 0 }
         } else {
             RestoreError::Step {
-                pid: image.core.pid,
+                pid,
                 what: "create the process (clone3)".into(),
                 source: e,
             }
@@ -364,14 +361,14 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     };
     let namespace = if use_ns {
         Some(PidNamespace::create().map_err(|e| RestoreError::Step {
-            pid: image.core.pid,
+            pid,
             what: "create a PID namespace (clone3 CLONE_NEWPID)".into(),
             source: e,
         })?)
     } else {
         None
     };
-    let mut puppet = match &namespace {
+    let puppet = match &namespace {
         Some(ns) => ns.enter_for(|| Puppet::spawn(want)),
         None => Puppet::spawn(want),
     }
@@ -380,10 +377,80 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         info!(
             reaper = ns.reaper,
             host_pid = puppet.pid,
-            pid = image.core.pid,
+            pid,
             "restoring into a fresh PID namespace (the image's ids are taken here)"
         );
     }
+    Ok((puppet, namespace, want))
+}
+
+/// A restored program, complete and stopped just before it runs: killed
+/// (with its PID namespace) if dropped, or let go with [`Prepared::resume`].
+pub struct Prepared {
+    // Fields drop in order: the puppet before its namespace's init.
+    puppet: Puppet,
+    namespace: Option<PidNamespace>,
+    threads: Vec<i32>,
+    /// Signals to deliver once it runs.
+    pending: Vec<i32>,
+    ns_pid: i32,
+    pages_bytes: u64,
+    t0: Instant,
+}
+
+impl Prepared {
+    /// Its pid as this machine sees it.
+    pub fn pid(&self) -> i32 {
+        self.puppet.pid
+    }
+
+    /// Let the program run.
+    pub fn resume(mut self) -> Result<Restored> {
+        let pid = self.puppet.pid;
+        for &tid in &self.threads {
+            ptrace::detach(tid, 0).step(pid, || format!("PTRACE_DETACH of thread {tid}"))?;
+        }
+        self.pending
+            .extend(self.puppet.remote.intercepted_signals.iter().copied());
+        self.puppet.release().step(pid, || "PTRACE_DETACH".into())?;
+        for &sig in &self.pending {
+            // SAFETY: plain syscall with integer arguments.
+            unsafe { libc::kill(pid, sig) };
+        }
+        let restored = Restored {
+            pid,
+            ns_pid: self.ns_pid,
+            pid_ns_init: self.namespace.take().map(PidNamespace::keep),
+            restore_ms: self.t0.elapsed().as_secs_f64() * 1e3,
+            pages_bytes: self.pages_bytes,
+        };
+        info!(?restored, "restored program runs");
+        Ok(restored)
+    }
+}
+
+/// Restore the image in `dir`; returns once the program runs.
+pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    prepare(dir, opts)?.resume()
+}
+
+/// Restore the image in `dir` up to the moment it would run.
+pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
+    let t0 = Instant::now();
+    let image = Image::load(dir)?;
+    check_outside_world(&image)?;
+    // Not needed to rebuild the process, but part of the image: a damaged
+    // table means a damaged image, and a later `--parent` would trust it.
+    let final_pages = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
+    let ancestors = image.ancestors()?;
+    for a in &ancestors {
+        let pages = a.join(wire::PAGES_FILE);
+        if !pages.exists() {
+            return Err(image.bad(format!("{} is missing", pages.display())));
+        }
+    }
+    let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
+    let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts)?;
     let mut b = Builder {
         image: &image,
         ancestors: &ancestors,
@@ -396,39 +463,19 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         cur: 0,
         keep_ids: !opts.new_pid,
     };
-    b.build()?;
-    b.release_threads()?;
-    let pages_bytes = b.pages_bytes;
-    let mut pending = image.core.pending_signals.clone();
-    // Signals that arrived while the puppet was driven (e.g. from a timer
-    // armed at the end) were held back: deliver them now.
-    for t in &b.extra {
-        pending.extend(t.intercepted_signals.iter().copied());
-    }
-    pending.extend(puppet.remote.intercepted_signals.iter().copied());
-    let pid = puppet.pid;
-    puppet.release().step(pid, || "PTRACE_DETACH".into())?;
-    for sig in pending {
-        // SAFETY: plain syscall with integer arguments.
-        unsafe { libc::kill(pid, sig) };
-    }
-    let restored = Restored {
-        pid,
-        ns_pid: want.unwrap_or(pid),
-        pid_ns_init: namespace.map(PidNamespace::keep),
-        restore_ms: t0.elapsed().as_secs_f64() * 1e3,
+    b.build_memory()?;
+    b.build_rest()?;
+    let (threads, pending, pages_bytes) = b.into_parts();
+    Ok(Prepared {
+        ns_pid: want.unwrap_or(puppet.pid),
+        puppet,
+        namespace,
+        threads,
+        pending,
         pages_bytes,
-    };
-    info!(?restored, "restore complete");
-    Ok(restored)
+        t0,
+    })
 }
-
-const SCRATCH_LEN: u64 = 64 << 10;
-/// Offsets inside the scratch mapping.
-const SCRATCH_STRUCT: u64 = 0;
-const SCRATCH_STAT: u64 = 1024;
-const SCRATCH_PATH: u64 = 4096;
-const SCRATCH_AUXV: u64 = 16384;
 
 struct Builder<'a> {
     image: &'a Image,
@@ -479,38 +526,38 @@ impl Builder<'_> {
 
     /// Put a NUL-terminated path in the scratch area; returns its address.
     fn path_arg(&mut self, path: &str) -> Result<u64> {
-        if path.len() >= (SCRATCH_AUXV - SCRATCH_PATH) as usize || path.contains('\0') {
-            return Err(self
-                .image
-                .bad(format!("path {path:?} is too long or contains NUL")));
-        }
-        let mut bytes = path.as_bytes().to_vec();
-        bytes.push(0);
-        self.poke(SCRATCH_PATH, &bytes)?;
-        Ok(self.scratch + SCRATCH_PATH)
+        shape::path_arg(self.puppet, self.scratch, path)
     }
 
     fn open(&mut self, path: &str, flags: i32) -> Result<u64> {
-        let p = self.path_arg(path)?;
-        let pid = self.pid;
-        self.puppet
-            .syscall(
-                libc::SYS_openat,
-                &[libc::AT_FDCWD as u64, p, flags as u64, 0],
-            )
-            .map_err(|e| RestoreError::File {
-                path: path.to_string(),
-                what: format!("cannot open in process {pid}: {e}"),
-            })
+        shape::open_in(self.puppet, self.scratch, path, flags)
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn check_open_file(&mut self, fd: u64, f: &wire::FileIdentity) -> Result<()> {
+        shape::check_open_file(self.puppet, self.scratch, fd, f)
+    }
+
+    /// Threads created, signals to deliver once running, bytes written.
+    fn into_parts(self) -> (Vec<i32>, Vec<i32>, u64) {
+        let mut pending = self.image.core.pending_signals.clone();
+        // Signals that arrived while the puppet was driven (e.g. from a
+        // timer armed at the end) were held back: deliver them at resume.
+        for t in &self.extra {
+            pending.extend(t.intercepted_signals.iter().copied());
+        }
+        let threads = self.extra.iter().map(|t| t.tid).collect();
+        (threads, pending, self.pages_bytes)
+    }
+
+    /// Address space: mappings and page contents.
+    fn build_memory(&mut self) -> Result<()> {
         let t = Instant::now();
-        self.reset_inherited_state()?;
-        self.clear_address_space()?;
-        self.move_vdso()?;
-        self.map_scratch()?;
-        self.map_vmas()?;
+        let vmas = &self.image.mm.vmas;
+        shape::reset_inherited_state(self.puppet)?;
+        shape::clear_address_space(self.puppet)?;
+        shape::move_vdso(self.puppet, vmas, &self.image.inventory.kernel_release)?;
+        self.scratch = shape::map_scratch(self.puppet, vmas, &[])?;
+        shape::map_vmas(self.puppet, self.scratch, vmas)?;
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "mappings created");
         for dir in self.ancestors {
             self.write_pages(&dir.join(wire::PAGES_FILE), false)?;
@@ -522,6 +569,13 @@ impl Builder<'_> {
             bytes = self.pages_bytes,
             "pages written"
         );
+        Ok(())
+    }
+
+    /// Everything after the address space: files, process and thread
+    /// state, credentials, registers.
+    fn build_rest(&mut self) -> Result<()> {
+        let t = Instant::now();
         self.apply_advice()?;
         self.restore_files()?;
         self.restore_process_state()?;
@@ -539,334 +593,55 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// The puppet is a copy of tern: drop tern's rseq registration before
-    /// its memory goes away (or every resume would fault).
-    fn reset_inherited_state(&mut self) -> Result<()> {
-        let pid = self.pid;
-        let rseq = ptrace::get_rseq(pid).step(pid, || "PTRACE_GET_RSEQ_CONFIGURATION".into())?;
-        if rseq.rseq_abi_pointer != 0 {
-            const RSEQ_FLAG_UNREGISTER: u64 = 1;
-            self.sys(
-                nr::RSEQ,
-                &[
-                    rseq.rseq_abi_pointer,
-                    rseq.rseq_abi_size as u64,
-                    RSEQ_FLAG_UNREGISTER,
-                    rseq.signature as u64,
-                ],
-                || "unregister inherited rseq".into(),
-            )?;
-        }
-        Ok(())
-    }
-
-    fn clear_address_space(&mut self) -> Result<()> {
-        let pid = self.pid;
-        let maps = tern_engine::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
-        let special = |n: &str| matches!(n, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]");
-        for m in maps.iter().filter(|m| !special(&m.name)) {
-            self.sys(libc::SYS_munmap, &[m.start, m.end - m.start], || {
-                format!("unmap puppet range {:#x}-{:#x}", m.start, m.end)
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Move vvar/vvar_vclock/vdso to where the image had them, keeping
-    /// their relative layout (the vdso finds vvar by offset).
-    fn move_vdso(&mut self) -> Result<()> {
-        let pid = self.pid;
-        let maps = tern_engine::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
-        let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
-        let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, len, to)
-        for name in names {
-            let ours = maps.iter().find(|m| m.name == name);
-            let theirs = self.image.mm.vmas.iter().find(|v| v.name == name);
-            match (ours, theirs) {
-                (Some(o), Some(t)) => {
-                    if o.end - o.start != t.end - t.start {
-                        return Err(RestoreError::Unsupported(format!(
-                            "{name} is {} bytes on this kernel but {} in the image (made on kernel {})",
-                            o.end - o.start,
-                            t.end - t.start,
-                            self.image.inventory.kernel_release
-                        )));
-                    }
-                    moves.push((o.start, o.end - o.start, t.start));
-                }
-                (None, None) => {}
-                (o, t) => {
-                    return Err(RestoreError::Unsupported(format!(
-                        "{name} is {} here but {} in the image",
-                        if o.is_some() { "present" } else { "absent" },
-                        if t.is_some() { "present" } else { "absent" }
-                    )))
-                }
-            }
-        }
-        let Some(vdso) = moves.last().copied() else {
-            return Err(RestoreError::Unsupported(
-                "no [vdso] to run syscalls through".into(),
-            ));
-        };
-        if moves.iter().all(|(from, _, to)| from == to) {
-            return Ok(());
-        }
-        // Via a temporary place, so no destination overlaps a source.
-        let lo = moves.iter().map(|m| m.0.min(m.2)).min().unwrap_or(0);
-        let hi = moves
-            .iter()
-            .map(|m| (m.0 + m.1).max(m.2 + m.1))
-            .max()
-            .unwrap_or(0);
-        let temp_base = self.find_gap(hi - lo + (1 << 20), &[(lo, hi)])?;
-        let gadget_off = self.puppet.remote.gadget() - vdso.0;
-        for stage in 0..2 {
-            for &(from, len, to) in &moves {
-                let (src, dst) = if stage == 0 {
-                    (from, temp_base + (from - lo))
-                } else {
-                    (temp_base + (from - lo), to)
-                };
-                self.sys(
-                    libc::SYS_mremap,
-                    &[
-                        src,
-                        len,
-                        len,
-                        (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                        dst,
-                    ],
-                    || format!("move vdso/vvar {src:#x} -> {dst:#x}"),
-                )?;
-                if len == vdso.1 && from == vdso.0 {
-                    self.puppet.remote.set_gadget(dst + gadget_off);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A free, page-aligned range of `len` bytes, outside every image
-    /// mapping and outside `avoid`.
-    fn find_gap(&self, len: u64, avoid: &[(u64, u64)]) -> Result<u64> {
-        let mut taken: Vec<(u64, u64)> = self
-            .image
-            .mm
-            .vmas
-            .iter()
-            .filter(|v| v.kind != wire::VmaKind::Vsyscall)
-            .map(|v| (v.start, v.end))
-            .chain(avoid.iter().copied())
-            .collect();
-        taken.sort_unstable();
-        // Search from the middle of the address space downward-friendly:
-        // start above the first 4 GiB, with a guard page on both sides.
-        let guard = 1 << 16;
-        let mut candidate: u64 = 1 << 32;
-        for (s, e) in taken {
-            if e + guard <= candidate {
-                continue;
-            }
-            if candidate + len + guard <= s {
-                return Ok(candidate);
-            }
-            candidate = candidate.max(e + guard);
-        }
-        if candidate + len < 0x7fff_0000_0000 {
-            return Ok(candidate);
-        }
-        Err(RestoreError::Unsupported(
-            "no free address range for tern's scratch area".into(),
-        ))
-    }
-
-    fn map_scratch(&mut self) -> Result<()> {
-        let at = self.find_gap(SCRATCH_LEN, &[])?;
-        self.scratch = self.sys(
-            libc::SYS_mmap,
-            &[
-                at,
-                SCRATCH_LEN,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
-                u64::MAX,
-                0,
-            ],
-            || "map the scratch area".into(),
-        )?;
-        Ok(())
-    }
-
-    fn map_vmas(&mut self) -> Result<()> {
-        // One fd per file for all its mappings, closed afterwards.
-        let mut fds: BTreeMap<(String, bool), u64> = BTreeMap::new();
-        let vmas = self.image.mm.vmas.clone();
-        for v in &vmas {
-            let share = if v.shared {
-                libc::MAP_SHARED
-            } else {
-                libc::MAP_PRIVATE
-            };
-            let (flags, fd, offset) = match &v.kind {
-                wire::VmaKind::Vdso
-                | wire::VmaKind::Vvar
-                | wire::VmaKind::VvarVclock
-                | wire::VmaKind::Vsyscall => continue,
-                wire::VmaKind::Anon => {
-                    let grows = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
-                    (share | libc::MAP_ANONYMOUS | grows, u64::MAX, 0)
-                }
-                wire::VmaKind::File { file, offset } => {
-                    let writable = v.shared && v.prot & wire::PROT_WRITE != 0;
-                    let key = (file.path.clone(), writable);
-                    let fd = match fds.get(&key) {
-                        Some(fd) => *fd,
-                        None => {
-                            let mode = if writable {
-                                libc::O_RDWR
-                            } else {
-                                libc::O_RDONLY
-                            };
-                            let fd = self.open(&file.path, mode | libc::O_CLOEXEC)?;
-                            self.check_open_file(fd, file)?;
-                            fds.insert(key, fd);
-                            fd
-                        }
-                    };
-                    (share, fd, *offset)
-                }
-            };
-            self.sys(
-                libc::SYS_mmap,
-                &[
-                    v.start,
-                    v.len(),
-                    v.prot as u64,
-                    (flags | libc::MAP_FIXED) as u64,
-                    fd,
-                    offset,
-                ],
-                || format!("mmap {:#x}-{:#x} ({})", v.start, v.end, v.name),
-            )?;
-        }
-        for fd in fds.into_values() {
-            self.sys(libc::SYS_close, &[fd], || "close mapping fd".into())?;
-        }
-        Ok(())
-    }
-
-    /// fstat inside the puppet: the file it opened is the one checked.
-    fn check_open_file(&mut self, fd: u64, f: &wire::FileIdentity) -> Result<()> {
-        let st = self.scratch + SCRATCH_STAT;
-        self.sys(libc::SYS_fstat, &[fd, st], || format!("fstat {}", f.path))?;
-        let raw = self.peek(SCRATCH_STAT, std::mem::size_of::<libc::stat>())?;
-        let field = |off: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&raw[off..off + 8]);
-            i64::from_le_bytes(b)
-        };
-        // x86-64 struct stat: st_size at 48, st_mtime at 88, st_mtime_nsec at 96.
-        let (size, mtime, mtime_ns) = (field(48) as u64, field(88), field(96));
-        if size != f.size || mtime != f.mtime_sec || mtime_ns != f.mtime_nsec {
-            return Err(RestoreError::File {
-                path: f.path.clone(),
-                what: "changed while being restored".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Stream the page file into the puppet. A reader thread verifies and
-    /// decompresses chunks into pooled buffers while this (the ptrace)
-    /// thread writes them with process_vm_writev.
+    /// Stream the page file into the puppet.
     /// `strict`: every chunk must lie inside a private mapping (the image's
     /// own pages); otherwise (an older image of a chain) the parts outside
     /// today's mappings are skipped, since those ranges were unmapped since.
     fn write_pages(&mut self, path: &Path, strict: bool) -> Result<()> {
         let pid = self.pid;
-        let reader = wire::ChunkReader::open(path)?;
-        const POOL: usize = 4;
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(POOL);
-        let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(POOL);
-        for _ in 0..POOL {
-            let _ = free_tx.send(Vec::new());
-        }
-        let decoder = std::thread::spawn(move || -> Result<()> {
-            let mut reader = reader;
-            while let Ok(mut buf) = free_rx.recv() {
-                match reader.next_into(&mut buf)? {
-                    Some(addr) => {
-                        if full_tx.send((addr, buf)).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    None => return Ok(()),
-                }
-            }
-            Ok(())
-        });
-        let private = |v: &&wire::Vma| {
-            matches!(v.kind, wire::VmaKind::Anon | wire::VmaKind::File { .. })
-                && !(v.shared && matches!(v.kind, wire::VmaKind::File { .. }))
-        };
-        let vmas: Vec<&wire::Vma> = self.image.mm.vmas.iter().filter(private).collect();
-        let mut result = Ok(());
-        for (addr, buf) in full_rx.iter() {
+        let image = self.image;
+        let final_pages = self.final_pages;
+        let vmas: Vec<&wire::Vma> = image
+            .mm
+            .vmas
+            .iter()
+            .filter(|v| shape::holds_private_pages(v))
+            .collect();
+        let page = image.inventory.page_size as usize;
+        let mut written = 0u64;
+        shape::stream_pages(pid, path, |addr, buf| {
             let end = addr.saturating_add(buf.len() as u64);
             if !strict {
                 // Only pages the program still had, with these very bytes:
                 // anything since unmapped, zeroed or rewritten is not ours.
-                let page = self.image.inventory.page_size as usize;
                 for (k, p) in buf.chunks(page).enumerate() {
                     let a = addr + (k * page) as u64;
-                    let wanted = self
-                        .final_pages
+                    let wanted = final_pages
                         .binary_search_by_key(&a, |(x, _)| *x)
-                        .is_ok_and(|i| self.final_pages[i].1 == xxhash_rust::xxh3::xxh3_64(p));
+                        .is_ok_and(|i| final_pages[i].1 == xxhash_rust::xxh3::xxh3_64(p));
                     if !wanted || !vmas.iter().any(|v| v.start <= a && a < v.end) {
                         continue;
                     }
-                    if let Err(err) = mem::write_fully(pid, a, p) {
-                        result = Err(err).step(pid, || format!("write pages at {a:#x}"));
-                        break;
-                    }
-                    self.pages_bytes += p.len() as u64;
+                    mem::write_fully(pid, a, p).step(pid, || format!("write pages at {a:#x}"))?;
+                    written += p.len() as u64;
                 }
-                if result.is_err() {
-                    break;
-                }
-                let _ = free_tx.send(buf);
-                continue;
+                return Ok(());
             }
-            let inside = vmas.iter().any(|v| v.start <= addr && end <= v.end);
-            if !inside {
-                result = Err(RestoreError::BadImage {
-                    dir: self.image.dir.clone(),
+            if !vmas.iter().any(|v| v.start <= addr && end <= v.end) {
+                return Err(RestoreError::BadImage {
+                    dir: image.dir.clone(),
                     what: format!(
                         "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
                         path.display()
                     ),
                 });
-                break;
             }
-            if let Err(e) = mem::write_fully(pid, addr, &buf) {
-                result = Err(e).step(pid, || format!("write pages at {addr:#x}"));
-                break;
-            }
-            self.pages_bytes += buf.len() as u64;
-            let _ = free_tx.send(buf);
-        }
-        drop(full_rx);
-        drop(free_tx);
-        let decoded = decoder.join().map_err(|_| RestoreError::Step {
-            pid,
-            what: "page decoder thread".into(),
-            source: io::Error::other("panicked"),
+            mem::write_fully(pid, addr, buf).step(pid, || format!("write pages at {addr:#x}"))?;
+            written += buf.len() as u64;
+            Ok(())
         })?;
-        // A corrupt or truncated page file is the root cause when both fail.
-        decoded?;
-        result
+        self.pages_bytes += written;
+        Ok(())
     }
 
     fn apply_advice(&mut self) -> Result<()> {
@@ -1465,13 +1240,22 @@ impl Builder<'_> {
         }
         Ok(())
     }
+}
 
-    /// Let the other threads run (the main one is released by the caller).
-    fn release_threads(&mut self) -> Result<()> {
-        let pid = self.pid;
-        for t in &self.extra {
-            ptrace::detach(t.tid, 0).step(pid, || format!("PTRACE_DETACH of thread {}", t.tid))?;
-        }
-        Ok(())
+/// Restore a pre-copy chain the way the migration daemon does: start a warm
+/// standby from the oldest round, apply each later round to it, then the
+/// final image (see [`standby`]).
+pub fn restore_via_standby(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    let image = Image::load(dir)?;
+    let ancestors = image.ancestors()?;
+    let Some((first, rest)) = ancestors.split_first() else {
+        return Err(
+            image.bad("has no parent rounds: a standby restore needs a pre-copy chain".into())
+        );
+    };
+    let mut standby = standby::Standby::start(first, opts)?;
+    for round in rest {
+        standby.apply_round(round)?;
     }
+    standby.finish(dir)?.resume()
 }

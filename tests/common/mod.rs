@@ -1220,10 +1220,17 @@ impl Session {
     /// signal state, vdso addresses (and memory map if `compare_maps`), not
     /// our child, in a session of its own.
     pub fn restore(&mut self, stdin: Stdio) -> TernOutput {
+        self.restore_with(stdin, &[])
+    }
+
+    /// [`restore`](Self::restore) with extra `tern restore` arguments.
+    pub fn restore_with(&mut self, stdin: Stdio, extra: &[OsString]) -> TernOutput {
         // Guard the pid before tern creates anything under it.
         self.restored = Some(ProcGuard::adopt(self.pid));
         let pidfile = self.dir.join("restored.pid");
-        let out = tern_restore(&self.dir, &self.images, Some(&pidfile), stdin);
+        let mut a = args!["restore", "--images", &self.images, "--pidfile", &pidfile];
+        a.extend(extra.iter().cloned());
+        let out = run_tern(&self.dir, &a, stdin);
         self.last_tern = Some(out.describe());
         if !out.success() {
             panic!("tern restore failed\n{}", self.diag());

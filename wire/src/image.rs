@@ -10,6 +10,9 @@ pub const PAGES_FILE: &str = "pages.img";
 /// Chunk file of (address, xxh3) pairs for every page the program had at
 /// this image's moment: what the next increment is compared against.
 pub const HASHES_FILE: &str = "hashes.img";
+/// A pre-dump round's memory map (a final image has it in `mm.img`): what
+/// a warm standby maps before writing the round's pages.
+pub const LAYOUT_FILE: &str = "layout.img";
 
 /// Name of the chunk file holding the saved contents of a deleted file.
 pub fn deleted_file_name(desc: u32) -> String {
@@ -226,6 +229,12 @@ impl Vma {
     pub fn is_empty(&self) -> bool {
         self.end <= self.start
     }
+}
+
+/// The memory map of a pre-dump round.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub vmas: Vec<Vma>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

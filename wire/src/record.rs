@@ -25,6 +25,7 @@ pub enum RecordKind {
     Core = 2,
     Mm = 3,
     Files = 4,
+    Layout = 5,
 }
 
 impl RecordKind {
@@ -34,6 +35,7 @@ impl RecordKind {
             RecordKind::Core => "core",
             RecordKind::Mm => "mm",
             RecordKind::Files => "files",
+            RecordKind::Layout => "layout",
         }
     }
 }

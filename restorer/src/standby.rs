@@ -1,0 +1,519 @@
+//! The warm standby: the destination builds the program's address space
+//! while the source still runs, one pre-copy round at a time, so that the
+//! frozen moment only carries the last delta, registers and kernel state.
+//!
+//! Each round (a pre-dump image: `layout.img` + `pages.img`) reshapes the
+//! stopped puppet to the round's memory map (only where it changed: what is
+//! kept keeps its pages) and writes the round's pages, remembering the
+//! xxh3 of every page it wrote. The final image then brings the last map
+//! change and delta; pages the program no longer has are dropped, and the
+//! result is checked page by page against the final image's table of
+//! (address, xxh3) before the rest of the state is restored. Any
+//! difference refuses the image: nothing half-right is ever resumed.
+
+use crate::pidns::PidNamespace;
+use crate::puppet::Puppet;
+use crate::shape::{self, SCRATCH_LEN};
+use crate::{Builder, Image, Prepared, RestoreError, RestoreOptions, Result, StepContext};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tern_engine::sys::mem;
+use tern_wire as wire;
+use tracing::{debug, info};
+
+/// What applying one round did.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundApplied {
+    pub pages: u64,
+    pub bytes: u64,
+    pub mapped: u32,
+    pub unmapped: u32,
+    pub ms: f64,
+}
+
+pub struct Standby {
+    // Fields drop in order: the puppet before its namespace's init.
+    puppet: Puppet,
+    namespace: Option<PidNamespace>,
+    ns_pid: Option<i32>,
+    /// The program's pid in the images.
+    image_pid: i32,
+    scratch: u64,
+    /// The mappings the puppet has now (the last round's map).
+    layout: Vec<wire::Vma>,
+    /// xxh3 of every private page written, by address.
+    pages: BTreeMap<u64, u64>,
+    page_size: u64,
+    kernel_release: String,
+    opts: RestoreOptions,
+    pages_bytes: u64,
+}
+
+fn load_round(dir: &Path) -> Result<(wire::Inventory, wire::Layout)> {
+    let inv: wire::Inventory =
+        wire::read_record(&dir.join(wire::INVENTORY_FILE), wire::RecordKind::Inventory)?;
+    if !inv.pre_dump {
+        return Err(RestoreError::BadImage {
+            dir: dir.to_path_buf(),
+            what: "a standby round must be a pre-dump image".into(),
+        });
+    }
+    let layout: wire::Layout =
+        wire::read_record(&dir.join(wire::LAYOUT_FILE), wire::RecordKind::Layout)?;
+    check_layout(dir, &layout.vmas, inv.page_size)?;
+    Ok((inv, layout))
+}
+
+/// Mappings sorted, page-aligned, non-overlapping, in user space.
+fn check_layout(dir: &Path, vmas: &[wire::Vma], page: u64) -> Result<()> {
+    let bad = |what: String| RestoreError::BadImage {
+        dir: dir.to_path_buf(),
+        what,
+    };
+    if page == 0 || !page.is_power_of_two() {
+        return Err(bad(format!("page size {page}")));
+    }
+    let mut prev_end = 0;
+    for v in vmas {
+        let user = v.end <= 0x7fff_ffff_f000 || v.kind == wire::VmaKind::Vsyscall;
+        if v.start >= v.end
+            || v.start % page != 0
+            || v.end % page != 0
+            || v.start < prev_end
+            || !user
+        {
+            return Err(bad(format!(
+                "mapping {:#x}-{:#x} is misaligned, empty, out of order or outside user space",
+                v.start, v.end
+            )));
+        }
+        prev_end = v.end;
+    }
+    Ok(())
+}
+
+/// Whether `a` (an old mapping) can stay as the backing of the part of `b`
+/// (a new one) it overlaps: same kind of memory, same file at the same
+/// offsets, same sharing.
+fn same_backing(a: &wire::Vma, b: &wire::Vma) -> bool {
+    if a.shared != b.shared || a.growsdown != b.growsdown {
+        return false;
+    }
+    match (&a.kind, &b.kind) {
+        (wire::VmaKind::Anon, wire::VmaKind::Anon) => true,
+        (
+            wire::VmaKind::File {
+                file: fa,
+                offset: oa,
+            },
+            wire::VmaKind::File {
+                file: fb,
+                offset: ob,
+            },
+        ) => fa == fb && oa.wrapping_sub(a.start) == ob.wrapping_sub(b.start),
+        _ => false,
+    }
+}
+
+fn is_special(v: &wire::Vma) -> bool {
+    matches!(
+        v.kind,
+        wire::VmaKind::Vdso
+            | wire::VmaKind::Vvar
+            | wire::VmaKind::VvarVclock
+            | wire::VmaKind::Vsyscall
+    )
+}
+
+/// The parts of `[start, end)` not covered by `cover`, which is sorted.
+fn uncovered(start: u64, end: u64, cover: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for &(s, e) in cover {
+        if e <= at || s >= end {
+            continue;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+impl Standby {
+    /// Start from the first round (`round0`, a pre-dump image): create the
+    /// puppet and build its address space.
+    pub fn start(round0: &Path, opts: &RestoreOptions) -> Result<Standby> {
+        let (inv, layout) = load_round(round0)?;
+        // Threads are only known at the end: the main pid decides.
+        let (mut puppet, namespace, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts)?;
+        shape::reset_inherited_state(&mut puppet)?;
+        shape::clear_address_space(&mut puppet)?;
+        shape::move_vdso(&mut puppet, &layout.vmas, &inv.kernel_release)?;
+        let scratch = shape::map_scratch(&mut puppet, &layout.vmas, &[])?;
+        let mut standby = Standby {
+            puppet,
+            namespace,
+            ns_pid: want,
+            image_pid: inv.pid,
+            scratch,
+            layout: Vec::new(),
+            pages: BTreeMap::new(),
+            page_size: inv.page_size,
+            kernel_release: inv.kernel_release.clone(),
+            opts: opts.clone(),
+            pages_bytes: 0,
+        };
+        let t = Instant::now();
+        let (mapped, unmapped) = standby.apply_layout(round0, &layout.vmas)?;
+        let (pages, _) = standby.absorb_pages(round0)?;
+        info!(
+            pid = standby.puppet.pid,
+            pages,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            mapped,
+            unmapped,
+            "standby started"
+        );
+        Ok(standby)
+    }
+
+    /// The puppet's pid on this machine.
+    pub fn pid(&self) -> i32 {
+        self.puppet.pid
+    }
+
+    /// Apply a later round (a pre-dump image).
+    pub fn apply_round(&mut self, dir: &Path) -> Result<RoundApplied> {
+        let t = Instant::now();
+        let (inv, layout) = load_round(dir)?;
+        self.check_same_program(dir, &inv)?;
+        let (mapped, unmapped) = self.apply_layout(dir, &layout.vmas)?;
+        let (pages, bytes) = self.absorb_pages(dir)?;
+        let applied = RoundApplied {
+            pages,
+            bytes,
+            mapped,
+            unmapped,
+            ms: t.elapsed().as_secs_f64() * 1e3,
+        };
+        debug!(?applied, dir = %dir.display(), "standby round applied");
+        Ok(applied)
+    }
+
+    fn check_same_program(&self, dir: &Path, inv: &wire::Inventory) -> Result<()> {
+        if inv.pid != self.image_pid || inv.page_size != self.page_size {
+            return Err(RestoreError::BadImage {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "is of process {} (page size {}), the standby holds process {} (page size {})",
+                    inv.pid, inv.page_size, self.image_pid, self.page_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reshape the puppet from `self.layout` to `vmas`: ranges whose
+    /// backing changed or vanished are unmapped (forgetting their pages),
+    /// new ones mapped, and protections adjusted; everything else keeps
+    /// its pages. Returns (mappings made, ranges unmapped).
+    fn apply_layout(&mut self, dir: &Path, vmas: &[wire::Vma]) -> Result<(u32, u32)> {
+        let (old_special, new_special): (Vec<_>, Vec<_>) = (
+            self.layout
+                .iter()
+                .filter(|v| is_special(v))
+                .map(|v| (v.start, v.end))
+                .collect(),
+            vmas.iter()
+                .filter(|v| is_special(v))
+                .map(|v| (v.start, v.end))
+                .collect(),
+        );
+        if !self.layout.is_empty() && old_special != new_special {
+            return Err(RestoreError::Unsupported(format!(
+                "{}: the program moved its vdso/vvar between rounds",
+                dir.display()
+            )));
+        }
+        let old: Vec<wire::Vma> = self
+            .layout
+            .iter()
+            .filter(|v| !is_special(v))
+            .cloned()
+            .collect();
+        let new: Vec<&wire::Vma> = vmas.iter().filter(|v| !is_special(v)).collect();
+        let keep_cover = |o: &wire::Vma| -> Vec<(u64, u64)> {
+            new.iter()
+                .filter(|n| n.start < o.end && o.start < n.end && same_backing(o, n))
+                .map(|n| (n.start.max(o.start), n.end.min(o.end)))
+                .collect()
+        };
+        // 1. Unmap what no new mapping keeps.
+        let mut unmapped = 0u32;
+        for o in &old {
+            for (s, e) in uncovered(o.start, o.end, &keep_cover(o)) {
+                shape::sys(&mut self.puppet, libc::SYS_munmap, &[s, e - s], || {
+                    format!("unmap {s:#x}-{e:#x} (gone since the last round)")
+                })?;
+                self.pages.retain(|&a, _| a < s || a >= e);
+                unmapped += 1;
+            }
+        }
+        // 2. Move the scratch area out of the way of the new map.
+        let scratch = (self.scratch, self.scratch + SCRATCH_LEN);
+        if vmas
+            .iter()
+            .any(|v| v.start < scratch.1 && scratch.0 < v.end)
+        {
+            let at = shape::map_scratch(&mut self.puppet, vmas, &[scratch])?;
+            shape::sys(
+                &mut self.puppet,
+                libc::SYS_munmap,
+                &[scratch.0, SCRATCH_LEN],
+                || "unmap the old scratch area".into(),
+            )?;
+            self.scratch = at;
+        }
+        // 3. Map what is new, with the parts kept from old mappings left alone.
+        let mut mapped = 0u32;
+        for n in &new {
+            let kept: Vec<(u64, u64)> = {
+                let mut k: Vec<(u64, u64)> = old
+                    .iter()
+                    .filter(|o| o.start < n.end && n.start < o.end && same_backing(o, n))
+                    .map(|o| (o.start.max(n.start), o.end.min(n.end)))
+                    .collect();
+                k.sort_unstable();
+                k
+            };
+            let mut parts: Vec<wire::Vma> = Vec::new();
+            for (s, e) in uncovered(n.start, n.end, &kept) {
+                let mut part = (*n).clone();
+                part.start = s;
+                part.end = e;
+                if let wire::VmaKind::File { offset, .. } = &mut part.kind {
+                    *offset += s - n.start;
+                }
+                parts.push(part);
+            }
+            if !parts.is_empty() {
+                mapped += parts.len() as u32;
+                shape::map_vmas(&mut self.puppet, self.scratch, &parts)?;
+            }
+            // Kept parts whose protection changed.
+            for o in old.iter().filter(|o| {
+                o.start < n.end && n.start < o.end && same_backing(o, n) && o.prot != n.prot
+            }) {
+                let (s, e) = (o.start.max(n.start), o.end.min(n.end));
+                shape::sys(
+                    &mut self.puppet,
+                    libc::SYS_mprotect,
+                    &[s, e - s, n.prot as u64],
+                    || format!("mprotect {s:#x}-{e:#x}"),
+                )?;
+            }
+        }
+        self.layout = vmas.to_vec();
+        Ok((mapped, unmapped))
+    }
+
+    /// Write a round's pages into the puppet, remembering their hashes.
+    fn absorb_pages(&mut self, dir: &Path) -> Result<(u64, u64)> {
+        let path = dir.join(wire::PAGES_FILE);
+        let pid = self.puppet.pid;
+        let page = self.page_size as usize;
+        let private: Vec<(u64, u64)> = self
+            .layout
+            .iter()
+            .filter(|v| shape::holds_private_pages(v))
+            .map(|v| (v.start, v.end))
+            .collect();
+        let hashes = &mut self.pages;
+        let (mut pages, mut bytes) = (0u64, 0u64);
+        shape::stream_pages(pid, &path, |addr, buf| {
+            let end = addr.saturating_add(buf.len() as u64);
+            if addr % page as u64 != 0
+                || buf.len() % page != 0
+                || !private.iter().any(|&(s, e)| s <= addr && end <= e)
+            {
+                return Err(RestoreError::BadImage {
+                    dir: dir.to_path_buf(),
+                    what: format!(
+                        "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
+                        path.display()
+                    ),
+                });
+            }
+            mem::write_fully(pid, addr, buf).step(pid, || format!("write pages at {addr:#x}"))?;
+            for (k, p) in buf.chunks(page).enumerate() {
+                hashes.insert(addr + (k * page) as u64, xxhash_rust::xxh3::xxh3_64(p));
+            }
+            pages += (buf.len() / page) as u64;
+            bytes += buf.len() as u64;
+            Ok(())
+        })?;
+        self.pages_bytes += bytes;
+        Ok((pages, bytes))
+    }
+
+    /// Drop pages the program no longer has (they read as zeros, or as the
+    /// file's bytes in a private file mapping), then check every page
+    /// against the final table.
+    fn reconcile(&mut self, dir: &Path, table: &[(u64, u64)]) -> Result<u64> {
+        // Both sorted by address: one merge walk finds what the program no
+        // longer has and what differs.
+        let mut stale: Vec<u64> = Vec::new();
+        let mut wrong = 0usize;
+        let mut first_wrong = None;
+        // A zero page of anonymous memory is in the table but never sent
+        // unless it had other bytes before: never written here, it is zero.
+        let zero_hash = xxhash_rust::xxh3::xxh3_64(&vec![0u8; self.page_size as usize]);
+        let anon: Vec<(u64, u64)> = self
+            .layout
+            .iter()
+            .filter(|v| v.kind == wire::VmaKind::Anon)
+            .map(|v| (v.start, v.end))
+            .collect();
+        let mut have = self.pages.iter().peekable();
+        for &(a, h) in table {
+            while let Some((&x, _)) = have.next_if(|(&x, _)| x < a) {
+                stale.push(x);
+            }
+            match have.next_if(|(&x, _)| x == a) {
+                Some((_, &mine)) if mine == h => {}
+                None if h == zero_hash && anon.iter().any(|&(s, e)| s <= a && a < e) => {}
+                _ => {
+                    wrong += 1;
+                    first_wrong.get_or_insert(a);
+                }
+            }
+        }
+        stale.extend(have.map(|(&x, _)| x));
+        if let Some(a) = first_wrong {
+            return Err(RestoreError::BadImage {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "the standby differs from the final page table on {wrong} page(s), the first at {a:#x}: a round is missing"
+                ),
+            });
+        }
+        let page = self.page_size;
+        let zeros = vec![0u8; page as usize];
+        let pid = self.puppet.pid;
+        let mut dropped = 0u64;
+        for a in &stale {
+            let Some(v) = self.layout.iter().find(|v| v.start <= *a && *a < v.end) else {
+                continue;
+            };
+            if v.shared {
+                // Shared anonymous memory: madvise would not clear the
+                // object, so write the zeros.
+                mem::write_fully(pid, *a, &zeros).step(pid, || format!("zero page {a:#x}"))?;
+            } else {
+                shape::sys(
+                    &mut self.puppet,
+                    libc::SYS_madvise,
+                    &[*a, page, libc::MADV_DONTNEED as u64],
+                    || format!("drop page {a:#x}"),
+                )?;
+            }
+            self.pages.remove(a);
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
+    /// Apply the final image (`dir`, a complete dump whose pages are the
+    /// delta since the last round) and restore everything else; the
+    /// program is then complete and stopped.
+    pub fn finish(mut self, dir: &Path) -> Result<Prepared> {
+        let t0 = Instant::now();
+        let image = Image::load(dir)?;
+        self.check_same_program(dir, &image.inventory)?;
+        check_layout(dir, &image.mm.vmas, image.inventory.page_size)?;
+        crate::check_outside_world(&image)?;
+        let table = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
+        for t in image.core.threads.iter().skip(1) {
+            // In our own namespace a thread id may be taken by now.
+            if self.namespace.is_none()
+                && !self.opts.new_pid
+                && Path::new(&format!("/proc/{}", t.tid)).exists()
+            {
+                return Err(RestoreError::PidBusy {
+                    pid: t.tid,
+                    waited_ms: 0,
+                });
+            }
+        }
+        self.apply_layout(dir, &image.mm.vmas)?;
+        let (pages, _) = self.absorb_pages(dir)?;
+        let dropped = self.reconcile(dir, &table)?;
+        debug!(
+            pages,
+            dropped,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "standby memory final"
+        );
+        let no_ancestors: [PathBuf; 0] = [];
+        let mut b = Builder {
+            image: &image,
+            ancestors: &no_ancestors,
+            final_pages: &table,
+            pid: self.puppet.pid,
+            puppet: &mut self.puppet,
+            scratch: self.scratch,
+            pages_bytes: self.pages_bytes,
+            extra: Vec::new(),
+            cur: 0,
+            keep_ids: !self.opts.new_pid,
+        };
+        b.build_rest()?;
+        let (threads, pending, pages_bytes) = b.into_parts();
+        info!(
+            pid = self.puppet.pid,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "standby complete, stopped"
+        );
+        let ns_pid = self.ns_pid.unwrap_or(self.puppet.pid);
+        Ok(Prepared {
+            puppet: self.puppet,
+            namespace: self.namespace,
+            threads,
+            pending,
+            ns_pid,
+            pages_bytes,
+            t0,
+        })
+    }
+
+    /// The kernel this standby's images were made on.
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uncovered;
+
+    #[test]
+    fn uncovered_ranges() {
+        assert_eq!(uncovered(0, 100, &[]), vec![(0, 100)]);
+        assert_eq!(uncovered(0, 100, &[(0, 100)]), vec![]);
+        assert_eq!(
+            uncovered(0, 100, &[(10, 20), (30, 40)]),
+            vec![(0, 10), (20, 30), (40, 100)]
+        );
+        assert_eq!(uncovered(10, 20, &[(0, 15)]), vec![(15, 20)]);
+        assert_eq!(uncovered(10, 20, &[(15, 30)]), vec![(10, 15)]);
+    }
+}
