@@ -3,6 +3,7 @@
 
 mod demo;
 mod inspect;
+mod migrate;
 mod track;
 
 use anyhow::{Context, Result};
@@ -22,6 +23,45 @@ struct Cli {
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How pre-copy rounds run and stop (`dump --pre-copy`, `migrate`).
+#[derive(clap::Args, Clone)]
+struct RoundArgs {
+    /// Dirty-page tracker: auto, uffd-wp, soft-dirty, hash.
+    #[arg(long, default_value = "auto")]
+    tracker: tern_engine::track::TrackerKind,
+    /// Stop policy: paper (two equal round hashes), adaptive (predicted
+    /// downtime fits --target-downtime-ms, or rounds stop shrinking) or
+    /// rounds:N.
+    #[arg(long, default_value = "adaptive")]
+    policy: tern_engine::policy::PolicySpec,
+    #[arg(long, default_value_t = 30)]
+    max_rounds: u32,
+    #[arg(long, default_value_t = 10.0)]
+    target_downtime_ms: f64,
+    /// Longest pre-copy phase before the final stop, in ms.
+    #[arg(long, default_value_t = 30_000.0)]
+    time_limit_ms: f64,
+}
+
+impl RoundArgs {
+    fn precopy_options(
+        &self,
+        dump: tern_engine::DumpOptions,
+    ) -> tern_engine::precopy::PrecopyOptions {
+        tern_engine::precopy::PrecopyOptions {
+            tracker: self.tracker,
+            policy: self.policy,
+            limits: tern_engine::policy::Limits {
+                max_rounds: self.max_rounds,
+                time_limit_ms: self.time_limit_ms,
+                target_downtime_ms: self.target_downtime_ms,
+                link_bytes_per_ms: None,
+            },
+            dump,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -52,21 +92,8 @@ enum Cmd {
         /// --images; restore applies the chain).
         #[arg(long, conflicts_with = "parent")]
         pre_copy: bool,
-        /// Dirty-page tracker for --pre-copy: auto, uffd-wp, soft-dirty, hash.
-        #[arg(long, default_value = "auto")]
-        tracker: tern_engine::track::TrackerKind,
-        /// Stop policy for --pre-copy: paper (two equal round hashes),
-        /// adaptive (predicted downtime fits --target-downtime-ms, or rounds
-        /// stop shrinking) or rounds:N.
-        #[arg(long, default_value = "adaptive")]
-        policy: tern_engine::policy::PolicySpec,
-        #[arg(long, default_value_t = 30)]
-        max_rounds: u32,
-        #[arg(long, default_value_t = 10.0)]
-        target_downtime_ms: f64,
-        /// Longest pre-copy phase before the final stop, in ms.
-        #[arg(long, default_value_t = 30_000.0)]
-        time_limit_ms: f64,
+        #[command(flatten)]
+        rounds: RoundArgs,
     },
     /// Save the memory of a running process (only pages changed since
     /// --parent, if given) and leave it running; the final `dump --parent`
@@ -150,9 +177,81 @@ enum Cmd {
         #[arg(long)]
         csv: Option<PathBuf>,
     },
+    /// Make a credential (a pre-shared key) for `serve` and `migrate`; copy
+    /// it to both machines, readable by root only.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The destination daemon: receive migrating programs and run them here.
+    Serve {
+        /// Address to listen on, e.g. 10.0.0.2:7878 (only this address).
+        #[arg(long)]
+        listen: String,
+        /// Credential file from `tern keygen` (must not be readable by others).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where incoming rounds are staged: default /dev/shm when present.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Migrations received at once; more are refused.
+        #[arg(long, default_value_t = 8)]
+        max_sessions: usize,
+        /// How long a peer may stay silent, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        /// Exit after the first migration ends.
+        #[arg(long)]
+        once: bool,
+        /// Restore into a fresh PID namespace: auto (when the program's ids
+        /// are taken here), always, or never.
+        #[arg(long, default_value = "auto")]
+        pid_ns: tern_restorer::PidNsMode,
+        /// Write "HOST:PORT" here once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// Fault injection for tests (exit-on-final).
+        #[arg(long, hide = true)]
+        test_fault: Option<String>,
+    },
+    /// Live-migrate a running process to a `tern serve`.
+    Migrate {
+        #[arg(long, short = 't')]
+        pid: i32,
+        /// The destination's `tern serve` address, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// live (pre-copy rounds, then the last delta) or simple (stop,
+        /// copy everything, restore).
+        #[arg(long, default_value = "live")]
+        mode: MigrateMode,
+        #[command(flatten)]
+        rounds: RoundArgs,
+        /// Page compression: a zstd level, or 0/auto for none (the fastest
+        /// on links faster than zstd, about 3 Gbit/s per core).
+        #[arg(long, default_value = "auto", allow_negative_numbers = true)]
+        compress: String,
+        /// Where rounds are staged before sending: default /dev/shm.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// How long to wait for each answer of the destination, in ms.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+        /// Write the migration report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// The demo's sample program (internal).
     #[command(hide = true)]
     DemoWorkload { out: PathBuf },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum MigrateMode {
+    Live,
+    Simple,
 }
 
 fn main() {
@@ -178,11 +277,7 @@ fn run(cmd: Cmd) -> Result<()> {
             compress,
             parent,
             pre_copy,
-            tracker,
-            policy,
-            max_rounds,
-            target_downtime_ms,
-            time_limit_ms,
+            rounds,
         } => {
             let opts = tern_engine::DumpOptions {
                 leave_running,
@@ -190,17 +285,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 parent,
             };
             if pre_copy {
-                let popts = tern_engine::precopy::PrecopyOptions {
-                    tracker,
-                    policy,
-                    limits: tern_engine::policy::Limits {
-                        max_rounds,
-                        time_limit_ms,
-                        target_downtime_ms,
-                        link_bytes_per_ms: None,
-                    },
-                    dump: opts,
-                };
+                let popts = rounds.precopy_options(opts);
                 let r = tern_engine::precopy::precopy_dump(pid, &images, &popts).with_context(
                     || format!("pre-copy dump of process {pid} failed; it was left running"),
                 )?;
@@ -310,6 +395,65 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Inspect { images, json } => inspect::run(&images, json),
+        Cmd::Keygen { out } => migrate::keygen(&out),
+        Cmd::Serve {
+            listen,
+            key,
+            work_dir,
+            max_sessions,
+            timeout_ms,
+            once,
+            pid_ns,
+            ready_file,
+            test_fault,
+        } => migrate::serve(migrate::ServeArgs {
+            listen,
+            key,
+            work_dir,
+            max_sessions,
+            timeout: Duration::from_millis(timeout_ms),
+            once,
+            pid_ns,
+            ready_file,
+            test_fault,
+        }),
+        Cmd::Migrate {
+            pid,
+            to,
+            key,
+            mode,
+            rounds,
+            compress,
+            work_dir,
+            timeout_ms,
+            report,
+        } => {
+            let level = match compress.as_str() {
+                "auto" | "0" => None,
+                n => Some(
+                    n.parse::<i32>()
+                        .with_context(|| format!("--compress {n}: not a zstd level"))?,
+                ),
+            };
+            let opts = tern_engine::DumpOptions {
+                leave_running: false,
+                zstd_level: level,
+                parent: None,
+            };
+            migrate::migrate(migrate::MigrateArgs {
+                pid,
+                to,
+                key,
+                mode: match mode {
+                    MigrateMode::Live => tern_engine::migrate::Mode::Live,
+                    MigrateMode::Simple => tern_engine::migrate::Mode::Simple,
+                },
+                precopy: rounds.precopy_options(opts),
+                work_dir,
+                timeout: Duration::from_millis(timeout_ms),
+                report,
+            })
+        }
         Cmd::Check { json } => check(json),
         Cmd::Demo { dir } => demo::run(dir),
         Cmd::DemoWorkload { out } => demo::workload(&out),

@@ -171,6 +171,27 @@ pub(crate) fn dump_seized(
     parent: &[(u64, u64)],
     dirty: Option<&DirtySet>,
 ) -> Result<DumpStats> {
+    let mut stats = dump_frozen(&mut seized, t0, dir, opts, parent, dirty)?;
+    if opts.leave_running {
+        seized.release()?;
+    } else {
+        seized.kill()?;
+    }
+    stats.frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
+    info!(pid = seized.pid, ?stats, "dump complete");
+    Ok(stats)
+}
+
+/// The image of a stopped program; it stays stopped (the caller releases
+/// or kills it). On error the caller still holds it, intact.
+pub(crate) fn dump_frozen(
+    seized: &mut Seized,
+    t0: Instant,
+    dir: &Path,
+    opts: &DumpOptions,
+    parent: &[(u64, u64)],
+    dirty: Option<&DirtySet>,
+) -> Result<DumpStats> {
     let pid = seized.pid;
     let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into())?;
     let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
@@ -184,9 +205,20 @@ pub(crate) fn dump_seized(
         .ok_or_else(|| unsupported(pid, "no syscall instruction found in its vdso"))?;
     seized.set_gadget(gadget);
 
-    let core = capture_core(&mut seized, pid)?;
-    let mm = capture_mm(pid, &maps, &mut seized)?;
+    let t_core = Instant::now();
+    let core = capture_core(seized, pid)?;
+    let core_ms = t_core.elapsed().as_secs_f64() * 1e3;
+    let mm = capture_mm(pid, &maps, seized)?;
+    let mm_ms = t_core.elapsed().as_secs_f64() * 1e3;
     let files = capture_files(pid, dir)?;
+    debug!(
+        pid,
+        core_ms,
+        mm_ms,
+        files_ms = t_core.elapsed().as_secs_f64() * 1e3,
+        since_freeze_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "state captured"
+    );
 
     let t_mem = Instant::now();
     let codec = codec_for(opts.zstd_level);
@@ -203,12 +235,13 @@ pub(crate) fn dump_seized(
         .map(|t| t.comm.clone())
         .unwrap_or_default();
     write_inventory(dir, pid, comm, &capture, opts.parent.as_deref(), false)?;
+    debug!(
+        pid,
+        memory_ms,
+        since_freeze_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "image written"
+    );
 
-    if opts.leave_running {
-        seized.release()?;
-    } else {
-        seized.kill()?;
-    }
     let stats = DumpStats {
         pages_bytes: page_stats.raw_bytes,
         stored_bytes: page_stats.stored_bytes,
@@ -220,7 +253,6 @@ pub(crate) fn dump_seized(
         pages_seen: capture.hashes.len() as u64,
         round_hash: capture.round_hash,
     };
-    info!(pid, ?stats, "dump complete");
     Ok(stats)
 }
 
@@ -415,9 +447,28 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     )?;
     seized.scratch = Some((scratch, page));
 
+    // Only signals with a handler or ignored (/proc/PID/status SigCgt,
+    // SigIgn), and SIGCHLD (whose SA_NOCLD* flags act even at SIG_DFL),
+    // can differ from the all-zero default: ask the kernel about those
+    // only (each injected syscall costs tens of microseconds, frozen).
+    let status_text =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).ctx(pid, || "read status".into())?;
+    let mask_of = |name: &str| {
+        status_text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let (Some(caught), Some(ignored)) = (mask_of("SigCgt:"), mask_of("SigIgn:")) else {
+        return Err(unsupported(pid, "/proc/PID/status lacks SigCgt/SigIgn"));
+    };
+    let interesting = caught | ignored | (1u64 << (libc::SIGCHLD - 1));
     let mut sigactions = Vec::with_capacity(64);
     for sig in 1..=64u64 {
-        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+        if sig == libc::SIGKILL as u64
+            || sig == libc::SIGSTOP as u64
+            || interesting & (1u64 << (sig - 1)) == 0
+        {
             sigactions.push(wire::SigAction::default());
             continue;
         }
@@ -962,8 +1013,10 @@ fn capture_pages(
 ) -> Result<PageCapture> {
     let page = page_size();
     let pg = page as usize;
+    let t_setup = Instant::now();
     let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
     let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, pg)?;
+    let setup_ms = t_setup.elapsed().as_secs_f64() * 1e3;
     let batch_pages = BATCH_BYTES / pg;
     let parent_hash = |addr: u64| {
         parent
@@ -1021,7 +1074,7 @@ fn capture_pages(
                 let len = (j - i) * pg;
                 i = j;
                 // A stopped pipeline has an error that finish() reports.
-                let Some(mut buf) = out.buffer() else {
+                let Some(mut buf) = out.buffer(len) else {
                     return Ok(());
                 };
                 let tr = Instant::now();
@@ -1080,7 +1133,7 @@ fn capture_pages(
                 };
                 let end = (addr + (piece.len() * pg) as u64).min(m.end);
                 let len = (end - addr) as usize;
-                let Some(mut buf) = out.buffer() else {
+                let Some(mut buf) = out.buffer(len) else {
                     return Ok(());
                 };
                 if m.is_file() && !m.name.starts_with("/dev/zero") {
@@ -1111,8 +1164,10 @@ fn capture_pages(
     let tf = Instant::now();
     let stats = out.finish();
     debug!(
-        read_ms = read_ns / 1_000_000,
-        drain_ms = tf.elapsed().as_millis(),
+        setup_ms,
+        walk_ms = tf.duration_since(t_setup).as_secs_f64() * 1e3,
+        read_ms = read_ns as f64 / 1e6,
+        drain_ms = tf.elapsed().as_secs_f64() * 1e3,
         "page capture timing"
     );
     read_result?;

@@ -25,6 +25,15 @@ pub enum EngineError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("network: {0}")]
+    Net(#[from] tern_wire::net::NetError),
+    /// A migration failed; the program still runs on this machine.
+    #[error("migration of process {pid} failed, it keeps running here: {what}")]
+    Migration { pid: i32, what: String },
+    /// The outcome of a migration is not known (the link failed after the
+    /// destination was told to resume): the program is left stopped here.
+    #[error("process {pid}: {what}")]
+    CommitUnknown { pid: i32, what: String },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -92,8 +92,10 @@ impl PageWriter {
         let buffers = threads * 2 + 2;
         let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(buffers);
         for _ in 0..buffers {
-            // Cannot fail: the channel has room for every buffer.
-            let _ = free_tx.send(vec![0u8; BATCH_BYTES]);
+            // Cannot fail: the channel has room for every buffer. They grow
+            // on first use (`buffer(len)`): a small final delta must not
+            // pay for zeroing the whole pool.
+            let _ = free_tx.send(Vec::new());
         }
         let (work_tx, work_rx) = mpsc::sync_channel::<Batch>(buffers);
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -151,10 +153,15 @@ impl PageWriter {
         })
     }
 
-    /// A buffer of [`BATCH_BYTES`] to read pages into; `None` if the
-    /// pipeline stopped (call [`finish`](Self::finish) for the error).
-    pub fn buffer(&mut self) -> Option<Vec<u8>> {
-        self.free_rx.recv().ok()
+    /// A buffer of at least `len` (at most [`BATCH_BYTES`]) bytes to read
+    /// pages into; `None` if the pipeline stopped (call
+    /// [`finish`](Self::finish) for the error).
+    pub fn buffer(&mut self, len: usize) -> Option<Vec<u8>> {
+        let mut buf = self.free_rx.recv().ok()?;
+        if buf.len() < len {
+            buf.resize(len.min(BATCH_BYTES), 0);
+        }
+        Some(buf)
     }
 
     /// Queue the pages of `buf[..len]` (starting at `addr`) that `filter`

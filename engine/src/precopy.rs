@@ -12,7 +12,7 @@ use crate::seize::Seized;
 use crate::track::{self, TrackerKind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
 #[derive(Debug, Clone)]
 pub struct PrecopyOptions {
@@ -52,40 +52,110 @@ pub struct PrecopyReport {
 /// final dump completes, the program keeps running and nothing of tern stays
 /// in it (the tracker is torn down on drop).
 pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<PrecopyReport> {
-    dump::preflight(pid)?;
-    dump::prepare_dir(dir)?;
-    let level = opts.dump.zstd_level;
-    let mut tracker = track::open_tracker(pid, opts.tracker)?;
-    let mut stop_policy = policy::build(&opts.policy, &opts.limits);
-    let start = Instant::now();
+    let mut pc = Precopy::start(pid, dir, opts)?;
+    while pc.next_round()?.is_some() {}
+    let frozen = pc.freeze()?;
+    if opts.dump.leave_running {
+        frozen.thaw()
+    } else {
+        frozen.kill()
+    }
+}
 
-    let mut rounds: Vec<RoundReport> = Vec::new();
-    let mut infos: Vec<RoundInfo> = Vec::new();
-    let mut table: Vec<(u64, u64)> = Vec::new();
-    let mut round_start = start;
-    let stop_reason = loop {
-        let k = rounds.len() as u32;
+/// A pre-copy in progress, driven round by round (by `precopy_dump`, or by
+/// a migration that ships each round as soon as it is written).
+pub struct Precopy {
+    pid: i32,
+    dir: PathBuf,
+    opts: PrecopyOptions,
+    tracker: Box<dyn track::DirtyTracker>,
+    stop_policy: Box<dyn policy::StopPolicy>,
+    start: Instant,
+    round_start: Instant,
+    rounds: Vec<RoundReport>,
+    infos: Vec<RoundInfo>,
+    table: Vec<(u64, u64)>,
+    stop_reason: Option<String>,
+    /// The policy's reason when rounds were forced after it said stop.
+    stop_reason_before_forced: Option<String>,
+}
+
+impl Precopy {
+    /// Check the program can be dumped and start tracking its writes.
+    pub fn start(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Precopy> {
+        dump::preflight(pid)?;
+        dump::prepare_dir(dir)?;
+        let tracker = track::open_tracker(pid, opts.tracker)?;
+        let stop_policy = policy::build(&opts.policy, &opts.limits);
+        let now = Instant::now();
+        Ok(Precopy {
+            pid,
+            dir: dir.to_path_buf(),
+            opts: opts.clone(),
+            tracker,
+            stop_policy,
+            start: now,
+            round_start: now,
+            rounds: Vec::new(),
+            infos: Vec::new(),
+            table: Vec::new(),
+            stop_reason: None,
+            stop_reason_before_forced: None,
+        })
+    }
+
+    /// Run the next round unless the stop policy says the rest is small
+    /// enough (then `None`). Round 0 always runs.
+    pub fn next_round(&mut self) -> Result<Option<RoundReport>> {
+        let k = self.rounds.len() as u32;
+        if self.stop_reason.is_some() {
+            return Ok(None);
+        }
         if k > 0 {
-            if let Decision::Stop(reason) =
-                stop_policy.decide(&infos, start.elapsed().as_secs_f64() * 1e3)
+            if let Decision::Stop(reason) = self
+                .stop_policy
+                .decide(&self.infos, self.start.elapsed().as_secs_f64() * 1e3)
             {
-                break reason.to_string();
+                self.stop_reason = Some(reason.to_string());
+                return Ok(None);
             }
         }
+        self.run_round().map(Some)
+    }
+
+    /// Run one more round whatever the policy says (e.g. after waiting for
+    /// earlier rounds to reach the destination, which let writes pile up).
+    pub fn force_round(&mut self) -> Result<RoundReport> {
+        if let Some(reason) = self.stop_reason.take() {
+            debug!(reason, "one more round after the policy's stop");
+            self.stop_reason_before_forced = Some(reason);
+        }
+        let r = self.run_round()?;
+        Ok(r)
+    }
+
+    fn run_round(&mut self) -> Result<RoundReport> {
+        let k = self.rounds.len() as u32;
         let t = Instant::now();
-        let interval_ms = t.duration_since(round_start).as_secs_f64() * 1e3;
-        round_start = t;
+        let interval_ms = t.duration_since(self.round_start).as_secs_f64() * 1e3;
+        self.round_start = t;
         // Round 0 needs no dirty set: everything is copied.
         let set = if k == 0 {
             None
         } else {
-            Some(tracker.collect()?)
+            Some(self.tracker.collect()?)
         };
-        let rdir = dir.join(format!("round-{k}"));
+        let rdir = self.dir.join(format!("round-{k}"));
         let parent = (k > 0).then(|| PathBuf::from(format!("../round-{}", k - 1)));
-        let (stats, next) =
-            dump::pre_dump_round(pid, &rdir, parent.as_deref(), &table, set.as_ref(), level)?;
-        table = next;
+        let (stats, next) = dump::pre_dump_round(
+            self.pid,
+            &rdir,
+            parent.as_deref(),
+            &self.table,
+            set.as_ref(),
+            self.opts.dump.zstd_level,
+        )?;
+        self.table = next;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let dirty_pages = set.as_ref().map_or(stats.pages_seen, |s| s.total_pages());
         info!(
@@ -95,7 +165,7 @@ pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Preco
             ms,
             "pre-copy round"
         );
-        infos.push(RoundInfo {
+        self.infos.push(RoundInfo {
             round: k,
             dirty_pages: stats.pages_stored,
             dirty_bytes: stats.pages_bytes,
@@ -103,7 +173,7 @@ pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Preco
             copy_ms: ms,
             interval_ms: if k == 0 { ms } else { interval_ms },
         });
-        rounds.push(RoundReport {
+        self.rounds.push(RoundReport {
             round: k,
             dir: rdir,
             dirty_pages,
@@ -112,23 +182,129 @@ pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Preco
             hash: stats.round_hash,
             ms,
         });
-    };
+        Ok(self.rounds[self.rounds.len() - 1].clone())
+    }
 
-    // Final phase: stop, take what was written since the last round while
-    // the program cannot write more, remove the tracker, dump the rest.
+    /// Stop the program, take what was written since the last round while
+    /// it cannot write more, remove the tracker and write the final image
+    /// into the top directory. The program stays stopped: the caller kills
+    /// or thaws it. On error it is released, running and untouched.
+    pub fn freeze(mut self) -> Result<Frozen> {
+        let t0 = Instant::now();
+        let mut seized = Seized::attach(self.pid)?;
+        let seize_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let set = self.tracker.collect()?;
+        let collect_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.tracker.finish()?;
+        debug!(
+            seize_ms,
+            collect_ms,
+            finish_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "frozen: tracker done"
+        );
+        let mut final_opts = self.opts.dump.clone();
+        final_opts.parent = self
+            .rounds
+            .last()
+            .map(|r| PathBuf::from(format!("round-{}", r.round)));
+        let final_stats = dump::dump_frozen(
+            &mut seized,
+            t0,
+            &self.dir,
+            &final_opts,
+            &self.table,
+            Some(&set),
+        )?;
+        let stop_reason = match (self.stop_reason, self.stop_reason_before_forced) {
+            (Some(r), _) => r,
+            (None, Some(r)) => {
+                format!("{r} (then rounds in flight were awaited and one more round taken)")
+            }
+            (None, None) => "no round was run".to_string(),
+        };
+        Ok(Frozen {
+            seized,
+            t0,
+            report: PrecopyReport {
+                tracker: self.tracker.name(),
+                policy: self.stop_policy.name(),
+                rounds: self.rounds,
+                stop_reason,
+                final_stats,
+                final_dirty_pages: set.total_pages(),
+            },
+        })
+    }
+
+    pub fn rounds(&self) -> &[RoundReport] {
+        &self.rounds
+    }
+}
+
+/// A program stopped for good by a pre-copy, its final image written: it
+/// must be killed (the copy elsewhere runs) or thawed (it carries on).
+/// Dropping it thaws it.
+pub struct Frozen {
+    seized: Seized,
+    t0: Instant,
+    pub report: PrecopyReport,
+}
+
+impl Frozen {
+    pub fn pid(&self) -> i32 {
+        self.seized.pid
+    }
+
+    /// When the program was stopped.
+    pub fn frozen_at(&self) -> Instant {
+        self.t0
+    }
+
+    /// How long the program has been stopped.
+    pub fn stopped_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Let the program carry on as if nothing happened.
+    pub fn thaw(mut self) -> Result<PrecopyReport> {
+        self.seized.release()?;
+        self.report.final_stats.frozen_ms = self.stopped_ms();
+        Ok(self.report)
+    }
+
+    /// Let go of the program but keep it stopped (SIGSTOP): for when it is
+    /// not known whether its copy elsewhere runs.
+    pub fn leave_stopped(mut self) -> Result<PrecopyReport> {
+        self.seized.release_stopped()?;
+        Ok(self.report)
+    }
+
+    /// End the program (its image lives on elsewhere).
+    pub fn kill(mut self) -> Result<PrecopyReport> {
+        self.seized.kill()?;
+        self.report.final_stats.frozen_ms = self.stopped_ms();
+        Ok(self.report)
+    }
+}
+
+/// Stop-and-copy: stop the program and write its whole image into `dir`
+/// (no rounds); the program stays stopped like after [`Precopy::freeze`].
+pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> {
+    dump::preflight(pid)?;
+    dump::prepare_dir(dir)?;
     let t0 = Instant::now();
-    let seized = Seized::attach(pid)?;
-    let set = tracker.collect()?;
-    tracker.finish()?;
-    let mut final_opts = opts.dump.clone();
-    final_opts.parent = Some(PathBuf::from(format!("round-{}", rounds.len() - 1)));
-    let final_stats = dump::dump_seized(seized, t0, dir, &final_opts, &table, Some(&set))?;
-    Ok(PrecopyReport {
-        tracker: tracker.name(),
-        policy: stop_policy.name(),
-        rounds,
-        stop_reason,
-        final_stats,
-        final_dirty_pages: set.total_pages(),
+    let mut seized = Seized::attach(pid)?;
+    let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None)?;
+    Ok(Frozen {
+        seized,
+        t0,
+        report: PrecopyReport {
+            tracker: "none",
+            policy: "simple (stop and copy)".into(),
+            rounds: Vec::new(),
+            stop_reason: "no pre-copy".into(),
+            final_dirty_pages: final_stats.pages_seen,
+            final_stats,
+        },
     })
 }

@@ -240,6 +240,15 @@ impl Seized {
         }
     }
 
+    /// Let go of the program but leave it stopped: a SIGSTOP queued while
+    /// it is still traced is taken before it runs a single instruction.
+    pub fn release_stopped(&mut self) -> Result<()> {
+        // SAFETY: plain syscall with integer arguments.
+        unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+        self.was_stopped = true;
+        self.release()
+    }
+
     pub fn kill(&mut self) -> Result<()> {
         let pid = self.pid;
         // SAFETY: plain syscall with integer arguments.

@@ -7,6 +7,7 @@
 
 pub mod pidns;
 pub mod puppet;
+pub mod serve;
 mod shape;
 pub mod standby;
 

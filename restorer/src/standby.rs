@@ -186,6 +186,11 @@ impl Standby {
         Ok(standby)
     }
 
+    /// Pages written into the puppet so far (and still mapped).
+    pub fn pages_held(&self) -> u64 {
+        self.pages.len() as u64
+    }
+
     /// The puppet's pid on this machine.
     pub fn pid(&self) -> i32 {
         self.puppet.pid

@@ -903,6 +903,18 @@ impl TernOutput {
 /// not make the test hang waiting for EOF). Kills tern and panics if it runs
 /// longer than [`TERN_TIMEOUT`].
 pub fn run_tern(dir: &TestDir, args: &[OsString], stdin: Stdio) -> TernOutput {
+    run_tern_in(dir, None, args, stdin)
+}
+
+/// [`run_tern`] inside network namespace `netns` if given (via `nsenter
+/// --net`, which changes only the network namespace: `ip netns exec` would
+/// also give it a mount namespace of its own, which tern refuses).
+pub fn run_tern_in(
+    dir: &TestDir,
+    netns: Option<&str>,
+    args: &[OsString],
+    stdin: Stdio,
+) -> TernOutput {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let sub = args
@@ -912,7 +924,15 @@ pub fn run_tern(dir: &TestDir, args: &[OsString], stdin: Stdio) -> TernOutput {
     let out_path = dir.join(format!("tern-{n}-{sub}.stdout"));
     let err_path = dir.join(format!("tern-{n}-{sub}.stderr"));
     let tern = tern_bin();
-    let child = Command::new(&tern)
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(&tern);
+            c
+        }
+        None => Command::new(&tern),
+    };
+    let child = command
         .args(args)
         .stdin(stdin)
         .stdout(File::create(&out_path).expect("create tern stdout file"))
@@ -1373,4 +1393,128 @@ pub fn python_session(test: &str, script: &str) -> Session {
     let mut s = Session::start(TestDir::new(test), cmd, Stdio::null());
     s.compare_maps = false;
     s
+}
+
+// ---------------------------------------------------------------------------
+// Network namespaces as "edge servers"
+
+/// A network namespace made for one test, deleted on drop. Processes
+/// started in it must be ended first (declare their guards after it).
+pub struct Netns {
+    pub name: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Result<Netns, String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "tern-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        ip(&a)
+    }
+
+    /// The namespace's inode, as /proc/PID/ns/net names it.
+    pub fn inode(&self) -> u64 {
+        fs::metadata(format!("/run/netns/{}", self.name))
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    }
+
+    /// A command run inside the namespace (network namespace only; see
+    /// [`run_tern_in`]).
+    pub fn cmd(&self, program: impl Into<PathBuf>) -> Cmd {
+        Cmd::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program.into())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// The network namespace inode of process `pid`.
+pub fn netns_of(pid: i32) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let s = link.to_str()?;
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Two "edge servers": namespaces joined by a veth pair, A at
+/// [`EDGE_A_ADDR`], B at [`EDGE_B_ADDR`].
+pub struct EdgePair {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+pub const EDGE_A_ADDR: &str = "10.77.0.1";
+pub const EDGE_B_ADDR: &str = "10.77.0.2";
+
+impl EdgePair {
+    pub fn new() -> Result<EdgePair, String> {
+        let a = Netns::new("a")?;
+        let b = Netns::new("b")?;
+        // veth names are limited to 15 bytes: made unique by pid and a counter.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let va = format!("tva{}x{n}", std::process::id() % 100_000);
+        let vb = format!("tvb{}x{n}", std::process::id() % 100_000);
+        ip(&[
+            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+            &b.name,
+        ])?;
+        a.ip(&["addr", "add", &format!("{EDGE_A_ADDR}/24"), "dev", &va])?;
+        b.ip(&["addr", "add", &format!("{EDGE_B_ADDR}/24"), "dev", &vb])?;
+        a.ip(&["link", "set", &va, "up"])?;
+        b.ip(&["link", "set", &vb, "up"])?;
+        Ok(EdgePair { a, b })
+    }
+
+    /// Take the link down (both ends), as if the cable were cut.
+    pub fn cut(&self) -> Result<(), String> {
+        for (ns, dev) in [(&self.a, "tva"), (&self.b, "tvb")] {
+            let out = Command::new("ip")
+                .args(["-n", &ns.name, "-o", "link", "show"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            for line in text.lines() {
+                let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
+                let name = name.split('@').next().unwrap_or("");
+                if name.starts_with(dev) {
+                    ns.ip(&["link", "set", name, "down"])?;
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,8 @@
  *
  * Each tick it verifies the next 2 MiB of the buffer (so the whole buffer is
  * checked every 32 ticks: a "pass"), rewrites 8 pages with content derived
- * from the tick number (recorded in stamp[]), prints "tick N pass P" to stdout
+ * from the tick number (recorded in stamp[]), prints "tick N pass P us T" to
+ * stdout (T: CLOCK_MONOTONIC in microseconds, a heartbeat to measure pauses)
  * and sleeps 10 ms. On any mismatch it prints a CORRUPT line and exits 3.
  */
 #define _GNU_SOURCE
@@ -93,7 +94,10 @@ int main(void)
 			fill_page(page, tick);
 			check_page(page, tick);
 		}
-		printf("tick %lu pass %lu\n", (unsigned long)tick, (unsigned long)pass);
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		printf("tick %lu pass %lu us %llu\n", (unsigned long)tick, (unsigned long)pass,
+		       (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000);
 		fflush(stdout);
 		sleep_ms(10);
 	}

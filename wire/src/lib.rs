@@ -12,6 +12,7 @@
 pub mod chunks;
 pub mod hashes;
 pub mod image;
+pub mod net;
 pub mod record;
 
 pub use chunks::{ChunkEncoder, ChunkReader, ChunkWriter, Codec, EncodedChunks};

@@ -1,0 +1,641 @@
+//! Live migration, source side (`tern migrate`): pre-copy rounds shipped to
+//! a `tern serve` while the program runs, then the frozen final round and
+//! the commit.
+//!
+//! This thread drives the program (ptrace calls must come from the thread
+//! that attached); a tokio runtime carries the network: a sender task
+//! ships each round's image files as soon as they are written, while this
+//! thread already reads the next round (rounds are pipelined), and a
+//! receiver task forwards what the destination says.
+//!
+//! Commit protocol, and what the program's fate is at each step:
+//! 1. until the final image is sent and the destination answers `Ready`
+//!    (program rebuilt there, stopped): any failure thaws the program here,
+//!    untouched, and the destination discards its copy;
+//! 2. `Commit` sent: from now on the destination may resume its copy, so
+//!    this one is never thawed again;
+//! 3. `Running` received: this copy is killed. If the link fails between 2
+//!    and 3 the outcome is unknown: the program is left stopped here
+//!    (SIGSTOP, not killed) and the error says how to settle it. Nothing
+//!    ever runs twice; nothing is lost.
+
+use crate::error::{EngineError, Result};
+use crate::precopy::{self, Frozen, Precopy, PrecopyOptions, RoundReport};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tern_wire::net::{self, FileSummary, Key, Message};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Freeze, copy everything, restore (the paper's baseline).
+    Simple,
+    /// Pre-copy rounds while the program runs, then the last delta.
+    Live,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub to: String,
+    pub key: Key,
+    pub mode: Mode,
+    pub precopy: PrecopyOptions,
+    /// Where round images are staged before they are sent (removed after).
+    pub work_dir: PathBuf,
+    /// How long to wait to connect, and for each answer of the destination.
+    pub timeout: Duration,
+}
+
+/// One round as it went over the wire.
+#[derive(Debug, Clone)]
+pub struct WireRound {
+    pub round: u32,
+    /// Pages the tracker reported dirty (round 0: all with data).
+    pub dirty_pages: u64,
+    pub pages: u64,
+    pub bytes: u64,
+    pub hash: u64,
+    /// Reading the round from the program.
+    pub copy_ms: f64,
+    /// Shipping it (overlaps the next round's copy).
+    pub send_ms: f64,
+    pub wire_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrationReport {
+    pub pid: i32,
+    pub restored_pid: i32,
+    /// The pid the program sees itself as on the destination.
+    pub restored_ns_pid: i32,
+    pub mode: Mode,
+    pub tracker: String,
+    pub policy: String,
+    pub stop_reason: String,
+    pub rounds: Vec<WireRound>,
+    /// Freeze here -> `Running` received from the destination (which sends
+    /// it right after resuming the program): the program's downtime, as
+    /// measured by tern's clock, including one network delay.
+    pub downtime_ms: f64,
+    /// Freeze -> final image written here.
+    pub final_dump_ms: f64,
+    /// Final image written -> the destination received all of it.
+    pub transfer_ms: f64,
+    /// Destination: final image received -> program rebuilt (`Ready`).
+    pub restore_ms: f64,
+    /// `Ready` -> `Running` (commit round trip and resume).
+    pub commit_ms: f64,
+    pub final_pages: u64,
+    pub final_bytes: u64,
+    pub bytes_on_wire: u64,
+    pub total_ms: f64,
+}
+
+/// What the sender task is asked to ship.
+enum Job {
+    Round {
+        round: u32,
+        dir: PathBuf,
+        final_round: bool,
+        /// Remove `dir` once sent (a round's directory; not the final one).
+        remove: bool,
+    },
+    Message(Message),
+}
+
+/// What the sender task reports back.
+enum Sent {
+    Round {
+        round: u32,
+        ms: f64,
+        wire_bytes: u64,
+    },
+    Message,
+    Failed(String),
+}
+
+/// Files of an image directory (not its sub-directories), sorted.
+fn image_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            if let Some(n) = e.file_name().to_str() {
+                if net::valid_file_name(n) {
+                    names.push(n.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
+    tx: &mut net::Sender<W>,
+    round: u32,
+    dir: &Path,
+    final_round: bool,
+) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let names = image_files(dir).map_err(|e| format!("list {}: {e}", dir.display()))?;
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        // Plain reads: the staging directory is on tmpfs when there is one,
+        // where a read is a memory copy.
+        let mut f =
+            std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut offset = 0u64;
+        loop {
+            let mut data = vec![0u8; net::FILE_PIECE];
+            let mut filled = 0;
+            while filled < data.len() {
+                let n = f
+                    .read(&mut data[filled..])
+                    .map_err(|e| format!("read {}: {e}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            data.truncate(filled);
+            if data.is_empty() && offset > 0 {
+                break;
+            }
+            hasher.update(&data);
+            let len = data.len() as u64;
+            tx.send(&Message::FileData {
+                round,
+                name: name.clone(),
+                offset,
+                data,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            offset += len;
+            if len < net::FILE_PIECE as u64 {
+                break;
+            }
+        }
+        files.push(FileSummary {
+            name,
+            size: offset,
+            xxh3: hasher.digest(),
+        });
+    }
+    tx.send(&Message::RoundDone {
+        round,
+        final_round,
+        files,
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Removes the staging directory however the migration ends.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The network side as seen from the driving thread.
+struct Link {
+    rt: tokio::runtime::Runtime,
+    jobs: mpsc::Sender<Job>,
+    sent: mpsc::UnboundedReceiver<Sent>,
+    incoming: mpsc::UnboundedReceiver<std::result::Result<Message, String>>,
+    wire_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    timeout: Duration,
+    /// Rounds the destination reported applied.
+    applied: u32,
+}
+
+impl Link {
+    fn connect(opts: &MigrateOptions, pid: i32, comm: &str) -> std::result::Result<Link, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("start the network runtime: {e}"))?;
+        let timeout = opts.timeout;
+        let (tx, mut rx) = rt.block_on(async {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(&opts.to))
+                .await
+                .map_err(|_| format!("connecting to {} timed out", opts.to))?
+                .map_err(|e| format!("cannot connect to {}: {e}", opts.to))?;
+            let _ = stream.set_nodelay(true);
+            let (mut tx, mut rx) =
+                tokio::time::timeout(timeout, net::handshake(stream, &opts.key, true))
+                    .await
+                    .map_err(|_| format!("handshake with {} timed out", opts.to))?
+                    .map_err(|e| format!("{}: {e}", opts.to))?;
+            tx.send(&Message::Hello {
+                protocol: net::PROTOCOL_VERSION,
+                tern_version: env!("CARGO_PKG_VERSION").to_string(),
+                pid,
+                comm: comm.to_string(),
+                kernel_release: crate::dump::kernel_release(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(timeout, rx.recv()).await {
+                Err(_) => Err(format!("{} did not answer", opts.to)),
+                Ok(Err(e)) => Err(format!("{}: {e}", opts.to)),
+                Ok(Ok(Message::Welcome { protocol, .. })) if protocol == net::PROTOCOL_VERSION => {
+                    Ok((tx, rx))
+                }
+                Ok(Ok(Message::Refused { reason })) => {
+                    Err(format!("{} refused: {reason}", opts.to))
+                }
+                Ok(Ok(other)) => Err(format!(
+                    "{} answered {} instead of Welcome",
+                    opts.to,
+                    other.kind()
+                )),
+            }
+        })?;
+        let wire_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
+        let (sent_tx, sent_rx) = mpsc::unbounded_channel();
+        let counter = wire_bytes.clone();
+        rt.spawn(async move {
+            let mut tx = tx;
+            while let Some(job) = jobs_rx.recv().await {
+                let t = Instant::now();
+                let before = tx.bytes;
+                let r = match job {
+                    Job::Round {
+                        round,
+                        dir,
+                        final_round,
+                        remove,
+                    } => {
+                        let r = send_round(&mut tx, round, &dir, final_round).await;
+                        if remove {
+                            let _ = std::fs::remove_dir_all(&dir);
+                        }
+                        r.map(|()| Sent::Round {
+                            round,
+                            ms: t.elapsed().as_secs_f64() * 1e3,
+                            wire_bytes: tx.bytes - before,
+                        })
+                    }
+                    Job::Message(m) => tx
+                        .send(&m)
+                        .await
+                        .map(|()| Sent::Message)
+                        .map_err(|e| e.to_string()),
+                };
+                counter.store(tx.bytes, std::sync::atomic::Ordering::Relaxed);
+                match r {
+                    Ok(s) => {
+                        if sent_tx.send(s).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = sent_tx.send(Sent::Failed(e));
+                        break;
+                    }
+                }
+            }
+            let _ = tx.shutdown().await;
+        });
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        rt.spawn(async move {
+            loop {
+                let m = rx.recv().await.map_err(|e| e.to_string());
+                let stop = m.is_err();
+                if in_tx.send(m).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Link {
+            rt,
+            jobs: jobs_tx,
+            sent: sent_rx,
+            incoming: in_rx,
+            wire_bytes,
+            timeout,
+            applied: 0,
+        })
+    }
+
+    fn submit(&mut self, job: Job) -> std::result::Result<(), String> {
+        let timeout = self.timeout;
+        let jobs = self.jobs.clone();
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, jobs.send(job)).await })
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the connection to the destination is gone".into()),
+            Err(_) => Err(format!(
+                "sending to the destination made no progress for {timeout:?}"
+            )),
+        }
+    }
+
+    /// Anything the destination said meanwhile that ends the migration.
+    fn check_incoming(&mut self) -> std::result::Result<(), String> {
+        while let Ok(m) = self.incoming.try_recv() {
+            match m {
+                Ok(Message::RoundApplied { round, ms, pages }) => {
+                    info!(round, ms, pages, "destination applied round");
+                    self.applied += 1;
+                }
+                Ok(Message::Refused { reason }) => {
+                    return Err(format!("the destination refused: {reason}"))
+                }
+                Ok(other) => {
+                    return Err(format!("unexpected {} from the destination", other.kind()))
+                }
+                Err(e) => return Err(format!("connection to the destination: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait for the next completion of the sender task.
+    fn wait_sent(&mut self) -> std::result::Result<Sent, String> {
+        let timeout = self.timeout;
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, self.sent.recv()).await });
+        match r {
+            Err(_) => Err("sending to the destination timed out".into()),
+            Ok(None) => Err("the connection to the destination is gone".into()),
+            Ok(Some(Sent::Failed(e))) => Err(format!("sending to the destination: {e}")),
+            Ok(Some(s)) => Ok(s),
+        }
+    }
+
+    /// Wait for a message other than progress notes.
+    fn wait_message(&mut self, what: &str) -> std::result::Result<Message, String> {
+        let timeout = self.timeout;
+        loop {
+            let r = self
+                .rt
+                .block_on(async { tokio::time::timeout(timeout, self.incoming.recv()).await });
+            match r {
+                Err(_) => return Err(format!("no {what} from the destination within {timeout:?}")),
+                Ok(None) => return Err("the connection to the destination is gone".into()),
+                Ok(Some(Err(e))) => return Err(format!("connection to the destination: {e}")),
+                Ok(Some(Ok(Message::RoundApplied { round, ms, pages }))) => {
+                    info!(round, ms, pages, "destination applied round");
+                    self.applied += 1;
+                    if what == "RoundApplied" {
+                        return Ok(Message::RoundApplied { round, pages, ms });
+                    }
+                }
+                Ok(Some(Ok(Message::Refused { reason }))) => {
+                    return Err(format!("the destination refused: {reason}"))
+                }
+                Ok(Some(Ok(m))) => return Ok(m),
+            }
+        }
+    }
+
+    /// Best effort: tell the destination to discard everything.
+    fn abort(&mut self, reason: &str) {
+        let _ = self.jobs.try_send(Job::Message(Message::Abort {
+            reason: reason.to_string(),
+        }));
+        let _ = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(500), self.sent.recv()).await
+        });
+    }
+}
+
+/// Migrate `pid` to the `tern serve` at `opts.to`. `on_round` is called as
+/// each pre-copy round is read (before it is on the wire).
+pub fn migrate(
+    pid: i32,
+    opts: &MigrateOptions,
+    on_round: &mut dyn FnMut(&RoundReport),
+) -> Result<MigrationReport> {
+    let t_start = Instant::now();
+    let fail = |what: String| EngineError::Migration { pid, what };
+    crate::dump::preflight(pid)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default();
+    let stage_dir = opts
+        .work_dir
+        .join(format!("tern-migrate-{pid}-{}", std::process::id()));
+    let _staging = Staging(stage_dir.clone());
+    let mut link = Link::connect(opts, pid, &comm).map_err(fail)?;
+    info!(pid, to = %opts.to, "connected, authenticated");
+
+    // Rounds while the program runs; any failure leaves it running.
+    let mut sent_rounds: Vec<WireRound> = Vec::new();
+    let mut pending_sends = 0usize;
+    let frozen = match opts.mode {
+        Mode::Simple => precopy::freeze_whole(pid, &stage_dir, &opts.precopy.dump),
+        Mode::Live => (|| {
+            let mut pc = Precopy::start(pid, &stage_dir, &opts.precopy)?;
+            let mut forced = 0;
+            loop {
+                link.check_incoming().map_err(fail)?;
+                let r = match pc.next_round()? {
+                    Some(r) => r,
+                    None => {
+                        // The policy would freeze now; but rounds still on
+                        // the wire or not yet applied at the destination
+                        // would land in the frozen phase. Wait for them
+                        // (the program runs), then take what was written
+                        // meanwhile in one more round.
+                        let outstanding =
+                            pending_sends > 0 || link.applied < sent_rounds.len() as u32;
+                        if !outstanding {
+                            break;
+                        }
+                        drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
+                        if forced >= MAX_FORCED_ROUNDS {
+                            break;
+                        }
+                        forced += 1;
+                        pc.force_round()?
+                    }
+                };
+                on_round(&r);
+                sent_rounds.push(WireRound {
+                    round: r.round,
+                    dirty_pages: r.dirty_pages,
+                    pages: r.stored_pages,
+                    bytes: r.stored_bytes,
+                    hash: r.hash,
+                    copy_ms: r.ms,
+                    send_ms: 0.0,
+                    wire_bytes: 0,
+                });
+                link.submit(Job::Round {
+                    round: r.round,
+                    dir: r.dir.clone(),
+                    final_round: false,
+                    remove: true,
+                })
+                .map_err(fail)?;
+                pending_sends += 1;
+                // Collect what finished sending meanwhile.
+                while let Ok(s) = link.sent.try_recv() {
+                    pending_sends -= 1;
+                    note_sent(&mut sent_rounds, s).map_err(fail)?;
+                }
+            }
+            drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
+            pc.freeze()
+        })(),
+    }
+    .inspect_err(|_| link.abort("the source failed before the final round"))?;
+
+    // Frozen from here: until the commit, any failure thaws the program.
+    let final_dump_ms = frozen.stopped_ms();
+    let t_dumped = Instant::now();
+    let settle = |frozen: Frozen, link: &mut Link, what: String| -> EngineError {
+        link.abort(&what);
+        match frozen.thaw() {
+            Ok(_) => fail(what),
+            Err(e) => fail(format!("{what}; and resuming it failed: {e}")),
+        }
+    };
+    let mut rounds_done = || -> std::result::Result<(), String> {
+        drain(&mut link, &mut sent_rounds, &mut pending_sends)?;
+        let round = sent_rounds.len() as u32;
+        link.submit(Job::Round {
+            round,
+            dir: stage_dir.clone(),
+            final_round: true,
+            remove: false,
+        })?;
+        match link.wait_sent()? {
+            Sent::Round { .. } => Ok(()),
+            _ => Err("sender out of step".into()),
+        }
+    };
+    if let Err(what) = rounds_done() {
+        return Err(settle(frozen, &mut link, what));
+    }
+    let transfer_ms = t_dumped.elapsed().as_secs_f64() * 1e3;
+    let (restore_ms, t_ready) = match link.wait_message("Ready") {
+        Ok(Message::Ready { ms, .. }) => (ms, Instant::now()),
+        Ok(other) => {
+            let what = format!("the destination answered {} instead of Ready", other.kind());
+            return Err(settle(frozen, &mut link, what));
+        }
+        Err(what) => return Err(settle(frozen, &mut link, what)),
+    };
+
+    // Commit: from here this copy never runs again.
+    let commit_sent = link
+        .submit(Job::Message(Message::Commit))
+        .and_then(|()| link.wait_sent().map(|_| ()));
+    if let Err(what) = commit_sent {
+        // The Commit may or may not have left: do not risk two copies.
+        return Err(leave_stopped(frozen, pid, &opts.to, &what));
+    }
+    let running = link.wait_message("Running");
+    let t_running = Instant::now();
+    let (restored_pid, restored_ns_pid) = match running {
+        Ok(Message::Running { pid, ns_pid, .. }) => (pid, ns_pid),
+        Ok(other) => {
+            let what = format!(
+                "the destination answered {} instead of Running",
+                other.kind()
+            );
+            return Err(leave_stopped(frozen, pid, &opts.to, &what));
+        }
+        Err(what) => return Err(leave_stopped(frozen, pid, &opts.to, &what)),
+    };
+    let downtime_ms = t_running.duration_since(frozen.frozen_at()).as_secs_f64() * 1e3;
+    let report = frozen.kill()?;
+    let bytes_on_wire = link.wire_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    drop(link);
+    let out = MigrationReport {
+        pid,
+        restored_pid,
+        restored_ns_pid,
+        mode: opts.mode,
+        tracker: report.tracker.to_string(),
+        policy: report.policy.clone(),
+        stop_reason: report.stop_reason.clone(),
+        rounds: sent_rounds,
+        downtime_ms,
+        final_dump_ms,
+        transfer_ms,
+        restore_ms,
+        commit_ms: t_running.duration_since(t_ready).as_secs_f64() * 1e3,
+        final_pages: report.final_stats.pages_stored,
+        final_bytes: report.final_stats.stored_bytes,
+        bytes_on_wire,
+        total_ms: t_start.elapsed().as_secs_f64() * 1e3,
+    };
+    info!(?out, "migration complete");
+    Ok(out)
+}
+
+/// Rounds after the policy's stop, to catch writes made while earlier
+/// rounds were still in flight.
+const MAX_FORCED_ROUNDS: u32 = 3;
+
+/// Wait until every round handed to the sender is on the wire and applied
+/// by the destination.
+fn drain(
+    link: &mut Link,
+    rounds: &mut [WireRound],
+    pending_sends: &mut usize,
+) -> std::result::Result<(), String> {
+    while *pending_sends > 0 {
+        *pending_sends -= 1;
+        note_sent(rounds, link.wait_sent()?)?;
+    }
+    let want = rounds.len() as u32;
+    while link.applied < want {
+        match link.wait_message("RoundApplied")? {
+            Message::RoundApplied { .. } => {}
+            m => return Err(format!("unexpected {} from the destination", m.kind())),
+        }
+    }
+    Ok(())
+}
+
+fn note_sent(rounds: &mut [WireRound], s: Sent) -> std::result::Result<(), String> {
+    match s {
+        Sent::Round {
+            round,
+            ms,
+            wire_bytes,
+        } => {
+            if let Some(r) = rounds.iter_mut().find(|r| r.round == round) {
+                r.send_ms = ms;
+                r.wire_bytes = wire_bytes;
+            }
+            Ok(())
+        }
+        Sent::Message => Ok(()),
+        Sent::Failed(e) => Err(format!("sending to the destination: {e}")),
+    }
+}
+
+fn leave_stopped(frozen: Frozen, pid: i32, to: &str, what: &str) -> EngineError {
+    warn!(pid, "commit outcome unknown; leaving the program stopped");
+    let kept = frozen.leave_stopped();
+    let state = match kept {
+        Ok(_) => "left stopped (SIGSTOP) here".to_string(),
+        Err(e) => format!("could not be left stopped cleanly ({e})"),
+    };
+    EngineError::CommitUnknown {
+        pid,
+        what: format!(
+            "after the commit was sent to {to}: {what}. Whether the destination resumed it is unknown, so the program is {state}: if it runs on {to}, kill it here (kill -9 {pid}); if not, resume it here (kill -CONT {pid})"
+        ),
+    }
+}

@@ -1,0 +1,482 @@
+//! Live migration, destination side (`tern serve`): accept authenticated
+//! peers, stage the image files each round brings, and build the program
+//! in a warm standby as rounds arrive; on the final round finish it, keep
+//! it stopped until the source commits, then let it run.
+//!
+//! Each migration gets a thread of its own for the puppet (ptrace requests
+//! must come from the thread that traces), fed by the connection's task
+//! through a channel, so files of round k+1 are received while round k is
+//! written into the puppet. That thread outlives the connection as long as
+//! the program it restored runs, to reap it when it exits.
+//!
+//! Whatever goes wrong before the source's `Commit` (a bad file, the link
+//! lost, an `Abort`, a timeout), the standby is killed with everything in
+//! its PID namespace and the staged files are removed.
+
+use crate::standby::Standby;
+use crate::{Prepared, RestoreOptions};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_wire::net::{self, Key, Message};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    pub key: Key,
+    /// Where incoming rounds are staged (a directory per migration).
+    pub work_dir: PathBuf,
+    pub restore: RestoreOptions,
+    /// Migrations served at once; more are refused.
+    pub max_sessions: usize,
+    /// How long a peer may stay silent, and the source may take to commit.
+    pub timeout: Duration,
+    /// Exit after the first migration that ends (committed or not).
+    pub once: bool,
+    /// Fault injection for tests: `exit-on-final` makes the daemon exit
+    /// the moment a final round has arrived, as if it had crashed there.
+    pub test_fault: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serve until killed (or, with `once`, until one migration ended).
+/// `on_listening` is told the bound address once the socket listens.
+pub fn serve(
+    opts: ServeOptions,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), ServeError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(&opts.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: opts.listen.clone(),
+                source,
+            })?;
+        let local = listener.local_addr()?;
+        info!(%local, "tern serve listening");
+        on_listening(local);
+        let slots = Arc::new(Semaphore::new(opts.max_sessions));
+        let opts = Arc::new(opts);
+        let seq = Arc::new(AtomicU64::new(0));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!("accept failed: {e}");
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (opts, slots, seq, done) = (opts.clone(), slots.clone(), seq.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        match session(stream, peer, n, &opts, &slots).await {
+                            Ok(()) => {}
+                            Err(e) => warn!(%peer, "migration not accepted: {e}"),
+                        }
+                        let _ = done.send(());
+                    });
+                }
+                Some(()) = done_rx.recv(), if opts.once => break,
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Commands from a connection's task to its puppet thread.
+enum Cmd {
+    Apply {
+        round: u32,
+        dir: PathBuf,
+        final_round: bool,
+    },
+    Resume,
+}
+
+/// What the puppet thread reports.
+enum Event {
+    Applied { round: u32, pages: u64, ms: f64 },
+    Ready { pid: i32, ms: f64 },
+    Running { pid: i32, ns_pid: i32, ms: f64 },
+    Failed(String),
+}
+
+/// A file of the round being received.
+struct Incoming {
+    file: std::fs::File,
+    size: u64,
+    hash: xxhash_rust::xxh3::Xxh3,
+}
+
+/// Most files one round may have (an image has a handful, plus saved
+/// contents of deleted files).
+const MAX_FILES_PER_ROUND: usize = 256;
+
+async fn session(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    n: u64,
+    opts: &ServeOptions,
+    slots: &Arc<Semaphore>,
+) -> Result<(), String> {
+    let timeout = opts.timeout;
+    let (mut tx, mut rx) = tokio::time::timeout(timeout, net::handshake(stream, &opts.key, false))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let hello = tokio::time::timeout(timeout, rx.recv())
+        .await
+        .map_err(|_| "no Hello".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (pid, comm) = match hello {
+        Message::Hello {
+            protocol,
+            pid,
+            comm,
+            tern_version,
+            ..
+        } => {
+            if protocol != net::PROTOCOL_VERSION {
+                let reason = format!(
+                    "protocol {protocol} (tern {tern_version}) is not supported; this tern speaks {}",
+                    net::PROTOCOL_VERSION
+                );
+                let _ = tx
+                    .send(&Message::Refused {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                return Err(reason);
+            }
+            (pid, comm)
+        }
+        other => return Err(format!("expected Hello, got {}", other.kind())),
+    };
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        let reason = format!(
+            "busy: {} migrations in progress (the limit)",
+            opts.max_sessions
+        );
+        let _ = tx
+            .send(&Message::Refused {
+                reason: reason.clone(),
+            })
+            .await;
+        return Err(reason);
+    };
+    info!(%peer, pid, comm, "migration starting");
+    tx.send(&Message::Welcome {
+        protocol: net::PROTOCOL_VERSION,
+        tern_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let stage = opts
+        .work_dir
+        .join(format!("tern-standby-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
+    let _staged = RemoveOnDrop(stage.clone());
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let restore_opts = opts.restore.clone();
+    std::thread::Builder::new()
+        .name(format!("standby-{pid}"))
+        .spawn(move || puppet_thread(cmd_rx, ev_tx, restore_opts))
+        .map_err(|e| format!("start the standby thread: {e}"))?;
+
+    let mut round: u32 = 0;
+    let mut files: BTreeMap<String, Incoming> = BTreeMap::new();
+    let mut committed = false;
+    let result: Result<(), String> = loop {
+        tokio::select! {
+            msg = tokio::time::timeout(timeout, rx.recv()), if !committed => {
+                let msg = match msg {
+                    Err(_) => break Err(format!("the source was silent for {timeout:?}")),
+                    Ok(Err(e)) => break Err(format!("connection lost: {e}")),
+                    Ok(Ok(m)) => m,
+                };
+                match msg {
+                    Message::FileData { round: r, name, offset, data } => {
+                        if let Err(e) = receive_piece(&stage, round, &mut files, r, &name, offset, &data) {
+                            let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
+                            break Err(e);
+                        }
+                    }
+                    Message::RoundDone { round: r, final_round, files: summary } => {
+                        let dir = round_dir(&stage, round);
+                        if let Err(e) = check_round(&dir, round, r, &mut files, &summary) {
+                            let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
+                            break Err(e);
+                        }
+                        debug!(round, final_round, "round received");
+                        if final_round && opts.test_fault.as_deref() == Some("exit-on-final") {
+                            warn!("test fault: exiting on the final round");
+                            std::process::exit(70);
+                        }
+                        if cmd_tx.send(Cmd::Apply { round, dir, final_round }).is_err() {
+                            break Err("the standby thread is gone".into());
+                        }
+                        round += 1;
+                    }
+                    Message::Commit => {
+                        committed = true;
+                        if cmd_tx.send(Cmd::Resume).is_err() {
+                            break Err("the standby thread is gone".into());
+                        }
+                    }
+                    Message::Abort { reason } => break Err(format!("the source aborted: {reason}")),
+                    other => {
+                        let e = format!("unexpected {} from the source", other.kind());
+                        let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
+                        break Err(e);
+                    }
+                }
+            }
+            ev = ev_rx.recv() => {
+                let reply = match ev {
+                    None => break Err("the standby thread is gone".into()),
+                    Some(Event::Applied { round, pages, ms }) => Message::RoundApplied { round, pages, ms },
+                    Some(Event::Ready { pid, ms }) => Message::Ready { pid, ms },
+                    Some(Event::Running { pid, ns_pid, ms }) => {
+                        info!(%peer, pid, ns_pid, "migrated program runs here");
+                        let _ = tx.send(&Message::Running { pid, ns_pid, resume_ms: ms }).await;
+                        let _ = tx.shutdown().await;
+                        break Ok(());
+                    }
+                    Some(Event::Failed(e)) => {
+                        let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
+                        break Err(e);
+                    }
+                };
+                if let Err(e) = tx.send(&reply).await {
+                    break Err(format!("connection lost: {e}"));
+                }
+            }
+        }
+    };
+    // Dropping the command channel makes the puppet thread discard an
+    // unfinished standby (after a commit it is no longer there).
+    drop(cmd_tx);
+    result
+}
+
+fn round_dir(stage: &Path, round: u32) -> PathBuf {
+    stage.join(format!("round-{round}"))
+}
+
+fn receive_piece(
+    stage: &Path,
+    round: u32,
+    files: &mut BTreeMap<String, Incoming>,
+    r: u32,
+    name: &str,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), String> {
+    if r != round {
+        return Err(format!(
+            "file data for round {r} while receiving round {round}"
+        ));
+    }
+    if !net::valid_file_name(name) {
+        return Err(format!("invalid file name {name:?}"));
+    }
+    if !files.contains_key(name) {
+        if files.len() >= MAX_FILES_PER_ROUND {
+            return Err(format!(
+                "round {round} has more than {MAX_FILES_PER_ROUND} files"
+            ));
+        }
+        let dir = round_dir(stage, round);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("create {}: {e}", path.display()))?;
+        files.insert(
+            name.to_string(),
+            Incoming {
+                file,
+                size: 0,
+                hash: xxhash_rust::xxh3::Xxh3::new(),
+            },
+        );
+    }
+    let Some(f) = files.get_mut(name) else {
+        return Err(format!("file {name} vanished"));
+    };
+    if offset != f.size {
+        return Err(format!(
+            "{name}: piece at offset {offset}, expected {}",
+            f.size
+        ));
+    }
+    f.file
+        .write_all(data)
+        .map_err(|e| format!("write {name} of round {round}: {e}"))?;
+    f.size += data.len() as u64;
+    f.hash.update(data);
+    Ok(())
+}
+
+/// The files received for a round are exactly those announced, whole.
+fn check_round(
+    dir: &Path,
+    round: u32,
+    r: u32,
+    files: &mut BTreeMap<String, Incoming>,
+    summary: &[net::FileSummary],
+) -> Result<(), String> {
+    if r != round {
+        return Err(format!("end of round {r} while receiving round {round}"));
+    }
+    let got = std::mem::take(files);
+    if got.len() != summary.len() {
+        return Err(format!(
+            "round {round}: {} files announced, {} received",
+            summary.len(),
+            got.len()
+        ));
+    }
+    for s in summary {
+        let Some(f) = got.get(&s.name) else {
+            return Err(format!(
+                "round {round}: {} announced but not received",
+                s.name
+            ));
+        };
+        if f.size != s.size || f.hash.digest() != s.xxh3 {
+            return Err(format!(
+                "round {round}: {} arrived damaged ({} bytes, announced {})",
+                s.name, f.size, s.size
+            ));
+        }
+    }
+    if got.is_empty() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The thread that owns (and traces) one migration's puppet.
+fn puppet_thread(
+    cmds: std::sync::mpsc::Receiver<Cmd>,
+    events: mpsc::UnboundedSender<Event>,
+    opts: RestoreOptions,
+) {
+    let mut standby: Option<Standby> = None;
+    let mut prepared: Option<Prepared> = None;
+    while let Ok(cmd) = cmds.recv() {
+        let t = Instant::now();
+        let ms = || t.elapsed().as_secs_f64() * 1e3;
+        let event = match cmd {
+            Cmd::Apply {
+                round,
+                dir,
+                final_round: false,
+            } => {
+                let r = match standby.as_mut() {
+                    None => Standby::start(&dir, &opts).map(|s| {
+                        let pages = s.pages_held();
+                        standby = Some(s);
+                        pages
+                    }),
+                    Some(s) => s.apply_round(&dir).map(|a| a.pages),
+                };
+                let _ = std::fs::remove_dir_all(&dir);
+                match r {
+                    Ok(pages) => Event::Applied {
+                        round,
+                        pages,
+                        ms: ms(),
+                    },
+                    Err(e) => Event::Failed(format!("round {round}: {e}")),
+                }
+            }
+            Cmd::Apply {
+                dir,
+                final_round: true,
+                ..
+            } => {
+                let r = match standby.take() {
+                    Some(s) => s.finish(&dir),
+                    None => crate::prepare(&dir, &opts),
+                };
+                match r {
+                    Ok(p) => {
+                        let pid = p.pid();
+                        prepared = Some(p);
+                        Event::Ready { pid, ms: ms() }
+                    }
+                    Err(e) => Event::Failed(format!("final round: {e}")),
+                }
+            }
+            Cmd::Resume => match prepared.take().map(Prepared::resume) {
+                None => Event::Failed("commit before the program was ready".into()),
+                Some(Err(e)) => Event::Failed(format!("resume: {e}")),
+                Some(Ok(r)) => {
+                    let _ = events.send(Event::Running {
+                        pid: r.pid,
+                        ns_pid: r.ns_pid,
+                        ms: ms(),
+                    });
+                    reap(r.pid, r.pid_ns_init);
+                    return;
+                }
+            },
+        };
+        let failed = matches!(event, Event::Failed(_));
+        if events.send(event).is_err() || failed {
+            return;
+        }
+    }
+    // The connection ended first: `standby` / `prepared` are dropped here,
+    // which kills the half-built program.
+}
+
+/// Wait for a restored program (our child) to exit, then for its PID
+/// namespace's init, so neither lingers as a zombie of the daemon.
+fn reap(pid: i32, ns_init: Option<i32>) {
+    for p in std::iter::once(pid).chain(ns_init) {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe { libc::waitpid(p, &mut status, 0) };
+    }
+    debug!(pid, "restored program exited");
+}

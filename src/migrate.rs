@@ -1,0 +1,176 @@
+//! `tern keygen`, `tern serve`, `tern migrate`: argument handling and what
+//! is printed; the work is in `tern_engine::migrate` (source) and
+//! `tern_restorer::serve` (destination).
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tern_engine::migrate::{MigrationReport, Mode};
+use tern_wire::net::Key;
+
+pub fn keygen(out: &Path) -> Result<()> {
+    let key = Key::generate()?;
+    key.write_new(out)?;
+    eprintln!(
+        "wrote a new credential to {} (mode 600): copy it to the source and the destination",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Staging directory: memory when there is a /dev/shm.
+fn default_work_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() {
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    })
+}
+
+pub struct ServeArgs {
+    pub listen: String,
+    pub key: PathBuf,
+    pub work_dir: Option<PathBuf>,
+    pub max_sessions: usize,
+    pub timeout: Duration,
+    pub once: bool,
+    pub pid_ns: tern_restorer::PidNsMode,
+    pub ready_file: Option<PathBuf>,
+    pub test_fault: Option<String>,
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let key = Key::load(&a.key)?;
+    let opts = tern_restorer::serve::ServeOptions {
+        listen: a.listen,
+        key,
+        work_dir: default_work_dir(a.work_dir),
+        restore: tern_restorer::RestoreOptions {
+            pid_ns: a.pid_ns,
+            ..Default::default()
+        },
+        max_sessions: a.max_sessions,
+        timeout: a.timeout,
+        once: a.once,
+        test_fault: a.test_fault,
+    };
+    let ready = a.ready_file;
+    tern_restorer::serve::serve(opts, |addr| {
+        eprintln!("tern serve: listening on {addr}");
+        if let Some(p) = &ready {
+            // Written whole then renamed, so a reader never sees half of it.
+            let tmp = p.with_extension("tmp");
+            if std::fs::write(&tmp, format!("{addr}\n")).is_ok() {
+                let _ = std::fs::rename(&tmp, p);
+            }
+        }
+    })?;
+    Ok(())
+}
+
+pub struct MigrateArgs {
+    pub pid: i32,
+    pub to: String,
+    pub key: PathBuf,
+    pub mode: Mode,
+    pub precopy: tern_engine::precopy::PrecopyOptions,
+    pub work_dir: Option<PathBuf>,
+    pub timeout: Duration,
+    pub report: Option<PathBuf>,
+}
+
+pub fn migrate(a: MigrateArgs) -> Result<()> {
+    let key = Key::load(&a.key)?;
+    let opts = tern_engine::migrate::MigrateOptions {
+        to: a.to.clone(),
+        key,
+        mode: a.mode,
+        precopy: a.precopy,
+        work_dir: default_work_dir(a.work_dir),
+        timeout: a.timeout,
+    };
+    eprintln!("migrating process {} to {}", a.pid, a.to);
+    let mut on_round = |r: &tern_engine::precopy::RoundReport| {
+        if r.round == 0 {
+            eprintln!("  round  dirty_pages  sent_pages   sent_KiB    copy_ms  hash");
+        }
+        eprintln!(
+            "  {:>5}  {:>11}  {:>10}  {:>9}  {:>9.1}  {:016x}",
+            r.round,
+            r.dirty_pages,
+            r.stored_pages,
+            r.stored_bytes >> 10,
+            r.ms,
+            r.hash
+        );
+    };
+    let report = tern_engine::migrate::migrate(a.pid, &opts, &mut on_round)?;
+    print_summary(&report);
+    if let Some(path) = &a.report {
+        let json = serde_json::to_string_pretty(&report_json(&report))?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("write report {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_summary(r: &MigrationReport) {
+    eprintln!(
+        "  stopped: {}; final delta {} pages ({} KiB)",
+        r.stop_reason,
+        r.final_pages,
+        r.final_bytes >> 10
+    );
+    eprintln!(
+        "migrated process {} -> pid {} on the destination (it sees itself as {}): downtime {:.1} ms \
+         (final dump {:.1}, transfer {:.1}, restore {:.1}, commit {:.1}); {} rounds, {} MiB on the wire, {:.0} ms in all",
+        r.pid,
+        r.restored_pid,
+        r.restored_ns_pid,
+        r.downtime_ms,
+        r.final_dump_ms,
+        r.transfer_ms,
+        r.restore_ms,
+        r.commit_ms,
+        r.rounds.len(),
+        r.bytes_on_wire >> 20,
+        r.total_ms
+    );
+}
+
+pub fn report_json(r: &MigrationReport) -> serde_json::Value {
+    serde_json::json!({
+        "pid": r.pid,
+        "restored_pid": r.restored_pid,
+        "restored_ns_pid": r.restored_ns_pid,
+        "mode": match r.mode { Mode::Live => "live", Mode::Simple => "simple" },
+        "tracker": r.tracker,
+        "policy": r.policy,
+        "stop_reason": r.stop_reason,
+        "downtime_ms": r.downtime_ms,
+        "downtime_measured_as": "source clock: freeze of the program -> the destination's Running message (sent right after it resumed the program), so it includes one network delay",
+        "breakdown_ms": {
+            "final_dump": r.final_dump_ms,
+            "transfer": r.transfer_ms,
+            "restore": r.restore_ms,
+            "commit": r.commit_ms,
+        },
+        "rounds": r.rounds.iter().map(|x| serde_json::json!({
+            "round": x.round,
+            "dirty_pages": x.dirty_pages,
+            "pages": x.pages,
+            "bytes": x.bytes,
+            "ms": x.copy_ms,
+            "send_ms": x.send_ms,
+            "wire_bytes": x.wire_bytes,
+            "hash": format!("{:016x}", x.hash),
+        })).collect::<Vec<_>>(),
+        "final_pages": r.final_pages,
+        "final_bytes": r.final_bytes,
+        "bytes_on_wire": r.bytes_on_wire,
+        "total_ms": r.total_ms,
+    })
+}

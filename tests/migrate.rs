@@ -1,0 +1,350 @@
+//! Root-run tests of live migration between two "edge servers": network
+//! namespaces A and B joined by a veth pair, `tern serve` in B, `tern
+//! migrate` in A. A migrated program must run on in B exactly where it left
+//! off (its numbered, self-verifying output continuing with no gap or
+//! repeat), and the copy in A must be gone. Every failure (wrong key,
+//! destination killed during the rounds or in the final round, link cut)
+//! must leave the program running in A, intact, with nothing of tern left
+//! in it, and `migrate` failing with a message that says what happened.
+//!
+//! Workload: `tests/workloads/counter64.c` (a buffer whose every word it
+//! verifies continuously; prints "tick N pass P us T" every 10 ms).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const PORT: u16 = 7878;
+
+struct Edge {
+    // Field order is drop order: processes before their namespaces.
+    serve: Option<ProcGuard>,
+    program: ProcGuard,
+    out: PathBuf,
+    key: PathBuf,
+    dir: TestDir,
+    edges: EdgePair,
+}
+
+fn edges_or_skip(test: &str) -> Option<EdgePair> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    match EdgePair::new() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            skip_or_panic(test, &format!("cannot make network namespaces: {e}"));
+            None
+        }
+    }
+}
+
+fn keygen(dir: &TestDir, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let a = args!["keygen", "--out", &key];
+    run_tern(dir, &a, Stdio::null()).assert_ok("tern keygen");
+    key
+}
+
+/// Start `tern serve` in B; returns once it listens.
+fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> ProcGuard {
+    let ready = dir.join(format!("serve-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let mut cmd = edges
+        .b
+        .cmd(tern_bin())
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("{EDGE_B_ADDR}:{PORT}"))
+        .arg("--key")
+        .arg(key)
+        .arg("--once")
+        .arg("--ready-file")
+        .arg(&ready);
+    for e in extra {
+        cmd = cmd.arg(e);
+    }
+    let mut serve = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("serve.stdout"),
+        &dir.join("serve.stderr"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "tern serve to listen",
+        || {
+            if !serve.alive() {
+                panic!("tern serve exited: {}", tail(&dir.join("serve.stderr"), 20));
+            }
+            ready.exists().then_some(())
+        },
+        || tail(&dir.join("serve.stderr"), 20),
+    );
+    serve
+}
+
+fn start(test: &str, edges: EdgePair, buf_mib: u32) -> Edge {
+    let dir = TestDir::new(test);
+    let exe = compile_c_with(&dir, "counter64", &[&format!("-DBUF_MIB={buf_mib}")]);
+    let out = dir.join("program.out");
+    let program = spawn_redirected(
+        &edges.a.cmd(&exe),
+        Stdio::null(),
+        &out,
+        &dir.join("program.err"),
+    );
+    let key = keygen(&dir, "tern.key");
+    let mut e = Edge {
+        serve: None,
+        program,
+        out,
+        key,
+        dir,
+        edges,
+    };
+    e.wait_ticks(5);
+    e
+}
+
+/// (tick, pass, microseconds) of every complete line; panics on CORRUPT.
+fn ticks(out: &Path) -> Vec<(u64, u64, u64)> {
+    complete_lines(out)
+        .iter()
+        .map(|l| {
+            assert!(
+                !l.contains("CORRUPT"),
+                "the program found corrupt memory: {l}"
+            );
+            match (
+                field_after(l, "tick"),
+                field_after(l, "pass"),
+                field_after(l, "us"),
+            ) {
+                (Some(t), Some(p), Some(us)) => (t, p, us),
+                _ => panic!("unexpected line {l:?}"),
+            }
+        })
+        .collect()
+}
+
+impl Edge {
+    fn wait_ticks(&mut self, n: u64) -> Vec<(u64, u64, u64)> {
+        let out = self.out.clone();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("tick {n}"),
+            || {
+                let t = ticks(&out);
+                (t.last().is_some_and(|x| x.0 >= n)).then_some(t)
+            },
+            || tail(&out, 10),
+        )
+    }
+
+    fn migrate(&self, extra: &[&str]) -> TernOutput {
+        let mut a = args![
+            "migrate",
+            "--pid",
+            self.program.pid().to_string(),
+            "--to",
+            format!("{EDGE_B_ADDR}:{PORT}"),
+            "--key",
+            &self.key,
+            "--report",
+            self.dir.join("report.json"),
+        ];
+        a.extend(extra.iter().map(|s| (*s).into()));
+        run_tern_in(&self.dir, Some(&self.edges.a.name), &a, Stdio::null())
+    }
+
+    /// After a failed migration: the program still runs in A, not stopped,
+    /// not traced, with no fd of tern's left in it, and its output goes on
+    /// with no gap and no corruption.
+    fn assert_source_intact(&mut self, fds_before: &std::collections::BTreeMap<i32, String>) {
+        let pid = self.program.pid();
+        assert!(self.program.alive(), "the source program died");
+        let st = proc_stat(pid).expect("stat of the source");
+        assert!(
+            st.state != 'T' && st.state != 't',
+            "the source is left stopped (state {})",
+            st.state
+        );
+        assert_eq!(
+            status_field(pid, "TracerPid").as_deref(),
+            Some("0"),
+            "the source is still traced"
+        );
+        assert_eq!(&fd_targets(pid), fds_before, "the source's fds changed");
+        let last = ticks(&self.out).last().map(|t| t.0).unwrap_or(0);
+        let all = self.wait_ticks(last + 20);
+        let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+        check_consecutive(&numbers, 1).unwrap_or_else(|e| panic!("source output: {e}"));
+    }
+}
+
+/// Largest gap between consecutive heartbeats, in ms.
+fn longest_gap_ms(t: &[(u64, u64, u64)]) -> f64 {
+    t.windows(2)
+        .map(|w| w[1].2.saturating_sub(w[0].2) as f64 / 1e3)
+        .fold(0.0, f64::max)
+}
+
+fn report(dir: &TestDir) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+#[test]
+fn migrate_256mib_counter_between_edge_servers() {
+    let Some(edges) = edges_or_skip("migrate_256mib_counter_between_edge_servers") else {
+        return;
+    };
+    let mut e = start("migrate-256", edges, 256);
+    // A full verification pass first: the buffer is all there.
+    let pass0 = e.wait_ticks(140).last().map(|t| t.1).unwrap_or(0);
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    let source_pid = e.program.pid();
+    let out = e.migrate(&[]);
+    out.assert_ok("tern migrate");
+    let rep = report(&e.dir);
+    let restored = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    assert!(
+        wait_gone(source_pid, Duration::from_secs(5)),
+        "the source copy in A still exists after the migration"
+    );
+    assert_eq!(
+        netns_of(restored),
+        Some(e.edges.b.inode()),
+        "the restored program must run in B's network namespace"
+    );
+    assert_eq!(
+        rep["restored_ns_pid"].as_i64(),
+        Some(source_pid as i64),
+        "it must see its own pid"
+    );
+    // Runs on, exactly: consecutive ticks, and two more full passes over
+    // the 256 MiB buffer verified after the move.
+    let before = ticks(&e.out).len() as u64;
+    let all = e.wait_ticks(before + 300);
+    let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    assert!(all.last().map(|t| t.1).unwrap_or(0) >= pass0 + 2);
+    let gap = longest_gap_ms(&all);
+    eprintln!(
+        "256 MiB live migration: longest heartbeat gap {gap:.1} ms (normal tick 10 ms); tern's downtime {:.1} ms; rounds {}; {}",
+        rep["downtime_ms"].as_f64().unwrap_or(-1.0),
+        rep["rounds"].as_array().map_or(0, |r| r.len()),
+        out.stderr.lines().last().unwrap_or("")
+    );
+    assert!(rep["rounds"].as_array().is_some_and(|r| !r.is_empty()));
+    restored_guard.kill_and_wait();
+}
+
+#[test]
+fn migrate_failures_leave_the_source_running() {
+    let Some(edges) = edges_or_skip("migrate_failures_leave_the_source_running") else {
+        return;
+    };
+    let mut e = start("migrate-fail", edges, 64);
+    let fds = fd_targets(e.program.pid());
+
+    // 1. Wrong key: refused at the handshake, before anything is sent.
+    let other_key = keygen(&e.dir, "other.key");
+    e.serve = Some(start_serve(&e.dir, &e.edges, &other_key, &[]));
+    let out = e.migrate(&[]);
+    assert!(!out.success(), "migrate with a wrong key succeeded");
+    assert!(
+        out.stderr.contains("authentication"),
+        "the error must say authentication failed: {}",
+        out.stderr
+    );
+    e.assert_source_intact(&fds);
+    if let Some(mut s) = e.serve.take() {
+        s.kill_and_wait();
+    }
+
+    // 2. Destination killed during the pre-copy rounds.
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        kill_pid(serve_pid, libc::SIGKILL);
+    });
+    let out = e.migrate(&["--policy", "rounds:100000", "--time-limit-ms", "600000"]);
+    let _ = killer.join();
+    assert!(
+        !out.success(),
+        "migrate succeeded though the destination was killed"
+    );
+    assert!(
+        out.stderr.contains("keeps running here"),
+        "the error must say the program keeps running: {}",
+        out.stderr
+    );
+    e.assert_source_intact(&fds);
+    if let Some(mut s) = e.serve.take() {
+        s.kill_and_wait();
+    }
+
+    // 3. Destination dies in the final round (test hook: it exits as the
+    //    final round arrives, before it has rebuilt anything).
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--test-fault", "exit-on-final"],
+    ));
+    let out = e.migrate(&[]);
+    assert!(
+        !out.success(),
+        "migrate succeeded though the destination died"
+    );
+    e.assert_source_intact(&fds);
+    if let Some(mut s) = e.serve.take() {
+        s.kill_and_wait();
+    }
+
+    // 4. Link cut mid-transfer.
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--timeout-ms", "3000"],
+    ));
+    let edges_cut = std::thread::scope(|scope| {
+        let cutter = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(800));
+            e.edges.cut()
+        });
+        let out = e.migrate(&[
+            "--policy",
+            "rounds:100000",
+            "--time-limit-ms",
+            "600000",
+            "--timeout-ms",
+            "3000",
+        ]);
+        (out, cutter.join())
+    });
+    let (out, cut) = edges_cut;
+    cut.expect("cutter thread").expect("cut the link");
+    assert!(!out.success(), "migrate succeeded over a cut link");
+    assert!(
+        out.stderr.contains("keeps running here"),
+        "the error must say the program keeps running: {}",
+        out.stderr
+    );
+    e.assert_source_intact(&fds);
+    // The destination discards its standby: nothing of the program in B.
+    let serve = e.serve.as_mut().expect("serve");
+    assert!(
+        serve.wait_exit(Duration::from_secs(10)).is_some(),
+        "tern serve --once should end after the failed migration"
+    );
+}

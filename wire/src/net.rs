@@ -1,0 +1,460 @@
+//! The migration protocol: messages, and the authenticated, encrypted
+//! channel that carries them between `tern migrate` and `tern serve`.
+//!
+//! **Channel.** A Noise handshake, `Noise_NNpsk0_25519_AESGCM_SHA256`, with
+//! the pre-shared key of the credential file both ends hold (`tern keygen`):
+//! a peer without the key cannot complete it, so it is refused before any
+//! message is parsed; fresh ephemeral keys on both sides give forward
+//! secrecy, and make a recorded session useless to replay (the responder's
+//! ephemeral differs each time, so a replayed first message leads nowhere).
+//! The prologue binds the protocol version.
+//!
+//! **Framing.** Each [`Message`] is postcard-encoded, prefixed with its
+//! length (u32 LE), and cut into Noise transport messages of at most
+//! 65535 bytes, each sent as a big-endian u16 length and the ciphertext.
+//! Every piece is authenticated (AES-GCM tag, nonces counted on both sides,
+//! so a dropped, repeated or reordered piece fails); a message over
+//! [`MAX_MESSAGE`] is refused before anything is allocated for it. File
+//! contents carried inside are the image's own chunk files, which keep
+//! their xxh3 checksums, and each shipped file is checked whole against
+//! the size and xxh3 its sender announced.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version of the protocol; both ends must speak the same.
+pub const PROTOCOL_VERSION: u32 = 1;
+const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+const PROLOGUE: &[u8] = b"tern migration protocol 1";
+/// Largest encoded message accepted.
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Size of the file pieces a sender puts in one message.
+pub const FILE_PIECE: usize = 4 << 20;
+const NOISE_MAX: usize = 65535;
+const TAG: usize = 16;
+const KEY_LEN: usize = 32;
+const KEY_HEADER: &str = "tern-key-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the peer failed authentication (different key, or not tern): {0}")]
+    Auth(String),
+    #[error("a message failed decryption or authentication (tampered or out of order)")]
+    Decrypt,
+    #[error("message of {size} bytes is over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("credential file {path}: {what}")]
+    Key { path: PathBuf, what: String },
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T> = std::result::Result<T, NetError>;
+
+/// One file of an image, as announced at the end of a round.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    pub name: String,
+    pub size: u64,
+    pub xxh3: u64,
+}
+
+/// Everything the two ends say to each other.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Message {
+    // source -> destination
+    /// First message: who is coming.
+    Hello {
+        protocol: u32,
+        tern_version: String,
+        pid: i32,
+        comm: String,
+        kernel_release: String,
+    },
+    /// A piece of an image file of round `round` (written at `offset`).
+    FileData {
+        round: u32,
+        name: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Round `round` is complete: these files, no others. `final_round`:
+    /// the program is frozen and this is the full last image.
+    RoundDone {
+        round: u32,
+        final_round: bool,
+        files: Vec<FileSummary>,
+    },
+    /// The source's copy is frozen for good: resume yours.
+    Commit,
+    /// The source gives up (its copy keeps running): discard everything.
+    Abort {
+        reason: String,
+    },
+
+    // destination -> source
+    Welcome {
+        protocol: u32,
+        tern_version: String,
+    },
+    RoundApplied {
+        round: u32,
+        pages: u64,
+        ms: f64,
+    },
+    /// The program is rebuilt and stopped, waiting for `Commit`.
+    Ready {
+        pid: i32,
+        ms: f64,
+    },
+    /// The program runs here now.
+    Running {
+        pid: i32,
+        ns_pid: i32,
+        resume_ms: f64,
+    },
+    /// The destination refuses or failed; it has discarded everything.
+    Refused {
+        reason: String,
+    },
+}
+
+impl Message {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_stdvec(self).map_err(|e| NetError::Decode(e.to_string()))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message> {
+        if bytes.len() > MAX_MESSAGE {
+            return Err(NetError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_MESSAGE,
+            });
+        }
+        let (msg, rest) =
+            postcard::take_from_bytes(bytes).map_err(|e| NetError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(NetError::Decode(format!(
+                "{} trailing bytes after the message",
+                rest.len()
+            )));
+        }
+        Ok(msg)
+    }
+
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::FileData { .. } => "FileData",
+            Message::RoundDone { .. } => "RoundDone",
+            Message::Commit => "Commit",
+            Message::Abort { .. } => "Abort",
+            Message::Welcome { .. } => "Welcome",
+            Message::RoundApplied { .. } => "RoundApplied",
+            Message::Ready { .. } => "Ready",
+            Message::Running { .. } => "Running",
+            Message::Refused { .. } => "Refused",
+        }
+    }
+}
+
+/// Whether `name` may be an image file name sent over the network: a plain
+/// file name, no path.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+        && name.ends_with(".img")
+}
+
+/// The pre-shared key both ends of a migration hold.
+#[derive(Clone)]
+pub struct Key([u8; KEY_LEN]);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(<secret>)")
+    }
+}
+
+impl Key {
+    pub fn generate() -> Result<Key> {
+        let mut k = [0u8; KEY_LEN];
+        getrandom::fill(&mut k).map_err(|e| NetError::Io(io::Error::other(e.to_string())))?;
+        Ok(Key(k))
+    }
+
+    /// Write a new credential file, readable by its owner only; refuses to
+    /// overwrite an existing file.
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |what: String| NetError::Key {
+            path: path.to_path_buf(),
+            what,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| err(format!("cannot create: {e}")))?;
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(f, "{KEY_HEADER} {hex}").map_err(|e| err(format!("cannot write: {e}")))?;
+        f.sync_all()
+            .map_err(|e| err(format!("cannot write: {e}")))?;
+        Ok(())
+    }
+
+    /// Read a credential file; refuses one that others may read or write.
+    pub fn load(path: &Path) -> Result<Key> {
+        use std::os::unix::fs::MetadataExt;
+        let err = |what: String| NetError::Key {
+            path: path.to_path_buf(),
+            what,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(err(format!(
+                "permissions {:o} let others read or change it; chmod 600 it",
+                meta.mode() & 0o777
+            )));
+        }
+        if meta.len() > 4096 {
+            return Err(err("is not a tern credential (too large)".into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let hex = text
+            .trim()
+            .strip_prefix(KEY_HEADER)
+            .map(str::trim)
+            .ok_or_else(|| err(format!("does not start with {KEY_HEADER}")))?;
+        if hex.len() != KEY_LEN * 2 {
+            return Err(err(format!(
+                "key is {} hex digits, not {}",
+                hex.len(),
+                KEY_LEN * 2
+            )));
+        }
+        let mut k = [0u8; KEY_LEN];
+        for (i, byte) in k.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| err("key is not hexadecimal".into()))?;
+        }
+        Ok(Key(k))
+    }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> Result<()> {
+    let len = u16::try_from(data.len()).map_err(|_| NetError::TooLarge {
+        size: data.len(),
+        limit: NOISE_MAX,
+    })?;
+    let mut out = Vec::with_capacity(2 + data.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(data);
+    io.write_all(&out).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> Result<()> {
+    let mut len = [0u8; 2];
+    match io.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(NetError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    buf.resize(u16::from_be_bytes(len) as usize, 0);
+    io.read_exact(buf).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            NetError::Closed
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+fn noise_builder(key: &Key) -> Result<snow::Builder<'_>> {
+    let params = NOISE_PARAMS
+        .parse()
+        .map_err(|e: snow::Error| NetError::Auth(e.to_string()))?;
+    snow::Builder::new(params)
+        .prologue(PROLOGUE)
+        .and_then(|b| b.psk(0, &key.0))
+        .map_err(|e| NetError::Auth(e.to_string()))
+}
+
+/// Run the handshake on `io` as the connecting side (`initiator`) or the
+/// accepting side, and split the connection into an encrypted sender and
+/// receiver.
+pub async fn handshake<S>(
+    io: S,
+    key: &Key,
+    initiator: bool,
+) -> Result<(
+    Sender<tokio::io::WriteHalf<S>>,
+    Receiver<tokio::io::ReadHalf<S>>,
+)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut io = io;
+    let builder = noise_builder(key)?;
+    let auth = |e: snow::Error| NetError::Auth(e.to_string());
+    let mut hs = if initiator {
+        builder.build_initiator().map_err(auth)?
+    } else {
+        builder.build_responder().map_err(auth)?
+    };
+    let mut msg = vec![0u8; NOISE_MAX];
+    let mut frame = Vec::new();
+    let mut scratch = vec![0u8; NOISE_MAX];
+    if initiator {
+        let n = hs.write_message(&[], &mut msg).map_err(auth)?;
+        write_frame(&mut io, &msg[..n]).await?;
+        // A responder that cannot authenticate us just hangs up.
+        read_frame(&mut io, &mut frame).await.map_err(|e| match e {
+            NetError::Closed => NetError::Auth(
+                "the peer hung up during the handshake: it holds another key, or is not a tern serve".into(),
+            ),
+            other => other,
+        })?;
+        hs.read_message(&frame, &mut scratch).map_err(auth)?;
+    } else {
+        read_frame(&mut io, &mut frame).await?;
+        hs.read_message(&frame, &mut scratch).map_err(auth)?;
+        let n = hs.write_message(&[], &mut msg).map_err(auth)?;
+        write_frame(&mut io, &msg[..n]).await?;
+    }
+    let transport = Arc::new(hs.into_stateless_transport_mode().map_err(auth)?);
+    let (r, w) = tokio::io::split(io);
+    Ok((
+        Sender {
+            io: w,
+            noise: transport.clone(),
+            nonce: 0,
+            bytes: 0,
+        },
+        Receiver {
+            io: r,
+            noise: transport,
+            nonce: 0,
+            bytes: 0,
+        },
+    ))
+}
+
+/// The sending half of an established channel.
+pub struct Sender<W> {
+    io: W,
+    noise: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    /// Bytes put on the wire so far (ciphertext and framing).
+    pub bytes: u64,
+}
+
+impl<W: AsyncWrite + Unpin> Sender<W> {
+    pub async fn send(&mut self, msg: &Message) -> Result<()> {
+        let body = msg.encode()?;
+        if body.len() > MAX_MESSAGE {
+            return Err(NetError::TooLarge {
+                size: body.len(),
+                limit: MAX_MESSAGE,
+            });
+        }
+        let mut plain = Vec::with_capacity(4 + body.len());
+        plain.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        plain.extend_from_slice(&body);
+        let piece = NOISE_MAX - TAG;
+        let pieces = plain.len().div_ceil(piece);
+        let mut out = Vec::with_capacity(plain.len() + pieces * (2 + TAG));
+        let mut ct = vec![0u8; NOISE_MAX];
+        for p in plain.chunks(piece) {
+            let n = self
+                .noise
+                .write_message(self.nonce, p, &mut ct)
+                .map_err(|_| NetError::Decrypt)?;
+            self.nonce += 1;
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+            out.extend_from_slice(&ct[..n]);
+        }
+        self.io.write_all(&out).await?;
+        self.io.flush().await?;
+        self.bytes += out.len() as u64;
+        Ok(())
+    }
+
+    /// Close the sending direction.
+    pub async fn shutdown(&mut self) -> Result<()> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// The receiving half of an established channel.
+pub struct Receiver<R> {
+    io: R,
+    noise: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    pub bytes: u64,
+}
+
+impl<R: AsyncRead + Unpin> Receiver<R> {
+    pub async fn recv(&mut self) -> Result<Message> {
+        let mut frame = Vec::with_capacity(NOISE_MAX);
+        let mut plain = vec![0u8; NOISE_MAX];
+        let mut body: Vec<u8> = Vec::new();
+        let mut want: Option<usize> = None;
+        loop {
+            read_frame(&mut self.io, &mut frame).await?;
+            self.bytes += 2 + frame.len() as u64;
+            let n = self
+                .noise
+                .read_message(self.nonce, &frame, &mut plain)
+                .map_err(|_| NetError::Decrypt)?;
+            self.nonce += 1;
+            let mut p = &plain[..n];
+            if want.is_none() {
+                if p.len() < 4 {
+                    return Err(NetError::Decode(
+                        "first piece shorter than its length".into(),
+                    ));
+                }
+                let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(NetError::TooLarge {
+                        size: len,
+                        limit: MAX_MESSAGE,
+                    });
+                }
+                body.reserve_exact(len);
+                want = Some(len);
+                p = &p[4..];
+            }
+            let len = want.unwrap_or(0);
+            if body.len() + p.len() > len {
+                return Err(NetError::Decode("pieces longer than the message".into()));
+            }
+            body.extend_from_slice(p);
+            if body.len() == len {
+                return Message::decode(&body);
+            }
+        }
+    }
+}
