@@ -97,7 +97,10 @@ impl Edges {
         let edges = Edges {
             names: names.clone(),
         };
-        let (va, vb) = (format!("tdemo{}a", pid % 100_000), format!("tdemo{}b", pid % 100_000));
+        let (va, vb) = (
+            format!("tdemo{}a", pid % 100_000),
+            format!("tdemo{}b", pid % 100_000),
+        );
         let [a, b] = &names;
         for args in [
             vec!["netns", "add", a],
@@ -242,7 +245,10 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     let t0 = Instant::now();
     while !ready.exists() {
         if t0.elapsed() > Duration::from_secs(10) {
-            bail!("tern serve did not start; see {}", dir.join("serve.log").display());
+            bail!(
+                "tern serve did not start; see {}",
+                dir.join("serve.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -283,6 +283,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 leave_running,
                 zstd_level: zstd_level(&compress, &images)?,
                 parent,
+                delta_table: false,
             };
             if pre_copy {
                 let popts = rounds.precopy_options(opts);
@@ -439,6 +440,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 leave_running: false,
                 zstd_level: level,
                 parent: None,
+                delta_table: true,
             };
             migrate::migrate(migrate::MigrateArgs {
                 pid,

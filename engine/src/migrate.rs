@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tern_wire::net::{self, FileSummary, Key, Message};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -424,7 +424,7 @@ pub fn migrate(
 ) -> Result<MigrationReport> {
     let t_start = Instant::now();
     let fail = |what: String| EngineError::Migration { pid, what };
-    crate::dump::preflight(pid)?;
+    crate::dump::preflight_all(pid)?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();
@@ -525,8 +525,12 @@ pub fn migrate(
         return Err(settle(frozen, &mut link, what));
     }
     let transfer_ms = t_dumped.elapsed().as_secs_f64() * 1e3;
+    debug!(transfer_ms, "final round sent");
     let (restore_ms, t_ready) = match link.wait_message("Ready") {
-        Ok(Message::Ready { ms, .. }) => (ms, Instant::now()),
+        Ok(Message::Ready { ms, .. }) => {
+            debug!(restore_ms = ms, "destination ready");
+            (ms, Instant::now())
+        }
         Ok(other) => {
             let what = format!("the destination answered {} instead of Ready", other.kind());
             return Err(settle(frozen, &mut link, what));

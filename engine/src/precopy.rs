@@ -83,7 +83,7 @@ pub struct Precopy {
 impl Precopy {
     /// Check the program can be dumped and start tracking its writes.
     pub fn start(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Precopy> {
-        dump::preflight(pid)?;
+        dump::preflight_all(pid)?;
         dump::prepare_dir(dir)?;
         let tracker = track::open_tracker(pid, opts.tracker)?;
         let stop_policy = policy::build(&opts.policy, &opts.limits);
@@ -194,19 +194,18 @@ impl Precopy {
         let mut seized = Seized::attach(self.pid)?;
         let seize_ms = t0.elapsed().as_secs_f64() * 1e3;
         let set = self.tracker.collect()?;
-        let collect_ms = t0.elapsed().as_secs_f64() * 1e3;
-        self.tracker.finish()?;
         debug!(
             seize_ms,
-            collect_ms,
-            finish_ms = t0.elapsed().as_secs_f64() * 1e3,
-            "frozen: tracker done"
+            collect_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "frozen: last dirty set collected"
         );
         let mut final_opts = self.opts.dump.clone();
         final_opts.parent = self
             .rounds
             .last()
             .map(|r| PathBuf::from(format!("round-{}", r.round)));
+        // The tracker stays registered while frozen: removing it is only
+        // needed if the program resumes here (see `Frozen`).
         let final_stats = dump::dump_frozen(
             &mut seized,
             t0,
@@ -214,6 +213,7 @@ impl Precopy {
             &final_opts,
             &self.table,
             Some(&set),
+            true,
         )?;
         let stop_reason = match (self.stop_reason, self.stop_reason_before_forced) {
             (Some(r), _) => r,
@@ -223,7 +223,7 @@ impl Precopy {
             (None, None) => "no round was run".to_string(),
         };
         Ok(Frozen {
-            seized,
+            seized: Some(seized),
             t0,
             report: PrecopyReport {
                 tracker: self.tracker.name(),
@@ -233,6 +233,7 @@ impl Precopy {
                 final_stats,
                 final_dirty_pages: set.total_pages(),
             },
+            tracker: Some(self.tracker),
         })
     }
 
@@ -243,16 +244,18 @@ impl Precopy {
 
 /// A program stopped for good by a pre-copy, its final image written: it
 /// must be killed (the copy elsewhere runs) or thawed (it carries on).
-/// Dropping it thaws it.
+/// Dropping it thaws it. A dirty-page tracker still registered in it is
+/// removed before it runs again (and not at all if it is killed).
 pub struct Frozen {
-    seized: Seized,
+    tracker: Option<Box<dyn track::DirtyTracker>>,
+    seized: Option<Seized>,
     t0: Instant,
     pub report: PrecopyReport,
 }
 
 impl Frozen {
     pub fn pid(&self) -> i32 {
-        self.seized.pid
+        self.seized.as_ref().map_or(0, |s| s.pid)
     }
 
     /// When the program was stopped.
@@ -265,25 +268,57 @@ impl Frozen {
         self.t0.elapsed().as_secs_f64() * 1e3
     }
 
+    /// Remove the tracker (the program is still stopped).
+    fn untrack(&mut self) -> Result<()> {
+        match self.tracker.take() {
+            Some(mut t) => t.finish(),
+            None => Ok(()),
+        }
+    }
+
     /// Let the program carry on as if nothing happened.
     pub fn thaw(mut self) -> Result<PrecopyReport> {
-        self.seized.release()?;
+        let untracked = self.untrack();
+        if let Some(mut s) = self.seized.take() {
+            s.release()?;
+        }
+        untracked?;
         self.report.final_stats.frozen_ms = self.stopped_ms();
-        Ok(self.report)
+        Ok(self.report.clone())
     }
 
     /// Let go of the program but keep it stopped (SIGSTOP): for when it is
     /// not known whether its copy elsewhere runs.
     pub fn leave_stopped(mut self) -> Result<PrecopyReport> {
-        self.seized.release_stopped()?;
-        Ok(self.report)
+        let untracked = self.untrack();
+        if let Some(mut s) = self.seized.take() {
+            s.release_stopped()?;
+        }
+        untracked?;
+        Ok(self.report.clone())
     }
 
     /// End the program (its image lives on elsewhere).
     pub fn kill(mut self) -> Result<PrecopyReport> {
-        self.seized.kill()?;
+        if let Some(mut s) = self.seized.take() {
+            s.kill()?;
+        }
+        // Gone with the process: dropping the tracker only closes our fd.
+        self.tracker = None;
         self.report.final_stats.frozen_ms = self.stopped_ms();
-        Ok(self.report)
+        Ok(self.report.clone())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.seized.is_some() {
+            if let Err(e) = self.untrack() {
+                tracing::warn!("removing the tracker from process {}: {e}", self.pid());
+            }
+            // Seized's own drop releases the program.
+            self.seized = None;
+        }
     }
 }
 
@@ -294,9 +329,10 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
-    let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None)?;
+    let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None, false)?;
     Ok(Frozen {
-        seized,
+        tracker: None,
+        seized: Some(seized),
         t0,
         report: PrecopyReport {
             tracker: "none",

@@ -245,6 +245,7 @@ async fn session(
                         round += 1;
                     }
                     Message::Commit => {
+                        debug!("commit received");
                         committed = true;
                         if cmd_tx.send(Cmd::Resume).is_err() {
                             break Err("the standby thread is gone".into());

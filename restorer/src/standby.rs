@@ -44,6 +44,9 @@ pub struct Standby {
     layout: Vec<wire::Vma>,
     /// xxh3 of every private page written, by address.
     pages: BTreeMap<u64, u64>,
+    /// The source's page table as of the last round (its `hashes.img`): what
+    /// a final image's table delta applies to.
+    table: Vec<(u64, u64)>,
     page_size: u64,
     kernel_release: String,
     opts: RestoreOptions,
@@ -167,6 +170,7 @@ impl Standby {
             scratch,
             layout: Vec::new(),
             pages: BTreeMap::new(),
+            table: wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?,
             page_size: inv.page_size,
             kernel_release: inv.kernel_release.clone(),
             opts: opts.clone(),
@@ -201,8 +205,10 @@ impl Standby {
         let t = Instant::now();
         let (inv, layout) = load_round(dir)?;
         self.check_same_program(dir, &inv)?;
+        let table = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
         let (mapped, unmapped) = self.apply_layout(dir, &layout.vmas)?;
         let (pages, bytes) = self.absorb_pages(dir)?;
+        self.table = table;
         let applied = RoundApplied {
             pages,
             bytes,
@@ -370,6 +376,40 @@ impl Standby {
         Ok((pages, bytes))
     }
 
+    /// Whether the page at `a` holds what `h` says: written with these
+    /// bytes, or never written and zero in anonymous memory (a zero page is
+    /// in the table but never sent unless it had other bytes before).
+    fn holds(&self, a: u64, h: u64, zero_hash: u64) -> bool {
+        match self.pages.get(&a) {
+            Some(&mine) => mine == h,
+            None => {
+                h == zero_hash
+                    && self
+                        .layout
+                        .iter()
+                        .any(|v| v.kind == wire::VmaKind::Anon && v.start <= a && a < v.end)
+            }
+        }
+    }
+
+    /// Every entry of a final table delta is what the puppet holds.
+    fn verify(&self, dir: &Path, changed: &[(u64, u64)]) -> Result<()> {
+        let zero_hash = xxhash_rust::xxh3::xxh3_64(&vec![0u8; self.page_size as usize]);
+        let mut wrong = changed
+            .iter()
+            .filter(|&&(a, h)| !self.holds(a, h, zero_hash));
+        if let Some(&(a, _)) = wrong.next() {
+            return Err(RestoreError::BadImage {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "the standby differs from the final page table on {} page(s), the first at {a:#x}",
+                    1 + wrong.count()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Drop pages the program no longer has (they read as zeros, or as the
     /// file's bytes in a private file mapping), then check every page
     /// against the final table.
@@ -412,27 +452,38 @@ impl Standby {
             });
         }
         let page = self.page_size;
-        let zeros = vec![0u8; page as usize];
         let pid = self.puppet.pid;
         let mut dropped = 0u64;
-        for a in &stale {
-            let Some(v) = self.layout.iter().find(|v| v.start <= *a && *a < v.end) else {
-                continue;
-            };
-            if v.shared {
-                // Shared anonymous memory: madvise would not clear the
-                // object, so write the zeros.
-                mem::write_fully(pid, *a, &zeros).step(pid, || format!("zero page {a:#x}"))?;
-            } else {
-                shape::sys(
-                    &mut self.puppet,
-                    libc::SYS_madvise,
-                    &[*a, page, libc::MADV_DONTNEED as u64],
-                    || format!("drop page {a:#x}"),
-                )?;
+        // Runs of contiguous pages within one mapping: one call each.
+        for run in stale.chunk_by(|x, y| *y == *x + page) {
+            let mut at = 0;
+            while at < run.len() {
+                let a = run[at];
+                let Some(v) = self.layout.iter().find(|v| v.start <= a && a < v.end) else {
+                    at += 1;
+                    continue;
+                };
+                let n = run[at..].iter().take_while(|&&x| x < v.end).count();
+                let len = n as u64 * page;
+                if v.shared {
+                    // Shared anonymous memory: madvise would not clear the
+                    // object, so write the zeros.
+                    let zeros = vec![0u8; len as usize];
+                    mem::write_fully(pid, a, &zeros).step(pid, || format!("zero {a:#x}+{len}"))?;
+                } else {
+                    shape::sys(
+                        &mut self.puppet,
+                        libc::SYS_madvise,
+                        &[a, len, libc::MADV_DONTNEED as u64],
+                        || format!("drop pages {a:#x}+{len}"),
+                    )?;
+                }
+                for x in &run[at..at + n] {
+                    self.pages.remove(x);
+                }
+                dropped += n as u64;
+                at += n;
             }
-            self.pages.remove(a);
-            dropped += 1;
         }
         Ok(dropped)
     }
@@ -446,7 +497,25 @@ impl Standby {
         self.check_same_program(dir, &image.inventory)?;
         check_layout(dir, &image.mm.vmas, image.inventory.page_size)?;
         crate::check_outside_world(&image)?;
-        let table = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
+        // A migration's final image brings only how its page table differs
+        // from the last round's (which we hold); a local chain the whole table.
+        let delta_path = dir.join(wire::TABLE_DELTA_FILE);
+        let delta: Option<wire::TableDelta> = if delta_path.exists() {
+            let d: wire::TableDelta = wire::read_record(&delta_path, wire::RecordKind::TableDelta)?;
+            if d.apply(&self.table).is_none() {
+                return Err(RestoreError::BadImage {
+                    dir: dir.to_path_buf(),
+                    what: "its page table delta does not fit the last round's table: a round is missing".into(),
+                });
+            }
+            Some(d)
+        } else {
+            None
+        };
+        let full_table = match &delta {
+            Some(_) => Vec::new(),
+            None => wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?,
+        };
         for t in image.core.threads.iter().skip(1) {
             // In our own namespace a thread id may be taken by now.
             if self.namespace.is_none()
@@ -461,13 +530,21 @@ impl Standby {
         }
         self.apply_layout(dir, &image.mm.vmas)?;
         let (pages, _) = self.absorb_pages(dir)?;
-        let dropped = self.reconcile(dir, &table)?;
+        let dropped = match &delta {
+            Some(d) => {
+                self.verify(dir, &d.changed)?;
+                0
+            }
+            None => self.reconcile(dir, &full_table)?,
+        };
         debug!(
             pages,
             dropped,
+            delta = delta.is_some(),
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "standby memory final"
         );
+        let table = full_table;
         let no_ancestors: [PathBuf; 0] = [];
         let mut b = Builder {
             image: &image,

@@ -231,6 +231,99 @@ impl Vma {
     }
 }
 
+/// A final image made for a migration carries, instead of the full page
+/// table (`hashes.img`, 16 bytes per page: 4 MiB per GiB to write, send and
+/// read while the program is frozen), only how it differs from its parent's.
+pub const TABLE_DELTA_FILE: &str = "table-delta.img";
+
+/// The page table of an image as a change to its parent's.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TableDelta {
+    /// Entries of the full table.
+    pub count: u64,
+    /// (address, xxh3) entries new or changed since the parent, sorted.
+    pub changed: Vec<(u64, u64)>,
+    /// Addresses the parent had and this table has not, sorted.
+    pub removed: Vec<u64>,
+}
+
+impl TableDelta {
+    /// The delta from `old` to `new` (both sorted by address).
+    pub fn between(old: &[(u64, u64)], new: &[(u64, u64)]) -> TableDelta {
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            match (old.get(i), new.get(j)) {
+                (Some(o), Some(n)) if o.0 == n.0 => {
+                    if o.1 != n.1 {
+                        changed.push(*n);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.0 < n.0 => {
+                    removed.push(o.0);
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    removed.push(o.0);
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    changed.push(*n);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        TableDelta {
+            count: new.len() as u64,
+            changed,
+            removed,
+        }
+    }
+
+    /// `old` with this delta applied; `None` if the delta does not fit it
+    /// (removes an address `old` lacks, unsorted, or a wrong count).
+    pub fn apply(&self, old: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {
+        let mut out = Vec::with_capacity(self.count.min(1 << 28) as usize);
+        let (mut i, mut c, mut r) = (0, 0, 0);
+        loop {
+            let next_old = old.get(i).map(|e| e.0);
+            let next_changed = self.changed.get(c).map(|e| e.0);
+            let next_removed = self.removed.get(r).copied();
+            let Some(a) = [next_old, next_changed, next_removed]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                break;
+            };
+            if next_removed == Some(a) {
+                if next_old != Some(a) || next_changed == Some(a) {
+                    return None;
+                }
+                i += 1;
+                r += 1;
+                continue;
+            }
+            if next_changed == Some(a) {
+                out.push(self.changed[c]);
+                c += 1;
+                if next_old == Some(a) {
+                    i += 1;
+                }
+                continue;
+            }
+            out.push(old[i]);
+            i += 1;
+        }
+        let sorted = self.changed.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.removed.windows(2).all(|w| w[0] < w[1]);
+        (sorted && out.len() as u64 == self.count).then_some(out)
+    }
+}
+
 /// The memory map of a pre-dump round.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Layout {

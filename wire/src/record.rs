@@ -26,6 +26,7 @@ pub enum RecordKind {
     Mm = 3,
     Files = 4,
     Layout = 5,
+    TableDelta = 6,
 }
 
 impl RecordKind {
@@ -36,6 +37,7 @@ impl RecordKind {
             RecordKind::Mm => "mm",
             RecordKind::Files => "files",
             RecordKind::Layout => "layout",
+            RecordKind::TableDelta => "table delta",
         }
     }
 }

@@ -158,3 +158,26 @@ fn oversized_chunk_header_is_refused_before_allocating() {
     let e = read_all_chunks(Path::new("pages.img"), &bytes).unwrap_err();
     assert!(e.to_string().contains("out of bounds"), "{e}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A table delta takes the old table exactly to the new one, and does
+    /// not fit any other table.
+    #[test]
+    fn table_delta_roundtrip(
+        old in proptest::collection::btree_map(0u64..2000, any::<u64>(), 0..300),
+        new in proptest::collection::btree_map(0u64..2000, any::<u64>(), 0..300),
+    ) {
+        let old: Vec<(u64, u64)> = old.into_iter().map(|(a, h)| (a * 4096, h)).collect();
+        let new: Vec<(u64, u64)> = new.into_iter().map(|(a, h)| (a * 4096, h)).collect();
+        let d = tern_wire::TableDelta::between(&old, &new);
+        prop_assert_eq!(d.apply(&old), Some(new.clone()));
+        if !d.removed.is_empty() {
+            // Without one of the entries it removes, it must not apply.
+            let gone = d.removed[0];
+            let other: Vec<(u64, u64)> = old.iter().copied().filter(|e| e.0 != gone).collect();
+            prop_assert_eq!(d.apply(&other), None);
+        }
+    }
+}
