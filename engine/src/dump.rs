@@ -150,7 +150,7 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let parent = load_parent(pid, dir, opts.parent.as_deref())?;
     let t0 = Instant::now();
     let seized = Seized::attach(pid)?;
-    dump_seized(seized, t0, dir, opts, &parent, None)
+    dump_seized(seized, t0, dir, opts, &parent)
 }
 
 pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
@@ -173,18 +173,16 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The rest of a dump once the target is stopped (since `t0`): with
-/// `dirty`, only the pages a tracker reports (and new ones) are read, the
-/// others keep their hashes from `parent`.
-pub(crate) fn dump_seized(
+/// The rest of a dump once the target is stopped (since `t0`); then the
+/// target is released or killed as `opts` says.
+fn dump_seized(
     mut seized: Seized,
     t0: Instant,
     dir: &Path,
     opts: &DumpOptions,
     parent: &[(u64, u64)],
-    dirty: Option<&DirtySet>,
 ) -> Result<DumpStats> {
-    let mut stats = dump_frozen(&mut seized, t0, dir, opts, parent, dirty, false)?;
+    let mut stats = dump_frozen(&mut seized, t0, dir, opts, parent, None)?;
     if opts.leave_running {
         seized.release()?;
     } else {
@@ -195,21 +193,41 @@ pub(crate) fn dump_seized(
     Ok(stats)
 }
 
+/// What a dirty-page tracker still registered in a stopped program knows.
+pub(crate) struct Tracking<'a> {
+    /// Pages written since the last round.
+    pub dirty: &'a DirtySet,
+    /// The program's smaps, read since it was stopped (reading it again
+    /// costs a page-table walk, ~5 ms per GiB).
+    pub maps: Vec<MapEntry>,
+    /// The tracker reports every change (writes, zapped pages, new
+    /// mappings), so pages outside `dirty` are as the parent has them.
+    pub exact: bool,
+}
+
 /// The image of a stopped program; it stays stopped (the caller releases
-/// or kills it). On error the caller still holds it, intact. `tracked`: our
-/// uffd-wp tracker is still registered (removing it costs ~13 ms per GiB,
-/// so a migration leaves that for after the commit).
+/// or kills it). On error the caller still holds it, intact. With
+/// `tracking`, the tracker is still registered (removing it costs ~13 ms
+/// per GiB, so a migration leaves that for after the commit) and only the
+/// pages it reports (and new ones) are read.
 pub(crate) fn dump_frozen(
     seized: &mut Seized,
     t0: Instant,
     dir: &Path,
     opts: &DumpOptions,
     parent: &[(u64, u64)],
-    dirty: Option<&DirtySet>,
-    tracked: bool,
+    tracking: Option<Tracking<'_>>,
 ) -> Result<DumpStats> {
     let pid = seized.pid;
-    let maps = proc::read_smaps(pid).ctx(pid, || "read smaps".into())?;
+    let tracked = tracking.is_some();
+    let (dirty, maps, exact) = match tracking {
+        Some(t) => (Some(t.dirty), t.maps, t.exact),
+        None => (
+            None,
+            proc::read_smaps(pid).ctx(pid, || "read smaps".into())?,
+            false,
+        ),
+    };
     let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
         unsupported(
             pid,
@@ -238,7 +256,29 @@ pub(crate) fn dump_frozen(
 
     let t_mem = Instant::now();
     let codec = codec_for(opts.zstd_level);
-    let capture = capture_pages(pid, &maps, dir, codec, parent, dirty, false)?;
+    let mut capture = match dirty {
+        // An exact tracker reports every change since the parent (writes,
+        // zapped pages, new mappings): only those pages are looked at, so
+        // this costs what changed, not what the program holds.
+        Some(d) if exact && !parent.is_empty() => {
+            let mut c = capture_delta(pid, &maps, dir, codec, parent, d)?;
+            if !opts.delta_table {
+                if let Some(full) = c.delta.as_ref().and_then(|x| x.apply(parent)) {
+                    c.hashes = full;
+                    c.delta = None;
+                } else {
+                    return Err(EngineError::Internal(
+                        "page table delta does not fit its parent".into(),
+                    ));
+                }
+            }
+            c
+        }
+        _ => capture_pages(pid, &maps, dir, codec, parent, dirty, false)?,
+    };
+    if opts.delta_table && capture.delta.is_none() && opts.parent.is_some() {
+        capture.delta = Some(wire::TableDelta::between(parent, &capture.hashes));
+    }
     let page_stats = capture.stats;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
 
@@ -275,7 +315,7 @@ pub(crate) fn dump_frozen(
         frozen_ms: t0.elapsed().as_secs_f64() * 1e3,
         memory_ms,
         pages_stored: capture.pages_stored,
-        pages_seen: capture.hashes.len() as u64,
+        pages_seen: capture.table_len(),
         round_hash: capture.round_hash,
     };
     Ok(stats)
@@ -324,11 +364,18 @@ fn write_inventory(
     match delta_from {
         Some(old) => {
             let _ = std::fs::remove_file(dir.join(wire::HASHES_FILE));
-            let delta = wire::TableDelta::between(old, &capture.hashes);
+            let computed;
+            let delta = match &capture.delta {
+                Some(d) => d,
+                None => {
+                    computed = wire::TableDelta::between(old, &capture.hashes);
+                    &computed
+                }
+            };
             wire::write_record(
                 &dir.join(wire::TABLE_DELTA_FILE),
                 wire::RecordKind::TableDelta,
-                &delta,
+                delta,
             )?;
         }
         None => {
@@ -1059,10 +1106,194 @@ fn page_needed(m: &MapEntry, entry: u64) -> bool {
 /// What one capture stored, and the hash of every page it saw.
 pub struct PageCapture {
     pub stats: wire::chunks::ChunkStats,
-    /// (address, xxh3) of every page the program had, sorted.
+    /// (address, xxh3) of every page the program had, sorted (empty when
+    /// only `delta` was worked out).
     pub hashes: Vec<(u64, u64)>,
+    /// The table as a change to the parent's ([`capture_delta`]).
+    pub delta: Option<wire::TableDelta>,
     pub pages_stored: u64,
     pub round_hash: u64,
+}
+
+impl PageCapture {
+    /// Entries of the full table.
+    pub fn table_len(&self) -> u64 {
+        self.delta
+            .as_ref()
+            .map_or(self.hashes.len() as u64, |d| d.count)
+    }
+}
+
+/// The final capture of a pre-copy with an exact tracker: only the pages
+/// in `dirty` (and mappings new since its last collect) are examined
+/// (read, hashed, compared with `parent`; stored if
+/// changed; if no longer there, stored as what the page reads as now,
+/// zeros or the file's bytes, and dropped from the table), and the parent's
+/// entries in ranges no longer mapped are dropped. Produces the table as a
+/// delta to `parent`; its cost follows what changed, not the program's size.
+fn capture_delta(
+    pid: i32,
+    maps: &[MapEntry],
+    dir: &Path,
+    codec: wire::Codec,
+    parent: &[(u64, u64)],
+    dirty: &DirtySet,
+) -> Result<PageCapture> {
+    let page = page_size();
+    let pg = page as usize;
+    let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
+    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, pg)?;
+    let capturable: Vec<&MapEntry> = maps.iter().filter(|m| captures_pages(m)).collect();
+    let parent_has = |a: u64| {
+        parent
+            .binary_search_by_key(&a, |e| e.0)
+            .ok()
+            .map(|i| parent[i].1)
+    };
+    let mut changed: Vec<(u64, u64)> = Vec::new();
+    let mut removed: Vec<u64> = Vec::new();
+    let mut round = xxhash_rust::xxh3::Xxh3::new();
+    let mut pages_stored = 0u64;
+    // What to examine: the dirty pages, and whole every mapping the
+    // tracker had not registered at its last collect (new since the last
+    // round, e.g. unmapped and mapped again: it reports only the pages
+    // with data there, but the parent may have had others).
+    let mut examine: Vec<(u64, u64)> = dirty
+        .ranges()
+        .iter()
+        .map(|r| (r.start, r.start + r.pages * page))
+        .chain(
+            capturable
+                .iter()
+                .filter(|m| !m.has_flag("uw"))
+                .map(|m| (m.start, m.end)),
+        )
+        .collect();
+    examine.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(examine.len());
+    for (s, e) in examine {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let result = (|| -> Result<()> {
+        for &(rs, re) in &merged {
+            // Dirty pages outside every captured mapping were unmapped (or
+            // are in shared file mappings, which tern does not copy).
+            for m in capturable.iter().filter(|m| m.start < re && rs < m.end) {
+                let (s0, e0) = (rs.max(m.start), re.min(m.end));
+                let entries = pagemap
+                    .read(s0, e0, page)
+                    .ctx(pid, || format!("read pagemap for {s0:#x}-{e0:#x}"))?;
+                let anon = !m.is_file() || m.name.starts_with("/dev/zero");
+                let mut k = 0usize;
+                while k < entries.len() {
+                    let a = s0 + k as u64 * page;
+                    let needed = page_needed(m, entries[k]);
+                    // A run of pages with the same fate, at most one batch.
+                    let mut j = k + 1;
+                    while j < entries.len()
+                        && j - k < BATCH_BYTES / pg
+                        && page_needed(m, entries[j]) == needed
+                    {
+                        j += 1;
+                    }
+                    let len = (j - k) * pg;
+                    if needed {
+                        let Some(mut buf) = out.buffer(len) else {
+                            return Ok(());
+                        };
+                        mem::read_fully(pid, a, &mut buf[..len])
+                            .ctx(pid, || format!("read memory at {a:#x} (+{len} bytes)"))?;
+                        let mut keep = Vec::with_capacity(j - k);
+                        for (i, p) in buf[..len].chunks(pg).enumerate() {
+                            let pa = a + (i * pg) as u64;
+                            let h = xxhash_rust::xxh3::xxh3_64(p);
+                            let is_new = match parent_has(pa) {
+                                Some(ph) => ph != h,
+                                None => !(anon && crate::pagewriter::is_zero(p)),
+                            };
+                            if is_new || parent_has(pa).is_none() {
+                                changed.push((pa, h));
+                            }
+                            if is_new {
+                                round.update(&pa.to_le_bytes());
+                                round.update(&h.to_le_bytes());
+                                pages_stored += 1;
+                            }
+                            keep.push(is_new);
+                        }
+                        if !out.submit(a, buf, len, PageFilter::Only(keep)) {
+                            return Ok(());
+                        }
+                    } else {
+                        // Gone since the parent: what it reads as now is
+                        // stored, and it leaves the table.
+                        let gone: Vec<bool> = (k..j)
+                            .map(|i| parent_has(s0 + i as u64 * page).is_some())
+                            .collect();
+                        if gone.iter().any(|g| *g) {
+                            let Some(mut buf) = out.buffer(len) else {
+                                return Ok(());
+                            };
+                            if anon {
+                                buf[..len].fill(0);
+                            } else {
+                                mem::read_fully(pid, a, &mut buf[..len])
+                                    .ctx(pid, || format!("read file-backed page at {a:#x}"))?;
+                            }
+                            for (i, g) in gone.iter().enumerate() {
+                                if *g {
+                                    let pa = a + (i * pg) as u64;
+                                    removed.push(pa);
+                                    round.update(&pa.to_le_bytes());
+                                    round.update(&0u64.to_le_bytes());
+                                    pages_stored += 1;
+                                }
+                            }
+                            if !out.submit(a, buf, len, PageFilter::Only(gone)) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    k = j;
+                }
+            }
+        }
+        Ok(())
+    })();
+    let stats = out.finish();
+    result?;
+    // Parent entries no captured mapping covers any more were unmapped.
+    let mut bounds: Vec<(u64, u64)> = capturable.iter().map(|m| (m.start, m.end)).collect();
+    bounds.sort_unstable();
+    let mut at = 0u64;
+    for &(s, e) in bounds.iter().chain(std::iter::once(&(u64::MAX, u64::MAX))) {
+        if s > at {
+            let lo = parent.partition_point(|x| x.0 < at);
+            let hi = parent.partition_point(|x| x.0 < s);
+            removed.extend(parent[lo..hi].iter().map(|x| x.0));
+        }
+        at = at.max(e);
+    }
+    changed.sort_unstable_by_key(|e| e.0);
+    changed.dedup_by_key(|e| e.0);
+    removed.sort_unstable();
+    removed.dedup();
+    let added = changed.iter().filter(|e| parent_has(e.0).is_none()).count() as u64;
+    let count = (parent.len() as u64 + added).saturating_sub(removed.len() as u64);
+    Ok(PageCapture {
+        stats: stats?,
+        hashes: Vec::new(),
+        delta: Some(wire::TableDelta {
+            count,
+            changed,
+            removed,
+        }),
+        pages_stored,
+        round_hash: round.digest(),
+    })
 }
 
 /// Copy every page that must move into the page file: all of them, or,
@@ -1247,6 +1478,7 @@ fn capture_pages(
     Ok(PageCapture {
         stats: stats?,
         hashes,
+        delta: None,
         pages_stored,
         round_hash: round.digest(),
     })

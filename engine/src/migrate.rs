@@ -181,6 +181,7 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
                 break;
             }
         }
+        debug!(round, name, bytes = offset, "file sent");
         files.push(FileSummary {
             name,
             size: offset,

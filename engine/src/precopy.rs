@@ -193,7 +193,7 @@ impl Precopy {
         let t0 = Instant::now();
         let mut seized = Seized::attach(self.pid)?;
         let seize_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let set = self.tracker.collect()?;
+        let set = self.tracker.collect_stopped()?;
         debug!(
             seize_ms,
             collect_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -212,8 +212,14 @@ impl Precopy {
             &self.dir,
             &final_opts,
             &self.table,
-            Some(&set),
-            true,
+            Some(dump::Tracking {
+                dirty: &set,
+                maps: self.tracker.maps().to_vec(),
+                // uffd-wp reports zapped pages as written (kernel-notes.md);
+                // the hash tracker compares contents. Soft-dirty loses the
+                // bit of a zapped page.
+                exact: matches!(self.tracker.name(), "uffd-wp" | "hash"),
+            }),
         )?;
         let stop_reason = match (self.stop_reason, self.stop_reason_before_forced) {
             (Some(r), _) => r,
@@ -329,7 +335,7 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
-    let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None, false)?;
+    let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None)?;
     Ok(Frozen {
         tracker: None,
         seized: Some(seized),

@@ -107,6 +107,45 @@ pub fn read_smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
     parse_smaps(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// `/proc/PID/maps` (no page-table walk, unlike smaps: ~7 ms per GiB
+/// less), each mapping with the VmFlags of the one in `known` (an earlier
+/// smaps read, sorted) with the same range, permissions, offset and file.
+/// `None` when a mapping has no such match (the caller reads smaps). VmFlags
+/// changed in place since `known` was read (madvise over a whole mapping)
+/// are not seen.
+pub fn read_maps_with_flags(pid: i32, known: &[MapEntry]) -> io::Result<Option<Vec<MapEntry>>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(mut m) = parse_header(line) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad maps line: {line:?}"),
+            ));
+        };
+        let same = known
+            .binary_search_by_key(&m.start, |k| k.start)
+            .ok()
+            .map(|i| &known[i])
+            .filter(|k| {
+                k.end == m.end
+                    && (k.read, k.write, k.exec, k.shared) == (m.read, m.write, m.exec, m.shared)
+                    && k.offset == m.offset
+                    && k.inode == m.inode
+                    && (k.dev_major, k.dev_minor) == (m.dev_major, m.dev_minor)
+                    && k.name == m.name
+            });
+        match same {
+            Some(k) => {
+                m.vm_flags = k.vm_flags.clone();
+                out.push(m);
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;

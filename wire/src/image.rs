@@ -283,6 +283,26 @@ impl TableDelta {
         }
     }
 
+    /// Whether this delta applies to `old` (what [`apply`](Self::apply)
+    /// checks), in O(delta × log old) instead of building the new table.
+    pub fn fits(&self, old: &[(u64, u64)]) -> bool {
+        let has = |a: u64| old.binary_search_by_key(&a, |e| e.0).is_ok();
+        let sorted = self.changed.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.removed.windows(2).all(|w| w[0] < w[1]);
+        let mut c = 0;
+        for &r in &self.removed {
+            while c < self.changed.len() && self.changed[c].0 < r {
+                c += 1;
+            }
+            if !has(r) || self.changed.get(c).is_some_and(|e| e.0 == r) {
+                return false;
+            }
+        }
+        let added = self.changed.iter().filter(|e| !has(e.0)).count() as u64;
+        sorted
+            && (old.len() as u64 + added).checked_sub(self.removed.len() as u64) == Some(self.count)
+    }
+
     /// `old` with this delta applied; `None` if the delta does not fit it
     /// (removes an address `old` lacks, unsorted, or a wrong count).
     pub fn apply(&self, old: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {

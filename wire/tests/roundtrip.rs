@@ -173,11 +173,18 @@ proptest! {
         let new: Vec<(u64, u64)> = new.into_iter().map(|(a, h)| (a * 4096, h)).collect();
         let d = tern_wire::TableDelta::between(&old, &new);
         prop_assert_eq!(d.apply(&old), Some(new.clone()));
+        prop_assert!(d.fits(&old));
         if !d.removed.is_empty() {
             // Without one of the entries it removes, it must not apply.
             let gone = d.removed[0];
             let other: Vec<(u64, u64)> = old.iter().copied().filter(|e| e.0 != gone).collect();
             prop_assert_eq!(d.apply(&other), None);
+            prop_assert!(!d.fits(&other));
         }
+        // Nor with an entry it does not know of.
+        let extra = (1u64 << 40, 1);
+        let mut more = old.clone();
+        more.push(extra);
+        prop_assert!(!d.fits(&more));
     }
 }

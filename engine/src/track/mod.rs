@@ -292,6 +292,13 @@ pub trait DirtyTracker {
     /// Pages written since the tracker was created or since the previous
     /// collect, re-arming atomically.
     fn collect(&mut self) -> Result<DirtySet>;
+    /// [`collect`](Self::collect) while the program is stopped for good
+    /// (the final round of a pre-copy): a backend may take shortcuts that
+    /// are only exact when nothing changes meanwhile, and must report
+    /// mappings new since its last collect whole.
+    fn collect_stopped(&mut self) -> Result<DirtySet> {
+        self.collect()
+    }
     /// Cost and VMA changes of the last collect (or of the setup).
     fn stats(&self) -> &RoundStats;
     /// The memory map the last collect (or the setup) read.
