@@ -89,15 +89,19 @@ fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> P
 }
 
 fn start(test: &str, edges: EdgePair, buf_mib: u32) -> Edge {
+    start_with(test, edges, buf_mib, &[])
+}
+
+/// counter64 with a `buf_mib` buffer in A, `args` on its command line.
+fn start_with(test: &str, edges: EdgePair, buf_mib: u32, args: &[&str]) -> Edge {
     let dir = TestDir::new(test);
     let exe = compile_c_with(&dir, "counter64", &[&format!("-DBUF_MIB={buf_mib}")]);
     let out = dir.join("program.out");
-    let program = spawn_redirected(
-        &edges.a.cmd(&exe),
-        Stdio::null(),
-        &out,
-        &dir.join("program.err"),
-    );
+    let mut cmd = edges.a.cmd(&exe);
+    for a in args {
+        cmd = cmd.arg(a);
+    }
+    let program = spawn_redirected(&cmd, Stdio::null(), &out, &dir.join("program.err"));
     let key = keygen(&dir, "tern.key");
     let mut e = Edge {
         serve: None,
@@ -347,4 +351,62 @@ fn migrate_failures_leave_the_source_running() {
         serve.wait_exit(Duration::from_secs(10)).is_some(),
         "tern serve --once should end after the failed migration"
     );
+}
+
+/// A program rewriting ~50 MB/s of its memory migrates with the adaptive
+/// policy; a second one with the paper's rule (two equal consecutive round
+/// hashes), which a steady writer never satisfies, so the round limit ends
+/// the pre-copy: the report says which rule stopped it. Both continue
+/// exactly.
+#[test]
+fn migrate_busy_writer_adaptive_and_paper() {
+    if !root_or_skip("migrate_busy_writer_adaptive_and_paper") {
+        return;
+    }
+    for (policy, extra) in [
+        ("adaptive", vec![]),
+        ("paper", vec!["--policy", "paper", "--max-rounds", "8"]),
+    ] {
+        let edges = match EdgePair::new() {
+            Ok(e) => e,
+            Err(e) => {
+                skip_or_panic("migrate_busy_writer_adaptive_and_paper", &e);
+                return;
+            }
+        };
+        // 140 pages of 4 KiB per ~10 ms tick: about 50 MB/s.
+        let mut e = start_with(&format!("migrate-busy-{policy}"), edges, 128, &["140"]);
+        e.wait_ticks(70);
+        e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+        let source_pid = e.program.pid();
+        let out = e.migrate(&extra);
+        out.assert_ok(&format!("tern migrate ({policy})"));
+        let rep = report(&e.dir);
+        let restored = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+        let mut restored_guard = ProcGuard::adopt(restored);
+        assert!(wait_gone(source_pid, Duration::from_secs(5)));
+        let before = ticks(&e.out).len() as u64;
+        let all = e.wait_ticks(before + 100);
+        let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+        check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output ({policy}): {err}"));
+        let rounds = rep["rounds"].as_array().map_or(0, |r| r.len());
+        let stop = rep["stop_reason"].as_str().unwrap_or("").to_string();
+        eprintln!(
+            "50 MB/s writer, {policy}: downtime {:.1} ms, longest heartbeat gap {:.1} ms, {rounds} rounds, final delta {} pages; stopped: {stop}",
+            rep["downtime_ms"].as_f64().unwrap_or(-1.0),
+            longest_gap_ms(&all),
+            rep["final_pages"],
+        );
+        assert!(
+            rounds >= 2,
+            "{policy}: a busy writer needs more than one round"
+        );
+        if policy == "paper" {
+            assert!(
+                stop.contains("rounds") || stop.contains("equal"),
+                "the report must say which rule stopped the paper policy: {stop}"
+            );
+        }
+        restored_guard.kill_and_wait();
+    }
 }

@@ -1177,88 +1177,124 @@ fn capture_delta(
             _ => merged.push((s, e)),
         }
     }
-    let result = (|| -> Result<()> {
-        for &(rs, re) in &merged {
-            // Dirty pages outside every captured mapping were unmapped (or
-            // are in shared file mappings, which tern does not copy).
-            for m in capturable.iter().filter(|m| m.start < re && rs < m.end) {
-                let (s0, e0) = (rs.max(m.start), re.min(m.end));
-                let entries = pagemap
-                    .read(s0, e0, page)
-                    .ctx(pid, || format!("read pagemap for {s0:#x}-{e0:#x}"))?;
-                let anon = !m.is_file() || m.name.starts_with("/dev/zero");
-                let mut k = 0usize;
-                while k < entries.len() {
-                    let a = s0 + k as u64 * page;
-                    let needed = page_needed(m, entries[k]);
-                    // A run of pages with the same fate, at most one batch.
-                    let mut j = k + 1;
-                    while j < entries.len()
-                        && j - k < BATCH_BYTES / pg
-                        && page_needed(m, entries[j]) == needed
-                    {
-                        j += 1;
-                    }
-                    let len = (j - k) * pg;
-                    if needed {
-                        let Some(mut buf) = out.buffer(len) else {
-                            return Ok(());
-                        };
-                        mem::read_fully(pid, a, &mut buf[..len])
-                            .ctx(pid, || format!("read memory at {a:#x} (+{len} bytes)"))?;
-                        let mut keep = Vec::with_capacity(j - k);
-                        for (i, p) in buf[..len].chunks(pg).enumerate() {
-                            let pa = a + (i * pg) as u64;
-                            let h = xxhash_rust::xxh3::xxh3_64(p);
-                            let is_new = match parent_has(pa) {
-                                Some(ph) => ph != h,
-                                None => !(anon && crate::pagewriter::is_zero(p)),
-                            };
-                            if is_new || parent_has(pa).is_none() {
-                                changed.push((pa, h));
-                            }
-                            if is_new {
-                                round.update(&pa.to_le_bytes());
-                                round.update(&h.to_le_bytes());
-                                pages_stored += 1;
-                            }
-                            keep.push(is_new);
-                        }
-                        if !out.submit(a, buf, len, PageFilter::Only(keep)) {
-                            return Ok(());
-                        }
-                    } else {
-                        // Gone since the parent: what it reads as now is
-                        // stored, and it leaves the table.
-                        let gone: Vec<bool> = (k..j)
-                            .map(|i| parent_has(s0 + i as u64 * page).is_some())
-                            .collect();
-                        if gone.iter().any(|g| *g) {
-                            let Some(mut buf) = out.buffer(len) else {
-                                return Ok(());
-                            };
-                            if anon {
-                                buf[..len].fill(0);
-                            } else {
-                                mem::read_fully(pid, a, &mut buf[..len])
-                                    .ctx(pid, || format!("read file-backed page at {a:#x}"))?;
-                            }
-                            for (i, g) in gone.iter().enumerate() {
-                                if *g {
-                                    let pa = a + (i * pg) as u64;
-                                    removed.push(pa);
-                                    round.update(&pa.to_le_bytes());
-                                    round.update(&0u64.to_le_bytes());
-                                    pages_stored += 1;
-                                }
-                            }
-                            if !out.submit(a, buf, len, PageFilter::Only(gone)) {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    k = j;
+    // What each examined page is now: to read (it has data), or gone
+    // since the parent (it now reads as zeros or as the file's bytes).
+    // One list per mapping: a chunk of the page file never spans two.
+    let mut to_read: Vec<Vec<u64>> = Vec::new();
+    let mut gone: Vec<Vec<(u64, bool)>> = Vec::new(); // (address, anonymous)
+    let mut anon_pages: Vec<(u64, u64)> = Vec::new(); // anonymous ranges
+    for m in &capturable {
+        let lo = merged.partition_point(|r| r.1 <= m.start);
+        let segs: Vec<(u64, u64)> = merged[lo..]
+            .iter()
+            .take_while(|r| r.0 < m.end)
+            .map(|r| (r.0.max(m.start), r.1.min(m.end)))
+            .collect();
+        let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
+            continue;
+        };
+        let anon = !m.is_file() || m.name.starts_with("/dev/zero");
+        if anon {
+            anon_pages.push((m.start, m.end));
+        }
+        let (mut reads, mut gones) = (Vec::new(), Vec::new());
+        // Many scattered ranges: one pagemap read over their span.
+        let span = (first.0, last.1);
+        let span_entries = if segs.len() > 64 {
+            Some(pagemap.read(span.0, span.1, page).ctx(pid, || {
+                format!("read pagemap for {:#x}-{:#x}", span.0, span.1)
+            })?)
+        } else {
+            None
+        };
+        for &(s0, e0) in &segs {
+            let own;
+            let (entries, base) = match &span_entries {
+                Some(e) => (e, span.0),
+                None => {
+                    own = pagemap
+                        .read(s0, e0, page)
+                        .ctx(pid, || format!("read pagemap for {s0:#x}-{e0:#x}"))?;
+                    (&own, s0)
                 }
+            };
+            let mut a = s0;
+            while a < e0 {
+                let e = entries[((a - base) / page) as usize];
+                if page_needed(m, e) {
+                    reads.push(a);
+                } else if parent_has(a).is_some() {
+                    gones.push((a, anon));
+                }
+                a += page;
+            }
+        }
+        to_read.push(reads);
+        gone.push(gones);
+    }
+    let is_anon = |a: u64| anon_pages.iter().any(|&(s, e)| s <= a && a < e);
+    // Back-to-back (address, length) runs of ascending page addresses.
+    let runs_of = |addrs: &[u64]| {
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        for &a in addrs {
+            match runs.last_mut() {
+                Some(r) if r.0 + r.1 as u64 == a => r.1 += pg,
+                _ => runs.push((a, pg)),
+            }
+        }
+        runs
+    };
+    let per_batch = BATCH_BYTES / pg;
+    let result = (|| -> Result<()> {
+        for batch in to_read.iter().flat_map(|r| r.chunks(per_batch)) {
+            let len = batch.len() * pg;
+            let Some(mut buf) = out.buffer(len) else {
+                return Ok(());
+            };
+            mem::read_scattered(pid, &runs_of(batch), &mut buf[..len])
+                .ctx(pid, || format!("read {} dirty pages", batch.len()))?;
+            let mut keep = Vec::with_capacity(batch.len());
+            for (&pa, p) in batch.iter().zip(buf[..len].chunks(pg)) {
+                let h = xxhash_rust::xxh3::xxh3_64(p);
+                let old = parent_has(pa);
+                let is_new = match old {
+                    Some(ph) => ph != h,
+                    None => !(is_anon(pa) && crate::pagewriter::is_zero(p)),
+                };
+                if is_new || old.is_none() {
+                    changed.push((pa, h));
+                }
+                if is_new {
+                    round.update(&pa.to_le_bytes());
+                    round.update(&h.to_le_bytes());
+                    pages_stored += 1;
+                }
+                keep.push(is_new);
+            }
+            if !out.submit_scattered(batch.to_vec(), buf, PageFilter::Only(keep)) {
+                return Ok(());
+            }
+        }
+        for batch in gone.iter().flat_map(|g| g.chunks(per_batch)) {
+            let len = batch.len() * pg;
+            let Some(mut buf) = out.buffer(len) else {
+                return Ok(());
+            };
+            buf[..len].fill(0);
+            for (k, &(pa, anon)) in batch.iter().enumerate() {
+                if !anon {
+                    // The file's bytes show through again: read them.
+                    mem::read_fully(pid, pa, &mut buf[k * pg..(k + 1) * pg])
+                        .ctx(pid, || format!("read file-backed page at {pa:#x}"))?;
+                }
+                removed.push(pa);
+                round.update(&pa.to_le_bytes());
+                round.update(&0u64.to_le_bytes());
+                pages_stored += 1;
+            }
+            let addrs: Vec<u64> = batch.iter().map(|g| g.0).collect();
+            if !out.submit_scattered(addrs, buf, PageFilter::All) {
+                return Ok(());
             }
         }
         Ok(())

@@ -142,6 +142,7 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
     use std::io::Read;
     let names = image_files(dir).map_err(|e| format!("list {}: {e}", dir.display()))?;
     let mut files = Vec::with_capacity(names.len());
+    let mut piece: Vec<u8> = Vec::new();
     for name in names {
         let path = dir.join(&name);
         // Plain reads: the staging directory is on tmpfs when there is one,
@@ -151,7 +152,10 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut offset = 0u64;
         loop {
-            let mut data = vec![0u8; net::FILE_PIECE];
+            // One buffer for every piece: it travels in the message and
+            // comes back after the send.
+            let mut data = std::mem::take(&mut piece);
+            data.resize(net::FILE_PIECE, 0);
             let mut filled = 0;
             while filled < data.len() {
                 let n = f
@@ -168,14 +172,16 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
             }
             hasher.update(&data);
             let len = data.len() as u64;
-            tx.send(&Message::FileData {
+            let msg = Message::FileData {
                 round,
                 name: name.clone(),
                 offset,
                 data,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            };
+            tx.send(&msg).await.map_err(|e| e.to_string())?;
+            if let Message::FileData { data, .. } = msg {
+                piece = data;
+            }
             offset += len;
             if len < net::FILE_PIECE as u64 {
                 break;

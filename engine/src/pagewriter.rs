@@ -31,6 +31,9 @@ struct Batch {
     len: usize,
     filter: PageFilter,
     buf: Vec<u8>,
+    /// Scattered pages: the address of each page of `buf` (else they are
+    /// contiguous from `addr`).
+    addrs: Option<Vec<u64>>,
 }
 
 type EncodedPool = Arc<Mutex<Vec<wire::EncodedChunks>>>;
@@ -64,20 +67,27 @@ fn encode_batch(
         PageFilter::SkipZero => !is_zero(p),
         PageFilter::Only(v) => v.get(k).copied().unwrap_or(false),
     };
+    let addr_of = |k: usize| match &b.addrs {
+        Some(a) => a[k],
+        None => b.addr + (k * page) as u64,
+    };
+    // Runs of kept pages that are also contiguous in memory: one chunk each.
     let mut run_start: Option<usize> = None;
     for (k, p) in data.chunks(page).enumerate() {
         let off = k * page;
-        match (keep(k, p), run_start) {
-            (true, None) => run_start = Some(off),
-            (false, Some(s)) => {
-                enc.encode(b.addr + s as u64, data, s..off, out)?;
+        let kept = keep(k, p);
+        if let Some(s) = run_start {
+            if !kept || addr_of(k) != addr_of(k - 1) + page as u64 {
+                enc.encode(addr_of(s / page), data, s..off, out)?;
                 run_start = None;
             }
-            _ => {}
+        }
+        if kept && run_start.is_none() {
+            run_start = Some(off);
         }
     }
     if let Some(s) = run_start {
-        enc.encode(b.addr + s as u64, data, s..data.len(), out)?;
+        enc.encode(addr_of(s / page), data, s..data.len(), out)?;
     }
     Ok(())
 }
@@ -175,6 +185,26 @@ impl PageWriter {
                     len,
                     filter,
                     buf,
+                    addrs: None,
+                })
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queue pages at scattered addresses: page k of `buf` belongs at
+    /// `addrs[k]` (ascending); `filter` as for [`submit`](Self::submit).
+    pub fn submit_scattered(&mut self, addrs: Vec<u64>, buf: Vec<u8>, filter: PageFilter) -> bool {
+        let len = addrs.len() * self.page;
+        debug_assert!(len <= buf.len());
+        match &self.work_tx {
+            Some(tx) => tx
+                .send(Batch {
+                    addr: addrs.first().copied().unwrap_or(0),
+                    len,
+                    filter,
+                    buf,
+                    addrs: Some(addrs),
                 })
                 .is_ok(),
             None => false,

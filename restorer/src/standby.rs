@@ -350,6 +350,19 @@ impl Standby {
             .collect();
         let hashes = &mut self.pages;
         let (mut pages, mut bytes) = (0u64, 0u64);
+        // Small chunks (scattered dirty pages) are gathered and written with
+        // one process_vm_writev per 1024 of them.
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        let mut gathered: Vec<u8> = Vec::new();
+        let flush = |runs: &mut Vec<(u64, usize)>, gathered: &mut Vec<u8>| -> Result<()> {
+            if !runs.is_empty() {
+                mem::write_scattered(pid, runs, gathered)
+                    .step(pid, || format!("write {} page runs", runs.len()))?;
+            }
+            runs.clear();
+            gathered.clear();
+            Ok(())
+        };
         shape::stream_pages(pid, &path, |addr, buf| {
             let end = addr.saturating_add(buf.len() as u64);
             if addr % page as u64 != 0
@@ -364,7 +377,17 @@ impl Standby {
                     ),
                 });
             }
-            mem::write_fully(pid, addr, buf).step(pid, || format!("write pages at {addr:#x}"))?;
+            if buf.len() >= 64 * page {
+                flush(&mut runs, &mut gathered)?;
+                mem::write_fully(pid, addr, buf)
+                    .step(pid, || format!("write pages at {addr:#x}"))?;
+            } else {
+                runs.push((addr, buf.len()));
+                gathered.extend_from_slice(buf);
+                if runs.len() >= 1024 || gathered.len() >= 4 << 20 {
+                    flush(&mut runs, &mut gathered)?;
+                }
+            }
             for (k, p) in buf.chunks(page).enumerate() {
                 hashes.insert(addr + (k * page) as u64, xxhash_rust::xxh3::xxh3_64(p));
             }
@@ -372,6 +395,7 @@ impl Standby {
             bytes += buf.len() as u64;
             Ok(())
         })?;
+        flush(&mut runs, &mut gathered)?;
         self.pages_bytes += bytes;
         Ok((pages, bytes))
     }

@@ -3,7 +3,8 @@
  * its index and of a per-page stamp, and checks it continuously.
  *
  * Each tick it verifies the next 2 MiB of the buffer (so the whole buffer is
- * checked every 32 ticks: a "pass"), rewrites 8 pages with content derived
+ * checked every 32 ticks: a "pass"), rewrites 8 pages (argv[1] if given: a
+ * steady writer for migration tests) with content derived
  * from the tick number (recorded in stamp[]), prints "tick N pass P us T" to
  * stdout (T: CLOCK_MONOTONIC in microseconds, a heartbeat to measure pauses)
  * and sleeps 10 ms. On any mismatch it prints a CORRUPT line and exits 3.
@@ -25,7 +26,7 @@
 #define WORDS_PER_PAGE (PAGE_BYTES / sizeof(uint64_t))
 #define NPAGES (BUF_BYTES / PAGE_BYTES)
 #define SLICE_PAGES 512UL /* 2 MiB verified per tick */
-#define REWRITES 8UL
+#define REWRITES 8UL /* pages rewritten per tick; argv[1] overrides */
 
 static uint64_t *buf;
 static uint64_t stamp[NPAGES]; /* tick that last rewrote each page, 0 = initial fill */
@@ -69,8 +70,9 @@ static void sleep_ms(long ms)
 		req = rem;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	uint64_t rewrites = argc > 1 ? strtoull(argv[1], NULL, 10) : REWRITES;
 	buf = mmap(NULL, BUF_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (buf == MAP_FAILED) {
 		perror("mmap");
@@ -89,7 +91,7 @@ int main(void)
 				pass++;
 			}
 		}
-		for (uint64_t r = 0; r < REWRITES; r++) {
+		for (uint64_t r = 0; r < rewrites; r++) {
 			uint64_t page = (tick * 7919 + r * 104729) % NPAGES;
 			fill_page(page, tick);
 			check_page(page, tick);
