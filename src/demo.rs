@@ -3,35 +3,56 @@
 //! when run as root, otherwise two ports on loopback), printing the rounds,
 //! the downtime tern measured and the longest pause the program itself saw.
 
+use crate::edges::{only_stdio, Child, Edges};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The sample program: 64 MiB of state it keeps verifying, and a heartbeat
-/// line every 10 ms: "tick N us T" (T: CLOCK_MONOTONIC in microseconds).
-pub fn workload(out: &Path) -> Result<()> {
+/// The sample program: `mib` MiB of state it keeps verifying, a heartbeat
+/// line every 10 ms: "tick N us T" (T: CLOCK_MONOTONIC in microseconds),
+/// and, with `dirty_mbps`, that many MB/s of its state rewritten (spread
+/// over it, a page at a time). Prints "ready" once all state is written.
+pub fn workload(out: &Path, mib: u64, dirty_mbps: f64) -> Result<()> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out)
         .with_context(|| format!("open {}", out.display()))?;
-    let mut state: Vec<u64> = (0..(64u64 << 20) / 8).map(|i| i * 2654435761).collect();
+    let words = (mib << 20) as usize / 8;
+    let value = |i: usize, gen: u64| (i as u64).wrapping_mul(2654435761) ^ gen;
+    let mut state: Vec<u64> = (0..words).map(|i| value(i, 0)).collect();
+    // Generation of each page's content (rewrites bump it).
+    const PAGE_WORDS: usize = 512;
+    let mut gens: Vec<u64> = vec![0; words.div_ceil(PAGE_WORDS)];
+    writeln!(log, "ready")?;
+    let pages_per_tick = (dirty_mbps * 1e6 / 100.0 / 4096.0).round() as usize;
     let mut tick: u64 = 0;
+    let mut next_page: usize = 0;
     loop {
         tick += 1;
         // Check 512 words spread over the state each tick: a lost or wrong
-        // page shows up within a few seconds.
+        // page shows up within seconds.
         for k in 0..512usize {
-            let i = (tick as usize * 7919 + k * 104_729) % state.len();
-            if i != 0 && state[i] != (i as u64) * 2654435761 {
+            let i = (tick as usize * 7919 + k * 104_729) % words;
+            if state[i] != value(i, gens[i / PAGE_WORDS]) {
                 writeln!(log, "CORRUPT at {i}")?;
                 std::process::exit(3);
             }
         }
-        state[0] = tick;
+        for _ in 0..pages_per_tick {
+            next_page = (next_page + 7919) % gens.len();
+            gens[next_page] += 1;
+            let g = gens[next_page];
+            let lo = next_page * PAGE_WORDS;
+            for (j, w) in state[lo..(lo + PAGE_WORDS).min(words)]
+                .iter_mut()
+                .enumerate()
+            {
+                *w = value(lo + j, g);
+            }
+        }
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -45,7 +66,7 @@ pub fn workload(out: &Path) -> Result<()> {
 }
 
 /// (tick, microseconds) of each heartbeat line.
-fn beats(path: &Path) -> Vec<(u64, u64)> {
+pub fn beats(path: &Path) -> Vec<(u64, u64)> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -61,7 +82,7 @@ fn beats(path: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn wait_ticks(path: &Path, at_least: u64) -> Result<u64> {
+pub fn wait_ticks(path: &Path, at_least: u64) -> Result<u64> {
     let t0 = Instant::now();
     loop {
         if let Some(&(last, _)) = beats(path).last() {
@@ -82,93 +103,6 @@ fn wait_ticks(path: &Path, at_least: u64) -> Result<u64> {
     }
 }
 
-/// Two network namespaces joined by veth, removed on drop.
-struct Edges {
-    names: [String; 2],
-}
-
-const EDGE_A: &str = "10.78.0.1";
-const EDGE_B: &str = "10.78.0.2";
-
-impl Edges {
-    fn create() -> Result<Edges> {
-        let pid = std::process::id();
-        let names = [format!("tern-demo-{pid}-a"), format!("tern-demo-{pid}-b")];
-        let edges = Edges {
-            names: names.clone(),
-        };
-        let (va, vb) = (
-            format!("tdemo{}a", pid % 100_000),
-            format!("tdemo{}b", pid % 100_000),
-        );
-        let [a, b] = &names;
-        for args in [
-            vec!["netns", "add", a],
-            vec!["netns", "add", b],
-            vec![
-                "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
-            ],
-            vec!["-n", a, "addr", "add", "10.78.0.1/24", "dev", &va],
-            vec!["-n", b, "addr", "add", "10.78.0.2/24", "dev", &vb],
-            vec!["-n", a, "link", "set", &va, "up"],
-            vec!["-n", b, "link", "set", &vb, "up"],
-            vec!["-n", a, "link", "set", "lo", "up"],
-            vec!["-n", b, "link", "set", "lo", "up"],
-        ] {
-            let st = Command::new("ip")
-                .args(&args)
-                .stderr(Stdio::null())
-                .status()
-                .context("run ip")?;
-            if !st.success() {
-                bail!("ip {} failed", args.join(" "));
-            }
-        }
-        Ok(edges)
-    }
-
-    /// `program` run in namespace `k` (network namespace only).
-    fn command(&self, k: usize, program: &Path) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.names[k]))
-            .arg(program);
-        c
-    }
-}
-
-impl Drop for Edges {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip")
-                .args(["netns", "del", n])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// A child process killed on drop (by pid: only what the demo started).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn only_stdio(c: &mut Command) -> &mut Command {
-    // SAFETY: runs between fork and exec; only the async-signal-safe
-    // close_range syscall (fds this shell leaked would be refused by tern).
-    unsafe {
-        c.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    c
-}
-
 pub fn run(dir: Option<PathBuf>) -> Result<()> {
     let dir = match dir {
         Some(d) => d,
@@ -187,7 +121,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     // SAFETY: geteuid has no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let edges = if root {
-        match Edges::create() {
+        match Edges::create("demo") {
             Ok(e) => Some(e),
             Err(e) => {
                 println!("(network namespaces unavailable: {e}; using loopback)");
@@ -205,9 +139,9 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     };
     let (listen, where_a, where_b) = match &edges {
         Some(e) => (
-            format!("{EDGE_B}:7878"),
-            format!("edge A (netns {}, {EDGE_A})", e.names[0]),
-            format!("edge B (netns {}, {EDGE_B})", e.names[1]),
+            format!("{}:7878", e.addr[1]),
+            format!("edge A (netns {}, {})", e.names[0], e.addr[0]),
+            format!("edge B (netns {}, {})", e.names[1], e.addr[1]),
         ),
         None => (
             "127.0.0.1:0".to_string(),
@@ -261,7 +195,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     let program = Child(
         only_stdio(
             on(0)
-                .arg("demo-workload")
+                .args(["demo-workload", "--mib", "64"])
                 .arg(&log)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -1,7 +1,10 @@
 //! The `tern` command: parses arguments and calls the engine, restorer and
 //! wire crates.
 
+mod bench;
+mod bench_svg;
 mod demo;
+mod edges;
 mod inspect;
 mod migrate;
 mod track;
@@ -243,9 +246,49 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Reproduce the seed paper's downtime table (stop-and-copy vs live
+    /// migration by process size) on this machine, between two network
+    /// namespaces (root): prints the table, writes JSON and SVG charts.
+    Bench {
+        /// Process sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
+        sizes: Vec<u64>,
+        /// simple (freeze, copy all, restore) and/or live (pre-copy).
+        #[arg(long, value_delimiter = ',', default_value = "simple,live")]
+        modes: Vec<String>,
+        /// Stop policies for live runs.
+        #[arg(long, value_delimiter = ',', default_value = "paper,adaptive")]
+        policy: Vec<String>,
+        /// MB/s the workload rewrites (0: idle-ish, as in the paper).
+        #[arg(long, default_value_t = 0.0)]
+        dirty_rate: f64,
+        /// Shape the link to this rate (tc netem).
+        #[arg(long)]
+        link_mbit: Option<u64>,
+        /// Shape the link to this round-trip time (tc netem).
+        #[arg(long)]
+        rtt_ms: Option<f64>,
+        /// Runs per configuration (median, min and max reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write downtime.svg and breakdown.svg here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Where to keep logs (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The demo's sample program (internal).
     #[command(hide = true)]
-    DemoWorkload { out: PathBuf },
+    DemoWorkload {
+        out: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        #[arg(long, default_value_t = 0.0)]
+        dirty_mbps: f64,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -458,7 +501,34 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Check { json } => check(json),
         Cmd::Demo { dir } => demo::run(dir),
-        Cmd::DemoWorkload { out } => demo::workload(&out),
+        Cmd::Bench {
+            sizes,
+            modes,
+            policy,
+            dirty_rate,
+            link_mbit,
+            rtt_ms,
+            repeat,
+            json,
+            svg,
+            dir,
+        } => bench::run(bench::BenchArgs {
+            sizes,
+            modes,
+            policies: policy,
+            dirty_mbps: dirty_rate,
+            link_mbit,
+            rtt_ms,
+            repeat,
+            json,
+            svg,
+            dir,
+        }),
+        Cmd::DemoWorkload {
+            out,
+            mib,
+            dirty_mbps,
+        } => demo::workload(&out, mib, dirty_mbps),
         Cmd::Track {
             pid,
             tracker,

@@ -210,16 +210,31 @@ async fn session(
         .spawn(move || puppet_thread(cmd_rx, ev_tx, restore_opts))
         .map_err(|e| format!("start the standby thread: {e}"))?;
 
+    // A task of its own reads the connection: a message spans many frames,
+    // and a read abandoned half-way by `select!` would lose its place in
+    // the stream (Receiver::recv is not cancel-safe).
+    let (in_tx, mut incoming) = mpsc::channel::<Result<Message, String>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = rx.recv().await.map_err(|e| e.to_string());
+            let stop = m.is_err();
+            if in_tx.send(m).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let _stop_reader = AbortOnDrop(reader);
     let mut round: u32 = 0;
     let mut files: BTreeMap<String, Incoming> = BTreeMap::new();
     let mut committed = false;
     let result: Result<(), String> = loop {
         tokio::select! {
-            msg = tokio::time::timeout(timeout, rx.recv()), if !committed => {
+            msg = tokio::time::timeout(timeout, incoming.recv()), if !committed => {
                 let msg = match msg {
                     Err(_) => break Err(format!("the source was silent for {timeout:?}")),
-                    Ok(Err(e)) => break Err(format!("connection lost: {e}")),
-                    Ok(Ok(m)) => m,
+                    Ok(None) => break Err("connection lost".into()),
+                    Ok(Some(Err(e))) => break Err(format!("connection lost: {e}")),
+                    Ok(Some(Ok(m))) => m,
                 };
                 match msg {
                     Message::FileData { round: r, name, offset, data } => {
@@ -385,6 +400,15 @@ fn check_round(
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Ends a task when the session ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -440,6 +440,9 @@ pub struct Receiver<R> {
 }
 
 impl<R: AsyncRead + Unpin> Receiver<R> {
+    /// The next message. Not cancel-safe: a call abandoned half-way (e.g. by
+    /// `select!`) loses its place in the stream; read from a task of its
+    /// own and forward the messages.
     pub async fn recv(&mut self) -> Result<Message> {
         let mut body: Vec<u8> = Vec::new();
         let mut want: Option<usize> = None;

@@ -1,0 +1,183 @@
+//! "Edge servers" on one machine for `tern demo` and `tern bench`: two
+//! network namespaces joined by a veth pair (root only), optionally shaped
+//! with `tc netem`; and helpers to run the programs involved.
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Two network namespaces joined by veth, removed on drop.
+pub struct Edges {
+    pub names: [String; 2],
+    pub addr: [&'static str; 2],
+    veth: [String; 2],
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Edges {
+    /// Namespaces `tern-TAG-PID-a`/`-b`, at 10.78.0.1 and 10.78.0.2.
+    pub fn create(tag: &str) -> Result<Edges> {
+        let pid = std::process::id();
+        let names = [format!("tern-{tag}-{pid}-a"), format!("tern-{tag}-{pid}-b")];
+        // Interface names are limited to 15 bytes.
+        let veth = [
+            format!("tv{}a", pid % 1_000_000),
+            format!("tv{}b", pid % 1_000_000),
+        ];
+        let edges = Edges {
+            names: names.clone(),
+            addr: ["10.78.0.1", "10.78.0.2"],
+            veth: veth.clone(),
+        };
+        let [a, b] = &names;
+        let [va, vb] = &veth;
+        ip(&["netns", "add", a])?;
+        ip(&["netns", "add", b])?;
+        ip(&[
+            "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b,
+        ])?;
+        ip(&["-n", a, "addr", "add", "10.78.0.1/24", "dev", va])?;
+        ip(&["-n", b, "addr", "add", "10.78.0.2/24", "dev", vb])?;
+        for (ns, dev) in [(a, va), (b, vb)] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(edges)
+    }
+
+    /// Shape both directions of the link: netem with `mbit` of bandwidth
+    /// and half of `rtt_ms` of delay each way; where the kernel has no
+    /// netem (`CONFIG_NET_SCH_NETEM`), a rate alone is set with tbf, and a
+    /// delay is refused.
+    pub fn shape(&self, mbit: Option<u64>, rtt_ms: Option<f64>) -> Result<()> {
+        if mbit.is_none() && rtt_ms.is_none() {
+            return Ok(());
+        }
+        for k in 0..2 {
+            let mut netem: Vec<String> = vec!["netem".into()];
+            if let Some(rtt) = rtt_ms {
+                netem.extend(["delay".into(), format!("{}ms", rtt / 2.0)]);
+            }
+            if let Some(m) = mbit {
+                // Queue room for the bandwidth-delay product at this rate.
+                netem.extend([
+                    "rate".into(),
+                    format!("{m}mbit"),
+                    "limit".into(),
+                    "100000".into(),
+                ]);
+            }
+            match self.tc(k, &netem) {
+                Ok(()) => continue,
+                Err(e) if !e.to_string().contains("qdisc kind is unknown") => return Err(e),
+                Err(_) => {}
+            }
+            let Some(m) = mbit.filter(|_| rtt_ms.is_none()) else {
+                bail!(
+                    "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): a round-trip time cannot be emulated here (--rtt-ms)"
+                );
+            };
+            let tbf: Vec<String> = [
+                "tbf",
+                "rate",
+                &format!("{m}mbit"),
+                "burst",
+                "256kb",
+                "latency",
+                "100ms",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            self.tc(k, &tbf)?;
+        }
+        Ok(())
+    }
+
+    fn tc(&self, k: usize, qdisc: &[String]) -> Result<()> {
+        let mut args: Vec<String> = [
+            "-n",
+            &self.names[k],
+            "qdisc",
+            "add",
+            "dev",
+            &self.veth[k],
+            "root",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(qdisc.iter().cloned());
+        let out = Command::new("tc")
+            .args(&args)
+            .output()
+            .context("run tc (iproute2) for --link-mbit/--rtt-ms")?;
+        if !out.status.success() {
+            bail!(
+                "tc {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `program` run in namespace `k` (network namespace only: `ip netns
+    /// exec` would also give it a mount namespace, which tern refuses).
+    pub fn command(&self, k: usize, program: &Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.names[k]))
+            .arg(program);
+        c
+    }
+}
+
+impl Drop for Edges {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A child process killed on drop (by pid: only what tern started).
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `c` with fds 0-2 only.
+pub fn only_stdio(c: &mut Command) -> &mut Command {
+    // SAFETY: runs between fork and exec; only the async-signal-safe
+    // close_range syscall (fds this shell leaked would be refused by tern).
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    c
+}

@@ -1,0 +1,74 @@
+//! `tern bench` at a small size, to keep the command working: it must
+//! migrate in both modes, print the table, and write JSON rows with the
+//! documented fields and the two SVG charts. No timing is asserted (these
+//! machines are noisy; the figures are for people to read).
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+
+#[test]
+fn bench_runs_and_writes_json_and_svg() {
+    if !root_or_skip("bench_runs_and_writes_json_and_svg") {
+        return;
+    }
+    let dir = TestDir::new("bench");
+    let json = dir.join("bench.json");
+    let svg = dir.join("svg");
+    let a = args![
+        "bench",
+        "--sizes",
+        "8",
+        "--modes",
+        "simple,live",
+        "--policy",
+        "adaptive",
+        "--repeat",
+        "1",
+        "--json",
+        &json,
+        "--svg",
+        &svg,
+        "--dir",
+        dir.join("work"),
+    ];
+    let out = run_tern(&dir, &a, Stdio::null());
+    out.assert_ok("tern bench");
+    assert!(
+        out.stdout.contains("Downtime by process size") && out.stdout.contains("live/adaptive"),
+        "no table printed:\n{}",
+        out.stdout
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("bench.json")).expect("JSON");
+    let rows = rows.as_array().expect("a list of rows");
+    assert_eq!(rows.len(), 2, "one row per mode: {rows:?}");
+    for r in rows {
+        for field in [
+            "size_mib",
+            "mode",
+            "downtime_ms",
+            "dump_ms",
+            "transfer_ms",
+            "restore_ms",
+            "observed_gap_ms",
+            "rounds",
+        ] {
+            assert!(r.get(field).is_some(), "row lacks {field}: {r}");
+        }
+        assert_eq!(r["size_mib"].as_u64(), Some(8));
+        assert!(r["downtime_ms"].as_f64().is_some_and(|d| d > 0.0));
+        assert!(r["observed_gap_ms"].as_f64().is_some_and(|g| g > 0.0));
+    }
+    let live = rows.iter().find(|r| r["mode"] == "live").expect("live row");
+    assert!(live["rounds"].as_u64().is_some_and(|n| n >= 1));
+    for f in ["downtime.svg", "breakdown.svg"] {
+        let text = std::fs::read_to_string(svg.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(
+            text.starts_with("<svg") && text.contains("</svg>"),
+            "{f} is not an SVG"
+        );
+    }
+}
