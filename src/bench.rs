@@ -92,9 +92,10 @@ fn one_run(
     size: u64,
     mode: &str,
     policy: &str,
+    link: &mut String,
 ) -> Result<Run> {
     let edges = Edges::create("bench")?;
-    edges.shape(args.link_mbit, args.rtt_ms)?;
+    *link = edges.shape(args.link_mbit, args.rtt_ms)?;
     let key = dir.join("bench.key");
     if !key.exists() {
         let st = Command::new(exe)
@@ -244,17 +245,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("tern-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir)?;
     let criu = criu_unavailable();
-    let link = match (args.link_mbit, args.rtt_ms) {
-        (None, None) => "unshaped veth".to_string(),
-        (m, r) => format!(
-            "veth shaped with netem: {} , RTT {}",
-            m.map_or("no rate limit".into(), |m| format!("{m} Mbit/s")),
-            r.map_or("0 ms".into(), |r| format!("{r} ms"))
-        ),
-    };
+    let mut link = String::from("unshaped veth");
     eprintln!(
-        "tern bench: sizes {:?} MiB, modes {:?}, policies {:?}, dirty rate {} MB/s, {link}, {} run(s) each",
-        args.sizes, args.modes, args.policies, args.dirty_mbps, args.repeat
+        "tern bench: sizes {:?} MiB, modes {:?}, policies {:?}, dirty rate {} MB/s, link {:?} Mbit/s, RTT {:?} ms, {} run(s) each",
+        args.sizes, args.modes, args.policies, args.dirty_mbps, args.link_mbit, args.rtt_ms, args.repeat
     );
     let mut rows: Vec<Row> = Vec::new();
     for &size in &args.sizes {
@@ -267,7 +261,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             for policy in &policies {
                 let mut runs = Vec::new();
                 for k in 0..args.repeat {
-                    let r = one_run(&exe, &dir, &args, size, mode, policy)?;
+                    let r = one_run(&exe, &dir, &args, size, mode, policy, &mut link)?;
                     eprintln!(
                         "  {size:>5} MiB  {mode:<6} {policy:<8} run {}: downtime {:.1} ms, gap {:.1} ms, {} rounds",
                         k + 1,

@@ -65,10 +65,12 @@ impl Edges {
     /// and half of `rtt_ms` of delay each way; where the kernel has no
     /// netem (`CONFIG_NET_SCH_NETEM`), a rate alone is set with tbf, and a
     /// delay is refused.
-    pub fn shape(&self, mbit: Option<u64>, rtt_ms: Option<f64>) -> Result<()> {
+    /// Returns how the link was shaped, for humans.
+    pub fn shape(&self, mbit: Option<u64>, rtt_ms: Option<f64>) -> Result<String> {
         if mbit.is_none() && rtt_ms.is_none() {
-            return Ok(());
+            return Ok("unshaped veth".into());
         }
+        let mut how = String::new();
         for k in 0..2 {
             let mut netem: Vec<String> = vec!["netem".into()];
             if let Some(rtt) = rtt_ms {
@@ -84,7 +86,14 @@ impl Edges {
                 ]);
             }
             match self.tc(k, &netem) {
-                Ok(()) => continue,
+                Ok(()) => {
+                    how = format!(
+                        "veth shaped with netem: {}, RTT {}",
+                        mbit.map_or("no rate limit".into(), |m| format!("{m} Mbit/s")),
+                        rtt_ms.map_or("0 ms".into(), |r| format!("{r} ms"))
+                    );
+                    continue;
+                }
                 Err(e) if !e.to_string().contains("qdisc kind is unknown") => return Err(e),
                 Err(_) => {}
             }
@@ -106,8 +115,11 @@ impl Edges {
             .map(|s| s.to_string())
             .collect();
             self.tc(k, &tbf)?;
+            how = format!(
+                "veth shaped with tbf to {m} Mbit/s (no netem in this kernel: no added delay)"
+            );
         }
-        Ok(())
+        Ok(how)
     }
 
     fn tc(&self, k: usize, qdisc: &[String]) -> Result<()> {

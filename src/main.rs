@@ -232,8 +232,9 @@ enum Cmd {
         mode: MigrateMode,
         #[command(flatten)]
         rounds: RoundArgs,
-        /// Page compression: a zstd level, or 0/auto for none (the fastest
-        /// on links faster than zstd, about 3 Gbit/s per core).
+        /// Page compression: a zstd level, 0 for none, or auto: none while
+        /// the link keeps up (zstd runs ~300 MB/s per core), zstd 1 once a
+        /// round went slower than that.
         #[arg(long, default_value = "auto", allow_negative_numbers = true)]
         compress: String,
         /// Where rounds are staged before sending: default /dev/shm.
@@ -472,16 +473,17 @@ fn run(cmd: Cmd) -> Result<()> {
             timeout_ms,
             report,
         } => {
-            let level = match compress.as_str() {
-                "auto" | "0" => None,
-                n => Some(
+            let compress = match compress.as_str() {
+                "auto" => tern_engine::migrate::Compression::Auto,
+                "0" => tern_engine::migrate::Compression::Off,
+                n => tern_engine::migrate::Compression::Zstd(
                     n.parse::<i32>()
                         .with_context(|| format!("--compress {n}: not a zstd level"))?,
                 ),
             };
             let opts = tern_engine::DumpOptions {
                 leave_running: false,
-                zstd_level: level,
+                zstd_level: None,
                 parent: None,
                 delta_table: true,
             };
@@ -494,6 +496,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     MigrateMode::Simple => tern_engine::migrate::Mode::Simple,
                 },
                 precopy: rounds.precopy_options(opts),
+                compress,
                 work_dir,
                 timeout: Duration::from_millis(timeout_ms),
                 report,

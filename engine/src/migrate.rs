@@ -36,11 +36,27 @@ pub enum Mode {
     Live,
 }
 
+/// Page compression on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Off,
+    /// zstd at this level for every round.
+    Zstd(i32),
+    /// None while the link keeps up with the copy; zstd level 1 from the
+    /// round after one that went slower than zstd compresses (~300 MB/s),
+    /// i.e. where compressing pays.
+    Auto,
+}
+
+/// Below this many bytes per ms on the wire, compressing pays.
+const ZSTD_PAYS_BELOW: f64 = 300_000.0;
+
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     pub to: String,
     pub key: Key,
     pub mode: Mode,
+    pub compress: Compression,
     pub precopy: PrecopyOptions,
     /// Where round images are staged before they are sent (removed after).
     pub work_dir: PathBuf,
@@ -71,6 +87,8 @@ pub struct MigrationReport {
     /// The pid the program sees itself as on the destination.
     pub restored_ns_pid: i32,
     pub mode: Mode,
+    /// Whether pages went compressed (from some round on).
+    pub compressed: bool,
     pub tracker: String,
     pub policy: String,
     pub stop_reason: String,
@@ -445,10 +463,16 @@ pub fn migrate(
     // Rounds while the program runs; any failure leaves it running.
     let mut sent_rounds: Vec<WireRound> = Vec::new();
     let mut pending_sends = 0usize;
+    let mut precopy_opts = opts.precopy.clone();
+    precopy_opts.dump.zstd_level = match opts.compress {
+        Compression::Zstd(l) => Some(l),
+        Compression::Off | Compression::Auto => None,
+    };
+    let mut compressing = precopy_opts.dump.zstd_level.is_some();
     let frozen = match opts.mode {
-        Mode::Simple => precopy::freeze_whole(pid, &stage_dir, &opts.precopy.dump),
+        Mode::Simple => precopy::freeze_whole(pid, &stage_dir, &precopy_opts.dump),
         Mode::Live => (|| {
-            let mut pc = Precopy::start(pid, &stage_dir, &opts.precopy)?;
+            let mut pc = Precopy::start(pid, &stage_dir, &precopy_opts)?;
             let mut forced = 0;
             loop {
                 link.check_incoming().map_err(fail)?;
@@ -496,6 +520,21 @@ pub fn migrate(
                 while let Ok(s) = link.sent.try_recv() {
                     pending_sends -= 1;
                     note_sent(&mut sent_rounds, s).map_err(fail)?;
+                }
+                if opts.compress == Compression::Auto && !compressing {
+                    // A round that took the link longer than zstd would
+                    // have taken: compress from now on.
+                    if let Some(r) = sent_rounds.iter().find(|r| r.send_ms > 20.0) {
+                        let rate = r.wire_bytes as f64 / r.send_ms;
+                        if rate < ZSTD_PAYS_BELOW {
+                            info!(
+                                mb_per_s = rate / 1e3,
+                                "slow link: compressing rounds with zstd 1"
+                            );
+                            pc.set_zstd_level(Some(1));
+                            compressing = true;
+                        }
+                    }
                 }
             }
             drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
@@ -575,6 +614,7 @@ pub fn migrate(
         restored_pid,
         restored_ns_pid,
         mode: opts.mode,
+        compressed: compressing,
         tracker: report.tracker.to_string(),
         policy: report.policy.clone(),
         stop_reason: report.stop_reason.clone(),

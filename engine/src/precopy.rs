@@ -243,6 +243,11 @@ impl Precopy {
         })
     }
 
+    /// Page compression for the following rounds and the final image.
+    pub fn set_zstd_level(&mut self, level: Option<i32>) {
+        self.opts.dump.zstd_level = level;
+    }
+
     pub fn rounds(&self) -> &[RoundReport] {
         &self.rounds
     }
@@ -307,6 +312,10 @@ impl Frozen {
     /// End the program (its image lives on elsewhere).
     pub fn kill(mut self) -> Result<PrecopyReport> {
         if let Some(mut s) = self.seized.take() {
+            // Tearing down its memory (a second per few GiB of kernel work)
+            // must not take CPU from the copy that now runs elsewhere, which
+            // on one machine is this one's neighbour.
+            crate::sys::set_idle_priority(s.pid);
             s.kill()?;
         }
         // Gone with the process: dropping the tracker only closes our fd.

@@ -596,7 +596,10 @@ impl Standby {
             std::mem::take(&mut self.pages),
             std::mem::take(&mut self.table),
         );
-        std::thread::spawn(move || drop(records));
+        std::thread::spawn(move || {
+            tern_engine::sys::set_idle_priority(0);
+            drop(records)
+        });
         Ok(Prepared {
             puppet: self.puppet,
             namespace: self.namespace,

@@ -43,3 +43,24 @@ pub struct CloneArgs {
 }
 
 const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
+
+/// Put every thread of `pid` (0: the calling thread) in the SCHED_IDLE
+/// class: it then runs only when nothing else wants the CPU. Best effort.
+pub fn set_idle_priority(pid: i32) {
+    let param = libc::sched_param { sched_priority: 0 };
+    let tids: Vec<i32> = if pid == 0 {
+        vec![0]
+    } else {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for tid in tids {
+        // SAFETY: sched_setscheduler reads `param`, which outlives the call.
+        unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
+    }
+}
