@@ -50,8 +50,15 @@ fn keygen(dir: &TestDir, name: &str) -> PathBuf {
     key
 }
 
-/// Start `tern serve` in B; returns once it listens.
+/// Start `tern serve --once` in B; returns once it listens.
 fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> ProcGuard {
+    let mut a = vec!["--once"];
+    a.extend_from_slice(extra);
+    start_serve_with(dir, edges, key, &a)
+}
+
+/// Start `tern serve` in B with `extra` arguments; returns once it listens.
+fn start_serve_with(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> ProcGuard {
     let ready = dir.join(format!("serve-ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
     let mut cmd = edges
@@ -62,7 +69,6 @@ fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> P
         .arg(format!("{EDGE_B_ADDR}:{PORT}"))
         .arg("--key")
         .arg(key)
-        .arg("--once")
         .arg("--ready-file")
         .arg(&ready);
     for e in extra {
@@ -409,4 +415,122 @@ fn migrate_busy_writer_adaptive_and_paper() {
         }
         restored_guard.kill_and_wait();
     }
+}
+
+/// One `tern serve` takes 8 migrations of different programs at once, each
+/// arriving intact; a ninth beyond `--max-sessions 8` is refused at once
+/// (not queued), its program left running; once a slot is free it goes.
+#[test]
+fn serve_takes_eight_at_once_and_refuses_a_ninth() {
+    let Some(edges) = edges_or_skip("serve_takes_eight_at_once_and_refuses_a_ninth") else {
+        return;
+    };
+    let dir = TestDir::new("migrate-load");
+    let exe = compile_c_with(&dir, "counter64", &["-DBUF_MIB=8"]);
+    let key = keygen(&dir, "tern.key");
+    // Processes are dropped (killed) before the namespaces.
+    let mut programs: Vec<(ProcGuard, PathBuf)> = Vec::new();
+    let mut serve = start_serve_with(&dir, &edges, &key, &["--max-sessions", "8"]);
+    for k in 0..9 {
+        let out = dir.join(format!("program-{k}.out"));
+        let p = spawn_redirected(
+            &edges.a.cmd(&exe),
+            Stdio::null(),
+            &out,
+            &dir.join(format!("program-{k}.err")),
+        );
+        programs.push((p, out));
+    }
+    for (_, out) in &programs {
+        wait_until(
+            Duration::from_secs(20),
+            "the programs to start",
+            || (ticks(out).len() >= 5).then_some(()),
+            || tail(out, 5),
+        );
+    }
+    let migrate = |k: usize, pid: i32| {
+        let a = args![
+            "migrate",
+            "--pid",
+            pid.to_string(),
+            "--to",
+            format!("{EDGE_B_ADDR}:{PORT}"),
+            "--key",
+            &key,
+            "--policy",
+            "rounds:120",
+            "--report",
+            dir.join(format!("report-{k}.json")),
+        ];
+        run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null())
+    };
+    let pids: Vec<i32> = programs.iter().map(|p| p.0.pid()).collect();
+    let migrate = &migrate;
+    let (eight, ninth) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|k| {
+                let pid = pids[k];
+                s.spawn(move || migrate(k, pid))
+            })
+            .collect();
+        // The ninth while the eight are still in their rounds.
+        std::thread::sleep(Duration::from_millis(400));
+        let ninth = migrate(8, pids[8]);
+        let eight: Vec<TernOutput> = handles
+            .into_iter()
+            .map(|h| h.join().expect("migrate thread"))
+            .collect();
+        (eight, ninth)
+    });
+    assert!(
+        !ninth.success(),
+        "a ninth migration beyond the limit was accepted"
+    );
+    assert!(
+        ninth.stderr.contains("busy"),
+        "the refusal must say the destination is busy: {}",
+        ninth.stderr
+    );
+    let mut restored: Vec<ProcGuard> = Vec::new();
+    for (k, out) in eight.iter().enumerate() {
+        out.assert_ok(&format!("migration {k}"));
+        let text = std::fs::read_to_string(dir.join(format!("report-{k}.json"))).expect("report");
+        let rep: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let pid = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+        restored.push(ProcGuard::adopt(pid));
+        assert_eq!(
+            netns_of(pid),
+            Some(edges.b.inode()),
+            "program {k} must run in B"
+        );
+    }
+    // Each continues exactly; the ninth, refused, still runs in A.
+    for (k, (p, out)) in programs.iter_mut().enumerate() {
+        let n = ticks(out).len();
+        wait_until(
+            Duration::from_secs(20),
+            &format!("program {k} to go on"),
+            || (ticks(out).len() >= n + 20).then_some(()),
+            || tail(out, 5),
+        );
+        let numbers: Vec<u64> = ticks(out).iter().map(|t| t.0).collect();
+        check_consecutive(&numbers, 1).unwrap_or_else(|e| panic!("program {k}: {e}"));
+        if k < 8 {
+            assert!(!p.alive(), "program {k}'s source copy still runs in A");
+        } else {
+            assert!(p.alive(), "the refused program must keep running in A");
+        }
+    }
+    // With slots free again, the ninth goes through.
+    migrate(8, pids[8]).assert_ok("the ninth, once slots are free");
+    let text = std::fs::read_to_string(dir.join("report-8.json")).expect("report");
+    let rep: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    restored.push(ProcGuard::adopt(
+        rep["restored_pid"].as_i64().expect("restored_pid") as i32,
+    ));
+    for r in &mut restored {
+        r.kill_and_wait();
+    }
+    serve.kill_and_wait();
 }

@@ -224,3 +224,72 @@ fn credential_files() {
         "no secret in Debug output"
     );
 }
+
+/// Bytes recorded from a real session and played again to a server that
+/// holds the same key: its fresh ephemeral key makes the replayed transport
+/// messages undecryptable, so the replay is refused before any message is
+/// parsed.
+#[test]
+fn replayed_session_is_refused() {
+    rt().block_on(async {
+        let key = Key::generate().expect("key");
+        // Session 1, through a recorder.
+        let (client_side, rec_in) = pair().await;
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server_addr = l.local_addr().expect("addr");
+        let k1 = key.clone();
+        let server1 = tokio::spawn(async move {
+            let (s, _) = l.accept().await.expect("accept");
+            let (_tx, mut rx) = net::handshake(s, &k1, false).await.expect("handshake 1");
+            rx.recv().await
+        });
+        let recorder = tokio::spawn(async move {
+            let up = TcpStream::connect(server_addr).await.expect("connect");
+            let (mut cr, mut cw) = tokio::io::split(rec_in);
+            let (mut ur, mut uw) = tokio::io::split(up);
+            let down = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            });
+            let mut recorded = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        recorded.extend_from_slice(&buf[..n]);
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            down.abort();
+            recorded
+        });
+        let (mut tx, rx) = net::handshake(client_side, &key, true)
+            .await
+            .expect("client");
+        tx.send(&Message::Commit).await.expect("send");
+        let got = server1.await.expect("server 1");
+        assert!(matches!(got, Ok(Message::Commit)), "{got:?}");
+        drop((tx, rx));
+        let recorded = recorder.await.expect("recorder");
+        assert!(recorded.len() > 50, "nothing recorded");
+
+        // Session 2: the same bytes, to a server with the same key.
+        let (mut replayer, s2) = pair().await;
+        let k2 = key.clone();
+        let server2 = tokio::spawn(async move {
+            match net::handshake(s2, &k2, false).await {
+                Ok((_tx, mut rx)) => rx.recv().await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        });
+        replayer.write_all(&recorded).await.expect("replay");
+        let r = server2.await.expect("server 2");
+        assert!(
+            matches!(r, Err(NetError::Decrypt) | Err(NetError::Auth(_))),
+            "a replayed session must be refused: {r:?}"
+        );
+    });
+}
