@@ -10,11 +10,10 @@
 //! its heartbeats around the migration.
 
 use crate::demo::{beats, wait_ticks};
-use crate::edges::{only_stdio, Child, Edges};
+use crate::edges::{keygen, start_serve, start_workload, Edges};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub struct BenchArgs {
     pub sizes: Vec<u64>,
@@ -97,67 +96,19 @@ fn one_run(
     let edges = Edges::create("bench")?;
     *link = edges.shape(args.link_mbit, args.rtt_ms)?;
     let key = dir.join("bench.key");
-    if !key.exists() {
-        let st = Command::new(exe)
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .stderr(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("tern keygen failed");
-        }
-    }
+    keygen(exe, &key)?;
     let log = dir.join(format!("workload-{size}-{mode}-{policy}.log"));
     let report = dir.join("report.json");
-    let ready = dir.join("serve.addr");
-    for f in [&log, &report, &ready] {
+    for f in [&log, &report] {
         let _ = std::fs::remove_file(f);
     }
-    let serve_log = std::fs::File::create(dir.join("serve.log"))?;
-    let _serve = Child(
-        only_stdio(
-            edges
-                .command(1, exe)
-                .args(["serve", "--once", "--listen"])
-                .arg(format!("{}:7878", edges.addr[1]))
-                .arg("--key")
-                .arg(&key)
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(serve_log),
-        )
-        .spawn()
-        .context("start tern serve")?,
-    );
-    let program = Child(
-        only_stdio(
-            edges
-                .command(0, exe)
-                .arg("demo-workload")
-                .arg("--mib")
-                .arg(size.to_string())
-                .arg("--dirty-mbps")
-                .arg(args.dirty_mbps.to_string())
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .spawn()
-        .context("start the workload")?,
-    );
-    let t0 = Instant::now();
-    while !ready.exists() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "tern serve did not start; see {}",
-                dir.join("serve.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_serve, _) = start_serve(
+        edges.command(1, exe),
+        &key,
+        &format!("{}:7878", edges.addr[1]),
+        dir,
+    )?;
+    let program = start_workload(edges.command(0, exe), size, args.dirty_mbps, &log)?;
     // Its state written, then a second of steady state.
     wait_ticks(&log, 100)?;
     let pid = program.0.id();

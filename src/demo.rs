@@ -3,11 +3,11 @@
 //! when run as root, otherwise two ports on loopback), printing the rounds,
 //! the downtime tern measured and the longest pause the program itself saw.
 
-use crate::edges::{only_stdio, Child, Edges};
+use crate::edges::{keygen, start_serve, start_workload, Edges};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The sample program: `mib` MiB of state it keeps verifying, a heartbeat
@@ -112,8 +112,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     let log = dir.join("counter.log");
     let key = dir.join("demo.key");
     let report = dir.join("report.json");
-    let ready = dir.join("serve.addr");
-    for f in [&log, &key, &report, &ready] {
+    for f in [&log, &key, &report] {
         let _ = std::fs::remove_file(f);
     }
     let exe = std::env::current_exe().context("find the tern executable")?;
@@ -151,59 +150,16 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     };
 
     println!("1. tern keygen --out {}", key.display());
-    let st = Command::new(&exe)
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .stderr(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("tern keygen failed");
-    }
+    keygen(&exe, &key)?;
 
     println!("2. tern serve on {where_b}, listening on {listen}");
-    let serve_log = std::fs::File::create(dir.join("serve.log"))?;
-    let _serve = Child(
-        only_stdio(
-            on(1)
-                .args(["serve", "--once", "--listen", &listen, "--key"])
-                .arg(&key)
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(serve_log),
-        )
-        .spawn()
-        .context("start tern serve")?,
-    );
-    let t0 = Instant::now();
-    while !ready.exists() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "tern serve did not start; see {}",
-                dir.join("serve.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let addr = std::fs::read_to_string(&ready)?.trim().to_string();
+    let (_serve, addr) = start_serve(on(1), &key, &listen, &dir)?;
 
     println!(
         "3. the sample program on {where_a}: 64 MiB of state it keeps verifying, a heartbeat every 10 ms in {}",
         log.display()
     );
-    let program = Child(
-        only_stdio(
-            on(0)
-                .args(["demo-workload", "--mib", "64"])
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .spawn()
-        .context("start the sample program")?,
-    );
+    let program = start_workload(on(0), 64, 0.0, &log)?;
     let pid = program.0.id() as i32;
     let before = wait_ticks(&log, 30)?;
     println!("   pid {pid} is counting: tick {before}");

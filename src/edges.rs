@@ -193,3 +193,75 @@ pub fn only_stdio(c: &mut Command) -> &mut Command {
     }
     c
 }
+
+/// `tern keygen --out key` unless `key` exists.
+pub fn keygen(exe: &Path, key: &Path) -> Result<()> {
+    if key.exists() {
+        return Ok(());
+    }
+    let st = Command::new(exe)
+        .args(["keygen", "--out"])
+        .arg(key)
+        .stderr(Stdio::null())
+        .status()
+        .context("run tern keygen")?;
+    if !st.success() {
+        bail!("tern keygen failed");
+    }
+    Ok(())
+}
+
+/// Start `cmd` (a `tern` command line, possibly inside a namespace) as
+/// `tern serve --once --listen LISTEN --key KEY`, its output in
+/// `dir/serve.log`; returns once it listens, with the address it bound.
+pub fn start_serve(
+    mut cmd: Command,
+    key: &Path,
+    listen: &str,
+    dir: &Path,
+) -> Result<(Child, String)> {
+    let ready = dir.join("serve.addr");
+    let _ = std::fs::remove_file(&ready);
+    let log = dir.join("serve.log");
+    let serve = Child(
+        only_stdio(
+            cmd.args(["serve", "--once", "--listen", listen, "--key"])
+                .arg(key)
+                .arg("--ready-file")
+                .arg(&ready)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?),
+        )
+        .spawn()
+        .context("start tern serve")?,
+    );
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            bail!("tern serve did not start; see {}", log.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let addr = std::fs::read_to_string(&ready)?.trim().to_string();
+    Ok((serve, addr))
+}
+
+/// Start `cmd` (a `tern` command line) as `tern demo-workload` with
+/// `mib` MiB of state and `dirty_mbps`, logging its heartbeats to `log`.
+pub fn start_workload(mut cmd: Command, mib: u64, dirty_mbps: f64, log: &Path) -> Result<Child> {
+    let child = only_stdio(
+        cmd.arg("demo-workload")
+            .arg("--mib")
+            .arg(mib.to_string())
+            .arg("--dirty-mbps")
+            .arg(dirty_mbps.to_string())
+            .arg(log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .spawn()
+    .context("start the sample program")?;
+    Ok(Child(child))
+}

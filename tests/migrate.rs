@@ -459,7 +459,7 @@ fn serve_takes_eight_at_once_and_refuses_a_ninth() {
             "--key",
             &key,
             "--policy",
-            "rounds:120",
+            "rounds:40",
             "--report",
             dir.join(format!("report-{k}.json")),
         ];

@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use tern_engine::sys::{nr, CloneArgs};
 
 /// The reaper's name in `ps` (at most 15 bytes).
 const REAPER_NAME: &[u8] = b"tern-ns-init\0";
@@ -31,28 +30,13 @@ pub struct PidNamespace {
 
 impl PidNamespace {
     pub fn create() -> io::Result<PidNamespace> {
-        let args = CloneArgs {
-            flags: libc::CLONE_NEWPID as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            ..Default::default()
-        };
-        // SAFETY: fork-like clone3 (no CLONE_VM); `args` outlives the call.
-        // The child runs `reaper_main`, raw syscalls only, never returning
-        // into Rust code of the parent's (possibly multi-threaded) state.
-        let r = unsafe {
-            libc::syscall(
-                nr::CLONE3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: the child runs `reaper_main`: raw syscalls only, and it
+        // never returns.
+        let r = unsafe { tern_engine::sys::clone3_fork(libc::CLONE_NEWPID as u64, None)? };
         if r == 0 {
             reaper_main();
         }
-        let reaper = r as i32;
+        let reaper = r;
         let ns = match File::open(format!("/proc/{reaper}/ns/pid")) {
             Ok(f) => f,
             Err(e) => {

@@ -8,7 +8,7 @@
 
 use std::io;
 use tern_engine::proc;
-use tern_engine::sys::{nr, ptrace, remote, CloneArgs, RemoteThread};
+use tern_engine::sys::{ptrace, remote, RemoteThread};
 
 /// A child stopped under our ptrace; killed on drop unless released.
 pub struct Puppet {
@@ -22,29 +22,10 @@ pub struct Puppet {
 impl Puppet {
     /// Create the puppet, with pid `want_pid` if given.
     pub fn spawn(want_pid: Option<i32>) -> io::Result<Puppet> {
-        let tids = [want_pid.unwrap_or(0)];
-        let mut args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            ..Default::default()
-        };
-        if want_pid.is_some() {
-            args.set_tid = tids.as_ptr() as u64;
-            args.set_tid_size = 1;
-        }
-        // SAFETY: fork-like clone3 (no CLONE_VM): the child gets a copy of
-        // our address space. `args` and `tids` outlive the call. The child
-        // runs only raw syscalls below, which are async-signal-safe, and
+        // SAFETY: the child below runs raw syscalls only (glibc's cached
+        // tid would be the parent's, so no raise()/getpid() wrappers) and
         // never returns into Rust code.
-        let r = unsafe {
-            libc::syscall(
-                nr::CLONE3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let r = unsafe { tern_engine::sys::clone3_fork(0, want_pid)? };
         if r == 0 {
             // SAFETY: in the child: raw syscalls only (glibc's cached tid
             // would be the parent's, so no raise()/getpid() wrappers).
@@ -57,7 +38,7 @@ impl Puppet {
                 libc::syscall(libc::SYS_exit_group, 127);
             }
         }
-        let pid = r as i32;
+        let pid = r;
         let mut puppet = Puppet {
             pid,
             remote: RemoteThread::new(pid, 0, zero_regs()),

@@ -44,6 +44,40 @@ pub struct CloneArgs {
 
 const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
 
+/// A fork-like `clone3` (no `CLONE_VM`) with `flags`, SIGCHLD to the
+/// parent on exit, and pid `set_tid` in the child's innermost pid namespace
+/// if given. Returns the child's pid in the parent, 0 in the child.
+///
+/// # Safety
+/// The child is a copy of a process that may have other threads: it must
+/// only make raw syscalls (no allocation, no locks, no glibc wrappers that
+/// trust cached state) and must never return into the caller's Rust code.
+pub unsafe fn clone3_fork(flags: u64, set_tid: Option<i32>) -> std::io::Result<i32> {
+    let tids = [set_tid.unwrap_or(0)];
+    let mut args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if set_tid.is_some() {
+        args.set_tid = tids.as_ptr() as u64;
+        args.set_tid_size = 1;
+    }
+    // SAFETY: `args` and `tids` outlive the call; what the child may do is
+    // this function's contract.
+    let r = unsafe {
+        libc::syscall(
+            nr::CLONE3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
 /// Put every thread of `pid` (0: the calling thread) in the SCHED_IDLE
 /// class: it then runs only when nothing else wants the CPU. Best effort.
 pub fn set_idle_priority(pid: i32) {
