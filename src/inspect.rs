@@ -84,6 +84,22 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         .map(|(i, _)| (i + 1).to_string())
         .collect();
     println!("signal handlers for: {}", handled.join(" "));
+    for t in &c.posix_timers {
+        println!(
+            "posix timer {}: clock {}, signal {} (notify {}{}), next in {} ns, every {} ns",
+            t.id,
+            t.clock,
+            t.signo,
+            t.notify,
+            if t.notify_tid != 0 {
+                format!(" thread {}", t.notify_tid)
+            } else {
+                String::new()
+            },
+            t.value_ns,
+            t.interval_ns
+        );
+    }
     for t in &c.itimers {
         println!(
             "itimer {}: next in {} us, every {} us",

@@ -999,6 +999,45 @@ fn precopy_dump_restores_exactly() {
     }
 }
 
+/// POSIX timers come back under their own ids: the one that drives the
+/// program keeps firing with its sigev_value and id, a SIGEV_NONE timer
+/// keeps its time left.
+#[test]
+fn posix_timers_survive() {
+    if !root_or_skip("posix_timers_survive") {
+        return;
+    }
+    let mut s = c_session("posix_timer", "posix_timer", &[]);
+    s.wait_seq(10);
+    s.dump();
+    let out = tern_inspect(&s.dir, &s.images, false);
+    out.assert_ok("tern inspect");
+    assert!(
+        out.stdout.contains("posix timer"),
+        "inspect does not show the POSIX timers\n{}",
+        out.describe()
+    );
+    let before = s.last_seq_line().expect("a line before the dump");
+    let fired_before = field_after(&before, "fired").expect("fired");
+    let left_before = field_after(&before, "left_ms").expect("left_ms");
+    let id_before = field_after(&before, "id").expect("id");
+    s.restore(Stdio::null());
+    let after = s.wait_for_line("the timer to fire 20 more times", |l| {
+        field_after(l, "fired").is_some_and(|f| f >= fired_before + 20)
+    });
+    assert_eq!(
+        field_after(&after, "id"),
+        Some(id_before),
+        "timer id changed"
+    );
+    let left_after = field_after(&after, "left_ms").expect("left_ms");
+    assert!(
+        left_after < left_before && left_after + 10_000 > left_before,
+        "the idle timer's time left went from {left_before} to {left_after} ms"
+    );
+    s.finish();
+}
+
 /// A program driven only by setitimer(ITIMER_REAL) and keeping a count in an
 /// eventfd: after restore the timer keeps firing and the eventfd still holds
 /// its count (the program checks it every 5 ticks).

@@ -633,6 +633,22 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             });
         }
     }
+    let mut posix_timers = Vec::new();
+    let timers_text = std::fs::read_to_string(format!("/proc/{pid}/timers"))
+        .ctx(pid, || "read /proc/PID/timers".into())?;
+    for mut t in proc::parse_posix_timers(&timers_text)
+        .map_err(|e| unsupported(pid, format!("/proc/{pid}/timers: {e}")))?
+    {
+        seized.inject(
+            libc::SYS_timer_gettime,
+            &[t.id as u64, scratch],
+            "timer_gettime",
+        )?;
+        let w = |i: u64| read_u64(pid, scratch + 8 * i);
+        t.interval_ns = w(0)? * 1_000_000_000 + w(1)?;
+        t.value_ns = w(2)? * 1_000_000_000 + w(3)?;
+        posix_timers.push(t);
+    }
     seized.inject(
         libc::SYS_munmap,
         &[scratch, page],
@@ -640,6 +656,21 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     )?;
     seized.scratch = None;
 
+    // The queues with their siginfo: the process's, then each thread's.
+    let mut pending_siginfo = Vec::new();
+    for (tid, shared) in std::iter::once((pid, true))
+        .chain(std::iter::once((pid, false)))
+        .chain(seized.threads.iter().map(|t| (t.tid, false)))
+    {
+        for info in ptrace::peek_siginfo(tid, shared)
+            .ctx(pid, || format!("PTRACE_PEEKSIGINFO of thread {tid}"))?
+        {
+            pending_siginfo.push(wire::QueuedSignal {
+                tid: if shared { 0 } else { tid },
+                info: info.to_vec(),
+            });
+        }
+    }
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     for sig in 1..=64 {
         if (status.sigpnd | status.shdpnd) & (1u64 << (sig - 1)) != 0 {
@@ -673,6 +704,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         threads,
         sigactions,
         pending_signals: pending.into_iter().collect(),
+        pending_siginfo,
         creds: wire::Creds {
             uid: [status.ruid, status.euid, status.suid, status.fuid],
             gid: [status.rgid, status.egid, status.sgid, status.fgid],
@@ -695,6 +727,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         pdeath_signal,
         personality,
         itimers,
+        posix_timers,
     })
 }
 

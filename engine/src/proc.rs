@@ -286,3 +286,83 @@ VmFlags: rd wr sh mr mw me ms
         assert_eq!(i.flags, 0o2102001);
     }
 }
+
+/// Parse `/proc/PID/timers` (one block per POSIX timer: `ID:`, `signal:
+/// SIGNO/SIGVAL`, `notify: signal/pid.N | thread/tid.N | none/...`,
+/// `ClockID:`); times are left 0 for the caller to fill.
+pub fn parse_posix_timers(text: &str) -> Result<Vec<tern_wire::PosixTimer>, String> {
+    let mut out: Vec<tern_wire::PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let (key, val) = line
+            .split_once(':')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .ok_or_else(|| format!("bad line {line:?}"))?;
+        if key == "ID" {
+            out.push(tern_wire::PosixTimer {
+                id: val.parse().map_err(|_| format!("bad ID {val:?}"))?,
+                clock: 0,
+                notify: 0,
+                notify_tid: 0,
+                signo: 0,
+                sigval: 0,
+                interval_ns: 0,
+                value_ns: 0,
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else {
+            return Err(format!("{line:?} before any ID"));
+        };
+        match key {
+            "signal" => {
+                let (signo, sigval) = val
+                    .split_once('/')
+                    .ok_or_else(|| format!("bad signal {val:?}"))?;
+                t.signo = signo.parse().map_err(|_| format!("bad signal {val:?}"))?;
+                t.sigval =
+                    u64::from_str_radix(sigval, 16).map_err(|_| format!("bad sigval {val:?}"))?;
+            }
+            "notify" => {
+                let (kind, target) = val
+                    .split_once('/')
+                    .ok_or_else(|| format!("bad notify {val:?}"))?;
+                let (how, id) = target.split_once('.').unwrap_or((target, "0"));
+                let id: i32 = id.parse().map_err(|_| format!("bad notify {val:?}"))?;
+                // The kernel prints the delivery kind, then "tid" for
+                // SIGEV_THREAD_ID (glibc's SIGEV_THREAD timers use it too).
+                t.notify = match (kind, how) {
+                    ("signal", "tid") => {
+                        t.notify_tid = id;
+                        libc::SIGEV_THREAD_ID
+                    }
+                    ("signal", _) => libc::SIGEV_SIGNAL,
+                    ("none", _) => libc::SIGEV_NONE,
+                    _ => return Err(format!("unknown notify {val:?}")),
+                };
+            }
+            "ClockID" => t.clock = val.parse().map_err(|_| format!("bad ClockID {val:?}"))?,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod timers_tests {
+    #[test]
+    fn parses_proc_timers() {
+        let text = "ID: 0\nsignal: 10/000000000000002a\nnotify: signal/pid.4242\nClockID: 1\nID: 3\nsignal: 12/0000000000000000\nnotify: signal/tid.4250\nClockID: 0\n";
+        let t = super::parse_posix_timers(text).expect("parse");
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[0].id, t[0].signo, t[0].sigval, t[0].clock),
+            (0, 10, 42, 1)
+        );
+        assert_eq!(t[0].notify, libc::SIGEV_SIGNAL);
+        assert_eq!(
+            (t[1].id, t[1].notify, t[1].notify_tid),
+            (3, libc::SIGEV_THREAD_ID, 4250)
+        );
+        assert!(super::parse_posix_timers("signal: 1/0\n").is_err());
+    }
+}

@@ -299,6 +299,35 @@ fn wait_pid_free(pid: i32, wait: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Queue a signal again with its siginfo where the kernel lets another
+/// process do so (negative si_code other than SI_TKILL: timers, sigqueue,
+/// async I/O...), else raise it plainly (kill/tgkill: the sender's pid and
+/// uid are then ours).
+fn replay_signal(pid: i32, tid: i32, info: &[u8]) {
+    let word = |o: usize| i32::from_le_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+    let (sig, code) = (word(0), word(8));
+    const SI_TKILL: i32 = -6;
+    // SAFETY: plain syscalls; `info` is a 128-byte siginfo_t the kernel
+    // only reads.
+    unsafe {
+        let queued = code < 0 && code != SI_TKILL && {
+            let r = if tid == 0 {
+                libc::syscall(libc::SYS_rt_sigqueueinfo, pid, sig, info.as_ptr())
+            } else {
+                libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info.as_ptr())
+            };
+            r == 0
+        };
+        if !queued {
+            if tid == 0 {
+                libc::kill(pid, sig);
+            } else {
+                libc::syscall(libc::SYS_tgkill, pid, tid, sig);
+            }
+        }
+    }
+}
+
 /// A signal mask line of /proc/PID/status (all ones if unreadable, so
 /// that every signal is then set explicitly).
 fn status_sigmask(pid: i32, field: &str) -> u64 {
@@ -400,6 +429,14 @@ pub(crate) fn spawn_puppet(
 
 /// A restored program, complete and stopped just before it runs: killed
 /// (with its PID namespace) if dropped, or let go with [`Prepared::resume`].
+/// What a finished build hands over to [`Prepared`].
+struct Parts {
+    threads: Vec<i32>,
+    pending: Vec<i32>,
+    queued: Vec<(i32, Vec<u8>)>,
+    pages_bytes: u64,
+}
+
 pub struct Prepared {
     // Fields drop in order: the puppet before its namespace's init.
     puppet: Puppet,
@@ -407,6 +444,9 @@ pub struct Prepared {
     threads: Vec<i32>,
     /// Signals to deliver once it runs.
     pending: Vec<i32>,
+    /// Queued signals with their siginfo, (host tid or 0 for the process,
+    /// raw siginfo), in queue order.
+    queued: Vec<(i32, Vec<u8>)>,
     ns_pid: i32,
     pages_bytes: u64,
     t0: Instant,
@@ -427,6 +467,9 @@ impl Prepared {
         self.pending
             .extend(self.puppet.remote.intercepted_signals.iter().copied());
         self.puppet.release().step(pid, || "PTRACE_DETACH".into())?;
+        for (tid, info) in &self.queued {
+            replay_signal(pid, *tid, info);
+        }
         for &sig in &self.pending {
             // SAFETY: plain syscall with integer arguments.
             unsafe { libc::kill(pid, sig) };
@@ -479,14 +522,15 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     };
     b.build_memory()?;
     b.build_rest()?;
-    let (threads, pending, pages_bytes) = b.into_parts();
+    let parts = b.into_parts();
     Ok(Prepared {
         ns_pid: want.unwrap_or(puppet.pid),
         puppet,
         namespace,
-        threads,
-        pending,
-        pages_bytes,
+        threads: parts.threads,
+        pending: parts.pending,
+        queued: parts.queued,
+        pages_bytes: parts.pages_bytes,
         t0,
     })
 }
@@ -552,15 +596,50 @@ impl Builder<'_> {
     }
 
     /// Threads created, signals to deliver once running, bytes written.
-    fn into_parts(self) -> (Vec<i32>, Vec<i32>, u64) {
-        let mut pending = self.image.core.pending_signals.clone();
+    fn into_parts(self) -> Parts {
+        let core = &self.image.core;
+        // Signals with a queued siginfo are replayed from it, not re-raised.
+        let with_info: Vec<i32> = core
+            .pending_siginfo
+            .iter()
+            .filter_map(|q| {
+                q.info
+                    .get(..4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .collect();
+        let mut pending: Vec<i32> = core
+            .pending_signals
+            .iter()
+            .copied()
+            .filter(|s| !with_info.contains(s))
+            .collect();
         // Signals that arrived while the puppet was driven (e.g. from a
         // timer armed at the end) were held back: deliver them at resume.
         for t in &self.extra {
             pending.extend(t.intercepted_signals.iter().copied());
         }
-        let threads = self.extra.iter().map(|t| t.tid).collect();
-        (threads, pending, self.pages_bytes)
+        let threads: Vec<i32> = self.extra.iter().map(|t| t.tid).collect();
+        // Queued signals go to the threads by their ids on this machine.
+        let host_tid = |image_tid: i32| -> i32 {
+            match core.threads.iter().position(|t| t.tid == image_tid) {
+                Some(0) => self.pid,
+                Some(k) => threads.get(k - 1).copied().unwrap_or(self.pid),
+                None => self.pid,
+            }
+        };
+        let queued = core
+            .pending_siginfo
+            .iter()
+            .filter(|q| q.info.len() == 128)
+            .map(|q| (if q.tid == 0 { 0 } else { host_tid(q.tid) }, q.info.clone()))
+            .collect();
+        Parts {
+            threads,
+            pending,
+            queued,
+            pages_bytes: self.pages_bytes,
+        }
     }
 
     /// Address space: mappings and page contents.
@@ -596,6 +675,9 @@ impl Builder<'_> {
         self.restore_mm_fields()?;
         self.restore_thread_state(0)?;
         self.create_threads()?;
+        // Before the credentials drop: choosing a timer's id takes
+        // CAP_CHECKPOINT_RESTORE. They are armed last, in `finish`.
+        self.create_posix_timers()?;
         // Credentials are per thread in the kernel: set them in each.
         for k in 0..self.image.core.threads.len() {
             self.cur = k;
@@ -1238,6 +1320,75 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Re-create the POSIX timers under their ids (disarmed; `finish` arms
+    /// them): `PR_TIMER_CREATE_RESTORE_IDS` (Linux 6.15+) makes
+    /// `timer_create` take the id it is given.
+    fn create_posix_timers(&mut self) -> Result<()> {
+        const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+        let timers = self.image.core.posix_timers.clone();
+        if timers.is_empty() {
+            return Ok(());
+        }
+        self.cur = 0;
+        self.sys(
+            libc::SYS_prctl,
+            &[PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0],
+            || {
+                "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON): restoring POSIX timers needs Linux 6.15+"
+                    .into()
+            },
+        )?;
+        for t in &timers {
+            let tid = if self.keep_ids || t.notify_tid == 0 {
+                t.notify_tid
+            } else {
+                // --new-pid: the thread's new id.
+                match self
+                    .image
+                    .core
+                    .threads
+                    .iter()
+                    .position(|x| x.tid == t.notify_tid)
+                {
+                    Some(0) => self.pid,
+                    Some(k) => self.extra[k - 1].tid,
+                    None => t.notify_tid,
+                }
+            };
+            // struct sigevent: sigev_value, sigev_signo, sigev_notify, _tid.
+            let mut sev = [0u8; 64];
+            sev[0..8].copy_from_slice(&t.sigval.to_le_bytes());
+            sev[8..12].copy_from_slice(&t.signo.to_le_bytes());
+            sev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+            sev[16..20].copy_from_slice(&tid.to_le_bytes());
+            self.poke(SCRATCH_STRUCT, &sev)?;
+            self.poke(SCRATCH_STRUCT + 64, &t.id.to_le_bytes())?;
+            let (sev_addr, id_addr) = (
+                self.scratch + SCRATCH_STRUCT,
+                self.scratch + SCRATCH_STRUCT + 64,
+            );
+            self.sys(
+                libc::SYS_timer_create,
+                &[t.clock as u64, sev_addr, id_addr],
+                || format!("timer_create of POSIX timer {}", t.id),
+            )?;
+            let got = self.peek(SCRATCH_STRUCT + 64, 4)?;
+            let got = i32::from_le_bytes([got[0], got[1], got[2], got[3]]);
+            if got != t.id {
+                return Err(RestoreError::Unsupported(format!(
+                    "POSIX timer {} came back as {got}",
+                    t.id
+                )));
+            }
+        }
+        self.sys(
+            libc::SYS_prctl,
+            &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
+            || "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)".into(),
+        )?;
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<()> {
         let pid = self.pid;
         let scratch = self.scratch;
@@ -1255,6 +1406,19 @@ impl Builder<'_> {
             let addr = self.scratch + SCRATCH_STRUCT;
             self.sys(libc::SYS_setitimer, &[t.which as u64, addr, 0], || {
                 format!("setitimer({})", t.which)
+            })?;
+        }
+        let timers = self.image.core.posix_timers.clone();
+        for t in timers.iter().filter(|t| t.value_ns != 0) {
+            let mut its = Vec::with_capacity(32);
+            for ns in [t.interval_ns, t.value_ns] {
+                its.extend_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+                its.extend_from_slice(&(ns % 1_000_000_000).to_le_bytes());
+            }
+            self.poke(SCRATCH_STRUCT, &its)?;
+            let addr = self.scratch + SCRATCH_STRUCT;
+            self.sys(libc::SYS_timer_settime, &[t.id as u64, 0, addr, 0], || {
+                format!("timer_settime of POSIX timer {}", t.id)
             })?;
         }
         self.sys(libc::SYS_munmap, &[scratch, SCRATCH_LEN], || {

@@ -583,7 +583,7 @@ impl Standby {
             keep_ids: !self.opts.new_pid,
         };
         b.build_rest()?;
-        let (threads, pending, pages_bytes) = b.into_parts();
+        let parts = b.into_parts();
         info!(
             pid = self.puppet.pid,
             ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -603,10 +603,11 @@ impl Standby {
         Ok(Prepared {
             puppet: self.puppet,
             namespace: self.namespace,
-            threads,
-            pending,
+            threads: parts.threads,
+            pending: parts.pending,
+            queued: parts.queued,
             ns_pid,
-            pages_bytes,
+            pages_bytes: parts.pages_bytes,
             t0,
         })
     }

@@ -155,6 +155,10 @@ pub struct Core {
     pub sigactions: Vec<SigAction>,
     /// Signals pending at dump time (re-raised after restore).
     pub pending_signals: Vec<i32>,
+    /// The queued signals' `siginfo_t`s, in queue order: replayed with
+    /// their sender's data (a POSIX timer's id and value, a sigqueue value)
+    /// where the kernel lets a process queue them.
+    pub pending_siginfo: Vec<QueuedSignal>,
     pub creds: Creds,
     pub umask: u32,
     pub rlimits: Vec<Rlimit>,
@@ -167,6 +171,37 @@ pub struct Core {
     pub personality: u32,
     /// Interval timers that were armed (`setitimer`).
     pub itimers: Vec<Itimer>,
+    /// POSIX timers (`timer_create`), armed or not.
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// One queued signal.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QueuedSignal {
+    /// The thread it is queued for; 0: the whole process.
+    pub tid: i32,
+    /// The raw 128-byte `siginfo_t`.
+    #[serde(with = "serde_bytes")]
+    pub info: Vec<u8>,
+}
+
+/// A POSIX timer (`timer_create`), from /proc/PID/timers and an injected
+/// `timer_gettime`; times in nanoseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PosixTimer {
+    /// The timer id the program holds (restored as is).
+    pub id: i32,
+    pub clock: i32,
+    /// `sigev_notify`: SIGEV_SIGNAL (0), SIGEV_NONE (1), SIGEV_THREAD_ID (4).
+    pub notify: i32,
+    /// With SIGEV_THREAD_ID: the thread signalled.
+    pub notify_tid: i32,
+    pub signo: i32,
+    /// `sigev_value`, as the kernel shows it.
+    pub sigval: u64,
+    pub interval_ns: u64,
+    /// Time left until it fires; 0: disarmed.
+    pub value_ns: u64,
 }
 
 /// An armed `setitimer` timer; times in microseconds.

@@ -211,3 +211,44 @@ pub fn get_rseq(tid: i32) -> io::Result<RseqConfig> {
     )?;
     Ok(conf)
 }
+
+/// The signals queued for thread `tid` (or, with `shared`, for its whole
+/// process), each as its 128-byte `siginfo_t`, without dequeuing them
+/// (PTRACE_PEEKSIGINFO, Linux 3.10).
+pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<[u8; 128]>> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const PEEKSIGINFO_SHARED: u32 = 1;
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    loop {
+        let mut args = PeekArgs {
+            off: out.len() as u64,
+            flags: if shared { PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
+        let mut buf = [[0u8; 128]; BATCH];
+        // SAFETY: PTRACE_PEEKSIGINFO reads `args` and writes at most `nr`
+        // 128-byte siginfo records into `buf`, which holds that many.
+        let n = unsafe {
+            libc::ptrace(
+                0x4209, // PTRACE_PEEKSIGINFO
+                tid,
+                &mut args as *mut PeekArgs,
+                buf.as_mut_ptr(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        out.extend_from_slice(&buf[..n.min(BATCH)]);
+        if n < BATCH || out.len() > 4096 {
+            return Ok(out);
+        }
+    }
+}
