@@ -171,6 +171,16 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
                 "eventfd (count {count}{})",
                 if *semaphore { ", semaphore" } else { "" }
             ),
+            wire::FdKind::TimerFd {
+                clockid,
+                ticks,
+                value_ns,
+                interval_ns,
+                ..
+            } => format!(
+                "timerfd (clock {clockid}, next in {value_ns} ns, every {interval_ns} ns, {ticks} unread)"
+            ),
+            wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
         };
         println!(
             "  fd {}{}: {what}{}",

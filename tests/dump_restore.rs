@@ -999,6 +999,34 @@ fn precopy_dump_restores_exactly() {
     }
 }
 
+/// A timerfd driving the program keeps ticking, a signalfd still reads the
+/// signals it is given, and an idle timerfd keeps its time left.
+#[test]
+fn timerfd_and_signalfd_survive() {
+    if !root_or_skip("timerfd_and_signalfd_survive") {
+        return;
+    }
+    let mut s = c_session("fdtimers", "fdtimers", &[]);
+    s.wait_seq(10);
+    s.dump();
+    let out = tern_inspect(&s.dir, &s.images, false);
+    out.assert_ok("tern inspect");
+    let before = s.last_seq_line().expect("a line before the dump");
+    let sigs_before = field_after(&before, "sigs").expect("sigs");
+    let left_before = field_after(&before, "left_ms").expect("left_ms");
+    s.restore(Stdio::null());
+    let after = s.wait_for_line("4 more signals through the signalfd", |l| {
+        field_after(l, "sigs").is_some_and(|n| n >= sigs_before + 4)
+    });
+    let left_after = field_after(&after, "left_ms").expect("left_ms");
+    assert!(
+        left_after < left_before && left_after + 10_000 > left_before,
+        "the idle timerfd's time left went from {left_before} to {left_after} ms"
+    );
+    s.wait_seq(s.last_before + 30);
+    s.finish();
+}
+
 /// POSIX timers come back under their own ids: the one that drives the
 /// program keeps firing with its sigev_value and id, a SIGEV_NONE timer
 /// keeps its time left.

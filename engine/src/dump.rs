@@ -1675,9 +1675,36 @@ fn fd_kind(
             ),
         ));
     }
+    let fdinfo = || -> Result<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ctx(pid, || format!("read fdinfo {fd}"))
+    };
+    if link == "anon_inode:[timerfd]" {
+        let text = fdinfo()?;
+        let t = proc::parse_timerfd(&text)
+            .ok_or_else(|| unsupported(pid, format!("{}: unreadable timerfd fdinfo", what())))?;
+        return Ok(wire::FdKind::TimerFd {
+            clockid: t.0,
+            ticks: t.1,
+            value_ns: t.2,
+            interval_ns: t.3,
+            flags: flags & libc::O_NONBLOCK,
+        });
+    }
+    if link == "anon_inode:[signalfd]" {
+        let text = fdinfo()?;
+        let mask = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sigmask:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .ok_or_else(|| unsupported(pid, format!("{}: no sigmask in fdinfo", what())))?;
+        return Ok(wire::FdKind::SignalFd {
+            mask,
+            flags: flags & libc::O_NONBLOCK,
+        });
+    }
     if link == "anon_inode:[eventfd]" {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-            .ctx(pid, || format!("read fdinfo {fd}"))?;
+        let text = fdinfo()?;
         let field = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key))

@@ -366,3 +366,37 @@ mod timers_tests {
         assert!(super::parse_posix_timers("signal: 1/0\n").is_err());
     }
 }
+
+/// (clockid, ticks, time left ns, interval ns) from a timerfd's fdinfo:
+/// `clockid: 1`, `ticks: 0`, `it_value: (S, NS)`, `it_interval: (S, NS)`.
+pub fn parse_timerfd(text: &str) -> Option<(i32, u64, u64, u64)> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let pair = |key: &str| -> Option<u64> {
+        let v = field(key)?.trim_start_matches('(').trim_end_matches(')');
+        let (s, ns) = v.split_once(',')?;
+        Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + ns.trim().parse::<u64>().ok()?)
+    };
+    Some((
+        field("clockid:")?.parse().ok()?,
+        field("ticks:")?.parse().ok()?,
+        pair("it_value:")?,
+        pair("it_interval:")?,
+    ))
+}
+
+#[cfg(test)]
+mod timerfd_tests {
+    #[test]
+    fn parses_timerfd_fdinfo() {
+        let text = "pos:\t0\nflags:\t02004002\nmnt_id:\t15\nino:\t1057\nclockid: 1\nticks: 3\nsettime flags: 00\nit_value: (0, 9871234)\nit_interval: (1, 500)\n";
+        assert_eq!(
+            super::parse_timerfd(text),
+            Some((1, 3, 9_871_234, 1_000_000_500))
+        );
+        assert_eq!(super::parse_timerfd("clockid: 1\n"), None);
+    }
+}

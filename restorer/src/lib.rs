@@ -844,6 +844,61 @@ impl Builder<'_> {
                     }
                     (fd, 0, false)
                 }
+                wire::FdKind::TimerFd {
+                    clockid,
+                    ticks,
+                    value_ns,
+                    interval_ns,
+                    flags,
+                } => {
+                    let mut tfd_flags = libc::TFD_CLOEXEC;
+                    if flags & libc::O_NONBLOCK != 0 {
+                        tfd_flags |= libc::TFD_NONBLOCK;
+                    }
+                    let fd = self.sys(
+                        libc::SYS_timerfd_create,
+                        &[*clockid as u64, tfd_flags as u64],
+                        || format!("timerfd_create for fd {}", first.fd),
+                    )?;
+                    if *value_ns != 0 {
+                        let mut its = Vec::with_capacity(32);
+                        for ns in [*interval_ns, *value_ns] {
+                            its.extend_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+                            its.extend_from_slice(&(ns % 1_000_000_000).to_le_bytes());
+                        }
+                        self.poke(SCRATCH_STRUCT, &its)?;
+                        let addr = self.scratch + SCRATCH_STRUCT;
+                        // The time left, relative: an absolute timer's
+                        // deadline is what fdinfo showed as remaining.
+                        self.sys(libc::SYS_timerfd_settime, &[fd, 0, addr, 0], || {
+                            "timerfd_settime".into()
+                        })?;
+                    }
+                    if *ticks != 0 {
+                        // TFD_IOC_SET_TICKS (CONFIG_CHECKPOINT_RESTORE).
+                        const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+                        self.poke(SCRATCH_STRUCT, &ticks.to_le_bytes())?;
+                        let addr = self.scratch + SCRATCH_STRUCT;
+                        self.sys(libc::SYS_ioctl, &[fd, TFD_IOC_SET_TICKS, addr], || {
+                            "ioctl(TFD_IOC_SET_TICKS)".into()
+                        })?;
+                    }
+                    (fd, 0, false)
+                }
+                wire::FdKind::SignalFd { mask, flags } => {
+                    let mut sfd_flags = libc::SFD_CLOEXEC;
+                    if flags & libc::O_NONBLOCK != 0 {
+                        sfd_flags |= libc::SFD_NONBLOCK;
+                    }
+                    self.poke(SCRATCH_STRUCT, &mask.to_le_bytes())?;
+                    let addr = self.scratch + SCRATCH_STRUCT;
+                    let fd = self.sys(
+                        libc::SYS_signalfd4,
+                        &[u64::MAX, addr, 8, sfd_flags as u64],
+                        || format!("signalfd4 for fd {}", first.fd),
+                    )?;
+                    (fd, 0, false)
+                }
                 wire::FdKind::Deleted {
                     path,
                     flags,

@@ -437,6 +437,16 @@ pub enum FdKind {
         semaphore: bool,
         flags: i32,
     },
+    /// A timerfd: clock, expirations not yet read, time left and period.
+    TimerFd {
+        clockid: i32,
+        ticks: u64,
+        value_ns: u64,
+        interval_ns: u64,
+        flags: i32,
+    },
+    /// A signalfd and the signals it reads.
+    SignalFd { mask: u64, flags: i32 },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
