@@ -181,6 +181,14 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
                 "timerfd (clock {clockid}, next in {value_ns} ns, every {interval_ns} ns, {ticks} unread)"
             ),
             wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
+            wire::FdKind::Epoll { targets } => format!(
+                "epoll watching fds {}",
+                targets
+                    .iter()
+                    .map(|t| format!("{} ({:#x})", t.fd, t.events))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         println!(
             "  fd {}{}: {what}{}",

@@ -999,6 +999,44 @@ fn precopy_dump_restores_exactly() {
     }
 }
 
+/// An event loop on epoll (a level-triggered timerfd and an edge-triggered
+/// eventfd, with their epoll data) blocked in epoll_wait keeps ticking at
+/// its 10 ms period after restore, every eventfd edge seen exactly once.
+#[test]
+fn epoll_event_loop_survives() {
+    if !root_or_skip("epoll_event_loop_survives") {
+        return;
+    }
+    let mut s = c_session("eventloop", "eventloop", &[]);
+    s.wait_seq(10);
+    s.dump();
+    let out = tern_inspect(&s.dir, &s.images, false);
+    out.assert_ok("tern inspect");
+    assert!(
+        out.stdout.contains("epoll watching"),
+        "inspect does not show the epoll\n{}",
+        out.describe()
+    );
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 60);
+    // The period after the restore: 50 ticks take about 500 ms.
+    let lines = s.lines();
+    let ms: Vec<u64> = lines.iter().filter_map(|l| field_after(l, "ms")).collect();
+    let tail = &ms[ms.len() - 51..];
+    let span = tail[50] - tail[0];
+    assert!(
+        (400..=1500).contains(&span),
+        "50 ticks took {span} ms after the restore (period 10 ms)"
+    );
+    let last = lines.last().expect("a line");
+    let (n, ev) = (
+        field_after(last, "tick").expect("tick"),
+        field_after(last, "events").expect("events"),
+    );
+    assert!(ev + 1 >= n / 3, "eventfd events {ev} after {n} ticks");
+    s.finish();
+}
+
 /// A timerfd driving the program keeps ticking, a signalfd still reads the
 /// signals it is given, and an idle timerfd keeps its time left.
 #[test]

@@ -1691,6 +1691,34 @@ fn fd_kind(
             flags: flags & libc::O_NONBLOCK,
         });
     }
+    if link == "anon_inode:[eventpoll]" {
+        let text = fdinfo()?;
+        let targets = proc::parse_epoll_targets(&text)
+            .ok_or_else(|| unsupported(pid, format!("{}: unreadable epoll fdinfo", what())))?;
+        let mut out = Vec::with_capacity(targets.len());
+        for (tfd, events, data, ino) in targets {
+            // The registration names the fd it was made with: it must still
+            // be that file (else the watched file lives on under another fd,
+            // or only inside the epoll, which cannot be rebuilt).
+            let same =
+                std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")).is_ok_and(|m| m.ino() == ino);
+            if !same {
+                return Err(unsupported(
+                    pid,
+                    format!(
+                        "{}: it watches fd {tfd}, which is no longer open as that file",
+                        what()
+                    ),
+                ));
+            }
+            out.push(wire::EpollTarget {
+                fd: tfd,
+                events,
+                data,
+            });
+        }
+        return Ok(wire::FdKind::Epoll { targets: out });
+    }
     if link == "anon_inode:[signalfd]" {
         let text = fdinfo()?;
         let mask = text

@@ -400,3 +400,41 @@ mod timerfd_tests {
         assert_eq!(super::parse_timerfd("clockid: 1\n"), None);
     }
 }
+
+/// The `tfd:` lines of an epoll fd's fdinfo: (fd, events, data, inode).
+pub fn parse_epoll_targets(text: &str) -> Option<Vec<(i32, u32, u64, u64)>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+        let mut words = line.split_whitespace();
+        let mut next_after = |key: &str| -> Option<String> {
+            for w in words.by_ref() {
+                if let Some(v) = w.strip_prefix(key) {
+                    return Some(if v.is_empty() {
+                        words.next()?.to_string()
+                    } else {
+                        v.to_string()
+                    });
+                }
+            }
+            None
+        };
+        let fd = next_after("tfd:")?.parse().ok()?;
+        let events = u32::from_str_radix(&next_after("events:")?, 16).ok()?;
+        let data = u64::from_str_radix(&next_after("data:")?, 16).ok()?;
+        let ino = u64::from_str_radix(&next_after("ino:")?, 16).ok()?;
+        out.push((fd, events, data, ino));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod epoll_tests {
+    #[test]
+    fn parses_epoll_fdinfo() {
+        let text = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\ntfd:        5 events:       19 data:                5  pos:0 ino:61 sdev:9\ntfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:3f2 sdev:f\n";
+        assert_eq!(
+            super::parse_epoll_targets(text),
+            Some(vec![(5, 0x19, 5, 0x61), (12, 0x8000_0001, u64::MAX, 0x3f2)])
+        );
+    }
+}

@@ -767,6 +767,7 @@ impl Builder<'_> {
         for f in &fds {
             groups.entry(f.desc).or_default().push(f);
         }
+        let mut epolls: Vec<(i32, Vec<wire::EpollTarget>)> = Vec::new();
         for members in groups.values() {
             let first = members[0];
             let (tmp, offset, regular) = match &first.kind {
@@ -885,6 +886,16 @@ impl Builder<'_> {
                     }
                     (fd, 0, false)
                 }
+                wire::FdKind::Epoll { targets } => {
+                    let fd = self.sys(
+                        libc::SYS_epoll_create1,
+                        &[libc::EPOLL_CLOEXEC as u64],
+                        || format!("epoll_create1 for fd {}", first.fd),
+                    )?;
+                    // Filled once every fd it watches is in place.
+                    epolls.push((first.fd, targets.clone()));
+                    (fd, 0, false)
+                }
                 wire::FdKind::SignalFd { mask, flags } => {
                     let mut sfd_flags = libc::SFD_CLOEXEC;
                     if flags & libc::O_NONBLOCK != 0 {
@@ -936,6 +947,21 @@ impl Builder<'_> {
             }
             if !tmp_used {
                 self.sys(libc::SYS_close, &[tmp], || "close temporary fd".into())?;
+            }
+        }
+        for (epfd, targets) in epolls {
+            for t in targets {
+                // struct epoll_event is packed on x86-64: u32 events, u64 data.
+                let mut ev = [0u8; 12];
+                ev[..4].copy_from_slice(&t.events.to_le_bytes());
+                ev[4..].copy_from_slice(&t.data.to_le_bytes());
+                self.poke(SCRATCH_STRUCT, &ev)?;
+                let addr = self.scratch + SCRATCH_STRUCT;
+                self.sys(
+                    libc::SYS_epoll_ctl,
+                    &[epfd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, addr],
+                    || format!("epoll_ctl(ADD fd {}) on epoll fd {epfd}", t.fd),
+                )?;
             }
         }
         Ok(())

@@ -447,6 +447,18 @@ pub enum FdKind {
     },
     /// A signalfd and the signals it reads.
     SignalFd { mask: u64, flags: i32 },
+    /// An epoll instance and what it watches (fds of this process).
+    Epoll { targets: Vec<EpollTarget> },
+}
+
+/// One file an epoll instance watches.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollTarget {
+    /// The watched fd, by its number in the process.
+    pub fd: i32,
+    /// `EPOLLIN | EPOLLET | ...`.
+    pub events: u32,
+    pub data: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
