@@ -584,7 +584,14 @@ pub fn migrate(
         Err(what) => return Err(settle(frozen, &mut link, what)),
     };
 
-    // Commit: from here this copy never runs again.
+    // A destination already gone never got the Commit: thaw safely.
+    if let Err(what) = link.check_incoming() {
+        return Err(settle(frozen, &mut link, what));
+    }
+    // Commit: from here this copy never runs again. A SIGSTOP queued now
+    // is taken the moment it is let go, so even if this tern dies (the
+    // kernel then detaches the program) it cannot run twice.
+    frozen.stop_when_released();
     let commit_sent = link
         .submit(Job::Message(Message::Commit))
         .and_then(|()| link.wait_sent().map(|_| ()));

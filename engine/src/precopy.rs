@@ -287,6 +287,16 @@ impl Frozen {
         }
     }
 
+    /// From now on, if the program is let go without [`kill`](Self::kill)
+    /// (even by the kernel, should tern die), it stays stopped: a SIGSTOP
+    /// is queued while it is still traced.
+    pub fn stop_when_released(&self) {
+        if let Some(s) = &self.seized {
+            // SAFETY: plain syscall with integer arguments.
+            unsafe { libc::kill(s.pid, libc::SIGSTOP) };
+        }
+    }
+
     /// Let the program carry on as if nothing happened.
     pub fn thaw(mut self) -> Result<PrecopyReport> {
         let untracked = self.untrack();
