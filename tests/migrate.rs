@@ -172,6 +172,30 @@ impl Edge {
         run_tern_in(&self.dir, Some(&self.edges.a.name), &a, Stdio::null())
     }
 
+    /// A migration that must fail: it exits non-zero saying `must_say`,
+    /// and the source is intact afterwards; the destination is then ended.
+    fn assert_failed(
+        &mut self,
+        out: &TernOutput,
+        must_say: &str,
+        fds: &std::collections::BTreeMap<i32, String>,
+    ) {
+        assert!(
+            !out.success(),
+            "the migration succeeded: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains(must_say),
+            "the error must say {must_say:?}: {}",
+            out.stderr
+        );
+        self.assert_source_intact(fds);
+        if let Some(mut s) = self.serve.take() {
+            s.kill_and_wait();
+        }
+    }
+
     /// After a failed migration: the program still runs in A, not stopped,
     /// not traced, with no fd of tern's left in it, and its output goes on
     /// with no gap and no corruption.
@@ -268,16 +292,7 @@ fn migrate_failures_leave_the_source_running() {
     let other_key = keygen(&e.dir, "other.key");
     e.serve = Some(start_serve(&e.dir, &e.edges, &other_key, &[]));
     let out = e.migrate(&[]);
-    assert!(!out.success(), "migrate with a wrong key succeeded");
-    assert!(
-        out.stderr.contains("authentication"),
-        "the error must say authentication failed: {}",
-        out.stderr
-    );
-    e.assert_source_intact(&fds);
-    if let Some(mut s) = e.serve.take() {
-        s.kill_and_wait();
-    }
+    e.assert_failed(&out, "authentication", &fds);
 
     // 2. Destination killed during the pre-copy rounds.
     e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
@@ -288,19 +303,7 @@ fn migrate_failures_leave_the_source_running() {
     });
     let out = e.migrate(&["--policy", "rounds:100000", "--time-limit-ms", "600000"]);
     let _ = killer.join();
-    assert!(
-        !out.success(),
-        "migrate succeeded though the destination was killed"
-    );
-    assert!(
-        out.stderr.contains("keeps running here"),
-        "the error must say the program keeps running: {}",
-        out.stderr
-    );
-    e.assert_source_intact(&fds);
-    if let Some(mut s) = e.serve.take() {
-        s.kill_and_wait();
-    }
+    e.assert_failed(&out, "keeps running here", &fds);
 
     // 3. Destination dies in the final round (test hook: it exits as the
     //    final round arrives, before it has rebuilt anything).
@@ -311,14 +314,7 @@ fn migrate_failures_leave_the_source_running() {
         &["--test-fault", "exit-on-final"],
     ));
     let out = e.migrate(&[]);
-    assert!(
-        !out.success(),
-        "migrate succeeded though the destination died"
-    );
-    e.assert_source_intact(&fds);
-    if let Some(mut s) = e.serve.take() {
-        s.kill_and_wait();
-    }
+    e.assert_failed(&out, "keeps running here", &fds);
 
     // 4. Link cut mid-transfer.
     e.serve = Some(start_serve(
