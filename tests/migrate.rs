@@ -530,3 +530,81 @@ fn serve_takes_eight_at_once_and_refuses_a_ninth() {
     }
     serve.kill_and_wait();
 }
+
+/// More faults, the source surviving each: `tern migrate` itself killed
+/// (SIGKILL) in the middle of its rounds (the kernel detaches the program,
+/// which runs on, untracked; the destination discards its standby), and a
+/// destination whose staging space is full (it refuses; nothing runs there).
+#[test]
+fn migrate_faults_tern_killed_and_destination_disk_full() {
+    let Some(edges) = edges_or_skip("migrate_faults_tern_killed_and_destination_disk_full") else {
+        return;
+    };
+    let mut e = start("migrate-faults", edges, 64);
+    let fds = fd_targets(e.program.pid());
+
+    // 1. The source's tern killed mid-migration.
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--timeout-ms", "3000"],
+    ));
+    let mut migrate = spawn_redirected(
+        &e.edges
+            .a
+            .cmd(tern_bin())
+            .arg("migrate")
+            .arg("--pid")
+            .arg(e.program.pid().to_string())
+            .arg("--to")
+            .arg(format!("{EDGE_B_ADDR}:{PORT}"))
+            .arg("--key")
+            .arg(&e.key)
+            .arg("--policy")
+            .arg("rounds:100000")
+            .arg("--time-limit-ms")
+            .arg("600000"),
+        Stdio::null(),
+        &e.dir.join("killed-migrate.out"),
+        &e.dir.join("killed-migrate.err"),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "tern migrate to be in its rounds",
+        || {
+            tail(&e.dir.join("killed-migrate.err"), 5)
+                .contains("      2  ")
+                .then_some(())
+        },
+        || tail(&e.dir.join("killed-migrate.err"), 20),
+    );
+    migrate.kill_and_wait();
+    e.assert_source_intact(&fds);
+    let serve = e.serve.as_mut().expect("serve");
+    assert!(
+        serve.wait_exit(Duration::from_secs(10)).is_some(),
+        "tern serve --once should end once the source is gone"
+    );
+    e.serve = None;
+
+    // 2. The destination's staging space is full.
+    let small = e.dir.join("small");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    let _mount = match TmpfsMount::new(&small, "2m") {
+        Ok(m) => m,
+        Err(err) => {
+            skip_or_panic("migrate_faults_tern_killed_and_destination_disk_full", &err);
+            return;
+        }
+    };
+    let small_arg = small.to_string_lossy().into_owned();
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &small_arg],
+    ));
+    let out = e.migrate(&[]);
+    e.assert_failed(&out, "No space left", &fds);
+}

@@ -429,6 +429,27 @@ impl Link {
         }
     }
 
+    /// A refusal the destination sent before hanging up, if one arrives
+    /// within a moment.
+    fn refusal(&mut self) -> Option<String> {
+        let incoming = &mut self.incoming;
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_millis(300), async {
+                    loop {
+                        match incoming.recv().await {
+                            Some(Ok(Message::Refused { reason })) => return Some(reason),
+                            Some(Ok(_)) => continue,
+                            _ => return None,
+                        }
+                    }
+                })
+                .await
+            })
+            .ok()
+            .flatten()
+    }
+
     /// Best effort: tell the destination to discard everything.
     fn abort(&mut self, reason: &str) {
         let _ = self.jobs.try_send(Job::Message(Message::Abort {
@@ -541,12 +562,29 @@ pub fn migrate(
             pc.freeze()
         })(),
     }
-    .inspect_err(|_| link.abort("the source failed before the final round"))?;
+    .map_err(|e| {
+        // A send that failed because the destination refused and hung up:
+        // its reason says more than "broken pipe".
+        let e = match (&e, link.refusal()) {
+            (EngineError::Migration { .. }, Some(reason)) => {
+                fail(format!("the destination refused: {reason}"))
+            }
+            _ => e,
+        };
+        link.abort("the source failed before the final round");
+        e
+    })?;
 
     // Frozen from here: until the commit, any failure thaws the program.
     let final_dump_ms = frozen.stopped_ms();
     let t_dumped = Instant::now();
     let settle = |frozen: Frozen, link: &mut Link, what: String| -> EngineError {
+        let what = match link.refusal() {
+            Some(reason) if !what.contains(&reason) => {
+                format!("the destination refused: {reason}")
+            }
+            _ => what,
+        };
         link.abort(&what);
         match frozen.thaw() {
             Ok(_) => fail(what),
