@@ -95,6 +95,21 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
         probe_clone3_set_tid,
     ),
     (
+        "pid-namespace",
+        "restore where the ids are taken (fresh PID namespace)",
+        probe_pid_namespace,
+    ),
+    (
+        "posix-timer-ids",
+        "restore (POSIX timers under their ids)",
+        probe_posix_timer_ids,
+    ),
+    (
+        "timerfd-set-ticks",
+        "restore (timerfd unread expirations)",
+        probe_timerfd_set_ticks,
+    ),
+    (
         "pr-set-mm-map",
         "restore (mm fields, exe link, auxv)",
         probe_pr_set_mm_map,
@@ -1717,4 +1732,74 @@ mod tests {
         assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
         assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
     }
+}
+
+fn probe_pid_namespace() -> Outcome {
+    // SAFETY: the child only makes raw syscalls and exits.
+    let child = unsafe { crate::sys::clone3_fork(libc::CLONE_NEWPID as u64, None) }
+        .map_err(|e| format!("clone3(CLONE_NEWPID): {e}"))?;
+    if child == 0 {
+        // SAFETY: raw syscalls in the child; pid 1 means a new namespace.
+        unsafe {
+            let me = libc::syscall(libc::SYS_getpid);
+            libc::syscall(libc::SYS_exit_group, if me == 1 { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok("a child made with CLONE_NEWPID is pid 1 of its namespace".into())
+    } else {
+        Err(format!(
+            "the CLONE_NEWPID child did not see itself as pid 1 (status {status:#x})"
+        ))
+    }
+}
+
+fn probe_posix_timer_ids() -> Outcome {
+    const PR_TIMER_CREATE_RESTORE_IDS: c_int = 77;
+    const GET: c_ulong = 2;
+    // SAFETY: a query prctl with integer arguments.
+    let r = unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, GET, 0, 0, 0) };
+    if r < 0 {
+        return Err(format!(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS): {} (Linux 6.15+ needed to restore POSIX timers)",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(format!(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS) answers (mode {r})"
+    ))
+}
+
+fn probe_timerfd_set_ticks() -> Outcome {
+    const TFD_IOC_SET_TICKS: c_ulong = 0x4008_5400;
+    // SAFETY: plain syscall; the fd is owned below.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("timerfd_create: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned to us and is closed once, by OwnedFd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ticks: u64 = 3;
+    // SAFETY: the ioctl reads one u64 from `ticks`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks) } != 0 {
+        return Err(format!(
+            "ioctl(TFD_IOC_SET_TICKS): {} (needs CONFIG_CHECKPOINT_RESTORE)",
+            io::Error::last_os_error()
+        ));
+    }
+    let mut got: u64 = 0;
+    // SAFETY: reads 8 bytes into `got`.
+    let n = unsafe { libc::read(fd.as_raw_fd(), &mut got as *mut u64 as *mut c_void, 8) };
+    if n != 8 || got != 3 {
+        return Err(format!("read back {got} expirations after setting 3"));
+    }
+    Ok("unread expirations set and read back".into())
 }
