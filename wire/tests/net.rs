@@ -293,3 +293,75 @@ fn replayed_session_is_refused() {
         );
     });
 }
+
+mod decoder_mutations {
+    use proptest::prelude::*;
+    use tern_wire::net::{FileSummary, Message};
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                protocol: 1,
+                tern_version: "0.1.0".into(),
+                pid: 4242,
+                comm: "counter".into(),
+                kernel_release: "6.18.44".into(),
+            },
+            Message::FileData {
+                round: 3,
+                name: "pages.img".into(),
+                offset: 4096,
+                data: (0..300u32).map(|i| i as u8).collect(),
+            },
+            Message::RoundDone {
+                round: 3,
+                final_round: true,
+                files: vec![FileSummary {
+                    name: "core.img".into(),
+                    size: 77,
+                    xxh3: 0xdead_beef,
+                }],
+            },
+            Message::Commit,
+            Message::Running {
+                pid: 1,
+                ns_pid: 2,
+                resume_ms: 0.5,
+            },
+            Message::Refused {
+                reason: "busy".into(),
+            },
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Any bytes: the decoder answers (a message or an error), never
+        /// panics, and what it accepts encodes back to a message that
+        /// decodes the same.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(m) = Message::decode(&bytes) {
+                let again = m.encode().expect("re-encode");
+                prop_assert_eq!(Message::decode(&again).expect("decode again"), m);
+            }
+        }
+
+        /// Valid messages with one byte changed, or cut short: never a
+        /// panic; a truncated message is never accepted as the original.
+        #[test]
+        fn mutated_messages_never_panic(which in 0usize..6, at in any::<usize>(), xor in 1u8..=255, cut in any::<usize>()) {
+            let m = samples()[which].clone();
+            let bytes = m.encode().expect("encode");
+            let mut flipped = bytes.clone();
+            let i = at % flipped.len();
+            flipped[i] ^= xor;
+            let _ = Message::decode(&flipped);
+            let short = &bytes[..cut % bytes.len()];
+            if let Ok(d) = Message::decode(short) {
+                prop_assert_ne!(d, m);
+            }
+        }
+    }
+}
