@@ -861,9 +861,18 @@ impl Builder<'_> {
                         &[*clockid as u64, tfd_flags as u64],
                         || format!("timerfd_create for fd {}", first.fd),
                     )?;
-                    if *value_ns != 0 {
+                    // A periodic timerfd whose last expiry is still unread
+                    // is not re-armed until that read (fdinfo then shows no
+                    // time left): arm it for the next period, or it would
+                    // never fire again.
+                    let value_ns = if *value_ns == 0 {
+                        *interval_ns
+                    } else {
+                        *value_ns
+                    };
+                    if value_ns != 0 {
                         let mut its = Vec::with_capacity(32);
-                        for ns in [*interval_ns, *value_ns] {
+                        for ns in [*interval_ns, value_ns] {
                             its.extend_from_slice(&(ns / 1_000_000_000).to_le_bytes());
                             its.extend_from_slice(&(ns % 1_000_000_000).to_le_bytes());
                         }
