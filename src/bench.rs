@@ -15,16 +15,40 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Process sizes in MiB.
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
     pub sizes: Vec<u64>,
+    /// simple (freeze, copy all, restore) and/or live (pre-copy).
+    #[arg(long, value_delimiter = ',', default_value = "simple,live")]
     pub modes: Vec<String>,
+    /// Stop policies for live runs.
+    #[arg(
+        long = "policy",
+        value_delimiter = ',',
+        default_value = "paper,adaptive"
+    )]
     pub policies: Vec<String>,
+    /// MB/s the workload rewrites (0: idle-ish, as in the paper).
+    #[arg(long = "dirty-rate", default_value_t = 0.0)]
     pub dirty_mbps: f64,
+    /// Shape the link to this rate (tc netem, or tbf without netem).
+    #[arg(long)]
     pub link_mbit: Option<u64>,
+    /// Shape the link to this round-trip time (tc netem).
+    #[arg(long)]
     pub rtt_ms: Option<f64>,
+    /// Runs per configuration (median, min and max reported).
+    #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write downtime.svg and breakdown.svg here.
+    #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Where to keep logs (default: a new temporary directory).
+    #[arg(long)]
     pub dir: Option<PathBuf>,
 }
 

@@ -14,20 +14,26 @@ pub struct Edges {
     veth: [String; 2],
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
+/// Run an iproute2 tool (`ip`, `tc`); its stderr becomes the error.
+fn iproute2<S: AsRef<str>>(tool: &str, args: &[S]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let out = Command::new(tool)
+        .args(&args)
         .stdin(Stdio::null())
         .output()
-        .context("run ip (iproute2)")?;
+        .with_context(|| format!("run {tool} (iproute2)"))?;
     if !out.status.success() {
         bail!(
-            "ip {} failed: {}",
+            "{tool} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    iproute2("ip", args)
 }
 
 impl Edges {
@@ -136,18 +142,7 @@ impl Edges {
         .map(|s| s.to_string())
         .collect();
         args.extend(qdisc.iter().cloned());
-        let out = Command::new("tc")
-            .args(&args)
-            .output()
-            .context("run tc (iproute2) for --link-mbit/--rtt-ms")?;
-        if !out.status.success() {
-            bail!(
-                "tc {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        iproute2("tc", &args)
     }
 
     /// `program` run in namespace `k` (network namespace only: `ip netns

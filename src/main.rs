@@ -187,36 +187,7 @@ enum Cmd {
         out: PathBuf,
     },
     /// The destination daemon: receive migrating programs and run them here.
-    Serve {
-        /// Address to listen on, e.g. 10.0.0.2:7878 (only this address).
-        #[arg(long)]
-        listen: String,
-        /// Credential file from `tern keygen` (must not be readable by others).
-        #[arg(long)]
-        key: PathBuf,
-        /// Where incoming rounds are staged: default /dev/shm when present.
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// Migrations received at once; more are refused.
-        #[arg(long, default_value_t = 8)]
-        max_sessions: usize,
-        /// How long a peer may stay silent, in ms.
-        #[arg(long, default_value_t = 30_000)]
-        timeout_ms: u64,
-        /// Exit after the first migration ends.
-        #[arg(long)]
-        once: bool,
-        /// Restore into a fresh PID namespace: auto (when the program's ids
-        /// are taken here), always, or never.
-        #[arg(long, default_value = "auto")]
-        pid_ns: tern_restorer::PidNsMode,
-        /// Write "HOST:PORT" here once listening.
-        #[arg(long)]
-        ready_file: Option<PathBuf>,
-        /// Fault injection for tests (exit-on-final).
-        #[arg(long, hide = true)]
-        test_fault: Option<String>,
-    },
+    Serve(migrate::ServeArgs),
     /// Live-migrate a running process to a `tern serve`.
     Migrate {
         #[arg(long, short = 't')]
@@ -250,37 +221,7 @@ enum Cmd {
     /// Reproduce the seed paper's downtime table (stop-and-copy vs live
     /// migration by process size) on this machine, between two network
     /// namespaces (root): prints the table, writes JSON and SVG charts.
-    Bench {
-        /// Process sizes in MiB.
-        #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
-        sizes: Vec<u64>,
-        /// simple (freeze, copy all, restore) and/or live (pre-copy).
-        #[arg(long, value_delimiter = ',', default_value = "simple,live")]
-        modes: Vec<String>,
-        /// Stop policies for live runs.
-        #[arg(long, value_delimiter = ',', default_value = "paper,adaptive")]
-        policy: Vec<String>,
-        /// MB/s the workload rewrites (0: idle-ish, as in the paper).
-        #[arg(long, default_value_t = 0.0)]
-        dirty_rate: f64,
-        /// Shape the link to this rate (tc netem).
-        #[arg(long)]
-        link_mbit: Option<u64>,
-        /// Shape the link to this round-trip time (tc netem).
-        #[arg(long)]
-        rtt_ms: Option<f64>,
-        /// Runs per configuration (median, min and max reported).
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Write downtime.svg and breakdown.svg here.
-        #[arg(long)]
-        svg: Option<PathBuf>,
-        /// Where to keep logs (default: a new temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    Bench(bench::BenchArgs),
     /// The demo's sample program (internal).
     #[command(hide = true)]
     DemoWorkload {
@@ -441,27 +382,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Inspect { images, json } => inspect::run(&images, json),
         Cmd::Keygen { out } => migrate::keygen(&out),
-        Cmd::Serve {
-            listen,
-            key,
-            work_dir,
-            max_sessions,
-            timeout_ms,
-            once,
-            pid_ns,
-            ready_file,
-            test_fault,
-        } => migrate::serve(migrate::ServeArgs {
-            listen,
-            key,
-            work_dir,
-            max_sessions,
-            timeout: Duration::from_millis(timeout_ms),
-            once,
-            pid_ns,
-            ready_file,
-            test_fault,
-        }),
+        Cmd::Serve(a) => migrate::serve(a),
         Cmd::Migrate {
             pid,
             to,
@@ -504,29 +425,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Check { json } => check(json),
         Cmd::Demo { dir } => demo::run(dir),
-        Cmd::Bench {
-            sizes,
-            modes,
-            policy,
-            dirty_rate,
-            link_mbit,
-            rtt_ms,
-            repeat,
-            json,
-            svg,
-            dir,
-        } => bench::run(bench::BenchArgs {
-            sizes,
-            modes,
-            policies: policy,
-            dirty_mbps: dirty_rate,
-            link_mbit,
-            rtt_ms,
-            repeat,
-            json,
-            svg,
-            dir,
-        }),
+        Cmd::Bench(a) => bench::run(a),
         Cmd::DemoWorkload {
             out,
             mib,

@@ -30,15 +30,35 @@ fn default_work_dir(given: Option<PathBuf>) -> PathBuf {
     })
 }
 
+#[derive(clap::Args)]
 pub struct ServeArgs {
+    /// Address to listen on, e.g. 10.0.0.2:7878 (only this address).
+    #[arg(long)]
     pub listen: String,
+    /// Credential file from `tern keygen` (must not be readable by others).
+    #[arg(long)]
     pub key: PathBuf,
+    /// Where incoming rounds are staged: default /dev/shm when present.
+    #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Migrations received at once; more are refused.
+    #[arg(long, default_value_t = 8)]
     pub max_sessions: usize,
-    pub timeout: Duration,
+    /// How long a peer may stay silent, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Exit after the first migration ends.
+    #[arg(long)]
     pub once: bool,
+    /// Restore into a fresh PID namespace: auto (when the program's ids
+    /// are taken here), always, or never.
+    #[arg(long, default_value = "auto")]
     pub pid_ns: tern_restorer::PidNsMode,
+    /// Write "HOST:PORT" here once listening.
+    #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Fault injection for tests (exit-on-final).
+    #[arg(long, hide = true)]
     pub test_fault: Option<String>,
 }
 
@@ -53,7 +73,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             ..Default::default()
         },
         max_sessions: a.max_sessions,
-        timeout: a.timeout,
+        timeout: Duration::from_millis(a.timeout_ms),
         once: a.once,
         test_fault: a.test_fault,
     };

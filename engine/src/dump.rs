@@ -290,16 +290,7 @@ pub(crate) fn dump_frozen(
         .first()
         .map(|t| t.comm.clone())
         .unwrap_or_default();
-    let delta_from = (opts.delta_table && opts.parent.is_some()).then_some(parent);
-    write_inventory(
-        dir,
-        pid,
-        comm,
-        &capture,
-        opts.parent.as_deref(),
-        false,
-        delta_from,
-    )?;
+    write_inventory(dir, pid, comm, &capture, opts.parent.as_deref(), false)?;
     debug!(
         pid,
         memory_ms,
@@ -350,8 +341,8 @@ fn load_parent(pid: i32, dir: &Path, parent: Option<&Path>) -> Result<Vec<(u64, 
     )?)
 }
 
-/// `delta_from`: write the page table as a delta to this (the parent's)
-/// table instead of whole.
+/// The page table goes whole (`hashes.img`), or as the capture's delta to
+/// its parent's (`table-delta.img`) when it has one.
 fn write_inventory(
     dir: &Path,
     pid: i32,
@@ -359,19 +350,10 @@ fn write_inventory(
     capture: &PageCapture,
     parent: Option<&Path>,
     pre_dump: bool,
-    delta_from: Option<&[(u64, u64)]>,
 ) -> Result<()> {
-    match delta_from {
-        Some(old) => {
+    match &capture.delta {
+        Some(delta) => {
             let _ = std::fs::remove_file(dir.join(wire::HASHES_FILE));
-            let computed;
-            let delta = match &capture.delta {
-                Some(d) => d,
-                None => {
-                    computed = wire::TableDelta::between(old, &capture.hashes);
-                    &computed
-                }
-            };
             wire::write_record(
                 &dir.join(wire::TABLE_DELTA_FILE),
                 wire::RecordKind::TableDelta,
@@ -460,7 +442,7 @@ pub(crate) fn pre_dump_round(
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();
-    write_inventory(dir, pid, comm, &capture, parent, true, None)?;
+    write_inventory(dir, pid, comm, &capture, parent, true)?;
     let stats = DumpStats {
         pages_bytes: capture.stats.raw_bytes,
         stored_bytes: capture.stats.stored_bytes,
@@ -540,18 +522,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     // SigIgn), and SIGCHLD (whose SA_NOCLD* flags act even at SIG_DFL),
     // can differ from the all-zero default: ask the kernel about those
     // only (each injected syscall costs tens of microseconds, frozen).
-    let status_text =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).ctx(pid, || "read status".into())?;
-    let mask_of = |name: &str| {
-        status_text
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
-    let (Some(caught), Some(ignored)) = (mask_of("SigCgt:"), mask_of("SigIgn:")) else {
-        return Err(unsupported(pid, "/proc/PID/status lacks SigCgt/SigIgn"));
-    };
-    let interesting = caught | ignored | (1u64 << (libc::SIGCHLD - 1));
+    let interesting = status.sigcgt | status.sigign | (1u64 << (libc::SIGCHLD - 1));
     let mut sigactions = Vec::with_capacity(64);
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64
@@ -1226,7 +1197,7 @@ fn capture_delta(
         let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
             continue;
         };
-        let anon = !m.is_file() || m.name.starts_with("/dev/zero");
+        let anon = m.reads_zero_when_empty();
         if anon {
             anon_pages.push((m.start, m.end));
         }
@@ -1404,7 +1375,7 @@ fn capture_pages(
             }
             // Anonymous memory starts zero-filled on restore: zero pages
             // need not be stored unless an older image had data there.
-            let anon = !m.is_file() || m.name.starts_with("/dev/zero");
+            let anon = m.reads_zero_when_empty();
             let t_pm = Instant::now();
             let entries = pagemap.read(m.start, m.end, page);
             pagemap_ns += t_pm.elapsed().as_nanos();
@@ -1508,7 +1479,7 @@ fn capture_pages(
                 let Some(mut buf) = out.buffer(len) else {
                     return Ok(());
                 };
-                if m.is_file() && !m.name.starts_with("/dev/zero") {
+                if !m.reads_zero_when_empty() {
                     // The file's bytes show through again: read them.
                     if mem::read_fully(pid, addr, &mut buf[..len]).is_err() {
                         if running {

@@ -221,8 +221,9 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
     .map_err(|e| e.to_string())
 }
 
-/// Removes the staging directory however the migration ends.
-struct Staging(PathBuf);
+/// A migration's staging directory, removed however the migration ends
+/// (used by both ends).
+pub struct Staging(pub PathBuf);
 
 impl Drop for Staging {
     fn drop(&mut self) {
@@ -372,21 +373,30 @@ impl Link {
     /// Anything the destination said meanwhile that ends the migration.
     fn check_incoming(&mut self) -> std::result::Result<(), String> {
         while let Ok(m) = self.incoming.try_recv() {
-            match m {
-                Ok(Message::RoundApplied { round, ms, pages }) => {
-                    info!(round, ms, pages, "destination applied round");
-                    self.applied += 1;
-                }
-                Ok(Message::Refused { reason }) => {
-                    return Err(format!("the destination refused: {reason}"))
-                }
-                Ok(other) => {
-                    return Err(format!("unexpected {} from the destination", other.kind()))
-                }
-                Err(e) => return Err(format!("connection to the destination: {e}")),
+            match self.note(m)? {
+                Message::RoundApplied { .. } => {}
+                other => return Err(format!("unexpected {} from the destination", other.kind())),
             }
         }
         Ok(())
+    }
+
+    /// Book what the destination said: a round applied is counted, a
+    /// refusal or a broken connection is the error it is.
+    fn note(
+        &mut self,
+        m: std::result::Result<Message, String>,
+    ) -> std::result::Result<Message, String> {
+        match m {
+            Ok(Message::RoundApplied { round, ms, pages }) => {
+                info!(round, ms, pages, "destination applied round");
+                self.applied += 1;
+                Ok(Message::RoundApplied { round, pages, ms })
+            }
+            Ok(Message::Refused { reason }) => Err(format!("the destination refused: {reason}")),
+            Ok(m) => Ok(m),
+            Err(e) => Err(format!("connection to the destination: {e}")),
+        }
     }
 
     /// Wait for the next completion of the sender task.
@@ -410,21 +420,14 @@ impl Link {
             let r = self
                 .rt
                 .block_on(async { tokio::time::timeout(timeout, self.incoming.recv()).await });
-            match r {
+            let m = match r {
                 Err(_) => return Err(format!("no {what} from the destination within {timeout:?}")),
                 Ok(None) => return Err("the connection to the destination is gone".into()),
-                Ok(Some(Err(e))) => return Err(format!("connection to the destination: {e}")),
-                Ok(Some(Ok(Message::RoundApplied { round, ms, pages }))) => {
-                    info!(round, ms, pages, "destination applied round");
-                    self.applied += 1;
-                    if what == "RoundApplied" {
-                        return Ok(Message::RoundApplied { round, pages, ms });
-                    }
-                }
-                Ok(Some(Ok(Message::Refused { reason }))) => {
-                    return Err(format!("the destination refused: {reason}"))
-                }
-                Ok(Some(Ok(m))) => return Ok(m),
+                Ok(Some(m)) => self.note(m)?,
+            };
+            // Progress notes are booked; any other answer is the caller's.
+            if !matches!(m, Message::RoundApplied { .. }) || what == "RoundApplied" {
+                return Ok(m);
             }
         }
     }

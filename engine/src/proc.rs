@@ -34,6 +34,11 @@ impl MapEntry {
     pub fn is_shmem_anon(&self) -> bool {
         self.shared && self.name.starts_with("/dev/zero")
     }
+    /// A page of it with no data of its own reads as zeros (anonymous
+    /// memory, or a mapping of /dev/zero), not as a file's bytes.
+    pub fn reads_zero_when_empty(&self) -> bool {
+        !self.is_file() || self.name.starts_with("/dev/zero")
+    }
     /// A mapping of a real file (not a pseudo-name, not anonymous).
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.name.starts_with('/')
@@ -70,6 +75,15 @@ fn parse_header(line: &str) -> Option<MapEntry> {
         anonymous_kb: 0,
         swap_kb: 0,
     })
+}
+
+/// A signal mask line of `/proc/PID/status` (`SigCgt:`, `SigIgn:`, ...).
+pub fn status_sigmask(pid: i32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Parse the text of `/proc/PID/smaps`.

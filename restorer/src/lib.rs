@@ -328,19 +328,6 @@ fn replay_signal(pid: i32, tid: i32, info: &[u8]) {
     }
 }
 
-/// A signal mask line of /proc/PID/status (all ones if unreadable, so
-/// that every signal is then set explicitly).
-fn status_sigmask(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX)
-}
-
 /// Check, before any process is created, that everything outside the
 /// image that it refers to is still there and unchanged.
 fn check_outside_world(image: &Image) -> Result<()> {
@@ -697,16 +684,10 @@ impl Builder<'_> {
         let pid = self.pid;
         let image = self.image;
         let final_pages = self.final_pages;
-        let vmas: Vec<&wire::Vma> = image
-            .mm
-            .vmas
-            .iter()
-            .filter(|v| shape::holds_private_pages(v))
-            .collect();
+        let private = shape::private_ranges(&image.mm.vmas);
         let page = image.inventory.page_size as usize;
         let mut written = 0u64;
         shape::stream_pages(pid, path, |addr, buf| {
-            let end = addr.saturating_add(buf.len() as u64);
             if !strict {
                 // Only pages the program still had, with these very bytes:
                 // anything since unmapped, zeroed or rewritten is not ours.
@@ -715,7 +696,7 @@ impl Builder<'_> {
                     let wanted = final_pages
                         .binary_search_by_key(&a, |(x, _)| *x)
                         .is_ok_and(|i| final_pages[i].1 == xxhash_rust::xxh3::xxh3_64(p));
-                    if !wanted || !vmas.iter().any(|v| v.start <= a && a < v.end) {
+                    if !wanted || !private.iter().any(|&(s, e)| s <= a && a < e) {
                         continue;
                     }
                     mem::write_fully(pid, a, p).step(pid, || format!("write pages at {a:#x}"))?;
@@ -723,15 +704,7 @@ impl Builder<'_> {
                 }
                 return Ok(());
             }
-            if !vmas.iter().any(|v| v.start <= addr && end <= v.end) {
-                return Err(RestoreError::BadImage {
-                    dir: image.dir.clone(),
-                    what: format!(
-                        "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
-                        path.display()
-                    ),
-                });
-            }
+            shape::check_chunk(&image.dir, path, &private, addr, buf.len(), page)?;
             mem::write_fully(pid, addr, buf).step(pid, || format!("write pages at {addr:#x}"))?;
             written += buf.len() as u64;
             Ok(())
@@ -1105,8 +1078,9 @@ impl Builder<'_> {
         }
         // Signals whose disposition is not the default, in the puppet (as
         // inherited from tern) or in the image: only those are set.
-        let puppet_custom =
-            status_sigmask(self.pid, "SigCgt:") | status_sigmask(self.pid, "SigIgn:");
+        // Unreadable: all ones, so every signal is then set explicitly.
+        let mask = |f: &str| tern_engine::proc::status_sigmask(self.pid, f).unwrap_or(u64::MAX);
+        let puppet_custom = mask("SigCgt:") | mask("SigIgn:");
         for (i, act) in core.sigactions.iter().enumerate() {
             let sig = i as u64 + 1;
             if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {

@@ -98,16 +98,9 @@ fn kill_and_reap(pid: i32) {
 /// The host pid of the task whose innermost pid is `ns_tid`, among the
 /// threads of `host_pid` (`NSpid:` in /proc/PID/task/TID/status).
 pub fn host_tid(host_pid: i32, ns_tid: i32) -> io::Result<i32> {
-    for entry in std::fs::read_dir(format!("/proc/{host_pid}/task"))? {
-        let entry = entry?;
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
+    for tid in tern_engine::proc::list_tasks(host_pid)? {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{host_pid}/task/{tid}/status"))
         else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
         };
         let inner = status

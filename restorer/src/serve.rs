@@ -201,7 +201,7 @@ async fn session(
         .work_dir
         .join(format!("tern-standby-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
-    let _staged = RemoveOnDrop(stage.clone());
+    let _staged = tern_engine::migrate::Staging(stage.clone());
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let restore_opts = opts.restore.clone();
@@ -408,14 +408,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -253,6 +253,40 @@ pub(crate) fn holds_private_pages(v: &wire::Vma) -> bool {
         && !(v.shared && matches!(v.kind, wire::VmaKind::File { .. }))
 }
 
+/// The ranges of `vmas` that hold private pages, in order.
+pub(crate) fn private_ranges(vmas: &[wire::Vma]) -> Vec<(u64, u64)> {
+    vmas.iter()
+        .filter(|v| holds_private_pages(v))
+        .map(|v| (v.start, v.end))
+        .collect()
+}
+
+/// A chunk of an image's page file (`path` in image `dir`) must cover
+/// whole pages inside one private mapping.
+pub(crate) fn check_chunk(
+    dir: &Path,
+    path: &Path,
+    private: &[(u64, u64)],
+    addr: u64,
+    len: usize,
+    page: usize,
+) -> Result<()> {
+    let end = addr.saturating_add(len as u64);
+    if !addr.is_multiple_of(page as u64)
+        || !len.is_multiple_of(page)
+        || !private.iter().any(|&(s, e)| s <= addr && end <= e)
+    {
+        return Err(RestoreError::BadImage {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// mmap each of `vmas` at its address (MAP_FIXED), files opened inside the
 /// puppet and checked to be the image's; vdso/vvar/vsyscall are skipped.
 pub(crate) fn map_vmas<'v>(

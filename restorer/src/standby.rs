@@ -342,12 +342,7 @@ impl Standby {
         let path = dir.join(wire::PAGES_FILE);
         let pid = self.puppet.pid;
         let page = self.page_size as usize;
-        let private: Vec<(u64, u64)> = self
-            .layout
-            .iter()
-            .filter(|v| shape::holds_private_pages(v))
-            .map(|v| (v.start, v.end))
-            .collect();
+        let private = shape::private_ranges(&self.layout);
         let hashes = &mut self.pages;
         let (mut pages, mut bytes) = (0u64, 0u64);
         // Small chunks (scattered dirty pages) are gathered and written with
@@ -364,19 +359,7 @@ impl Standby {
             Ok(())
         };
         shape::stream_pages(pid, &path, |addr, buf| {
-            let end = addr.saturating_add(buf.len() as u64);
-            if addr % page as u64 != 0
-                || buf.len() % page != 0
-                || !private.iter().any(|&(s, e)| s <= addr && end <= e)
-            {
-                return Err(RestoreError::BadImage {
-                    dir: dir.to_path_buf(),
-                    what: format!(
-                        "{}: page data at {addr:#x}-{end:#x} lies outside every private mapping",
-                        path.display()
-                    ),
-                });
-            }
+            shape::check_chunk(dir, &path, &private, addr, buf.len(), page)?;
             if buf.len() >= 64 * page {
                 flush(&mut runs, &mut gathered)?;
                 mem::write_fully(pid, addr, buf)

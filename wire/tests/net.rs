@@ -21,6 +21,60 @@ async fn pair() -> (TcpStream, TcpStream) {
     (a.expect("connect"), b.expect("accept").0)
 }
 
+/// A server that completes the handshake with `key` and reads one message.
+async fn serve_one(
+    key: &Key,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<net::Result<Message>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let key = key.clone();
+    let task = tokio::spawn(async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let (_tx, mut rx) = net::handshake(s, &key, false).await?;
+        rx.recv().await
+    });
+    (addr, task)
+}
+
+/// A man in the middle between the returned client stream and the server
+/// at `upstream`: each byte the client sends passes through `edit(offset,
+/// byte)`; the task returns every byte it forwarded upstream.
+async fn relay(
+    upstream: std::net::SocketAddr,
+    mut edit: impl FnMut(usize, &mut u8) + Send + 'static,
+) -> (TcpStream, tokio::task::JoinHandle<Vec<u8>>) {
+    let (client_side, mid_in) = pair().await;
+    let up = TcpStream::connect(upstream).await.expect("connect");
+    let task = tokio::spawn(async move {
+        let (mut cr, mut cw) = tokio::io::split(mid_in);
+        let (mut ur, mut uw) = tokio::io::split(up);
+        let down = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut ur, &mut cw).await;
+        });
+        let mut forwarded = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                edit(forwarded.len() + i, b);
+            }
+            forwarded.extend_from_slice(&buf[..n]);
+            if uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        down.abort();
+        forwarded
+    });
+    (client_side, task)
+}
+
 #[test]
 fn messages_cross_intact_and_fast() {
     rt().block_on(async {
@@ -111,49 +165,15 @@ fn garbage_instead_of_a_handshake_is_refused() {
 fn tampered_message_is_refused() {
     rt().block_on(async {
         let key = Key::generate().expect("key");
-        let (a, b) = pair().await;
-        // A man in the middle that flips one byte of the first transport
-        // message (after the two handshake frames).
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mid_addr = l.local_addr().expect("addr");
-        drop((a, b));
-        let k2 = key.clone();
-        let server = tokio::spawn(async move {
-            let (s, _) = l.accept().await.expect("accept");
-            let (_tx, mut rx) = net::handshake(s, &k2, false)
-                .await
-                .expect("server handshake");
-            rx.recv().await
-        });
-        let (up, _) = pair_to(mid_addr).await;
-        let (client_side, mid_in) = pair().await;
-        let relay = tokio::spawn(async move {
-            let (mut cr, mut cw) = tokio::io::split(mid_in);
-            let (mut ur, mut uw) = tokio::io::split(up);
-            let down = tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut ur, &mut cw).await;
-            });
-            let mut seen = 0usize;
-            let mut buf = vec![0u8; 65536];
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                // The client's handshake frame is 2 + 48 bytes; flip a
-                // byte well inside what follows.
-                for (i, b) in buf[..n].iter_mut().enumerate() {
-                    if seen + i == 50 + 20 {
-                        *b ^= 0x40;
-                    }
-                }
-                seen += n;
-                if uw.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
+        let (server_addr, server) = serve_one(&key).await;
+        // The client's handshake frame is 2 + 48 bytes; flip a byte well
+        // inside the first transport message that follows.
+        let (client_side, relay) = relay(server_addr, |at, b| {
+            if at == 50 + 20 {
+                *b ^= 0x40;
             }
-            down.abort();
-        });
+        })
+        .await;
         let (mut tx, _rx) = net::handshake(client_side, &key, true)
             .await
             .expect("client handshake");
@@ -168,22 +188,12 @@ fn tampered_message_is_refused() {
     });
 }
 
-async fn pair_to(addr: std::net::SocketAddr) -> (TcpStream, ()) {
-    (TcpStream::connect(addr).await.expect("connect"), ())
-}
-
 #[test]
 fn oversized_message_is_refused_before_allocation() {
     rt().block_on(async {
         let key = Key::generate().expect("key");
-        let (a, b) = pair().await;
-        let k2 = key.clone();
-        let server = tokio::spawn(async move {
-            let (_tx, mut rx) = net::handshake(b, &k2, false)
-                .await
-                .expect("server handshake");
-            rx.recv().await
-        });
+        let (server_addr, server) = serve_one(&key).await;
+        let a = TcpStream::connect(server_addr).await.expect("connect");
         let (mut tx, rx) = net::handshake(a, &key, true)
             .await
             .expect("client handshake");
@@ -234,38 +244,8 @@ fn replayed_session_is_refused() {
     rt().block_on(async {
         let key = Key::generate().expect("key");
         // Session 1, through a recorder.
-        let (client_side, rec_in) = pair().await;
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let server_addr = l.local_addr().expect("addr");
-        let k1 = key.clone();
-        let server1 = tokio::spawn(async move {
-            let (s, _) = l.accept().await.expect("accept");
-            let (_tx, mut rx) = net::handshake(s, &k1, false).await.expect("handshake 1");
-            rx.recv().await
-        });
-        let recorder = tokio::spawn(async move {
-            let up = TcpStream::connect(server_addr).await.expect("connect");
-            let (mut cr, mut cw) = tokio::io::split(rec_in);
-            let (mut ur, mut uw) = tokio::io::split(up);
-            let down = tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut ur, &mut cw).await;
-            });
-            let mut recorded = Vec::new();
-            let mut buf = vec![0u8; 65536];
-            loop {
-                match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        recorded.extend_from_slice(&buf[..n]);
-                        if uw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            down.abort();
-            recorded
-        });
+        let (server_addr, server1) = serve_one(&key).await;
+        let (client_side, recorder) = relay(server_addr, |_, _| {}).await;
         let (mut tx, rx) = net::handshake(client_side, &key, true)
             .await
             .expect("client");
@@ -277,14 +257,8 @@ fn replayed_session_is_refused() {
         assert!(recorded.len() > 50, "nothing recorded");
 
         // Session 2: the same bytes, to a server with the same key.
-        let (mut replayer, s2) = pair().await;
-        let k2 = key.clone();
-        let server2 = tokio::spawn(async move {
-            match net::handshake(s2, &k2, false).await {
-                Ok((_tx, mut rx)) => rx.recv().await.map(|_| ()),
-                Err(e) => Err(e),
-            }
-        });
+        let (server_addr, server2) = serve_one(&key).await;
+        let mut replayer = TcpStream::connect(server_addr).await.expect("connect");
         replayer.write_all(&recorded).await.expect("replay");
         let r = server2.await.expect("server 2");
         assert!(

@@ -85,13 +85,7 @@ pub fn set_idle_priority(pid: i32) {
     let tids: Vec<i32> = if pid == 0 {
         vec![0]
     } else {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::proc::list_tasks(pid).unwrap_or_default()
     };
     for tid in tids {
         // SAFETY: sched_setscheduler reads `param`, which outlives the call.
