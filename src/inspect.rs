@@ -181,6 +181,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
                 "timerfd (clock {clockid}, next in {value_ns} ns, every {interval_ns} ns, {ticks} unread)"
             ),
             wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
+            wire::FdKind::Inet(sock) => inet_line(sock),
             wire::FdKind::Epoll { targets } => format!(
                 "epoll watching fds {}",
                 targets
@@ -202,4 +203,26 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn inet_line(s: &wire::InetSocket) -> String {
+    let show = |a: &Option<std::net::SocketAddr>| a.map_or("*".to_string(), |a| a.to_string());
+    let proto = if s.kind == libc::SOCK_STREAM { "TCP" } else { "UDP" };
+    let state = match &s.state {
+        wire::InetState::Open => "open".to_string(),
+        wire::InetState::Listening { backlog } => format!("listening, backlog {backlog}"),
+        wire::InetState::Connected => "connected".to_string(),
+        wire::InetState::Established(c) => format!(
+            "established: {} bytes unacknowledged ({} unsent), {} unread, mss {}{}{}{}",
+            c.send_queue.len(),
+            c.unsent,
+            c.recv_queue.len(),
+            c.mss,
+            c.wscale
+                .map_or(String::new(), |(s, r)| format!(", wscale {s}/{r}")),
+            if c.sack { ", sack" } else { "" },
+            if c.timestamps { ", timestamps" } else { "" }
+        ),
+    };
+    format!("{proto} {} -> {} ({state})", show(&s.local), show(&s.peer))
 }

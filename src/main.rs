@@ -80,6 +80,12 @@ enum Cmd {
         /// Let the process continue after the dump.
         #[arg(long, short = 'R')]
         leave_running: bool,
+        /// Take established TCP connections (TCP repair mode; needs nft):
+        /// their packets are dropped by an nftables lock from the dump
+        /// until `tern restore` lifts it. Without it a program with an
+        /// established connection is refused.
+        #[arg(long)]
+        tcp_established: bool,
         /// Page compression: a zstd level (1..19, or -1..-7 for zstd's fast
         /// modes), 0 for none, or "auto": none when the image goes to memory
         /// (tmpfs, where compressing only slows the dump), zstd 1 otherwise.
@@ -217,6 +223,17 @@ enum Cmd {
         /// Write the migration report (JSON) here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Move established TCP connections too (TCP repair mode; needs
+        /// nft on both machines): their packets are dropped on both sides
+        /// while they move. Without it such a program is refused.
+        #[arg(long)]
+        tcp_established: bool,
+        /// Shell command run here once the destination holds the program,
+        /// ready, and before it resumes it (e.g. move the service address
+        /// and the user's route to the destination). It sees TERN_PID and
+        /// TERN_DESTINATION. If it fails, the program resumes here.
+        #[arg(long)]
+        handoff_cmd: Option<String>,
     },
     /// Reproduce the seed paper's downtime table (stop-and-copy vs live
     /// migration by process size) on this machine, between two network
@@ -259,6 +276,7 @@ fn run(cmd: Cmd) -> Result<()> {
             pid,
             images,
             leave_running,
+            tcp_established,
             compress,
             parent,
             pre_copy,
@@ -269,6 +287,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 zstd_level: zstd_level(&compress, &images)?,
                 parent,
                 delta_table: false,
+                tcp_established,
             };
             if pre_copy {
                 let popts = rounds.precopy_options(opts);
@@ -393,6 +412,8 @@ fn run(cmd: Cmd) -> Result<()> {
             work_dir,
             timeout_ms,
             report,
+            tcp_established,
+            handoff_cmd,
         } => {
             let compress = match compress.as_str() {
                 "auto" => tern_engine::migrate::Compression::Auto,
@@ -407,6 +428,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 zstd_level: None,
                 parent: None,
                 delta_table: true,
+                tcp_established,
             };
             migrate::migrate(migrate::MigrateArgs {
                 pid,
@@ -421,6 +443,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 work_dir,
                 timeout: Duration::from_millis(timeout_ms),
                 report,
+                handoff_cmd,
             })
         }
         Cmd::Check { json } => check(json),

@@ -101,6 +101,7 @@ pub struct MigrateArgs {
     pub work_dir: Option<PathBuf>,
     pub timeout: Duration,
     pub report: Option<PathBuf>,
+    pub handoff_cmd: Option<String>,
 }
 
 pub fn migrate(a: MigrateArgs) -> Result<()> {
@@ -113,6 +114,7 @@ pub fn migrate(a: MigrateArgs) -> Result<()> {
         precopy: a.precopy,
         work_dir: default_work_dir(a.work_dir),
         timeout: a.timeout,
+        handoff_cmd: a.handoff_cmd,
     };
     eprintln!("migrating process {} to {}", a.pid, a.to);
     let mut on_round = |r: &tern_engine::precopy::RoundReport| {
@@ -148,7 +150,7 @@ fn print_summary(r: &MigrationReport) {
     );
     eprintln!(
         "migrated process {} -> pid {} on the destination (it sees itself as {}): downtime {:.1} ms \
-         (final dump {:.1}, transfer {:.1}, restore {:.1}, commit {:.1}); {} rounds, {} MiB on the wire, {:.0} ms in all",
+         (final dump {:.1}, transfer {:.1}, restore {:.1}, handoff {:.1}, commit {:.1}); {} rounds, {} MiB on the wire, {:.0} ms in all",
         r.pid,
         r.restored_pid,
         r.restored_ns_pid,
@@ -156,6 +158,7 @@ fn print_summary(r: &MigrationReport) {
         r.final_dump_ms,
         r.transfer_ms,
         r.restore_ms,
+        r.handoff_ms,
         r.commit_ms,
         r.rounds.len(),
         r.bytes_on_wire >> 20,
@@ -179,6 +182,7 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
             "final_dump": r.final_dump_ms,
             "transfer": r.transfer_ms,
             "restore": r.restore_ms,
+            "handoff": r.handoff_ms,
             "commit": r.commit_ms,
         },
         "rounds": r.rounds.iter().map(|x| serde_json::json!({

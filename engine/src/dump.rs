@@ -12,6 +12,7 @@ use crate::pagewriter::{PageFilter, PageWriter, BATCH_BYTES};
 use crate::proc::{self, MapEntry, Pagemap};
 use crate::sys::{mem, ptrace, remote};
 use std::collections::BTreeSet;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,6 +36,9 @@ pub struct DumpOptions {
     /// (`table-delta.img`) instead of whole (`hashes.img`). For migration,
     /// where the destination holds the parent's table already.
     pub delta_table: bool,
+    /// Take established TCP connections (repair mode, packets locked);
+    /// without it a program with one is refused.
+    pub tcp_established: bool,
 }
 
 impl Default for DumpOptions {
@@ -44,6 +48,7 @@ impl Default for DumpOptions {
             zstd_level: Some(1),
             parent: None,
             delta_table: false,
+            tcp_established: false,
         }
     }
 }
@@ -87,9 +92,14 @@ fn unsupported(pid: i32, reason: impl Into<String>) -> EngineError {
 /// [`preflight`], and every fd checked to be one tern can restore: for a
 /// pre-copy, which would otherwise learn of an unsupported fd only once the
 /// rounds are over and the program is frozen.
-pub(crate) fn preflight_all(pid: i32) -> Result<()> {
+pub(crate) fn preflight_all(pid: i32, tcp_established: bool) -> Result<()> {
     preflight(pid)?;
-    capture_files(pid, None).map(|_| ())
+    let conns = if tcp_established {
+        Connections::Check
+    } else {
+        Connections::Refuse
+    };
+    capture_files(pid, None, conns).map(|_| ())
 }
 
 pub(crate) fn preflight(pid: i32) -> Result<()> {
@@ -187,6 +197,13 @@ fn dump_seized(
         seized.release()?;
     } else {
         seized.kill()?;
+        if let Some(lock) = seized.net_lock_left.take() {
+            let table = lock.keep();
+            info!(
+                pid = seized.pid,
+                "its TCP connections stay locked until `tern restore` (nftables table inet {table})"
+            );
+        }
     }
     stats.frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
     info!(pid = seized.pid, ?stats, "dump complete");
@@ -244,7 +261,12 @@ pub(crate) fn dump_frozen(
     let core_ms = t_core.elapsed().as_secs_f64() * 1e3;
     let mm = capture_mm(pid, &maps, seized, tracked)?;
     let mm_ms = t_core.elapsed().as_secs_f64() * 1e3;
-    let files = capture_files(pid, Some(dir))?;
+    let conns = if opts.tcp_established {
+        Connections::Take(&mut seized.net)
+    } else {
+        Connections::Refuse
+    };
+    let files = capture_files(pid, Some(dir), conns)?;
     debug!(
         pid,
         core_ms,
@@ -1535,10 +1557,20 @@ fn captures_pages(m: &MapEntry) -> bool {
     !(m.is_file() && m.shared) || m.is_shmem_anon()
 }
 
-/// Open files. Shared open file descriptions are found with kcmp(KCMP_FILE).
-/// The program's fds. `dir`: where to save the contents of deleted files
+/// What a dump does with established TCP connections.
+pub(crate) enum Connections<'a> {
+    /// Refuse the program (the default: moving them needs the lock).
+    Refuse,
+    /// Accept them without touching them (a check before pre-copy).
+    Check,
+    /// Lock their packets, put them into repair mode and read them.
+    Take(&'a mut crate::sockets::Held),
+}
+
+/// The program's fds. Shared open file descriptions are found with
+/// kcmp(KCMP_FILE). `dir`: where to save the contents of deleted files
 /// (`None`: only check that every fd can be dumped).
-fn capture_files(pid: i32, dir: Option<&Path>) -> Result<wire::Files> {
+fn capture_files(pid: i32, dir: Option<&Path>, conns: Connections<'_>) -> Result<wire::Files> {
     let fds = proc::list_fds(pid).ctx(pid, || "list fds".into())?;
     let mut listed = Vec::with_capacity(fds.len());
     for &fd in &fds {
@@ -1571,13 +1603,23 @@ fn capture_files(pid: i32, dir: Option<&Path>) -> Result<wire::Files> {
             pipes.push(wire::Pipe { id, size, data });
         }
     }
+    let sockets = take_sockets(pid, &listed, conns)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
         let link = link.as_str();
-        let desc = match out.iter().find(|o| same_file(pid, o.fd, fd)) {
-            Some(o) => o.desc,
-            None => fd as u32,
-        };
+        let shared = out.iter().find(|o| same_file(pid, o.fd, fd));
+        if let Some(o) = shared {
+            // Another fd of one open file description: same contents.
+            let (desc, kind) = (o.desc, o.kind.clone());
+            out.push(wire::Fd {
+                fd,
+                cloexec: info.flags & libc::O_CLOEXEC != 0,
+                desc,
+                kind,
+            });
+            continue;
+        }
+        let desc = fd as u32;
         if let Some(id) = pipe_id(link).filter(|id| pipes.iter().any(|p| p.id == *id)) {
             out.push(wire::Fd {
                 fd,
@@ -1594,7 +1636,14 @@ fn capture_files(pid: i32, dir: Option<&Path>) -> Result<wire::Files> {
         let cloexec = info.flags & libc::O_CLOEXEC != 0;
         let flags = info.flags
             & !(libc::O_CLOEXEC | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-        let kind = fd_kind(pid, fd, link, flags, info.pos, desc, dir)?;
+        let kind = match sockets.probes.iter().find(|p| p.fd == fd) {
+            // Only taken by a dump: a check has seen enough.
+            Some(p) if p.is_established_tcp() && !sockets.taken => wire::FdKind::Inherited {
+                what: "established TCP connection (checked)".into(),
+            },
+            Some(p) => wire::FdKind::Inet(crate::sockets::capture(pid, p, info.flags)?),
+            None => fd_kind(pid, fd, link, flags, info.pos, desc, dir)?,
+        };
         out.push(wire::Fd {
             fd,
             cloexec,
@@ -1602,7 +1651,73 @@ fn capture_files(pid: i32, dir: Option<&Path>) -> Result<wire::Files> {
             kind,
         });
     }
-    Ok(wire::Files { fds: out, pipes })
+    Ok(wire::Files {
+        fds: out,
+        pipes,
+        net_lock: sockets.lock,
+    })
+}
+
+struct TakenSockets {
+    probes: Vec<crate::sockets::Probe>,
+    /// Established connections are in repair mode and locked.
+    taken: bool,
+    lock: Option<String>,
+}
+
+/// Look at every TCP/UDP socket (but stdio) and deal with the established
+/// connections as `conns` says.
+fn take_sockets(
+    pid: i32,
+    listed: &[(i32, String, proc::FdInfo)],
+    conns: Connections<'_>,
+) -> Result<TakenSockets> {
+    let mut probes = Vec::new();
+    for (fd, link, _) in listed {
+        if link.starts_with("socket:") && !(0..=2).contains(fd) {
+            probes.push(crate::sockets::probe(pid, *fd)?);
+        }
+    }
+    let established: Vec<&crate::sockets::Probe> =
+        probes.iter().filter(|p| p.is_established_tcp()).collect();
+    let mut out = TakenSockets {
+        probes: Vec::new(),
+        taken: false,
+        lock: None,
+    };
+    match conns {
+        Connections::Refuse => {
+            if let Some(p) = established.first() {
+                return Err(unsupported(
+                    pid,
+                    format!(
+                        "{}: an established TCP connection; take it with --tcp-established (its packets are held back while it moves)",
+                        p.describe()
+                    ),
+                ));
+            }
+        }
+        Connections::Check => {}
+        Connections::Take(held) => {
+            let mut pairs = Vec::new();
+            for p in &established {
+                if let (Some(l), Some(r)) = (p.local, p.peer) {
+                    if !pairs.contains(&(l, r)) {
+                        pairs.push((l, r));
+                    }
+                }
+            }
+            // Locked first: then nothing changes their state or queues.
+            held.lock(pid, &pairs)?;
+            for p in &established {
+                held.repair(pid, p.fd, p.dup.as_fd())?;
+            }
+            out.taken = true;
+            out.lock = held.lock_name().map(str::to_string);
+        }
+    }
+    out.probes = probes;
+    Ok(out)
 }
 
 fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
@@ -1633,6 +1748,7 @@ fn fd_kind(
     let is_stdio = (0..=2).contains(&fd);
     let what = || format!("fd {fd} ({link})");
     if link.starts_with("pipe:") || link.starts_with("socket:") {
+        // Sockets other than stdio were taken by `take_sockets`.
         if is_stdio {
             return Ok(wire::FdKind::Inherited {
                 what: link.to_string(),

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod precopy;
 pub mod proc;
 pub mod seize;
+pub mod sockets;
 pub mod sys;
 pub mod track;
 

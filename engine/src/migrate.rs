@@ -60,8 +60,14 @@ pub struct MigrateOptions {
     pub precopy: PrecopyOptions,
     /// Where round images are staged before they are sent (removed after).
     pub work_dir: PathBuf,
-    /// How long to wait to connect, and for each answer of the destination.
+    /// How long to wait to connect, and for each answer of the destination
+    /// (and for the handoff command).
     pub timeout: Duration,
+    /// Run with `sh -c` once the destination holds the program, ready, and
+    /// before it is told to resume it (e.g. move the service address and
+    /// the user's route): if it fails, the migration is called off and the
+    /// program resumes here.
+    pub handoff_cmd: Option<String>,
 }
 
 /// One round as it went over the wire.
@@ -103,8 +109,11 @@ pub struct MigrationReport {
     pub transfer_ms: f64,
     /// Destination: final image received -> program rebuilt (`Ready`).
     pub restore_ms: f64,
-    /// `Ready` -> `Running` (commit round trip and resume).
+    /// `Ready` -> `Running` (commit round trip and resume), without the
+    /// handoff command.
     pub commit_ms: f64,
+    /// The handoff command (0 without one).
+    pub handoff_ms: f64,
     pub final_pages: u64,
     pub final_bytes: u64,
     pub bytes_on_wire: u64,
@@ -473,7 +482,7 @@ pub fn migrate(
 ) -> Result<MigrationReport> {
     let t_start = Instant::now();
     let fail = |what: String| EngineError::Migration { pid, what };
-    crate::dump::preflight_all(pid)?;
+    crate::dump::preflight_all(pid, opts.precopy.dump.tcp_established)?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();
@@ -625,6 +634,15 @@ pub fn migrate(
         Err(what) => return Err(settle(frozen, &mut link, what)),
     };
 
+    let mut handoff_ms = 0.0;
+    if let Some(cmd) = &opts.handoff_cmd {
+        let t = Instant::now();
+        if let Err(what) = run_handoff(cmd, pid, &opts.to, opts.timeout) {
+            return Err(settle(frozen, &mut link, what));
+        }
+        handoff_ms = t.elapsed().as_secs_f64() * 1e3;
+        debug!(handoff_ms, "handoff command done");
+    }
     // A destination already gone never got the Commit: thaw safely.
     if let Err(what) = link.check_incoming() {
         return Err(settle(frozen, &mut link, what));
@@ -671,7 +689,8 @@ pub fn migrate(
         final_dump_ms,
         transfer_ms,
         restore_ms,
-        commit_ms: t_running.duration_since(t_ready).as_secs_f64() * 1e3,
+        commit_ms: t_running.duration_since(t_ready).as_secs_f64() * 1e3 - handoff_ms,
+        handoff_ms,
         final_pages: report.final_stats.pages_stored,
         final_bytes: report.final_stats.stored_bytes,
         bytes_on_wire,
@@ -679,6 +698,41 @@ pub fn migrate(
     };
     info!(?out, "migration complete");
     Ok(out)
+}
+
+/// Run the handoff command; `Err` says why it failed. It sees TERN_PID
+/// (the program here) and TERN_DESTINATION.
+fn run_handoff(
+    cmd: &str,
+    pid: i32,
+    to: &str,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("TERN_PID", pid.to_string())
+        .env("TERN_DESTINATION", to)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("the handoff command could not start: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("the handoff command failed ({status})")),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the handoff command did not finish within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_micros(500)),
+            Err(e) => return Err(format!("waiting for the handoff command: {e}")),
+        }
+    }
 }
 
 /// Rounds after the policy's stop, to catch writes made while earlier

@@ -6,7 +6,7 @@
 //! directory) that `tern restore` applies oldest-first.
 
 use crate::dump::{self, DumpOptions, DumpStats};
-use crate::error::Result;
+use crate::error::{Context, Result};
 use crate::policy::{self, Decision, Limits, PolicySpec, RoundInfo};
 use crate::seize::Seized;
 use crate::track::{self, TrackerKind};
@@ -83,7 +83,7 @@ pub struct Precopy {
 impl Precopy {
     /// Check the program can be dumped and start tracking its writes.
     pub fn start(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Precopy> {
-        dump::preflight_all(pid)?;
+        dump::preflight_all(pid, opts.dump.tcp_established)?;
         dump::prepare_dir(dir)?;
         let tracker = track::open_tracker(pid, opts.tracker)?;
         let stop_policy = policy::build(&opts.policy, &opts.limits);
@@ -327,6 +327,10 @@ impl Frozen {
             // on one machine is this one's neighbour.
             crate::sys::set_idle_priority(s.pid);
             s.kill()?;
+            // Its connections live on elsewhere now.
+            if let Some(lock) = s.net_lock_left.take() {
+                lock.remove().ctx(s.pid, || "remove the network lock".into())?;
+            }
         }
         // Gone with the process: dropping the tracker only closes our fd.
         self.tracker = None;

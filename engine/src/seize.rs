@@ -46,6 +46,12 @@ pub struct Seized {
     /// The program was in a job-control stop (state T) when seized: it is
     /// put back into it on release, and the image records it as SIGSTOP.
     pub was_stopped: bool,
+    /// Its established TCP connections, in repair mode and locked, when the
+    /// dump took them: released with it, silenced when it is killed.
+    pub net: crate::sockets::Held,
+    /// After [`kill`](Self::kill): the packet lock of its connections,
+    /// still in place (dropping it lifts it).
+    pub net_lock_left: Option<crate::sockets::NetLock>,
 }
 
 /// Seize and stop one thread; returns its registers and the signals that
@@ -132,6 +138,8 @@ impl Seized {
             scratch: None,
             injected: false,
             done: false,
+            net: Default::default(),
+            net_lock_left: None,
             was_stopped,
         };
         loop {
@@ -193,6 +201,10 @@ impl Seized {
         self.done = true;
         let pid = self.pid;
         let mut first_err = None;
+        // Connections back to normal before the program can touch them.
+        if let Err(e) = std::mem::take(&mut self.net).release() {
+            first_err.get_or_insert(e);
+        }
         if let Some((addr, len)) = self.scratch.take() {
             if let Err(e) = self
                 .remote
@@ -242,7 +254,16 @@ impl Seized {
 
     /// Let go of the program but leave it stopped: a SIGSTOP queued while
     /// it is still traced is taken before it runs a single instruction.
+    /// Its TCP connections stay in repair mode and locked (their copy
+    /// elsewhere may be the live one): the lock's table is logged.
     pub fn release_stopped(&mut self) -> Result<()> {
+        if let Some(lock) = std::mem::take(&mut self.net).after_kill() {
+            let table = lock.keep();
+            warn!(
+                pid = self.pid,
+                "its TCP connections stay locked: nftables table inet {table} in its network namespace"
+            );
+        }
         // SAFETY: plain syscall with integer arguments.
         unsafe { libc::kill(self.pid, libc::SIGSTOP) };
         self.was_stopped = true;
@@ -272,6 +293,7 @@ impl Seized {
                 }
             }
         }
+        self.net_lock_left = std::mem::take(&mut self.net).after_kill();
         Ok(())
     }
 }

@@ -422,6 +422,38 @@ struct Parts {
     pending: Vec<i32>,
     queued: Vec<(i32, Vec<u8>)>,
     pages_bytes: u64,
+    net: Network,
+}
+
+/// The restored program's TCP connections until it runs: rebuilt in
+/// repair mode, their packets dropped by a lock in this network namespace.
+/// Dropped unused (restore failed), the connections vanish silently and
+/// the lock is lifted.
+#[derive(Default)]
+struct Network {
+    repaired: Vec<tern_engine::sockets::Repaired>,
+    lock: Option<tern_engine::sockets::NetLock>,
+    /// The lock `tern dump` left on them (same machine), lifted with ours.
+    dump_lock: Option<String>,
+}
+
+impl Network {
+    /// Connections live: repair off, unsent bytes sent, locks lifted.
+    fn go_live(&mut self, pid: i32) -> Result<()> {
+        for r in self.repaired.drain(..) {
+            r.finish().step(pid, || "TCP repair off".into())?;
+        }
+        if let Some(l) = self.lock.take() {
+            l.remove().step(pid, || "lift the network lock".into())?;
+        }
+        if let Some(name) = self.dump_lock.take() {
+            match tern_engine::sockets::remove_table(None, &name) {
+                Ok(()) => info!(table = name, "lifted the lock tern dump left"),
+                Err(e) => debug!(table = name, "no lock of the dump here to lift: {e}"),
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Prepared {
@@ -437,6 +469,8 @@ pub struct Prepared {
     ns_pid: i32,
     pages_bytes: u64,
     t0: Instant,
+    /// After the puppet: its connections vanish with it if it never runs.
+    net: Network,
 }
 
 impl Prepared {
@@ -448,6 +482,8 @@ impl Prepared {
     /// Let the program run.
     pub fn resume(mut self) -> Result<Restored> {
         let pid = self.puppet.pid;
+        // Before it runs: a socket still in repair mode refuses its writes.
+        self.net.go_live(pid)?;
         for &tid in &self.threads {
             ptrace::detach(tid, 0).step(pid, || format!("PTRACE_DETACH of thread {tid}"))?;
         }
@@ -471,6 +507,12 @@ impl Prepared {
         info!(?restored, "restored program runs");
         Ok(restored)
     }
+}
+
+fn describe_socket(s: &wire::InetSocket) -> String {
+    let show = |a: &Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+    let kind = if s.kind == libc::SOCK_STREAM { "TCP" } else { "UDP" };
+    format!("{kind} socket {} -> {}", show(&s.local), show(&s.peer))
 }
 
 /// Restore the image in `dir`; returns once the program runs.
@@ -506,6 +548,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         extra: Vec::new(),
         cur: 0,
         keep_ids: !opts.new_pid,
+        net: Network::default(),
     };
     b.build_memory()?;
     b.build_rest()?;
@@ -519,6 +562,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         queued: parts.queued,
         pages_bytes: parts.pages_bytes,
         t0,
+        net: parts.net,
     })
 }
 
@@ -539,6 +583,7 @@ struct Builder<'a> {
     cur: usize,
     /// Threads get their original tids (clone3 `set_tid`).
     keep_ids: bool,
+    net: Network,
 }
 
 impl Builder<'_> {
@@ -583,7 +628,7 @@ impl Builder<'_> {
     }
 
     /// Threads created, signals to deliver once running, bytes written.
-    fn into_parts(self) -> Parts {
+    fn into_parts(mut self) -> Parts {
         let core = &self.image.core;
         // Signals with a queued siginfo are replayed from it, not re-raised.
         let with_info: Vec<i32> = core
@@ -626,6 +671,7 @@ impl Builder<'_> {
             pending,
             queued,
             pages_bytes: self.pages_bytes,
+            net: std::mem::take(&mut self.net),
         }
     }
 
@@ -735,6 +781,14 @@ impl Builder<'_> {
             }
         }
         let pipes = self.create_pipes(wanted.iter().copied().max().unwrap_or(2) + 1)?;
+        // Connections' packets are dropped here until the program runs.
+        let pairs = tern_engine::sockets::established_pairs(&self.image.files);
+        if !pairs.is_empty() {
+            let lock = tern_engine::sockets::NetLock::apply(None, "tern_restore", &pairs)
+                .step(self.pid, || "lock the TCP connections' packets (nftables)".into())?;
+            self.net.lock = Some(lock);
+        }
+        self.net.dump_lock = self.image.files.net_lock.clone();
         // Group fds by open file description.
         let mut groups: BTreeMap<u32, Vec<&wire::Fd>> = BTreeMap::new();
         for f in &fds {
@@ -890,6 +944,26 @@ impl Builder<'_> {
                         &[u64::MAX, addr, 8, sfd_flags as u64],
                         || format!("signalfd4 for fd {}", first.fd),
                     )?;
+                    (fd, 0, false)
+                }
+                wire::FdKind::Inet(sock) => {
+                    let fd = self.sys(
+                        libc::SYS_socket,
+                        &[
+                            sock.family as u64,
+                            (sock.kind | libc::SOCK_CLOEXEC) as u64,
+                            sock.protocol as u64,
+                        ],
+                        || format!("socket for fd {}", first.fd),
+                    )?;
+                    let pid = self.pid;
+                    let what = || format!("fd {}: {}", first.fd, describe_socket(sock));
+                    let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
+                    if let Some(r) =
+                        tern_engine::sockets::restore_socket(dup, sock).step(pid, what)?
+                    {
+                        self.net.repaired.push(r);
+                    }
                     (fd, 0, false)
                 }
                 wire::FdKind::Deleted {

@@ -564,6 +564,7 @@ impl Standby {
             extra: Vec::new(),
             cur: 0,
             keep_ids: !self.opts.new_pid,
+            net: Default::default(),
         };
         b.build_rest()?;
         let parts = b.into_parts();
@@ -592,6 +593,7 @@ impl Standby {
             ns_pid,
             pages_bytes: parts.pages_bytes,
             t0,
+            net: parts.net,
         })
     }
 

@@ -449,6 +449,75 @@ pub enum FdKind {
     SignalFd { mask: u64, flags: i32 },
     /// An epoll instance and what it watches (fds of this process).
     Epoll { targets: Vec<EpollTarget> },
+    /// A TCP or UDP socket over IPv4 or IPv6.
+    Inet(InetSocket),
+}
+
+/// An IPv4/IPv6 TCP or UDP socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InetSocket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: i32,
+    /// `SOCK_STREAM` or `SOCK_DGRAM`.
+    pub kind: i32,
+    pub protocol: i32,
+    /// `O_NONBLOCK` of the open file description.
+    pub flags: i32,
+    /// `getsockname`; `None` if never bound.
+    pub local: Option<std::net::SocketAddr>,
+    /// `getpeername`; `None` if not connected.
+    pub peer: Option<std::net::SocketAddr>,
+    pub state: InetState,
+    /// Options that differ from a fresh socket's are set again on restore.
+    pub options: Vec<SockOpt>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum InetState {
+    /// Created, maybe bound, neither listening nor connected (or UDP).
+    Open,
+    /// A TCP socket listening with this backlog (its accept queue was empty).
+    Listening { backlog: u32 },
+    /// A connected UDP socket (pending datagrams are not kept).
+    Connected,
+    /// An established TCP connection, taken in repair mode.
+    Established(Box<TcpConnection>),
+}
+
+/// What TCP repair mode (`TCP_REPAIR`) reads out of an established
+/// connection and writes back into a new socket.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TcpConnection {
+    /// Sequence number of the first byte of `send_queue`
+    /// (`TCP_QUEUE_SEQ` of the send queue minus its length).
+    pub send_seq: u32,
+    /// Sequence number of the first byte of `recv_queue`.
+    pub recv_seq: u32,
+    /// Bytes written by the program not yet acknowledged by the peer, the
+    /// last `unsent` of them not yet sent at all.
+    pub send_queue: Vec<u8>,
+    pub unsent: u32,
+    /// Bytes received and acknowledged, not yet read by the program.
+    pub recv_queue: Vec<u8>,
+    /// `TCP_MAXSEG` in repair mode: the MSS clamp.
+    pub mss: u32,
+    /// Window scale options agreed at the handshake (`None`: not used).
+    pub wscale: Option<(u8, u8)>,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// `TCP_TIMESTAMP`: the connection's timestamp clock, so the peer sees
+    /// it carry on.
+    pub timestamp: u32,
+    /// `TCP_REPAIR_WINDOW`: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+}
+
+/// A socket option as `getsockopt` returned it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
 }
 
 /// One file an epoll instance watches.
@@ -476,6 +545,11 @@ pub struct Files {
     pub fds: Vec<Fd>,
     /// Pipes whose both ends the process holds, with their buffered data.
     pub pipes: Vec<Pipe>,
+    /// nftables table (family inet) that drops the packets of the image's
+    /// established TCP connections in the dumped program's network
+    /// namespace, left in place by the dump so no kernel resets them;
+    /// `tern restore` removes it once they live again.
+    pub net_lock: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -33,13 +33,49 @@ fn arb_files() -> impl Strategy<Value = Files> {
                 },
             },
         });
-    proptest::collection::vec(fd, 0..20).prop_map(|fds| Files {
-        fds,
-        pipes: vec![Pipe {
-            id: 9,
-            size: 65536,
-            data: b"buffered".to_vec(),
-        }],
+    proptest::collection::vec(fd, 0..20).prop_map(|mut fds| {
+        // An established TCP connection: addresses of both families and
+        // the repair state must come back bit for bit.
+        fds.push(Fd {
+            fd: 900,
+            cloexec: true,
+            desc: 900,
+            kind: FdKind::Inet(InetSocket {
+                family: 10,
+                kind: 1,
+                protocol: 6,
+                flags: 0o4000,
+                local: Some("[2001:db8::1]:8080".parse().expect("v6")),
+                peer: Some("10.1.2.3:40000".parse().expect("v4")),
+                state: InetState::Established(Box::new(TcpConnection {
+                    send_seq: u32::MAX - 3,
+                    recv_seq: 7,
+                    send_queue: b"unacked".to_vec(),
+                    unsent: 2,
+                    recv_queue: b"unread".to_vec(),
+                    mss: 1448,
+                    wscale: Some((7, 9)),
+                    sack: true,
+                    timestamps: true,
+                    timestamp: 123_456,
+                    window: [1, 2, 3, 4, 5],
+                })),
+                options: vec![SockOpt {
+                    level: 6,
+                    name: 1,
+                    value: 1i32.to_le_bytes().to_vec(),
+                }],
+            }),
+        });
+        Files {
+            fds,
+            pipes: vec![Pipe {
+                id: 9,
+                size: 65536,
+                data: b"buffered".to_vec(),
+            }],
+            net_lock: Some("tern_lock_1".into()),
+        }
     })
 }
 

@@ -6,6 +6,7 @@ pub mod mem;
 pub mod pipe;
 pub mod ptrace;
 pub mod remote;
+pub mod sock;
 
 pub use remote::RemoteThread;
 
@@ -13,6 +14,25 @@ pub use remote::RemoteThread;
 pub mod nr {
     pub const RSEQ: libc::c_long = 334;
     pub const CLONE3: libc::c_long = 435;
+}
+
+/// A duplicate, in this process, of fd `fd` of process `pid`
+/// (`pidfd_open` + `pidfd_getfd`, Linux 5.6+): it shares the program's open
+/// file description.
+pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let own = |r: libc::c_long| -> std::io::Result<OwnedFd> {
+        match libc::c_int::try_from(r) {
+            // SAFETY: the kernel just returned `fd` as a new descriptor that
+            // nothing else in this process owns.
+            Ok(fd) if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    // SAFETY: pidfd_open takes a pid and flags only.
+    let pidfd = own(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: pidfd_getfd takes a pidfd, a target fd number and flags.
+    own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
 }
 
 /// Convert a kernel `-errno` result into an `io::Error`.

@@ -15,21 +15,9 @@ fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// A duplicate, in this process, of fd `fd` of process `pid`.
-pub fn take_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes integers; the result is a new fd we own.
-    let pidfd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: `pidfd` was just returned to us and is owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: pidfd_getfd takes integers; the result is a new fd we own.
-    let ours = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
-    // SAFETY: as above, a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(ours as i32) })
-}
-
 /// Capacity of the pipe behind `fd` of `pid`, and the bytes buffered in it.
 pub fn peek_pipe(pid: i32, fd: i32) -> io::Result<(u32, Vec<u8>)> {
-    let theirs = take_fd(pid, fd)?;
+    let theirs = super::take_fd(pid, fd)?;
     // SAFETY: fcntl on an fd we own.
     let size = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_GETPIPE_SZ) };
     let size = cvt(size as libc::c_long)? as u32;

@@ -37,7 +37,7 @@ use crate::sys::remote;
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -96,25 +96,6 @@ fn count_uffd_fds(pid: i32) -> Result<usize> {
         .count())
 }
 
-fn own_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
-    match libc::c_int::try_from(ret) {
-        Ok(fd) if fd >= 0 => {
-            // SAFETY: the kernel just returned `fd` as a new descriptor that
-            // nothing else in this process owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-/// Duplicate fd `fd` of `pid` into tern (`pidfd_open` + `pidfd_getfd`).
-fn take_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags only.
-    let pidfd = own_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: pidfd_getfd takes a pidfd, a target fd number and flags.
-    own_fd(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
-}
-
 /// Create a userfaultfd inside the stopped target, take a copy, close the
 /// target's. Returns (copy, user-mode-only, how long the target was stopped).
 fn uffd_from_target(pid: i32, maps: &[MapEntry]) -> Result<(OwnedFd, bool, Duration)> {
@@ -156,7 +137,7 @@ fn uffd_from_target(pid: i32, maps: &[MapEntry]) -> Result<(OwnedFd, bool, Durat
             return Err(e);
         }
     };
-    let taken = take_fd(pid, fd as i32);
+    let taken = crate::sys::take_fd(pid, fd as i32);
     // Whatever happened, the target must not keep the fd.
     let closed = seized.inject(libc::SYS_close, &[fd], "close of the userfaultfd");
     let released = seized.release();

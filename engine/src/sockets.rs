@@ -1,0 +1,775 @@
+//! TCP and UDP sockets over IPv4 and IPv6: read out of a stopped program
+//! through tern's own duplicates (`pidfd_getfd`), established TCP
+//! connections in repair mode (`TCP_REPAIR`, Linux 3.5+; `TCP_REPAIR_WINDOW`
+//! 4.8+), and the network lock that keeps every kernel from resetting them
+//! while they are between machines (nftables, `nft`).
+//!
+//! The restorer uses [`restore_socket`] on its own duplicate of a socket it
+//! created inside the new process.
+
+use crate::error::{Context, EngineError, Result};
+use crate::sys::sock::{self, repair};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use tern_wire as wire;
+use tracing::{debug, warn};
+
+/// Options kept across a restore, where they apply to the socket's family
+/// and protocol (level, name, largest value in bytes).
+const OPTIONS: &[(i32, i32, usize)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, 4),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, 4),
+    (libc::SOL_SOCKET, libc::SO_DONTROUTE, 4),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY, 4),
+    (libc::SOL_SOCKET, libc::SO_MARK, 4),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, 4),
+    (libc::SOL_SOCKET, libc::SO_LINGER, 8),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16),
+];
+const TCP_OPTIONS: &[(i32, i32, usize)] = &[
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 4),
+    (libc::IPPROTO_TCP, libc::TCP_CORK, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4),
+    (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 4),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 4),
+    (libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16),
+];
+const IPV4_OPTIONS: &[(i32, i32, usize)] = &[
+    (libc::IPPROTO_IP, libc::IP_TOS, 4),
+    (libc::IPPROTO_IP, libc::IP_TTL, 4),
+    (libc::IPPROTO_IP, libc::IP_FREEBIND, 4),
+    (libc::IPPROTO_IP, libc::IP_TRANSPARENT, 4),
+];
+const IPV6_OPTIONS: &[(i32, i32, usize)] = &[
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 4),
+    (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, 4),
+];
+
+/// TCP states (`include/net/tcp_states.h`) by name, for messages.
+fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        _ => "unknown",
+    }
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE: u8 = 7;
+const TCP_LISTEN: u8 = 10;
+/// `struct tcp_info` up to `tcpi_sacked`, which is all tern reads.
+const TCP_INFO_LEN: usize = 32;
+const SIOCINQ: libc::c_ulong = 0x541B;
+const SIOCOUTQ: libc::c_ulong = 0x5411;
+
+/// One socket of a stopped program, as first looked at.
+pub(crate) struct Probe {
+    pub fd: i32,
+    /// tern's duplicate (same socket, same open file description).
+    pub dup: OwnedFd,
+    pub family: i32,
+    pub kind: i32,
+    pub protocol: i32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// TCP state for TCP sockets.
+    pub tcp_state: Option<u8>,
+    tcp_info: Vec<u8>,
+}
+
+impl Probe {
+    pub fn is_established_tcp(&self) -> bool {
+        self.tcp_state == Some(TCP_ESTABLISHED)
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let show = |a: &Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+        format!(
+            "fd {} ({} {} -> {})",
+            self.fd,
+            if self.kind == libc::SOCK_STREAM {
+                "TCP"
+            } else {
+                "UDP"
+            },
+            show(&self.local),
+            show(&self.peer)
+        )
+    }
+}
+
+fn refuse(pid: i32, reason: String) -> EngineError {
+    EngineError::Unsupported { pid, reason }
+}
+
+/// Look at socket `fd` of stopped process `pid`; refuses sockets other
+/// than TCP/UDP over IPv4/IPv6, and TCP states other than listening,
+/// closed and established.
+pub(crate) fn probe(pid: i32, fd: i32) -> Result<Probe> {
+    let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
+    let d = dup.as_fd();
+    let int = |level, name, what: &str| {
+        sock::get_int(d, level, name).ctx(pid, || format!("getsockopt({what}) on fd {fd}"))
+    };
+    let family = int(libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN")?;
+    let kind = int(libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
+    let protocol = int(libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
+    let family_name = match family {
+        libc::AF_INET | libc::AF_INET6 => None,
+        libc::AF_UNIX => Some("unix"),
+        libc::AF_NETLINK => Some("netlink"),
+        libc::AF_PACKET => Some("packet"),
+        _ => Some("this family of"),
+    };
+    if let Some(name) = family_name {
+        return Err(refuse(
+            pid,
+            format!("fd {fd}: {name} sockets are not supported yet (only TCP and UDP over IPv4/IPv6)"),
+        ));
+    }
+    let tcp = kind == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
+    let udp = kind == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP;
+    if !tcp && !udp {
+        return Err(refuse(
+            pid,
+            format!("fd {fd}: an IP socket of type {kind} protocol {protocol}; only TCP and UDP are supported"),
+        ));
+    }
+    let local = sock::local_addr(d).ctx(pid, || format!("getsockname on fd {fd}"))?;
+    let peer = sock::peer_addr(d).ctx(pid, || format!("getpeername on fd {fd}"))?;
+    let (tcp_state, tcp_info) = if tcp {
+        let info = sock::get_bytes(d, libc::IPPROTO_TCP, libc::TCP_INFO, TCP_INFO_LEN)
+            .ctx(pid, || format!("getsockopt(TCP_INFO) on fd {fd}"))?;
+        if info.len() < TCP_INFO_LEN {
+            return Err(refuse(pid, format!("fd {fd}: short TCP_INFO")));
+        }
+        (Some(info[0]), info)
+    } else {
+        (None, Vec::new())
+    };
+    let p = Probe {
+        fd,
+        dup,
+        family,
+        kind,
+        protocol,
+        local,
+        peer,
+        tcp_state,
+        tcp_info,
+    };
+    if let Some(state) = p.tcp_state {
+        if ![TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN].contains(&state) {
+            return Err(refuse(
+                pid,
+                format!(
+                    "{}: TCP connection in state {}; only listening and established connections can be moved (half-closed and connecting ones cannot yet)",
+                    p.describe(),
+                    tcp_state_name(state)
+                ),
+            ));
+        }
+    }
+    Ok(p)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut v = [0u8; 4];
+    v.copy_from_slice(&b[off..off + 4]);
+    u32::from_ne_bytes(v)
+}
+
+fn options_for(family: i32, tcp: bool) -> impl Iterator<Item = &'static (i32, i32, usize)> {
+    let ip = if family == libc::AF_INET {
+        IPV4_OPTIONS
+    } else {
+        IPV6_OPTIONS
+    };
+    OPTIONS
+        .iter()
+        .chain(ip.iter())
+        .chain(if tcp { TCP_OPTIONS } else { &[] }.iter())
+}
+
+/// The image of a probed socket. Established TCP connections must already
+/// be in repair mode (see [`Held::repair`]).
+pub(crate) fn capture(pid: i32, p: &Probe, status_flags: i32) -> Result<wire::InetSocket> {
+    let d = p.dup.as_fd();
+    let fd = p.fd;
+    let tcp = p.tcp_state.is_some();
+    let mut options = Vec::new();
+    for &(level, name, max) in options_for(p.family, tcp) {
+        match sock::get_bytes(d, level, name, max) {
+            Ok(value) => options.push(wire::SockOpt { level, name, value }),
+            // Not known to this kernel or this kind of socket: nothing to keep.
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {}
+            Err(e) => {
+                return Err(e).ctx(pid, || format!("getsockopt({level}, {name}) on fd {fd}"));
+            }
+        }
+    }
+    let state = match p.tcp_state {
+        Some(TCP_LISTEN) => {
+            // For a listener TCP_INFO gives the accept queue's length in
+            // tcpi_unacked and the backlog in tcpi_sacked.
+            let queued = u32_at(&p.tcp_info, 24);
+            if queued != 0 {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "{}: {queued} connection(s) wait in the accept queue (not yet accepted); they cannot be moved, try again",
+                        p.describe()
+                    ),
+                ));
+            }
+            wire::InetState::Listening {
+                backlog: u32_at(&p.tcp_info, 28),
+            }
+        }
+        Some(TCP_ESTABLISHED) => wire::InetState::Established(Box::new(read_connection(pid, p)?)),
+        Some(_) => wire::InetState::Open,
+        None => {
+            let pending = sock::ioctl_int(d, SIOCINQ).unwrap_or(0);
+            if pending > 0 {
+                warn!(pid, fd, "UDP socket: datagrams waiting to be read are dropped, as a network would");
+            }
+            if p.peer.is_some() {
+                wire::InetState::Connected
+            } else {
+                wire::InetState::Open
+            }
+        }
+    };
+    Ok(wire::InetSocket {
+        family: p.family,
+        kind: p.kind,
+        protocol: p.protocol,
+        flags: status_flags & libc::O_NONBLOCK,
+        local: p.local,
+        peer: p.peer,
+        state,
+        options,
+    })
+}
+
+/// Read an established connection in repair mode (its packets locked out).
+fn read_connection(pid: i32, p: &Probe) -> Result<wire::TcpConnection> {
+    let d = p.dup.as_fd();
+    let fd = p.fd;
+    let what = |s: &str| format!("{s} on TCP fd {fd}");
+    let set = |name, v, s: &str| {
+        sock::set_int(d, libc::IPPROTO_TCP, name, v).ctx(pid, || what(s))
+    };
+    let get = |name, s: &str| sock::get_int(d, libc::IPPROTO_TCP, name).ctx(pid, || what(s));
+    set(repair::TCP_REPAIR_QUEUE, repair::SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+    let send_end = get(repair::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
+    let outq = sock::ioctl_int(d, SIOCOUTQ).ctx(pid, || what("SIOCOUTQ"))?.max(0) as usize;
+    let unsent = sock::ioctl_int(d, repair::SIOCOUTQNSD)
+        .ctx(pid, || what("SIOCOUTQNSD"))?
+        .max(0) as u32;
+    let send_queue = sock::peek(d, outq).ctx(pid, || what("read the send queue"))?;
+    set(repair::TCP_REPAIR_QUEUE, repair::RECV_QUEUE, "TCP_REPAIR_QUEUE recv")?;
+    let recv_end = get(repair::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ recv")? as u32;
+    let inq = sock::ioctl_int(d, SIOCINQ).ctx(pid, || what("SIOCINQ"))?.max(0) as usize;
+    let recv_queue = sock::peek(d, inq).ctx(pid, || what("read the receive queue"))?;
+    if send_queue.len() != outq || recv_queue.len() != inq || unsent as usize > outq {
+        return Err(refuse(
+            pid,
+            format!(
+                "{}: its queues changed while read in repair mode (send {} of {outq}, receive {} of {inq})",
+                p.describe(),
+                send_queue.len(),
+                recv_queue.len()
+            ),
+        ));
+    }
+    set(repair::TCP_REPAIR_QUEUE, 0, "TCP_REPAIR_QUEUE none")?;
+    // In repair mode TCP_MAXSEG reads the MSS clamp the handshake agreed.
+    let mss = get(libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
+    let timestamp = get(repair::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
+    let info = sock::get_bytes(d, libc::IPPROTO_TCP, libc::TCP_INFO, TCP_INFO_LEN)
+        .ctx(pid, || what("TCP_INFO"))?;
+    let options = info[5];
+    let window_raw = sock::get_bytes(d, libc::IPPROTO_TCP, repair::TCP_REPAIR_WINDOW, 20)
+        .ctx(pid, || what("TCP_REPAIR_WINDOW (Linux 4.8+)"))?;
+    if window_raw.len() != 20 {
+        return Err(refuse(pid, format!("{}: short TCP_REPAIR_WINDOW", p.describe())));
+    }
+    let mut window = [0u32; 5];
+    for (k, w) in window.iter_mut().enumerate() {
+        *w = u32_at(&window_raw, 4 * k);
+    }
+    let c = wire::TcpConnection {
+        send_seq: send_end.wrapping_sub(outq as u32),
+        recv_seq: recv_end.wrapping_sub(inq as u32),
+        send_queue,
+        unsent,
+        recv_queue,
+        mss,
+        // tcpi_snd_wscale:4 and tcpi_rcv_wscale:4 share one byte.
+        wscale: (options & repair::TCPI_OPT_WSCALE != 0).then_some((info[6] & 0xf, info[6] >> 4)),
+        sack: options & repair::TCPI_OPT_SACK != 0,
+        timestamps: options & repair::TCPI_OPT_TIMESTAMPS != 0,
+        timestamp,
+        window,
+    };
+    debug!(
+        pid,
+        fd,
+        send = c.send_queue.len(),
+        unsent = c.unsent,
+        recv = c.recv_queue.len(),
+        mss = c.mss,
+        "TCP connection read in repair mode"
+    );
+    Ok(c)
+}
+
+/// A program's established connections while it is frozen: in repair mode
+/// through tern's duplicates, their packets dropped by a [`NetLock`].
+/// Dropping it (or [`release`](Self::release)) puts them back as they were:
+/// repair off, lock removed.
+#[derive(Default)]
+pub struct Held {
+    repaired: Vec<(i32, OwnedFd)>,
+    lock: Option<NetLock>,
+    pid: i32,
+}
+
+impl Held {
+    /// Lock the packets of `conns` (their network namespace is `pid`'s).
+    pub(crate) fn lock(&mut self, pid: i32, conns: &[(SocketAddr, SocketAddr)]) -> Result<()> {
+        self.pid = pid;
+        if conns.is_empty() {
+            return Ok(());
+        }
+        // Held open: the lock outlives the program when it is killed.
+        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .ctx(pid, || "open its network namespace".into())?;
+        self.lock = Some(
+            NetLock::apply(Some(netns), &format!("tern_lock_{pid}"), conns)
+                .map_err(|e| lock_error(pid, e))?,
+        );
+        Ok(())
+    }
+
+    /// Put the connection behind `dup` into repair mode; it stays so until
+    /// released (or closed: a socket closed in repair mode vanishes without
+    /// a FIN or RST).
+    pub(crate) fn repair(&mut self, pid: i32, fd: i32, dup: BorrowedFd<'_>) -> Result<()> {
+        let own = dup
+            .try_clone_to_owned()
+            .ctx(pid, || format!("dup socket fd {fd}"))?;
+        sock::set_int(own.as_fd(), libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::ON)
+            .ctx(pid, || format!("setsockopt(TCP_REPAIR) on fd {fd} (needs CAP_NET_ADMIN)"))?;
+        self.repaired.push((fd, own));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.repaired.is_empty() && self.lock.is_none()
+    }
+
+    /// The lock's table name.
+    pub fn lock_name(&self) -> Option<&str> {
+        self.lock.as_ref().map(|l| l.table.as_str())
+    }
+
+    /// The program carries on here: connections out of repair mode, lock
+    /// removed.
+    pub fn release(mut self) -> Result<()> {
+        self.undo()
+    }
+
+    fn undo(&mut self) -> Result<()> {
+        let mut first = None;
+        for (fd, s) in self.repaired.drain(..) {
+            if let Err(e) =
+                sock::set_int(s.as_fd(), libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::OFF)
+            {
+                warn!(pid = self.pid, fd, "TCP repair off: {e}");
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(l) = self.lock.take() {
+            l.remove().map_err(|e| lock_error(self.pid, e))?;
+        }
+        match first {
+            Some(e) => Err(e).ctx(self.pid, || "TCP repair off".into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The program is gone (killed): its connections vanish silently as
+    /// tern closes the last references in repair mode. Returns the packet
+    /// lock, still in place: a dump keeps it until `tern restore` lifts
+    /// it, a migration removes it (the connections live elsewhere).
+    pub fn after_kill(mut self) -> Option<NetLock> {
+        self.repaired.clear();
+        self.lock.take()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = self.undo() {
+            warn!("releasing the TCP connections of process {}: {e}", self.pid);
+        }
+    }
+}
+
+fn lock_error(pid: i32, e: io::Error) -> EngineError {
+    EngineError::Sys {
+        pid,
+        what: "lock the TCP connections' packets with nftables".into(),
+        source: e,
+    }
+}
+
+/// nftables rules (a table of family inet of their own) that drop every
+/// packet of some TCP connections in one network namespace, in and out, at
+/// the earliest hook (priority raw): while a connection is between two
+/// machines neither kernel may answer its peer (an ACK of data the image
+/// does not hold, or a reset from a socket not there yet).
+pub struct NetLock {
+    table: String,
+    /// The namespace, held open; `None`: tern's own.
+    netns: Option<std::fs::File>,
+    removed: bool,
+}
+
+/// A path naming `netns` for `nsenter` while tern holds it open.
+fn netns_path(netns: Option<&std::fs::File>) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    netns.map(|f| PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd())))
+}
+
+fn nft_addr(ip: IpAddr) -> (&'static str, String) {
+    match ip {
+        IpAddr::V4(a) => ("ip", a.to_string()),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            // A v4-mapped address travels as IPv4.
+            Some(v4) => ("ip", v4.to_string()),
+            None => ("ip6", a.to_string()),
+        },
+    }
+}
+
+fn run_nft(netns: Option<&Path>, script: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("nft");
+            c
+        }
+        None => std::process::Command::new("nft"),
+    };
+    cmd.args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                e.kind(),
+                "nft not found: TCP connections need nftables (Debian package nftables) to be locked during the move",
+            )
+        } else {
+            e
+        }
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "nft failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl NetLock {
+    /// Drop the packets of `conns` (local, peer) in network namespace
+    /// `netns` (`None`: tern's own). `prefix` starts the table's name.
+    pub fn apply(
+        netns: Option<std::fs::File>,
+        prefix: &str,
+        conns: &[(SocketAddr, SocketAddr)],
+    ) -> io::Result<NetLock> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let table = format!("{prefix}_{nanos:09}");
+        let mut input = String::new();
+        let mut output = String::new();
+        for (local, peer) in conns {
+            let (fam, l) = nft_addr(local.ip());
+            let (_, p) = nft_addr(peer.ip());
+            let (lp, pp) = (local.port(), peer.port());
+            input.push_str(&format!(
+                "    {fam} saddr {p} {fam} daddr {l} tcp sport {pp} tcp dport {lp} drop\n"
+            ));
+            output.push_str(&format!(
+                "    {fam} saddr {l} {fam} daddr {p} tcp sport {lp} tcp dport {pp} drop\n"
+            ));
+        }
+        let script = format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority raw; policy accept;\n{input}  }}\n  chain output {{\n    type filter hook output priority raw; policy accept;\n{output}  }}\n}}\n"
+        );
+        run_nft(netns_path(netns.as_ref()).as_deref(), &script)?;
+        debug!(table, connections = conns.len(), "network lock applied");
+        Ok(NetLock {
+            table,
+            netns,
+            removed: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    /// Lift the lock.
+    pub fn remove(mut self) -> io::Result<()> {
+        self.removed = true;
+        remove_table(netns_path(self.netns.as_ref()).as_deref(), &self.table)
+    }
+
+    /// Leave the lock in place; returns its table's name.
+    pub fn keep(mut self) -> String {
+        self.removed = true;
+        std::mem::take(&mut self.table)
+    }
+}
+
+impl Drop for NetLock {
+    fn drop(&mut self) {
+        if !self.removed {
+            if let Err(e) = remove_table(netns_path(self.netns.as_ref()).as_deref(), &self.table) {
+                warn!(table = self.table, "removing the network lock: {e}");
+            }
+        }
+    }
+}
+
+/// Delete nftables table `name` (family inet) in `netns`.
+pub fn remove_table(netns: Option<&Path>, name: &str) -> io::Result<()> {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a tern lock table name"),
+        ));
+    }
+    run_nft(netns, &format!("delete table inet {name}\n"))
+}
+
+/// A socket rebuilt by the restorer, configured through `dup` (its
+/// duplicate of the new process's socket). Returns the connection still in
+/// repair mode, for [`Repaired::finish`] once the program may run.
+pub fn restore_socket(dup: OwnedFd, s: &wire::InetSocket) -> io::Result<Option<Repaired>> {
+    let d = dup.as_fd();
+    let (ip_level, transparent) = if s.family == libc::AF_INET {
+        (libc::IPPROTO_IP, libc::IP_TRANSPARENT)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
+    };
+    let bind_time = |o: &wire::SockOpt| {
+        (o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR)
+            || (o.level == ip_level && o.name == transparent)
+    };
+    // Options first (IPV6_V6ONLY must precede bind), those bind depends on
+    // after it.
+    for o in s.options.iter().filter(|o| !bind_time(o)) {
+        set_if_different(d, o)?;
+    }
+    if s.flags & libc::O_NONBLOCK != 0 {
+        sock::set_status_flags(d, libc::O_NONBLOCK)?;
+    }
+    let repair_mode = matches!(s.state, wire::InetState::Established(_));
+    if repair_mode {
+        // Also forces the local port to be shared (SK_FORCE_REUSE) with the
+        // listener it was accepted from.
+        sock::set_int(d, libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::ON)?;
+    }
+    if let Some(local) = &s.local {
+        // The address may not be this machine's yet (a handoff moves it
+        // once the program is rebuilt): a transparent socket may bind and
+        // route from it.
+        sock::set_int(d, ip_level, transparent, 1)?;
+        if !repair_mode {
+            // Connections of the image may hold the port already.
+            sock::set_int(d, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        }
+        sock::bind(d, local)?;
+    }
+    let mut repaired = None;
+    match &s.state {
+        wire::InetState::Open => {}
+        wire::InetState::Listening { backlog } => sock::listen(d, *backlog as i32)?,
+        wire::InetState::Connected => {
+            if let Some(peer) = &s.peer {
+                sock::connect(d, peer)?;
+            }
+        }
+        wire::InetState::Established(c) => {
+            let peer = s.peer.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "established connection without a peer",
+                )
+            })?;
+            rebuild_connection(d, &peer, c)?;
+            let sent = c.send_queue.len() - c.unsent as usize;
+            repaired = Some(c.send_queue[sent..].to_vec());
+        }
+    }
+    // The two options bind needed, back to what the program had.
+    for (level, name) in [
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        (ip_level, transparent),
+    ] {
+        let value = s
+            .options
+            .iter()
+            .find(|o| o.level == level && o.name == name)
+            .map_or_else(|| 0i32.to_ne_bytes().to_vec(), |o| o.value.clone());
+        set_if_different(
+            d,
+            &wire::SockOpt {
+                level,
+                name,
+                value,
+            },
+        )?;
+    }
+    Ok(repaired.map(|unsent| Repaired { dup, unsent }))
+}
+
+fn set_if_different(d: BorrowedFd<'_>, o: &wire::SockOpt) -> io::Result<()> {
+    let now = sock::get_bytes(d, o.level, o.name, o.value.len().max(4))?;
+    if now != o.value {
+        sock::set_bytes(d, o.level, o.name, &o.value).map_err(|e| {
+            io::Error::new(e.kind(), format!("setsockopt({}, {}): {e}", o.level, o.name))
+        })?;
+    }
+    Ok(())
+}
+
+/// Write an established connection into a fresh socket in repair mode,
+/// bound to its local address.
+fn rebuild_connection(d: BorrowedFd<'_>, peer: &SocketAddr, c: &wire::TcpConnection) -> io::Result<()> {
+    let set = |name, v| sock::set_int(d, libc::IPPROTO_TCP, name, v);
+    if c.unsent as usize > c.send_queue.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more unsent bytes than the send queue holds",
+        ));
+    }
+    // Sequence numbers can be set only before the connection exists.
+    set(repair::TCP_REPAIR_QUEUE, repair::SEND_QUEUE)?;
+    set(repair::TCP_QUEUE_SEQ, c.send_seq as i32)?;
+    set(repair::TCP_REPAIR_QUEUE, repair::RECV_QUEUE)?;
+    set(repair::TCP_QUEUE_SEQ, c.recv_seq as i32)?;
+    // In repair mode connect sends nothing: the socket is established.
+    sock::connect(d, peer)?;
+    let mut opts: Vec<u8> = Vec::with_capacity(32);
+    let mut opt = |code: u32, val: u32| {
+        opts.extend_from_slice(&code.to_ne_bytes());
+        opts.extend_from_slice(&val.to_ne_bytes());
+    };
+    opt(repair::TCPOPT_MAXSEG, c.mss);
+    if let Some((snd, rcv)) = c.wscale {
+        opt(repair::TCPOPT_WINDOW, snd as u32 | (rcv as u32) << 16);
+    }
+    if c.sack {
+        opt(repair::TCPOPT_SACK_PERM, 0);
+    }
+    if c.timestamps {
+        opt(repair::TCPOPT_TIMESTAMP, 0);
+    }
+    sock::set_bytes(d, libc::IPPROTO_TCP, repair::TCP_REPAIR_OPTIONS, &opts)?;
+    if c.timestamps {
+        set(repair::TCP_TIMESTAMP, c.timestamp as i32)?;
+    }
+    // Queued data: what the program had not read, and what it wrote that
+    // the peer has not acknowledged (sent again by TCP's own timers). The
+    // never-sent tail goes out normally once repair mode is off.
+    const PIECE: usize = 64 << 10;
+    set(repair::TCP_REPAIR_QUEUE, repair::RECV_QUEUE)?;
+    for piece in c.recv_queue.chunks(PIECE) {
+        sock::send_all(d, piece)?;
+    }
+    set(repair::TCP_REPAIR_QUEUE, repair::SEND_QUEUE)?;
+    let sent = c.send_queue.len() - c.unsent as usize;
+    for piece in c.send_queue[..sent].chunks(PIECE) {
+        sock::send_all(d, piece)?;
+    }
+    set(repair::TCP_REPAIR_QUEUE, 0)?;
+    // Window last: the kernel checks it against the receive queue's end.
+    let mut w = Vec::with_capacity(20);
+    for v in c.window {
+        w.extend_from_slice(&v.to_ne_bytes());
+    }
+    sock::set_bytes(d, libc::IPPROTO_TCP, repair::TCP_REPAIR_WINDOW, &w)?;
+    Ok(())
+}
+
+/// An established connection rebuilt in repair mode, waiting for the
+/// program to run.
+pub struct Repaired {
+    dup: OwnedFd,
+    unsent: Vec<u8>,
+}
+
+impl Repaired {
+    /// Repair mode off (the kernel probes the peer's window), then the
+    /// bytes the program wrote that were never sent.
+    pub fn finish(self) -> io::Result<()> {
+        let d = self.dup.as_fd();
+        sock::set_int(d, libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::OFF)?;
+        sock::send_all(d, &self.unsent)
+    }
+}
+
+/// The (local, peer) pairs of an image's established TCP connections.
+pub fn established_pairs(files: &wire::Files) -> Vec<(SocketAddr, SocketAddr)> {
+    let mut out = Vec::new();
+    for f in &files.fds {
+        if let wire::FdKind::Inet(s) = &f.kind {
+            if let (wire::InetState::Established(_), Some(l), Some(p)) = (&s.state, s.local, s.peer) {
+                if !out.contains(&(l, p)) {
+                    out.push((l, p));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,123 @@
+/*
+ * tcp_service: a small TCP service that counts requests. Listens on
+ * argv[1]:argv[2] (IPv4 or IPv6 literal); every connection sends lines "N\n"
+ * and gets back "N C T\n", where C counts the requests this connection made
+ * (so a lost or repeated request shows) and T all requests the service saw.
+ * One thread, poll() over the listener and up to 16 connections; prints
+ * "listening" and "accepted K" (flushed) to stdout.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAXCONN 16
+
+struct conn {
+    int fd;
+    long count;
+    size_t have;
+    char buf[256];
+};
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: tcp_service ADDR PORT\n");
+        return 2;
+    }
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof ss);
+    int family = strchr(argv[1], ':') ? AF_INET6 : AF_INET;
+    if (family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons(atoi(argv[2]));
+        inet_pton(AF_INET, argv[1], &a->sin_addr);
+        len = sizeof *a;
+    } else {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(atoi(argv[2]));
+        inet_pton(AF_INET6, argv[1], &a->sin6_addr);
+        len = sizeof *a;
+    }
+    int l = socket(family, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(l, (struct sockaddr *)&ss, len) || listen(l, 16)) {
+        perror("bind/listen");
+        return 1;
+    }
+    printf("listening\n");
+    fflush(stdout);
+    struct conn conns[MAXCONN];
+    int nconn = 0, accepted = 0;
+    long total = 0;
+    for (;;) {
+        struct pollfd p[MAXCONN + 1];
+        p[0].fd = l;
+        p[0].events = POLLIN;
+        for (int i = 0; i < nconn; i++) {
+            p[i + 1].fd = conns[i].fd;
+            p[i + 1].events = POLLIN;
+        }
+        if (poll(p, nconn + 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            perror("poll");
+            return 1;
+        }
+        for (int i = nconn - 1; i >= 0; i--) {
+            if (!p[i + 1].revents)
+                continue;
+            struct conn *c = &conns[i];
+            ssize_t n = read(c->fd, c->buf + c->have, sizeof c->buf - 1 - c->have);
+            if (n <= 0) {
+                if (n < 0 && errno == EINTR)
+                    continue;
+                close(c->fd);
+                conns[i] = conns[--nconn];
+                continue;
+            }
+            c->have += n;
+            char *nl;
+            while ((nl = memchr(c->buf, '\n', c->have))) {
+                *nl = 0;
+                long req = atol(c->buf);
+                c->count++;
+                total++;
+                char out[96];
+                int m = snprintf(out, sizeof out, "%ld %ld %ld\n", req, c->count, total);
+                if (write(c->fd, out, m) != m) {
+                    perror("write");
+                    return 1;
+                }
+                size_t used = nl + 1 - c->buf;
+                memmove(c->buf, nl + 1, c->have - used);
+                c->have -= used;
+            }
+        }
+        if (p[0].revents & POLLIN) {
+            int fd = accept(l, NULL, NULL);
+            if (fd >= 0 && nconn < MAXCONN) {
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                conns[nconn].fd = fd;
+                conns[nconn].count = 0;
+                conns[nconn].have = 0;
+                nconn++;
+                printf("accepted %d\n", ++accepted);
+                fflush(stdout);
+            } else if (fd >= 0) {
+                close(fd);
+            }
+        }
+    }
+}
