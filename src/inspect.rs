@@ -207,7 +207,11 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
 
 fn inet_line(s: &wire::InetSocket) -> String {
     let show = |a: &Option<std::net::SocketAddr>| a.map_or("*".to_string(), |a| a.to_string());
-    let proto = if s.kind == libc::SOCK_STREAM { "TCP" } else { "UDP" };
+    let proto = if s.kind == libc::SOCK_STREAM {
+        "TCP"
+    } else {
+        "UDP"
+    };
     let state = match &s.state {
         wire::InetState::Open => "open".to_string(),
         wire::InetState::Listening { backlog } => format!("listening, backlog {backlog}"),

@@ -288,6 +288,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 parent,
                 delta_table: false,
                 tcp_established,
+                keep_net_lock: true,
             };
             if pre_copy {
                 let popts = rounds.precopy_options(opts);
@@ -429,6 +430,8 @@ fn run(cmd: Cmd) -> Result<()> {
                 parent: None,
                 delta_table: true,
                 tcp_established,
+                // The source lifts it once the destination runs the program.
+                keep_net_lock: false,
             };
             migrate::migrate(migrate::MigrateArgs {
                 pid,

@@ -43,13 +43,6 @@ fn edges_or_skip(test: &str) -> Option<EdgePair> {
     }
 }
 
-fn keygen(dir: &TestDir, name: &str) -> PathBuf {
-    let key = dir.join(name);
-    let a = args!["keygen", "--out", &key];
-    run_tern(dir, &a, Stdio::null()).assert_ok("tern keygen");
-    key
-}
-
 /// Start `tern serve --once` in B; returns once it listens.
 fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> ProcGuard {
     let mut a = vec!["--once"];
@@ -59,39 +52,7 @@ fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> P
 
 /// Start `tern serve` in B with `extra` arguments; returns once it listens.
 fn start_serve_with(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> ProcGuard {
-    let ready = dir.join(format!("serve-ready-{}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let mut cmd = edges
-        .b
-        .cmd(tern_bin())
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("{EDGE_B_ADDR}:{PORT}"))
-        .arg("--key")
-        .arg(key)
-        .arg("--ready-file")
-        .arg(&ready);
-    for e in extra {
-        cmd = cmd.arg(e);
-    }
-    let mut serve = spawn_redirected(
-        &cmd,
-        Stdio::null(),
-        &dir.join("serve.stdout"),
-        &dir.join("serve.stderr"),
-    );
-    wait_until(
-        Duration::from_secs(10),
-        "tern serve to listen",
-        || {
-            if !serve.alive() {
-                panic!("tern serve exited: {}", tail(&dir.join("serve.stderr"), 20));
-            }
-            ready.exists().then_some(())
-        },
-        || tail(&dir.join("serve.stderr"), 20),
-    );
-    serve
+    start_serve_in(dir, &edges.b, &format!("{EDGE_B_ADDR}:{PORT}"), key, extra)
 }
 
 fn start(test: &str, edges: EdgePair, buf_mib: u32) -> Edge {

@@ -39,6 +39,10 @@ pub struct DumpOptions {
     /// Take established TCP connections (repair mode, packets locked);
     /// without it a program with one is refused.
     pub tcp_established: bool,
+    /// Once the program is killed, leave its connections' packet lock in
+    /// place (recorded in the image) for `tern restore` to lift: a dump.
+    /// A migration lifts it itself once the copy elsewhere runs.
+    pub keep_net_lock: bool,
 }
 
 impl Default for DumpOptions {
@@ -49,6 +53,7 @@ impl Default for DumpOptions {
             parent: None,
             delta_table: false,
             tcp_established: false,
+            keep_net_lock: true,
         }
     }
 }
@@ -197,17 +202,30 @@ fn dump_seized(
         seized.release()?;
     } else {
         seized.kill()?;
-        if let Some(lock) = seized.net_lock_left.take() {
-            let table = lock.keep();
-            info!(
-                pid = seized.pid,
-                "its TCP connections stay locked until `tern restore` (nftables table inet {table})"
-            );
-        }
+        settle_net_lock(&mut seized, opts.keep_net_lock)?;
     }
     stats.frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
     info!(pid = seized.pid, ?stats, "dump complete");
     Ok(stats)
+}
+
+/// After the kill: keep the connections' packet lock for `tern restore`,
+/// or lift it (a migration: they live elsewhere now).
+pub(crate) fn settle_net_lock(seized: &mut Seized, keep: bool) -> Result<()> {
+    let Some(lock) = seized.net_lock_left.take() else {
+        return Ok(());
+    };
+    if keep {
+        let table = lock.keep();
+        info!(
+            pid = seized.pid,
+            "its TCP connections stay locked until `tern restore` (nftables table inet {table})"
+        );
+        Ok(())
+    } else {
+        lock.remove()
+            .ctx(seized.pid, || "lift the network lock".into())
+    }
 }
 
 /// What a dirty-page tracker still registered in a stopped program knows.
@@ -262,7 +280,7 @@ pub(crate) fn dump_frozen(
     let mm = capture_mm(pid, &maps, seized, tracked)?;
     let mm_ms = t_core.elapsed().as_secs_f64() * 1e3;
     let conns = if opts.tcp_established {
-        Connections::Take(&mut seized.net)
+        Connections::Take(&mut seized.net, opts.keep_net_lock)
     } else {
         Connections::Refuse
     };
@@ -1563,8 +1581,9 @@ pub(crate) enum Connections<'a> {
     Refuse,
     /// Accept them without touching them (a check before pre-copy).
     Check,
-    /// Lock their packets, put them into repair mode and read them.
-    Take(&'a mut crate::sockets::Held),
+    /// Lock their packets, put them into repair mode and read them; the
+    /// bool: the image records the lock (the dump leaves it in place).
+    Take(&'a mut crate::sockets::Held, bool),
 }
 
 /// The program's fds. Shared open file descriptions are found with
@@ -1698,7 +1717,7 @@ fn take_sockets(
             }
         }
         Connections::Check => {}
-        Connections::Take(held) => {
+        Connections::Take(held, keep_lock) => {
             let mut pairs = Vec::new();
             for p in &established {
                 if let (Some(l), Some(r)) = (p.local, p.peer) {
@@ -1713,7 +1732,9 @@ fn take_sockets(
                 held.repair(pid, p.fd, p.dup.as_fd())?;
             }
             out.taken = true;
-            out.lock = held.lock_name().map(str::to_string);
+            if keep_lock {
+                out.lock = held.lock_name().map(str::to_string);
+            }
         }
     }
     out.probes = probes;

@@ -6,7 +6,7 @@
 //! directory) that `tern restore` applies oldest-first.
 
 use crate::dump::{self, DumpOptions, DumpStats};
-use crate::error::{Context, Result};
+use crate::error::Result;
 use crate::policy::{self, Decision, Limits, PolicySpec, RoundInfo};
 use crate::seize::Seized;
 use crate::track::{self, TrackerKind};
@@ -229,6 +229,7 @@ impl Precopy {
             (None, None) => "no round was run".to_string(),
         };
         Ok(Frozen {
+            keep_net_lock: final_opts.keep_net_lock,
             seized: Some(seized),
             t0,
             report: PrecopyReport {
@@ -259,6 +260,8 @@ impl Precopy {
 /// removed before it runs again (and not at all if it is killed).
 pub struct Frozen {
     tracker: Option<Box<dyn track::DirtyTracker>>,
+    /// See [`DumpOptions::keep_net_lock`].
+    keep_net_lock: bool,
     seized: Option<Seized>,
     t0: Instant,
     pub report: PrecopyReport,
@@ -327,10 +330,7 @@ impl Frozen {
             // on one machine is this one's neighbour.
             crate::sys::set_idle_priority(s.pid);
             s.kill()?;
-            // Its connections live on elsewhere now.
-            if let Some(lock) = s.net_lock_left.take() {
-                lock.remove().ctx(s.pid, || "remove the network lock".into())?;
-            }
+            dump::settle_net_lock(&mut s, self.keep_net_lock)?;
         }
         // Gone with the process: dropping the tracker only closes our fd.
         self.tracker = None;
@@ -360,6 +360,7 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
     let mut seized = Seized::attach(pid)?;
     let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None)?;
     Ok(Frozen {
+        keep_net_lock: opts.keep_net_lock,
         tracker: None,
         seized: Some(seized),
         t0,

@@ -145,7 +145,9 @@ pub(crate) fn probe(pid: i32, fd: i32) -> Result<Probe> {
     if let Some(name) = family_name {
         return Err(refuse(
             pid,
-            format!("fd {fd}: {name} sockets are not supported yet (only TCP and UDP over IPv4/IPv6)"),
+            format!(
+                "fd {fd}: {name} sockets are not supported yet (only TCP and UDP over IPv4/IPv6)"
+            ),
         ));
     }
     let tcp = kind == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
@@ -252,7 +254,10 @@ pub(crate) fn capture(pid: i32, p: &Probe, status_flags: i32) -> Result<wire::In
         None => {
             let pending = sock::ioctl_int(d, SIOCINQ).unwrap_or(0);
             if pending > 0 {
-                warn!(pid, fd, "UDP socket: datagrams waiting to be read are dropped, as a network would");
+                warn!(
+                    pid,
+                    fd, "UDP socket: datagrams waiting to be read are dropped, as a network would"
+                );
             }
             if p.peer.is_some() {
                 wire::InetState::Connected
@@ -278,20 +283,30 @@ fn read_connection(pid: i32, p: &Probe) -> Result<wire::TcpConnection> {
     let d = p.dup.as_fd();
     let fd = p.fd;
     let what = |s: &str| format!("{s} on TCP fd {fd}");
-    let set = |name, v, s: &str| {
-        sock::set_int(d, libc::IPPROTO_TCP, name, v).ctx(pid, || what(s))
-    };
+    let set = |name, v, s: &str| sock::set_int(d, libc::IPPROTO_TCP, name, v).ctx(pid, || what(s));
     let get = |name, s: &str| sock::get_int(d, libc::IPPROTO_TCP, name).ctx(pid, || what(s));
-    set(repair::TCP_REPAIR_QUEUE, repair::SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+    set(
+        repair::TCP_REPAIR_QUEUE,
+        repair::SEND_QUEUE,
+        "TCP_REPAIR_QUEUE send",
+    )?;
     let send_end = get(repair::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
-    let outq = sock::ioctl_int(d, SIOCOUTQ).ctx(pid, || what("SIOCOUTQ"))?.max(0) as usize;
+    let outq = sock::ioctl_int(d, SIOCOUTQ)
+        .ctx(pid, || what("SIOCOUTQ"))?
+        .max(0) as usize;
     let unsent = sock::ioctl_int(d, repair::SIOCOUTQNSD)
         .ctx(pid, || what("SIOCOUTQNSD"))?
         .max(0) as u32;
     let send_queue = sock::peek(d, outq).ctx(pid, || what("read the send queue"))?;
-    set(repair::TCP_REPAIR_QUEUE, repair::RECV_QUEUE, "TCP_REPAIR_QUEUE recv")?;
+    set(
+        repair::TCP_REPAIR_QUEUE,
+        repair::RECV_QUEUE,
+        "TCP_REPAIR_QUEUE recv",
+    )?;
     let recv_end = get(repair::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ recv")? as u32;
-    let inq = sock::ioctl_int(d, SIOCINQ).ctx(pid, || what("SIOCINQ"))?.max(0) as usize;
+    let inq = sock::ioctl_int(d, SIOCINQ)
+        .ctx(pid, || what("SIOCINQ"))?
+        .max(0) as usize;
     let recv_queue = sock::peek(d, inq).ctx(pid, || what("read the receive queue"))?;
     if send_queue.len() != outq || recv_queue.len() != inq || unsent as usize > outq {
         return Err(refuse(
@@ -314,7 +329,10 @@ fn read_connection(pid: i32, p: &Probe) -> Result<wire::TcpConnection> {
     let window_raw = sock::get_bytes(d, libc::IPPROTO_TCP, repair::TCP_REPAIR_WINDOW, 20)
         .ctx(pid, || what("TCP_REPAIR_WINDOW (Linux 4.8+)"))?;
     if window_raw.len() != 20 {
-        return Err(refuse(pid, format!("{}: short TCP_REPAIR_WINDOW", p.describe())));
+        return Err(refuse(
+            pid,
+            format!("{}: short TCP_REPAIR_WINDOW", p.describe()),
+        ));
     }
     let mut window = [0u32; 5];
     for (k, w) in window.iter_mut().enumerate() {
@@ -381,8 +399,15 @@ impl Held {
         let own = dup
             .try_clone_to_owned()
             .ctx(pid, || format!("dup socket fd {fd}"))?;
-        sock::set_int(own.as_fd(), libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::ON)
-            .ctx(pid, || format!("setsockopt(TCP_REPAIR) on fd {fd} (needs CAP_NET_ADMIN)"))?;
+        sock::set_int(
+            own.as_fd(),
+            libc::IPPROTO_TCP,
+            repair::TCP_REPAIR,
+            repair::ON,
+        )
+        .ctx(pid, || {
+            format!("setsockopt(TCP_REPAIR) on fd {fd} (needs CAP_NET_ADMIN)")
+        })?;
         self.repaired.push((fd, own));
         Ok(())
     }
@@ -405,9 +430,12 @@ impl Held {
     fn undo(&mut self) -> Result<()> {
         let mut first = None;
         for (fd, s) in self.repaired.drain(..) {
-            if let Err(e) =
-                sock::set_int(s.as_fd(), libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::OFF)
-            {
+            if let Err(e) = sock::set_int(
+                s.as_fd(),
+                libc::IPPROTO_TCP,
+                repair::TCP_REPAIR,
+                repair::OFF,
+            ) {
                 warn!(pid = self.pid, fd, "TCP repair off: {e}");
                 first.get_or_insert(e);
             }
@@ -476,7 +504,8 @@ fn nft_addr(ip: IpAddr) -> (&'static str, String) {
     }
 }
 
-fn run_nft(netns: Option<&Path>, script: &str) -> io::Result<()> {
+/// Start `nft -f -` (in `netns`) on `script`.
+fn spawn_nft(netns: Option<&Path>, script: &str) -> io::Result<std::process::Child> {
     use std::io::Write;
     let mut cmd = match netns {
         Some(ns) => {
@@ -503,6 +532,10 @@ fn run_nft(netns: Option<&Path>, script: &str) -> io::Result<()> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes())?;
     }
+    Ok(child)
+}
+
+fn nft_result(child: std::process::Child) -> io::Result<()> {
     let out = child.wait_with_output()?;
     if out.status.success() {
         Ok(())
@@ -513,6 +546,10 @@ fn run_nft(netns: Option<&Path>, script: &str) -> io::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
+}
+
+fn run_nft(netns: Option<&Path>, script: &str) -> io::Result<()> {
+    nft_result(spawn_nft(netns, script)?)
 }
 
 impl NetLock {
@@ -563,6 +600,17 @@ impl NetLock {
         remove_table(netns_path(self.netns.as_ref()).as_deref(), &self.table)
     }
 
+    /// Start lifting the lock: removing a table costs nftables ~15 ms (an
+    /// RCU grace period) plus starting `nft`, which can overlap other
+    /// work. `nft` is started here, so it runs to the end even if tern
+    /// exits; join the handle for the outcome.
+    pub fn remove_in_background(mut self) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+        // On failure `self` is dropped, which tries once more.
+        let h = start_removing_table(netns_path(self.netns.as_ref()).as_deref(), &self.table)?;
+        self.removed = true;
+        Ok(h)
+    }
+
     /// Leave the lock in place; returns its table's name.
     pub fn keep(mut self) -> String {
         self.removed = true;
@@ -580,14 +628,32 @@ impl Drop for NetLock {
     }
 }
 
-/// Delete nftables table `name` (family inet) in `netns`.
-pub fn remove_table(netns: Option<&Path>, name: &str) -> io::Result<()> {
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(io::Error::new(
+/// Start deleting nftables table `name` (family inet) in `netns`; `nft`
+/// is started here (it runs to the end even if tern exits), join the
+/// handle for the outcome.
+pub fn start_removing_table(
+    netns: Option<&Path>,
+    name: &str,
+) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    checked_table(name)?;
+    let child = spawn_nft(netns, &format!("delete table inet {name}\n"))?;
+    Ok(std::thread::spawn(move || nft_result(child)))
+}
+
+fn checked_table(name: &str) -> io::Result<()> {
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(())
+    } else {
+        Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{name:?} is not a tern lock table name"),
-        ));
+        ))
     }
+}
+
+/// Delete nftables table `name` (family inet) in `netns`.
+pub fn remove_table(netns: Option<&Path>, name: &str) -> io::Result<()> {
+    checked_table(name)?;
     run_nft(netns, &format!("delete table inet {name}\n"))
 }
 
@@ -661,14 +727,7 @@ pub fn restore_socket(dup: OwnedFd, s: &wire::InetSocket) -> io::Result<Option<R
             .iter()
             .find(|o| o.level == level && o.name == name)
             .map_or_else(|| 0i32.to_ne_bytes().to_vec(), |o| o.value.clone());
-        set_if_different(
-            d,
-            &wire::SockOpt {
-                level,
-                name,
-                value,
-            },
-        )?;
+        set_if_different(d, &wire::SockOpt { level, name, value })?;
     }
     Ok(repaired.map(|unsent| Repaired { dup, unsent }))
 }
@@ -677,7 +736,10 @@ fn set_if_different(d: BorrowedFd<'_>, o: &wire::SockOpt) -> io::Result<()> {
     let now = sock::get_bytes(d, o.level, o.name, o.value.len().max(4))?;
     if now != o.value {
         sock::set_bytes(d, o.level, o.name, &o.value).map_err(|e| {
-            io::Error::new(e.kind(), format!("setsockopt({}, {}): {e}", o.level, o.name))
+            io::Error::new(
+                e.kind(),
+                format!("setsockopt({}, {}): {e}", o.level, o.name),
+            )
         })?;
     }
     Ok(())
@@ -685,7 +747,11 @@ fn set_if_different(d: BorrowedFd<'_>, o: &wire::SockOpt) -> io::Result<()> {
 
 /// Write an established connection into a fresh socket in repair mode,
 /// bound to its local address.
-fn rebuild_connection(d: BorrowedFd<'_>, peer: &SocketAddr, c: &wire::TcpConnection) -> io::Result<()> {
+fn rebuild_connection(
+    d: BorrowedFd<'_>,
+    peer: &SocketAddr,
+    c: &wire::TcpConnection,
+) -> io::Result<()> {
     let set = |name, v| sock::set_int(d, libc::IPPROTO_TCP, name, v);
     if c.unsent as usize > c.send_queue.len() {
         return Err(io::Error::new(
@@ -764,7 +830,8 @@ pub fn established_pairs(files: &wire::Files) -> Vec<(SocketAddr, SocketAddr)> {
     let mut out = Vec::new();
     for f in &files.fds {
         if let wire::FdKind::Inet(s) = &f.kind {
-            if let (wire::InetState::Established(_), Some(l), Some(p)) = (&s.state, s.local, s.peer) {
+            if let (wire::InetState::Established(_), Some(l), Some(p)) = (&s.state, s.local, s.peer)
+            {
                 if !out.contains(&(l, p)) {
                     out.push((l, p));
                 }

@@ -433,23 +433,57 @@ struct Parts {
 struct Network {
     repaired: Vec<tern_engine::sockets::Repaired>,
     lock: Option<tern_engine::sockets::NetLock>,
+    /// Our lock being lifted.
+    lifting: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The dump's lock being lifted.
+    lifting_dump: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The lock `tern dump` left on them (same machine), lifted with ours.
     dump_lock: Option<String>,
 }
 
 impl Network {
+    /// The program is rebuilt: start lifting our lock. It kept packets
+    /// from sockets not yet there; the connections now exist, in repair
+    /// mode, and packets reach this machine only once the handoff moved
+    /// them (after this). Overlaps the ~15 ms it costs with the handoff
+    /// and the commit.
+    fn ready(&mut self, pid: i32) -> Result<()> {
+        if let Some(l) = self.lock.take() {
+            self.lifting = Some(
+                l.remove_in_background()
+                    .step(pid, || "lift the network lock (nft)".into())?,
+            );
+        }
+        if let Some(name) = self.dump_lock.take() {
+            self.lifting_dump = Some(
+                tern_engine::sockets::start_removing_table(None, &name)
+                    .step(pid, || "lift the network lock of the dump (nft)".into())?,
+            );
+        }
+        Ok(())
+    }
+
     /// Connections live: repair off, unsent bytes sent, locks lifted.
     fn go_live(&mut self, pid: i32) -> Result<()> {
+        self.ready(pid)?;
+        if let Some(h) = self.lifting.take() {
+            // The program's first answer must not meet the lock.
+            match h.join() {
+                Ok(r) => r.step(pid, || "lift the network lock (nft)".into())?,
+                Err(_) => warn!(pid, "the thread lifting the network lock panicked"),
+            }
+        }
+        let t = Instant::now();
         for r in self.repaired.drain(..) {
             r.finish().step(pid, || "TCP repair off".into())?;
         }
-        if let Some(l) = self.lock.take() {
-            l.remove().step(pid, || "lift the network lock".into())?;
-        }
-        if let Some(name) = self.dump_lock.take() {
-            match tern_engine::sockets::remove_table(None, &name) {
-                Ok(()) => info!(table = name, "lifted the lock tern dump left"),
-                Err(e) => debug!(table = name, "no lock of the dump here to lift: {e}"),
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "TCP repair off");
+        if let Some(h) = self.lifting_dump.take() {
+            match h.join() {
+                Ok(Ok(())) => info!(pid, "lifted the network lock tern dump left"),
+                // Absent when the image was made on another machine.
+                Ok(Err(e)) => debug!(pid, "no network lock of the dump here: {e}"),
+                Err(_) => warn!(pid, "the thread lifting the dump's lock panicked"),
             }
         }
         Ok(())
@@ -483,7 +517,9 @@ impl Prepared {
     pub fn resume(mut self) -> Result<Restored> {
         let pid = self.puppet.pid;
         // Before it runs: a socket still in repair mode refuses its writes.
+        let t = Instant::now();
         self.net.go_live(pid)?;
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "connections live");
         for &tid in &self.threads {
             ptrace::detach(tid, 0).step(pid, || format!("PTRACE_DETACH of thread {tid}"))?;
         }
@@ -511,7 +547,11 @@ impl Prepared {
 
 fn describe_socket(s: &wire::InetSocket) -> String {
     let show = |a: &Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
-    let kind = if s.kind == libc::SOCK_STREAM { "TCP" } else { "UDP" };
+    let kind = if s.kind == libc::SOCK_STREAM {
+        "TCP"
+    } else {
+        "UDP"
+    };
     format!("{kind} socket {} -> {}", show(&s.local), show(&s.peer))
 }
 
@@ -666,12 +706,17 @@ impl Builder<'_> {
             .filter(|q| q.info.len() == 128)
             .map(|q| (if q.tid == 0 { 0 } else { host_tid(q.tid) }, q.info.clone()))
             .collect();
+        let mut net = std::mem::take(&mut self.net);
+        if let Err(e) = net.ready(self.pid) {
+            // Lifted (or reported) again when it goes live.
+            warn!(pid = self.pid, "{e}");
+        }
         Parts {
             threads,
             pending,
             queued,
             pages_bytes: self.pages_bytes,
-            net: std::mem::take(&mut self.net),
+            net,
         }
     }
 
@@ -785,7 +830,9 @@ impl Builder<'_> {
         let pairs = tern_engine::sockets::established_pairs(&self.image.files);
         if !pairs.is_empty() {
             let lock = tern_engine::sockets::NetLock::apply(None, "tern_restore", &pairs)
-                .step(self.pid, || "lock the TCP connections' packets (nftables)".into())?;
+                .step(self.pid, || {
+                    "lock the TCP connections' packets (nftables)".into()
+                })?;
             self.net.lock = Some(lock);
         }
         self.net.dump_lock = self.image.files.net_lock.clone();

@@ -299,6 +299,17 @@ async fn session(
     // Dropping the command channel makes the puppet thread discard an
     // unfinished standby (after a commit it is no longer there).
     drop(cmd_tx);
+    if result.is_err() {
+        // Wait until it has (half-built program killed, network lock
+        // lifted): `--once` exits right after this session.
+        let discarded = async { while ev_rx.recv().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), discarded)
+            .await
+            .is_err()
+        {
+            warn!(%peer, "the standby thread did not finish discarding within 30 s");
+        }
+    }
     result
 }
 

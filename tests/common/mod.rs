@@ -1462,6 +1462,76 @@ impl Drop for Netns {
     }
 }
 
+/// Create a veth pair: `a_dev` in namespace `a`, `b_dev` in `b` (names at
+/// most 15 bytes, unique on the machine), both up.
+pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<(), String> {
+    ip(&[
+        "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns",
+        &b.name,
+    ])?;
+    a.ip(&["link", "set", a_dev, "up"])?;
+    b.ip(&["link", "set", b_dev, "up"])
+}
+
+/// A veth device name unique on this machine, starting with `prefix`
+/// (at most 4 bytes).
+pub fn veth_name(prefix: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// `tern keygen` into `dir/name`.
+pub fn keygen(dir: &TestDir, name: &str) -> PathBuf {
+    let key = dir.join(name);
+    let a = args!["keygen", "--out", &key];
+    run_tern(dir, &a, Stdio::null()).assert_ok("tern keygen");
+    key
+}
+
+/// Start `tern serve --listen ADDR` in namespace `ns` with `extra`
+/// arguments; returns once it listens.
+pub fn start_serve_in(
+    dir: &TestDir,
+    ns: &Netns,
+    listen: &str,
+    key: &Path,
+    extra: &[&str],
+) -> ProcGuard {
+    let ready = dir.join(format!("serve-ready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let mut cmd = ns
+        .cmd(tern_bin())
+        .arg("serve")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--key")
+        .arg(key)
+        .arg("--ready-file")
+        .arg(&ready);
+    for e in extra {
+        cmd = cmd.arg(e);
+    }
+    let mut serve = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("serve.stdout"),
+        &dir.join("serve.stderr"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "tern serve to listen",
+        || {
+            if !serve.alive() {
+                panic!("tern serve exited: {}", tail(&dir.join("serve.stderr"), 20));
+            }
+            ready.exists().then_some(())
+        },
+        || tail(&dir.join("serve.stderr"), 20),
+    );
+    serve
+}
+
 /// The network namespace inode of process `pid`.
 pub fn netns_of(pid: i32) -> Option<u64> {
     let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
@@ -1483,19 +1553,10 @@ impl EdgePair {
     pub fn new() -> Result<EdgePair, String> {
         let a = Netns::new("a")?;
         let b = Netns::new("b")?;
-        // veth names are limited to 15 bytes: made unique by pid and a counter.
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let va = format!("tva{}x{n}", std::process::id() % 100_000);
-        let vb = format!("tvb{}x{n}", std::process::id() % 100_000);
-        ip(&[
-            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
-            &b.name,
-        ])?;
+        let (va, vb) = (veth_name("tva"), veth_name("tvb"));
+        veth(&a, &va, &b, &vb)?;
         a.ip(&["addr", "add", &format!("{EDGE_A_ADDR}/24"), "dev", &va])?;
         b.ip(&["addr", "add", &format!("{EDGE_B_ADDR}/24"), "dev", &vb])?;
-        a.ip(&["link", "set", &va, "up"])?;
-        b.ip(&["link", "set", &vb, "up"])?;
         Ok(EdgePair { a, b })
     }
 

@@ -3,7 +3,8 @@
  * sends request 1, 2, 3, ... every argv[3] microseconds, each answered
  * before the next; checks each answer is "N N T" (its own count continues:
  * no request lost or repeated). argv[4]: number of requests (0: until
- * SIGTERM). Prints "progress N maxwait_us W" every 100 requests and
+ * SIGTERM). Prints "progress N maxwait_us W recent_us R" every 100
+ * requests (W: longest wait for an answer so far, R: over these 100) and
  * "done N maxwait_us W" at the end; on any error "ERROR ..." and exit 1.
  */
 #define _GNU_SOURCE
@@ -61,7 +62,7 @@ int main(int argc, char **argv) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    long count = atol(argv[4]), interval = atol(argv[3]), maxwait = 0;
+    long count = atol(argv[4]), interval = atol(argv[3]), maxwait = 0, recent = 0;
     char buf[256];
     size_t have = 0;
     long i;
@@ -87,6 +88,8 @@ int main(int argc, char **argv) {
         long wait = now_us() - t0;
         if (wait > maxwait)
             maxwait = wait;
+        if (wait > recent)
+            recent = wait;
         *nl = 0;
         long req_back = -1, c = -1, total = -1;
         if (sscanf(buf, "%ld %ld %ld", &req_back, &c, &total) != 3 || req_back != i || c != i) {
@@ -97,8 +100,9 @@ int main(int argc, char **argv) {
         memmove(buf, nl + 1, have - used);
         have -= used;
         if (i % 100 == 0) {
-            printf("progress %ld maxwait_us %ld\n", i, maxwait);
+            printf("progress %ld maxwait_us %ld recent_us %ld\n", i, maxwait, recent);
             fflush(stdout);
+            recent = 0;
         }
         usleep(interval);
     }

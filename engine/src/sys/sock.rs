@@ -116,7 +116,8 @@ fn to_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAd
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says the storage holds a sockaddr_in, and
             // sockaddr_storage is large and aligned enough for it.
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             Some(SocketAddr::V4(SocketAddrV4::new(
                 ip,
@@ -150,7 +151,13 @@ fn name_of(
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `ss` is valid for `len` bytes; the kernel updates `len`.
-    let r = unsafe { call(fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    let r = unsafe {
+        call(
+            fd.as_raw_fd(),
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
     match cvt(r) {
         Ok(_) => Ok(to_addr(&ss, len)),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(None),
@@ -175,22 +182,31 @@ fn from_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for a
             // sockaddr_in, which we fill completely.
-            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            (ss, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         }
         SocketAddr::V6(a) => {
             // SAFETY: as above, for sockaddr_in6.
-            let sin6 =
-                unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_addr.s6_addr = a.ip().octets();
             sin6.sin6_flowinfo = a.flowinfo();
             sin6.sin6_scope_id = a.scope_id();
-            (ss, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
         }
     }
 }
@@ -198,8 +214,14 @@ fn from_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 pub fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
     let (ss, len) = from_addr(addr);
     // SAFETY: `ss` holds a valid sockaddr of length `len`.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) })
-        .map(drop)
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+    .map(drop)
 }
 
 /// `connect`; in TCP repair mode this only records the peer (no SYN).
@@ -207,7 +229,11 @@ pub fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
     let (ss, len) = from_addr(addr);
     // SAFETY: `ss` holds a valid sockaddr of length `len`.
     cvt(unsafe {
-        libc::connect(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len)
+        libc::connect(
+            fd.as_raw_fd(),
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
     })
     .map(drop)
 }

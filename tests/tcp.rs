@@ -1,0 +1,426 @@
+//! Root-run tests of TCP connections that must survive a move: a user in
+//! one network namespace talks to a service over ONE connection, sending a
+//! numbered request every 2 ms and checking every answer (the service
+//! counts each connection's requests, so a lost or repeated byte shows).
+//! The service is dumped and restored, or migrated from edge A to edge B
+//! with a handoff that moves its address and the user's route; the user
+//! must see no error and no gap, and the service's listening socket must
+//! take new connections afterwards.
+//!
+//! Workloads: `tests/workloads/tcp_service.c`, `tests/workloads/tcp_client.c`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const SERVICE_PORT: &str = "7000";
+const TERN_PORT: u16 = 7878;
+/// The service's address: on A's loopback, moved to B's by the handoff.
+const SERVICE_ADDR: &str = "10.78.9.1";
+const USER_TO_A: (&str, &str) = ("10.78.1.1", "10.78.1.2");
+const USER_TO_B: (&str, &str) = ("10.78.2.1", "10.78.2.2");
+/// Request interval of the client, in microseconds.
+const INTERVAL_US: &str = "2000";
+
+/// The user U and edges A and B: U-A and U-B links for the user's
+/// traffic, A-B (the [`EdgePair`]) for tern's.
+struct World {
+    edges: EdgePair,
+    user: Netns,
+}
+
+impl World {
+    fn new() -> Result<World, String> {
+        let edges = EdgePair::new()?;
+        let user = Netns::new("u")?;
+        let (ua, au) = (veth_name("tua"), veth_name("tau"));
+        let (ub, bu) = (veth_name("tub"), veth_name("tbu"));
+        veth(&user, &ua, &edges.a, &au)?;
+        veth(&user, &ub, &edges.b, &bu)?;
+        user.ip(&["addr", "add", &format!("{}/24", USER_TO_A.0), "dev", &ua])?;
+        edges
+            .a
+            .ip(&["addr", "add", &format!("{}/24", USER_TO_A.1), "dev", &au])?;
+        user.ip(&["addr", "add", &format!("{}/24", USER_TO_B.0), "dev", &ub])?;
+        edges
+            .b
+            .ip(&["addr", "add", &format!("{}/24", USER_TO_B.1), "dev", &bu])?;
+        // The service lives on A; B can reach the user's A-side address
+        // (the connection's peer) through the user's B link.
+        edges
+            .a
+            .ip(&["addr", "add", &format!("{SERVICE_ADDR}/32"), "dev", "lo"])?;
+        user.ip(&[
+            "route",
+            "add",
+            &format!("{SERVICE_ADDR}/32"),
+            "via",
+            USER_TO_A.1,
+        ])?;
+        edges
+            .b
+            .ip(&["route", "add", "10.78.1.0/24", "via", USER_TO_B.0])?;
+        Ok(World { edges, user })
+    }
+
+    /// Move the service address from A to B and the user's route with it.
+    fn handoff_cmd(&self) -> String {
+        format!(
+            "ip -n {a} addr del {SERVICE_ADDR}/32 dev lo && ip -n {b} addr add {SERVICE_ADDR}/32 dev lo && ip -n {u} route replace {SERVICE_ADDR}/32 via {via}",
+            a = self.edges.a.name,
+            b = self.edges.b.name,
+            u = self.user.name,
+            via = USER_TO_B.1
+        )
+    }
+}
+
+fn world_or_skip(test: &str) -> Option<World> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip_or_panic(test, "nft (Debian package nftables) is not installed");
+        return None;
+    }
+    match World::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            skip_or_panic(test, &format!("cannot make network namespaces: {e}"));
+            None
+        }
+    }
+}
+
+/// "progress N maxwait_us W" / "done N maxwait_us W" lines of the client;
+/// panics on an ERROR line.
+fn client_progress(out: &Path) -> Option<(u64, u64)> {
+    let lines = complete_lines(out);
+    if let Some(e) = lines.iter().find(|l| l.starts_with("ERROR")) {
+        panic!("the user's client failed: {e}");
+    }
+    lines.iter().rev().find_map(|l| {
+        let n = field_after(l, "progress").or_else(|| field_after(l, "done"))?;
+        Some((n, field_after(l, "maxwait_us")?))
+    })
+}
+
+/// The longest wait for an answer among requests after `from`, in
+/// microseconds (from the per-100 "recent_us" figures).
+fn longest_wait_after(out: &Path, from: u64) -> u64 {
+    complete_lines(out)
+        .iter()
+        .filter(|l| field_after(l, "progress").is_some_and(|n| n > from))
+        .filter_map(|l| field_after(l, "recent_us"))
+        .max()
+        .unwrap_or(0)
+}
+
+fn wait_requests(out: &Path, n: u64) -> (u64, u64) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} answered requests"),
+        || client_progress(out).filter(|p| p.0 >= n),
+        || tail(out, 5),
+    )
+}
+
+/// Wait until namespace `ns` has no lock of tern's left (lifting one runs
+/// in the background once the program runs).
+fn wait_no_tables(ns: &Netns) {
+    wait_until(
+        Duration::from_secs(5),
+        "the network lock to be lifted",
+        || tern_tables(ns).is_empty().then_some(()),
+        || format!("{:?}", tern_tables(ns)),
+    );
+}
+
+/// nftables tables of tern's in namespace `ns`.
+fn tern_tables(ns: &Netns) -> Vec<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .args(["nft", "list", "tables"])
+        .output()
+        .expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("tern_"))
+        .map(str::to_string)
+        .collect()
+}
+
+struct Service {
+    // Field order is drop order: processes before the namespaces.
+    client: ProcGuard,
+    service: ProcGuard,
+    client_out: PathBuf,
+    service_out: PathBuf,
+    client_exe: PathBuf,
+    dir: TestDir,
+}
+
+/// The service in `service_ns` on `addr`, and one client in `user_ns`
+/// talking to it (100 requests answered before this returns).
+fn start_service(test: &str, service_ns: &Netns, user_ns: &Netns, addr: &str) -> Service {
+    let dir = TestDir::new(test);
+    let service_exe = compile_c(&dir, "tcp_service");
+    let client_exe = compile_c(&dir, "tcp_client");
+    let service_out = dir.join("service.out");
+    let service = spawn_redirected(
+        &service_ns.cmd(&service_exe).arg(addr).arg(SERVICE_PORT),
+        Stdio::null(),
+        &service_out,
+        &dir.join("service.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the service to listen",
+        || {
+            complete_lines(&service_out)
+                .iter()
+                .any(|l| l == "listening")
+                .then_some(())
+        },
+        || tail(&dir.join("service.err"), 5),
+    );
+    let client_out = dir.join("client.out");
+    let client = spawn_redirected(
+        &user_ns
+            .cmd(&client_exe)
+            .arg(addr)
+            .arg(SERVICE_PORT)
+            .arg(INTERVAL_US)
+            .arg("0"),
+        Stdio::null(),
+        &client_out,
+        &dir.join("client.err"),
+    );
+    wait_requests(&client_out, 100);
+    Service {
+        client,
+        service,
+        client_out,
+        service_out,
+        client_exe,
+        dir,
+    }
+}
+
+impl Service {
+    /// A second, short-lived connection from `ns` must be accepted and
+    /// answered (the listening socket works).
+    fn new_connection_works(&self, ns: &Netns, addr: &str) {
+        let out = self.dir.join("client2.out");
+        let mut second = spawn_redirected(
+            &ns.cmd(&self.client_exe)
+                .arg(addr)
+                .arg(SERVICE_PORT)
+                .arg("1000")
+                .arg("20"),
+            Stdio::null(),
+            &out,
+            &self.dir.join("client2.err"),
+        );
+        let status = second.wait_exit(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a new connection to the restored service failed ({status:?}): {}",
+            tail(&out, 5)
+        );
+        assert_eq!(client_progress(&out).map(|p| p.0), Some(20));
+        assert!(
+            complete_lines(&self.service_out)
+                .iter()
+                .any(|l| l == "accepted 2"),
+            "the service did not report the second connection"
+        );
+    }
+
+    /// Stop the client; it must end cleanly. Returns (requests, longest
+    /// wait for an answer in microseconds).
+    fn finish_client(&mut self) -> (u64, u64) {
+        assert!(kill_pid(self.client.pid(), libc::SIGTERM));
+        let status = self.client.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the client ended badly ({status:?}): {}",
+            tail(&self.client_out, 5)
+        );
+        let last = complete_lines(&self.client_out)
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        assert!(last.starts_with("done"), "client's last line: {last:?}");
+        client_progress(&self.client_out).expect("client totals")
+    }
+}
+
+#[test]
+fn dump_restore_keeps_a_tcp_connection() {
+    let Some(w) = world_or_skip("dump_restore_keeps_a_tcp_connection") else {
+        return;
+    };
+    // Service and user both in A, over A's own address.
+    let ns = &w.edges.a;
+    let mut s = start_service("dump_restore_keeps_a_tcp_connection", ns, ns, USER_TO_A.1);
+    let pid = s.service.pid();
+    let images = s.dir.join("images");
+
+    // Refused without --tcp-established, and nothing happens to it.
+    let a = args!["dump", "--pid", pid.to_string(), "--images", &images];
+    let out = run_tern_in(&s.dir, Some(&ns.name), &a, Stdio::null());
+    assert!(!out.success(), "dump must refuse: {}", out.describe());
+    assert!(
+        out.stderr.contains("--tcp-established") && out.stderr.contains("established TCP"),
+        "the refusal must name the connection and the option: {}",
+        out.stderr
+    );
+    let before = client_progress(&s.client_out).expect("progress").0;
+    wait_requests(&s.client_out, before + 100);
+    assert!(tern_tables(ns).is_empty(), "a refused dump left a lock");
+
+    let before = client_progress(&s.client_out).expect("progress").0;
+    let mut a = a.clone();
+    a.push("--tcp-established".into());
+    run_tern_in(&s.dir, Some(&ns.name), &a, Stdio::null()).assert_ok("dump --tcp-established");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "the dumped service still runs"
+    );
+    s.service.disarm();
+    // Between dump and restore the connection is locked, not reset.
+    assert_eq!(tern_tables(ns).len(), 1, "the dump must leave its lock");
+    let inspect = tern_inspect(&s.dir, &images, false);
+    assert!(
+        inspect.stdout.contains("listening") && inspect.stdout.contains("established"),
+        "inspect shows the sockets: {}",
+        inspect.stdout
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pidfile = s.dir.join("restored.pid");
+    let a = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    run_tern_in(&s.dir, Some(&ns.name), &a, Stdio::null()).assert_ok("restore");
+    let restored: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    let _restored = ProcGuard::adopt(restored);
+    wait_no_tables(ns);
+    let after = client_progress(&s.client_out).expect("progress").0;
+    wait_requests(&s.client_out, after + 300);
+    s.new_connection_works(ns, USER_TO_A.1);
+    let (n, _) = s.finish_client();
+    eprintln!(
+        "dump/restore: {n} requests over one connection, longest wait {:.1} ms (includes the 300 ms between dump and restore)",
+        longest_wait_after(&s.client_out, before) as f64 / 1e3
+    );
+}
+
+#[test]
+fn migrate_moves_the_users_tcp_connection_to_edge_b() {
+    let Some(w) = world_or_skip("migrate_moves_the_users_tcp_connection_to_edge_b") else {
+        return;
+    };
+    let mut s = start_service(
+        "migrate_moves_the_users_tcp_connection_to_edge_b",
+        &w.edges.a,
+        &w.user,
+        SERVICE_ADDR,
+    );
+    let pid = s.service.pid();
+    let key = keygen(&s.dir, "tern.key");
+    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
+    let migrate = |extra: &[&str]| {
+        let mut a = args![
+            "migrate",
+            "--pid",
+            pid.to_string(),
+            "--to",
+            &to,
+            "--key",
+            &key,
+            "--report",
+            s.dir.join("report.json"),
+        ];
+        a.extend(extra.iter().map(|x| (*x).into()));
+        run_tern_in(&s.dir, Some(&w.edges.a.name), &a, Stdio::null())
+    };
+
+    // Without --tcp-established: refused before anything is sent.
+    let out = migrate(&[]);
+    assert!(
+        !out.success() && out.stderr.contains("--tcp-established"),
+        "{}",
+        out.describe()
+    );
+
+    // A handoff that fails: the migration is called off, the service
+    // resumes in A with its connection, B keeps nothing.
+    let mut serve = start_serve_in(&s.dir, &w.edges.b, &to, &key, &["--once"]);
+    let out = migrate(&["--tcp-established", "--handoff-cmd", "exit 3"]);
+    assert!(!out.success(), "a failed handoff must fail the migration");
+    assert!(
+        out.stderr.contains("handoff command failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(s.service.alive(), "the service must resume in A");
+    let before = client_progress(&s.client_out).expect("progress").0;
+    wait_requests(&s.client_out, before + 200);
+    wait_no_tables(&w.edges.a);
+    assert!(
+        serve.wait_exit(Duration::from_secs(10)).is_some(),
+        "serve --once must end"
+    );
+    wait_no_tables(&w.edges.b);
+
+    // The real move.
+    let _serve = start_serve_in(&s.dir, &w.edges.b, &to, &key, &["--once", "--log", "debug"]);
+    let before = client_progress(&s.client_out).expect("progress").0;
+    let out = migrate(&["--tcp-established", "--handoff-cmd", &w.handoff_cmd()]);
+    out.assert_ok("migrate --tcp-established");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "the service still runs in A"
+    );
+    s.service.disarm();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.join("report.json")).expect("report"))
+            .expect("json");
+    let restored = report["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let _restored = ProcGuard::adopt(restored);
+    assert_eq!(
+        netns_of(restored),
+        Some(w.edges.b.inode()),
+        "the service must run in B"
+    );
+    let after = wait_requests(&s.client_out, before + 500);
+    s.new_connection_works(&w.user, SERVICE_ADDR);
+    wait_no_tables(&w.edges.a);
+    wait_no_tables(&w.edges.b);
+    let (n, _) = s.finish_client();
+    assert!(n >= after.0);
+    let maxwait = longest_wait_after(&s.client_out, before);
+    let ms = |k: &str| report["breakdown_ms"][k].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "TCP migration: {n} requests over one connection; the user's longest wait {:.1} ms; tern's downtime {:.1} ms (final dump {:.1}, transfer {:.1}, restore {:.1}, handoff {:.1}, commit {:.1})",
+        maxwait as f64 / 1e3,
+        report["downtime_ms"].as_f64().unwrap_or(f64::NAN),
+        ms("final_dump"),
+        ms("transfer"),
+        ms("restore"),
+        ms("handoff"),
+        ms("commit"),
+    );
+}
