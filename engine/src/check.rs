@@ -110,6 +110,16 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
         probe_timerfd_set_ticks,
     ),
     (
+        "tcp-repair",
+        "--tcp-established (TCP repair mode, repair window)",
+        probe_tcp_repair,
+    ),
+    (
+        "nftables-lock",
+        "--tcp-established (packets of moving connections dropped)",
+        probe_nftables_lock,
+    ),
+    (
         "pr-set-mm-map",
         "restore (mm fields, exe link, auxv)",
         probe_pr_set_mm_map,
@@ -1802,4 +1812,46 @@ fn probe_timerfd_set_ticks() -> Outcome {
         return Err(format!("read back {got} expirations after setting 3"));
     }
     Ok("unread expirations set and read back".into())
+}
+
+fn probe_tcp_repair() -> Outcome {
+    use crate::sys::sock::{self, repair};
+    use std::os::fd::AsFd;
+    // SAFETY: plain syscall; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned to us and is closed once, by OwnedFd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let d = fd.as_fd();
+    sock::set_int(d, libc::IPPROTO_TCP, repair::TCP_REPAIR, repair::ON)
+        .map_err(|e| format!("setsockopt(TCP_REPAIR): {e} (needs CAP_NET_ADMIN; Linux 3.5+)"))?;
+    let window = sock::get_bytes(d, libc::IPPROTO_TCP, repair::TCP_REPAIR_WINDOW, 20)
+        .map_err(|e| format!("getsockopt(TCP_REPAIR_WINDOW): {e} (Linux 4.8+)"))?;
+    if window.len() != 20 {
+        return Err(format!(
+            "TCP_REPAIR_WINDOW gave {} bytes, not 20",
+            window.len()
+        ));
+    }
+    sock::set_int(
+        d,
+        libc::IPPROTO_TCP,
+        repair::TCP_REPAIR_QUEUE,
+        repair::SEND_QUEUE,
+    )
+    .and_then(|()| sock::set_int(d, libc::IPPROTO_TCP, repair::TCP_QUEUE_SEQ, 1))
+    .map_err(|e| format!("TCP_REPAIR_QUEUE / TCP_QUEUE_SEQ: {e}"))?;
+    Ok("repair mode, queue sequence and repair window work".into())
+}
+
+fn probe_nftables_lock() -> Outcome {
+    // An empty lock table in this network namespace, removed again.
+    let lock = crate::sockets::NetLock::apply(None, "tern_check", &[])
+        .map_err(|e| format!("{e} (needs nft and CONFIG_NF_TABLES)"))?;
+    let name = lock.name().to_string();
+    lock.remove()
+        .map_err(|e| format!("removing table {name}: {e}"))?;
+    Ok("nft creates and deletes a lock table (inet, hooks input/output at priority raw)".into())
 }
