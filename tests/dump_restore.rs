@@ -943,6 +943,8 @@ fn check_reports_features() {
         "process-vm-readv",
         "clone3-set-tid",
         "pr-set-mm-map",
+        "tcp-repair",
+        "nftables-lock",
     ] {
         let at = text.find(&format!("\"{needed}\"")).expect("probe present");
         // Each probe is one JSON object; look at this one only.

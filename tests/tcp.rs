@@ -264,14 +264,62 @@ impl Service {
     }
 }
 
+/// One UDP request to the service's UDP socket from namespace `ns`; its
+/// answer.
+fn udp_request(ns: &Netns, addr: &str, n: u32) -> String {
+    let family = if addr.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let script = format!(
+        "import socket\ns = socket.socket(socket.{family}, socket.SOCK_DGRAM)\ns.settimeout(5)\ns.sendto(b'{n}', ('{addr}', {SERVICE_PORT}))\nprint(s.recv(64).decode().strip())\n"
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .args(["python3", "-c", &script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "UDP request {n} to {addr} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The total count in a UDP answer "N udp T".
+fn udp_total(answer: &str, n: u32) -> u64 {
+    let mut parts = answer.split_whitespace();
+    assert_eq!(
+        parts.next(),
+        Some(n.to_string().as_str()),
+        "answer {answer:?}"
+    );
+    assert_eq!(parts.next(), Some("udp"), "answer {answer:?}");
+    parts.next().and_then(|t| t.parse().ok()).expect("total")
+}
+
 #[test]
 fn dump_restore_keeps_a_tcp_connection() {
-    let Some(w) = world_or_skip("dump_restore_keeps_a_tcp_connection") else {
+    dump_restore_case("dump_restore_keeps_a_tcp_connection", USER_TO_A.1);
+}
+
+#[test]
+fn dump_restore_keeps_an_ipv6_tcp_connection() {
+    dump_restore_case("dump_restore_keeps_an_ipv6_tcp_connection", "::1");
+}
+
+/// Service and user both in A, over `addr`: dump refused without the
+/// option, then dumped and restored with it; the connection, the listener
+/// and the UDP socket all carry on.
+fn dump_restore_case(test: &str, addr: &str) {
+    let Some(w) = world_or_skip(test) else {
         return;
     };
-    // Service and user both in A, over A's own address.
     let ns = &w.edges.a;
-    let mut s = start_service("dump_restore_keeps_a_tcp_connection", ns, ns, USER_TO_A.1);
+    let mut s = start_service(test, ns, ns, addr);
+    let udp_before = udp_total(&udp_request(ns, addr, 1), 1);
     let pid = s.service.pid();
     let images = s.dir.join("images");
 
@@ -319,7 +367,13 @@ fn dump_restore_keeps_a_tcp_connection() {
     wait_no_tables(ns);
     let after = client_progress(&s.client_out).expect("progress").0;
     wait_requests(&s.client_out, after + 300);
-    s.new_connection_works(ns, USER_TO_A.1);
+    s.new_connection_works(ns, addr);
+    // The UDP socket is bound again, and the service's count went on.
+    let udp_after = udp_total(&udp_request(ns, addr, 2), 2);
+    assert!(
+        udp_after > udp_before + 300,
+        "UDP total {udp_after} after {udp_before}"
+    );
     let (n, _) = s.finish_client();
     eprintln!(
         "dump/restore: {n} requests over one connection, longest wait {:.1} ms (includes the 300 ms between dump and restore)",

@@ -3,8 +3,10 @@
  * argv[1]:argv[2] (IPv4 or IPv6 literal); every connection sends lines "N\n"
  * and gets back "N C T\n", where C counts the requests this connection made
  * (so a lost or repeated request shows) and T all requests the service saw.
- * One thread, poll() over the listener and up to 16 connections; prints
- * "listening" and "accepted K" (flushed) to stdout.
+ * A UDP socket bound to the same address and port answers each datagram
+ * "N" with "N udp T". One thread, poll() over the listener, the UDP socket
+ * and up to 16 connections; prints "listening" and "accepted K" (flushed)
+ * to stdout.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -56,20 +58,28 @@ int main(int argc, char **argv) {
         perror("bind/listen");
         return 1;
     }
+    int u = socket(family, SOCK_DGRAM, 0);
+    if (bind(u, (struct sockaddr *)&ss, len)) {
+        perror("bind udp");
+        return 1;
+    }
     printf("listening\n");
     fflush(stdout);
     struct conn conns[MAXCONN];
     int nconn = 0, accepted = 0;
     long total = 0;
     for (;;) {
-        struct pollfd p[MAXCONN + 1];
+        struct pollfd p[MAXCONN + 2];
         p[0].fd = l;
         p[0].events = POLLIN;
         for (int i = 0; i < nconn; i++) {
             p[i + 1].fd = conns[i].fd;
             p[i + 1].events = POLLIN;
         }
-        if (poll(p, nconn + 1, -1) < 0) {
+        int uslot = nconn + 1; /* nconn changes as connections close */
+        p[uslot].fd = u;
+        p[uslot].events = POLLIN;
+        if (poll(p, nconn + 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
             perror("poll");
@@ -103,6 +113,19 @@ int main(int argc, char **argv) {
                 size_t used = nl + 1 - c->buf;
                 memmove(c->buf, nl + 1, c->have - used);
                 c->have -= used;
+            }
+        }
+        if (p[uslot].revents & POLLIN) {
+            char d[64];
+            struct sockaddr_storage from;
+            socklen_t flen = sizeof from;
+            ssize_t n = recvfrom(u, d, sizeof d - 1, 0, (struct sockaddr *)&from, &flen);
+            if (n > 0) {
+                d[n] = 0;
+                total++;
+                char out[96];
+                int m = snprintf(out, sizeof out, "%ld udp %ld\n", atol(d), total);
+                sendto(u, out, m, 0, (struct sockaddr *)&from, flen);
             }
         }
         if (p[0].revents & POLLIN) {
