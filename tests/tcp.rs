@@ -478,3 +478,64 @@ fn migrate_moves_the_users_tcp_connection_to_edge_b() {
         ms("commit"),
     );
 }
+
+/// A half-closed connection (this end shut its writing side: FIN_WAIT2,
+/// the other end CLOSE_WAIT) cannot be moved yet: the dump refuses it,
+/// naming the state, and the program runs on untouched.
+#[test]
+fn half_closed_connection_is_refused() {
+    let Some(w) = world_or_skip("half_closed_connection_is_refused") else {
+        return;
+    };
+    let dir = TestDir::new("half_closed_connection_is_refused");
+    let ns = &w.edges.a;
+    let script = "import socket, sys, time\n\
+        l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n\
+        c = socket.create_connection(l.getsockname()); a, _ = l.accept()\n\
+        c.shutdown(socket.SHUT_WR)\n\
+        print('ready', flush=True)\n\
+        n = 0\n\
+        while True:\n    n += 1; print('tick', n, flush=True); time.sleep(0.01)\n";
+    let out = dir.join("py.out");
+    let mut py = spawn_redirected(
+        &ns.cmd("python3").arg("-c").arg(script),
+        Stdio::null(),
+        &out,
+        &dir.join("py.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "python to half-close its connection",
+        || {
+            complete_lines(&out)
+                .iter()
+                .any(|l| l.starts_with("tick 5"))
+                .then_some(())
+        },
+        || tail(&dir.join("py.err"), 5),
+    );
+    let a = args![
+        "dump",
+        "--pid",
+        py.pid().to_string(),
+        "--images",
+        dir.join("images"),
+        "--tcp-established",
+    ];
+    let r = run_tern_in(&dir, Some(&ns.name), &a, Stdio::null());
+    assert!(!r.success(), "a half-closed connection must be refused");
+    assert!(
+        r.stderr.contains("FIN_WAIT2") || r.stderr.contains("CLOSE_WAIT"),
+        "the refusal must name the TCP state: {}",
+        r.stderr
+    );
+    assert!(py.alive(), "the program must keep running");
+    assert!(tern_tables(ns).is_empty(), "a refused dump left a lock");
+    let ticks = complete_lines(&out).len();
+    wait_until(
+        Duration::from_secs(10),
+        "more ticks",
+        || (complete_lines(&out).len() > ticks + 10).then_some(()),
+        || tail(&out, 3),
+    );
+}
