@@ -325,6 +325,9 @@ fn read_connection(pid: i32, p: &Probe) -> Result<wire::TcpConnection> {
     let timestamp = get(repair::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
     let info = sock::get_bytes(d, libc::IPPROTO_TCP, libc::TCP_INFO, TCP_INFO_LEN)
         .ctx(pid, || what("TCP_INFO"))?;
+    if info.len() < TCP_INFO_LEN {
+        return Err(refuse(pid, format!("{}: short TCP_INFO", p.describe())));
+    }
     let options = info[5];
     let window_raw = sock::get_bytes(d, libc::IPPROTO_TCP, repair::TCP_REPAIR_WINDOW, 20)
         .ctx(pid, || what("TCP_REPAIR_WINDOW (Linux 4.8+)"))?;
