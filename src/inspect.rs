@@ -206,12 +206,6 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
 }
 
 fn inet_line(s: &wire::InetSocket) -> String {
-    let show = |a: &Option<std::net::SocketAddr>| a.map_or("*".to_string(), |a| a.to_string());
-    let proto = if s.kind == libc::SOCK_STREAM {
-        "TCP"
-    } else {
-        "UDP"
-    };
     let state = match &s.state {
         wire::InetState::Open => "open".to_string(),
         wire::InetState::Listening { backlog } => format!("listening, backlog {backlog}"),
@@ -228,5 +222,5 @@ fn inet_line(s: &wire::InetSocket) -> String {
             if c.timestamps { ", timestamps" } else { "" }
         ),
     };
-    format!("{proto} {} -> {} ({state})", show(&s.local), show(&s.peer))
+    format!("{} ({state})", s.endpoints())
 }

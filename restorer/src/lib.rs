@@ -545,16 +545,6 @@ impl Prepared {
     }
 }
 
-fn describe_socket(s: &wire::InetSocket) -> String {
-    let show = |a: &Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
-    let kind = if s.kind == libc::SOCK_STREAM {
-        "TCP"
-    } else {
-        "UDP"
-    };
-    format!("{kind} socket {} -> {}", show(&s.local), show(&s.peer))
-}
-
 /// Restore the image in `dir`; returns once the program runs.
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     prepare(dir, opts)?.resume()
@@ -1004,7 +994,7 @@ impl Builder<'_> {
                         || format!("socket for fd {}", first.fd),
                     )?;
                     let pid = self.pid;
-                    let what = || format!("fd {}: {}", first.fd, describe_socket(sock));
+                    let what = || format!("fd {}: {} socket", first.fd, sock.endpoints());
                     let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
                     if let Some(r) =
                         tern_engine::sockets::restore_socket(dup, sock).step(pid, what)?

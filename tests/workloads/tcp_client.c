@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "inet_addr.h"
+
 static volatile sig_atomic_t stop;
 static void on_term(int s) { (void)s; stop = 1; }
 
@@ -39,22 +41,8 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_term;
     sigaction(SIGTERM, &sa, NULL);
     struct sockaddr_storage ss;
-    socklen_t len;
-    memset(&ss, 0, sizeof ss);
-    int family = strchr(argv[1], ':') ? AF_INET6 : AF_INET;
-    if (family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        a->sin_family = AF_INET;
-        a->sin_port = htons(atoi(argv[2]));
-        inet_pton(AF_INET, argv[1], &a->sin_addr);
-        len = sizeof *a;
-    } else {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons(atoi(argv[2]));
-        inet_pton(AF_INET6, argv[1], &a->sin6_addr);
-        len = sizeof *a;
-    }
+    int family;
+    socklen_t len = inet_addr_parse(argv[1], argv[2], &ss, &family);
     int fd = socket(family, SOCK_STREAM, 0);
     if (connect(fd, (struct sockaddr *)&ss, len)) {
         printf("ERROR connect: %s\n", strerror(errno));

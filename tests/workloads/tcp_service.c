@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "inet_addr.h"
+
 #define MAXCONN 16
 
 struct conn {
@@ -35,22 +37,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     struct sockaddr_storage ss;
-    socklen_t len;
-    memset(&ss, 0, sizeof ss);
-    int family = strchr(argv[1], ':') ? AF_INET6 : AF_INET;
-    if (family == AF_INET) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        a->sin_family = AF_INET;
-        a->sin_port = htons(atoi(argv[2]));
-        inet_pton(AF_INET, argv[1], &a->sin_addr);
-        len = sizeof *a;
-    } else {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons(atoi(argv[2]));
-        inet_pton(AF_INET6, argv[1], &a->sin6_addr);
-        len = sizeof *a;
-    }
+    int family;
+    socklen_t len = inet_addr_parse(argv[1], argv[2], &ss, &family);
     int l = socket(family, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);

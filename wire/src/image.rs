@@ -472,6 +472,16 @@ pub struct InetSocket {
     pub options: Vec<SockOpt>,
 }
 
+impl InetSocket {
+    /// "TCP local -> peer" (`*` for an address it does not have).
+    pub fn endpoints(&self) -> String {
+        let show = |a: &Option<std::net::SocketAddr>| a.map_or("*".to_string(), |a| a.to_string());
+        // SOCK_STREAM on Linux (wire does not depend on libc).
+        let proto = if self.kind == 1 { "TCP" } else { "UDP" };
+        format!("{proto} {} -> {}", show(&self.local), show(&self.peer))
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum InetState {
     /// Created, maybe bound, neither listening nor connected (or UDP).
