@@ -234,6 +234,24 @@ enum Cmd {
         /// TERN_DESTINATION. If it fails, the program resumes here.
         #[arg(long)]
         handoff_cmd: Option<String>,
+        /// If the link fails after the destination was told to resume the
+        /// program: how long to keep asking it what happened, in ms, before
+        /// leaving the program stopped here for `tern resolve`.
+        #[arg(long, default_value_t = 60_000)]
+        settle_timeout_ms: u64,
+    },
+    /// Settle migrations left pending here (link or tern lost after the
+    /// commit; the program was left stopped): ask each destination, then
+    /// end the copy here or resume it.
+    Resolve {
+        /// The credential file shared with the destinations.
+        #[arg(long)]
+        key: PathBuf,
+        /// Only these processes (default: every record in /run/tern/pending).
+        pids: Vec<i32>,
+        /// How long to wait for each destination, in ms.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Reproduce the seed paper's downtime table (stop-and-copy vs live
     /// migration by process size) on this machine, between two network
@@ -415,6 +433,7 @@ fn run(cmd: Cmd) -> Result<()> {
             report,
             tcp_established,
             handoff_cmd,
+            settle_timeout_ms,
         } => {
             let compress = match compress.as_str() {
                 "auto" => tern_engine::migrate::Compression::Auto,
@@ -447,8 +466,14 @@ fn run(cmd: Cmd) -> Result<()> {
                 timeout: Duration::from_millis(timeout_ms),
                 report,
                 handoff_cmd,
+                settle_timeout: Duration::from_millis(settle_timeout_ms),
             })
         }
+        Cmd::Resolve {
+            key,
+            pids,
+            timeout_ms,
+        } => migrate::resolve(&key, &pids, Duration::from_millis(timeout_ms)),
         Cmd::Check { json } => check(json),
         Cmd::Demo { dir } => demo::run(dir),
         Cmd::Bench(a) => bench::run(a),

@@ -57,7 +57,7 @@ pub struct ServeArgs {
     /// Write "HOST:PORT" here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
-    /// Fault injection for tests (exit-on-final).
+    /// Fault injection for tests (exit-on-final, exit-after-resume).
     #[arg(long, hide = true)]
     pub test_fault: Option<String>,
 }
@@ -102,6 +102,7 @@ pub struct MigrateArgs {
     pub timeout: Duration,
     pub report: Option<PathBuf>,
     pub handoff_cmd: Option<String>,
+    pub settle_timeout: Duration,
 }
 
 pub fn migrate(a: MigrateArgs) -> Result<()> {
@@ -115,6 +116,7 @@ pub fn migrate(a: MigrateArgs) -> Result<()> {
         work_dir: default_work_dir(a.work_dir),
         timeout: a.timeout,
         handoff_cmd: a.handoff_cmd,
+        settle_timeout: a.settle_timeout,
     };
     eprintln!("migrating process {} to {}", a.pid, a.to);
     let mut on_round = |r: &tern_engine::precopy::RoundReport| {
@@ -200,4 +202,62 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         "bytes_on_wire": r.bytes_on_wire,
         "total_ms": r.total_ms,
     })
+}
+
+/// `tern resolve`: settle migrations left pending (the link or tern failed
+/// after the commit was sent; the program is stopped here): ask each
+/// destination what became of the program, then end this copy (it runs
+/// there) or resume it (discarded there).
+pub fn resolve(key: &Path, pids: &[i32], timeout: Duration) -> Result<()> {
+    use tern_engine::pending::{self, Record, Settled};
+    let key = Key::load(key)?;
+    let pids = if pids.is_empty() {
+        Record::list().with_context(|| format!("list {}", pending::DIR))?
+    } else {
+        pids.to_vec()
+    };
+    if pids.is_empty() {
+        eprintln!("no pending migrations ({} is empty)", pending::DIR);
+        return Ok(());
+    }
+    let mut unsettled = Vec::new();
+    for pid in pids {
+        let record = Record::load(pid)?;
+        let outcome = tern_engine::migrate::ask_outcome(&record.to, &key, record.session, timeout);
+        let settled = match outcome {
+            Ok(o) => tern_engine::pending::settle(&record, o)?,
+            Err(e) => {
+                eprintln!("process {pid}: cannot ask {}: {e}", record.to);
+                None
+            }
+        };
+        match settled {
+            Some(Settled::RunsThere { pid: there, ns_pid }) => println!(
+                "process {pid}: runs on {} as pid {there} (it sees itself as {ns_pid}); the copy here was ended",
+                record.to
+            ),
+            Some(Settled::ResumedHere) => println!(
+                "process {pid}: {} discarded its copy; resumed here",
+                record.to
+            ),
+            Some(Settled::Gone) => {
+                println!("process {pid}: no longer here; record removed")
+            }
+            None => {
+                eprintln!(
+                    "process {pid}: {} cannot tell yet; left stopped (try again)",
+                    record.to
+                );
+                unsettled.push(pid);
+            }
+        }
+    }
+    if unsettled.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} migration(s) still pending: {unsettled:?}",
+            unsettled.len()
+        )
+    }
 }

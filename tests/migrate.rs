@@ -569,3 +569,131 @@ fn migrate_faults_tern_killed_and_destination_disk_full() {
     let out = e.migrate(&[]);
     e.assert_failed(&out, "No space left", &fds);
 }
+
+/// The link fails after the source sent `Commit` and before it heard
+/// `Running` (the window where neither end alone knows whether the program
+/// was resumed): the source asks the destination's journal (`Ask`) and
+/// settles it.
+/// 1. The destination resumes the program and dies before saying so (test
+///    fault); a new daemon answers from its journal: the source ends its
+///    copy and reports success; the program runs on in B exactly.
+/// 2. The destination freezes (SIGSTOP) right after `Ready`, so the source
+///    cannot learn anything within its settle time: it leaves the program
+///    stopped with a pending record and says `tern resolve`. The daemon is
+///    then killed (its half-built program dies with it: nothing of it is
+///    left in B); a new daemon says "discarded"; `tern resolve` resumes the
+///    program in A, intact.
+#[test]
+fn migrate_commit_outcome_is_settled_by_asking() {
+    let test = "migrate_commit_outcome_is_settled_by_asking";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let mut e = start("migrate-settle", edges, 32);
+    let fds = fd_targets(e.program.pid());
+    let work = e.dir.join("serve-work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let work_arg = work.to_string_lossy().into_owned();
+
+    // 2 first (the program is still in A).
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &work_arg, "--timeout-ms", "60000"],
+    ));
+    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
+    let source_pid = e.program.pid();
+    let handoff = format!("kill -STOP {serve_pid}");
+    let out = e.migrate(&[
+        "--handoff-cmd",
+        &handoff,
+        "--timeout-ms",
+        "1500",
+        "--settle-timeout-ms",
+        "1000",
+    ]);
+    assert!(!out.success(), "migrate succeeded: {}", out.describe());
+    assert!(
+        out.stderr.contains("tern resolve"),
+        "the error must point to tern resolve: {}",
+        out.stderr
+    );
+    let st = proc_stat(source_pid).expect("the source must still exist");
+    assert_eq!(st.state, 'T', "the source must be left stopped");
+    assert_eq!(status_field(source_pid, "TracerPid").as_deref(), Some("0"));
+    let record = PathBuf::from(format!("/run/tern/pending/{source_pid}"));
+    assert!(record.exists(), "no pending record {}", record.display());
+    // The daemon dies while its copy is still only Ready: the kernel ends
+    // the half-built program with it.
+    if let Some(mut s) = e.serve.take() {
+        s.kill_and_wait();
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "nothing of the program left in B",
+        || pids_in_netns(e.edges.b.inode()).is_empty().then_some(()),
+        || format!("{:?}", pids_in_netns(e.edges.b.inode())),
+    );
+    // Still stopped: nobody may resume it before the destination answers.
+    assert_eq!(proc_stat(source_pid).map(|s| s.state), Some('T'));
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &work_arg],
+    ));
+    let resolve_args = args!["resolve", "--key", &e.key, source_pid.to_string()];
+    let resolved = run_tern_in(&e.dir, Some(&e.edges.a.name), &resolve_args, Stdio::null());
+    resolved.assert_ok("tern resolve");
+    assert!(
+        resolved.stdout.contains("resumed here"),
+        "{}",
+        resolved.describe()
+    );
+    assert!(!record.exists(), "the record must be gone once settled");
+    e.assert_source_intact(&fds);
+    if let Some(mut s) = e.serve.take() {
+        s.kill_and_wait();
+    }
+
+    // 1. Resumed there, but the answer never came.
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &work_arg, "--test-fault", "exit-after-resume"],
+    ));
+    let mut first = e.serve.take().expect("serve");
+    let (out, restarted) = std::thread::scope(|scope| {
+        let restarter = scope.spawn(|| {
+            // The first daemon exits on its own (test fault); then a new
+            // one takes over its address and journal.
+            let gone = first.wait_exit(Duration::from_secs(30)).is_some();
+            let second =
+                gone.then(|| start_serve(&e.dir, &e.edges, &e.key, &["--work-dir", &work_arg]));
+            (gone, second)
+        });
+        let out = e.migrate(&["--settle-timeout-ms", "20000"]);
+        (out, restarter.join().expect("restarter thread"))
+    });
+    let (gone, second) = restarted;
+    assert!(gone, "the destination did not exit at the test fault");
+    let _second = second;
+    // The first daemon died before `Running`: only asking can tell.
+    out.assert_ok("tern migrate (settled by asking)");
+    let rep = report(&e.dir);
+    let restored = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    assert!(
+        wait_gone(source_pid, Duration::from_secs(5)),
+        "the source copy in A still exists after the migration"
+    );
+    e.program.disarm();
+    assert_eq!(netns_of(restored), Some(e.edges.b.inode()));
+    let before = ticks(&e.out).len() as u64;
+    let all = e.wait_ticks(before + 100);
+    let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    restored_guard.kill_and_wait();
+}

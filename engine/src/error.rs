@@ -34,6 +34,8 @@ pub enum EngineError {
     /// destination was told to resume): the program is left stopped here.
     #[error("process {pid}: {what}")]
     CommitUnknown { pid: i32, what: String },
+    #[error("process {pid}: pending migration record: {what}")]
+    BadRecord { pid: i32, what: String },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -9,6 +9,7 @@ pub mod dump;
 pub mod error;
 pub mod migrate;
 pub mod pagewriter;
+pub mod pending;
 pub mod policy;
 pub mod precopy;
 pub mod proc;

@@ -10,20 +10,29 @@
 //!
 //! Commit protocol, and what the program's fate is at each step:
 //! 1. until the final image is sent and the destination answers `Ready`
-//!    (program rebuilt there, stopped): any failure thaws the program here,
-//!    untouched, and the destination discards its copy;
-//! 2. `Commit` sent: from now on the destination may resume its copy, so
-//!    this one is never thawed again;
-//! 3. `Running` received: this copy is killed. If the link fails between 2
-//!    and 3 the outcome is unknown: the program is left stopped here
-//!    (SIGSTOP, not killed) and the error says how to settle it. Nothing
-//!    ever runs twice; nothing is lost.
+//!    (program rebuilt there, stopped, recorded in its session journal):
+//!    any failure thaws the program here, untouched, and the destination
+//!    discards its copy;
+//! 2. a pending record is written here (`crate::pending`), a SIGSTOP is
+//!    queued on the program, and `Commit` is sent: from now on the
+//!    destination may resume its copy, so this one is not thawed unless
+//!    the destination says it discarded its copy;
+//! 3. `Running` received: this copy is killed, the record removed. If the
+//!    link fails between 2 and 3, tern asks the destination again (`Ask`,
+//!    new connections) for up to `settle_timeout`: resumed there -> this
+//!    copy is killed; discarded there -> this one resumes. If it cannot
+//!    tell, the program is left stopped (SIGSTOP) with its record, for
+//!    `tern resolve`. If this tern dies after 2, the same holds: the
+//!    queued SIGSTOP keeps the program stopped and the record is there.
+//!    Nothing ever runs twice; nothing is lost.
 
 use crate::error::{EngineError, Result};
+use crate::pending;
 use crate::precopy::{self, Frozen, Precopy, PrecopyOptions, RoundReport};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tern_wire::net::{self, FileSummary, Key, Message};
+use tern_wire::net::{self, FileSummary, Key, Message, SessionOutcome};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -68,6 +77,10 @@ pub struct MigrateOptions {
     /// the user's route): if it fails, the migration is called off and the
     /// program resumes here.
     pub handoff_cmd: Option<String>,
+    /// If the link fails after `Commit` was sent: how long to keep asking
+    /// the destination (`Ask`) what became of the program before leaving
+    /// it stopped here for `tern resolve`.
+    pub settle_timeout: Duration,
 }
 
 /// One round as it went over the wire.
@@ -240,6 +253,61 @@ impl Drop for Staging {
     }
 }
 
+/// Connect to a `tern serve` and authenticate (both ends hold `key`).
+async fn open_channel(
+    to: &str,
+    key: &Key,
+    timeout: Duration,
+) -> std::result::Result<
+    (
+        net::Sender<WriteHalf<TcpStream>>,
+        net::Receiver<ReadHalf<TcpStream>>,
+    ),
+    String,
+> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(to))
+        .await
+        .map_err(|_| format!("connecting to {to} timed out"))?
+        .map_err(|e| format!("cannot connect to {to}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    tokio::time::timeout(timeout, net::handshake(stream, key, true))
+        .await
+        .map_err(|_| format!("handshake with {to} timed out"))?
+        .map_err(|e| format!("{to}: {e}"))
+}
+
+/// Ask the `tern serve` at `to` what became of migration `session`.
+pub fn ask_outcome(
+    to: &str,
+    key: &Key,
+    session: u64,
+    timeout: Duration,
+) -> std::result::Result<SessionOutcome, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start the network runtime: {e}"))?;
+    rt.block_on(async {
+        let (mut tx, mut rx) = open_channel(to, key, timeout).await?;
+        tx.send(&Message::Ask {
+            protocol: net::PROTOCOL_VERSION,
+            session,
+        })
+        .await
+        .map_err(|e| format!("{to}: {e}"))?;
+        match tokio::time::timeout(timeout, rx.recv()).await {
+            Err(_) => Err(format!("{to} did not answer")),
+            Ok(Err(e)) => Err(format!("{to}: {e}")),
+            Ok(Ok(Message::Outcome {
+                session: s,
+                outcome,
+            })) if s == session => Ok(outcome),
+            Ok(Ok(Message::Refused { reason })) => Err(format!("{to} refused: {reason}")),
+            Ok(Ok(other)) => Err(format!("{to} answered {} instead of Outcome", other.kind())),
+        }
+    })
+}
+
 /// The network side as seen from the driving thread.
 struct Link {
     rt: tokio::runtime::Runtime,
@@ -253,7 +321,12 @@ struct Link {
 }
 
 impl Link {
-    fn connect(opts: &MigrateOptions, pid: i32, comm: &str) -> std::result::Result<Link, String> {
+    fn connect(
+        opts: &MigrateOptions,
+        pid: i32,
+        comm: &str,
+        session: u64,
+    ) -> std::result::Result<Link, String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -261,22 +334,14 @@ impl Link {
             .map_err(|e| format!("start the network runtime: {e}"))?;
         let timeout = opts.timeout;
         let (tx, mut rx) = rt.block_on(async {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(&opts.to))
-                .await
-                .map_err(|_| format!("connecting to {} timed out", opts.to))?
-                .map_err(|e| format!("cannot connect to {}: {e}", opts.to))?;
-            let _ = stream.set_nodelay(true);
-            let (mut tx, mut rx) =
-                tokio::time::timeout(timeout, net::handshake(stream, &opts.key, true))
-                    .await
-                    .map_err(|_| format!("handshake with {} timed out", opts.to))?
-                    .map_err(|e| format!("{}: {e}", opts.to))?;
+            let (mut tx, mut rx) = open_channel(&opts.to, &opts.key, timeout).await?;
             tx.send(&Message::Hello {
                 protocol: net::PROTOCOL_VERSION,
                 tern_version: env!("CARGO_PKG_VERSION").to_string(),
                 pid,
                 comm: comm.to_string(),
                 kernel_release: crate::dump::kernel_release(),
+                session,
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -490,7 +555,8 @@ pub fn migrate(
         .work_dir
         .join(format!("tern-migrate-{pid}-{}", std::process::id()));
     let _staging = Staging(stage_dir.clone());
-    let mut link = Link::connect(opts, pid, &comm).map_err(fail)?;
+    let session = net::new_session_id().map_err(|e| fail(format!("a migration id: {e}")))?;
+    let mut link = Link::connect(opts, pid, &comm, session).map_err(fail)?;
     info!(pid, to = %opts.to, "connected, authenticated");
 
     // Rounds while the program runs; any failure leaves it running.
@@ -647,6 +713,24 @@ pub fn migrate(
     if let Err(what) = link.check_incoming() {
         return Err(settle(frozen, &mut link, what));
     }
+    // The record `tern resolve` settles from, should this tern not learn
+    // the outcome (or die) once the Commit has left.
+    let (lock_table, repaired_fds) = frozen.held_connections();
+    let record = pending::Record {
+        pid,
+        start: crate::proc::start_time(pid).unwrap_or(0),
+        to: opts.to.clone(),
+        session,
+        lock_table,
+        repaired_fds,
+    };
+    if let Err(e) = record.write() {
+        let what = format!(
+            "cannot write the pending-migration record {}: {e}",
+            pending::Record::path_of(pid).display()
+        );
+        return Err(settle(frozen, &mut link, what));
+    }
     // Commit: from here this copy never runs again. A SIGSTOP queued now
     // is taken the moment it is let go, so even if this tern dies (the
     // kernel then detaches the program) it cannot run twice.
@@ -654,25 +738,48 @@ pub fn migrate(
     let commit_sent = link
         .submit(Job::Message(Message::Commit))
         .and_then(|()| link.wait_sent().map(|_| ()));
-    if let Err(what) = commit_sent {
+    let running = match commit_sent {
         // The Commit may or may not have left: do not risk two copies.
-        return Err(leave_stopped(frozen, pid, &opts.to, &what));
-    }
-    let running = link.wait_message("Running");
-    let t_running = Instant::now();
-    let (restored_pid, restored_ns_pid) = match running {
-        Ok(Message::Running { pid, ns_pid, .. }) => (pid, ns_pid),
-        Ok(other) => {
-            let what = format!(
+        Err(what) => Err(what),
+        Ok(()) => match link.wait_message("Running") {
+            Ok(Message::Running { pid, ns_pid, .. }) => Ok((pid, ns_pid)),
+            Ok(other) => Err(format!(
                 "the destination answered {} instead of Running",
                 other.kind()
-            );
-            return Err(leave_stopped(frozen, pid, &opts.to, &what));
-        }
-        Err(what) => return Err(leave_stopped(frozen, pid, &opts.to, &what)),
+            )),
+            Err(what) => Err(what),
+        },
     };
+    let (restored_pid, restored_ns_pid) = match running {
+        Ok(ids) => ids,
+        Err(what) => {
+            warn!(
+                pid,
+                "link lost after the commit ({what}); asking the destination"
+            );
+            match ask_until_settled(opts, session) {
+                Some(SessionOutcome::Running { pid, ns_pid }) => (pid, ns_pid),
+                Some(_) => {
+                    // Discarded there: this copy is the only one.
+                    frozen.cancel_stop_when_released();
+                    pending::Record::remove(pid);
+                    let what = format!(
+                        "after the commit was sent: {what}; {} then said it had discarded its copy",
+                        opts.to
+                    );
+                    return match frozen.thaw() {
+                        Ok(_) => Err(fail(what)),
+                        Err(e) => Err(fail(format!("{what}; and resuming it failed: {e}"))),
+                    };
+                }
+                None => return Err(leave_stopped(frozen, pid, &opts.to, &what)),
+            }
+        }
+    };
+    let t_running = Instant::now();
     let downtime_ms = t_running.duration_since(frozen.frozen_at()).as_secs_f64() * 1e3;
     let report = frozen.kill()?;
+    pending::Record::remove(pid);
     let bytes_on_wire = link.wire_bytes.load(std::sync::atomic::Ordering::Relaxed);
     drop(link);
     let out = MigrationReport {
@@ -698,6 +805,32 @@ pub fn migrate(
     };
     info!(?out, "migration complete");
     Ok(out)
+}
+
+/// After the link failed between `Commit` and `Running`: ask the
+/// destination (a new connection each time) until it knows, for at most
+/// `settle_timeout`. `None`: it could not tell (or not be reached).
+fn ask_until_settled(opts: &MigrateOptions, session: u64) -> Option<SessionOutcome> {
+    let deadline = Instant::now() + opts.settle_timeout;
+    loop {
+        let timeout = opts.timeout.min(Duration::from_secs(2));
+        match ask_outcome(&opts.to, &opts.key, session, timeout) {
+            Ok(o @ (SessionOutcome::Running { .. } | SessionOutcome::Discarded)) => {
+                info!(?o, "the destination settled the migration");
+                return Some(o);
+            }
+            Ok(SessionOutcome::Unknown) => {
+                warn!("the destination does not know this migration");
+                return None;
+            }
+            Ok(SessionOutcome::Undecided) => debug!("the destination has not decided yet"),
+            Err(e) => debug!("asking the destination: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Run the handoff command; `Err` says why it failed. It sees TERN_PID
@@ -788,7 +921,8 @@ fn leave_stopped(frozen: Frozen, pid: i32, to: &str, what: &str) -> EngineError 
     EngineError::CommitUnknown {
         pid,
         what: format!(
-            "after the commit was sent to {to}: {what}. Whether the destination resumed it is unknown, so the program is {state}: if it runs on {to}, kill it here (kill -9 {pid}); if not, resume it here (kill -CONT {pid})"
+            "after the commit was sent to {to}: {what}. {to} could not say whether it resumed the program, so it is {state}; `tern resolve --key KEY {pid}` asks {to} again and ends or resumes it (record: {})",
+            pending::Record::path_of(pid).display()
         ),
     }
 }

@@ -300,6 +300,31 @@ impl Frozen {
         }
     }
 
+    /// Undo [`stop_when_released`](Self::stop_when_released): a SIGCONT
+    /// removes the queued SIGSTOP (the kernel drops pending stop signals
+    /// when SIGCONT is sent; a handler of SIGCONT, if any, runs once).
+    pub fn cancel_stop_when_released(&self) {
+        if let Some(s) = &self.seized {
+            // SAFETY: plain syscall with integer arguments.
+            unsafe { libc::kill(s.pid, libc::SIGCONT) };
+        }
+    }
+
+    /// The nftables table locking its TCP connections, and the fds of the
+    /// connections in repair mode.
+    pub fn held_connections(&self) -> (Option<String>, Vec<i32>) {
+        match &self.seized {
+            Some(s) => (
+                s.net
+                    .lock_name()
+                    .or(s.net_lock_left.as_ref().map(|l| l.name()))
+                    .map(str::to_string),
+                s.net.repaired_fds(),
+            ),
+            None => (None, Vec::new()),
+        }
+    }
+
     /// Let the program carry on as if nothing happened.
     pub fn thaw(mut self) -> Result<PrecopyReport> {
         let untracked = self.untrack();

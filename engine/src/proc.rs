@@ -452,3 +452,13 @@ mod epoll_tests {
         );
     }
 }
+
+/// When process `pid` started (clock ticks after boot), if it exists and
+/// has not exited: with the pid, it names one process for good.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    match stat.state {
+        'Z' | 'X' | 'x' => None,
+        _ => Some(stat.starttime),
+    }
+}

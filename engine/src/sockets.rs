@@ -419,6 +419,11 @@ impl Held {
         self.repaired.is_empty() && self.lock.is_none()
     }
 
+    /// Fds (in the program) of the connections in repair mode.
+    pub fn repaired_fds(&self) -> Vec<i32> {
+        self.repaired.iter().map(|(fd, _)| *fd).collect()
+    }
+
     /// The lock's table name.
     pub fn lock_name(&self) -> Option<&str> {
         self.lock.as_ref().map(|l| l.table.as_str())
@@ -468,6 +473,20 @@ impl Drop for Held {
             warn!("releasing the TCP connections of process {}: {e}", self.pid);
         }
     }
+}
+
+/// Take socket `fd` of `pid` out of TCP repair mode (for a program left
+/// stopped with its connections in repair, resumed later by
+/// `tern resolve`).
+pub fn leave_repair(pid: i32, fd: i32) -> Result<()> {
+    let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("take socket fd {fd}"))?;
+    sock::set_int(
+        dup.as_fd(),
+        libc::IPPROTO_TCP,
+        repair::TCP_REPAIR,
+        repair::OFF,
+    )
+    .ctx(pid, || format!("TCP repair off on fd {fd}"))
 }
 
 fn lock_error(pid: i32, e: io::Error) -> EngineError {

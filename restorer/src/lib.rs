@@ -5,6 +5,7 @@
 //! then reshaped step by step; if any step fails it is killed, so a bad
 //! image never leaves a half-restored program behind.
 
+pub mod journal;
 pub mod pidns;
 pub mod puppet;
 pub mod serve;
@@ -509,6 +510,11 @@ pub struct Prepared {
 
 impl Prepared {
     /// Its pid as this machine sees it.
+    /// The pid the program will see itself as.
+    pub fn ns_pid(&self) -> i32 {
+        self.ns_pid
+    }
+
     pub fn pid(&self) -> i32 {
         self.puppet.pid
     }

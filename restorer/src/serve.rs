@@ -13,6 +13,7 @@
 //! lost, an `Abort`, a timeout), the standby is killed with everything in
 //! its PID namespace and the staged files are removed.
 
+use crate::journal::Journal;
 use crate::standby::Standby;
 use crate::{Prepared, RestoreOptions};
 use std::collections::BTreeMap;
@@ -40,7 +41,9 @@ pub struct ServeOptions {
     /// Exit after the first migration that ends (committed or not).
     pub once: bool,
     /// Fault injection for tests: `exit-on-final` makes the daemon exit
-    /// the moment a final round has arrived, as if it had crashed there.
+    /// the moment a final round has arrived, as if it had crashed there;
+    /// `exit-after-resume` right after it resumed the program, before it
+    /// tells the source (which then has to ask).
     pub test_fault: Option<String>,
 }
 
@@ -73,6 +76,15 @@ pub fn serve(
                 addr: opts.listen.clone(),
                 source,
             })?;
+        let journal = Arc::new(Journal::open(&opts.work_dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "session journal in {}: {e}",
+                    opts.work_dir.join("tern-sessions").display()
+                ),
+            )
+        })?);
         let local = listener.local_addr()?;
         info!(%local, "tern serve listening");
         on_listening(local);
@@ -92,9 +104,10 @@ pub fn serve(
                     };
                     let _ = stream.set_nodelay(true);
                     let (opts, slots, seq, done) = (opts.clone(), slots.clone(), seq.clone(), done_tx.clone());
+                    let journal = journal.clone();
                     tokio::spawn(async move {
                         let n = seq.fetch_add(1, Ordering::Relaxed);
-                        match session(stream, peer, n, &opts, &slots).await {
+                        match session(stream, peer, n, &opts, &slots, &journal).await {
                             Ok(()) => {}
                             Err(e) => warn!(%peer, "migration not accepted: {e}"),
                         }
@@ -121,7 +134,7 @@ enum Cmd {
 /// What the puppet thread reports.
 enum Event {
     Applied { round: u32, pages: u64, ms: f64 },
-    Ready { pid: i32, ms: f64 },
+    Ready { pid: i32, ns_pid: i32, ms: f64 },
     Running { pid: i32, ns_pid: i32, ms: f64 },
     Failed(String),
 }
@@ -143,6 +156,7 @@ async fn session(
     n: u64,
     opts: &ServeOptions,
     slots: &Arc<Semaphore>,
+    journal: &Journal,
 ) -> Result<(), String> {
     let timeout = opts.timeout;
     let (mut tx, mut rx) = tokio::time::timeout(timeout, net::handshake(stream, &opts.key, false))
@@ -153,12 +167,20 @@ async fn session(
         .await
         .map_err(|_| "no Hello".to_string())?
         .map_err(|e| e.to_string())?;
-    let (pid, comm) = match hello {
+    let (pid, comm, id) = match hello {
+        Message::Ask { protocol, session } if protocol == net::PROTOCOL_VERSION => {
+            let outcome = journal.outcome(session);
+            info!(%peer, session, ?outcome, "asked about a migration");
+            let _ = tx.send(&Message::Outcome { session, outcome }).await;
+            let _ = tx.shutdown().await;
+            return Ok(());
+        }
         Message::Hello {
             protocol,
             pid,
             comm,
             tern_version,
+            session,
             ..
         } => {
             if protocol != net::PROTOCOL_VERSION {
@@ -173,10 +195,20 @@ async fn session(
                     .await;
                 return Err(reason);
             }
-            (pid, comm)
+            (pid, comm, session)
         }
         other => return Err(format!("expected Hello, got {}", other.kind())),
     };
+    if !journal.begin(id) {
+        let reason = format!("migration id {id:016x} was seen before (a replayed Hello?)");
+        let _ = tx
+            .send(&Message::Refused {
+                reason: reason.clone(),
+            })
+            .await;
+        return Err(reason);
+    }
+    let _live = EndSession(journal, id);
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
         let reason = format!(
             "busy: {} migrations in progress (the limit)",
@@ -278,8 +310,22 @@ async fn session(
                 let reply = match ev {
                     None => break Err("the standby thread is gone".into()),
                     Some(Event::Applied { round, pages, ms }) => Message::RoundApplied { round, pages, ms },
-                    Some(Event::Ready { pid, ms }) => Message::Ready { pid, ms },
+                    Some(Event::Ready { pid, ns_pid, ms }) => {
+                        // Recorded first: a source that loses the link after
+                        // its Commit asks about it (`Ask`).
+                        if let Err(e) = journal.ready(id, pid, ns_pid) {
+                            let e = format!("cannot record the migration in the session journal: {e}");
+                            let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
+                            break Err(e);
+                        }
+                        Message::Ready { pid, ms }
+                    }
                     Some(Event::Running { pid, ns_pid, ms }) => {
+                        journal.running(id, pid, ns_pid);
+                        if opts.test_fault.as_deref() == Some("exit-after-resume") {
+                            warn!("test fault: exiting after the resume");
+                            std::process::exit(70);
+                        }
                         info!(%peer, pid, ns_pid, "migrated program runs here");
                         let _ = tx.send(&Message::Running { pid, ns_pid, resume_ms: ms }).await;
                         let _ = tx.shutdown().await;
@@ -309,8 +355,20 @@ async fn session(
         {
             warn!(%peer, "the standby thread did not finish discarding within 30 s");
         }
+        // Never resumed (Resume is only sent on Commit, and a failed
+        // resume kills it).
+        journal.discarded(id);
     }
     result
+}
+
+/// Marks a session ended in the journal however it ends.
+struct EndSession<'a>(&'a Journal, u64);
+
+impl Drop for EndSession<'_> {
+    fn drop(&mut self) {
+        self.0.end(self.1);
+    }
 }
 
 fn round_dir(stage: &Path, round: u32) -> PathBuf {
@@ -468,9 +526,13 @@ fn puppet_thread(
                 };
                 match r {
                     Ok(p) => {
-                        let pid = p.pid();
+                        let (pid, ns_pid) = (p.pid(), p.ns_pid());
                         prepared = Some(p);
-                        Event::Ready { pid, ms: ms() }
+                        Event::Ready {
+                            pid,
+                            ns_pid,
+                            ms: ms(),
+                        }
                     }
                     Err(e) => Event::Failed(format!("final round: {e}")),
                 }

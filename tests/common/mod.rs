@@ -1539,6 +1539,20 @@ pub fn netns_of(pid: i32) -> Option<u64> {
     s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// Processes whose network namespace is the one with inode `ns`.
+pub fn pids_in_netns(ns: u64) -> Vec<i32> {
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&pid| netns_of(pid) == Some(ns))
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort();
+    pids
+}
+
 /// Two "edge servers": namespaces joined by a veth pair, A at
 /// [`EDGE_A_ADDR`], B at [`EDGE_B_ADDR`].
 pub struct EdgePair {

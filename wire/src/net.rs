@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the protocol; both ends must speak the same.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE: &[u8] = b"tern migration protocol 1";
 /// Largest encoded message accepted.
@@ -80,6 +80,9 @@ pub enum Message {
         pid: i32,
         comm: String,
         kernel_release: String,
+        /// Random id of this migration: a source that loses the link
+        /// after `Commit` asks about it by this id (`Ask`).
+        session: u64,
     },
     /// A piece of an image file of round `round` (written at `offset`).
     FileData {
@@ -103,6 +106,13 @@ pub enum Message {
     /// The source gives up (its copy keeps running): discard everything.
     Abort {
         reason: String,
+    },
+    /// First message of a connection instead of `Hello`: what became of
+    /// migration `session`? (The source lost the link between `Commit`
+    /// and `Running`.)
+    Ask {
+        protocol: u32,
+        session: u64,
     },
 
     // destination -> source
@@ -130,6 +140,25 @@ pub enum Message {
     Refused {
         reason: String,
     },
+    /// The answer to `Ask`.
+    Outcome {
+        session: u64,
+        outcome: SessionOutcome,
+    },
+}
+
+/// What became of a migration on its destination, as far as it knows.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// The program was resumed there (host pid, pid it sees itself as).
+    Running { pid: i32, ns_pid: i32 },
+    /// It was never resumed there, and nothing of it is left: the source's
+    /// copy is the only one.
+    Discarded,
+    /// Rebuilt and waiting for `Commit` (or for its timeout): ask again.
+    Undecided,
+    /// No migration with this id reached `Ready` there.
+    Unknown,
 }
 
 impl Message {
@@ -163,11 +192,13 @@ impl Message {
             Message::RoundDone { .. } => "RoundDone",
             Message::Commit => "Commit",
             Message::Abort { .. } => "Abort",
+            Message::Ask { .. } => "Ask",
             Message::Welcome { .. } => "Welcome",
             Message::RoundApplied { .. } => "RoundApplied",
             Message::Ready { .. } => "Ready",
             Message::Running { .. } => "Running",
             Message::Refused { .. } => "Refused",
+            Message::Outcome { .. } => "Outcome",
         }
     }
 }
@@ -192,6 +223,13 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Key(<secret>)")
     }
+}
+
+/// A fresh random migration id (`Hello::session`).
+pub fn new_session_id() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| NetError::Io(io::Error::other(e.to_string())))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 impl Key {

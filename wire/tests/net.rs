@@ -270,7 +270,7 @@ fn replayed_session_is_refused() {
 
 mod decoder_mutations {
     use proptest::prelude::*;
-    use tern_wire::net::{FileSummary, Message};
+    use tern_wire::net::{FileSummary, Message, SessionOutcome};
 
     fn samples() -> Vec<Message> {
         vec![
@@ -280,6 +280,18 @@ mod decoder_mutations {
                 pid: 4242,
                 comm: "counter".into(),
                 kernel_release: "6.18.44".into(),
+                session: 0x0123_4567_89ab_cdef,
+            },
+            Message::Ask {
+                protocol: 2,
+                session: u64::MAX,
+            },
+            Message::Outcome {
+                session: 7,
+                outcome: SessionOutcome::Running {
+                    pid: 4242,
+                    ns_pid: 1,
+                },
             },
             Message::FileData {
                 round: 3,
