@@ -169,7 +169,7 @@ pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
 }
 
 pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| wire::WireError::Io {
+    wire::create_image_dir(dir).map_err(|e| wire::WireError::Io {
         path: dir.to_path_buf(),
         source: e,
     })?;
@@ -694,6 +694,30 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         pending.insert(libc::SIGSTOP);
     }
 
+    // One set of credentials per process in the image: threads that
+    // changed their own (raw setresuid, capset) cannot be reproduced.
+    let creds = proc::thread_creds(pid, pid).ctx(pid, || "read its credentials".into())?;
+    for t in &seized.threads {
+        let theirs = proc::thread_creds(pid, t.tid)
+            .ctx(pid, || format!("read the credentials of thread {}", t.tid))?;
+        let differ = creds.differences(&theirs);
+        if !differ.is_empty() {
+            return Err(unsupported(
+                pid,
+                format!(
+                    "thread {} has other credentials than the main thread ({}); tern restores one set per process",
+                    t.tid,
+                    differ.join(", ")
+                ),
+            ));
+        }
+    }
+    if creds.seccomp != 0 {
+        return Err(unsupported(
+            pid,
+            "it runs under seccomp, which tern cannot restore yet",
+        ));
+    }
     let limits = p.limits().ctx(pid, || "read limits".into())?;
     let rlimits = convert_limits(&limits);
 
@@ -717,16 +741,16 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         pending_signals: pending.into_iter().collect(),
         pending_siginfo,
         creds: wire::Creds {
-            uid: [status.ruid, status.euid, status.suid, status.fuid],
-            gid: [status.rgid, status.egid, status.sgid, status.fgid],
-            groups: status.groups.iter().map(|g| *g as u32).collect(),
-            cap_inheritable: status.capinh,
-            cap_permitted: status.capprm,
-            cap_effective: status.capeff,
-            cap_bounding: status.capbnd.unwrap_or(u64::MAX),
-            cap_ambient: status.capamb.unwrap_or(0),
+            uid: creds.uid,
+            gid: creds.gid,
+            groups: creds.groups,
+            cap_inheritable: creds.cap_inheritable,
+            cap_permitted: creds.cap_permitted,
+            cap_effective: creds.cap_effective,
+            cap_bounding: creds.cap_bounding,
+            cap_ambient: creds.cap_ambient,
             securebits,
-            no_new_privs: status.nonewprivs.unwrap_or(0) != 0,
+            no_new_privs: creds.no_new_privs,
         },
         umask: status.umask.unwrap_or(0o022),
         rlimits,

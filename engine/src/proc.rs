@@ -462,3 +462,188 @@ pub fn start_time(pid: i32) -> Option<u64> {
         _ => Some(stat.starttime),
     }
 }
+
+/// One thread's credentials as `/proc/PID/task/TID/status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ThreadCreds {
+    /// real, effective, saved, filesystem
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: bool,
+    /// 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+}
+
+impl ThreadCreds {
+    pub fn parse(status: &str) -> Result<ThreadCreds, String> {
+        let field = |name: &str| -> Result<&str, String> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .ok_or_else(|| format!("no {name} line"))
+        };
+        let ids = |name: &str| -> Result<[u32; 4], String> {
+            let v: Vec<u32> = field(name)?
+                .split_ascii_whitespace()
+                .map(|x| x.parse().map_err(|_| format!("bad {name} line")))
+                .collect::<Result<_, _>>()?;
+            v.try_into().map_err(|_| format!("bad {name} line"))
+        };
+        let caps = |name: &str| -> Result<u64, String> {
+            u64::from_str_radix(field(name)?, 16).map_err(|_| format!("bad {name} line"))
+        };
+        let mut groups: Vec<u32> = field("Groups")?
+            .split_ascii_whitespace()
+            .map(|x| x.parse().map_err(|_| "bad Groups line".to_string()))
+            .collect::<Result<_, _>>()?;
+        groups.sort_unstable();
+        Ok(ThreadCreds {
+            uid: ids("Uid")?,
+            gid: ids("Gid")?,
+            groups,
+            cap_inheritable: caps("CapInh")?,
+            cap_permitted: caps("CapPrm")?,
+            cap_effective: caps("CapEff")?,
+            cap_bounding: caps("CapBnd")?,
+            cap_ambient: caps("CapAmb").unwrap_or(0),
+            no_new_privs: field("NoNewPrivs").is_ok_and(|v| v == "1"),
+            seccomp: field("Seccomp")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        })
+    }
+
+    /// Fields that differ from `other`, each as "name: ours vs theirs".
+    pub fn differences(&self, other: &ThreadCreds) -> Vec<String> {
+        let mut d = Vec::new();
+        let mut cmp = |name: &str, a: String, b: String| {
+            if a != b {
+                d.push(format!("{name} {a} vs {b}"));
+            }
+        };
+        cmp("uid", format!("{:?}", self.uid), format!("{:?}", other.uid));
+        cmp("gid", format!("{:?}", self.gid), format!("{:?}", other.gid));
+        let sorted = |g: &[u32]| {
+            let mut g = g.to_vec();
+            g.sort_unstable();
+            format!("{g:?}")
+        };
+        cmp("groups", sorted(&self.groups), sorted(&other.groups));
+        for (name, a, b) in [
+            ("CapInh", self.cap_inheritable, other.cap_inheritable),
+            ("CapPrm", self.cap_permitted, other.cap_permitted),
+            ("CapEff", self.cap_effective, other.cap_effective),
+            ("CapBnd", self.cap_bounding, other.cap_bounding),
+            ("CapAmb", self.cap_ambient, other.cap_ambient),
+        ] {
+            cmp(name, format!("{a:#x}"), format!("{b:#x}"));
+        }
+        cmp(
+            "no_new_privs",
+            self.no_new_privs.to_string(),
+            other.no_new_privs.to_string(),
+        );
+        cmp(
+            "seccomp",
+            self.seccomp.to_string(),
+            other.seccomp.to_string(),
+        );
+        d
+    }
+}
+
+/// Credentials of thread `tid` of process `pid`.
+pub fn thread_creds(pid: i32, tid: i32) -> io::Result<ThreadCreds> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    ThreadCreds::parse(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/task/{tid}/status: {e}"),
+        )
+    })
+}
+
+/// Names of the capabilities set in `mask` ("cap_net_admin", ...).
+pub fn cap_names(mask: u64) -> Vec<String> {
+    const NAMES: [&str; 41] = [
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "linux_immutable",
+        "net_bind_service",
+        "net_broadcast",
+        "net_admin",
+        "net_raw",
+        "ipc_lock",
+        "ipc_owner",
+        "sys_module",
+        "sys_rawio",
+        "sys_chroot",
+        "sys_ptrace",
+        "sys_pacct",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "mknod",
+        "lease",
+        "audit_write",
+        "audit_control",
+        "setfcap",
+        "mac_override",
+        "mac_admin",
+        "syslog",
+        "wake_alarm",
+        "block_suspend",
+        "audit_read",
+        "perfmon",
+        "bpf",
+        "checkpoint_restore",
+    ];
+    (0..64)
+        .filter(|b| mask & (1u64 << b) != 0)
+        .map(|b| match NAMES.get(b) {
+            Some(n) => format!("cap_{n}"),
+            None => format!("capability {b}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod creds_tests {
+    use super::*;
+
+    #[test]
+    fn creds_parse_and_differences_name_the_field() {
+        let text = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\t27 1000 \nCapInh:\t0000000000000400\nCapPrm:\t0000000000000400\nCapEff:\t0000000000000400\nCapBnd:\t0000000000000420\nCapAmb:\t0000000000000400\nNoNewPrivs:\t1\nSeccomp:\t0\n";
+        let c = ThreadCreds::parse(text).expect("parse");
+        assert_eq!(c.uid, [1000; 4]);
+        assert_eq!(c.groups, vec![27, 1000]);
+        assert_eq!(c.cap_bounding, 0x420);
+        assert!(c.no_new_privs);
+        let mut root = c.clone();
+        root.uid = [0; 4];
+        root.cap_effective = u64::MAX >> 23;
+        let d = c.differences(&root);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].starts_with("uid"), "{d:?}");
+        assert!(ThreadCreds::parse("Uid:\t1 2\n").is_err());
+        assert_eq!(cap_names(0x420), vec!["cap_kill", "cap_net_bind_service"]);
+    }
+}

@@ -46,6 +46,10 @@ pub enum RestoreError {
     },
     #[error("cannot restore here: {0}")]
     Unsupported(String),
+    /// The restored program would not have exactly the image's
+    /// credentials (it is never run with others).
+    #[error("cannot give the program exactly the image's credentials: {0}")]
+    Creds(String),
 }
 
 pub type Result<T> = std::result::Result<T, RestoreError>;
@@ -130,8 +134,59 @@ pub struct Image {
     pub files: wire::Files,
 }
 
+/// An image decides what a restore runs and with which credentials, so
+/// only one that nobody but root (or this tern's own user) could have
+/// written is read: the directory and every file in it owned by one of
+/// them and not writable by group or others.
+fn check_image_trusted(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let check = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
+        let why = if m.uid() != 0 && m.uid() != me {
+            format!("is owned by uid {}", m.uid())
+        } else if m.mode() & 0o022 != 0 {
+            format!(
+                "is writable by group or others (mode {:o})",
+                m.mode() & 0o7777
+            )
+        } else {
+            return Ok(());
+        };
+        Err(RestoreError::BadImage {
+            dir: dir.to_path_buf(),
+            what: format!(
+                "{} {why}: an image decides what runs and with which credentials, so tern only restores images nobody but root could have written (chown root / chmod go-w it if you trust it)",
+                path.display()
+            ),
+        })
+    };
+    let meta = |p: &Path| {
+        std::fs::metadata(p).map_err(|e| RestoreError::BadImage {
+            dir: dir.to_path_buf(),
+            what: format!("{}: {e}", p.display()),
+        })
+    };
+    check(dir, &meta(dir)?)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| RestoreError::BadImage {
+        dir: dir.to_path_buf(),
+        what: format!("cannot list it: {e}"),
+    })?;
+    for e in entries.flatten() {
+        let path = e.path();
+        let m = meta(&path)?;
+        // Sub-directories are other images (pre-copy rounds), checked
+        // when they are read.
+        if !m.is_dir() {
+            check(&path, &m)?;
+        }
+    }
+    Ok(())
+}
+
 impl Image {
     pub fn load(dir: &Path) -> Result<Image> {
+        check_image_trusted(dir)?;
         let inv_path = dir.join(wire::INVENTORY_FILE);
         if !inv_path.exists() {
             return Err(RestoreError::BadImage {
@@ -177,6 +232,7 @@ impl Image {
             if chain.contains(&canon) || chain.len() > 1000 {
                 return Err(self.bad(format!("the parent chain loops at {}", pdir.display())));
             }
+            check_image_trusted(&canon)?;
             let inv: wire::Inventory = wire::read_record(
                 &canon.join(wire::INVENTORY_FILE),
                 wire::RecordKind::Inventory,
@@ -331,7 +387,51 @@ fn replay_signal(pid: i32, tid: i32, info: &[u8]) {
 
 /// Check, before any process is created, that everything outside the
 /// image that it refers to is still there and unchanged.
+/// The image's credentials as /proc would show them.
+fn expected_creds(c: &wire::Creds) -> tern_engine::proc::ThreadCreds {
+    tern_engine::proc::ThreadCreds {
+        uid: c.uid,
+        gid: c.gid,
+        groups: c.groups.clone(),
+        cap_inheritable: c.cap_inheritable,
+        cap_permitted: c.cap_permitted,
+        cap_effective: c.cap_effective,
+        cap_bounding: c.cap_bounding,
+        cap_ambient: c.cap_ambient,
+        no_new_privs: c.no_new_privs,
+        seccomp: 0,
+    }
+}
+
+/// Before anything is built: this tern can give the program every
+/// capability the image says it had (a process can only drop them).
+fn check_creds_reproducible(c: &wire::Creds) -> Result<()> {
+    use tern_engine::proc::{cap_names, thread_creds};
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let own = thread_creds(std::process::id() as i32, tid)
+        .map_err(|e| RestoreError::Creds(format!("reading tern's own credentials: {e}")))?;
+    let missing_bounding = c.cap_bounding & !own.cap_bounding;
+    if missing_bounding != 0 {
+        return Err(RestoreError::Creds(format!(
+            "its bounding set has {} which this tern's lacks (CapBnd {:#x})",
+            cap_names(missing_bounding).join(", "),
+            own.cap_bounding
+        )));
+    }
+    let missing = (c.cap_permitted | c.cap_inheritable | c.cap_ambient) & !own.cap_permitted;
+    if missing != 0 {
+        return Err(RestoreError::Creds(format!(
+            "it had {} which this tern does not hold (CapPrm {:#x})",
+            cap_names(missing).join(", "),
+            own.cap_permitted
+        )));
+    }
+    Ok(())
+}
+
 fn check_outside_world(image: &Image) -> Result<()> {
+    check_creds_reproducible(&image.core.creds)?;
     for v in &image.mm.vmas {
         if let wire::VmaKind::File { file, .. } = &v.kind {
             check_same_file(file)?;
@@ -758,6 +858,7 @@ impl Builder<'_> {
             self.restore_creds()?;
         }
         self.cur = 0;
+        self.verify_creds()?;
         self.finish()?;
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "puppet ready");
         Ok(())
@@ -1399,6 +1500,26 @@ impl Builder<'_> {
             self.restore_thread_state(k)?;
         }
         self.cur = 0;
+        Ok(())
+    }
+
+    /// Every thread now has exactly the image's credentials, as the kernel
+    /// reports them; otherwise the program is not run.
+    fn verify_creds(&self) -> Result<()> {
+        let want = expected_creds(&self.image.core.creds);
+        let tids =
+            tern_engine::proc::list_tasks(self.pid).step(self.pid, || "list threads".into())?;
+        for tid in tids {
+            let got = tern_engine::proc::thread_creds(self.pid, tid)
+                .step(self.pid, || format!("read the credentials of thread {tid}"))?;
+            let differ = want.differences(&got);
+            if !differ.is_empty() {
+                return Err(RestoreError::Creds(format!(
+                    "thread {tid} has {} (image vs restored)",
+                    differ.join(", ")
+                )));
+            }
+        }
         Ok(())
     }
 

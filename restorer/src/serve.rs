@@ -18,6 +18,7 @@ use crate::standby::Standby;
 use crate::{Prepared, RestoreOptions};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -232,7 +233,7 @@ async fn session(
     let stage = opts
         .work_dir
         .join(format!("tern-standby-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
+    tern_wire::create_image_dir(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
     let _staged = tern_engine::migrate::Staging(stage.clone());
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
@@ -399,11 +400,12 @@ fn receive_piece(
             ));
         }
         let dir = round_dir(stage, round);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        tern_wire::create_image_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| format!("create {}: {e}", path.display()))?;
         files.insert(
@@ -466,7 +468,7 @@ fn check_round(
         }
     }
     if got.is_empty() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        tern_wire::create_image_dir(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     Ok(())
 }

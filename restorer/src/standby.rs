@@ -54,6 +54,7 @@ pub struct Standby {
 }
 
 fn load_round(dir: &Path) -> Result<(wire::Inventory, wire::Layout)> {
+    crate::check_image_trusted(dir)?;
     let inv: wire::Inventory =
         wire::read_record(&dir.join(wire::INVENTORY_FILE), wire::RecordKind::Inventory)?;
     if !inv.pre_dump {

@@ -680,6 +680,28 @@ pub fn maps_diff(before: &[MapEntry], after: &[MapEntry]) -> String {
 // Process identity: what a restore must reproduce
 
 /// What a restored process must share with the original.
+/// The credential lines of /proc/PID/status, as they read.
+pub fn creds_lines(pid: i32) -> Vec<String> {
+    const FIELDS: [&str; 10] = [
+        "Uid:",
+        "Gid:",
+        "Groups:",
+        "CapInh:",
+        "CapPrm:",
+        "CapEff:",
+        "CapBnd:",
+        "CapAmb:",
+        "NoNewPrivs:",
+        "Seccomp:",
+    ];
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| FIELDS.iter().any(|f| l.starts_with(f)))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 pub struct ProcIdentity {
     pub pid: i32,
@@ -690,6 +712,9 @@ pub struct ProcIdentity {
     pub sig_ign: u64,
     pub sig_cgt: u64,
     pub special_maps: Vec<MapEntry>,
+    /// Credential lines of /proc/PID/status (ids, groups, capability sets,
+    /// no_new_privs, seccomp).
+    pub creds: Vec<String>,
     /// The whole (normalized) memory map, for programs whose map is stable.
     pub maps: Option<Vec<MapEntry>>,
 }
@@ -715,6 +740,7 @@ impl ProcIdentity {
             sig_ign: sig("SigIgn"),
             sig_cgt: sig("SigCgt"),
             special_maps: special_maps(pid),
+            creds: creds_lines(pid),
             maps: with_maps.then(|| normalized_maps(pid)),
         }
     }
@@ -746,6 +772,9 @@ impl ProcIdentity {
             if a != b {
                 let _ = writeln!(problems, "{name}: {a:016x} != {b:016x}");
             }
+        }
+        if now.creds != self.creds {
+            let _ = writeln!(problems, "credentials: {:?} != {:?}", now.creds, self.creds);
         }
         if now.special_maps != self.special_maps {
             let _ = writeln!(

@@ -232,7 +232,7 @@ pub struct ChunkWriter {
 
 impl ChunkWriter {
     pub fn create(path: &Path, codec: Codec) -> Result<Self> {
-        let file = File::create(path).map_err(|e| WireError::io(path, e))?;
+        let file = crate::create_image_file(path).map_err(|e| WireError::io(path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut header = [0u8; FILE_HEADER_LEN];
         header[0..8].copy_from_slice(&CHUNK_FILE_MAGIC);

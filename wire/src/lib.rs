@@ -89,3 +89,26 @@ impl WireError {
 }
 
 pub type Result<T> = std::result::Result<T, WireError>;
+
+/// Create (or truncate) an image file readable and writable by its owner
+/// only: an image holds the program's memory, and whoever can change it
+/// decides what a restore runs.
+pub fn create_image_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Create an image directory (and missing parents), mode 0700 for those
+/// it creates.
+pub fn create_image_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}

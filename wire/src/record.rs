@@ -173,7 +173,7 @@ pub fn decode_record<T: DeserializeOwned>(
 pub fn write_record<T: Serialize>(path: &Path, kind: RecordKind, value: &T) -> Result<()> {
     let bytes = encode_record(kind, value)?;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| WireError::io(&tmp, e))?;
+    let mut f = crate::create_image_file(&tmp).map_err(|e| WireError::io(&tmp, e))?;
     f.write_all(&bytes).map_err(|e| WireError::io(&tmp, e))?;
     f.sync_all().map_err(|e| WireError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| WireError::io(path, e))
