@@ -133,7 +133,7 @@ fn threads_with_different_credentials_are_refused() {
                         .is_ok_and(|st| st.contains("Uid:\t65534"))
                 })
         },
-        || String::new(),
+        String::new,
     );
     let images = s.dir.join("refused");
     let out = tern_dump(&s.dir, pid, &images, false);
