@@ -313,14 +313,34 @@ async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, data: &[u8]) -> Result<(
     Ok(())
 }
 
+/// Both handshake messages of `NOISE_PARAMS` (an X25519 ephemeral key and
+/// the tag of an empty payload) have this size.
+const HANDSHAKE_FRAME: usize = 32 + TAG;
+
 async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> Result<()> {
+    read_frame_sized(io, buf, None).await
+}
+
+/// Read one frame; `want`: the only size acceptable (a handshake frame of
+/// another size is refused at once rather than waited for).
+async fn read_frame_sized<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+    want: Option<usize>,
+) -> Result<()> {
     let mut len = [0u8; 2];
     match io.read_exact(&mut len).await {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(NetError::Closed),
         Err(e) => return Err(e.into()),
     }
-    buf.resize(u16::from_be_bytes(len) as usize, 0);
+    let len = u16::from_be_bytes(len) as usize;
+    if want.is_some_and(|w| w != len) {
+        return Err(NetError::Auth(format!(
+            "a handshake frame of {len} bytes (tern's are {HANDSHAKE_FRAME}): not tern, or another protocol"
+        )));
+    }
+    buf.resize(len, 0);
     io.read_exact(buf).await.map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             NetError::Closed
@@ -370,7 +390,7 @@ where
         let n = hs.write_message(&[], &mut msg).map_err(auth)?;
         write_frame(&mut io, &msg[..n]).await?;
         // A responder that cannot authenticate us just hangs up.
-        read_frame(&mut io, &mut frame).await.map_err(|e| match e {
+        read_frame_sized(&mut io, &mut frame, Some(HANDSHAKE_FRAME)).await.map_err(|e| match e {
             NetError::Closed => NetError::Auth(
                 "the peer hung up during the handshake: it holds another key, or is not a tern serve".into(),
             ),
@@ -378,7 +398,7 @@ where
         })?;
         hs.read_message(&frame, &mut scratch).map_err(auth)?;
     } else {
-        read_frame(&mut io, &mut frame).await?;
+        read_frame_sized(&mut io, &mut frame, Some(HANDSHAKE_FRAME)).await?;
         hs.read_message(&frame, &mut scratch).map_err(auth)?;
         let n = hs.write_message(&[], &mut msg).map_err(auth)?;
         write_frame(&mut io, &msg[..n]).await?;

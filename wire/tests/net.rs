@@ -272,7 +272,7 @@ mod decoder_mutations {
     use proptest::prelude::*;
     use tern_wire::net::{FileSummary, Message, SessionOutcome};
 
-    fn samples() -> Vec<Message> {
+    pub(super) fn samples() -> Vec<Message> {
         vec![
             Message::Hello {
                 protocol: 1,
@@ -337,7 +337,7 @@ mod decoder_mutations {
         /// Valid messages with one byte changed, or cut short: never a
         /// panic; a truncated message is never accepted as the original.
         #[test]
-        fn mutated_messages_never_panic(which in 0usize..6, at in any::<usize>(), xor in 1u8..=255, cut in any::<usize>()) {
+        fn mutated_messages_never_panic(which in 0usize..8, at in any::<usize>(), xor in 1u8..=255, cut in any::<usize>()) {
             let m = samples()[which].clone();
             let bytes = m.encode().expect("encode");
             let mut flipped = bytes.clone();
@@ -347,6 +347,116 @@ mod decoder_mutations {
             let short = &bytes[..cut % bytes.len()];
             if let Ok(d) = Message::decode(short) {
                 prop_assert_ne!(d, m);
+            }
+        }
+    }
+}
+
+/// The encrypted framing under attack: a live session (handshake, then
+/// every sample message) passes through an in-memory relay that changes
+/// one byte of what the client sends, or cuts the stream there. The
+/// receiver must take exactly the messages before the damage, then fail:
+/// never accept a damaged message, never panic, never hang.
+mod framing_mutations {
+    use super::decoder_mutations::samples;
+    use proptest::prelude::*;
+    use std::time::Duration;
+    use tern_wire::net::{self, Key, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Relay client -> server changing byte `at` (xor) or ending the
+    /// stream there (`cut`); server -> client untouched. Returns how many
+    /// client bytes passed.
+    async fn relay(
+        from_client: tokio::io::DuplexStream,
+        to_server: tokio::io::DuplexStream,
+        at: usize,
+        xor: u8,
+        cut: bool,
+    ) -> usize {
+        let (mut cr, mut cw) = tokio::io::split(from_client);
+        let (mut sr, mut sw) = tokio::io::split(to_server);
+        let mut back = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        });
+        let mut seen = 0usize;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            // The server hanging up closes the client's side too, as TCP
+            // would.
+            let n = tokio::select! {
+                r = cr.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                _ = &mut back => break,
+            };
+            let chunk = &mut buf[..n];
+            if (seen..seen + n).contains(&at) {
+                if cut {
+                    let _ = sw.write_all(&chunk[..at - seen]).await;
+                    seen = at;
+                    break;
+                }
+                chunk[at - seen] ^= xor;
+            }
+            seen += n;
+            if sw.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+        back.abort();
+        seen
+    }
+
+    /// What the server took before its first error.
+    async fn session(at: usize, xor: u8, cut: bool) -> (Vec<Message>, usize) {
+        let key = Key::generate().expect("key");
+        let server_key = key.clone();
+        let (client_io, from_client) = tokio::io::duplex(1 << 16);
+        let (to_server, server_io) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(relay(from_client, to_server, at, xor, cut));
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            if let Ok((_tx, mut rx)) = net::handshake(server_io, &server_key, false).await {
+                while let Ok(m) = rx.recv().await {
+                    got.push(m);
+                }
+            }
+            got
+        });
+        if let Ok((mut tx, _rx)) = net::handshake(client_io, &key, true).await {
+            for m in samples() {
+                if tx.send(&m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tx.shutdown().await;
+        }
+        let got = server.await.expect("server task");
+        let passed = relay.await.expect("relay task");
+        (got, passed)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn damaged_streams_are_refused_not_misread(at in 0usize..2400, xor in 1u8..=255, cut in any::<bool>()) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let (got, passed) = rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(10), session(at, xor, cut)).await })
+                .expect("the session hung");
+            let sent = samples();
+            prop_assert!(got.len() <= sent.len());
+            prop_assert_eq!(&got[..], &sent[..got.len()], "a message was misread");
+            // The damage fell inside the session: what it hit is refused.
+            if at < passed || (cut && at <= passed) {
+                prop_assert!(got.len() < sent.len(), "a damaged session was taken whole (at {}, {} bytes)", at, passed);
             }
         }
     }

@@ -110,7 +110,7 @@ fn arb_chunks() -> impl Strategy<Value = Vec<(u64, Vec<u8>)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
     fn record_roundtrip(files in arb_files()) {
