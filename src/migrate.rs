@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// Exit after the first migration ends.
     #[arg(long)]
     pub once: bool,
+    /// The daemon's own oom_score_adj (-1000..1000): below that of the
+    /// programs it is rebuilding (1000 until they run), so that running
+    /// out of memory costs one migration rather than the daemon.
+    #[arg(long, default_value_t = -500, allow_negative_numbers = true)]
+    pub oom_score_adj: i32,
     /// Restore into a fresh PID namespace: auto (when the program's ids
     /// are taken here), always, or never.
     #[arg(long, default_value = "auto")]
@@ -75,6 +80,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_sessions: a.max_sessions,
         timeout: Duration::from_millis(a.timeout_ms),
         once: a.once,
+        oom_score_adj: a.oom_score_adj,
         test_fault: a.test_fault,
     };
     let ready = a.ready_file;

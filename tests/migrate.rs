@@ -61,8 +61,13 @@ fn start(test: &str, edges: EdgePair, buf_mib: u32) -> Edge {
 
 /// counter64 with a `buf_mib` buffer in A, `args` on its command line.
 fn start_with(test: &str, edges: EdgePair, buf_mib: u32, args: &[&str]) -> Edge {
+    start_built(test, edges, &[&format!("-DBUF_MIB={buf_mib}")], args)
+}
+
+/// counter64 built with `cflags`, started in A with `args`.
+fn start_built(test: &str, edges: EdgePair, cflags: &[&str], args: &[&str]) -> Edge {
     let dir = TestDir::new(test);
-    let exe = compile_c_with(&dir, "counter64", &[&format!("-DBUF_MIB={buf_mib}")]);
+    let exe = compile_c_with(&dir, "counter64", cflags);
     let out = dir.join("program.out");
     let mut cmd = edges.a.cmd(&exe);
     for a in args {
@@ -696,4 +701,133 @@ fn migrate_commit_outcome_is_settled_by_asking() {
     let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
     check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
     restored_guard.kill_and_wait();
+}
+
+/// Every packet lost mid-transfer, the link itself up (`tc netem loss
+/// 100%`, or where the kernel has no netem an nftables drop of everything
+/// on both veths): the source gives up after its timeout and its program
+/// runs on intact; the destination gives up too and leaves nothing.
+#[test]
+fn migrate_through_total_packet_loss_leaves_the_source_running() {
+    let test = "migrate_through_total_packet_loss_leaves_the_source_running";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let mut e = start("migrate-loss", edges, 64);
+    let fds = fd_targets(e.program.pid());
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--timeout-ms", "3000"],
+    ));
+    let (out, how) = std::thread::scope(|scope| {
+        let dropper = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(800));
+            e.edges.lose_everything()
+        });
+        let out = e.migrate(&[
+            "--policy",
+            "rounds:100000",
+            "--time-limit-ms",
+            "600000",
+            "--timeout-ms",
+            "3000",
+        ]);
+        (out, dropper.join())
+    });
+    let how = how.expect("dropper thread").expect("drop every packet");
+    eprintln!("{test}: loss made with {how}");
+    assert!(!out.success(), "migrate succeeded with every packet lost");
+    assert!(
+        out.stderr.contains("keeps running here"),
+        "the error must say the program keeps running: {}",
+        out.stderr
+    );
+    e.assert_source_intact(&fds);
+    let serve = e.serve.as_mut().expect("serve");
+    assert!(
+        serve.wait_exit(Duration::from_secs(15)).is_some(),
+        "tern serve --once should give up on the silent source"
+    );
+    e.serve = None;
+    assert!(
+        pids_in_netns(e.edges.b.inode()).is_empty(),
+        "something of the program is left in B: {:?}",
+        pids_in_netns(e.edges.b.inode())
+    );
+}
+
+/// The destination runs out of memory while it rebuilds the program: its
+/// `tern serve` (and what it starts) is in a memory cgroup limited to 96
+/// MiB and the program has 256 MiB. The OOM killer takes the half-built
+/// program (tern set its oom_score_adj to 1000), not the daemon; the
+/// migration fails saying so, the source runs on intact, and nothing of
+/// the program is left in B.
+#[test]
+fn migrate_destination_out_of_memory_leaves_the_source_running() {
+    let test = "migrate_destination_out_of_memory_leaves_the_source_running";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let cgroup = match MemCgroup::new("oom", 96 << 20) {
+        Ok(c) => c,
+        Err(err) => {
+            skip_or_panic(test, &err);
+            return;
+        }
+    };
+    // Its pages alike word by word: compressed, the image is small (staged
+    // files take little memory) while the program needs all 256 MiB.
+    let mut e = start_built(
+        "migrate-oom",
+        edges,
+        &["-DBUF_MIB=256", "-DCOMPRESSIBLE"],
+        &[],
+    );
+    let fds = fd_targets(e.program.pid());
+    let work = e.dir.join("serve-work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let work_arg = work.to_string_lossy().into_owned();
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &work_arg, "--timeout-ms", "10000"],
+    ));
+    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
+    cgroup
+        .add(serve_pid)
+        .expect("move tern serve into the cgroup");
+    let out = e.migrate(&["--timeout-ms", "10000", "--compress", "3"]);
+    eprintln!("{test}: {}", out.stderr.lines().last().unwrap_or(""));
+    assert!(!out.success(), "migrate succeeded: {}", out.describe());
+    assert!(
+        out.stderr.contains("keeps running here"),
+        "the error must say the program keeps running: {}",
+        out.stderr
+    );
+    e.assert_source_intact(&fds);
+    // The OOM killer takes the half-built program (oom_score_adj 1000, and
+    // it faults its memory in itself: kernel-notes.md), not the daemon,
+    // which says what happened and ends normally (--once).
+    assert!(
+        out.stderr.contains("killed by signal 9") && out.stderr.contains("out of memory"),
+        "the error must say the program being rebuilt was killed, out of memory: {}",
+        out.stderr
+    );
+    let serve = e.serve.as_mut().expect("serve");
+    let status = serve.wait_exit(Duration::from_secs(10));
+    e.serve = None;
+    assert!(
+        status.is_some_and(|s| s.code().is_some()),
+        "tern serve did not end normally (killed too?): {status:?}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "nothing of the program left in B",
+        || pids_in_netns(e.edges.b.inode()).is_empty().then_some(()),
+        || format!("{:?}", pids_in_netns(e.edges.b.inode())),
+    );
+    drop(cgroup);
 }

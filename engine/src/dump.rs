@@ -630,6 +630,11 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         "prctl(PR_GET_SECUREBITS)",
     )? as u32;
     let personality = seized.inject(libc::SYS_personality, &[0xffff_ffff], "personality")? as u32;
+    let oom_score_adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .ctx(pid, || "read oom_score_adj".into())?
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| unsupported(pid, format!("/proc/{pid}/oom_score_adj: {e}")))?;
     let mut itimers = Vec::new();
     for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
         seized.inject(libc::SYS_getitimer, &[which as u64, scratch], "getitimer")?;
@@ -761,6 +766,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         dumpable,
         pdeath_signal,
         personality,
+        oom_score_adj,
         itimers,
         posix_timers,
     })

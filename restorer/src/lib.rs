@@ -50,6 +50,14 @@ pub enum RestoreError {
     /// credentials (it is never run with others).
     #[error("cannot give the program exactly the image's credentials: {0}")]
     Creds(String),
+    /// The program being rebuilt died under tern (the OOM killer picks it
+    /// first: see `Puppet::spawn`).
+    #[error("the program being rebuilt (pid {pid}) was killed by signal {signal}{}, while: {during}", if *signal == libc::SIGKILL { " (out of memory on this machine? tern makes a program being rebuilt the first the OOM killer picks; the kernel log says)" } else { "" })]
+    Killed {
+        pid: i32,
+        signal: i32,
+        during: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, RestoreError>;
@@ -264,6 +272,12 @@ impl Image {
     fn validate(&self) -> Result<()> {
         if self.core.threads.is_empty() || self.core.threads[0].tid != self.core.pid {
             return Err(self.bad("the first thread must be the main thread".into()));
+        }
+        if !(-1000..=1000).contains(&self.core.oom_score_adj) {
+            return Err(self.bad(format!(
+                "oom_score_adj {} is out of range",
+                self.core.oom_score_adj
+            )));
         }
         if self.core.sigactions.len() != 64 {
             return Err(self.bad(format!(
@@ -518,11 +532,12 @@ pub(crate) fn spawn_puppet(
 /// A restored program, complete and stopped just before it runs: killed
 /// (with its PID namespace) if dropped, or let go with [`Prepared::resume`].
 /// What a finished build hands over to [`Prepared`].
-struct Parts {
+pub(crate) struct Parts {
     threads: Vec<i32>,
     pending: Vec<i32>,
     queued: Vec<(i32, Vec<u8>)>,
     pages_bytes: u64,
+    oom_score_adj: i32,
     net: Network,
 }
 
@@ -603,6 +618,9 @@ pub struct Prepared {
     queued: Vec<(i32, Vec<u8>)>,
     ns_pid: i32,
     pages_bytes: u64,
+    /// The image's, set as it is let go (until then it is the first the
+    /// OOM killer takes).
+    oom_score_adj: i32,
     t0: Instant,
     /// After the puppet: its connections vanish with it if it never runs.
     net: Network,
@@ -626,6 +644,11 @@ impl Prepared {
         let t = Instant::now();
         self.net.go_live(pid)?;
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "connections live");
+        std::fs::write(
+            format!("/proc/{pid}/oom_score_adj"),
+            self.oom_score_adj.to_string(),
+        )
+        .step(pid, || format!("set oom_score_adj {}", self.oom_score_adj))?;
         for &tid in &self.threads {
             ptrace::detach(tid, 0).step(pid, || format!("PTRACE_DETACH of thread {tid}"))?;
         }
@@ -673,12 +696,48 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     }
     let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
     let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts)?;
+    let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts)
+        .map_err(|e| explain(&puppet, e))?;
+    Ok(Prepared {
+        ns_pid: want.unwrap_or(puppet.pid),
+        puppet,
+        namespace,
+        threads: parts.threads,
+        pending: parts.pending,
+        queued: parts.queued,
+        pages_bytes: parts.pages_bytes,
+        oom_score_adj: parts.oom_score_adj,
+        t0,
+        net: parts.net,
+    })
+}
+
+/// An error met while building `puppet`: if the puppet itself was killed
+/// meanwhile (by the kernel's OOM killer, most likely), that is the news.
+pub(crate) fn explain(puppet: &Puppet, e: RestoreError) -> RestoreError {
+    match puppet.killed_by() {
+        Some(signal) => RestoreError::Killed {
+            pid: puppet.pid,
+            signal,
+            during: e.to_string(),
+        },
+        None => e,
+    }
+}
+
+fn build_all(
+    image: &Image,
+    ancestors: &[PathBuf],
+    final_pages: &[(u64, u64)],
+    puppet: &mut Puppet,
+    opts: &RestoreOptions,
+) -> Result<Parts> {
     let mut b = Builder {
-        image: &image,
-        ancestors: &ancestors,
-        final_pages: &final_pages,
+        image,
+        ancestors,
+        final_pages,
         pid: puppet.pid,
-        puppet: &mut puppet,
+        puppet,
         scratch: 0,
         pages_bytes: 0,
         extra: Vec::new(),
@@ -688,18 +747,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     };
     b.build_memory()?;
     b.build_rest()?;
-    let parts = b.into_parts();
-    Ok(Prepared {
-        ns_pid: want.unwrap_or(puppet.pid),
-        puppet,
-        namespace,
-        threads: parts.threads,
-        pending: parts.pending,
-        queued: parts.queued,
-        pages_bytes: parts.pages_bytes,
-        t0,
-        net: parts.net,
-    })
+    Ok(b.into_parts())
 }
 
 struct Builder<'a> {
@@ -812,6 +860,7 @@ impl Builder<'_> {
             pending,
             queued,
             pages_bytes: self.pages_bytes,
+            oom_score_adj: core.oom_score_adj,
             net,
         }
     }
@@ -875,6 +924,7 @@ impl Builder<'_> {
         let private = shape::private_ranges(&image.mm.vmas);
         let page = image.inventory.page_size as usize;
         let mut written = 0u64;
+        let puppet = &mut *self.puppet;
         shape::stream_pages(pid, path, |addr, buf| {
             if !strict {
                 // Only pages the program still had, with these very bytes:
@@ -893,6 +943,9 @@ impl Builder<'_> {
                 return Ok(());
             }
             shape::check_chunk(&image.dir, path, &private, addr, buf.len(), page)?;
+            if buf.len() >= 64 * page {
+                shape::populate(puppet, addr, buf.len())?;
+            }
             mem::write_fully(pid, addr, buf).step(pid, || format!("write pages at {addr:#x}"))?;
             written += buf.len() as u64;
             Ok(())

@@ -57,6 +57,10 @@ impl Puppet {
             pid,
             libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
         )?;
+        // If memory runs out while it is rebuilt, the kernel's OOM killer
+        // should take it (the restore then fails cleanly) rather than the
+        // daemon or other programs; its own value is set at resume.
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), "1000")?;
         let regs = ptrace::get_regs(pid)?;
         let maps = proc::read_smaps(pid)?;
         let vdso = maps
@@ -67,6 +71,30 @@ impl Puppet {
             .ok_or_else(|| io::Error::other("no syscall instruction in the vdso"))?;
         puppet.remote = RemoteThread::new(pid, gadget, regs);
         Ok(puppet)
+    }
+
+    /// The signal that killed it, if it died.
+    pub fn killed_by(&self) -> Option<i32> {
+        if let Some(sig) = self.remote.killed_by {
+            return Some(sig);
+        }
+        // Not seen by an injected syscall: still a zombie, not reaped.
+        // SAFETY: siginfo_t is plain data; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child with a valid siginfo pointer;
+        // WNOWAIT leaves it to be reaped by the drop.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
+            )
+        };
+        // SAFETY: waitid filled a SIGCHLD siginfo (si_pid 0: nothing yet).
+        let (child, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        (r == 0 && child == self.pid && (code == libc::CLD_KILLED || code == libc::CLD_DUMPED))
+            .then_some(status)
     }
 
     pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> io::Result<u64> {

@@ -41,6 +41,10 @@ pub struct ServeOptions {
     pub timeout: Duration,
     /// Exit after the first migration that ends (committed or not).
     pub once: bool,
+    /// The daemon's own `oom_score_adj`: below the programs it rebuilds
+    /// (those are at 1000 until they run), so that running out of memory
+    /// costs one migration, not the daemon and every migration in it.
+    pub oom_score_adj: i32,
     /// Fault injection for tests: `exit-on-final` makes the daemon exit
     /// the moment a final round has arrived, as if it had crashed there;
     /// `exit-after-resume` right after it resumed the program, before it
@@ -66,6 +70,14 @@ pub fn serve(
     opts: ServeOptions,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
+    // Lowering it takes CAP_SYS_RESOURCE; without, the programs being
+    // rebuilt (at 1000) are still the OOM killer's first choice.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", opts.oom_score_adj.to_string()) {
+        warn!(
+            "cannot set this daemon's oom_score_adj to {} ({e}; needs CAP_SYS_RESOURCE)",
+            opts.oom_score_adj
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -29,6 +29,27 @@ pub(crate) fn sys(
     p.syscall(nr, args).step(pid, what)
 }
 
+/// Have the puppet fault in `len` bytes at `addr` itself
+/// (`MADV_POPULATE_WRITE`, Linux 5.14) before tern writes them: if memory
+/// runs out, the task allocating is then the puppet, which the OOM killer
+/// takes (oom_score_adj 1000) and whose memory is freed as it dies. Were
+/// tern's `process_vm_writev` the one faulting pages in, the write would
+/// go on charging a dead program's memory, held until it returns, and the
+/// kernel would kill the daemon next. Best effort: a range the call
+/// refuses (read-only, file-backed) is simply written as before.
+pub(crate) fn populate(p: &mut Puppet, addr: u64, len: usize) -> Result<()> {
+    const MADV_POPULATE_WRITE: u64 = 23;
+    let pid = p.pid;
+    let r = p
+        .remote
+        .syscall(libc::SYS_madvise, &[addr, len as u64, MADV_POPULATE_WRITE])
+        .step(pid, || format!("madvise(MADV_POPULATE_WRITE) at {addr:#x}"))?;
+    if r < 0 {
+        tracing::trace!(pid, addr, errno = -r, "populate refused; writing anyway");
+    }
+    Ok(())
+}
+
 /// The puppet is a copy of tern: drop tern's rseq registration before its
 /// memory goes away (or every resume would fault).
 pub(crate) fn reset_inherited_state(p: &mut Puppet) -> Result<()> {

@@ -158,28 +158,34 @@ impl Standby {
     pub fn start(round0: &Path, opts: &RestoreOptions) -> Result<Standby> {
         let (inv, layout) = load_round(round0)?;
         // Threads are only known at the end: the main pid decides.
-        let (mut puppet, namespace, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts)?;
-        shape::reset_inherited_state(&mut puppet)?;
-        shape::clear_address_space(&mut puppet)?;
-        shape::move_vdso(&mut puppet, &layout.vmas, &inv.kernel_release)?;
-        let scratch = shape::map_scratch(&mut puppet, &layout.vmas, &[])?;
+        let table = wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?;
+        let (puppet, namespace, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts)?;
         let mut standby = Standby {
             puppet,
             namespace,
             ns_pid: want,
             image_pid: inv.pid,
-            scratch,
+            scratch: 0,
             layout: Vec::new(),
             pages: BTreeMap::new(),
-            table: wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?,
+            table,
             page_size: inv.page_size,
             kernel_release: inv.kernel_release.clone(),
             opts: opts.clone(),
             pages_bytes: 0,
         };
         let t = Instant::now();
-        let (mapped, unmapped) = standby.apply_layout(round0, &layout.vmas)?;
-        let (pages, _) = standby.absorb_pages(round0)?;
+        let built = (|| {
+            let p = &mut standby.puppet;
+            shape::reset_inherited_state(p)?;
+            shape::clear_address_space(p)?;
+            shape::move_vdso(p, &layout.vmas, &inv.kernel_release)?;
+            standby.scratch = shape::map_scratch(p, &layout.vmas, &[])?;
+            let (mapped, unmapped) = standby.apply_layout(round0, &layout.vmas)?;
+            let (pages, _) = standby.absorb_pages(round0)?;
+            Ok((mapped, unmapped, pages))
+        })();
+        let (mapped, unmapped, pages) = built.map_err(|e| crate::explain(&standby.puppet, e))?;
         info!(
             pid = standby.puppet.pid,
             pages,
@@ -203,6 +209,11 @@ impl Standby {
 
     /// Apply a later round (a pre-dump image).
     pub fn apply_round(&mut self, dir: &Path) -> Result<RoundApplied> {
+        self.apply_round_inner(dir)
+            .map_err(|e| crate::explain(&self.puppet, e))
+    }
+
+    fn apply_round_inner(&mut self, dir: &Path) -> Result<RoundApplied> {
         let t = Instant::now();
         let (inv, layout) = load_round(dir)?;
         self.check_same_program(dir, &inv)?;
@@ -345,6 +356,7 @@ impl Standby {
         let page = self.page_size as usize;
         let private = shape::private_ranges(&self.layout);
         let hashes = &mut self.pages;
+        let puppet = &mut self.puppet;
         let (mut pages, mut bytes) = (0u64, 0u64);
         // Small chunks (scattered dirty pages) are gathered and written with
         // one process_vm_writev per 1024 of them.
@@ -363,6 +375,7 @@ impl Standby {
             shape::check_chunk(dir, &path, &private, addr, buf.len(), page)?;
             if buf.len() >= 64 * page {
                 flush(&mut runs, &mut gathered)?;
+                shape::populate(puppet, addr, buf.len())?;
                 mem::write_fully(pid, addr, buf)
                     .step(pid, || format!("write pages at {addr:#x}"))?;
             } else {
@@ -501,6 +514,36 @@ impl Standby {
     /// program is then complete and stopped.
     pub fn finish(mut self, dir: &Path) -> Result<Prepared> {
         let t0 = Instant::now();
+        let parts = self
+            .build_final(dir, t0)
+            .map_err(|e| crate::explain(&self.puppet, e))?;
+        let ns_pid = self.ns_pid.unwrap_or(self.puppet.pid);
+        // Freeing a page record of a GiB (262144 tree nodes) takes ~3 ms:
+        // not while the program is frozen.
+        let records = (
+            std::mem::take(&mut self.pages),
+            std::mem::take(&mut self.table),
+        );
+        std::thread::spawn(move || {
+            tern_engine::sys::set_idle_priority(0);
+            drop(records)
+        });
+        Ok(Prepared {
+            puppet: self.puppet,
+            namespace: self.namespace,
+            threads: parts.threads,
+            pending: parts.pending,
+            queued: parts.queued,
+            ns_pid,
+            pages_bytes: parts.pages_bytes,
+            oom_score_adj: parts.oom_score_adj,
+            t0,
+            net: parts.net,
+        })
+    }
+
+    /// The final image into the puppet: memory, then everything else.
+    fn build_final(&mut self, dir: &Path, t0: Instant) -> Result<crate::Parts> {
         let image = Image::load(dir)?;
         self.check_same_program(dir, &image.inventory)?;
         check_layout(dir, &image.mm.vmas, image.inventory.page_size)?;
@@ -574,28 +617,7 @@ impl Standby {
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "standby complete, stopped"
         );
-        let ns_pid = self.ns_pid.unwrap_or(self.puppet.pid);
-        // Freeing a page record of a GiB (262144 tree nodes) takes ~3 ms:
-        // not while the program is frozen.
-        let records = (
-            std::mem::take(&mut self.pages),
-            std::mem::take(&mut self.table),
-        );
-        std::thread::spawn(move || {
-            tern_engine::sys::set_idle_priority(0);
-            drop(records)
-        });
-        Ok(Prepared {
-            puppet: self.puppet,
-            namespace: self.namespace,
-            threads: parts.threads,
-            pending: parts.pending,
-            queued: parts.queued,
-            ns_pid,
-            pages_bytes: parts.pages_bytes,
-            t0,
-            net: parts.net,
-        })
+        Ok(parts)
     }
 
     /// The kernel this standby's images were made on.

@@ -152,6 +152,66 @@ impl TmpfsMount {
     }
 }
 
+/// A memory cgroup of the test's own with a hard limit (cgroup v2 if the
+/// memory controller is there, else v1); removed on drop (its processes
+/// must be gone by then: the test kills what it started).
+pub struct MemCgroup {
+    dir: PathBuf,
+}
+
+impl MemCgroup {
+    pub fn new(tag: &str, limit_bytes: u64) -> Result<MemCgroup, String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "tern-test-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let v2 = Path::new("/sys/fs/cgroup");
+        let v2_has_memory = fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"));
+        let (dir, limit_file) = if v2_has_memory {
+            (v2.join(&name), "memory.max")
+        } else if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            (
+                Path::new("/sys/fs/cgroup/memory").join(&name),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            return Err(
+                "no memory cgroup controller (neither cgroup v2 with memory enabled nor v1 /sys/fs/cgroup/memory)".into(),
+            );
+        };
+        fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = MemCgroup { dir };
+        fs::write(cg.dir.join(limit_file), limit_bytes.to_string())
+            .map_err(|e| format!("set {limit_file}: {e}"))?;
+        if v2_has_memory {
+            let _ = fs::write(cg.dir.join("memory.swap.max"), "0");
+        }
+        Ok(cg)
+    }
+
+    /// Move process `pid` into it (its later children start there).
+    pub fn add(&self, pid: i32) -> Result<(), String> {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("move {pid} into {}: {e}", self.dir.display()))
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // rmdir succeeds once the last process has gone (reaping can lag).
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("note: could not remove cgroup {}", self.dir.display());
+    }
+}
+
 impl Drop for TmpfsMount {
     fn drop(&mut self) {
         let _ = Command::new("umount")
@@ -715,6 +775,7 @@ pub struct ProcIdentity {
     /// Credential lines of /proc/PID/status (ids, groups, capability sets,
     /// no_new_privs, seccomp).
     pub creds: Vec<String>,
+    pub oom_score_adj: String,
     /// The whole (normalized) memory map, for programs whose map is stable.
     pub maps: Option<Vec<MapEntry>>,
 }
@@ -741,6 +802,9 @@ impl ProcIdentity {
             sig_cgt: sig("SigCgt"),
             special_maps: special_maps(pid),
             creds: creds_lines(pid),
+            oom_score_adj: String::from_utf8_lossy(&read("oom_score_adj"))
+                .trim()
+                .to_string(),
             maps: with_maps.then(|| normalized_maps(pid)),
         }
     }
@@ -772,6 +836,13 @@ impl ProcIdentity {
             if a != b {
                 let _ = writeln!(problems, "{name}: {a:016x} != {b:016x}");
             }
+        }
+        if now.oom_score_adj != self.oom_score_adj {
+            let _ = writeln!(
+                problems,
+                "oom_score_adj: {} != {}",
+                now.oom_score_adj, self.oom_score_adj
+            );
         }
         if now.creds != self.creds {
             let _ = writeln!(problems, "credentials: {:?} != {:?}", now.creds, self.creds);
@@ -1604,7 +1675,56 @@ impl EdgePair {
     }
 
     /// Take the link down (both ends), as if the cable were cut.
-    pub fn cut(&self) -> Result<(), String> {
+    /// 100% packet loss on the link, the link staying up: with `tc netem
+    /// loss 100%` where the kernel has netem, else an nftables table in
+    /// each namespace dropping everything on its veth (the same to TCP:
+    /// every segment vanishes). Returns which was used.
+    pub fn lose_everything(&self) -> Result<&'static str, String> {
+        let devices = self.veths()?;
+        let netem = devices.iter().all(|(ns, dev)| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, "tc", "qdisc", "add", "dev", dev])
+                .args(["root", "netem", "loss", "100%"])
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if netem {
+            return Ok("tc netem loss 100%");
+        }
+        for (ns, dev) in &devices {
+            let rules = format!(
+                "table inet tern_test_loss {{\n chain i {{ type filter hook input priority -400; iifname \"{dev}\" drop; }}\n chain o {{ type filter hook output priority -400; oifname \"{dev}\" drop; }}\n}}\n"
+            );
+            let mut child = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name))
+                .args(["nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run nft: {e}"))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write as _;
+                stdin
+                    .write_all(rules.as_bytes())
+                    .map_err(|e| format!("nft stdin: {e}"))?;
+            }
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "nft in {}: {}",
+                    ns.name,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok("nftables drop of every packet on the veths (this kernel has no netem)")
+    }
+
+    /// The veth device of each side.
+    fn veths(&self) -> Result<Vec<(&Netns, String)>, String> {
+        let mut found = Vec::new();
         for (ns, dev) in [(&self.a, "tva"), (&self.b, "tvb")] {
             let out = Command::new("ip")
                 .args(["-n", &ns.name, "-o", "link", "show"])
@@ -1615,9 +1735,16 @@ impl EdgePair {
                 let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
                 let name = name.split('@').next().unwrap_or("");
                 if name.starts_with(dev) {
-                    ns.ip(&["link", "set", name, "down"])?;
+                    found.push((ns, name.to_string()));
                 }
             }
+        }
+        Ok(found)
+    }
+
+    pub fn cut(&self) -> Result<(), String> {
+        for (ns, dev) in self.veths()? {
+            ns.ip(&["link", "set", &dev, "down"])?;
         }
         Ok(())
     }

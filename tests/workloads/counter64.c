@@ -31,6 +31,15 @@
 static uint64_t *buf;
 static uint64_t stamp[NPAGES]; /* tick that last rewrote each page, 0 = initial fill */
 
+#ifdef COMPRESSIBLE
+/* Every word of a page alike: zstd shrinks a page ~100x, so an image of it
+ * is small while the program still needs all of its memory (the
+ * out-of-memory migration test). */
+static uint64_t pattern(uint64_t index, uint64_t seed)
+{
+	return ((index / WORDS_PER_PAGE) * 0x9E3779B97F4A7C15ULL) ^ (seed * 0xD6E8FEB86659FD93ULL) ^ 1;
+}
+#else
 static uint64_t pattern(uint64_t index, uint64_t seed)
 {
 	uint64_t x = index * 0x9E3779B97F4A7C15ULL + seed * 0xD6E8FEB86659FD93ULL + 1;
@@ -39,6 +48,7 @@ static uint64_t pattern(uint64_t index, uint64_t seed)
 	x ^= x >> 27;
 	return x;
 }
+#endif
 
 static void fill_page(uint64_t page, uint64_t seed)
 {

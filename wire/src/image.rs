@@ -169,6 +169,8 @@ pub struct Core {
     pub dumpable: i32,
     pub pdeath_signal: i32,
     pub personality: u32,
+    /// `/proc/PID/oom_score_adj` (-1000..=1000).
+    pub oom_score_adj: i32,
     /// Interval timers that were armed (`setitimer`).
     pub itimers: Vec<Itimer>,
     /// POSIX timers (`timer_create`), armed or not.

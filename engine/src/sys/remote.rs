@@ -18,6 +18,9 @@ pub struct RemoteThread {
     /// Signals that arrived while injecting; suppressed, for the caller to
     /// re-deliver.
     pub intercepted_signals: Vec<i32>,
+    /// The signal that killed it during an injected syscall (its exit was
+    /// reaped by that wait).
+    pub killed_by: Option<i32>,
 }
 
 impl RemoteThread {
@@ -29,6 +32,7 @@ impl RemoteThread {
             gadget,
             template,
             intercepted_signals: Vec::new(),
+            killed_by: None,
         }
     }
 
@@ -86,10 +90,11 @@ impl RemoteThread {
                     )))
                 }
                 ptrace::Stop::Killed(sig) => {
+                    self.killed_by = Some(sig);
                     return Err(io::Error::other(format!(
                         "thread {} was killed by signal {sig} during an injected syscall",
                         self.tid
-                    )))
+                    )));
                 }
             }
         }
