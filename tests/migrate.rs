@@ -282,6 +282,30 @@ fn migrate_failures_leave_the_source_running() {
     let out = e.migrate(&[]);
     e.assert_failed(&out, "keeps running here", &fds);
 
+    // 3b. Destination killed after it rebuilt the program (Ready) and
+    //     before the commit (the handoff command kills it): the source
+    //     sees it gone before sending Commit and resumes its copy.
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
+    let handoff = format!("kill -9 {serve_pid}; sleep 0.2");
+    let out = e.migrate(&["--handoff-cmd", &handoff]);
+    e.assert_failed(&out, "keeps running here", &fds);
+    wait_until(
+        Duration::from_secs(10),
+        "nothing of the program left in B",
+        || pids_in_netns(e.edges.b.inode()).is_empty().then_some(()),
+        || {
+            pids_in_netns(e.edges.b.inode())
+                .iter()
+                .map(|p| {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    );
+
     // 4. Link cut mid-transfer.
     e.serve = Some(start_serve(
         &e.dir,
