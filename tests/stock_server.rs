@@ -168,23 +168,16 @@ fn redis_dump_restore_keeps_its_data() {
     settle();
 
     let images = dir.join("images");
-    let out = run_tern(
-        &dir,
-        &args!["dump", "--pid", pid.to_string(), "--images", &images],
-        Stdio::null(),
-    );
+    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
+    let out = run_tern(&dir, &dump_args, Stdio::null());
     out.assert_ok("tern dump of redis-server");
     assert!(
         redis.wait_exit(Duration::from_secs(10)).is_some(),
         "redis-server still runs after the dump"
     );
     let pidfile = dir.join("restored.pid");
-    let out = run_tern_in(
-        &dir,
-        Some(&ns.name),
-        &args!["restore", "--images", &images, "--pidfile", &pidfile],
-        Stdio::null(),
-    );
+    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    let out = run_tern_in(&dir, Some(&ns.name), &restore_args, Stdio::null());
     out.assert_ok("tern restore of redis-server");
     let host_pid: i32 = std::fs::read_to_string(&pidfile)
         .expect("pid file")
