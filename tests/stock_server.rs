@@ -212,22 +212,18 @@ fn redis_migrates_to_edge_b_with_its_data() {
     let listen = format!("{EDGE_B_ADDR}:7878");
     let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
     let report = dir.join("report.json");
-    let out = run_tern_in(
-        &dir,
-        Some(&edges.a.name),
-        &args![
-            "migrate",
-            "--pid",
-            pid.to_string(),
-            "--to",
-            &listen,
-            "--key",
-            &key,
-            "--report",
-            &report
-        ],
-        Stdio::null(),
-    );
+    let migrate_args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    let out = run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null());
     out.assert_ok("tern migrate of redis-server");
     assert!(
         redis.wait_exit(Duration::from_secs(10)).is_some(),
