@@ -182,6 +182,17 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
             ),
             wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
             wire::FdKind::Inet(sock) => inet_line(sock),
+            wire::FdKind::UnixPair {
+                pair, kind, queued, ..
+            } => format!(
+                "unix {} socketpair {pair} ({} bytes waiting)",
+                match *kind {
+                    libc::SOCK_STREAM => "stream",
+                    libc::SOCK_DGRAM => "datagram",
+                    _ => "seqpacket",
+                },
+                queued.len()
+            ),
             wire::FdKind::Epoll { targets } => format!(
                 "epoll watching fds {}",
                 targets

@@ -1252,3 +1252,92 @@ fn chain_remap_case(restore_args: &[std::ffi::OsString]) {
     s.wait_seq(s.last_before + 10);
     s.finish();
 }
+
+/// Two socketpairs of the program's own: a stream pair with a 3000-byte
+/// backlog waiting unread at one end (and, if the dump catches it, a
+/// message in flight), and a non-blocking datagram pair. After restore the
+/// program reads the backlog byte for byte and both pairs still work.
+#[test]
+fn unix_socketpairs_keep_their_bytes() {
+    if !root_or_skip("unix_socketpairs_keep_their_bytes") {
+        return;
+    }
+    let mut s = c_session("unix_pair", "unix_pair", &[]);
+    s.wait_seq(5);
+    s.dump();
+    let text = tern_inspect(&s.dir, &s.images, false);
+    text.assert_ok("tern inspect");
+    assert!(
+        text.stdout.contains("unix stream socketpair")
+            && text.stdout.contains("3000 bytes waiting"),
+        "inspect must show the pair and its backlog:\n{}",
+        text.stdout
+    );
+    s.restore(Stdio::null());
+    s.wait_for_line("the backlog read back after the restore", |l| {
+        l.contains("backlog ok dgram ok")
+    });
+    s.wait_seq(45);
+    s.finish();
+}
+
+/// The system's python3 running an asyncio event loop: epoll plus the
+/// loop's self-pipe (a non-blocking socketpair), woken from a thread with
+/// call_soon_threadsafe every 10 ms. It keeps ticking and being woken.
+#[test]
+fn python_asyncio_loop_continues() {
+    if !root_or_skip("python_asyncio_loop_continues") {
+        return;
+    }
+    let mut s = python_session("python_asyncio", "asyncio_ticker.py");
+    s.wait_seq(12);
+    s.dump();
+    let woken_before = s
+        .lines()
+        .iter()
+        .filter_map(|l| field_after(l, "woken"))
+        .max()
+        .unwrap_or(0);
+    s.restore(Stdio::null());
+    let target = s.last_before + 25;
+    let line = s.wait_for_line("a wake-up count after the restore", |l| {
+        seq_number(l, "tick ").is_some_and(|n| n >= target) && l.contains("woken")
+    });
+    let woken_after = field_after(&line, "woken").unwrap_or(0);
+    assert!(
+        woken_after > woken_before,
+        "no wake-ups after the restore ({woken_before} -> {woken_after})"
+    );
+    s.finish();
+}
+
+/// A unix socket bound to a path (a listener) is refused, naming it; the
+/// program runs on untouched.
+#[test]
+fn bound_unix_socket_is_refused() {
+    if !root_or_skip("bound_unix_socket_is_refused") {
+        return;
+    }
+    let dir = TestDir::new("unix_bound");
+    let path = dir.join("listener.sock");
+    let script = format!(
+        "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen()\nn = 0\nwhile True:\n    n += 1\n    print('tick', n, flush=True)\n    time.sleep(0.02)\n",
+        path.display().to_string()
+    );
+    let cmd = Cmd::new("/usr/bin/python3").arg("-I").arg("-c").arg(script);
+    let mut s = Session::start(dir, cmd, Stdio::null());
+    s.compare_maps = false;
+    s.wait_seq(3);
+    let pid = s.pid;
+    let identity = ProcIdentity::capture(pid, false);
+    let fds = fd_targets(pid);
+    let images = s.dir.join("images");
+    let out = tern_dump(&s.dir, pid, &images, false);
+    assert!(!out.success(), "dump succeeded: {}", out.describe());
+    assert!(
+        out.stderr.contains("listener.sock") && out.stderr.contains("unix socket"),
+        "the refusal must name the socket: {}",
+        out.stderr
+    );
+    assert_untouched(&mut s, &identity, &fds, "after a refused dump");
+}

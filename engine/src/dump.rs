@@ -1653,6 +1653,7 @@ fn capture_files(pid: i32, dir: Option<&Path>, conns: Connections<'_>) -> Result
         }
     }
     let sockets = take_sockets(pid, &listed, conns)?;
+    let unix_pairs = crate::sockets::capture_unix_pairs(pid, &listed)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
         let link = link.as_str();
@@ -1685,6 +1686,15 @@ fn capture_files(pid: i32, dir: Option<&Path>, conns: Connections<'_>) -> Result
         let cloexec = info.flags & libc::O_CLOEXEC != 0;
         let flags = info.flags
             & !(libc::O_CLOEXEC | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+        if let Some(kind) = unix_pairs.get(&fd) {
+            out.push(wire::Fd {
+                fd,
+                cloexec: info.flags & libc::O_CLOEXEC != 0,
+                desc,
+                kind: kind.clone(),
+            });
+            continue;
+        }
         let kind = match sockets.probes.iter().find(|p| p.fd == fd) {
             // Only taken by a dump: a check has seen enough.
             Some(p) if p.is_established_tcp() && !sockets.taken => wire::FdKind::Inherited {
@@ -1723,7 +1733,10 @@ fn take_sockets(
 ) -> Result<TakenSockets> {
     let mut probes = Vec::new();
     for (fd, link, _) in listed {
-        if link.starts_with("socket:") && !(0..=2).contains(fd) {
+        if link.starts_with("socket:")
+            && !(0..=2).contains(fd)
+            && !crate::sockets::is_unix(pid, *fd)?
+        {
             probes.push(crate::sockets::probe(pid, *fd)?);
         }
     }

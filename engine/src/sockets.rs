@@ -489,6 +489,107 @@ pub fn leave_repair(pid: i32, fd: i32) -> Result<()> {
     .ctx(pid, || format!("TCP repair off on fd {fd}"))
 }
 
+/// Whether socket `fd` of `pid` is a unix socket.
+pub(crate) fn is_unix(pid: i32, fd: i32) -> Result<bool> {
+    let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
+    let family = sock::get_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .ctx(pid, || format!("getsockopt(SO_DOMAIN) on fd {fd}"))?;
+    Ok(family == libc::AF_UNIX)
+}
+
+/// The program's unix sockets (stdio aside): each must be one end of a
+/// connected pair whose other end the program holds too (`socketpair`),
+/// not shut down; a stream end's waiting bytes are read (not consumed),
+/// datagram ends must have none waiting. Returns fd -> its image record.
+pub(crate) fn capture_unix_pairs(
+    pid: i32,
+    listed: &[(i32, String, crate::proc::FdInfo)],
+) -> Result<std::collections::BTreeMap<i32, wire::FdKind>> {
+    use crate::sys::unix_diag;
+    let ino_of = |link: &str| {
+        link.strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let mut ours: Vec<(i32, u64, i32)> = Vec::new();
+    for (fd, link, info) in listed {
+        if (0..=2).contains(fd) {
+            continue;
+        }
+        if let Some(ino) = ino_of(link) {
+            if is_unix(pid, *fd)? {
+                ours.push((*fd, ino, info.flags));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if ours.is_empty() {
+        return Ok(out);
+    }
+    let all = unix_diag::list(pid).ctx(pid, || {
+        "list its unix sockets (sock_diag netlink, needs CONFIG_UNIX_DIAG)".into()
+    })?;
+    for &(fd, ino, flags) in &ours {
+        let s = all.iter().find(|s| s.ino == ino).ok_or_else(|| {
+            refuse(
+                pid,
+                format!("fd {fd}: unix socket {ino} is not listed by sock_diag"),
+            )
+        })?;
+        let what = |why: String| {
+            refuse(pid, format!("fd {fd}: a unix socket {why}; only socketpairs whose two ends the program holds are supported"))
+        };
+        if let Some(name) = &s.name {
+            return Err(what(format!(
+                "bound to {:?} (listening or named)",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        let peer = match s.peer {
+            Some(p) if s.state == 1 => p,
+            _ => return Err(what(format!("not connected (state {})", s.state))),
+        };
+        if !ours.iter().any(|&(_, i, _)| i == peer) {
+            return Err(what(format!(
+                "connected to socket {peer}, which another process holds"
+            )));
+        }
+        if s.shutdown != 0 {
+            return Err(what("half shut down".into()));
+        }
+        let queued = if s.rqueue == 0 {
+            Vec::new()
+        } else if s.kind == libc::SOCK_STREAM {
+            let dup = crate::sys::take_fd(pid, fd)
+                .ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
+            let data = sock::peek_stream(dup.as_fd(), s.rqueue as usize).ctx(pid, || {
+                format!("read the bytes waiting at unix socket fd {fd}")
+            })?;
+            if data.len() != s.rqueue as usize {
+                return Err(what(format!(
+                    "with {} bytes waiting of which {} could be read (file descriptors or credentials in flight?)",
+                    s.rqueue,
+                    data.len()
+                )));
+            }
+            data
+        } else {
+            return Err(what("of datagrams with some waiting to be read".into()));
+        };
+        out.insert(
+            fd,
+            wire::FdKind::UnixPair {
+                pair: ino.min(peer),
+                ino,
+                kind: s.kind,
+                flags: flags & libc::O_NONBLOCK,
+                queued,
+            },
+        );
+    }
+    Ok(out)
+}
+
 fn lock_error(pid: i32, e: io::Error) -> EngineError {
     EngineError::Sys {
         pid,

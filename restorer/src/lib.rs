@@ -975,7 +975,11 @@ impl Builder<'_> {
                     .ok();
             }
         }
-        let pipes = self.create_pipes(wanted.iter().copied().max().unwrap_or(2) + 1)?;
+        let base = wanted.iter().copied().max().unwrap_or(2) + 1;
+        let pipes = self.create_pipes(base)?;
+        // Unix socketpairs: both ends made when the first is met; the other
+        // waits above every image fd number for its own group.
+        let mut unix_ends: BTreeMap<u64, u64> = BTreeMap::new();
         // Connections' packets are dropped here until the program runs.
         let pairs = tern_engine::sockets::established_pairs(&self.image.files);
         if !pairs.is_empty() {
@@ -1173,6 +1177,32 @@ impl Builder<'_> {
                     let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
                     (tmp, *offset, true)
                 }
+                wire::FdKind::UnixPair {
+                    pair,
+                    ino,
+                    kind,
+                    flags,
+                    ..
+                } => {
+                    if !unix_ends.contains_key(ino) {
+                        let ends = self.create_unix_pair(*pair, *kind, base)?;
+                        unix_ends.extend(ends);
+                    }
+                    let Some(end) = unix_ends.remove(ino) else {
+                        return Err(self.image.bad(format!(
+                            "fd {} is an end of unix socket pair {pair} made already",
+                            first.fd
+                        )));
+                    };
+                    if flags & libc::O_NONBLOCK != 0 {
+                        self.sys(
+                            libc::SYS_fcntl,
+                            &[end, libc::F_SETFL as u64, libc::O_NONBLOCK as u64],
+                            || "fcntl(F_SETFL, O_NONBLOCK) on a unix socket".into(),
+                        )?;
+                    }
+                    (end, 0, false)
+                }
             };
             if regular {
                 self.sys(
@@ -1276,6 +1306,75 @@ impl Builder<'_> {
             out.insert(p.id, (r, w));
         }
         Ok(out)
+    }
+
+    /// Make unix socket pair `pair` (both its ends in the image) above fd
+    /// `base`, each end holding the bytes it had waiting; returns each
+    /// end's image inode -> its fd in the puppet.
+    fn create_unix_pair(&mut self, pair: u64, kind: i32, base: i32) -> Result<[(u64, u64); 2]> {
+        let ends: Vec<(u64, Vec<u8>)> = {
+            let mut seen: Vec<(u64, Vec<u8>)> = Vec::new();
+            for f in &self.image.files.fds {
+                if let wire::FdKind::UnixPair {
+                    pair: p,
+                    ino,
+                    queued,
+                    ..
+                } = &f.kind
+                {
+                    if *p == pair && !seen.iter().any(|(i, _)| i == ino) {
+                        seen.push((*ino, queued.clone()));
+                    }
+                }
+            }
+            seen
+        };
+        let [(ino_a, queued_a), (ino_b, queued_b)] = <[(u64, Vec<u8>); 2]>::try_from(ends)
+            .map_err(|e| {
+                self.image.bad(format!(
+                    "unix socket pair {pair} has {} ends in the image, not 2",
+                    e.len()
+                ))
+            })?;
+        let arr = self.scratch + SCRATCH_STRUCT;
+        self.sys(
+            libc::SYS_socketpair,
+            &[
+                libc::AF_UNIX as u64,
+                (kind | libc::SOCK_CLOEXEC) as u64,
+                0,
+                arr,
+            ],
+            || format!("socketpair for unix pair {pair}"),
+        )?;
+        let raw = self.peek(SCRATCH_STRUCT, 8)?;
+        let mut fds = [0u64; 2];
+        for (k, e) in fds.iter_mut().enumerate() {
+            let low = u64::from(u32::from_le_bytes([
+                raw[4 * k],
+                raw[4 * k + 1],
+                raw[4 * k + 2],
+                raw[4 * k + 3],
+            ]));
+            *e = self.sys(
+                libc::SYS_fcntl,
+                &[low, libc::F_DUPFD_CLOEXEC as u64, base as u64],
+                || "move a unix socket above the image's fds".into(),
+            )?;
+            self.sys(libc::SYS_close, &[low], || "close".into())?;
+        }
+        // What waits at one end was sent from the other: send it again.
+        let pid = self.pid;
+        for (from, data) in [(fds[1], &queued_a), (fds[0], &queued_b)] {
+            if data.is_empty() {
+                continue;
+            }
+            let what = || format!("refill unix socket pair {pair}");
+            let dup = tern_engine::sys::take_fd(pid, from as i32).step(pid, what)?;
+            tern_engine::sys::sock::send_all(std::os::fd::AsFd::as_fd(&dup), data)
+                .step(pid, what)?;
+        }
+        Ok([(ino_a, fds[0]), (ino_b, fds[1])])
     }
 
     /// Recreate a deleted file's contents at its old path, open it in the

@@ -453,6 +453,19 @@ pub enum FdKind {
     Epoll { targets: Vec<EpollTarget> },
     /// A TCP or UDP socket over IPv4 or IPv6.
     Inet(InetSocket),
+    /// One end of a connected pair of unix sockets both held by the
+    /// program (`socketpair`), with the bytes waiting to be read at it.
+    UnixPair {
+        /// The pair: the smaller of the two ends' inodes.
+        pair: u64,
+        /// This end's inode (on the source; names the end in the pair).
+        ino: u64,
+        /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+        kind: i32,
+        /// `O_NONBLOCK` of the open file description.
+        flags: i32,
+        queued: Vec<u8>,
+    },
 }
 
 /// An IPv4/IPv6 TCP or UDP socket.

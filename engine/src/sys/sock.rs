@@ -88,6 +88,73 @@ pub fn peek(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Every byte waiting at a stream socket, `len` of them, not consumed:
+/// peeks from successive offsets (`SO_PEEK_OFF`, put back afterwards), and
+/// stops at bytes that carry file descriptors (`SCM_RIGHTS`), which cannot
+/// be copied (the caller sees fewer bytes than asked).
+pub fn peek_stream(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let old = get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let r = peek_from_offsets(fd, len);
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+    r
+}
+
+fn peek_from_offsets(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    let mut got = 0usize;
+    // Room for one SCM_RIGHTS header and a few fds.
+    let mut control = [0u64; 16];
+    while got < len {
+        let mut iov = libc::iovec {
+            iov_base: out[got..].as_mut_ptr().cast(),
+            iov_len: len - got,
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: `msg` points at live buffers of the lengths given.
+        let n = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if msg.msg_controllen != 0 {
+            // SAFETY: the kernel filled `control` with cmsg headers.
+            let first = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+            // SAFETY: `first` is non-null and points into `control`.
+            if !first.is_null() && unsafe { (*first).cmsg_type } == libc::SCM_RIGHTS {
+                // The peeked fds were installed in tern: close them.
+                // SAFETY: CMSG_DATA of an SCM_RIGHTS header holds ints.
+                let data = unsafe { libc::CMSG_DATA(first) }.cast::<libc::c_int>();
+                // SAFETY: cmsg_len covers the header and the fds.
+                let count = (unsafe { (*first).cmsg_len } as usize
+                    - unsafe { libc::CMSG_LEN(0) } as usize)
+                    / std::mem::size_of::<libc::c_int>();
+                for k in 0..count {
+                    // SAFETY: within the fds the kernel wrote.
+                    unsafe { libc::close(*data.add(k)) };
+                }
+                break;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    out.truncate(got);
+    Ok(out)
+}
+
 /// Send all of `data` (in repair mode: into the selected queue).
 pub fn send_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {

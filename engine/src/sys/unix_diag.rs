@@ -1,0 +1,208 @@
+//! Unix sockets as the kernel's `sock_diag` netlink interface shows them
+//! (`NETLINK_SOCK_DIAG`, `SOCK_DIAG_BY_FAMILY` for `AF_UNIX`, Linux 3.3+):
+//! for each socket its inode, type, state, bound name, peer's inode,
+//! queue length and shutdown state. The only way to learn which socket a
+//! unix socket is connected to. The query runs in the target's network
+//! namespace (unix sockets are listed per namespace).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// One unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocket {
+    pub ino: u64,
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub kind: i32,
+    /// 1 (`TCP_ESTABLISHED`): connected; 7: unconnected; 10: listening.
+    pub state: u8,
+    /// Bound name (a path, or `\0`-prefixed abstract name); `None` unbound.
+    pub name: Option<Vec<u8>>,
+    pub peer: Option<u64>,
+    /// Bytes (stream) or datagrams waiting to be read.
+    pub rqueue: u32,
+    /// `SHUTDOWN_*` bits of `shutdown(2)` so far.
+    pub shutdown: u8,
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+
+/// Every unix socket in the network namespace of process `pid`.
+pub fn list(pid: i32) -> io::Result<Vec<UnixSocket>> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    // setns changes only the calling thread: a thread of its own makes the
+    // netlink socket there (a socket stays in the namespace it was made in).
+    let sock = std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<OwnedFd> {
+            // SAFETY: setns with a namespace fd we hold open.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: plain socket(2) call.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    NETLINK_SOCK_DIAG,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the kernel just returned this new descriptor.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .join()
+        .map_err(|_| io::Error::other("the sock_diag thread panicked"))?
+    })?;
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    req.push(libc::AF_UNIX as u8);
+    req.push(0); // protocol
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&0u32.to_ne_bytes()); // any inode
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: `req` is valid for its length.
+    let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if parse_messages(&buf[..n as usize], &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"))
+}
+
+/// Parse one datagram of netlink messages into `out`; true at the end of
+/// the dump.
+fn parse_messages(mut b: &[u8], out: &mut Vec<UnixSocket>) -> io::Result<bool> {
+    while b.len() >= 16 {
+        let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
+        let kind = u16_at(b, 4).ok_or_else(|| bad("short header"))?;
+        if len < 16 || len > b.len() {
+            return Err(bad("message length out of bounds"));
+        }
+        let payload = &b[16..len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = u32_at(payload, 0).ok_or_else(|| bad("short error"))? as i32;
+                return Err(io::Error::from_raw_os_error(-errno));
+            }
+            SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
+            _ => {}
+        }
+        b = b.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    Ok(false)
+}
+
+fn parse_socket(p: &[u8]) -> io::Result<UnixSocket> {
+    if p.len() < 16 {
+        return Err(bad("short unix_diag_msg"));
+    }
+    let mut s = UnixSocket {
+        ino: u64::from(u32_at(p, 4).ok_or_else(|| bad("no inode"))?),
+        kind: i32::from(p[1]),
+        state: p[2],
+        name: None,
+        peer: None,
+        rqueue: 0,
+        shutdown: 0,
+    };
+    let mut a = &p[16..];
+    while a.len() >= 4 {
+        let len = u16_at(a, 0).ok_or_else(|| bad("short attribute"))? as usize;
+        let kind = u16_at(a, 2).ok_or_else(|| bad("short attribute"))?;
+        if len < 4 || len > a.len() {
+            return Err(bad("attribute length out of bounds"));
+        }
+        let data = &a[4..len];
+        match kind {
+            UNIX_DIAG_NAME => s.name = Some(data.to_vec()),
+            UNIX_DIAG_PEER => s.peer = u32_at(data, 0).map(u64::from),
+            UNIX_DIAG_RQLEN => s.rqueue = u32_at(data, 0).unwrap_or(0),
+            UNIX_DIAG_SHUTDOWN => s.shutdown = data.first().copied().unwrap_or(0),
+            _ => {}
+        }
+        let step = (len + 3) & !3;
+        a = a.get(step..).unwrap_or(&[]);
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socketpair_is_seen_with_its_peer_and_queue() {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds into the array.
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) },
+            0
+        );
+        // SAFETY: the kernel just returned these descriptors.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: writes 5 bytes from a static buffer.
+        assert_eq!(
+            unsafe { libc::write(a.as_raw_fd(), b"hello".as_ptr().cast(), 5) },
+            5
+        );
+        let ino = |fd: &OwnedFd| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .expect("stat")
+                .ino()
+        };
+        let all = list(std::process::id() as i32).expect("sock_diag");
+        let sa = all.iter().find(|s| s.ino == ino(&a)).expect("a listed");
+        let sb = all.iter().find(|s| s.ino == ino(&b)).expect("b listed");
+        assert_eq!(sa.peer, Some(sb.ino));
+        assert_eq!(sb.peer, Some(sa.ino));
+        assert_eq!(sb.rqueue, 5);
+        assert_eq!(sa.kind, libc::SOCK_STREAM);
+        assert_eq!(sa.name, None);
+        assert_eq!(sa.shutdown, 0);
+    }
+}
