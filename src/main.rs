@@ -340,6 +340,27 @@ fn run(cmd: Cmd) -> Result<()> {
                 );
                 return Ok(());
             }
+            if !pre_copy && tern_engine::tree::has_children(pid).unwrap_or(false) {
+                let t = tern_engine::tree::dump_tree(pid, &images, &opts).with_context(|| {
+                    format!("dump of the process tree under {pid} failed; it was left running")
+                })?;
+                let pages: u64 = t.processes.iter().map(|(_, s)| s.pages_stored).sum();
+                let bytes: u64 = t.processes.iter().map(|(_, s)| s.pages_bytes).sum();
+                eprintln!(
+                    "dumped the tree of {} processes under {pid} ({}) to {}: {pages} pages saved ({} MiB); stopped for {:.1} ms{}",
+                    t.processes.len(),
+                    t.processes
+                        .iter()
+                        .map(|(p, _)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    images.display(),
+                    bytes >> 20,
+                    t.frozen_ms,
+                    if leave_running { ", left running" } else { ", then killed" }
+                );
+                return Ok(());
+            }
             let stats = tern_engine::dump(pid, &images, &opts)
                 .with_context(|| format!("dump of process {pid} failed; it was left running"))?;
             eprintln!(
@@ -392,8 +413,14 @@ fn run(cmd: Cmd) -> Result<()> {
                 pid_wait: Duration::from_millis(pid_wait_ms),
                 pid_ns,
             };
+            let mut processes = 1;
             let r = if standby {
                 tern_restorer::restore_via_standby(&images, &opts)
+            } else if tern_restorer::tree::is_tree(&images) {
+                tern_restorer::tree::restore_tree(&images, &opts).map(|(r, n)| {
+                    processes = n;
+                    r
+                })
             } else {
                 tern_restorer::restore(&images, &opts)
             }
@@ -409,8 +436,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 ),
                 None => String::new(),
             };
+            let tree = if processes > 1 {
+                format!(" with its {} descendants", processes - 1)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "restored process {}{ns} from {} in {:.1} ms ({} MiB of memory)",
+                "restored process {}{tree}{ns} from {} in {:.1} ms ({} MiB of memory)",
                 r.pid,
                 images.display(),
                 r.restore_ms,

@@ -1341,3 +1341,63 @@ fn bound_unix_socket_is_refused() {
     );
     assert_untouched(&mut s, &identity, &fds, "after a refused dump");
 }
+
+/// A parent and two children (pipes both ways, a shared anonymous page,
+/// stdout shared): the whole tree is dumped and restored; the parent goes
+/// on checking both children's answers and the shared page, and later
+/// reaps one child with waitpid (it is still its child).
+#[test]
+fn process_tree_with_pipes_and_shared_memory() {
+    if !root_or_skip("process_tree_with_pipes_and_shared_memory") {
+        return;
+    }
+    let mut s = c_session("family", "family", &[]);
+    s.compare_maps = false;
+    s.wait_seq(5);
+    let pid = s.pid;
+    let kids = tern_children(pid);
+    assert_eq!(kids.len(), 2, "the family has two children: {kids:?}");
+    s.dump();
+    for k in &kids {
+        assert!(wait_gone(*k, WAIT), "child {k} outlived the dump");
+    }
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    inspect.assert_ok("tern inspect");
+    // The children's ids free up once init has reaped them: wait for that
+    // rather than take a fresh PID namespace.
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    let restored_kids = tern_children(s.pid);
+    assert_eq!(
+        restored_kids.len(),
+        2,
+        "the restored parent has its two children back: {restored_kids:?}"
+    );
+    let line = s.wait_for_line("the parent reaping child 1 after the restore", |l| {
+        l.contains("reaped")
+    });
+    assert!(
+        line.contains(&kids[1].to_string()) || s.pid != pid,
+        "it reaped its second child by its own pid: {line}"
+    );
+    s.wait_seq(70);
+    s.finish();
+}
+
+/// Children of `pid` (host pids), sorted.
+fn tern_children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let path = t.path().join("children");
+            if let Ok(text) = fs::read_to_string(path) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|x| x.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -104,10 +104,31 @@ pub(crate) fn preflight_all(pid: i32, tcp_established: bool) -> Result<()> {
     } else {
         Connections::Refuse
     };
-    capture_files(pid, None, conns).map(|_| ())
+    capture_files(pid, None, conns, &CrossProcess::default()).map(|_| ())
+}
+
+/// What a process of a tree shares with the others (see `crate::tree`).
+#[derive(Default)]
+pub(crate) struct CrossProcess {
+    /// Pipes whose ends other processes of the tree hold too: recorded by
+    /// id, their data kept in the tree's image.
+    pub pipes: std::collections::BTreeSet<u64>,
 }
 
 pub(crate) fn preflight(pid: i32) -> Result<()> {
+    preflight_process(pid)?;
+    let children = proc::list_children(pid).ctx(pid, || "list children".into())?;
+    if !children.is_empty() {
+        return Err(unsupported(
+            pid,
+            format!("it has child processes {children:?}; `tern dump` takes a whole tree, pre-copy and migration one process for now"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`preflight`] without the children check (a process of a tree).
+pub(crate) fn preflight_process(pid: i32) -> Result<()> {
     // SAFETY: getpid has no preconditions.
     if pid == unsafe { libc::getpid() } {
         return Err(unsupported(pid, "tern cannot dump itself"));
@@ -133,13 +154,6 @@ pub(crate) fn preflight(pid: i32) -> Result<()> {
             "it runs under seccomp, which tern cannot restore yet",
         ));
     }
-    let children = proc::list_children(pid).ctx(pid, || "list children".into())?;
-    if !children.is_empty() {
-        return Err(unsupported(
-            pid,
-            format!("it has child processes {children:?}; process trees are not supported yet"),
-        ));
-    }
     for ns in ["mnt", "pid", "user"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
             .ctx(pid, || format!("read ns/{ns}"))?;
@@ -158,7 +172,8 @@ pub(crate) fn preflight(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Dump process `pid` into the image directory `dir`.
+/// Dump process `pid` into the image directory `dir` (a process with
+/// children: see [`crate::tree::dump_tree`]).
 pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     preflight(pid)?;
     prepare_dir(dir)?;
@@ -197,7 +212,15 @@ fn dump_seized(
     opts: &DumpOptions,
     parent: &[(u64, u64)],
 ) -> Result<DumpStats> {
-    let mut stats = dump_frozen(&mut seized, t0, dir, opts, parent, None)?;
+    let mut stats = dump_frozen(
+        &mut seized,
+        t0,
+        dir,
+        opts,
+        parent,
+        None,
+        &CrossProcess::default(),
+    )?;
     if opts.leave_running {
         seized.release()?;
     } else {
@@ -252,6 +275,7 @@ pub(crate) fn dump_frozen(
     opts: &DumpOptions,
     parent: &[(u64, u64)],
     tracking: Option<Tracking<'_>>,
+    cross: &CrossProcess,
 ) -> Result<DumpStats> {
     let pid = seized.pid;
     let tracked = tracking.is_some();
@@ -284,7 +308,7 @@ pub(crate) fn dump_frozen(
     } else {
         Connections::Refuse
     };
-    let files = capture_files(pid, Some(dir), conns)?;
+    let files = capture_files(pid, Some(dir), conns, cross)?;
     debug!(
         pid,
         core_ms,
@@ -1619,7 +1643,12 @@ pub(crate) enum Connections<'a> {
 /// The program's fds. Shared open file descriptions are found with
 /// kcmp(KCMP_FILE). `dir`: where to save the contents of deleted files
 /// (`None`: only check that every fd can be dumped).
-fn capture_files(pid: i32, dir: Option<&Path>, conns: Connections<'_>) -> Result<wire::Files> {
+fn capture_files(
+    pid: i32,
+    dir: Option<&Path>,
+    conns: Connections<'_>,
+    cross: &CrossProcess,
+) -> Result<wire::Files> {
     let fds = proc::list_fds(pid).ctx(pid, || "list fds".into())?;
     let mut listed = Vec::with_capacity(fds.len());
     for &fd in &fds {
@@ -1646,7 +1675,11 @@ fn capture_files(pid: i32, dir: Option<&Path>, conns: Connections<'_>) -> Result
         let has_writer = listed
             .iter()
             .any(|(_, l, i)| pipe_id(l) == Some(id) && i.flags & libc::O_ACCMODE == libc::O_WRONLY);
-        if is_reader && has_writer && !pipes.iter().any(|p| p.id == id) {
+        if is_reader
+            && has_writer
+            && !pipes.iter().any(|p| p.id == id)
+            && !cross.pipes.contains(&id)
+        {
             let (size, data) = crate::sys::pipe::peek_pipe(pid, *fd)
                 .ctx(pid, || format!("copy the data buffered in pipe fd {fd}"))?;
             pipes.push(wire::Pipe { id, size, data });
@@ -1670,7 +1703,9 @@ fn capture_files(pid: i32, dir: Option<&Path>, conns: Connections<'_>) -> Result
             continue;
         }
         let desc = fd as u32;
-        if let Some(id) = pipe_id(link).filter(|id| pipes.iter().any(|p| p.id == *id)) {
+        if let Some(id) =
+            pipe_id(link).filter(|id| pipes.iter().any(|p| p.id == *id) || cross.pipes.contains(id))
+        {
             out.push(wire::Fd {
                 fd,
                 cloexec: info.flags & libc::O_CLOEXEC != 0,
@@ -1785,19 +1820,7 @@ fn take_sockets(
 }
 
 fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp takes only integer arguments.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid,
-            pid,
-            KCMP_FILE,
-            fd1 as libc::c_long,
-            fd2 as libc::c_long,
-        )
-    };
-    r == 0
+    crate::sys::same_description(pid, fd1, pid, fd2)
 }
 
 fn fd_kind(

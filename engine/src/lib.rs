@@ -17,6 +17,7 @@ pub mod seize;
 pub mod sockets;
 pub mod sys;
 pub mod track;
+pub mod tree;
 
 pub use dump::{dump, pre_dump, DumpOptions, DumpStats};
 pub use error::{EngineError, Result};

@@ -220,6 +220,7 @@ impl Precopy {
                 // bit of a zapped page.
                 exact: matches!(self.tracker.name(), "uffd-wp" | "hash"),
             }),
+            &dump::CrossProcess::default(),
         )?;
         let stop_reason = match (self.stop_reason, self.stop_reason_before_forced) {
             (Some(r), _) => r,
@@ -383,7 +384,15 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
-    let final_stats = dump::dump_frozen(&mut seized, t0, dir, opts, &[], None)?;
+    let final_stats = dump::dump_frozen(
+        &mut seized,
+        t0,
+        dir,
+        opts,
+        &[],
+        None,
+        &dump::CrossProcess::default(),
+    )?;
     Ok(Frozen {
         keep_net_lock: opts.keep_net_lock,
         tracker: None,

@@ -11,6 +11,7 @@ pub mod puppet;
 pub mod serve;
 mod shape;
 pub mod standby;
+pub mod tree;
 
 use pidns::PidNamespace;
 use puppet::Puppet;
@@ -472,6 +473,7 @@ pub(crate) fn spawn_puppet(
     pid: i32,
     tids: &[i32],
     opts: &RestoreOptions,
+    keep: Option<(i32, i32)>,
 ) -> Result<(Puppet, Option<PidNamespace>, Option<i32>)> {
     let ids_free = || {
         tids.iter()
@@ -514,8 +516,8 @@ pub(crate) fn spawn_puppet(
         None
     };
     let puppet = match &namespace {
-        Some(ns) => ns.enter_for(|| Puppet::spawn(want)),
-        None => Puppet::spawn(want),
+        Some(ns) => ns.enter_for(|| Puppet::spawn_keeping(want, keep)),
+        None => Puppet::spawn_keeping(want, keep),
     }
     .map_err(spawn_err)?;
     if let Some(ns) = &namespace {
@@ -695,7 +697,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         }
     }
     let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
-    let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts)?;
+    let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts, None)?;
     let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts)
         .map_err(|e| explain(&puppet, e))?;
     Ok(Prepared {
@@ -725,6 +727,33 @@ pub(crate) fn explain(puppet: &Puppet, e: RestoreError) -> RestoreError {
     }
 }
 
+/// One process of a tree (no older images), with what it gets from tern.
+pub(crate) fn build_all_with(
+    image: &Image,
+    final_pages: &[(u64, u64)],
+    puppet: &mut Puppet,
+    opts: &RestoreOptions,
+    imports: Option<&tree::Imports>,
+) -> Result<Parts> {
+    let mut b = Builder {
+        image,
+        ancestors: &[],
+        final_pages,
+        pid: puppet.pid,
+        puppet,
+        scratch: 0,
+        pages_bytes: 0,
+        extra: Vec::new(),
+        cur: 0,
+        keep_ids: !opts.new_pid,
+        net: Network::default(),
+        imports,
+    };
+    b.build_memory()?;
+    b.build_rest()?;
+    Ok(b.into_parts())
+}
+
 fn build_all(
     image: &Image,
     ancestors: &[PathBuf],
@@ -744,6 +773,7 @@ fn build_all(
         cur: 0,
         keep_ids: !opts.new_pid,
         net: Network::default(),
+        imports: None,
     };
     b.build_memory()?;
     b.build_rest()?;
@@ -768,6 +798,8 @@ struct Builder<'a> {
     /// Threads get their original tids (clone3 `set_tid`).
     keep_ids: bool,
     net: Network,
+    /// A process of a tree: what it gets from tern instead of making it.
+    imports: Option<&'a tree::Imports>,
 }
 
 impl Builder<'_> {
@@ -873,7 +905,16 @@ impl Builder<'_> {
         shape::clear_address_space(self.puppet)?;
         shape::move_vdso(self.puppet, vmas, &self.image.inventory.kernel_release)?;
         self.scratch = shape::map_scratch(self.puppet, vmas, &[])?;
-        shape::map_vmas(self.puppet, self.scratch, vmas)?;
+        let imported = |v: &&wire::Vma| self.imports.is_some_and(|i| i.maps.contains_key(&v.start));
+        shape::map_vmas(
+            self.puppet,
+            self.scratch,
+            vmas.iter().filter(|v| !imported(v)),
+        )?;
+        let shared: Vec<wire::Vma> = vmas.iter().filter(|v| imported(v)).cloned().collect();
+        for v in &shared {
+            self.map_imported(v)?;
+        }
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "mappings created");
         for dir in self.ancestors {
             self.write_pages(&dir.join(wire::PAGES_FILE), false)?;
@@ -885,6 +926,38 @@ impl Builder<'_> {
             bytes = self.pages_bytes,
             "pages written"
         );
+        Ok(())
+    }
+
+    /// Put tern's fd `tern_fd` into the puppet (`pidfd_getfd` run there on
+    /// tern's pidfd, which the tree's puppets hold): returns its number.
+    fn install(&mut self, tern_fd: i32) -> Result<u64> {
+        let chan = self.imports.map_or(u64::MAX, |i| i.chan);
+        self.sys(libc::SYS_pidfd_getfd, &[chan, tern_fd as u64, 0], || {
+            format!("pidfd_getfd of tern's fd {tern_fd}")
+        })
+    }
+
+    /// A shared memory mapping of another process of the tree: the same
+    /// object, from the fd tern holds for it.
+    fn map_imported(&mut self, v: &wire::Vma) -> Result<()> {
+        let Some(&(tern_fd, offset)) = self.imports.and_then(|i| i.maps.get(&v.start)) else {
+            return Ok(());
+        };
+        let fd = self.install(tern_fd)?;
+        self.sys(
+            libc::SYS_mmap,
+            &[
+                v.start,
+                v.len(),
+                v.prot as u64,
+                (libc::MAP_SHARED | libc::MAP_FIXED) as u64,
+                fd,
+                offset,
+            ],
+            || format!("map shared memory at {:#x}", v.start),
+        )?;
+        self.sys(libc::SYS_close, &[fd], || "close".into())?;
         Ok(())
     }
 
@@ -998,7 +1071,12 @@ impl Builder<'_> {
         let mut epolls: Vec<(i32, Vec<wire::EpollTarget>)> = Vec::new();
         for members in groups.values() {
             let first = members[0];
+            let imported = self.imports.and_then(|i| i.fds.get(&first.fd).copied());
             let (tmp, offset, regular) = match &first.kind {
+                _ if imported.is_some() => {
+                    let tern_fd = imported.unwrap_or(-1);
+                    (self.install(tern_fd)?, 0, false)
+                }
                 wire::FdKind::Inherited { what } => {
                     for m in members {
                         let open = self.sys(
@@ -1246,6 +1324,11 @@ impl Builder<'_> {
                     || format!("epoll_ctl(ADD fd {}) on epoll fd {epfd}", t.fd),
                 )?;
             }
+        }
+        if let Some(i) = self.imports {
+            // tern's pidfd: not the program's.
+            let chan = i.chan;
+            self.sys(libc::SYS_close, &[chan], || "close tern's pidfd".into())?;
         }
         Ok(())
     }

@@ -22,6 +22,12 @@ pub struct Puppet {
 impl Puppet {
     /// Create the puppet, with pid `want_pid` if given.
     pub fn spawn(want_pid: Option<i32>) -> io::Result<Puppet> {
+        Self::spawn_keeping(want_pid, None)
+    }
+
+    /// [`spawn`](Self::spawn), the puppet keeping tern's fd `keep.0` as its
+    /// fd `keep.1` (`keep.1` >= 3; every other fd but 0-2 is closed).
+    pub fn spawn_keeping(want_pid: Option<i32>, keep: Option<(i32, i32)>) -> io::Result<Puppet> {
         // SAFETY: the child below runs raw syscalls only (glibc's cached
         // tid would be the parent's, so no raise()/getpid() wrappers) and
         // never returns into Rust code.
@@ -31,7 +37,18 @@ impl Puppet {
             // would be the parent's, so no raise()/getpid() wrappers).
             unsafe {
                 libc::syscall(libc::SYS_setsid);
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                match keep {
+                    Some((from, to)) if to >= 3 => {
+                        libc::syscall(libc::SYS_dup3, from, to, 0);
+                        if to > 3 {
+                            libc::syscall(libc::SYS_close_range, 3u32, (to - 1) as u32, 0u32);
+                        }
+                        libc::syscall(libc::SYS_close_range, (to + 1) as u32, u32::MAX, 0u32);
+                    }
+                    _ => {
+                        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    }
+                }
                 libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
                 let me = libc::syscall(libc::SYS_getpid);
                 libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
@@ -69,6 +86,29 @@ impl Puppet {
             .ok_or_else(|| io::Error::other("tern itself has no [vdso] mapping"))?;
         let gadget = remote::find_syscall_insn(pid, vdso.start, vdso.end)?
             .ok_or_else(|| io::Error::other("no syscall instruction in the vdso"))?;
+        puppet.remote = RemoteThread::new(pid, gadget, regs);
+        Ok(puppet)
+    }
+
+    /// Take over `pid`, a child a puppet forked while traced with
+    /// `PTRACE_O_TRACEFORK` (so it starts stopped and traced by us, with
+    /// the same options), a copy of that puppet.
+    pub fn adopt_fork(pid: i32, gadget: u64) -> io::Result<Puppet> {
+        let mut puppet = Puppet {
+            pid,
+            remote: RemoteThread::new(pid, gadget, zero_regs()),
+            threads: Vec::new(),
+            released: false,
+        };
+        match ptrace::wait(pid)? {
+            ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}
+            other => {
+                return Err(io::Error::other(format!(
+                    "forked puppet {pid} did not stop as expected: {other:?}"
+                )))
+            }
+        }
+        let regs = ptrace::get_regs(pid)?;
         puppet.remote = RemoteThread::new(pid, gadget, regs);
         Ok(puppet)
     }

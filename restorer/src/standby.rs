@@ -159,7 +159,7 @@ impl Standby {
         let (inv, layout) = load_round(round0)?;
         // Threads are only known at the end: the main pid decides.
         let table = wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?;
-        let (puppet, namespace, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts)?;
+        let (puppet, namespace, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, None)?;
         let mut standby = Standby {
             puppet,
             namespace,
@@ -609,6 +609,7 @@ impl Standby {
             cur: 0,
             keep_ids: !self.opts.new_pid,
             net: Default::default(),
+            imports: None,
         };
         b.build_rest()?;
         let parts = b.into_parts();

@@ -586,3 +586,36 @@ pub struct Pipe {
     /// Bytes buffered in it, in order.
     pub data: Vec<u8>,
 }
+
+/// A process tree's image: `tree.img` beside the root process's own image
+/// (which is complete only once its inventory is written, after this);
+/// every other process's image is in a sub-directory of its own.
+pub const TREE_FILE: &str = "tree.img";
+
+/// Sub-directory of a tree image holding process `pid`'s image.
+pub fn tree_process_dir(pid: i32) -> String {
+    format!("proc-{pid}")
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    /// The root first; every parent before its children.
+    pub processes: Vec<TreeProcess>,
+    /// Pipes whose ends more than one process holds, with their data.
+    pub pipes: Vec<Pipe>,
+    /// Open file descriptions held by more than one process (each group:
+    /// (pid, fd) members; the first member's process opens it).
+    pub shared_fds: Vec<Vec<(i32, i32)>>,
+    /// Shared anonymous memory objects mapped by more than one process
+    /// (each group: (pid, mapping start, offset into the object) members;
+    /// the first member's process makes it).
+    pub shared_memory: Vec<Vec<(i32, u64, u64)>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TreeProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+}

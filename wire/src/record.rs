@@ -27,6 +27,7 @@ pub enum RecordKind {
     Files = 4,
     Layout = 5,
     TableDelta = 6,
+    Tree = 7,
 }
 
 impl RecordKind {
@@ -38,6 +39,7 @@ impl RecordKind {
             RecordKind::Files => "files",
             RecordKind::Layout => "layout",
             RecordKind::TableDelta => "table delta",
+            RecordKind::Tree => "process tree",
         }
     }
 }

@@ -17,6 +17,18 @@ pub mod nr {
     pub const CLONE3: libc::c_long = 435;
 }
 
+/// A pidfd of process `pid` (`pidfd_open`, Linux 5.3).
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags only.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    match libc::c_int::try_from(r) {
+        // SAFETY: the kernel just returned this new descriptor.
+        Ok(fd) if fd >= 0 => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// A duplicate, in this process, of fd `fd` of process `pid`
 /// (`pidfd_open` + `pidfd_getfd`, Linux 5.6+): it shares the program's open
 /// file description.
@@ -34,6 +46,24 @@ pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     let pidfd = own(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     // SAFETY: pidfd_getfd takes a pidfd, a target fd number and flags.
     own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
+}
+
+/// Whether fd `fa` of process `pa` and fd `fb` of `pb` are one open file
+/// description (`kcmp(KCMP_FILE)`, Linux 3.5, `CONFIG_KCMP`).
+pub fn same_description(pa: i32, fa: i32, pb: i32, fb: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pa as libc::c_long,
+            pb as libc::c_long,
+            KCMP_FILE,
+            fa as libc::c_long,
+            fb as libc::c_long,
+        )
+    };
+    r == 0
 }
 
 /// Convert a kernel `-errno` result into an `io::Error`.

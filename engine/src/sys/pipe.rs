@@ -67,3 +67,41 @@ pub fn peek_pipe(pid: i32, fd: i32) -> io::Result<(u32, Vec<u8>)> {
     }
     Ok((size, data))
 }
+
+/// A new pipe of `size` bytes' capacity: (read end, write end), close-on-exec.
+pub fn make(size: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0i32; 2];
+    // SAFETY: `p` is a valid array of two ints for pipe2 to fill.
+    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: pipe2 succeeded: both fds are new and ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    if size != 65536 {
+        // SAFETY: fcntl on an fd we own.
+        let r = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+        cvt(r as libc::c_long)?;
+    }
+    Ok((rd, wr))
+}
+
+/// Write all of `data` into the pipe behind `w` (it must fit: the caller
+/// made the pipe as large as the data it held).
+pub fn fill(w: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
+    set_nonblock(w)?;
+    while !data.is_empty() {
+        // SAFETY: writes from `data`, valid for its length.
+        let n = unsafe { libc::write(w.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        let n = cvt(n as libc::c_long)? as usize;
+        data = &data[n..];
+    }
+    // Back to blocking; the caller sets O_NONBLOCK where the image had it.
+    // SAFETY: fcntl on an fd we own.
+    cvt(unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Set O_NONBLOCK on the open file description behind `fd`.
+pub fn set_nonblock(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } as libc::c_long)
+        .map(drop)
+}

@@ -1,0 +1,248 @@
+//! Process trees: `tern dump` of a process with children takes the whole
+//! tree under it (children, grandchildren, ...).
+//!
+//! Every process is stopped with ptrace before anything is read: a parent
+//! is seized before its children are listed, so none can fork past the
+//! freeze. Then what processes share is found:
+//! - pipes whose ends several processes hold (the data is read once and
+//!   kept in `tree.img`),
+//! - open file descriptions several processes hold (`kcmp(KCMP_FILE)`:
+//!   inherited fds, sharing one offset),
+//! - shared anonymous memory mapped by several processes (the same shmem
+//!   inode in their maps),
+//!
+//! and each process is dumped into an image of its own: the root's in the
+//! image directory, the others in `proc-PID/` below it. `tree.img` is
+//! written before the root's inventory, which marks the image complete.
+//! On any failure every process is let go untouched.
+
+use crate::dump::{self, CrossProcess, DumpOptions, DumpStats};
+use crate::error::{Context, EngineError, Result};
+use crate::proc;
+use crate::seize::Seized;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+use tern_wire as wire;
+use tracing::info;
+
+#[derive(Debug, Clone)]
+pub struct TreeDumpStats {
+    /// Each process (root first) with its dump's figures.
+    pub processes: Vec<(i32, DumpStats)>,
+    /// How long the tree was stopped.
+    pub frozen_ms: f64,
+}
+
+fn refuse(pid: i32, reason: String) -> EngineError {
+    EngineError::Unsupported { pid, reason }
+}
+
+/// pid, ppid, pgid, sid from /proc/PID/stat.
+fn ids(pid: i32) -> Result<wire::TreeProcess> {
+    let stat = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ctx(pid, || "read stat".into())?;
+    Ok(wire::TreeProcess {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+    })
+}
+
+/// Whether `pid` has children.
+pub fn has_children(pid: i32) -> Result<bool> {
+    Ok(!proc::list_children(pid)
+        .ctx(pid, || "list children".into())?
+        .is_empty())
+}
+
+/// Dump the tree under `root` into `dir`.
+pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpStats> {
+    if opts.tcp_established {
+        return Err(refuse(
+            root,
+            "--tcp-established is not supported for process trees yet".into(),
+        ));
+    }
+    if opts.parent.is_some() {
+        return Err(refuse(
+            root,
+            "incremental dumps (--parent) of process trees are not supported yet".into(),
+        ));
+    }
+    dump::preflight_process(root)?;
+    dump::prepare_dir(dir)?;
+    let t0 = Instant::now();
+    // Seize a process, then list its children: stopped, it cannot fork.
+    let mut seized: Vec<Seized> = vec![Seized::attach(root)?];
+    let mut procs = vec![ids(root)?];
+    let mut next = 0;
+    while next < procs.len() {
+        let parent = procs[next].pid;
+        for child in proc::list_children(parent).ctx(parent, || "list children".into())? {
+            if procs.iter().any(|p| p.pid == child) {
+                continue;
+            }
+            dump::preflight_process(child).map_err(|e| {
+                refuse(
+                    root,
+                    format!("its descendant {child} (child of {parent}) cannot be dumped: {e}"),
+                )
+            })?;
+            seized.push(Seized::attach(child)?);
+            procs.push(ids(child)?);
+        }
+        next += 1;
+    }
+    let tree = find_shared(&procs)?;
+    let cross = CrossProcess {
+        pipes: tree.pipes.iter().map(|p| p.id).collect(),
+    };
+    // Children first; the root's inventory last marks the image complete.
+    let mut stats = Vec::with_capacity(procs.len());
+    for (k, s) in seized.iter_mut().enumerate().skip(1) {
+        let pdir = dir.join(wire::tree_process_dir(procs[k].pid));
+        dump::prepare_dir(&pdir)?;
+        let st = dump::dump_frozen(s, t0, &pdir, opts, &[], None, &cross)?;
+        stats.push((procs[k].pid, st));
+    }
+    let mut tree = tree;
+    tree.processes = procs.clone();
+    wire::write_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree, &tree)?;
+    let st = dump::dump_frozen(&mut seized[0], t0, dir, opts, &[], None, &cross)?;
+    stats.insert(0, (root, st));
+    for s in seized.iter_mut().rev() {
+        if opts.leave_running {
+            s.release()?;
+        } else {
+            s.kill()?;
+        }
+    }
+    let frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
+    info!(root, processes = procs.len(), frozen_ms, "tree dumped");
+    Ok(TreeDumpStats {
+        processes: stats,
+        frozen_ms,
+    })
+}
+
+/// What the stopped processes of a tree share.
+fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
+    // Every fd of every process with what it points at.
+    let mut fds: Vec<(i32, i32, String)> = Vec::new();
+    for p in procs {
+        for fd in proc::list_fds(p.pid).ctx(p.pid, || "list fds".into())? {
+            let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", p.pid))
+                .ctx(p.pid, || format!("readlink fd {fd}"))?
+                .to_string_lossy()
+                .into_owned();
+            fds.push((p.pid, fd, link));
+        }
+    }
+    let pipe_id = |link: &str| {
+        link.strip_prefix("pipe:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    // Pipes held in more than one process.
+    let mut holders: BTreeMap<u64, BTreeSet<i32>> = BTreeMap::new();
+    for (pid, _, link) in &fds {
+        if let Some(id) = pipe_id(link) {
+            holders.entry(id).or_default().insert(*pid);
+        }
+    }
+    let mut pipes = Vec::new();
+    for (id, who) in holders.iter().filter(|(_, w)| w.len() > 1) {
+        let reader = fds.iter().find(|(pid, fd, link)| {
+            who.contains(pid) && pipe_id(link) == Some(*id) && {
+                let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                    .ok()
+                    .and_then(|t| proc::parse_fdinfo(&t))
+                    .map_or(0, |i| i.flags);
+                flags & libc::O_ACCMODE == libc::O_RDONLY
+            }
+        });
+        let (size, data) = match reader {
+            Some((pid, fd, _)) => crate::sys::pipe::peek_pipe(*pid, *fd)
+                .ctx(*pid, || format!("copy the data buffered in pipe fd {fd}"))?,
+            // Nobody can read it: what it holds is lost to the program too.
+            None => (65536, Vec::new()),
+        };
+        pipes.push(wire::Pipe {
+            id: *id,
+            size,
+            data,
+        });
+    }
+    // Open file descriptions held by several processes.
+    let mut shared_fds: Vec<Vec<(i32, i32)>> = Vec::new();
+    for (i, (pa, fa, la)) in fds.iter().enumerate() {
+        if pipe_id(la).is_some() || shared_fds.iter().any(|g| g.contains(&(*pa, *fa))) {
+            continue;
+        }
+        let mut group = vec![(*pa, *fa)];
+        for (pb, fb, lb) in &fds[i + 1..] {
+            if pb != pa && lb == la && crate::sys::same_description(*pa, *fa, *pb, *fb) {
+                group.push((*pb, *fb));
+            }
+        }
+        if group.len() > 1 {
+            let what = la.as_str();
+            let shareable = what.starts_with('/') && !what.ends_with(" (deleted)");
+            let stdio = group.iter().all(|&(_, fd)| (0..=2).contains(&fd))
+                && (what.starts_with("pipe:")
+                    || what.starts_with("socket:")
+                    || what.starts_with("/dev/pts/")
+                    || what.starts_with("/dev/tty"));
+            if !shareable && !stdio {
+                let (pb, fb) = group[1];
+                return Err(refuse(
+                    *pa,
+                    format!("its fd {fa} ({what}) is shared with process {pb} (fd {fb}); sharing this kind of file between processes is not supported yet (regular files and devices are)"),
+                ));
+            }
+            if shareable {
+                shared_fds.push(group);
+            }
+        }
+    }
+    // Shared anonymous memory mapped in several processes.
+    // (device, inode) of the shmem object -> (pid, start, offset, length).
+    type Mapping = (i32, u64, u64, u64);
+    let mut objects: BTreeMap<(u32, u32, u64), Vec<Mapping>> = BTreeMap::new();
+    for p in procs {
+        for m in proc::read_smaps(p.pid).ctx(p.pid, || "read smaps".into())? {
+            if m.is_shmem_anon() {
+                objects
+                    .entry((m.dev_major, m.dev_minor, m.inode))
+                    .or_default()
+                    .push((p.pid, m.start, m.offset, m.end - m.start));
+            }
+        }
+    }
+    let mut shared_memory = Vec::new();
+    for members in objects.values() {
+        let pids: BTreeSet<i32> = members.iter().map(|m| m.0).collect();
+        if pids.len() < 2 {
+            continue;
+        }
+        let (first_pid, first_start, first_off, first_len) = members[0];
+        for &(pid, start, off, len) in &members[1..] {
+            if off < first_off || off + len > first_off + first_len {
+                return Err(refuse(
+                    pid,
+                    format!("its shared memory at {start:#x} maps a part of the object process {first_pid} maps at {first_start:#x} that process does not; not supported yet"),
+                ));
+            }
+        }
+        shared_memory.push(members.iter().map(|m| (m.0, m.1, m.2)).collect());
+    }
+    Ok(wire::Tree {
+        processes: Vec::new(),
+        pipes,
+        shared_fds,
+        shared_memory,
+    })
+}

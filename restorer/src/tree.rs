@@ -1,0 +1,375 @@
+//! Restoring a process tree (an image with `tree.img`).
+//!
+//! The root puppet is created as for one process, keeping a pidfd of tern
+//! at an fd number above every number the images use. Each other process
+//! is then forked by its parent's puppet (an injected `clone3` with
+//! `set_tid`, traced with `PTRACE_O_TRACEFORK` so the child starts stopped
+//! and traced by tern), so every process has its real parent, and keeps
+//! that pidfd. Sessions and process groups are set while all are blank.
+//! Then each process is built as a single one is, parents first, except
+//! for what processes share:
+//! - pipes between processes are made by tern itself and put into each
+//!   process (`pidfd_getfd` run by the puppet on tern's pidfd);
+//! - an open file description several processes share is opened by the
+//!   first, taken by tern (`pidfd_getfd`) and put into the others;
+//! - shared anonymous memory is made by the first process that maps it and
+//!   mapped by the others from `/proc/PID/map_files/` of the first (the
+//!   same shmem object).
+
+use crate::puppet::Puppet;
+use crate::{
+    build_all_with, check_outside_world, explain, spawn_puppet, Image, Prepared, RestoreError,
+    RestoreOptions, Restored, Result, StepContext,
+};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Instant;
+use tern_engine::sys::ptrace;
+use tern_wire as wire;
+use tracing::info;
+
+/// What one process of a tree gets from tern instead of making it.
+pub(crate) struct Imports {
+    /// The puppet's fd holding tern's pidfd.
+    pub chan: u64,
+    /// Image fd -> tern's fd to put there.
+    pub fds: BTreeMap<i32, RawFd>,
+    /// Mapping start -> (tern's fd of the shared object, offset in it).
+    pub maps: BTreeMap<u64, (RawFd, u64)>,
+}
+
+/// A restored tree, every process stopped until [`resume`](Self::resume).
+pub struct PreparedTree {
+    /// The root first.
+    members: Vec<Prepared>,
+    /// Held until every process has its copies.
+    _held: Vec<OwnedFd>,
+}
+
+impl PreparedTree {
+    /// Let every process run (children first); returns the root's report
+    /// and how many processes run.
+    pub fn resume(mut self) -> Result<(Restored, usize)> {
+        let n = self.members.len();
+        let root = self.members.remove(0);
+        for p in self.members.drain(..).rev() {
+            p.resume()?;
+        }
+        Ok((root.resume()?, n))
+    }
+}
+
+/// Whether `dir` holds a process tree.
+pub fn is_tree(dir: &Path) -> bool {
+    dir.join(wire::TREE_FILE).exists()
+}
+
+/// Restore the tree in `dir`; returns once every process runs.
+pub fn restore_tree(dir: &Path, opts: &RestoreOptions) -> Result<(Restored, usize)> {
+    prepare_tree(dir, opts)?.resume()
+}
+
+fn bad(dir: &Path, what: String) -> RestoreError {
+    RestoreError::BadImage {
+        dir: dir.to_path_buf(),
+        what,
+    }
+}
+
+/// Restore the tree in `dir` up to the moment it would run.
+pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
+    let t0 = Instant::now();
+    crate::check_image_trusted(dir)?;
+    let tree: wire::Tree = wire::read_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree)?;
+    let procs = &tree.processes;
+    if procs.is_empty() {
+        return Err(bad(dir, "its tree lists no process".into()));
+    }
+    for (k, p) in procs.iter().enumerate() {
+        if procs[..k].iter().any(|q| q.pid == p.pid) {
+            return Err(bad(dir, format!("process {} is listed twice", p.pid)));
+        }
+        if k > 0 && !procs[..k].iter().any(|q| q.pid == p.ppid) {
+            return Err(bad(
+                dir,
+                format!("process {} comes before its parent {}", p.pid, p.ppid),
+            ));
+        }
+    }
+    let mut images = Vec::with_capacity(procs.len());
+    for (k, p) in procs.iter().enumerate() {
+        let pdir = if k == 0 {
+            dir.to_path_buf()
+        } else {
+            dir.join(wire::tree_process_dir(p.pid))
+        };
+        let image = Image::load(&pdir)?;
+        if image.inventory.pid != p.pid || image.inventory.parent.is_some() {
+            return Err(bad(
+                &pdir,
+                format!("is not a plain image of process {}", p.pid),
+            ));
+        }
+        check_outside_world(&image)?;
+        images.push(image);
+    }
+    let tables = images
+        .iter()
+        .map(|i| wire::hashes::read_page_hashes(&i.dir.join(wire::HASHES_FILE)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let root_pid = procs[0].pid;
+    let all_tids: Vec<i32> = images
+        .iter()
+        .flat_map(|i| i.core.threads.iter().map(|t| t.tid))
+        .collect();
+    // tern's pidfd sits above every fd number any image uses.
+    let chan = images
+        .iter()
+        .flat_map(|i| i.files.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1;
+    let pidfd = tern_engine::sys::pidfd_open(std::process::id() as i32)
+        .step(root_pid, || "pidfd_open of tern itself".into())?;
+    let (root, namespace, want) =
+        spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
+    let mut puppets: Vec<Puppet> = vec![root];
+    ptrace::set_options(
+        puppets[0].pid,
+        libc::PTRACE_O_EXITKILL
+            | libc::PTRACE_O_TRACESYSGOOD
+            | libc::PTRACE_O_TRACECLONE
+            | libc::PTRACE_O_TRACEFORK,
+    )
+    .step(root_pid, || "PTRACE_SETOPTIONS (TRACEFORK)".into())?;
+    for p in &procs[1..] {
+        let parent = procs
+            .iter()
+            .position(|q| q.pid == p.ppid)
+            .unwrap_or_default();
+        let want_child = if opts.new_pid { None } else { Some(p.pid) };
+        let child = fork_puppet(&mut puppets[parent], want_child)
+            .map_err(|e| explain(&puppets[parent], e))?;
+        puppets.push(child);
+    }
+    set_sessions(procs, &mut puppets)?;
+
+    // Pipes between processes: made here, put into each.
+    let mut held: Vec<OwnedFd> = Vec::new();
+    let mut pipe_ends: BTreeMap<u64, (RawFd, RawFd)> = BTreeMap::new();
+    for p in &tree.pipes {
+        let (r, w) = make_pipe(p, &images).step(root_pid, || format!("make pipe {}", p.id))?;
+        pipe_ends.insert(p.id, (r.as_raw_fd(), w.as_raw_fd()));
+        held.push(r);
+        held.push(w);
+    }
+    let mut shared_fds: BTreeMap<usize, RawFd> = BTreeMap::new();
+    let mut shared_maps: BTreeMap<usize, RawFd> = BTreeMap::new();
+    let mut members = Vec::with_capacity(procs.len());
+    let mut puppets = puppets.into_iter();
+    let mut namespace = namespace;
+    for (k, p) in procs.iter().enumerate() {
+        let image = &images[k];
+        let mut puppet = puppets
+            .next()
+            .ok_or_else(|| bad(dir, "a process has no puppet".into()))?;
+        let mut imports = Imports {
+            chan: chan as u64,
+            fds: BTreeMap::new(),
+            maps: BTreeMap::new(),
+        };
+        for f in &image.files.fds {
+            if let wire::FdKind::Pipe { id, write_end, .. } = &f.kind {
+                if let Some(&(r, w)) = pipe_ends.get(id) {
+                    imports.fds.insert(f.fd, if *write_end { w } else { r });
+                }
+            }
+        }
+        for (g, group) in tree.shared_fds.iter().enumerate() {
+            if let Some(&fd) = shared_fds.get(&g) {
+                for &(pid, n) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
+                    let _ = pid;
+                    imports.fds.insert(n, fd);
+                }
+            }
+        }
+        for (g, group) in tree.shared_memory.iter().enumerate() {
+            if let Some(&fd) = shared_maps.get(&g) {
+                for &(_, start, offset) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
+                    imports.maps.insert(start, (fd, offset));
+                }
+            }
+        }
+        let parts = build_all_with(image, &tables[k], &mut puppet, opts, Some(&imports))
+            .map_err(|e| explain(&puppet, e))?;
+        // What the later processes get from this one.
+        for (g, group) in tree.shared_fds.iter().enumerate() {
+            if let Some(&(pid, fd)) = group.first() {
+                if pid == p.pid {
+                    let dup = tern_engine::sys::take_fd(puppet.pid, fd).step(p.pid, || {
+                        format!("take its fd {fd} for the other processes")
+                    })?;
+                    shared_fds.insert(g, dup.as_raw_fd());
+                    held.push(dup);
+                }
+            }
+        }
+        for (g, group) in tree.shared_memory.iter().enumerate() {
+            if let Some(&(pid, start, _)) = group.first() {
+                if pid == p.pid {
+                    let end = image
+                        .mm
+                        .vmas
+                        .iter()
+                        .find(|v| v.start == start)
+                        .map(|v| v.end)
+                        .ok_or_else(|| {
+                            bad(&image.dir, format!("no mapping at {start:#x} to share"))
+                        })?;
+                    let path = format!("/proc/{}/map_files/{start:x}-{end:x}", puppet.pid);
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&path)
+                        .step(p.pid, || format!("open {path} (needs CAP_SYS_ADMIN)"))?;
+                    let fd: OwnedFd = f.into();
+                    shared_maps.insert(g, fd.as_raw_fd());
+                    held.push(fd);
+                }
+            }
+        }
+        members.push(Prepared {
+            ns_pid: if k == 0 {
+                want.unwrap_or(puppet.pid)
+            } else if opts.new_pid {
+                puppet.pid
+            } else {
+                p.pid
+            },
+            puppet,
+            namespace: if k == 0 { namespace.take() } else { None },
+            threads: parts.threads,
+            pending: parts.pending,
+            queued: parts.queued,
+            pages_bytes: parts.pages_bytes,
+            oom_score_adj: parts.oom_score_adj,
+            t0,
+            net: parts.net,
+        });
+    }
+    info!(
+        root = root_pid,
+        processes = members.len(),
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "tree rebuilt, stopped"
+    );
+    Ok(PreparedTree {
+        members,
+        _held: held,
+    })
+}
+
+/// Have `parent` (a blank puppet, traced with `PTRACE_O_TRACEFORK`) fork a
+/// child with pid `want` (in the parent's PID namespace); take it over.
+fn fork_puppet(parent: &mut Puppet, want: Option<i32>) -> Result<Puppet> {
+    let ppid = parent.pid;
+    let before = tern_engine::proc::list_children(ppid).step(ppid, || "list children".into())?;
+    // struct clone_args (v2, 88 bytes) and the one-entry set_tid array on
+    // the blank puppet's stack, well below where it stopped.
+    let regs = ptrace::get_regs(ppid).step(ppid, || "read registers".into())?;
+    let at = (regs.rsp - 4096) & !15;
+    let tid_at = at + 128;
+    let mut args = [0u64; 11];
+    args[4] = libc::SIGCHLD as u64; // exit_signal
+    if let Some(pid) = want {
+        args[8] = tid_at; // set_tid
+        args[9] = 1; // set_tid_size
+        tern_engine::sys::mem::write_fully(ppid, tid_at, &pid.to_le_bytes())
+            .step(ppid, || "write set_tid".into())?;
+    }
+    let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
+    tern_engine::sys::mem::write_fully(ppid, at, &bytes)
+        .step(ppid, || "write clone_args".into())?;
+    let r = parent
+        .remote
+        .syscall(tern_engine::sys::nr::CLONE3, &[at, 88])
+        .step(ppid, || "clone3 in the parent".into())?;
+    if r < 0 {
+        let e = std::io::Error::from_raw_os_error(-r as i32);
+        return Err(match (e.raw_os_error(), want) {
+            (Some(libc::EEXIST), Some(pid)) => RestoreError::PidBusy { pid, waited_ms: 0 },
+            _ => RestoreError::Step {
+                pid: ppid,
+                what: "fork a child (clone3)".into(),
+                source: e,
+            },
+        });
+    }
+    let after = tern_engine::proc::list_children(ppid).step(ppid, || "list children".into())?;
+    let Some(&child) = after.iter().find(|c| !before.contains(c)) else {
+        return Err(RestoreError::Step {
+            pid: ppid,
+            what: "find the forked child".into(),
+            source: std::io::Error::other("no new child listed"),
+        });
+    };
+    Puppet::adopt_fork(child, parent.remote.gadget())
+        .step(child, || "take over the forked child".into())
+}
+
+/// Sessions and process groups as the images had them, while every
+/// process is blank: the root leads a session and group of its own (as a
+/// single restored process does); a child that led a session leads one
+/// again; one that led a group leads one; one in the group of another
+/// process of the tree joins it; any other stays in the root's.
+fn set_sessions(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<()> {
+    let in_tree = |pid: i32| procs.iter().any(|p| p.pid == pid);
+    let mut order: Vec<usize> = (1..procs.len()).collect();
+    // Group leaders before the members that join them.
+    order.sort_by_key(|&k| procs[k].pgid != procs[k].pid);
+    for k in order {
+        let p = &procs[k];
+        let puppet = &mut puppets[k];
+        let pid = puppet.pid;
+        if p.sid == p.pid {
+            puppet
+                .syscall(libc::SYS_setsid, &[])
+                .step(pid, || "setsid".into())?;
+        } else if p.pgid == p.pid {
+            puppet
+                .syscall(libc::SYS_setpgid, &[0, 0])
+                .step(pid, || "setpgid (leader)".into())?;
+        } else if in_tree(p.pgid) && p.pgid != procs[0].pid {
+            puppet
+                .syscall(libc::SYS_setpgid, &[0, p.pgid as u64])
+                .step(pid, || format!("setpgid to group {}", p.pgid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Make pipe `p` here with its capacity and data, each end with the
+/// O_NONBLOCK the images give it.
+fn make_pipe(p: &wire::Pipe, images: &[Image]) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = tern_engine::sys::pipe::make(p.size)?;
+    if !p.data.is_empty() {
+        tern_engine::sys::pipe::fill(&w, &p.data)?;
+    }
+    let nonblock = |want_write: bool| {
+        images.iter().any(|i| {
+            i.files.fds.iter().any(|f| {
+                matches!(&f.kind, wire::FdKind::Pipe { id, write_end, flags }
+                    if *id == p.id && *write_end == want_write && flags & libc::O_NONBLOCK != 0)
+            })
+        })
+    };
+    if nonblock(false) {
+        tern_engine::sys::pipe::set_nonblock(&r)?;
+    }
+    if nonblock(true) {
+        tern_engine::sys::pipe::set_nonblock(&w)?;
+    }
+    Ok((r, w))
+}
