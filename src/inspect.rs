@@ -5,6 +5,99 @@ use std::path::Path;
 use tern_wire as wire;
 
 pub fn run(dir: &Path, json: bool) -> Result<()> {
+    if dir.join(wire::TREE_FILE).exists() {
+        return run_tree(dir, json);
+    }
+    run_one(dir, json)
+}
+
+/// A process tree: who is whose parent and what they share, then each
+/// process's image.
+fn run_tree(dir: &Path, json: bool) -> Result<()> {
+    let tree: wire::Tree = wire::read_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree)
+        .with_context(|| format!("cannot read image {}", dir.display()))?;
+    let dir_of = |k: usize, pid: i32| {
+        if k == 0 {
+            dir.to_path_buf()
+        } else {
+            dir.join(wire::tree_process_dir(pid))
+        }
+    };
+    if json {
+        let mut processes = Vec::new();
+        for (k, p) in tree.processes.iter().enumerate() {
+            let image = tern_restorer::Image::load(&dir_of(k, p.pid))
+                .with_context(|| format!("cannot read the image of process {}", p.pid))?;
+            processes.push(serde_json::json!({
+                "process": p,
+                "inventory": image.inventory,
+                "core": image.core,
+                "mm": image.mm,
+                "files": image.files,
+            }));
+        }
+        let v = serde_json::json!({
+            "tree": {
+                "pipes": tree.pipes.iter().map(|p| serde_json::json!({"id": p.id, "size": p.size, "buffered": p.data.len()})).collect::<Vec<_>>(),
+                "shared_fds": tree.shared_fds,
+                "shared_memory": tree.shared_memory,
+            },
+            "processes": processes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "process tree {}: {} processes",
+        dir.display(),
+        tree.processes.len()
+    );
+    for p in &tree.processes {
+        let depth = {
+            let mut d = 0;
+            let mut cur = p.ppid;
+            while let Some(q) = tree.processes.iter().find(|q| q.pid == cur) {
+                d += 1;
+                cur = q.ppid;
+                if d > tree.processes.len() {
+                    break;
+                }
+            }
+            d
+        };
+        println!(
+            "  {}{} (parent {}, group {}, session {})",
+            "  ".repeat(depth),
+            p.pid,
+            p.ppid,
+            p.pgid,
+            p.sid
+        );
+    }
+    for p in &tree.pipes {
+        println!(
+            "shared pipe {} ({} bytes buffered, capacity {})",
+            p.id,
+            p.data.len(),
+            p.size
+        );
+    }
+    for g in &tree.shared_fds {
+        let who: Vec<String> = g.iter().map(|(p, f)| format!("{p}:fd {f}")).collect();
+        println!("shared open file: {}", who.join(", "));
+    }
+    for g in &tree.shared_memory {
+        let who: Vec<String> = g.iter().map(|(p, s, _)| format!("{p}@{s:#x}")).collect();
+        println!("shared memory: {}", who.join(", "));
+    }
+    for (k, p) in tree.processes.iter().enumerate() {
+        println!();
+        run_one(&dir_of(k, p.pid), false)?;
+    }
+    Ok(())
+}
+
+fn run_one(dir: &Path, json: bool) -> Result<()> {
     let inv: wire::Inventory =
         wire::read_record(&dir.join(wire::INVENTORY_FILE), wire::RecordKind::Inventory)
             .with_context(|| format!("cannot read image {}", dir.display()))?;

@@ -1363,6 +1363,18 @@ fn process_tree_with_pipes_and_shared_memory() {
     }
     let inspect = tern_inspect(&s.dir, &s.images, false);
     inspect.assert_ok("tern inspect");
+    for want in [
+        "process tree",
+        "shared pipe",
+        "shared memory",
+        "shared open file",
+    ] {
+        assert!(
+            inspect.stdout.contains(want),
+            "inspect must show {want:?}:\n{}",
+            inspect.stdout
+        );
+    }
     // The children's ids free up once init has reaped them: wait for that
     // rather than take a fresh PID namespace.
     let never = args!["--pid-ns", "never"];
@@ -1400,4 +1412,182 @@ fn tern_children(pid: i32) -> Vec<i32> {
     }
     out.sort();
     out
+}
+
+/// The same family restored into a fresh PID namespace (`--pid-ns
+/// always`): inside, the parent reaps its child under the child's original
+/// pid.
+#[test]
+fn process_tree_in_a_fresh_pid_namespace() {
+    let test = "process_tree_in_a_fresh_pid_namespace";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "family");
+    let out = dir.join("out.txt");
+    let mut original = spawn_redirected(&Cmd::new(&exe), Stdio::null(), &out, &dir.join("err.txt"));
+    let pid = original.pid();
+    wait_until(
+        WAIT,
+        "tick 5",
+        || (fs::read_to_string(&out).ok()?.lines().count() >= 5).then_some(()),
+        || tail(&out, 5),
+    );
+    let kids = tern_children(pid);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let images = dir.join("images");
+    tern_dump(&dir, pid, &images, false).assert_ok("tern dump of the tree");
+    assert!(
+        original.wait_exit(WAIT).is_some(),
+        "the original still runs"
+    );
+    let pidfile = dir.join("restored.pid");
+    let restore_args = args![
+        "restore",
+        "--images",
+        &images,
+        "--pidfile",
+        &pidfile,
+        "--pid-ns",
+        "always"
+    ];
+    run_tern(&dir, &restore_args, Stdio::null()).assert_ok("tern restore of the tree");
+    let host: i32 = fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut restored = ProcGuard::adopt(host);
+    assert_eq!(tern_children(host).len(), 2, "its children are back");
+    let reaped = wait_until(
+        WAIT,
+        "the parent reaping child 1",
+        || {
+            fs::read_to_string(&out)
+                .ok()?
+                .lines()
+                .find(|l| l.contains("reaped"))
+                .map(str::to_string)
+        },
+        || tail(&out, 5),
+    );
+    assert_eq!(
+        reaped,
+        format!("tick 60 reaped {}", kids[1]),
+        "inside its namespace the parent sees its child's original pid"
+    );
+    let text = fs::read_to_string(&out).expect("output");
+    assert!(!text.contains("CORRUPT"), "{text}");
+    let nums: Vec<u64> = text
+        .lines()
+        .filter_map(|l| seq_number(l, "tick "))
+        .collect();
+    check_consecutive(&nums, 1).unwrap_or_else(|e| panic!("{e}"));
+    restored.kill_and_wait();
+}
+
+/// A tree one of whose processes holds something tern cannot dump (a
+/// bound unix socket) is refused, naming it, and every process of it runs
+/// on, untraced.
+#[test]
+fn process_tree_refusal_leaves_every_process_running() {
+    let test = "process_tree_refusal_leaves_every_process_running";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let sock = dir.join("child.sock");
+    let script = format!(
+        "import os, socket, time\nif os.fork() == 0:\n    s = socket.socket(socket.AF_UNIX)\n    s.bind({:?})\n    s.listen()\n    while True: time.sleep(0.02)\nn = 0\nwhile True:\n    n += 1\n    print('tick', n, flush=True)\n    time.sleep(0.02)\n",
+        sock.display().to_string()
+    );
+    let out = dir.join("out.txt");
+    let mut parent = spawn_redirected(
+        &Cmd::new("/usr/bin/python3").arg("-I").arg("-c").arg(script),
+        Stdio::null(),
+        &out,
+        &dir.join("err.txt"),
+    );
+    let pid = parent.pid();
+    wait_until(
+        WAIT,
+        "the child's socket",
+        || sock.exists().then_some(()),
+        || tail(&out, 5),
+    );
+    let kids = tern_children(pid);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let out_dump = tern_dump(&dir, pid, &dir.join("images"), false);
+    assert!(
+        !out_dump.success(),
+        "dump succeeded: {}",
+        out_dump.describe()
+    );
+    assert!(
+        out_dump.stderr.contains("child.sock") && out_dump.stderr.contains(&kids[0].to_string()),
+        "the refusal must name the process and its socket: {}",
+        out_dump.stderr
+    );
+    for p in [pid, kids[0]] {
+        let st = proc_stat(p).expect("still there");
+        assert!(st.state != 'T' && st.state != 't', "{p} left stopped");
+        assert_eq!(
+            status_field(p, "TracerPid").as_deref(),
+            Some("0"),
+            "{p} left traced"
+        );
+    }
+    let before = fs::read_to_string(&out).unwrap_or_default().lines().count();
+    wait_until(
+        WAIT,
+        "the parent to go on",
+        || (fs::read_to_string(&out).ok()?.lines().count() > before + 3).then_some(()),
+        || tail(&out, 5),
+    );
+    kill_pid(kids[0], libc::SIGKILL);
+    parent.kill_and_wait();
+}
+
+/// A child that exited but was never reaped (a zombie) makes the tree
+/// impossible to restore as it was: refused, naming it.
+#[test]
+fn process_tree_with_a_zombie_is_refused() {
+    let test = "process_tree_with_a_zombie_is_refused";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let out = dir.join("out.txt");
+    let script = "import os, time\nif os.fork() == 0:\n    os._exit(0)\nn = 0\nwhile True:\n    n += 1\n    print('tick', n, flush=True)\n    time.sleep(0.02)\n";
+    let mut parent = spawn_redirected(
+        &Cmd::new("/usr/bin/python3").arg("-I").arg("-c").arg(script),
+        Stdio::null(),
+        &out,
+        &dir.join("err.txt"),
+    );
+    let pid = parent.pid();
+    let zombie = wait_until(
+        WAIT,
+        "a zombie child",
+        || {
+            tern_children(pid)
+                .into_iter()
+                .find(|k| proc_stat(*k).is_some_and(|s| s.state == 'Z'))
+        },
+        || tail(&out, 5),
+    );
+    let out_dump = tern_dump(&dir, pid, &dir.join("images"), false);
+    assert!(
+        !out_dump.success(),
+        "dump succeeded: {}",
+        out_dump.describe()
+    );
+    assert!(
+        out_dump.stderr.contains("zombie") && out_dump.stderr.contains(&zombie.to_string()),
+        "the refusal must name the zombie: {}",
+        out_dump.stderr
+    );
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+    parent.kill_and_wait();
 }
