@@ -101,6 +101,11 @@ enum Cmd {
         /// --images; restore applies the chain).
         #[arg(long, conflicts_with = "parent")]
         pre_copy: bool,
+        /// How to stop the process (and its tree): ptrace (seize each in
+        /// turn) or cgroup (freeze all at once in a cgroup of tern's, then
+        /// seize; cgroup2 `cgroup.freeze` or the v1 freezer).
+        #[arg(long, default_value = "ptrace")]
+        freezer: tern_engine::dump::Freezer,
         #[command(flatten)]
         rounds: RoundArgs,
     },
@@ -298,6 +303,7 @@ fn run(cmd: Cmd) -> Result<()> {
             compress,
             parent,
             pre_copy,
+            freezer,
             rounds,
         } => {
             let opts = tern_engine::DumpOptions {
@@ -307,6 +313,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 delta_table: false,
                 tcp_established,
                 keep_net_lock: true,
+                freezer,
             };
             if pre_copy {
                 let popts = rounds.precopy_options(opts);
@@ -340,7 +347,11 @@ fn run(cmd: Cmd) -> Result<()> {
                 );
                 return Ok(());
             }
-            if !pre_copy && tern_engine::tree::has_children(pid).unwrap_or(false) {
+            let cgroup = freezer == tern_engine::dump::Freezer::Cgroup;
+            if pre_copy && cgroup {
+                anyhow::bail!("--freezer cgroup is for a plain dump, not --pre-copy");
+            }
+            if cgroup || tern_engine::tree::has_children(pid).unwrap_or(false) {
                 let t = tern_engine::tree::dump_tree(pid, &images, &opts).with_context(|| {
                     format!("dump of the process tree under {pid} failed; it was left running")
                 })?;
@@ -483,6 +494,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 tcp_established,
                 // The source lifts it once the destination runs the program.
                 keep_net_lock: false,
+                freezer: tern_engine::dump::Freezer::Ptrace,
             };
             migrate::migrate(migrate::MigrateArgs {
                 pid,

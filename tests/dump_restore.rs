@@ -1591,3 +1591,81 @@ fn process_tree_with_a_zombie_is_refused() {
     assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
     parent.kill_and_wait();
 }
+
+/// The family stopped by the cgroup freezer (all at once, then seized):
+/// first with --leave-running (every process back in its own cgroup,
+/// untraced, running on), then for real: restored, it goes on.
+#[test]
+fn process_tree_with_the_cgroup_freezer() {
+    if !root_or_skip("process_tree_with_the_cgroup_freezer") {
+        return;
+    }
+    let mut s = c_session("family_cgroup", "family", &[]);
+    s.compare_maps = false;
+    s.wait_seq(5);
+    let pid = s.pid;
+    let kids = tern_children(pid);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let cgroups = |p: i32| fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+    let before: Vec<String> = std::iter::once(pid)
+        .chain(kids.iter().copied())
+        .map(cgroups)
+        .collect();
+    let peek = s.dir.join("peek");
+    let out = run_tern(
+        &s.dir,
+        &args![
+            "dump",
+            "--pid",
+            pid.to_string(),
+            "--images",
+            &peek,
+            "--freezer",
+            "cgroup",
+            "--leave-running"
+        ],
+        Stdio::null(),
+    );
+    out.assert_ok("tern dump --freezer cgroup --leave-running");
+    let after: Vec<String> = std::iter::once(pid)
+        .chain(kids.iter().copied())
+        .map(cgroups)
+        .collect();
+    assert_eq!(after, before, "every process is back in its own cgroups");
+    for p in std::iter::once(pid).chain(kids.iter().copied()) {
+        assert_eq!(
+            status_field(p, "TracerPid").as_deref(),
+            Some("0"),
+            "{p} left traced"
+        );
+    }
+    let last = s.last_seq().unwrap_or(0);
+    s.wait_seq(last + 5);
+    let freeze = args!["--freezer", "cgroup"];
+    s.dump_with(&freeze);
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    assert_eq!(tern_children(s.pid).len(), 2, "its children are back");
+    s.wait_for_line("the parent reaping child 1", |l| l.contains("reaped"));
+    s.wait_seq(70);
+    s.finish();
+}
+
+/// Two memfds (one sealed against shrinking and growing, one unsealable
+/// with its offset at 1234): after restore they hold the same bytes, the
+/// same seals, name and offset.
+#[test]
+fn memfds_keep_bytes_seals_and_offset() {
+    if !root_or_skip("memfds_keep_bytes_seals_and_offset") {
+        return;
+    }
+    let mut s = c_session("memfd", "memfd", &[]);
+    s.wait_seq(5);
+    s.dump();
+    s.restore(Stdio::null());
+    s.wait_for_line("the memfd checks after the restore", |l| {
+        l.contains("memfd ok")
+    });
+    s.wait_seq(45);
+    s.finish();
+}

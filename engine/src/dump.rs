@@ -43,6 +43,8 @@ pub struct DumpOptions {
     /// place (recorded in the image) for `tern restore` to lift: a dump.
     /// A migration lifts it itself once the copy elsewhere runs.
     pub keep_net_lock: bool,
+    /// How a process tree is stopped.
+    pub freezer: Freezer,
 }
 
 impl Default for DumpOptions {
@@ -54,6 +56,28 @@ impl Default for DumpOptions {
             delta_table: false,
             tcp_established: false,
             keep_net_lock: true,
+            freezer: Freezer::Ptrace,
+        }
+    }
+}
+
+/// How a dump stops the processes of a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freezer {
+    /// ptrace-seize each process in turn (a parent before its children).
+    Ptrace,
+    /// Freeze them all at once in a cgroup of tern's, then seize them
+    /// (see `crate::freezer`).
+    Cgroup,
+}
+
+impl std::str::FromStr for Freezer {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ptrace" => Ok(Freezer::Ptrace),
+            "cgroup" => Ok(Freezer::Cgroup),
+            _ => Err(format!("{s:?}: expected ptrace or cgroup")),
         }
     }
 }
@@ -1931,6 +1955,38 @@ fn fd_kind(
     let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {}", what()))?;
     let ft = meta.file_type();
     use std::os::unix::fs::FileTypeExt;
+    if let Some(name) = link
+        .strip_prefix("/memfd:")
+        .and_then(|n| n.strip_suffix(" (deleted)"))
+    {
+        if flags & libc::O_ACCMODE != libc::O_RDWR {
+            return Err(unsupported(
+                pid,
+                format!("{}: a memfd opened other than read-write", what()),
+            ));
+        }
+        let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("take memfd fd {fd}"))?;
+        let seals = crate::sys::memfd_seals(&dup).ctx(pid, || format!("F_GET_SEALS on fd {fd}"))?;
+        if name.starts_with("hugetlb") || meta.blksize() > 4096 {
+            return Err(unsupported(
+                pid,
+                format!("{}: hugetlb memfds are not supported yet", what()),
+            ));
+        }
+        if let Some(dir) = dir {
+            let target = dir.join(wire::deleted_file_name(desc));
+            if !target.exists() {
+                save_file_contents(pid, &proc_path, &target)?;
+            }
+        }
+        return Ok(wire::FdKind::Memfd {
+            name: name.to_string(),
+            offset,
+            size: meta.size(),
+            seals,
+            mode: meta.mode() & 0o7777,
+        });
+    }
     if let Some(path) = link.strip_suffix(" (deleted)") {
         if !ft.is_file() {
             return Err(unsupported(

@@ -7,6 +7,7 @@
 pub mod check;
 pub mod dump;
 pub mod error;
+pub mod freezer;
 pub mod migrate;
 pub mod pagewriter;
 pub mod pending;

@@ -73,6 +73,11 @@ fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
 
 fn wait_interrupted(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
     ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
+    wait_stop(tid)
+}
+
+/// Wait for the interrupt stop asked of `tid`.
+fn wait_stop(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
     let mut pending = Vec::new();
     loop {
         match ptrace::wait(tid).ctx(tid, || "wait for the stop".into())? {
@@ -113,6 +118,117 @@ pub fn resume_regs(found: &libc::user_regs_struct) -> libc::user_regs_struct {
     r
 }
 
+/// A process frozen by a cgroup freezer whose threads are seized and asked
+/// to stop: they stop once thawed ([`finish`](Self::finish)). Dropped
+/// unfinished, its threads are let go.
+pub struct FrozenSeize {
+    pid: i32,
+    tids: Vec<i32>,
+    was_stopped: bool,
+}
+
+impl FrozenSeize {
+    /// Seize and interrupt every thread of frozen process `pid`: frozen,
+    /// it cannot make more.
+    pub fn new(pid: i32) -> Result<FrozenSeize> {
+        let was_stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false);
+        let mut s = FrozenSeize {
+            pid,
+            tids: Vec::new(),
+            was_stopped,
+        };
+        for tid in crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
+            ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)
+                .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
+            s.tids.push(tid);
+            ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
+        }
+        if !s.tids.contains(&pid) {
+            return Err(EngineError::NoProcess { pid });
+        }
+        Ok(s)
+    }
+
+    /// Once thawed: wait for every thread's stop, then seize any thread
+    /// that appeared meanwhile.
+    pub fn finish(mut self) -> Result<Seized> {
+        let pid = self.pid;
+        let tids = std::mem::take(&mut self.tids);
+        let mut stops = Vec::with_capacity(tids.len());
+        let mut result = Ok(());
+        for &tid in &tids {
+            match wait_stop(tid) {
+                Ok(stop) => stops.push((tid, stop)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            for &tid in &tids {
+                let _ = ptrace::detach(tid, 0);
+            }
+            return Err(e);
+        }
+        let Some((regs, pending)) = stops
+            .iter()
+            .find(|(t, _)| *t == pid)
+            .and_then(|(_, s)| s.clone())
+        else {
+            for &tid in &tids {
+                let _ = ptrace::detach(tid, 0);
+            }
+            return Err(EngineError::NoProcess { pid });
+        };
+        let mut remote = RemoteThread::new(pid, 0, regs);
+        remote.intercepted_signals = pending;
+        let mut s = Seized {
+            pid,
+            found_regs: regs,
+            remote,
+            threads: Vec::new(),
+            scratch: None,
+            injected: false,
+            done: false,
+            net: Default::default(),
+            net_lock_left: None,
+            was_stopped: self.was_stopped,
+        };
+        for (tid, stop) in stops {
+            if tid == pid {
+                continue;
+            }
+            if let Some((regs, pending)) = stop {
+                let mut remote = RemoteThread::new(tid, 0, regs);
+                remote.intercepted_signals = pending;
+                s.threads.push(SeizedThread {
+                    tid,
+                    found_regs: regs,
+                    remote,
+                    injected: false,
+                });
+            }
+        }
+        s.seize_new_threads()?;
+        Ok(s)
+    }
+}
+
+impl Drop for FrozenSeize {
+    fn drop(&mut self) {
+        for &tid in &self.tids {
+            let _ = ptrace::detach(tid, 0);
+        }
+    }
+}
+
 impl Seized {
     /// Seize every thread of `pid`. Threads may appear while seizing:
     /// `/proc/PID/task` is rescanned until every listed thread is stopped
@@ -142,6 +258,15 @@ impl Seized {
             net_lock_left: None,
             was_stopped,
         };
+        s.seize_new_threads()?;
+        Ok(s)
+    }
+
+    /// Seize threads of the program not seized yet, rescanning until every
+    /// listed thread is stopped (a stopped thread cannot create more).
+    fn seize_new_threads(&mut self) -> Result<()> {
+        let pid = self.pid;
+        let s = self;
         loop {
             let tids = crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())?;
             let mut added = false;
@@ -166,7 +291,7 @@ impl Seized {
             }
         }
         s.threads.sort_by_key(|t| t.tid);
-        Ok(s)
+        Ok(())
     }
 
     /// Use `gadget` (a `syscall` instruction in the target) in every thread.

@@ -16,10 +16,11 @@
 //! written before the root's inventory, which marks the image complete.
 //! On any failure every process is let go untouched.
 
-use crate::dump::{self, CrossProcess, DumpOptions, DumpStats};
+use crate::dump::{self, CrossProcess, DumpOptions, DumpStats, Freezer};
 use crate::error::{Context, EngineError, Result};
+use crate::freezer::CgroupFreezer;
 use crate::proc;
-use crate::seize::Seized;
+use crate::seize::{FrozenSeize, Seized};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
@@ -75,27 +76,10 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
     dump::preflight_process(root)?;
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
-    // Seize a process, then list its children: stopped, it cannot fork.
-    let mut seized: Vec<Seized> = vec![Seized::attach(root)?];
-    let mut procs = vec![ids(root)?];
-    let mut next = 0;
-    while next < procs.len() {
-        let parent = procs[next].pid;
-        for child in proc::list_children(parent).ctx(parent, || "list children".into())? {
-            if procs.iter().any(|p| p.pid == child) {
-                continue;
-            }
-            dump::preflight_process(child).map_err(|e| {
-                refuse(
-                    root,
-                    format!("its descendant {child} (child of {parent}) cannot be dumped: {e}"),
-                )
-            })?;
-            seized.push(Seized::attach(child)?);
-            procs.push(ids(child)?);
-        }
-        next += 1;
-    }
+    let (mut seized, procs) = match opts.freezer {
+        Freezer::Ptrace => seize_in_turn(root)?,
+        Freezer::Cgroup => seize_frozen(root)?,
+    };
     let tree = find_shared(&procs)?;
     let cross = CrossProcess {
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
@@ -126,6 +110,79 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
         processes: stats,
         frozen_ms,
     })
+}
+
+fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {
+    dump::preflight_process(child).map_err(|e| {
+        refuse(
+            root,
+            format!("its descendant {child} (child of {parent}) cannot be dumped: {e}"),
+        )
+    })
+}
+
+/// Seize a process, then list its children: stopped, it cannot fork.
+fn seize_in_turn(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+    let mut seized: Vec<Seized> = vec![Seized::attach(root)?];
+    let mut procs = vec![ids(root)?];
+    let mut next = 0;
+    while next < procs.len() {
+        let parent = procs[next].pid;
+        for child in proc::list_children(parent).ctx(parent, || "list children".into())? {
+            if procs.iter().any(|p| p.pid == child) {
+                continue;
+            }
+            check_descendant(root, parent, child)?;
+            seized.push(Seized::attach(child)?);
+            procs.push(ids(child)?);
+        }
+        next += 1;
+    }
+    Ok((seized, procs))
+}
+
+/// Freeze the tree in a cgroup of tern's, then seize every thread of it
+/// while frozen; thawed, each traps into its ptrace stop. Back in their
+/// own cgroups afterwards.
+fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+    let mut freezer = CgroupFreezer::create(root)?;
+    let mut procs = vec![ids(root)?];
+    freezer.add(root)?;
+    // Processes move in one by one while the others run: a child forked
+    // before its parent moved is found by listing again once frozen.
+    loop {
+        let mut next = 0;
+        let mut found = false;
+        while next < procs.len() {
+            let parent = procs[next].pid;
+            for child in proc::list_children(parent).ctx(parent, || "list children".into())? {
+                if procs.iter().any(|p| p.pid == child) {
+                    continue;
+                }
+                check_descendant(root, parent, child)?;
+                freezer.add(child)?;
+                procs.push(ids(child)?);
+                found = true;
+            }
+            next += 1;
+        }
+        freezer.freeze()?;
+        if !found {
+            break;
+        }
+    }
+    let mut pending = Vec::with_capacity(procs.len());
+    for p in &procs {
+        pending.push(FrozenSeize::new(p.pid)?);
+    }
+    freezer.thaw()?;
+    let mut seized = Vec::with_capacity(procs.len());
+    for p in pending {
+        seized.push(p.finish()?);
+    }
+    info!(root, processes = procs.len(), cgroup = %freezer.dir().display(), "tree frozen and seized");
+    drop(freezer);
+    Ok((seized, procs))
 }
 
 /// What the stopped processes of a tree share.

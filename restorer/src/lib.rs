@@ -1255,6 +1255,21 @@ impl Builder<'_> {
                     let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
                     (tmp, *offset, true)
                 }
+                wire::FdKind::Memfd {
+                    name,
+                    offset,
+                    size,
+                    seals,
+                    mode,
+                } => {
+                    let fd = self.recreate_memfd(first.desc, name, *size, *seals, *mode)?;
+                    self.sys(
+                        libc::SYS_lseek,
+                        &[fd, *offset, libc::SEEK_SET as u64],
+                        || format!("lseek memfd fd {} to {offset}", first.fd),
+                    )?;
+                    (fd, 0, false)
+                }
                 wire::FdKind::UnixPair {
                     pair,
                     ino,
@@ -1494,6 +1509,50 @@ impl Builder<'_> {
         self.sys(libc::SYS_fchmod, &[fd, u64::from(mode & 0o777)], || {
             format!("fchmod of the recreated {path}")
         })?;
+        Ok(fd)
+    }
+
+    /// A memfd named `name` in the puppet, holding the saved contents
+    /// (`size` bytes), then its seals.
+    fn recreate_memfd(
+        &mut self,
+        desc: u32,
+        name: &str,
+        size: u64,
+        seals: i32,
+        mode: u32,
+    ) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        const MFD_CLOEXEC: u64 = 1;
+        const MFD_ALLOW_SEALING: u64 = 2;
+        const F_SEAL_SEAL: i32 = 1;
+        // Exactly F_SEAL_SEAL is what a memfd made without
+        // MFD_ALLOW_SEALING has; any other set is added to a sealable one.
+        let sealable = seals != F_SEAL_SEAL;
+        let name_addr = self.path_arg(name)?;
+        let flags = MFD_CLOEXEC | if sealable { MFD_ALLOW_SEALING } else { 0 };
+        let fd = self.sys(libc::SYS_memfd_create, &[name_addr, flags], || {
+            format!("memfd_create({name:?})")
+        })?;
+        let pid = self.pid;
+        let what = || format!("fill memfd {name:?}");
+        let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
+        let file = std::fs::File::from(dup);
+        let src = self.image.dir.join(wire::deleted_file_name(desc));
+        let mut reader = wire::ChunkReader::open(&src)?;
+        let mut buf = Vec::new();
+        while let Some(off) = reader.next_into(&mut buf)? {
+            file.write_all_at(&buf, off).step(pid, what)?;
+        }
+        file.set_len(size).step(pid, what)?;
+        self.sys(libc::SYS_fchmod, &[fd, u64::from(mode & 0o777)], || {
+            format!("fchmod of memfd {name:?}")
+        })?;
+        if sealable && seals != 0 {
+            let own: std::os::fd::OwnedFd = file.into();
+            tern_engine::sys::memfd_add_seals(&own, seals)
+                .step(pid, || format!("F_ADD_SEALS {seals:#x} on memfd {name:?}"))?;
+        }
         Ok(fd)
     }
 

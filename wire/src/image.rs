@@ -453,6 +453,18 @@ pub enum FdKind {
     Epoll { targets: Vec<EpollTarget> },
     /// A TCP or UDP socket over IPv4 or IPv6.
     Inet(InetSocket),
+    /// A memfd (`memfd_create`): contents saved like a deleted file's, in
+    /// [`deleted_file_name`]`(desc)`.
+    Memfd {
+        /// The name given to memfd_create (without `memfd:`).
+        name: String,
+        offset: u64,
+        size: u64,
+        /// `F_GET_SEALS` (exactly `F_SEAL_SEAL`: made without
+        /// `MFD_ALLOW_SEALING`, or sealed with nothing else: the same).
+        seals: i32,
+        mode: u32,
+    },
     /// One end of a connected pair of unix sockets both held by the
     /// program (`socketpair`), with the bytes waiting to be read at it.
     UnixPair {

@@ -48,6 +48,29 @@ pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
 }
 
+/// The seals of the memfd behind `fd` (`F_GET_SEALS`).
+pub fn memfd_seals(fd: &std::os::fd::OwnedFd) -> std::io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an fd we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Add `seals` to the memfd behind `fd` (`F_ADD_SEALS`).
+pub fn memfd_add_seals(fd: &std::os::fd::OwnedFd, seals: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an fd we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Whether fd `fa` of process `pa` and fd `fb` of `pb` are one open file
 /// description (`kcmp(KCMP_FILE)`, Linux 3.5, `CONFIG_KCMP`).
 pub fn same_description(pa: i32, fa: i32, pb: i32, fb: i32) -> bool {

@@ -1,0 +1,214 @@
+//! The cgroup freezer (`--freezer cgroup`): every process of a tree is
+//! stopped at once, by the kernel, before tern seizes them one by one.
+//!
+//! tern makes a cgroup of its own (cgroup v2 `cgroup.freeze` where a
+//! cgroup2 hierarchy is mounted, Linux 5.2+; else the v1 freezer
+//! controller's `freezer.state`), moves the processes into it, freezes it,
+//! seizes every thread (PTRACE_SEIZE + PTRACE_INTERRUPT work on frozen
+//! tasks), thaws it (each thread then traps into its ptrace stop before it
+//! runs any instruction of its own), and on drop puts every process back
+//! into the cgroup it came from and removes its own.
+
+use crate::error::{Context, EngineError, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// `cgroup.freeze` / `cgroup.events` (cgroup2).
+    V2,
+    /// `freezer.state` (the v1 freezer controller).
+    V1,
+}
+
+pub struct CgroupFreezer {
+    version: Version,
+    /// The hierarchy's root.
+    root: PathBuf,
+    /// Our cgroup in it.
+    dir: PathBuf,
+    /// (pid, the cgroup directory it came from), to go back on drop.
+    moved: Vec<(i32, PathBuf)>,
+}
+
+fn err(pid: i32, what: String, e: std::io::Error) -> EngineError {
+    EngineError::Sys {
+        pid,
+        what,
+        source: e,
+    }
+}
+
+/// Where a cgroup2 hierarchy is mounted, if any.
+fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists() && p.join("cgroup.procs").exists())
+}
+
+impl CgroupFreezer {
+    /// A new, thawed freezer cgroup (for process `pid`'s tree: named
+    /// after it and this tern).
+    pub fn create(pid: i32) -> Result<CgroupFreezer> {
+        let name = format!("tern-freeze-{pid}-{}", std::process::id());
+        let (version, root) = match cgroup2_root() {
+            Some(r) => (Version::V2, r),
+            None => {
+                let v1 = PathBuf::from("/sys/fs/cgroup/freezer");
+                if !v1.join("cgroup.procs").exists() {
+                    return Err(EngineError::Unsupported {
+                        pid,
+                        reason: "--freezer cgroup: no cgroup2 hierarchy and no v1 freezer at /sys/fs/cgroup/freezer (`tern check` probes both)".into(),
+                    });
+                }
+                (Version::V1, v1)
+            }
+        };
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).map_err(|e| err(pid, format!("mkdir {}", dir.display()), e))?;
+        let f = CgroupFreezer {
+            version,
+            root,
+            dir,
+            moved: Vec::new(),
+        };
+        if version == Version::V2 && !f.dir.join("cgroup.freeze").exists() {
+            return Err(EngineError::Unsupported {
+                pid,
+                reason: format!(
+                    "--freezer cgroup: {} has no cgroup.freeze (Linux 5.2+)",
+                    f.dir.display()
+                ),
+            });
+        }
+        Ok(f)
+    }
+
+    /// The cgroup `pid` is in, in this hierarchy.
+    fn cgroup_of(&self, pid: i32) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ctx(pid, || "read /proc/PID/cgroup".into())?;
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(b), Some(c)) => (a, b, c),
+                _ => continue,
+            };
+            let ours = match self.version {
+                Version::V2 => controllers.is_empty(),
+                Version::V1 => controllers.split(',').any(|c| c == "freezer"),
+            };
+            if ours {
+                return Ok(self.root.join(path.trim_start_matches('/')));
+            }
+        }
+        Err(EngineError::Unsupported {
+            pid,
+            reason: format!(
+                "it is in no cgroup of {} (/proc/{pid}/cgroup)",
+                self.root.display()
+            ),
+        })
+    }
+
+    /// Move process `pid` (all its threads) into the freezer cgroup.
+    pub fn add(&mut self, pid: i32) -> Result<()> {
+        if self.moved.iter().any(|(p, _)| *p == pid) {
+            return Ok(());
+        }
+        let from = self.cgroup_of(pid)?;
+        if from == self.dir {
+            return Ok(());
+        }
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| err(pid, format!("move it into {}", self.dir.display()), e))?;
+        self.moved.push((pid, from));
+        Ok(())
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<()> {
+        std::fs::write(self.dir.join(file), value).map_err(|e| {
+            err(
+                0,
+                format!("write {value} to {}", self.dir.join(file).display()),
+                e,
+            )
+        })
+    }
+
+    fn wait_for(&self, file: &str, needle: &str) -> Result<()> {
+        let path = self.dir.join(file);
+        let t = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| err(0, format!("read {}", path.display()), e))?;
+            if text.lines().any(|l| l.trim() == needle) {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err(EngineError::Internal(format!(
+                    "{} never showed {needle:?} (last {:?})",
+                    path.display(),
+                    text.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Freeze everything in it; returns once the kernel says it is frozen.
+    pub fn freeze(&self) -> Result<()> {
+        match self.version {
+            Version::V2 => {
+                self.write("cgroup.freeze", "1")?;
+                self.wait_for("cgroup.events", "frozen 1")
+            }
+            Version::V1 => {
+                self.write("freezer.state", "FROZEN")?;
+                self.wait_for("freezer.state", "FROZEN")
+            }
+        }
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        match self.version {
+            Version::V2 => self.write("cgroup.freeze", "0"),
+            Version::V1 => self.write("freezer.state", "THAWED"),
+        }
+    }
+
+    /// The cgroup tern made.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for CgroupFreezer {
+    fn drop(&mut self) {
+        if let Err(e) = self.thaw() {
+            warn!("thawing {}: {e}", self.dir.display());
+        }
+        for (pid, from) in &self.moved {
+            // Gone (killed after the dump) is fine.
+            if let Err(e) = std::fs::write(from.join("cgroup.procs"), pid.to_string()) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    warn!(pid, "moving it back to {}: {e}", from.display());
+                }
+            }
+        }
+        for _ in 0..200 {
+            match std::fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => {
+                    warn!("removing {}: {e}", self.dir.display());
+                    break;
+                }
+                Ok(()) => break,
+            }
+        }
+    }
+}
