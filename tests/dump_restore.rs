@@ -1612,20 +1612,17 @@ fn process_tree_with_the_cgroup_freezer() {
         .map(cgroups)
         .collect();
     let peek = s.dir.join("peek");
-    let out = run_tern(
-        &s.dir,
-        &args![
-            "dump",
-            "--pid",
-            pid.to_string(),
-            "--images",
-            &peek,
-            "--freezer",
-            "cgroup",
-            "--leave-running"
-        ],
-        Stdio::null(),
-    );
+    let peek_args = args![
+        "dump",
+        "--pid",
+        pid.to_string(),
+        "--images",
+        &peek,
+        "--freezer",
+        "cgroup",
+        "--leave-running"
+    ];
+    let out = run_tern(&s.dir, &peek_args, Stdio::null());
     out.assert_ok("tern dump --freezer cgroup --leave-running");
     let after: Vec<String> = std::iter::once(pid)
         .chain(kids.iter().copied())
