@@ -147,6 +147,13 @@ enum Cmd {
         /// warm standby), instead of all at once.
         #[arg(long)]
         standby: bool,
+        /// Restore a shell job into this terminal: the program joins this
+        /// tern's session and process group (its fds 0-2 that were a
+        /// terminal become this tern's), and tern stays in the foreground
+        /// until it exits, then exits with its status (128+N if killed by
+        /// signal N), as if the shell had started it.
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Show what an image holds.
     Inspect {
@@ -418,11 +425,13 @@ fn run(cmd: Cmd) -> Result<()> {
             pid_wait_ms,
             pid_ns,
             standby,
+            shell_job,
         } => {
             let opts = tern_restorer::RestoreOptions {
                 new_pid,
                 pid_wait: Duration::from_millis(pid_wait_ms),
                 pid_ns,
+                shell_job,
             };
             let mut processes = 1;
             let r = if standby {
@@ -459,6 +468,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 r.restore_ms,
                 r.pages_bytes >> 20
             );
+            if shell_job {
+                let code = wait_shell_job(r.pid)?;
+                std::process::exit(code);
+            }
             Ok(())
         }
         Cmd::Inspect { images, json } => inspect::run(&images, json),
@@ -589,4 +602,35 @@ fn check(json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Stay in the foreground while the restored shell job (our child) runs;
+/// its exit status as a shell reports it. The terminal's ^C and ^\ reach
+/// the whole foreground group: tern ignores them, the program decides.
+fn wait_shell_job(pid: i32) -> Result<i32> {
+    // SAFETY: setting signal dispositions of this process to SIG_IGN.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return Ok(libc::WEXITSTATUS(status));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Ok(128 + libc::WTERMSIG(status));
+            }
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(anyhow::anyhow!(
+                "waiting for the restored process {pid}: {e}"
+            ));
+        }
+    }
 }

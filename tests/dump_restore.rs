@@ -1666,3 +1666,152 @@ fn memfds_keep_bytes_seals_and_offset() {
     s.wait_seq(45);
     s.finish();
 }
+
+/// Lines of a pty log without the terminal's carriage returns.
+fn pty_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect()
+}
+
+/// A program on a terminal under `tests/workloads/pty_harness.py`, which
+/// takes orders on the returned child's stdin.
+fn on_a_pty(log: &Path, cmd: &[&std::ffi::OsStr]) -> ProcGuard {
+    let child = Command::new("/usr/bin/python3")
+        .arg("-I")
+        .arg(workloads_dir().join("pty_harness.py"))
+        .arg(log)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the pty harness");
+    ProcGuard::child(child)
+}
+
+fn order(harness: &mut ProcGuard, what: &str) {
+    let stdin = harness
+        .child_mut()
+        .and_then(|c| c.stdin.as_mut())
+        .expect("harness stdin");
+    writeln!(stdin, "{what}").expect("order the harness");
+    stdin.flush().expect("flush");
+}
+
+/// A shell job: a program whose stdio is its controlling terminal is
+/// dumped; `tern restore --shell-job` run on another terminal brings it
+/// back there, in the foreground: it goes on counting on the new
+/// terminal, answers a line typed there (seeing itself in the foreground
+/// group), and ^C typed there reaches it; tern restore exits with its
+/// status.
+#[test]
+fn shell_job_comes_back_on_the_restoring_terminal() {
+    let test = "shell_job_comes_back_on_the_restoring_terminal";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "tty_echo");
+    let log_a = dir.join("terminal-a.log");
+    let mut a = on_a_pty(&log_a, &[exe.as_os_str()]);
+    let pid: i32 = wait_until(
+        WAIT,
+        "the program ticking on terminal A",
+        || {
+            let lines = pty_lines(&log_a);
+            let pid = lines.first()?.strip_prefix("PID ")?.parse().ok()?;
+            lines.iter().any(|l| l == "tick 5").then_some(pid)
+        },
+        || tail(&log_a, 5),
+    );
+    let images = dir.join("images");
+    tern_dump(&dir, pid, &images, false).assert_ok("tern dump of the shell job");
+    wait_until(
+        WAIT,
+        "terminal A's program gone",
+        || {
+            pty_lines(&log_a)
+                .iter()
+                .any(|l| l.starts_with("EXIT"))
+                .then_some(())
+        },
+        || tail(&log_a, 5),
+    );
+    let _ = a.wait_exit(WAIT);
+    let log_b = dir.join("terminal-b.log");
+    let tern = tern_bin();
+    let mut b = on_a_pty(
+        &log_b,
+        &[
+            tern.as_os_str(),
+            "restore".as_ref(),
+            "--images".as_ref(),
+            images.as_os_str(),
+            "--shell-job".as_ref(),
+        ],
+    );
+    let last_a = pty_lines(&log_a)
+        .iter()
+        .filter_map(|l| seq_number(l, "tick "))
+        .max()
+        .unwrap_or(0);
+    wait_until(
+        WAIT,
+        "ticks going on on terminal B",
+        || {
+            pty_lines(&log_b)
+                .iter()
+                .filter_map(|l| seq_number(l, "tick "))
+                .any(|n| n > last_a + 5)
+                .then_some(())
+        },
+        || tail(&log_b, 10),
+    );
+    order(&mut b, "send hello");
+    wait_until(
+        WAIT,
+        "the program answering on terminal B",
+        || {
+            pty_lines(&log_b)
+                .iter()
+                .any(|l| l.starts_with("got hello"))
+                .then_some(())
+        },
+        || tail(&log_b, 10),
+    );
+    assert!(
+        pty_lines(&log_b).iter().any(|l| l == "got hello fg"),
+        "it must be in terminal B's foreground group: {}",
+        tail(&log_b, 10)
+    );
+    order(&mut b, "intr");
+    let exit = wait_until(
+        WAIT,
+        "tern restore to end with the program",
+        || {
+            pty_lines(&log_b)
+                .iter()
+                .find_map(|l| l.strip_prefix("EXIT ").map(str::to_string))
+        },
+        || tail(&log_b, 10),
+    );
+    assert!(
+        // The terminal echoes the ^C on the same line.
+        pty_lines(&log_b).iter().any(|l| l.ends_with("interrupted")),
+        "^C on terminal B must reach it: {}",
+        tail(&log_b, 10)
+    );
+    assert_eq!(exit, "5", "tern restore exits with the program's status");
+    let mut nums: Vec<u64> = pty_lines(&log_a)
+        .iter()
+        .chain(pty_lines(&log_b).iter())
+        .filter_map(|l| seq_number(l, "tick "))
+        .collect();
+    nums.dedup();
+    check_consecutive(&nums, 1).unwrap_or_else(|e| panic!("{e}"));
+    let _ = b.wait_exit(WAIT);
+}

@@ -87,6 +87,10 @@ pub struct RestoreOptions {
     pub pid_wait: Duration,
     /// Whether to restore into a fresh PID namespace.
     pub pid_ns: PidNsMode,
+    /// A shell job: the program joins the restoring tern's session and
+    /// process group (so its terminal's job control reaches it) instead of
+    /// a session of its own.
+    pub shell_job: bool,
 }
 
 /// When to restore into a fresh PID namespace (where the image's ids are
@@ -117,6 +121,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             new_pid: false,
             pid_wait: Duration::from_secs(5),
+            shell_job: false,
             pid_ns: PidNsMode::Auto,
         }
     }
@@ -516,8 +521,8 @@ pub(crate) fn spawn_puppet(
         None
     };
     let puppet = match &namespace {
-        Some(ns) => ns.enter_for(|| Puppet::spawn_keeping(want, keep)),
-        None => Puppet::spawn_keeping(want, keep),
+        Some(ns) => ns.enter_for(|| Puppet::spawn_keeping(want, keep, !opts.shell_job)),
+        None => Puppet::spawn_keeping(want, keep, !opts.shell_job),
     }
     .map_err(spawn_err)?;
     if let Some(ns) = &namespace {

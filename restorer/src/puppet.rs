@@ -22,12 +22,18 @@ pub struct Puppet {
 impl Puppet {
     /// Create the puppet, with pid `want_pid` if given.
     pub fn spawn(want_pid: Option<i32>) -> io::Result<Puppet> {
-        Self::spawn_keeping(want_pid, None)
+        Self::spawn_keeping(want_pid, None, true)
     }
 
     /// [`spawn`](Self::spawn), the puppet keeping tern's fd `keep.0` as its
-    /// fd `keep.1` (`keep.1` >= 3; every other fd but 0-2 is closed).
-    pub fn spawn_keeping(want_pid: Option<i32>, keep: Option<(i32, i32)>) -> io::Result<Puppet> {
+    /// fd `keep.1` (`keep.1` >= 3; every other fd but 0-2 is closed), in a
+    /// session of its own if `own_session` (else in tern's session and
+    /// process group).
+    pub fn spawn_keeping(
+        want_pid: Option<i32>,
+        keep: Option<(i32, i32)>,
+        own_session: bool,
+    ) -> io::Result<Puppet> {
         // SAFETY: the child below runs raw syscalls only (glibc's cached
         // tid would be the parent's, so no raise()/getpid() wrappers) and
         // never returns into Rust code.
@@ -36,7 +42,9 @@ impl Puppet {
             // SAFETY: in the child: raw syscalls only (glibc's cached tid
             // would be the parent's, so no raise()/getpid() wrappers).
             unsafe {
-                libc::syscall(libc::SYS_setsid);
+                if own_session {
+                    libc::syscall(libc::SYS_setsid);
+                }
                 match keep {
                     Some((from, to)) if to >= 3 => {
                         libc::syscall(libc::SYS_dup3, from, to, 0);

@@ -416,6 +416,11 @@ impl ProcGuard {
         self.pid
     }
 
+    /// The child, if this guards one of ours.
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
     pub fn is_child(&self) -> bool {
         self.child.is_some()
     }
