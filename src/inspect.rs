@@ -275,6 +275,9 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
             ),
             wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
             wire::FdKind::Inet(sock) => inet_line(sock),
+            wire::FdKind::Fifo { path, data, .. } => {
+                format!("FIFO {path} ({} bytes buffered)", data.len())
+            }
             wire::FdKind::Memfd {
                 name, size, seals, ..
             } => format!("memfd {name:?} ({size} bytes saved, seals {seals:#x})"),

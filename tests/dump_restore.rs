@@ -1815,3 +1815,33 @@ fn shell_job_comes_back_on_the_restoring_terminal() {
     check_consecutive(&nums, 1).unwrap_or_else(|e| panic!("{e}"));
     let _ = b.wait_exit(WAIT);
 }
+
+/// A FIFO with 100 records buffered (and two fds on it, one read-only and
+/// non-blocking): after restore it gives the records back in order.
+#[test]
+fn fifo_keeps_its_buffered_records() {
+    if !root_or_skip("fifo_keeps_its_buffered_records") {
+        return;
+    }
+    let dir = TestDir::new("fifo");
+    let exe = compile_c(&dir, "fifo");
+    let cmd = Cmd::new("/bin/sh").arg("-c").arg(format!(
+        "cd {} && exec {}",
+        dir.path().display(),
+        exe.display()
+    ));
+    let mut s = Session::start(dir, cmd, Stdio::null());
+    s.compare_maps = false;
+    s.wait_seq(5);
+    s.dump();
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    assert!(
+        inspect.stdout.contains("FIFO") && inspect.stdout.contains("bytes buffered"),
+        "{}",
+        inspect.stdout
+    );
+    s.restore(Stdio::null());
+    // Past the backlog, into the counters written after the restore.
+    s.wait_seq(110);
+    s.finish();
+}

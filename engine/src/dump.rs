@@ -2009,6 +2009,17 @@ fn fd_kind(
             size: meta.size(),
         });
     }
+    if ft.is_fifo() {
+        let (size, data) = crate::sys::pipe::peek_pipe(pid, fd)
+            .ctx(pid, || format!("copy the data buffered in FIFO fd {fd}"))?;
+        return Ok(wire::FdKind::Fifo {
+            path: link.to_string(),
+            flags,
+            ino: meta.ino(),
+            size,
+            data,
+        });
+    }
     if ft.is_char_device() {
         let major = (meta.rdev() >> 8) & 0xfff;
         // 4, 5 and 136-143 are terminals: they belong to the session, not the image.

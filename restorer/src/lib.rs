@@ -1058,6 +1058,7 @@ impl Builder<'_> {
         // Unix socketpairs: both ends made when the first is met; the other
         // waits above every image fd number for its own group.
         let mut unix_ends: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut fifos_refilled: Vec<u64> = Vec::new();
         // Connections' packets are dropped here until the program runs.
         let pairs = tern_engine::sockets::established_pairs(&self.image.files);
         if !pairs.is_empty() {
@@ -1259,6 +1260,19 @@ impl Builder<'_> {
                 } => {
                     let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
                     (tmp, *offset, true)
+                }
+                wire::FdKind::Fifo {
+                    path,
+                    flags,
+                    ino,
+                    size,
+                    data,
+                } => {
+                    let refill = !fifos_refilled.contains(ino);
+                    fifos_refilled.push(*ino);
+                    let fd =
+                        self.reopen_fifo(path, *flags, *size, if refill { data } else { &[] })?;
+                    (fd, 0, false)
                 }
                 wire::FdKind::Memfd {
                     name,
@@ -1514,6 +1528,32 @@ impl Builder<'_> {
         self.sys(libc::SYS_fchmod, &[fd, u64::from(mode & 0o777)], || {
             format!("fchmod of the recreated {path}")
         })?;
+        Ok(fd)
+    }
+
+    /// Open FIFO `path` in the puppet with `flags`, without blocking: a
+    /// read-write open (which never waits for a peer) holds it open while
+    /// the real one is made non-blocking, then gets the image's blocking
+    /// mode. `data` goes back into its buffer unless it holds bytes
+    /// already (someone else kept it open, buffer and all).
+    fn reopen_fifo(&mut self, path: &str, flags: i32, size: u32, data: &[u8]) -> Result<u64> {
+        let holder = self.open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)?;
+        let fd = self.open(path, flags | libc::O_NONBLOCK | libc::O_CLOEXEC)?;
+        self.sys(
+            libc::SYS_fcntl,
+            &[fd, libc::F_SETFL as u64, (flags & libc::O_NONBLOCK) as u64],
+            || format!("fcntl(F_SETFL) on FIFO {path}"),
+        )?;
+        let pid = self.pid;
+        let what = || format!("refill FIFO {path}");
+        let dup = tern_engine::sys::take_fd(pid, holder as i32).step(pid, what)?;
+        let file = std::fs::File::from(dup);
+        let waiting = tern_engine::sys::pipe::buffered(&file).step(pid, what)?;
+        if waiting == 0 && !data.is_empty() {
+            tern_engine::sys::pipe::resize(&file, size).step(pid, what)?;
+            std::io::Write::write_all(&mut &file, data).step(pid, what)?;
+        }
+        self.sys(libc::SYS_close, &[holder], || "close".into())?;
         Ok(fd)
     }
 

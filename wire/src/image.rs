@@ -453,6 +453,18 @@ pub enum FdKind {
     Epoll { targets: Vec<EpollTarget> },
     /// A TCP or UDP socket over IPv4 or IPv6.
     Inet(InetSocket),
+    /// A FIFO (named pipe) reopened by path, with what was buffered in it
+    /// (put back unless the FIFO still holds data: then someone else kept
+    /// it open, and its buffer with it).
+    Fifo {
+        path: String,
+        flags: i32,
+        /// The FIFO's inode: fds of one FIFO share one buffer.
+        ino: u64,
+        /// Capacity (`F_GETPIPE_SZ`).
+        size: u32,
+        data: Vec<u8>,
+    },
     /// A memfd (`memfd_create`): contents saved like a deleted file's, in
     /// [`deleted_file_name`]`(desc)`.
     Memfd {

@@ -105,3 +105,25 @@ pub fn set_nonblock(fd: &OwnedFd) -> io::Result<()> {
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } as libc::c_long)
         .map(drop)
 }
+
+/// Bytes waiting in the pipe or FIFO behind `f` (`FIONREAD`).
+pub fn buffered(f: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given.
+    cvt(unsafe { libc::ioctl(f.as_raw_fd(), libc::FIONREAD, &mut n) } as libc::c_long)?;
+    Ok(n as usize)
+}
+
+/// Make the pipe or FIFO behind `f` hold `size` bytes (if not already).
+pub fn resize(f: &impl AsRawFd, size: u32) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller holds.
+    let now = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETPIPE_SZ) } as libc::c_long)?;
+    if now as u32 != size {
+        // SAFETY: as above.
+        cvt(
+            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) }
+                as libc::c_long,
+        )?;
+    }
+    Ok(())
+}
