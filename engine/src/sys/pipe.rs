@@ -119,11 +119,9 @@ pub fn resize(f: &impl AsRawFd, size: u32) -> io::Result<()> {
     // SAFETY: fcntl on an fd the caller holds.
     let now = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETPIPE_SZ) } as libc::c_long)?;
     if now as u32 != size {
-        // SAFETY: as above.
-        cvt(
-            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) }
-                as libc::c_long,
-        )?;
+        // SAFETY: fcntl on an fd the caller holds.
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+        cvt(r as libc::c_long)?;
     }
     Ok(())
 }
