@@ -275,6 +275,14 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
             ),
             wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
             wire::FdKind::Inet(sock) => inet_line(sock),
+            wire::FdKind::Inotify { watches, .. } => format!(
+                "inotify watching {}",
+                watches
+                    .iter()
+                    .map(|w| format!("{} (wd {}, mask {:#x})", w.path, w.wd, w.mask))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             wire::FdKind::Fifo { path, data, .. } => {
                 format!("FIFO {path} ({} bytes buffered)", data.len())
             }

@@ -1845,3 +1845,33 @@ fn fifo_keeps_its_buffered_records() {
     s.wait_seq(110);
     s.finish();
 }
+
+/// An inotify fd watching two directories under descriptors 1 and 3 (2
+/// was removed): after restore, new files raise their events under the
+/// same descriptors, and nothing stray is queued.
+#[test]
+fn inotify_watches_keep_their_numbers() {
+    if !root_or_skip("inotify_watches_keep_their_numbers") {
+        return;
+    }
+    let dir = TestDir::new("inotify");
+    let exe = compile_c(&dir, "inotify");
+    let cmd = Cmd::new("/bin/sh").arg("-c").arg(format!(
+        "cd {} && exec {}",
+        dir.path().display(),
+        exe.display()
+    ));
+    let mut s = Session::start(dir, cmd, Stdio::null());
+    s.wait_seq(5);
+    s.dump();
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    assert!(
+        inspect.stdout.contains("inotify watching") && inspect.stdout.contains("(wd 3"),
+        "{}",
+        inspect.stdout
+    );
+    s.restore(Stdio::null());
+    s.wait_for_line("the events after the restore", |l| l.contains("inotify ok"));
+    s.wait_seq(45);
+    s.finish();
+}

@@ -1917,6 +1917,26 @@ fn fd_kind(
         }
         return Ok(wire::FdKind::Epoll { targets: out });
     }
+    if link == "anon_inode:inotify" {
+        let text = fdinfo()?;
+        let entries = proc::parse_inotify(&text)
+            .ok_or_else(|| unsupported(pid, format!("{}: unreadable inotify fdinfo", what())))?;
+        let mut watches = Vec::with_capacity(entries.len());
+        for e in entries {
+            let path = inotify_watch_path(&e)
+                .map_err(|why| unsupported(pid, format!("{}: watch {}: {why}", what(), e.wd)))?;
+            watches.push(wire::InotifyWatch {
+                wd: e.wd,
+                mask: e.mask,
+                path,
+            });
+        }
+        watches.sort_by_key(|w| w.wd);
+        return Ok(wire::FdKind::Inotify {
+            flags: flags & libc::O_NONBLOCK,
+            watches,
+        });
+    }
     if link == "anon_inode:[signalfd]" {
         let text = fdinfo()?;
         let mask = text
@@ -2052,6 +2072,26 @@ fn fd_kind(
         offset,
         file: file_identity(link, &meta),
     })
+}
+
+/// The path of what an inotify watch watches: its file handle opened on
+/// its file system's mount point, then named by /proc/self/fd.
+fn inotify_watch_path(e: &proc::InotifyEntry) -> std::result::Result<String, String> {
+    let mount = proc::mount_point_of(e.sdev)
+        .ok_or_else(|| format!("its file system (dev {:#x}) is not mounted here", e.sdev))?;
+    let mount_fd = std::fs::File::open(&mount).map_err(|err| format!("open {mount}: {err}"))?;
+    let fd = crate::sys::open_by_handle(&mount_fd, e.handle_type, &e.handle).map_err(|err| {
+        format!("open_by_handle_at on {mount}: {err} (needs CAP_DAC_READ_SEARCH)")
+    })?;
+    use std::os::fd::AsRawFd;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|err| format!("name the watched file: {err}"))?
+        .to_string_lossy()
+        .into_owned();
+    if path.ends_with(" (deleted)") || !path.starts_with('/') {
+        return Err(format!("it watches {path}, which has no path any more"));
+    }
+    Ok(path)
 }
 
 fn save_file_contents(pid: i32, src: &str, target: &Path) -> Result<()> {

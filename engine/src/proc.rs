@@ -647,3 +647,75 @@ mod creds_tests {
         assert_eq!(cap_names(0x420), vec!["cap_kill", "cap_net_bind_service"]);
     }
 }
+
+/// One watch of an inotify fd's fdinfo (`inotify wd:1 ino:e2 sdev:800001
+/// mask:fce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InotifyEntry {
+    pub wd: i32,
+    pub ino: u64,
+    /// The kernel's dev_t of the file system (major << 20 | minor).
+    pub sdev: u64,
+    pub mask: u32,
+    pub handle_type: i32,
+    pub handle: Vec<u8>,
+}
+
+pub fn parse_inotify(text: &str) -> Option<Vec<InotifyEntry>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("inotify ") else {
+            continue;
+        };
+        let field = |name: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix(':'))
+        };
+        let hex = |name: &str| u64::from_str_radix(field(name)?, 16).ok();
+        let handle_hex = field("f_handle")?;
+        let handle = (0..handle_hex.len() / 2)
+            .map(|i| u8::from_str_radix(&handle_hex[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        out.push(InotifyEntry {
+            wd: field("wd")?.parse().ok()?,
+            ino: hex("ino")?,
+            sdev: hex("sdev")?,
+            mask: hex("mask")? as u32,
+            handle_type: field("fhandle-type")?.parse().ok()?,
+            handle,
+        });
+    }
+    Some(out)
+}
+
+/// Where the file system with kernel dev_t `sdev` is mounted (from
+/// /proc/self/mountinfo), if it is.
+pub fn mount_point_of(sdev: u64) -> Option<String> {
+    let (major, minor) = (sdev >> 20, sdev & 0xf_ffff);
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (ma, mi) = f.get(2)?.split_once(':')?;
+        (ma.parse::<u64>().ok()? == major && mi.parse::<u64>().ok()? == minor)
+            .then(|| f.get(4).map(|s| s.to_string()))
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod inotify_tests {
+    use super::*;
+
+    #[test]
+    fn inotify_fdinfo_parses() {
+        let text = "pos:\t0\nflags:\t02004000\nmnt_id:\t15\nino:\t1057\ninotify wd:3 ino:e2 sdev:800001 mask:fce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:e200000028fb9c7b\n";
+        let e = parse_inotify(text).expect("parse");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].wd, 3);
+        assert_eq!(e[0].ino, 0xe2);
+        assert_eq!(e[0].sdev, 0x800001);
+        assert_eq!(e[0].mask, 0xfce);
+        assert_eq!(e[0].handle_type, 1);
+        assert_eq!(e[0].handle, vec![0xe2, 0, 0, 0, 0x28, 0xfb, 0x9c, 0x7b]);
+    }
+}

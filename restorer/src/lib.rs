@@ -1261,6 +1261,10 @@ impl Builder<'_> {
                     let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
                     (tmp, *offset, true)
                 }
+                wire::FdKind::Inotify { flags, watches } => {
+                    let fd = self.recreate_inotify(*flags, watches)?;
+                    (fd, 0, false)
+                }
                 wire::FdKind::Fifo {
                     path,
                     flags,
@@ -1528,6 +1532,49 @@ impl Builder<'_> {
         self.sys(libc::SYS_fchmod, &[fd, u64::from(mode & 0o777)], || {
             format!("fchmod of the recreated {path}")
         })?;
+        Ok(fd)
+    }
+
+    /// An inotify instance with the image's watches under their own
+    /// descriptor numbers: the kernel hands out numbers in turn, so a
+    /// watch that gets one too small is removed and added again until it
+    /// gets its own; the IN_IGNORED events that leaves are read away.
+    fn recreate_inotify(&mut self, flags: i32, watches: &[wire::InotifyWatch]) -> Result<u64> {
+        let mut init_flags = libc::IN_CLOEXEC;
+        if flags & libc::O_NONBLOCK != 0 {
+            init_flags |= libc::IN_NONBLOCK;
+        }
+        let fd = self.sys(libc::SYS_inotify_init1, &[init_flags as u64], || {
+            "inotify_init1".into()
+        })?;
+        for w in watches {
+            let path = self.path_arg(&w.path)?;
+            let mut tries = 0u32;
+            loop {
+                let got = self.sys(
+                    libc::SYS_inotify_add_watch,
+                    &[fd, path, u64::from(w.mask)],
+                    || format!("inotify_add_watch({})", w.path),
+                )? as i32;
+                if got == w.wd {
+                    break;
+                }
+                tries += 1;
+                if got > w.wd || tries > 100_000 {
+                    return Err(self.image.bad(format!(
+                        "inotify watch {} on {} cannot get its number back (the kernel gave {got})",
+                        w.wd, w.path
+                    )));
+                }
+                self.sys(libc::SYS_inotify_rm_watch, &[fd, got as u64], || {
+                    "inotify_rm_watch".into()
+                })?;
+            }
+        }
+        let pid = self.pid;
+        let what = || "read away the IN_IGNORED events of the renumbering".to_string();
+        let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
+        tern_engine::sys::drain_nonblocking(&dup).step(pid, what)?;
         Ok(fd)
     }
 

@@ -453,6 +453,12 @@ pub enum FdKind {
     Epoll { targets: Vec<EpollTarget> },
     /// A TCP or UDP socket over IPv4 or IPv6.
     Inet(InetSocket),
+    /// An inotify instance and its watches (events queued but not yet
+    /// read are not kept).
+    Inotify {
+        flags: i32,
+        watches: Vec<InotifyWatch>,
+    },
     /// A FIFO (named pipe) reopened by path, with what was buffered in it
     /// (put back unless the FIFO still holds data: then someone else kept
     /// it open, and its buffer with it).
@@ -642,4 +648,13 @@ pub struct TreeProcess {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+}
+
+/// One inotify watch: its descriptor number, event mask and the path of
+/// what it watches (resolved from the kernel's file handle at dump time).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    pub path: String,
 }

@@ -48,6 +48,60 @@ pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
 }
 
+/// Open the file a kernel file handle names (`open_by_handle_at`, Linux
+/// 2.6.39, `CONFIG_FHANDLE`, needs `CAP_DAC_READ_SEARCH`) as an `O_PATH`
+/// fd; `mount` is any fd on its file system.
+pub fn open_by_handle(
+    mount: &std::fs::File,
+    handle_type: i32,
+    handle: &[u8],
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes.
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&handle_type.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: `buf` holds a complete struct file_handle for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    match libc::c_int::try_from(r) {
+        // SAFETY: the kernel just returned this new descriptor.
+        Ok(fd) if fd >= 0 => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Read and discard whatever `fd` has to read, without blocking (the open
+/// file description's own blocking mode is left as it was).
+pub fn drain_nonblocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n <= 0 || p.revents & libc::POLLIN == 0 {
+            return Ok(());
+        }
+        // SAFETY: reads into `buf`, valid for its length.
+        let r = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r <= 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// The seals of the memfd behind `fd` (`F_GET_SEALS`).
 pub fn memfd_seals(fd: &std::os::fd::OwnedFd) -> std::io::Result<i32> {
     use std::os::fd::AsRawFd;
