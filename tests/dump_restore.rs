@@ -1875,3 +1875,26 @@ fn inotify_watches_keep_their_numbers() {
     s.wait_seq(45);
     s.finish();
 }
+
+/// A parent and a child over two unix socketpairs (one end each, a
+/// 500-byte backlog waiting at the parent's end of one) and an eventfd
+/// both hold: the tree is dumped and restored, the backlog read back and
+/// the request/answer/eventfd exchange goes on.
+#[test]
+fn process_tree_with_socketpairs_and_a_shared_eventfd() {
+    if !root_or_skip("process_tree_with_socketpairs_and_a_shared_eventfd") {
+        return;
+    }
+    let mut s = c_session("family_unix", "family_unix", &[]);
+    s.compare_maps = false;
+    s.wait_seq(5);
+    assert_eq!(tern_children(s.pid).len(), 1);
+    s.dump();
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    s.wait_for_line("the backlog after the restore", |l| {
+        l.contains("backlog ok")
+    });
+    s.wait_seq(50);
+    s.finish();
+}

@@ -137,6 +137,9 @@ pub(crate) struct CrossProcess {
     /// Pipes whose ends other processes of the tree hold too: recorded by
     /// id, their data kept in the tree's image.
     pub pipes: std::collections::BTreeSet<u64>,
+    /// Inodes of the sockets any process of the tree holds: a unix socket
+    /// may be paired with one of them.
+    pub sockets: std::collections::BTreeSet<u64>,
 }
 
 pub(crate) fn preflight(pid: i32) -> Result<()> {
@@ -741,7 +744,14 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             pending.insert(sig);
         }
     }
-    pending.extend(seized.intercepted_signals());
+    // Held back while stopping: kept with their siginfo, for the thread
+    // that was about to take each.
+    for (tid, info) in seized.intercepted_with_info() {
+        pending_siginfo.push(wire::QueuedSignal {
+            tid,
+            info: info.to_vec(),
+        });
+    }
     if seized.was_stopped {
         // Re-raised after restore: the program comes back stopped, as it was.
         pending.insert(libc::SIGSTOP);
@@ -1710,7 +1720,7 @@ fn capture_files(
         }
     }
     let sockets = take_sockets(pid, &listed, conns)?;
-    let unix_pairs = crate::sockets::capture_unix_pairs(pid, &listed)?;
+    let unix_pairs = crate::sockets::capture_unix_pairs(pid, &listed, &cross.sockets)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
         let link = link.as_str();

@@ -9,6 +9,9 @@ pub const ERESTARTNOINTR: i64 = 513;
 pub const ERESTARTNOHAND: i64 = 514;
 pub const ERESTART_RESTARTBLOCK: i64 = 516;
 
+/// Signals held back while stopping a thread, with their siginfo.
+type Intercepted = Vec<(i32, [u8; 128])>;
+
 /// A thread of the target other than the main one, stopped.
 pub struct SeizedThread {
     pub tid: i32,
@@ -56,7 +59,7 @@ pub struct Seized {
 
 /// Seize and stop one thread; returns its registers and the signals that
 /// arrived before the stop (held back). `None` if the thread is gone.
-fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
+fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Intercepted)>> {
     // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
     match ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
         Ok(()) => {}
@@ -71,21 +74,24 @@ fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
     stopped
 }
 
-fn wait_interrupted(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
+fn wait_interrupted(tid: i32) -> Result<Option<(libc::user_regs_struct, Intercepted)>> {
     ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
     wait_stop(tid)
 }
 
 /// Wait for the interrupt stop asked of `tid`.
-fn wait_stop(tid: i32) -> Result<Option<(libc::user_regs_struct, Vec<i32>)>> {
+fn wait_stop(tid: i32) -> Result<Option<(libc::user_regs_struct, Intercepted)>> {
     let mut pending = Vec::new();
     loop {
         match ptrace::wait(tid).ctx(tid, || "wait for the stop".into())? {
             ptrace::Stop::EventStop(_) => break,
             ptrace::Stop::Signal(sig) => {
-                // Arrived before our stop: hold it back and re-deliver it
-                // when the program resumes (or record it as pending).
-                pending.push(sig);
+                // Arrived before our stop: hold it back and re-deliver it,
+                // with its siginfo, when the program resumes (or record it
+                // as pending).
+                let mut info = ptrace::get_siginfo(tid).unwrap_or([0u8; 128]);
+                info[..4].copy_from_slice(&sig.to_le_bytes());
+                pending.push((sig, info));
                 ptrace::cont(tid, 0).ctx(tid, || "PTRACE_CONT".into())?;
             }
             ptrace::Stop::Syscall | ptrace::Stop::Event(_) => {
@@ -188,7 +194,7 @@ impl FrozenSeize {
             return Err(EngineError::NoProcess { pid });
         };
         let mut remote = RemoteThread::new(pid, 0, regs);
-        remote.intercepted_signals = pending;
+        remote.set_intercepted(pending);
         let mut s = Seized {
             pid,
             found_regs: regs,
@@ -207,7 +213,7 @@ impl FrozenSeize {
             }
             if let Some((regs, pending)) = stop {
                 let mut remote = RemoteThread::new(tid, 0, regs);
-                remote.intercepted_signals = pending;
+                remote.set_intercepted(pending);
                 s.threads.push(SeizedThread {
                     tid,
                     found_regs: regs,
@@ -245,7 +251,7 @@ impl Seized {
             return Err(EngineError::NoProcess { pid });
         };
         let mut remote = RemoteThread::new(pid, 0, regs);
-        remote.intercepted_signals = pending;
+        remote.set_intercepted(pending);
         let mut s = Seized {
             pid,
             found_regs: regs,
@@ -276,7 +282,7 @@ impl Seized {
                 }
                 if let Some((regs, pending)) = stop_thread(tid)? {
                     let mut remote = RemoteThread::new(tid, 0, regs);
-                    remote.intercepted_signals = pending;
+                    remote.set_intercepted(pending);
                     s.threads.push(SeizedThread {
                         tid,
                         found_regs: regs,
@@ -302,11 +308,16 @@ impl Seized {
         }
     }
 
-    /// Signals held back while stopping, from every thread.
-    pub fn intercepted_signals(&self) -> Vec<i32> {
-        let mut v = self.remote.intercepted_signals.clone();
+    /// Signals held back while stopping, with their siginfo, by thread.
+    pub fn intercepted_with_info(&self) -> Vec<(i32, [u8; 128])> {
+        let mut v: Vec<(i32, [u8; 128])> = self
+            .remote
+            .intercepted_info
+            .iter()
+            .map(|i| (self.pid, *i))
+            .collect();
         for t in &self.threads {
-            v.extend(t.remote.intercepted_signals.iter().copied());
+            v.extend(t.remote.intercepted_info.iter().map(|i| (t.tid, *i)));
         }
         v
     }
@@ -339,7 +350,7 @@ impl Seized {
                 first_err.get_or_insert(e);
             }
         }
-        let signals = self.intercepted_signals();
+        let signals = self.intercepted_with_info();
         // Every thread is let go even if one fails, so none stays stopped.
         for t in &self.threads {
             let r = (|| {
@@ -367,9 +378,10 @@ impl Seized {
             // SAFETY: plain syscall with integer arguments.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
         }
-        for sig in signals {
-            // SAFETY: plain syscall with integer arguments.
-            unsafe { libc::kill(pid, sig) };
+        // Sent again with their siginfo (a timer's value and id), to the
+        // thread that was about to take each.
+        for (tid, info) in signals {
+            ptrace::replay_signal(pid, tid, &info);
         }
         match first_err {
             Some(e) => Err(e),

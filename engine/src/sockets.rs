@@ -498,12 +498,13 @@ pub(crate) fn is_unix(pid: i32, fd: i32) -> Result<bool> {
 }
 
 /// The program's unix sockets (stdio aside): each must be one end of a
-/// connected pair whose other end the program holds too (`socketpair`),
+/// connected pair whose other end the program (or its tree) holds too (`socketpair`),
 /// not shut down; a stream end's waiting bytes are read (not consumed),
 /// datagram ends must have none waiting. Returns fd -> its image record.
 pub(crate) fn capture_unix_pairs(
     pid: i32,
     listed: &[(i32, String, crate::proc::FdInfo)],
+    in_tree: &std::collections::BTreeSet<u64>,
 ) -> Result<std::collections::BTreeMap<i32, wire::FdKind>> {
     use crate::sys::unix_diag;
     let ino_of = |link: &str| {
@@ -549,9 +550,9 @@ pub(crate) fn capture_unix_pairs(
             Some(p) if s.state == 1 => p,
             _ => return Err(what(format!("not connected (state {})", s.state))),
         };
-        if !ours.iter().any(|&(_, i, _)| i == peer) {
+        if !ours.iter().any(|&(_, i, _)| i == peer) && !in_tree.contains(&peer) {
             return Err(what(format!(
-                "connected to socket {peer}, which another process holds"
+                "connected to socket {peer}, which a process outside the dump holds"
             )));
         }
         if s.shutdown != 0 {

@@ -83,6 +83,7 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
     let tree = find_shared(&procs)?;
     let cross = CrossProcess {
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
+        sockets: tree_sockets(&procs)?,
     };
     // Children first; the root's inventory last marks the image complete.
     let mut stats = Vec::with_capacity(procs.len());
@@ -185,6 +186,26 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     Ok((seized, procs))
 }
 
+/// Inodes of every socket the tree's processes hold.
+fn tree_sockets(procs: &[wire::TreeProcess]) -> Result<BTreeSet<u64>> {
+    let mut out = BTreeSet::new();
+    for p in procs {
+        for fd in proc::list_fds(p.pid).ctx(p.pid, || "list fds".into())? {
+            let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", p.pid))
+                .ctx(p.pid, || format!("readlink fd {fd}"))?;
+            if let Some(ino) = link
+                .to_str()
+                .and_then(|l| l.strip_prefix("socket:["))
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                out.insert(ino);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What the stopped processes of a tree share.
 fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
     // Every fd of every process with what it points at.
@@ -247,20 +268,15 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
         }
         if group.len() > 1 {
             let what = la.as_str();
-            let shareable = what.starts_with('/') && !what.ends_with(" (deleted)");
+            // stdio a terminal, pipe or socket is each restored process's
+            // own (the restorer's); anything else is made once, by the
+            // first process, and handed to the others.
             let stdio = group.iter().all(|&(_, fd)| (0..=2).contains(&fd))
                 && (what.starts_with("pipe:")
                     || what.starts_with("socket:")
                     || what.starts_with("/dev/pts/")
                     || what.starts_with("/dev/tty"));
-            if !shareable && !stdio {
-                let (pb, fb) = group[1];
-                return Err(refuse(
-                    *pa,
-                    format!("its fd {fa} ({what}) is shared with process {pb} (fd {fb}); sharing this kind of file between processes is not supported yet (regular files and devices are)"),
-                ));
-            }
-            if shareable {
+            if !stdio {
                 shared_fds.push(group);
             }
         }

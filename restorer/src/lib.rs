@@ -381,28 +381,7 @@ fn wait_pid_free(pid: i32, wait: Duration) -> Result<()> {
 /// async I/O...), else raise it plainly (kill/tgkill: the sender's pid and
 /// uid are then ours).
 fn replay_signal(pid: i32, tid: i32, info: &[u8]) {
-    let word = |o: usize| i32::from_le_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
-    let (sig, code) = (word(0), word(8));
-    const SI_TKILL: i32 = -6;
-    // SAFETY: plain syscalls; `info` is a 128-byte siginfo_t the kernel
-    // only reads.
-    unsafe {
-        let queued = code < 0 && code != SI_TKILL && {
-            let r = if tid == 0 {
-                libc::syscall(libc::SYS_rt_sigqueueinfo, pid, sig, info.as_ptr())
-            } else {
-                libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info.as_ptr())
-            };
-            r == 0
-        };
-        if !queued {
-            if tid == 0 {
-                libc::kill(pid, sig);
-            } else {
-                libc::syscall(libc::SYS_tgkill, pid, tid, sig);
-            }
-        }
-    }
+    ptrace::replay_signal(pid, tid, info);
 }
 
 /// Check, before any process is created, that everything outside the

@@ -165,6 +165,10 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
         held.push(r);
         held.push(w);
     }
+    // Unix socketpairs whose ends different processes hold: made here too.
+    let pair_ends = make_cross_pairs(&images, &mut held).step(root_pid, || {
+        "make the unix socketpairs shared between processes".into()
+    })?;
     let mut shared_fds: BTreeMap<usize, RawFd> = BTreeMap::new();
     let mut shared_maps: BTreeMap<usize, RawFd> = BTreeMap::new();
     let mut members = Vec::with_capacity(procs.len());
@@ -181,10 +185,18 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
             maps: BTreeMap::new(),
         };
         for f in &image.files.fds {
-            if let wire::FdKind::Pipe { id, write_end, .. } = &f.kind {
-                if let Some(&(r, w)) = pipe_ends.get(id) {
-                    imports.fds.insert(f.fd, if *write_end { w } else { r });
+            match &f.kind {
+                wire::FdKind::Pipe { id, write_end, .. } => {
+                    if let Some(&(r, w)) = pipe_ends.get(id) {
+                        imports.fds.insert(f.fd, if *write_end { w } else { r });
+                    }
                 }
+                wire::FdKind::UnixPair { ino, .. } => {
+                    if let Some(&end) = pair_ends.get(ino) {
+                        imports.fds.insert(f.fd, end);
+                    }
+                }
+                _ => {}
             }
         }
         for (g, group) in tree.shared_fds.iter().enumerate() {
@@ -348,6 +360,72 @@ fn set_sessions(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The unix socketpairs of the images whose two ends are held by
+/// different processes, made here (each end's waiting bytes sent from the
+/// other end, O_NONBLOCK as recorded): end inode -> tern's fd (kept in
+/// `held`).
+fn make_cross_pairs(
+    images: &[Image],
+    held: &mut Vec<OwnedFd>,
+) -> std::io::Result<BTreeMap<u64, RawFd>> {
+    struct End<'a> {
+        process: usize,
+        ino: u64,
+        kind: i32,
+        nonblock: bool,
+        queued: &'a [u8],
+    }
+    let mut pairs: BTreeMap<u64, Vec<End<'_>>> = BTreeMap::new();
+    for (k, image) in images.iter().enumerate() {
+        for f in &image.files.fds {
+            if let wire::FdKind::UnixPair {
+                pair,
+                ino,
+                kind,
+                flags,
+                queued,
+            } = &f.kind
+            {
+                pairs.entry(*pair).or_default().push(End {
+                    process: k,
+                    ino: *ino,
+                    kind: *kind,
+                    nonblock: flags & libc::O_NONBLOCK != 0,
+                    queued,
+                });
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (pair, ends) in pairs {
+        if ends.iter().all(|e| e.process == ends[0].process) {
+            continue; // one process makes it itself
+        }
+        let a = &ends[0];
+        let Some(b) = ends.iter().find(|e| e.ino != a.ino) else {
+            return Err(std::io::Error::other(format!(
+                "unix socket pair {pair} has one end in the images"
+            )));
+        };
+        let (fa, fb) = tern_engine::sys::sock::socketpair(a.kind)?;
+        use std::os::fd::AsFd;
+        tern_engine::sys::sock::send_all(fb.as_fd(), a.queued)?;
+        tern_engine::sys::sock::send_all(fa.as_fd(), b.queued)?;
+        let nonblock = |ino: u64| ends.iter().any(|e| e.ino == ino && e.nonblock);
+        if nonblock(a.ino) {
+            tern_engine::sys::sock::set_status_flags(fa.as_fd(), libc::O_NONBLOCK)?;
+        }
+        if nonblock(b.ino) {
+            tern_engine::sys::sock::set_status_flags(fb.as_fd(), libc::O_NONBLOCK)?;
+        }
+        out.insert(a.ino, fa.as_raw_fd());
+        out.insert(b.ino, fb.as_raw_fd());
+        held.push(fa);
+        held.push(fb);
+    }
+    Ok(out)
 }
 
 /// Make pipe `p` here with its capacity and data, each end with the

@@ -123,6 +123,49 @@ fn decode_status(status: i32) -> Stop {
     }
 }
 
+/// The siginfo of the signal `tid` is stopped to deliver
+/// (PTRACE_GETSIGINFO), as its 128 raw bytes.
+pub fn get_siginfo(tid: i32) -> io::Result<[u8; 128]> {
+    let mut info = [0u8; 128];
+    request(libc::PTRACE_GETSIGINFO, tid, 0, info.as_mut_ptr() as usize)?;
+    Ok(info)
+}
+
+/// Send signal `sig` to thread `tid` of `pid` again with its siginfo
+/// `info` where the kernel lets a sender set it (rt_tgsigqueueinfo takes
+/// any negative si_code but SI_TKILL: timers, sigqueue, AIO), else with
+/// tgkill (then it arrives as SI_TKILL, without its data); `tid` 0: to the
+/// process (rt_sigqueueinfo / kill).
+pub fn replay_signal(pid: i32, tid: i32, info: &[u8]) {
+    if info.len() < 12 {
+        return;
+    }
+    let word = |o: usize| i32::from_le_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+    let (sig, code) = (word(0), word(8));
+    const SI_TKILL: i32 = -6;
+    let mut full = [0u8; 128];
+    full[..info.len().min(128)].copy_from_slice(&info[..info.len().min(128)]);
+    // SAFETY: plain syscalls; `full` is a 128-byte siginfo_t the kernel
+    // only reads.
+    unsafe {
+        let queued = code < 0 && code != SI_TKILL && {
+            let r = if tid == 0 {
+                libc::syscall(libc::SYS_rt_sigqueueinfo, pid, sig, full.as_ptr())
+            } else {
+                libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, full.as_ptr())
+            };
+            r == 0
+        };
+        if !queued {
+            if tid == 0 {
+                libc::kill(pid, sig);
+            } else {
+                libc::syscall(libc::SYS_tgkill, pid, tid, sig);
+            }
+        }
+    }
+}
+
 pub fn get_regs(tid: i32) -> io::Result<libc::user_regs_struct> {
     // SAFETY: user_regs_struct is plain integers; all-zero is valid.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };

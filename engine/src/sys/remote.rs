@@ -18,6 +18,9 @@ pub struct RemoteThread {
     /// Signals that arrived while injecting; suppressed, for the caller to
     /// re-deliver.
     pub intercepted_signals: Vec<i32>,
+    /// Their siginfo (128 bytes each, same order), to send them again with
+    /// their data.
+    pub intercepted_info: Vec<[u8; 128]>,
     /// The signal that killed it during an injected syscall (its exit was
     /// reaped by that wait).
     pub killed_by: Option<i32>,
@@ -32,7 +35,16 @@ impl RemoteThread {
             gadget,
             template,
             intercepted_signals: Vec::new(),
+            intercepted_info: Vec::new(),
             killed_by: None,
+        }
+    }
+
+    /// Signals held back while this thread was being stopped.
+    pub fn set_intercepted(&mut self, signals: Vec<(i32, [u8; 128])>) {
+        for (sig, info) in signals {
+            self.intercepted_signals.push(sig);
+            self.intercepted_info.push(info);
         }
     }
 
@@ -78,6 +90,9 @@ impl RemoteThread {
                 ptrace::Stop::Syscall => return Ok(()),
                 ptrace::Stop::Signal(sig) => {
                     self.intercepted_signals.push(sig);
+                    let mut info = ptrace::get_siginfo(self.tid).unwrap_or([0u8; 128]);
+                    info[..4].copy_from_slice(&sig.to_le_bytes());
+                    self.intercepted_info.push(info);
                     ptrace::syscall(self.tid, 0)?;
                 }
                 ptrace::Stop::EventStop(_) | ptrace::Stop::Event(_) => {

@@ -339,3 +339,25 @@ pub mod repair {
     /// Bytes unsent in the send queue (`SIOCOUTQNSD`).
     pub const SIOCOUTQNSD: libc::c_ulong = 0x894B;
 }
+
+/// A connected pair of unix sockets of type `kind`, close-on-exec.
+pub fn socketpair(kind: i32) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel just returned these descriptors.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
