@@ -201,8 +201,7 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
         }
         for (g, group) in tree.shared_fds.iter().enumerate() {
             if let Some(&fd) = shared_fds.get(&g) {
-                for &(pid, n) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
-                    let _ = pid;
+                for &(_, n) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
                     imports.fds.insert(n, fd);
                 }
             }
