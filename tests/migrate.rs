@@ -633,7 +633,11 @@ fn migrate_commit_outcome_is_settled_by_asking() {
     ));
     let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
     let source_pid = e.program.pid();
-    let handoff = format!("kill -STOP {serve_pid}");
+    // kill returns before every thread has stopped: wait until they have,
+    // or the Commit might still be taken.
+    let handoff = format!(
+        "kill -STOP {serve_pid}; while grep -L '^State:.T' /proc/{serve_pid}/task/*/status | grep -q .; do sleep 0.001; done"
+    );
     let out = e.migrate(&[
         "--handoff-cmd",
         &handoff,
