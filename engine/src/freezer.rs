@@ -113,13 +113,21 @@ impl CgroupFreezer {
         })
     }
 
-    /// Move process `pid` (all its threads) into the freezer cgroup.
-    pub fn add(&mut self, pid: i32) -> Result<()> {
+    /// Move process `pid` (all its threads) into the freezer cgroup. A
+    /// child forked inside it already goes back where its `parent` came
+    /// from.
+    pub fn add(&mut self, pid: i32, parent: Option<i32>) -> Result<()> {
         if self.moved.iter().any(|(p, _)| *p == pid) {
             return Ok(());
         }
         let from = self.cgroup_of(pid)?;
         if from == self.dir {
+            let origin = parent
+                .and_then(|pp| self.moved.iter().find(|(p, _)| *p == pp))
+                .map(|(_, o)| o.clone());
+            if let Some(origin) = origin {
+                self.moved.push((pid, origin));
+            }
             return Ok(());
         }
         std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())

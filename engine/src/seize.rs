@@ -135,8 +135,21 @@ pub struct FrozenSeize {
 
 impl FrozenSeize {
     /// Seize and interrupt every thread of frozen process `pid`: frozen,
-    /// it cannot make more.
-    pub fn new(pid: i32) -> Result<FrozenSeize> {
+    /// it cannot make more. On error the threads seized so far are in the
+    /// returned value too: drop it only once the cgroup is thawed (it
+    /// waits for their stops to let them go).
+    pub fn new(pid: i32) -> (FrozenSeize, Result<()>) {
+        let mut s = FrozenSeize {
+            pid,
+            tids: Vec::new(),
+            was_stopped: false,
+        };
+        let r = s.seize_all();
+        (s, r)
+    }
+
+    fn seize_all(&mut self) -> Result<()> {
+        let pid = self.pid;
         let was_stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|st| {
@@ -144,21 +157,17 @@ impl FrozenSeize {
                     .map(|(_, rest)| rest.trim_start().starts_with('T'))
             })
             .unwrap_or(false);
-        let mut s = FrozenSeize {
-            pid,
-            tids: Vec::new(),
-            was_stopped,
-        };
+        self.was_stopped = was_stopped;
         for tid in crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
             ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)
                 .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
-            s.tids.push(tid);
+            self.tids.push(tid);
             ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
         }
-        if !s.tids.contains(&pid) {
+        if !self.tids.contains(&pid) {
             return Err(EngineError::NoProcess { pid });
         }
-        Ok(s)
+        Ok(())
     }
 
     /// Once thawed: wait for every thread's stop, then seize any thread
@@ -228,9 +237,14 @@ impl FrozenSeize {
 }
 
 impl Drop for FrozenSeize {
+    /// (Once thawed.) A thread not yet in its stop cannot be detached:
+    /// wait for the stop it was asked for, then let it go.
     fn drop(&mut self) {
         for &tid in &self.tids {
-            let _ = ptrace::detach(tid, 0);
+            if ptrace::detach(tid, 0).is_err() {
+                let _ = wait_stop(tid);
+                let _ = ptrace::detach(tid, 0);
+            }
         }
     }
 }
@@ -374,14 +388,15 @@ impl Seized {
         if let Err(e) = ptrace::detach(pid, 0).ctx(pid, || "PTRACE_DETACH".into()) {
             first_err.get_or_insert(e);
         }
+        // Sent again with their siginfo (a timer's value and id), to the
+        // thread that was about to take each; before the SIGSTOP below, so
+        // a SIGCONT among them cannot undo it.
+        for (tid, info) in signals {
+            ptrace::replay_signal(pid, tid, &info);
+        }
         if self.was_stopped {
             // SAFETY: plain syscall with integer arguments.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
-        }
-        // Sent again with their siginfo (a timer's value and id), to the
-        // thread that was about to take each.
-        for (tid, info) in signals {
-            ptrace::replay_signal(pid, tid, &info);
         }
         match first_err {
             Some(e) => Err(e),

@@ -148,9 +148,11 @@ fn seize_in_turn(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
 fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     let mut freezer = CgroupFreezer::create(root)?;
     let mut procs = vec![ids(root)?];
-    freezer.add(root)?;
-    // Processes move in one by one while the others run: a child forked
-    // before its parent moved is found by listing again once frozen.
+    freezer.add(root, None)?;
+    freezer.freeze()?;
+    // Processes move in one by one while the others run (a child forked
+    // before its parent moved stays outside; one forked after is inside
+    // already): list again, while frozen, until nothing new appears.
     loop {
         let mut next = 0;
         let mut found = false;
@@ -161,22 +163,35 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
                     continue;
                 }
                 check_descendant(root, parent, child)?;
-                freezer.add(child)?;
+                freezer.add(child, Some(parent))?;
                 procs.push(ids(child)?);
                 found = true;
             }
             next += 1;
         }
-        freezer.freeze()?;
         if !found {
             break;
         }
+        freezer.freeze()?;
     }
     let mut pending = Vec::with_capacity(procs.len());
-    for p in &procs {
-        pending.push(FrozenSeize::new(p.pid)?);
+    let seized_all = (|| {
+        for p in &procs {
+            let (s, r) = FrozenSeize::new(p.pid);
+            pending.push(s);
+            r?;
+        }
+        Ok::<(), EngineError>(())
+    })();
+    // Thawed before anything waits for a stop (or lets go on error); if
+    // thawing fails, moving every process back out of the cgroup (the
+    // freezer's drop) thaws them.
+    if let Err(e) = freezer.thaw() {
+        drop(freezer);
+        drop(pending);
+        return Err(e);
     }
-    freezer.thaw()?;
+    seized_all?;
     let mut seized = Vec::with_capacity(procs.len());
     for p in pending {
         seized.push(p.finish()?);
@@ -190,7 +205,12 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
 fn tree_sockets(procs: &[wire::TreeProcess]) -> Result<BTreeSet<u64>> {
     let mut out = BTreeSet::new();
     for p in procs {
-        for fd in proc::list_fds(p.pid).ctx(p.pid, || "list fds".into())? {
+        // stdio is each restored process's own, never one end of a pair.
+        for fd in proc::list_fds(p.pid)
+            .ctx(p.pid, || "list fds".into())?
+            .into_iter()
+            .filter(|fd| *fd > 2)
+        {
             let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", p.pid))
                 .ctx(p.pid, || format!("readlink fd {fd}"))?;
             if let Some(ino) = link
@@ -232,20 +252,29 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
         }
     }
     let mut pipes = Vec::new();
+    let access = |pid: i32, fd: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ok()
+            .and_then(|t| proc::parse_fdinfo(&t))
+            .map_or(-1, |i| i.flags & libc::O_ACCMODE)
+    };
     for (id, who) in holders.iter().filter(|(_, w)| w.len() > 1) {
-        let reader = fds.iter().find(|(pid, fd, link)| {
-            who.contains(pid) && pipe_id(link) == Some(*id) && {
-                let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-                    .ok()
-                    .and_then(|t| proc::parse_fdinfo(&t))
-                    .map_or(0, |i| i.flags);
-                flags & libc::O_ACCMODE == libc::O_RDONLY
-            }
-        });
+        let ends: Vec<(i32, i32, i32)> = fds
+            .iter()
+            .filter(|(pid, _, link)| who.contains(pid) && pipe_id(link) == Some(*id))
+            .map(|(pid, fd, _)| (*pid, *fd, access(*pid, *fd)))
+            .collect();
+        // Only a pipe whose both ends the tree holds is the tree's; one to
+        // a process outside it (a shared stdout into `| tee`) stays what
+        // it is: stdio is each restored process's own, any other fd of it
+        // is refused by that process's dump.
+        let reader = ends.iter().find(|e| e.2 == libc::O_RDONLY);
+        if reader.is_none() || !ends.iter().any(|e| e.2 == libc::O_WRONLY) {
+            continue;
+        }
         let (size, data) = match reader {
-            Some((pid, fd, _)) => crate::sys::pipe::peek_pipe(*pid, *fd)
-                .ctx(*pid, || format!("copy the data buffered in pipe fd {fd}"))?,
-            // Nobody can read it: what it holds is lost to the program too.
+            Some(&(pid, fd, _)) => crate::sys::pipe::peek_pipe(pid, fd)
+                .ctx(pid, || format!("copy the data buffered in pipe fd {fd}"))?,
             None => (65536, Vec::new()),
         };
         pipes.push(wire::Pipe {

@@ -75,6 +75,27 @@ impl Journal {
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
+        // What it says decides whether a program is resumed or killed: a
+        // directory someone else made (the default work dir, /dev/shm, is
+        // writable by all) is refused.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(&dir)?;
+            // SAFETY: geteuid has no arguments and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if !m.is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} must be a directory of uid {me} with mode 700 (it is uid {}, mode {:o}{}): remove it",
+                        dir.display(),
+                        m.uid(),
+                        m.mode() & 0o7777,
+                        if m.file_type().is_symlink() { ", a symlink" } else { "" }
+                    ),
+                ));
+            }
+        }
         let now = SystemTime::now();
         for e in std::fs::read_dir(&dir)?.flatten() {
             let old = e

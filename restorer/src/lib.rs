@@ -182,6 +182,28 @@ fn check_image_trusted(dir: &Path) -> Result<()> {
         })
     };
     check(dir, &meta(dir)?)?;
+    // Nor may anyone else be able to swap it, or a directory above it, for
+    // another: every directory up to / is owned by root (or this user) and
+    // writable by others only if sticky (like /tmp).
+    let canonical = dir.canonicalize().map_err(|e| RestoreError::BadImage {
+        dir: dir.to_path_buf(),
+        what: format!("cannot resolve it: {e}"),
+    })?;
+    for up in canonical.ancestors().skip(1) {
+        let m = meta(up)?;
+        let sticky = m.mode() & 0o1000 != 0;
+        if (m.uid() != 0 && m.uid() != me) || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(RestoreError::BadImage {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "{} (uid {}, mode {:o}) lets someone other than root replace the image: tern only restores images no one but root could have written",
+                    up.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ),
+            });
+        }
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| RestoreError::BadImage {
         dir: dir.to_path_buf(),
         what: format!("cannot list it: {e}"),
@@ -626,15 +648,17 @@ impl Prepared {
     /// Let the program run.
     pub fn resume(mut self) -> Result<Restored> {
         let pid = self.puppet.pid;
-        // Before it runs: a socket still in repair mode refuses its writes.
-        let t = Instant::now();
-        self.net.go_live(pid)?;
-        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "connections live");
+        // First what can still fail without harm (its connections are
+        // still in repair mode, and vanish with it if it dies).
         std::fs::write(
             format!("/proc/{pid}/oom_score_adj"),
             self.oom_score_adj.to_string(),
         )
         .step(pid, || format!("set oom_score_adj {}", self.oom_score_adj))?;
+        // Before it runs: a socket still in repair mode refuses its writes.
+        let t = Instant::now();
+        self.net.go_live(pid)?;
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "connections live");
         for &tid in &self.threads {
             ptrace::detach(tid, 0).step(pid, || format!("PTRACE_DETACH of thread {tid}"))?;
         }

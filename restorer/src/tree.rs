@@ -150,11 +150,19 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
             .position(|q| q.pid == p.ppid)
             .unwrap_or_default();
         let want_child = if opts.new_pid { None } else { Some(p.pid) };
-        let child = fork_puppet(&mut puppets[parent], want_child)
+        let mut child = fork_puppet(&mut puppets[parent], want_child)
             .map_err(|e| explain(&puppets[parent], e))?;
+        // A session leader leads it before it forks its own children, who
+        // are then born into it.
+        if p.sid == p.pid {
+            let pid = child.pid;
+            child
+                .syscall(libc::SYS_setsid, &[])
+                .step(pid, || "setsid".into())?;
+        }
         puppets.push(child);
     }
-    set_sessions(procs, &mut puppets)?;
+    set_groups(procs, &mut puppets)?;
 
     // Pipes between processes: made here, put into each.
     let mut held: Vec<OwnedFd> = Vec::new();
@@ -208,8 +216,13 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
         }
         for (g, group) in tree.shared_memory.iter().enumerate() {
             if let Some(&fd) = shared_maps.get(&g) {
+                // The first process made the object from its own offset
+                // (found checked to cover the others' ranges at dump).
+                let base = group.first().map_or(0, |m| m.2);
                 for &(_, start, offset) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
-                    imports.maps.insert(start, (fd, offset));
+                    imports
+                        .maps
+                        .insert(start, (fd, offset.saturating_sub(base)));
                 }
             }
         }
@@ -330,12 +343,12 @@ fn fork_puppet(parent: &mut Puppet, want: Option<i32>) -> Result<Puppet> {
         .step(child, || "take over the forked child".into())
 }
 
-/// Sessions and process groups as the images had them, while every
-/// process is blank: the root leads a session and group of its own (as a
-/// single restored process does); a child that led a session leads one
-/// again; one that led a group leads one; one in the group of another
-/// process of the tree joins it; any other stays in the root's.
-fn set_sessions(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<()> {
+/// Process groups as the images had them, once every process exists
+/// (sessions were set as each was forked): the root leads a session and
+/// group of its own (as a single restored process does); a child that led
+/// a group leads one; one in the group of another process of the tree
+/// joins it; any other stays in the group it was born into.
+fn set_groups(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<()> {
     let in_tree = |pid: i32| procs.iter().any(|p| p.pid == pid);
     let mut order: Vec<usize> = (1..procs.len()).collect();
     // Group leaders before the members that join them.
@@ -345,9 +358,7 @@ fn set_sessions(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<(
         let puppet = &mut puppets[k];
         let pid = puppet.pid;
         if p.sid == p.pid {
-            puppet
-                .syscall(libc::SYS_setsid, &[])
-                .step(pid, || "setsid".into())?;
+            // setsid made it a group leader already.
         } else if p.pgid == p.pid {
             puppet
                 .syscall(libc::SYS_setpgid, &[0, 0])

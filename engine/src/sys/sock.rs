@@ -127,24 +127,31 @@ fn peek_from_offsets(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        if msg.msg_controllen != 0 {
-            // SAFETY: the kernel filled `control` with cmsg headers.
-            let first = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-            // SAFETY: `first` is non-null and points into `control`.
-            if !first.is_null() && unsafe { (*first).cmsg_type } == libc::SCM_RIGHTS {
+        let mut rights = false;
+        // SAFETY: the kernel filled `control` with cmsg headers (none if
+        // msg_controllen is 0: then this is null).
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !c.is_null() {
+            // SAFETY: `c` is non-null and points at a header in `control`.
+            let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+            if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+                rights = true;
                 // The peeked fds were installed in tern: close them.
                 // SAFETY: CMSG_DATA of an SCM_RIGHTS header holds ints.
-                let data = unsafe { libc::CMSG_DATA(first) }.cast::<libc::c_int>();
-                // SAFETY: cmsg_len covers the header and the fds.
-                let count = (unsafe { (*first).cmsg_len } as usize
-                    - unsafe { libc::CMSG_LEN(0) } as usize)
-                    / std::mem::size_of::<libc::c_int>();
+                let data = unsafe { libc::CMSG_DATA(c) }.cast::<libc::c_int>();
+                // SAFETY: CMSG_LEN(0) is the header's size.
+                let header = unsafe { libc::CMSG_LEN(0) } as usize;
+                let count = len.saturating_sub(header) / std::mem::size_of::<libc::c_int>();
                 for k in 0..count {
                     // SAFETY: within the fds the kernel wrote.
                     unsafe { libc::close(*data.add(k)) };
                 }
-                break;
             }
+            // SAFETY: `c` is a header of `msg`'s control buffer.
+            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+        }
+        if rights {
+            break;
         }
         if n == 0 {
             break;
