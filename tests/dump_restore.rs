@@ -1898,3 +1898,92 @@ fn process_tree_with_socketpairs_and_a_shared_eventfd() {
     s.wait_seq(50);
     s.finish();
 }
+
+/// A tree whose stdout is a pipe to a reader outside it (`family | cat`):
+/// the pipe is not the tree's to remake; restored, every process writes
+/// to the restorer's own stdout, and the parent goes on ticking there.
+#[test]
+fn process_tree_with_stdout_into_an_outside_pipe() {
+    let test = "process_tree_with_stdout_into_an_outside_pipe";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "family");
+    let mut command = Command::new(&exe);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    only_stdio(&mut command);
+    let mut child = command.spawn().expect("start family");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let stdout = child.stdout.take().expect("stdout pipe");
+    let mut guard = ProcGuard::child(child);
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+            .collect::<Vec<String>>()
+    });
+    wait_until(
+        WAIT,
+        "two children",
+        || (tern_children(pid).len() == 2).then_some(()),
+        String::new,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let images = dir.join("images");
+    tern_dump(&dir, pid, &images, false).assert_ok("tern dump of the tree");
+    let _ = guard.wait_exit(WAIT);
+    let before = reader.join().expect("reader");
+    let last = before
+        .iter()
+        .filter_map(|l| seq_number(l, "tick "))
+        .max()
+        .expect("ticks before the dump");
+    let out = dir.join("after.txt");
+    let pidfile = dir.join("restored.pid");
+    let restore = Command::new(tern_bin())
+        .args(["restore", "--pid-ns", "always", "--images"])
+        .arg(&images)
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).expect("output file"))
+        .output()
+        .expect("run tern restore");
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let host: i32 = fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut restored = ProcGuard::adopt(host);
+    wait_until(
+        WAIT,
+        "ticks going on into the restorer's stdout",
+        || {
+            fs::read_to_string(&out)
+                .ok()?
+                .lines()
+                .filter_map(|l| seq_number(l, "tick "))
+                .any(|n| n > last + 10)
+                .then_some(())
+        },
+        || tail(&out, 5),
+    );
+    let text = fs::read_to_string(&out).expect("output");
+    assert!(!text.contains("CORRUPT"), "{text}");
+    let first = text
+        .lines()
+        .find_map(|l| seq_number(l, "tick "))
+        .unwrap_or(0);
+    assert_eq!(first, last + 1, "it goes on from where it was");
+    restored.kill_and_wait();
+}

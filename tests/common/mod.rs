@@ -346,8 +346,17 @@ pub fn spawn_redirected(cmd: &Cmd, stdin: Stdio, out: &Path, err: &Path) -> Proc
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    // The workload gets fds 0-2 only: whatever the test runner inherited
-    // (a CI pipe, a job-control fd) is not part of the program under test.
+    only_stdio(&mut command);
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", cmd.program.display()));
+    ProcGuard::child(child)
+}
+
+/// The program `command` starts gets fds 0-2 only: whatever the test
+/// runner inherited (a CI pipe, a job-control fd) is not part of the
+/// program under test.
+pub fn only_stdio(command: &mut Command) {
     // SAFETY: the closure runs between fork and exec and only makes the
     // async-signal-safe close_range syscall.
     unsafe {
@@ -356,10 +365,6 @@ pub fn spawn_redirected(cmd: &Cmd, stdin: Stdio, out: &Path, err: &Path) -> Proc
             Ok(())
         });
     }
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", cmd.program.display()));
-    ProcGuard::child(child)
 }
 
 /// Creates a pipe (both ends close-on-exec in this process). Returns
