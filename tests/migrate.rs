@@ -109,6 +109,27 @@ fn ticks(out: &Path) -> Vec<(u64, u64, u64)> {
 }
 
 impl Edge {
+    /// Waits (10 s at most) until no process is left in B's network
+    /// namespace (a half-built program dies with its daemon).
+    fn wait_nothing_left_in_b(&self) {
+        let ns = self.edges.b.inode();
+        wait_until(
+            Duration::from_secs(10),
+            "nothing of the program left in B",
+            || pids_in_netns(ns).is_empty().then_some(()),
+            || {
+                pids_in_netns(ns)
+                    .iter()
+                    .map(|p| {
+                        let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                        format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        );
+    }
+
     fn wait_ticks(&mut self, n: u64) -> Vec<(u64, u64, u64)> {
         let out = self.out.clone();
         wait_until(
@@ -290,21 +311,7 @@ fn migrate_failures_leave_the_source_running() {
     let handoff = format!("kill -9 {serve_pid}; sleep 0.2");
     let out = e.migrate(&["--handoff-cmd", &handoff]);
     e.assert_failed(&out, "keeps running here", &fds);
-    wait_until(
-        Duration::from_secs(10),
-        "nothing of the program left in B",
-        || pids_in_netns(e.edges.b.inode()).is_empty().then_some(()),
-        || {
-            pids_in_netns(e.edges.b.inode())
-                .iter()
-                .map(|p| {
-                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                    format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        },
-    );
+    e.wait_nothing_left_in_b();
 
     // 4. Link cut mid-transfer.
     e.serve = Some(start_serve(
@@ -662,12 +669,7 @@ fn migrate_commit_outcome_is_settled_by_asking() {
     if let Some(mut s) = e.serve.take() {
         s.kill_and_wait();
     }
-    wait_until(
-        Duration::from_secs(10),
-        "nothing of the program left in B",
-        || pids_in_netns(e.edges.b.inode()).is_empty().then_some(()),
-        || format!("{:?}", pids_in_netns(e.edges.b.inode())),
-    );
+    e.wait_nothing_left_in_b();
     // Still stopped: nobody may resume it before the destination answers.
     assert_eq!(proc_stat(source_pid).map(|s| s.state), Some('T'));
     e.serve = Some(start_serve(
@@ -851,11 +853,6 @@ fn migrate_destination_out_of_memory_leaves_the_source_running() {
         status.is_some_and(|s| s.code().is_some()),
         "tern serve did not end normally (killed too?): {status:?}"
     );
-    wait_until(
-        Duration::from_secs(10),
-        "nothing of the program left in B",
-        || pids_in_netns(e.edges.b.inode()).is_empty().then_some(()),
-        || format!("{:?}", pids_in_netns(e.edges.b.inode())),
-    );
+    e.wait_nothing_left_in_b();
     drop(cgroup);
 }

@@ -20,7 +20,7 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr;
 use std::time::{Duration, Instant};
 
@@ -185,7 +185,6 @@ const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
 pub(crate) const PM_SOFT_DIRTY: u64 = 1 << 55;
 pub(crate) const PM_PRESENT: u64 = 1 << 63;
-const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
 
 pub(crate) const UFFD_API: u64 = 0xaa;
 pub(crate) const UFFD_USER_MODE_ONLY: c_long = 1;
@@ -1580,132 +1579,36 @@ fn probe_pagemap_scan() -> Outcome {
     ))
 }
 
-/// A cgroup directory we created. Drop thaws it, kills and reaps the child
-/// we put in it, then removes the directory.
-struct TempCgroup {
-    dir: PathBuf,
-    thaw: (&'static str, &'static str),
-    child: Option<Child>,
-}
-
-impl TempCgroup {
-    fn create(parent: &Path, thaw: (&'static str, &'static str)) -> Result<TempCgroup, String> {
-        let dir = parent.join(format!("tern-check-{}", getpid()));
-        fs::create_dir(&dir).map_err(|e| io_err(&format!("mkdir {}", dir.display()), &e))?;
-        Ok(TempCgroup {
-            dir,
-            thaw,
-            child: None,
-        })
-    }
-
-    fn write(&self, file: &str, value: &str) -> Result<(), String> {
-        let path = self.dir.join(file);
-        fs::write(&path, value)
-            .map_err(|e| io_err(&format!("write {value:?} to {}", path.display()), &e))
-    }
-
-    /// Poll `file` until it contains `needle`; returns how long it took.
-    fn wait_for(&self, file: &str, needle: &str) -> Result<Duration, String> {
-        let started = Instant::now();
-        let path = self.dir.join(file);
-        loop {
-            let text = fs::read_to_string(&path)
-                .map_err(|e| io_err(&format!("read {}", path.display()), &e))?;
-            if text.lines().any(|l| l.trim() == needle) {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > Duration::from_secs(2) {
-                return Err(format!(
-                    "{} never showed {needle:?} (last: {:?})",
-                    path.display(),
-                    text.trim()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Fork a paused child and move it into this cgroup.
-    fn add_paused_child(&mut self) -> Result<pid_t, String> {
-        let child = Child::paused()?;
-        let pid = child.pid;
-        self.child = Some(child);
-        self.write("cgroup.procs", &pid.to_string())?;
-        Ok(pid)
-    }
-}
-
-impl Drop for TempCgroup {
-    fn drop(&mut self) {
-        // A v1-frozen task cannot die until thawed: thaw first.
-        let _ = fs::write(self.dir.join(self.thaw.0), self.thaw.1);
-        drop(self.child.take());
-        for _ in 0..200 {
-            match fs::remove_dir(&self.dir) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => break,
-            }
-        }
-    }
+/// Freeze and thaw a paused child of ours in a freezer cgroup of that
+/// `version` (the one `--freezer cgroup` uses), timing both.
+fn probe_freezer(version: crate::freezer::Version) -> Outcome {
+    let mut cg = crate::freezer::CgroupFreezer::create_version(getpid(), version)
+        .map_err(|e| e.to_string())?;
+    let child = Child::paused()?;
+    cg.add(child.pid, None).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    cg.freeze().map_err(|e| e.to_string())?;
+    let froze = t.elapsed();
+    let t = Instant::now();
+    cg.thaw().map_err(|e| e.to_string())?;
+    cg.wait_thawed().map_err(|e| e.to_string())?;
+    let thawed = t.elapsed();
+    let dir = cg.dir().display().to_string();
+    let pid = child.pid;
+    // The cgroup goes (its child moved back) before the child is killed.
+    drop(cg);
+    drop(child);
+    Ok(format!(
+        "froze pid {pid} in {dir} in {froze:?}, thawed in {thawed:?}, cgroup removed"
+    ))
 }
 
 fn probe_cgroup_freezer_v1() -> Outcome {
-    let root = Path::new("/sys/fs/cgroup/freezer");
-    if !root.join("cgroup.procs").exists() {
-        return Err("no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer".into());
-    }
-    let mut cg = TempCgroup::create(root, ("freezer.state", "THAWED"))?;
-    if !cg.dir.join("freezer.state").exists() {
-        return Err(format!("{} has no freezer.state", cg.dir.display()));
-    }
-    let pid = cg.add_paused_child()?;
-    cg.write("freezer.state", "FROZEN")?;
-    let froze = cg.wait_for("freezer.state", "FROZEN")?;
-    cg.write("freezer.state", "THAWED")?;
-    let thawed = cg.wait_for("freezer.state", "THAWED")?;
-    Ok(format!(
-        "froze pid {pid} in {} in {froze:?}, thawed in {thawed:?}, cgroup removed",
-        cg.dir.display()
-    ))
+    probe_freezer(crate::freezer::Version::V1)
 }
 
 fn probe_cgroup_freezer_v2() -> Outcome {
-    let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(Path::new)
-        .find(|p| is_cgroup2(p))
-        .ok_or("no cgroup2 mount at /sys/fs/cgroup/unified or /sys/fs/cgroup")?;
-    let mut cg = TempCgroup::create(root, ("cgroup.freeze", "0"))?;
-    if !cg.dir.join("cgroup.freeze").exists() {
-        return Err(format!(
-            "{} has no cgroup.freeze (needs 5.2+)",
-            cg.dir.display()
-        ));
-    }
-    let pid = cg.add_paused_child()?;
-    cg.write("cgroup.freeze", "1")?;
-    let froze = cg.wait_for("cgroup.events", "frozen 1")?;
-    cg.write("cgroup.freeze", "0")?;
-    let thawed = cg.wait_for("cgroup.events", "frozen 0")?;
-    Ok(format!(
-        "froze pid {pid} in {} in {froze:?}, thawed in {thawed:?}, cgroup removed",
-        cg.dir.display()
-    ))
-}
-
-/// Whether `path` is the root of a mounted cgroup2 file system.
-fn is_cgroup2(path: &Path) -> bool {
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpath` is NUL-terminated and `st` is a writable statfs.
-    let ret = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
-    ret == 0 && st.f_type == CGROUP2_SUPER_MAGIC && path.join("cgroup.controllers").exists()
+    probe_freezer(crate::freezer::Version::V2)
 }
 
 #[cfg(test)]

@@ -803,18 +803,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         sigactions,
         pending_signals: pending.into_iter().collect(),
         pending_siginfo,
-        creds: wire::Creds {
-            uid: creds.uid,
-            gid: creds.gid,
-            groups: creds.groups,
-            cap_inheritable: creds.cap_inheritable,
-            cap_permitted: creds.cap_permitted,
-            cap_effective: creds.cap_effective,
-            cap_bounding: creds.cap_bounding,
-            cap_ambient: creds.cap_ambient,
-            securebits,
-            no_new_privs: creds.no_new_privs,
-        },
+        creds: creds.to_image(securebits),
         umask: status.umask.unwrap_or(0o022),
         rlimits,
         cwd: link("cwd")?,
@@ -1719,8 +1708,8 @@ fn capture_files(
             pipes.push(wire::Pipe { id, size, data });
         }
     }
-    let sockets = take_sockets(pid, &listed, conns)?;
     let unix_pairs = crate::sockets::capture_unix_pairs(pid, &listed, &cross.sockets)?;
+    let sockets = take_sockets(pid, &listed, &unix_pairs, conns)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
         let link = link.as_str();
@@ -1798,14 +1787,12 @@ struct TakenSockets {
 fn take_sockets(
     pid: i32,
     listed: &[(i32, String, proc::FdInfo)],
+    unix_pairs: &std::collections::BTreeMap<i32, wire::FdKind>,
     conns: Connections<'_>,
 ) -> Result<TakenSockets> {
     let mut probes = Vec::new();
     for (fd, link, _) in listed {
-        if link.starts_with("socket:")
-            && !(0..=2).contains(fd)
-            && !crate::sockets::is_unix(pid, *fd)?
-        {
+        if link.starts_with("socket:") && !(0..=2).contains(fd) && !unix_pairs.contains_key(fd) {
             probes.push(crate::sockets::probe(pid, *fd)?);
         }
     }

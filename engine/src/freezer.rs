@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
+pub enum Version {
     /// `cgroup.freeze` / `cgroup.events` (cgroup2).
     V2,
     /// `freezer.state` (the v1 freezer controller).
@@ -40,32 +40,63 @@ fn err(pid: i32, what: String, e: std::io::Error) -> EngineError {
     }
 }
 
-/// Where a cgroup2 hierarchy is mounted, if any.
+const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+
+/// Whether `path` is the root of a mounted cgroup2 file system.
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpath` is NUL-terminated and `st` is a writable statfs.
+    let ret = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
+    ret == 0 && st.f_type == CGROUP2_SUPER_MAGIC && path.join("cgroup.controllers").exists()
+}
+
+/// Where a cgroup2 hierarchy is mounted, if any (hybrid systems:
+/// /sys/fs/cgroup/unified).
 fn cgroup2_root() -> Option<PathBuf> {
     ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
         .iter()
         .map(PathBuf::from)
-        .find(|p| p.join("cgroup.controllers").exists() && p.join("cgroup.procs").exists())
+        .find(|p| is_cgroup2(p))
+}
+
+/// The v1 freezer hierarchy, if mounted.
+fn v1_root() -> Option<PathBuf> {
+    let v1 = PathBuf::from("/sys/fs/cgroup/freezer");
+    v1.join("cgroup.procs").exists().then_some(v1)
 }
 
 impl CgroupFreezer {
     /// A new, thawed freezer cgroup (for process `pid`'s tree: named
     /// after it and this tern).
     pub fn create(pid: i32) -> Result<CgroupFreezer> {
-        let name = format!("tern-freeze-{pid}-{}", std::process::id());
-        let (version, root) = match cgroup2_root() {
-            Some(r) => (Version::V2, r),
-            None => {
-                let v1 = PathBuf::from("/sys/fs/cgroup/freezer");
-                if !v1.join("cgroup.procs").exists() {
-                    return Err(EngineError::Unsupported {
-                        pid,
-                        reason: "--freezer cgroup: no cgroup2 hierarchy and no v1 freezer at /sys/fs/cgroup/freezer (`tern check` probes both)".into(),
-                    });
-                }
-                (Version::V1, v1)
-            }
+        let version = if cgroup2_root().is_some() {
+            Version::V2
+        } else {
+            Version::V1
         };
+        Self::create_version(pid, version)
+    }
+
+    /// A new, thawed freezer cgroup of that `version` (`tern check` tries
+    /// each).
+    pub fn create_version(pid: i32, version: Version) -> Result<CgroupFreezer> {
+        let name = format!("tern-freeze-{pid}-{}", std::process::id());
+        let root = match version {
+            Version::V2 => cgroup2_root(),
+            Version::V1 => v1_root(),
+        }
+        .ok_or_else(|| EngineError::Unsupported {
+            pid,
+            reason: match version {
+                Version::V2 => "no cgroup2 mount at /sys/fs/cgroup/unified or /sys/fs/cgroup",
+                Version::V1 => "no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer",
+            }
+            .into(),
+        })?;
         let dir = root.join(name);
         std::fs::create_dir(&dir).map_err(|e| err(pid, format!("mkdir {}", dir.display()), e))?;
         let f = CgroupFreezer {
@@ -184,6 +215,14 @@ impl CgroupFreezer {
         match self.version {
             Version::V2 => self.write("cgroup.freeze", "0"),
             Version::V1 => self.write("freezer.state", "THAWED"),
+        }
+    }
+
+    /// Once thawed: returns when the kernel says so.
+    pub fn wait_thawed(&self) -> Result<()> {
+        match self.version {
+            Version::V2 => self.wait_for("cgroup.events", "frozen 0"),
+            Version::V1 => self.wait_for("freezer.state", "THAWED"),
         }
     }
 

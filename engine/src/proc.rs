@@ -521,6 +521,40 @@ impl ThreadCreds {
         })
     }
 
+    /// As an image records them (with the securebits, which /proc does not
+    /// show).
+    pub fn to_image(&self, securebits: u32) -> tern_wire::Creds {
+        tern_wire::Creds {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+            cap_inheritable: self.cap_inheritable,
+            cap_permitted: self.cap_permitted,
+            cap_effective: self.cap_effective,
+            cap_bounding: self.cap_bounding,
+            cap_ambient: self.cap_ambient,
+            securebits,
+            no_new_privs: self.no_new_privs,
+        }
+    }
+
+    /// What /proc must show for a thread with an image's credentials
+    /// (never under seccomp: a dump refuses it).
+    pub fn from_image(c: &tern_wire::Creds) -> ThreadCreds {
+        ThreadCreds {
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.groups.clone(),
+            cap_inheritable: c.cap_inheritable,
+            cap_permitted: c.cap_permitted,
+            cap_effective: c.cap_effective,
+            cap_bounding: c.cap_bounding,
+            cap_ambient: c.cap_ambient,
+            no_new_privs: c.no_new_privs,
+            seccomp: 0,
+        }
+    }
+
     /// Fields that differ from `other`, each as "name: ours vs theirs".
     pub fn differences(&self, other: &ThreadCreds) -> Vec<String> {
         let mut d = Vec::new();

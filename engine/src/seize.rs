@@ -9,6 +9,18 @@ pub const ERESTARTNOINTR: i64 = 513;
 pub const ERESTARTNOHAND: i64 = 514;
 pub const ERESTART_RESTARTBLOCK: i64 = 516;
 
+/// Whether `pid` is in a job-control stop (state T): put back into it on
+/// release, recorded as SIGSTOP in an image.
+fn in_job_stop(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            st.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
 /// Signals held back while stopping a thread, with their siginfo.
 type Intercepted = Vec<(i32, [u8; 128])>;
 
@@ -150,14 +162,7 @@ impl FrozenSeize {
 
     fn seize_all(&mut self) -> Result<()> {
         let pid = self.pid;
-        let was_stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|st| {
-                st.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false);
-        self.was_stopped = was_stopped;
+        self.was_stopped = in_job_stop(pid);
         for tid in crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
             ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)
                 .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
@@ -202,33 +207,13 @@ impl FrozenSeize {
             }
             return Err(EngineError::NoProcess { pid });
         };
-        let mut remote = RemoteThread::new(pid, 0, regs);
-        remote.set_intercepted(pending);
-        let mut s = Seized {
-            pid,
-            found_regs: regs,
-            remote,
-            threads: Vec::new(),
-            scratch: None,
-            injected: false,
-            done: false,
-            net: Default::default(),
-            net_lock_left: None,
-            was_stopped: self.was_stopped,
-        };
+        let mut s = Seized::stopped(pid, regs, pending, self.was_stopped);
         for (tid, stop) in stops {
             if tid == pid {
                 continue;
             }
             if let Some((regs, pending)) = stop {
-                let mut remote = RemoteThread::new(tid, 0, regs);
-                remote.set_intercepted(pending);
-                s.threads.push(SeizedThread {
-                    tid,
-                    found_regs: regs,
-                    remote,
-                    injected: false,
-                });
+                s.add_thread(tid, regs, pending);
             }
         }
         s.seize_new_threads()?;
@@ -254,19 +239,26 @@ impl Seized {
     /// `/proc/PID/task` is rescanned until every listed thread is stopped
     /// (a stopped thread cannot create more).
     pub fn attach(pid: i32) -> Result<Self> {
-        let was_stopped = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|st| {
-                st.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
-            })
-            .unwrap_or(false);
+        let was_stopped = in_job_stop(pid);
         let Some((regs, pending)) = stop_thread(pid)? else {
             return Err(EngineError::NoProcess { pid });
         };
+        let mut s = Seized::stopped(pid, regs, pending, was_stopped);
+        s.seize_new_threads()?;
+        Ok(s)
+    }
+
+    /// The process whose main thread is stopped with `regs` (other
+    /// threads added with [`add_thread`](Self::add_thread)).
+    fn stopped(
+        pid: i32,
+        regs: libc::user_regs_struct,
+        pending: Intercepted,
+        was_stopped: bool,
+    ) -> Self {
         let mut remote = RemoteThread::new(pid, 0, regs);
         remote.set_intercepted(pending);
-        let mut s = Seized {
+        Seized {
             pid,
             found_regs: regs,
             remote,
@@ -277,32 +269,33 @@ impl Seized {
             net: Default::default(),
             net_lock_left: None,
             was_stopped,
-        };
-        s.seize_new_threads()?;
-        Ok(s)
+        }
+    }
+
+    fn add_thread(&mut self, tid: i32, regs: libc::user_regs_struct, pending: Intercepted) {
+        let mut remote = RemoteThread::new(tid, 0, regs);
+        remote.set_intercepted(pending);
+        self.threads.push(SeizedThread {
+            tid,
+            found_regs: regs,
+            remote,
+            injected: false,
+        });
     }
 
     /// Seize threads of the program not seized yet, rescanning until every
     /// listed thread is stopped (a stopped thread cannot create more).
     fn seize_new_threads(&mut self) -> Result<()> {
         let pid = self.pid;
-        let s = self;
         loop {
             let tids = crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())?;
             let mut added = false;
             for tid in tids {
-                if tid == pid || s.threads.iter().any(|t| t.tid == tid) {
+                if tid == pid || self.threads.iter().any(|t| t.tid == tid) {
                     continue;
                 }
                 if let Some((regs, pending)) = stop_thread(tid)? {
-                    let mut remote = RemoteThread::new(tid, 0, regs);
-                    remote.set_intercepted(pending);
-                    s.threads.push(SeizedThread {
-                        tid,
-                        found_regs: regs,
-                        remote,
-                        injected: false,
-                    });
+                    self.add_thread(tid, regs, pending);
                     added = true;
                 }
             }
@@ -310,7 +303,7 @@ impl Seized {
                 break;
             }
         }
-        s.threads.sort_by_key(|t| t.tid);
+        self.threads.sort_by_key(|t| t.tid);
         Ok(())
     }
 

@@ -490,7 +490,7 @@ pub fn leave_repair(pid: i32, fd: i32) -> Result<()> {
 }
 
 /// Whether socket `fd` of `pid` is a unix socket.
-pub(crate) fn is_unix(pid: i32, fd: i32) -> Result<bool> {
+fn is_unix(pid: i32, fd: i32) -> Result<bool> {
     let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
     let family = sock::get_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
         .ctx(pid, || format!("getsockopt(SO_DOMAIN) on fd {fd}"))?;

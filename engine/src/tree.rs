@@ -80,10 +80,10 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
         Freezer::Ptrace => seize_in_turn(root)?,
         Freezer::Cgroup => seize_frozen(root)?,
     };
-    let tree = find_shared(&procs)?;
+    let (tree, sockets) = find_shared(&procs)?;
     let cross = CrossProcess {
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
-        sockets: tree_sockets(&procs)?,
+        sockets,
     };
     // Children first; the root's inventory last marks the image complete.
     let mut stats = Vec::with_capacity(procs.len());
@@ -122,10 +122,15 @@ fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {
     })
 }
 
-/// Seize a process, then list its children: stopped, it cannot fork.
-fn seize_in_turn(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
-    let mut seized: Vec<Seized> = vec![Seized::attach(root)?];
-    let mut procs = vec![ids(root)?];
+/// One pass down the tree under `procs[0]`: each child not in `procs`
+/// yet is checked, handed to `take(parent, child)`, and added (and its own
+/// children listed in turn). Whether any was found.
+fn add_unlisted_children(
+    procs: &mut Vec<wire::TreeProcess>,
+    mut take: impl FnMut(i32, i32) -> Result<()>,
+) -> Result<bool> {
+    let root = procs[0].pid;
+    let mut found = false;
     let mut next = 0;
     while next < procs.len() {
         let parent = procs[next].pid;
@@ -134,11 +139,23 @@ fn seize_in_turn(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
                 continue;
             }
             check_descendant(root, parent, child)?;
-            seized.push(Seized::attach(child)?);
+            take(parent, child)?;
             procs.push(ids(child)?);
+            found = true;
         }
         next += 1;
     }
+    Ok(found)
+}
+
+/// Seize a process, then list its children: stopped, it cannot fork.
+fn seize_in_turn(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+    let mut seized: Vec<Seized> = vec![Seized::attach(root)?];
+    let mut procs = vec![ids(root)?];
+    add_unlisted_children(&mut procs, |_, child| {
+        seized.push(Seized::attach(child)?);
+        Ok(())
+    })?;
     Ok((seized, procs))
 }
 
@@ -153,25 +170,7 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     // Processes move in one by one while the others run (a child forked
     // before its parent moved stays outside; one forked after is inside
     // already): list again, while frozen, until nothing new appears.
-    loop {
-        let mut next = 0;
-        let mut found = false;
-        while next < procs.len() {
-            let parent = procs[next].pid;
-            for child in proc::list_children(parent).ctx(parent, || "list children".into())? {
-                if procs.iter().any(|p| p.pid == child) {
-                    continue;
-                }
-                check_descendant(root, parent, child)?;
-                freezer.add(child, Some(parent))?;
-                procs.push(ids(child)?);
-                found = true;
-            }
-            next += 1;
-        }
-        if !found {
-            break;
-        }
+    while add_unlisted_children(&mut procs, |parent, child| freezer.add(child, Some(parent)))? {
         freezer.freeze()?;
     }
     let mut pending = Vec::with_capacity(procs.len());
@@ -201,33 +200,10 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     Ok((seized, procs))
 }
 
-/// Inodes of every socket the tree's processes hold.
-fn tree_sockets(procs: &[wire::TreeProcess]) -> Result<BTreeSet<u64>> {
-    let mut out = BTreeSet::new();
-    for p in procs {
-        // stdio is each restored process's own, never one end of a pair.
-        for fd in proc::list_fds(p.pid)
-            .ctx(p.pid, || "list fds".into())?
-            .into_iter()
-            .filter(|fd| *fd > 2)
-        {
-            let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", p.pid))
-                .ctx(p.pid, || format!("readlink fd {fd}"))?;
-            if let Some(ino) = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("socket:["))
-                .and_then(|r| r.strip_suffix(']'))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                out.insert(ino);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// What the stopped processes of a tree share.
-fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
+/// What the stopped processes of a tree share, and the inodes of the
+/// sockets they hold on fds other than stdio (a unix socket may be paired
+/// with one of them; stdio is each restored process's own).
+fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>)> {
     // Every fd of every process with what it points at.
     let mut fds: Vec<(i32, i32, String)> = Vec::new();
     for p in procs {
@@ -239,11 +215,18 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
             fds.push((p.pid, fd, link));
         }
     }
-    let pipe_id = |link: &str| {
-        link.strip_prefix("pipe:[")
+    let inode_of = |link: &str, kind: &str| {
+        link.strip_prefix(kind)
+            .and_then(|r| r.strip_prefix(":["))
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|n| n.parse::<u64>().ok())
     };
+    let pipe_id = |link: &str| inode_of(link, "pipe");
+    let sockets: BTreeSet<u64> = fds
+        .iter()
+        .filter(|(_, fd, _)| *fd > 2)
+        .filter_map(|(_, _, link)| inode_of(link, "socket"))
+        .collect();
     // Pipes held in more than one process.
     let mut holders: BTreeMap<u64, BTreeSet<i32>> = BTreeMap::new();
     for (pid, _, link) in &fds {
@@ -341,10 +324,13 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<wire::Tree> {
         }
         shared_memory.push(members.iter().map(|m| (m.0, m.1, m.2)).collect());
     }
-    Ok(wire::Tree {
-        processes: Vec::new(),
-        pipes,
-        shared_fds,
-        shared_memory,
-    })
+    Ok((
+        wire::Tree {
+            processes: Vec::new(),
+            pipes,
+            shared_fds,
+            shared_memory,
+        },
+        sockets,
+    ))
 }

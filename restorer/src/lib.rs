@@ -398,32 +398,6 @@ fn wait_pid_free(pid: i32, wait: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Queue a signal again with its siginfo where the kernel lets another
-/// process do so (negative si_code other than SI_TKILL: timers, sigqueue,
-/// async I/O...), else raise it plainly (kill/tgkill: the sender's pid and
-/// uid are then ours).
-fn replay_signal(pid: i32, tid: i32, info: &[u8]) {
-    ptrace::replay_signal(pid, tid, info);
-}
-
-/// Check, before any process is created, that everything outside the
-/// image that it refers to is still there and unchanged.
-/// The image's credentials as /proc would show them.
-fn expected_creds(c: &wire::Creds) -> tern_engine::proc::ThreadCreds {
-    tern_engine::proc::ThreadCreds {
-        uid: c.uid,
-        gid: c.gid,
-        groups: c.groups.clone(),
-        cap_inheritable: c.cap_inheritable,
-        cap_permitted: c.cap_permitted,
-        cap_effective: c.cap_effective,
-        cap_bounding: c.cap_bounding,
-        cap_ambient: c.cap_ambient,
-        no_new_privs: c.no_new_privs,
-        seccomp: 0,
-    }
-}
-
 /// Before anything is built: this tern can give the program every
 /// capability the image says it had (a process can only drop them).
 fn check_creds_reproducible(c: &wire::Creds) -> Result<()> {
@@ -451,6 +425,8 @@ fn check_creds_reproducible(c: &wire::Creds) -> Result<()> {
     Ok(())
 }
 
+/// Check, before any process is created, that everything outside the
+/// image that it refers to is still there and unchanged.
 fn check_outside_world(image: &Image) -> Result<()> {
     check_creds_reproducible(&image.core.creds)?;
     for v in &image.mm.vmas {
@@ -635,6 +611,29 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A rebuilt program (stopped `puppet`, the pid it sees itself as,
+    /// what its build left to do at resume), built since `t0`.
+    pub(crate) fn new(
+        puppet: Puppet,
+        namespace: Option<PidNamespace>,
+        ns_pid: i32,
+        parts: Parts,
+        t0: Instant,
+    ) -> Prepared {
+        Prepared {
+            puppet,
+            namespace,
+            threads: parts.threads,
+            pending: parts.pending,
+            queued: parts.queued,
+            ns_pid,
+            pages_bytes: parts.pages_bytes,
+            oom_score_adj: parts.oom_score_adj,
+            t0,
+            net: parts.net,
+        }
+    }
+
     /// Its pid as this machine sees it.
     /// The pid the program will see itself as.
     pub fn ns_pid(&self) -> i32 {
@@ -666,7 +665,7 @@ impl Prepared {
             .extend(self.puppet.remote.intercepted_signals.iter().copied());
         self.puppet.release().step(pid, || "PTRACE_DETACH".into())?;
         for (tid, info) in &self.queued {
-            replay_signal(pid, *tid, info);
+            ptrace::replay_signal(pid, *tid, info);
         }
         for &sig in &self.pending {
             // SAFETY: plain syscall with integer arguments.
@@ -708,18 +707,8 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts, None)?;
     let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts)
         .map_err(|e| explain(&puppet, e))?;
-    Ok(Prepared {
-        ns_pid: want.unwrap_or(puppet.pid),
-        puppet,
-        namespace,
-        threads: parts.threads,
-        pending: parts.pending,
-        queued: parts.queued,
-        pages_bytes: parts.pages_bytes,
-        oom_score_adj: parts.oom_score_adj,
-        t0,
-        net: parts.net,
-    })
+    let ns_pid = want.unwrap_or(puppet.pid);
+    Ok(Prepared::new(puppet, namespace, ns_pid, parts, t0))
 }
 
 /// An error met while building `puppet`: if the puppet itself was killed
@@ -1126,13 +1115,7 @@ impl Builder<'_> {
                         )));
                     };
                     let end = if *write_end { w } else { r };
-                    if flags & libc::O_NONBLOCK != 0 {
-                        self.sys(
-                            libc::SYS_fcntl,
-                            &[end, libc::F_SETFL as u64, libc::O_NONBLOCK as u64],
-                            || "fcntl(F_SETFL, O_NONBLOCK) on a pipe".into(),
-                        )?;
-                    }
+                    self.keep_nonblock(end, *flags, "a pipe")?;
                     (end, 0, false)
                 }
                 wire::FdKind::EventFd {
@@ -1313,13 +1296,7 @@ impl Builder<'_> {
                             first.fd
                         )));
                     };
-                    if flags & libc::O_NONBLOCK != 0 {
-                        self.sys(
-                            libc::SYS_fcntl,
-                            &[end, libc::F_SETFL as u64, libc::O_NONBLOCK as u64],
-                            || "fcntl(F_SETFL, O_NONBLOCK) on a unix socket".into(),
-                        )?;
-                    }
+                    self.keep_nonblock(end, *flags, "a unix socket")?;
                     (end, 0, false)
                 }
             };
@@ -1374,6 +1351,42 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The two fds a `pipe2`/`socketpair` just wrote at `SCRATCH_STRUCT`,
+    /// moved above fd `base` (so no later dup3 onto an image fd number
+    /// lands on them).
+    fn fd_pair_above(&mut self, base: i32) -> Result<[u64; 2]> {
+        let raw = self.peek(SCRATCH_STRUCT, 8)?;
+        let mut fds = [0u64; 2];
+        for (k, e) in fds.iter_mut().enumerate() {
+            let low = u64::from(u32::from_le_bytes([
+                raw[4 * k],
+                raw[4 * k + 1],
+                raw[4 * k + 2],
+                raw[4 * k + 3],
+            ]));
+            *e = self.sys(
+                libc::SYS_fcntl,
+                &[low, libc::F_DUPFD_CLOEXEC as u64, base as u64],
+                || format!("move fd {low} above the image's fds"),
+            )?;
+            self.sys(libc::SYS_close, &[low], || "close".into())?;
+        }
+        Ok(fds)
+    }
+
+    /// O_NONBLOCK on the open file description behind the puppet's `fd`
+    /// if the image's `flags` have it.
+    fn keep_nonblock(&mut self, fd: u64, flags: i32, what: &str) -> Result<()> {
+        if flags & libc::O_NONBLOCK != 0 {
+            self.sys(
+                libc::SYS_fcntl,
+                &[fd, libc::F_SETFL as u64, libc::O_NONBLOCK as u64],
+                || format!("fcntl(F_SETFL, O_NONBLOCK) on {what}"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Create the image's pipes above every fd number the image uses (so no
     /// later dup3 lands on them), refill their buffered data; returns
     /// pipe id -> (read end, write end). The group loop closes them once
@@ -1386,23 +1399,7 @@ impl Builder<'_> {
             self.sys(libc::SYS_pipe2, &[arr, libc::O_CLOEXEC as u64], || {
                 "pipe2".into()
             })?;
-            let raw = self.peek(SCRATCH_STRUCT, 8)?;
-            let mut ends = [0u64; 2];
-            for (k, e) in ends.iter_mut().enumerate() {
-                let low = u32::from_le_bytes([
-                    raw[4 * k],
-                    raw[4 * k + 1],
-                    raw[4 * k + 2],
-                    raw[4 * k + 3],
-                ]) as u64;
-                *e = self.sys(
-                    libc::SYS_fcntl,
-                    &[low, libc::F_DUPFD_CLOEXEC as u64, base as u64],
-                    || "move a pipe end above the image's fds".into(),
-                )?;
-                self.sys(libc::SYS_close, &[low], || "close".into())?;
-            }
-            let [r, w] = ends;
+            let [r, w] = self.fd_pair_above(base)?;
             if p.size != 65536 {
                 self.sys(
                     libc::SYS_fcntl,
@@ -1471,22 +1468,7 @@ impl Builder<'_> {
             ],
             || format!("socketpair for unix pair {pair}"),
         )?;
-        let raw = self.peek(SCRATCH_STRUCT, 8)?;
-        let mut fds = [0u64; 2];
-        for (k, e) in fds.iter_mut().enumerate() {
-            let low = u64::from(u32::from_le_bytes([
-                raw[4 * k],
-                raw[4 * k + 1],
-                raw[4 * k + 2],
-                raw[4 * k + 3],
-            ]));
-            *e = self.sys(
-                libc::SYS_fcntl,
-                &[low, libc::F_DUPFD_CLOEXEC as u64, base as u64],
-                || "move a unix socket above the image's fds".into(),
-            )?;
-            self.sys(libc::SYS_close, &[low], || "close".into())?;
-        }
+        let fds = self.fd_pair_above(base)?;
         // What waits at one end was sent from the other: send it again.
         let pid = self.pid;
         for (from, data) in [(fds[1], &queued_a), (fds[0], &queued_b)] {
@@ -1895,7 +1877,7 @@ impl Builder<'_> {
     /// Every thread now has exactly the image's credentials, as the kernel
     /// reports them; otherwise the program is not run.
     fn verify_creds(&self) -> Result<()> {
-        let want = expected_creds(&self.image.core.creds);
+        let want = tern_engine::proc::ThreadCreds::from_image(&self.image.core.creds);
         let tids =
             tern_engine::proc::list_tasks(self.pid).step(self.pid, || "list threads".into())?;
         for tid in tids {

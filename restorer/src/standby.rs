@@ -528,18 +528,13 @@ impl Standby {
             tern_engine::sys::set_idle_priority(0);
             drop(records)
         });
-        Ok(Prepared {
-            puppet: self.puppet,
-            namespace: self.namespace,
-            threads: parts.threads,
-            pending: parts.pending,
-            queued: parts.queued,
+        Ok(Prepared::new(
+            self.puppet,
+            self.namespace,
             ns_pid,
-            pages_bytes: parts.pages_bytes,
-            oom_score_adj: parts.oom_score_adj,
+            parts,
             t0,
-            net: parts.net,
-        })
+        ))
     }
 
     /// The final image into the puppet: memory, then everything else.

@@ -264,24 +264,15 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
                 }
             }
         }
-        members.push(Prepared {
-            ns_pid: if k == 0 {
-                want.unwrap_or(puppet.pid)
-            } else if opts.new_pid {
-                puppet.pid
-            } else {
-                p.pid
-            },
-            puppet,
-            namespace: if k == 0 { namespace.take() } else { None },
-            threads: parts.threads,
-            pending: parts.pending,
-            queued: parts.queued,
-            pages_bytes: parts.pages_bytes,
-            oom_score_adj: parts.oom_score_adj,
-            t0,
-            net: parts.net,
-        });
+        let ns_pid = if k == 0 {
+            want.unwrap_or(puppet.pid)
+        } else if opts.new_pid {
+            puppet.pid
+        } else {
+            p.pid
+        };
+        let ns = if k == 0 { namespace.take() } else { None };
+        members.push(Prepared::new(puppet, ns, ns_pid, parts, t0));
     }
     info!(
         root = root_pid,
