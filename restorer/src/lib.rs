@@ -705,7 +705,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     }
     let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
     let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts, None)?;
-    let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts)
+    let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts, None)
         .map_err(|e| explain(&puppet, e))?;
     let ns_pid = want.unwrap_or(puppet.pid);
     Ok(Prepared::new(puppet, namespace, ns_pid, parts, t0))
@@ -724,39 +724,16 @@ pub(crate) fn explain(puppet: &Puppet, e: RestoreError) -> RestoreError {
     }
 }
 
-/// One process of a tree (no older images), with what it gets from tern.
-pub(crate) fn build_all_with(
-    image: &Image,
-    final_pages: &[(u64, u64)],
-    puppet: &mut Puppet,
-    opts: &RestoreOptions,
-    imports: Option<&tree::Imports>,
-) -> Result<Parts> {
-    let mut b = Builder {
-        image,
-        ancestors: &[],
-        final_pages,
-        pid: puppet.pid,
-        puppet,
-        scratch: 0,
-        pages_bytes: 0,
-        extra: Vec::new(),
-        cur: 0,
-        keep_ids: !opts.new_pid,
-        net: Network::default(),
-        imports,
-    };
-    b.build_memory()?;
-    b.build_rest()?;
-    Ok(b.into_parts())
-}
-
-fn build_all(
+/// Build the whole program into `puppet`: the image (over its older
+/// `ancestors`, if a chain), with what a process of a tree gets from tern
+/// (`imports`).
+pub(crate) fn build_all(
     image: &Image,
     ancestors: &[PathBuf],
     final_pages: &[(u64, u64)],
     puppet: &mut Puppet,
     opts: &RestoreOptions,
+    imports: Option<&tree::Imports>,
 ) -> Result<Parts> {
     let mut b = Builder {
         image,
@@ -770,7 +747,7 @@ fn build_all(
         cur: 0,
         keep_ids: !opts.new_pid,
         net: Network::default(),
-        imports: None,
+        imports,
     };
     b.build_memory()?;
     b.build_rest()?;

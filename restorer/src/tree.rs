@@ -18,7 +18,7 @@
 
 use crate::puppet::Puppet;
 use crate::{
-    build_all_with, check_outside_world, explain, spawn_puppet, Image, Prepared, RestoreError,
+    build_all, check_outside_world, explain, spawn_puppet, Image, Prepared, RestoreError,
     RestoreOptions, Restored, Result, StepContext,
 };
 use std::collections::BTreeMap;
@@ -226,7 +226,7 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
                 }
             }
         }
-        let parts = build_all_with(image, &tables[k], &mut puppet, opts, Some(&imports))
+        let parts = build_all(image, &[], &tables[k], &mut puppet, opts, Some(&imports))
             .map_err(|e| explain(&puppet, e))?;
         // What the later processes get from this one.
         for (g, group) in tree.shared_fds.iter().enumerate() {
