@@ -1355,7 +1355,7 @@ fn process_tree_with_pipes_and_shared_memory() {
     s.compare_maps = false;
     s.wait_seq(5);
     let pid = s.pid;
-    let kids = tern_children(pid);
+    let kids = children_of(pid);
     assert_eq!(kids.len(), 2, "the family has two children: {kids:?}");
     s.dump();
     for k in &kids {
@@ -1379,7 +1379,7 @@ fn process_tree_with_pipes_and_shared_memory() {
     // rather than take a fresh PID namespace.
     let never = args!["--pid-ns", "never"];
     s.restore_with(Stdio::null(), &never);
-    let restored_kids = tern_children(s.pid);
+    let restored_kids = children_of(s.pid);
     assert_eq!(
         restored_kids.len(),
         2,
@@ -1394,24 +1394,6 @@ fn process_tree_with_pipes_and_shared_memory() {
     );
     s.wait_seq(70);
     s.finish();
-}
-
-/// Children of `pid` (host pids), sorted.
-fn tern_children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let path = t.path().join("children");
-            if let Ok(text) = fs::read_to_string(path) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|x| x.parse::<i32>().ok()),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The same family restored into a fresh PID namespace (`--pid-ns
@@ -1434,7 +1416,7 @@ fn process_tree_in_a_fresh_pid_namespace() {
         || (fs::read_to_string(&out).ok()?.lines().count() >= 5).then_some(()),
         || tail(&out, 5),
     );
-    let kids = tern_children(pid);
+    let kids = children_of(pid);
     assert_eq!(kids.len(), 2, "{kids:?}");
     let images = dir.join("images");
     tern_dump(&dir, pid, &images, false).assert_ok("tern dump of the tree");
@@ -1459,7 +1441,7 @@ fn process_tree_in_a_fresh_pid_namespace() {
         .parse()
         .expect("pid");
     let mut restored = ProcGuard::adopt(host);
-    assert_eq!(tern_children(host).len(), 2, "its children are back");
+    assert_eq!(children_of(host).len(), 2, "its children are back");
     let reaped = wait_until(
         WAIT,
         "the parent reaping child 1",
@@ -1516,7 +1498,7 @@ fn process_tree_refusal_leaves_every_process_running() {
         || sock.exists().then_some(()),
         || tail(&out, 5),
     );
-    let kids = tern_children(pid);
+    let kids = children_of(pid);
     assert_eq!(kids.len(), 1, "{kids:?}");
     let out_dump = tern_dump(&dir, pid, &dir.join("images"), false);
     assert!(
@@ -1571,7 +1553,7 @@ fn process_tree_with_a_zombie_is_refused() {
         WAIT,
         "a zombie child",
         || {
-            tern_children(pid)
+            children_of(pid)
                 .into_iter()
                 .find(|k| proc_stat(*k).is_some_and(|s| s.state == 'Z'))
         },
@@ -1604,7 +1586,7 @@ fn process_tree_with_the_cgroup_freezer() {
     s.compare_maps = false;
     s.wait_seq(5);
     let pid = s.pid;
-    let kids = tern_children(pid);
+    let kids = children_of(pid);
     assert_eq!(kids.len(), 2, "{kids:?}");
     let cgroups = |p: i32| fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
     let before: Vec<String> = std::iter::once(pid)
@@ -1642,7 +1624,7 @@ fn process_tree_with_the_cgroup_freezer() {
     s.dump_with(&freeze);
     let never = args!["--pid-ns", "never"];
     s.restore_with(Stdio::null(), &never);
-    assert_eq!(tern_children(s.pid).len(), 2, "its children are back");
+    assert_eq!(children_of(s.pid).len(), 2, "its children are back");
     s.wait_for_line("the parent reaping child 1", |l| l.contains("reaped"));
     s.wait_seq(70);
     s.finish();
@@ -1888,7 +1870,7 @@ fn process_tree_with_socketpairs_and_a_shared_eventfd() {
     let mut s = c_session("family_unix", "family_unix", &[]);
     s.compare_maps = false;
     s.wait_seq(5);
-    assert_eq!(tern_children(s.pid).len(), 1);
+    assert_eq!(children_of(s.pid).len(), 1);
     s.dump();
     let never = args!["--pid-ns", "never"];
     s.restore_with(Stdio::null(), &never);
@@ -1930,7 +1912,7 @@ fn process_tree_with_stdout_into_an_outside_pipe() {
     wait_until(
         WAIT,
         "two children",
-        || (tern_children(pid).len() == 2).then_some(()),
+        || (children_of(pid).len() == 2).then_some(()),
         String::new,
     );
     std::thread::sleep(std::time::Duration::from_millis(150));

@@ -1611,42 +1611,6 @@ fn probe_cgroup_freezer_v2() -> Outcome {
     probe_freezer(crate::freezer::Version::V2)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn check_run_all_reports_every_probe() {
-        let probes = run_all();
-        assert_eq!(probes.len(), PROBES.len());
-        for p in &probes {
-            println!(
-                "{:<24} {:<5} [{}] {}",
-                p.name, p.available, p.needed_for, p.detail
-            );
-            assert!(!p.detail.is_empty(), "{} has an empty detail", p.name);
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            for name in ["ptrace-seize", "process-vm-readv"] {
-                let p = probes
-                    .iter()
-                    .find(|p| p.name == name)
-                    .expect("probe exists");
-                assert!(p.available, "{name} should work as root: {}", p.detail);
-            }
-        }
-    }
-
-    #[test]
-    fn check_ioctl_numbers_match_uapi() {
-        assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
-        assert_eq!(UFFDIO_API, 0xc018_aa3f);
-        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
-        assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
-    }
-}
-
 fn probe_pid_namespace() -> Outcome {
     // SAFETY: the child only makes raw syscalls and exits.
     let child = unsafe { crate::sys::clone3_fork(libc::CLONE_NEWPID as u64, None) }
@@ -1757,4 +1721,40 @@ fn probe_nftables_lock() -> Outcome {
     lock.remove()
         .map_err(|e| format!("removing table {name}: {e}"))?;
     Ok("nft creates and deletes a lock table (inet, hooks input/output at priority raw)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_run_all_reports_every_probe() {
+        let probes = run_all();
+        assert_eq!(probes.len(), PROBES.len());
+        for p in &probes {
+            println!(
+                "{:<24} {:<5} [{}] {}",
+                p.name, p.available, p.needed_for, p.detail
+            );
+            assert!(!p.detail.is_empty(), "{} has an empty detail", p.name);
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            for name in ["ptrace-seize", "process-vm-readv"] {
+                let p = probes
+                    .iter()
+                    .find(|p| p.name == name)
+                    .expect("probe exists");
+                assert!(p.available, "{name} should work as root: {}", p.detail);
+            }
+        }
+    }
+
+    #[test]
+    fn check_ioctl_numbers_match_uapi() {
+        assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
+        assert_eq!(UFFDIO_API, 0xc018_aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
+    }
 }

@@ -14,7 +14,7 @@ pub enum EngineError {
     },
     #[error("process {pid} cannot be dumped: {reason}")]
     Unsupported { pid: i32, reason: String },
-    #[error("image: {0}")]
+    #[error(transparent)]
     Wire(#[from] tern_wire::WireError),
     /// A dirty-page tracker cannot work on this kernel or for this process.
     #[error("process {pid}: the {tracker} tracker is not available: {reason}")]

@@ -659,7 +659,24 @@ fn spawn_nft(netns: Option<&Path>, script: &str) -> io::Result<std::process::Chi
     Ok(child)
 }
 
-fn nft_result(child: std::process::Child) -> io::Result<()> {
+/// How long one `nft` run may take (it takes ~5-15 ms here): a hung one
+/// is killed, so that no restore or migration waits on it for good.
+const NFT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn nft_result(mut child: std::process::Child) -> io::Result<()> {
+    let t0 = std::time::Instant::now();
+    // Polled (its stderr is a few lines at most: the pipe cannot fill).
+    while child.try_wait()?.is_none() {
+        if t0.elapsed() >= NFT_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("nft did not finish within {NFT_DEADLINE:?} (killed)"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
     let out = child.wait_with_output()?;
     if out.status.success() {
         Ok(())

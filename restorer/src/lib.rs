@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_engine::dump::regs_from_wire;
 use tern_engine::sys::{mem, nr, ptrace, RemoteThread};
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("image: {0}")]
+    #[error(transparent)]
     Wire(#[from] wire::WireError),
     #[error("image {dir}: {what}")]
     BadImage { dir: PathBuf, what: String },
@@ -456,7 +457,7 @@ pub(crate) fn spawn_puppet(
     tids: &[i32],
     opts: &RestoreOptions,
     keep: Option<(i32, i32)>,
-) -> Result<(Puppet, Option<PidNamespace>, Option<i32>)> {
+) -> Result<(Puppet, Option<Arc<PidNamespace>>, Option<i32>)> {
     let ids_free = || {
         tids.iter()
             .all(|t| !Path::new(&format!("/proc/{t}")).exists())
@@ -489,19 +490,22 @@ pub(crate) fn spawn_puppet(
         }
     };
     let namespace = if use_ns {
-        Some(PidNamespace::create().map_err(|e| RestoreError::Step {
-            pid,
-            what: "create a PID namespace (clone3 CLONE_NEWPID)".into(),
-            source: e,
-        })?)
+        Some(Arc::new(PidNamespace::create().map_err(|e| {
+            RestoreError::Step {
+                pid,
+                what: "create a PID namespace (clone3 CLONE_NEWPID)".into(),
+                source: e,
+            }
+        })?))
     } else {
         None
     };
-    let puppet = match &namespace {
+    let mut puppet = match &namespace {
         Some(ns) => ns.enter_for(|| Puppet::spawn_keeping(want, keep, !opts.shell_job)),
         None => Puppet::spawn_keeping(want, keep, !opts.shell_job),
     }
     .map_err(spawn_err)?;
+    puppet.namespace = namespace.clone();
     if let Some(ns) = &namespace {
         info!(
             reaper = ns.reaper,
@@ -591,9 +595,10 @@ impl Network {
 }
 
 pub struct Prepared {
-    // Fields drop in order: the puppet before its namespace's init.
     puppet: Puppet,
-    namespace: Option<PidNamespace>,
+    /// The fresh PID namespace this program (a tree's root) keeps when it
+    /// runs; every puppet in it also holds it until reaped.
+    namespace: Option<Arc<PidNamespace>>,
     threads: Vec<i32>,
     /// Signals to deliver once it runs.
     pending: Vec<i32>,
@@ -615,7 +620,7 @@ impl Prepared {
     /// what its build left to do at resume), built since `t0`.
     pub(crate) fn new(
         puppet: Puppet,
-        namespace: Option<PidNamespace>,
+        namespace: Option<Arc<PidNamespace>>,
         ns_pid: i32,
         parts: Parts,
         t0: Instant,
@@ -674,7 +679,7 @@ impl Prepared {
         let restored = Restored {
             pid,
             ns_pid: self.ns_pid,
-            pid_ns_init: self.namespace.take().map(PidNamespace::keep),
+            pid_ns_init: self.namespace.take().map(|ns| ns.keep()),
             restore_ms: self.t0.elapsed().as_secs_f64() * 1e3,
             pages_bytes: self.pages_bytes,
         };

@@ -12,6 +12,9 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tracing::warn;
 
 /// The reaper's name in `ps` (at most 15 bytes).
 const REAPER_NAME: &[u8] = b"tern-ns-init\0";
@@ -19,13 +22,22 @@ const REAPER_NAME: &[u8] = b"tern-ns-init\0";
 const REAPER_FIRST_WAIT_TICKS: u32 = 600;
 const REAPER_TICK_NS: i64 = 50_000_000;
 
+/// How long dropping a namespace waits for its init to be gone.
+const REAPER_EXIT_WAIT: Duration = Duration::from_secs(5);
+
 /// A PID namespace whose init is our reaper; killed with everything in it on
 /// drop unless [`PidNamespace::keep`] was called.
+///
+/// Shared (`Arc`) by every puppet made inside it, each holding it until it
+/// has killed and reaped itself. That order is needed, not tidy: a dying
+/// init waits in the kernel (`zap_pid_ns_processes`) until every process of
+/// its namespace has been reaped, and our puppets are reaped only by us,
+/// their tracer: waiting for the init first would wait forever.
 pub struct PidNamespace {
     /// The reaper's pid as this (the host's) namespace sees it.
     pub reaper: i32,
     ns: File,
-    kept: bool,
+    kept: AtomicBool,
 }
 
 impl PidNamespace {
@@ -47,7 +59,7 @@ impl PidNamespace {
         Ok(PidNamespace {
             reaper,
             ns,
-            kept: false,
+            kept: AtomicBool::new(false),
         })
     }
 
@@ -71,27 +83,44 @@ impl PidNamespace {
     }
 
     /// The program runs: the namespace lives on with it.
-    pub fn keep(mut self) -> i32 {
-        self.kept = true;
+    pub fn keep(&self) -> i32 {
+        self.kept.store(true, Ordering::Relaxed);
         self.reaper
     }
 }
 
 impl Drop for PidNamespace {
     fn drop(&mut self) {
-        if !self.kept {
+        if !self.kept.load(Ordering::Relaxed) {
             // Killing pid 1 kills everything in the namespace.
             kill_and_reap(self.reaper);
         }
     }
 }
 
+/// Kill our child `pid` (a namespace's init) and reap it, waiting at most
+/// [`REAPER_EXIT_WAIT`]: an init whose namespace still holds a process
+/// nobody reaps never finishes exiting, and tern must not hang on it.
 fn kill_and_reap(pid: i32) {
-    // SAFETY: plain syscalls on our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t0 = Instant::now();
+    loop {
         let mut st = 0;
-        libc::waitpid(pid, &mut st, 0);
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r != 0 {
+            return; // reaped, or not ours to wait for (ECHILD)
+        }
+        if t0.elapsed() >= REAPER_EXIT_WAIT {
+            warn!(
+                pid,
+                "a PID namespace's init did not exit within {REAPER_EXIT_WAIT:?} of SIGKILL \
+                 (a process of its namespace is not reaped); left to be reaped later"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

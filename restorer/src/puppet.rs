@@ -6,7 +6,9 @@
 //! every fd but 0-2, asks to be traced and stops. Everything after that is
 //! done by injecting syscalls through a `syscall` instruction in its vdso.
 
+use crate::pidns::PidNamespace;
 use std::io;
+use std::sync::Arc;
 use tern_engine::proc;
 use tern_engine::sys::{ptrace, remote, RemoteThread};
 
@@ -17,6 +19,9 @@ pub struct Puppet {
     /// Threads created in it (traced too): reaped before the main one.
     pub threads: Vec<i32>,
     released: bool,
+    /// The fresh PID namespace it lives in, if any: dropped (its init
+    /// killed, if nobody kept it) only after this puppet is reaped.
+    pub(crate) namespace: Option<Arc<PidNamespace>>,
 }
 
 impl Puppet {
@@ -69,6 +74,7 @@ impl Puppet {
             remote: RemoteThread::new(pid, 0, zero_regs()),
             threads: Vec::new(),
             released: false,
+            namespace: None,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) => {}
@@ -107,6 +113,7 @@ impl Puppet {
             remote: RemoteThread::new(pid, gadget, zero_regs()),
             threads: Vec::new(),
             released: false,
+            namespace: None,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}

@@ -17,6 +17,7 @@ use crate::shape::{self, SCRATCH_LEN};
 use crate::{Builder, Image, Prepared, RestoreError, RestoreOptions, Result, StepContext};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tern_engine::sys::mem;
 use tern_wire as wire;
@@ -33,9 +34,9 @@ pub struct RoundApplied {
 }
 
 pub struct Standby {
-    // Fields drop in order: the puppet before its namespace's init.
     puppet: Puppet,
-    namespace: Option<PidNamespace>,
+    /// Also held by the puppet until it is reaped (see [`PidNamespace`]).
+    namespace: Option<Arc<PidNamespace>>,
     ns_pid: Option<i32>,
     /// The program's pid in the images.
     image_pid: i32,

@@ -330,8 +330,10 @@ fn fork_puppet(parent: &mut Puppet, want: Option<i32>) -> Result<Puppet> {
             source: std::io::Error::other("no new child listed"),
         });
     };
-    Puppet::adopt_fork(child, parent.remote.gadget())
-        .step(child, || "take over the forked child".into())
+    let mut puppet = Puppet::adopt_fork(child, parent.remote.gadget())
+        .step(child, || "take over the forked child".into())?;
+    puppet.namespace = parent.namespace.clone();
+    Ok(puppet)
 }
 
 /// Process groups as the images had them, once every process exists

@@ -592,6 +592,23 @@ pub fn live_pids_with_exe(exe: &Path) -> Vec<i32> {
     pids
 }
 
+/// Children of `pid` (of any of its threads), sorted.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|x| x.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A field of /proc/PID/status, trimmed.
 pub fn status_field(pid: i32, name: &str) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -980,6 +997,8 @@ pub struct TernOutput {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+    /// From start to exit.
+    pub elapsed: Duration,
 }
 
 impl TernOutput {
@@ -1025,6 +1044,18 @@ pub fn run_tern_in(
     args: &[OsString],
     stdin: Stdio,
 ) -> TernOutput {
+    run_tern_within(dir, netns, args, stdin, TERN_TIMEOUT)
+}
+
+/// [`run_tern_in`] with a deadline of its own: a tern still running after
+/// `deadline` is killed (by pid) and the test fails, calling it a hang.
+pub fn run_tern_within(
+    dir: &TestDir,
+    netns: Option<&str>,
+    args: &[OsString],
+    stdin: Stdio,
+    deadline: Duration,
+) -> TernOutput {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let sub = args
@@ -1050,10 +1081,11 @@ pub fn run_tern_in(
         .env("RUST_BACKTRACE", "1")
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", tern.display()));
+    let started = Instant::now();
     let mut guard = ProcGuard::child(child);
-    let status = guard.wait_exit(TERN_TIMEOUT).unwrap_or_else(|| {
+    let status = guard.wait_exit(deadline).unwrap_or_else(|| {
         panic!(
-            "`tern {args:?}` still running after {TERN_TIMEOUT:?} (killing it)\n{}\n{}",
+            "`tern {args:?}` hangs: still running after {deadline:?} (killing it)\n{}\n{}",
             tail(&out_path, 50),
             tail(&err_path, 200)
         )
@@ -1063,6 +1095,7 @@ pub fn run_tern_in(
         status,
         stdout: String::from_utf8_lossy(&read_bytes(&out_path)).into_owned(),
         stderr: String::from_utf8_lossy(&read_bytes(&err_path)).into_owned(),
+        elapsed: started.elapsed(),
     }
 }
 

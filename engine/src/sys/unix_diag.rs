@@ -178,17 +178,14 @@ mod tests {
     fn a_socketpair_is_seen_with_its_peer_and_queue() {
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two fds into the array.
-        assert_eq!(
-            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) },
-            0
-        );
+        let made =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(made, 0);
         // SAFETY: the kernel just returned these descriptors.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: writes 5 bytes from a static buffer.
-        assert_eq!(
-            unsafe { libc::write(a.as_raw_fd(), b"hello".as_ptr().cast(), 5) },
-            5
-        );
+        let written = unsafe { libc::write(a.as_raw_fd(), b"hello".as_ptr().cast(), 5) };
+        assert_eq!(written, 5);
         let ino = |fd: &OwnedFd| {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
