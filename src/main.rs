@@ -322,6 +322,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 keep_net_lock: true,
                 freezer,
             };
+            if pre_copy && freezer == tern_engine::dump::Freezer::Cgroup {
+                // Refused rather than ignored: pre-copy freezes with ptrace.
+                anyhow::bail!("--freezer cgroup is for a plain dump, not --pre-copy");
+            }
             if pre_copy {
                 let popts = rounds.precopy_options(opts);
                 let r = tern_engine::precopy::precopy_dump(pid, &images, &popts).with_context(
@@ -355,9 +359,6 @@ fn run(cmd: Cmd) -> Result<()> {
                 return Ok(());
             }
             let cgroup = freezer == tern_engine::dump::Freezer::Cgroup;
-            if pre_copy && cgroup {
-                anyhow::bail!("--freezer cgroup is for a plain dump, not --pre-copy");
-            }
             if cgroup || tern_engine::tree::has_children(pid).unwrap_or(false) {
                 let t = tern_engine::tree::dump_tree(pid, &images, &opts).with_context(|| {
                     format!("dump of the process tree under {pid} failed; it was left running")

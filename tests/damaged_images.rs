@@ -3,7 +3,8 @@
 //! single process and a tree) and `tern serve` receiving a damaged round
 //! (the warm standby's first round, and a whole image as the final round),
 //! each damage at chosen places of every image file: its header, the
-//! start, middle and end of its data, and cut short.
+//! start, middle and end of its data, and cut short (by a byte, to half, to
+//! nothing).
 //!
 //! Each must be refused within a deadline, naming the damaged file, with
 //! no process left behind (no puppet, no PID namespace init: the test is a
@@ -156,12 +157,16 @@ fn damage_plan(image: &Path) -> Vec<Damage> {
                 });
             }
         }
-        plan.push(Damage {
-            file: rel.clone(),
-            what: format!("cut to {} of {len} bytes", len / 2),
-            at: len / 2,
-            cut: true,
-        });
+        let mut cuts = vec![len.saturating_sub(1), len / 2, 0];
+        cuts.dedup();
+        for to in cuts.into_iter().filter(|&to| to < len) {
+            plan.push(Damage {
+                file: rel.clone(),
+                what: format!("cut to {to} of {len} bytes"),
+                at: to,
+                cut: true,
+            });
+        }
     }
     plan
 }

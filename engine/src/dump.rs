@@ -1598,13 +1598,12 @@ fn capture_pages(
                 };
                 if !m.reads_zero_when_empty() {
                     // The file's bytes show through again: read them.
-                    if mem::read_fully(pid, addr, &mut buf[..len]).is_err() {
+                    if let Err(e) = mem::read_fully(pid, addr, &mut buf[..len]) {
                         if running {
                             out.submit(addr, buf, 0, PageFilter::All);
                             continue;
                         }
-                        return Err(std::io::Error::other("read failed"))
-                            .ctx(pid, || format!("read file-backed page at {addr:#x}"));
+                        return Err(e).ctx(pid, || format!("read file-backed page at {addr:#x}"));
                     }
                 } else {
                     buf[..len].fill(0);

@@ -666,8 +666,9 @@ impl Prepared {
         for &tid in &self.threads {
             ptrace::detach(tid, 0).step(pid, || format!("PTRACE_DETACH of thread {tid}"))?;
         }
-        self.pending
-            .extend(self.puppet.remote.intercepted_signals.iter().copied());
+        // Held back while it was driven: after the image's queued ones.
+        let held = &self.puppet.remote.intercepted_info;
+        self.queued.extend(held.iter().map(|i| (0, i.to_vec())));
         self.puppet.release().step(pid, || "PTRACE_DETACH".into())?;
         for (tid, info) in &self.queued {
             ptrace::replay_signal(pid, *tid, info);
@@ -835,17 +836,12 @@ impl Builder<'_> {
                     .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             })
             .collect();
-        let mut pending: Vec<i32> = core
+        let pending: Vec<i32> = core
             .pending_signals
             .iter()
             .copied()
             .filter(|s| !with_info.contains(s))
             .collect();
-        // Signals that arrived while the puppet was driven (e.g. from a
-        // timer armed at the end) were held back: deliver them at resume.
-        for t in &self.extra {
-            pending.extend(t.intercepted_signals.iter().copied());
-        }
         let threads: Vec<i32> = self.extra.iter().map(|t| t.tid).collect();
         // Queued signals go to the threads by their ids on this machine.
         let host_tid = |image_tid: i32| -> i32 {
@@ -855,12 +851,19 @@ impl Builder<'_> {
                 None => self.pid,
             }
         };
-        let queued = core
+        let mut queued = core
             .pending_siginfo
             .iter()
             .filter(|q| q.info.len() == 128)
             .map(|q| (if q.tid == 0 { 0 } else { host_tid(q.tid) }, q.info.clone()))
-            .collect();
+            .collect::<Vec<_>>();
+        // Signals that arrived while the puppet was driven (e.g. from a
+        // timer re-created before the end) were held back: delivered at
+        // resume with their siginfo (a timer's value and id; sent with
+        // kill() they would arrive as SI_USER, without them).
+        for t in &self.extra {
+            queued.extend(t.intercepted_info.iter().map(|i| (t.tid, i.to_vec())));
+        }
         let mut net = std::mem::take(&mut self.net);
         if let Err(e) = net.ready(self.pid) {
             // Lifted (or reported) again when it goes live.

@@ -15,11 +15,9 @@ pub struct RemoteThread {
     pub tid: i32,
     gadget: u64,
     template: libc::user_regs_struct,
-    /// Signals that arrived while injecting; suppressed, for the caller to
-    /// re-deliver.
-    pub intercepted_signals: Vec<i32>,
-    /// Their siginfo (128 bytes each, same order), to send them again with
-    /// their data.
+    /// Signals that arrived while injecting, suppressed for the caller to
+    /// deliver again with their data: each one's siginfo (128 bytes, the
+    /// signal number in its first 4).
     pub intercepted_info: Vec<[u8; 128]>,
     /// The signal that killed it during an injected syscall (its exit was
     /// reaped by that wait).
@@ -34,7 +32,6 @@ impl RemoteThread {
             tid,
             gadget,
             template,
-            intercepted_signals: Vec::new(),
             intercepted_info: Vec::new(),
             killed_by: None,
         }
@@ -42,8 +39,8 @@ impl RemoteThread {
 
     /// Signals held back while this thread was being stopped.
     pub fn set_intercepted(&mut self, signals: Vec<(i32, [u8; 128])>) {
-        for (sig, info) in signals {
-            self.intercepted_signals.push(sig);
+        for (sig, mut info) in signals {
+            info[..4].copy_from_slice(&sig.to_le_bytes());
             self.intercepted_info.push(info);
         }
     }
@@ -89,7 +86,6 @@ impl RemoteThread {
             match ptrace::wait(self.tid)? {
                 ptrace::Stop::Syscall => return Ok(()),
                 ptrace::Stop::Signal(sig) => {
-                    self.intercepted_signals.push(sig);
                     let mut info = ptrace::get_siginfo(self.tid).unwrap_or([0u8; 128]);
                     info[..4].copy_from_slice(&sig.to_le_bytes());
                     self.intercepted_info.push(info);
