@@ -306,21 +306,9 @@ fn damaged_images_are_refused_with_the_pid_free() {
     s.wait_seq(3);
     s.dump();
     assert!(wait_pid_free(s.pid, WAIT), "pid {} not freed", s.pid);
-    let mut tally = Tally::default();
-    for damage in damage_plan(&s.images) {
-        // No fresh namespace: the pid is free, as a real restore finds it.
-        let took = restore_is_refused(
-            &s.dir,
-            &s.images,
-            &damage,
-            &["--pid-ns", "never"],
-            &[],
-            SAMPLE_DEADLINE,
-        );
-        tally.add(&damage.describe(), took);
-        assert!(!pid_alive(s.pid), "pid {} taken after a refusal", s.pid);
-    }
-    tally.report(test);
+    // No fresh namespace: the pid is free, as a real restore finds it.
+    refuse_damages(test, &s, |_| true, &["--pid-ns", "never"], &[]);
+    assert!(!pid_alive(s.pid), "pid {} taken after the refusals", s.pid);
     subreaper(false);
     s.restore(Stdio::null());
     s.wait_seq(s.last_before + 5);
@@ -344,12 +332,7 @@ fn damaged_images_are_refused_in_a_fresh_pid_namespace() {
     s.wait_seq(3);
     let images = s.images.clone();
     tern_dump(&s.dir, s.pid, &images, true).assert_ok("tern dump --leave-running");
-    let mut tally = Tally::default();
-    for damage in damage_plan(&images) {
-        let took = restore_is_refused(&s.dir, &images, &damage, &[], &[s.pid], SAMPLE_DEADLINE);
-        tally.add(&damage.describe(), took);
-    }
-    tally.report(test);
+    refuse_damages(test, &s, |_| true, &[], &[s.pid]);
     still_ticking(&mut s, "after every refused restore");
     subreaper(false);
     let pidfile = s.dir.join("restored.pid");
@@ -399,17 +382,7 @@ fn damaged_tree_images_are_refused() {
         images.join(tern_wire::TREE_FILE).exists(),
         "not a tree image"
     );
-    let mut tally = Tally::default();
-    let plan = damage_plan(&images);
-    // Header, middle and cut of every file: the tree has many.
-    let sample = plan.iter().filter(|d| {
-        d.cut || d.what.starts_with("in its header") || d.what.starts_with("in the middle")
-    });
-    for damage in sample {
-        let took = restore_is_refused(&s.dir, &images, damage, &[], &[s.pid], SAMPLE_DEADLINE);
-        tally.add(&damage.describe(), took);
-    }
-    tally.report(test);
+    refuse_damages(test, &s, tree_sample, &[], &[s.pid]);
     for k in &kids {
         assert!(pid_alive(*k), "child {k} of the original died");
     }
@@ -420,6 +393,68 @@ fn damaged_tree_images_are_refused() {
         kill_pid(*k, libc::SIGKILL);
     }
     leftovers(&[]);
+}
+
+/// Header, middle and cuts of every file of a tree image (it has many).
+fn tree_sample(d: &Damage) -> bool {
+    d.cut || d.what.starts_with("in its header") || d.what.starts_with("in the middle")
+}
+
+/// Each damage of the plan for `s.images` that `sample` takes, through
+/// `tern restore` (`extra`: its arguments; `known`: our children that are
+/// not leftovers): each refused.
+fn refuse_damages(
+    test: &str,
+    s: &Session,
+    sample: impl Fn(&Damage) -> bool,
+    extra: &[&str],
+    known: &[i32],
+) {
+    let mut tally = Tally::default();
+    for damage in damage_plan(&s.images).iter().filter(|d| sample(d)) {
+        let took = restore_is_refused(&s.dir, &s.images, damage, extra, known, SAMPLE_DEADLINE);
+        tally.add(&damage.describe(), took);
+    }
+    tally.report(test);
+}
+
+/// The same tree dumped (and so ended): damage refused with the original
+/// pids free (`--pid-ns never`), none of them taken after a refusal; then
+/// the undamaged image restores the parent with its two children.
+#[test]
+fn damaged_tree_images_are_refused_with_the_pids_free() {
+    let test = "damaged_tree_images_are_refused_with_the_pids_free";
+    if !root_or_skip(test) {
+        return;
+    }
+    let _one = serial();
+    subreaper(true);
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "family");
+    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    s.compare_maps = false;
+    s.wait_seq(5);
+    let kids = children_of(s.pid);
+    assert_eq!(kids.len(), 2, "the family has two children: {kids:?}");
+    s.dump();
+    // The children, killed with the tree, were ours to reap (subreaper).
+    leftovers(&[]);
+    for p in kids.iter().chain([&s.pid]) {
+        assert!(wait_pid_free(*p, WAIT), "pid {p} not freed after the dump");
+    }
+    refuse_damages(test, &s, tree_sample, &["--pid-ns", "never"], &[]);
+    for p in kids.iter().chain([&s.pid]) {
+        assert!(!pid_alive(*p), "pid {p} taken after the refusals");
+    }
+    subreaper(false);
+    s.restore_with(Stdio::null(), &args!["--pid-ns", "never"]);
+    let restored_kids = children_of(s.pid);
+    assert_eq!(
+        restored_kids, kids,
+        "the restored parent has its two children back"
+    );
+    s.wait_seq(s.last_before + 5);
+    s.finish();
 }
 
 // ---------------------------------------------------------------------------
