@@ -447,7 +447,8 @@ fn damaged_tree_images_are_refused_with_the_pids_free() {
         assert!(!pid_alive(*p), "pid {p} taken after the refusals");
     }
     subreaper(false);
-    s.restore_with(Stdio::null(), &args!["--pid-ns", "never"]);
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
     let restored_kids = children_of(s.pid);
     assert_eq!(
         restored_kids, kids,
