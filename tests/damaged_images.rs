@@ -59,6 +59,23 @@ fn subreaper(on: bool) {
     );
 }
 
+/// A test's start: as root (else skipped), one test at a time, as a
+/// subreaper, with the C workload `prog` (built with `cflags`) running.
+fn start(
+    test: &str,
+    prog: &str,
+    cflags: &[&str],
+) -> Option<(std::sync::MutexGuard<'static, ()>, Session)> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let one = serial();
+    subreaper(true);
+    let dir = TestDir::new(test);
+    let exe = compile_c_with(&dir, prog, cflags);
+    Some((one, Session::start(dir, Cmd::new(exe), Stdio::null())))
+}
+
 /// Our children other than `known`, described; each is killed and reaped.
 fn leftovers(known: &[i32]) -> Vec<String> {
     let me = i32::try_from(std::process::id()).expect("pid fits in i32");
@@ -263,14 +280,9 @@ fn still_ticking(s: &mut Session, context: &str) {
 #[test]
 fn damaged_page_file_is_refused_at_once() {
     let test = "damaged_page_file_is_refused_at_once";
-    if !root_or_skip(test) {
+    let Some((_one, mut s)) = start(test, "counter64", &[]) else {
         return;
-    }
-    let _one = serial();
-    subreaper(true);
-    let dir = TestDir::new(test);
-    let exe = compile_c(&dir, "counter64");
-    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    };
     s.wait_seq(3);
     let images = s.images.clone();
     tern_dump(&s.dir, s.pid, &images, true).assert_ok("tern dump --leave-running");
@@ -295,14 +307,9 @@ fn damaged_page_file_is_refused_at_once() {
 #[test]
 fn damaged_images_are_refused_with_the_pid_free() {
     let test = "damaged_images_are_refused_with_the_pid_free";
-    if !root_or_skip(test) {
+    let Some((_one, mut s)) = start(test, "counter64", &["-DBUF_MIB=4"]) else {
         return;
-    }
-    let _one = serial();
-    subreaper(true);
-    let dir = TestDir::new(test);
-    let exe = compile_c_with(&dir, "counter64", &["-DBUF_MIB=4"]);
-    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    };
     s.wait_seq(3);
     s.dump();
     assert!(wait_pid_free(s.pid, WAIT), "pid {} not freed", s.pid);
@@ -321,14 +328,9 @@ fn damaged_images_are_refused_with_the_pid_free() {
 #[test]
 fn damaged_images_are_refused_in_a_fresh_pid_namespace() {
     let test = "damaged_images_are_refused_in_a_fresh_pid_namespace";
-    if !root_or_skip(test) {
+    let Some((_one, mut s)) = start(test, "counter64", &["-DBUF_MIB=4"]) else {
         return;
-    }
-    let _one = serial();
-    subreaper(true);
-    let dir = TestDir::new(test);
-    let exe = compile_c_with(&dir, "counter64", &["-DBUF_MIB=4"]);
-    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    };
     s.wait_seq(3);
     let images = s.images.clone();
     tern_dump(&s.dir, s.pid, &images, true).assert_ok("tern dump --leave-running");
@@ -365,14 +367,9 @@ fn damaged_images_are_refused_in_a_fresh_pid_namespace() {
 #[test]
 fn damaged_tree_images_are_refused() {
     let test = "damaged_tree_images_are_refused";
-    if !root_or_skip(test) {
+    let Some((_one, mut s)) = start(test, "family", &[]) else {
         return;
-    }
-    let _one = serial();
-    subreaper(true);
-    let dir = TestDir::new(test);
-    let exe = compile_c(&dir, "family");
-    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    };
     s.wait_seq(5);
     let kids = children_of(s.pid);
     assert_eq!(kids.len(), 2, "the family has two children: {kids:?}");
@@ -383,10 +380,21 @@ fn damaged_tree_images_are_refused() {
         "not a tree image"
     );
     refuse_damages(test, &s, tree_sample, &[], &[s.pid]);
-    for k in &kids {
-        assert!(pid_alive(*k), "child {k} of the original died");
-    }
+    // The parent checks both children's answers every tick (and ends one
+    // child at tick 60): its ticks going on say the tree goes on.
     still_ticking(&mut s, "after every refused tree restore");
+    for k in kids.iter().filter(|k| pid_alive(**k)) {
+        let state = proc_stat(*k).map(|st| st.state);
+        assert!(
+            state != Some('T') && state != Some('t'),
+            "child {k} left stopped"
+        );
+        assert_eq!(
+            status_field(*k, "TracerPid").as_deref(),
+            Some("0"),
+            "child {k} left traced"
+        );
+    }
     s.original.kill_and_wait();
     // Its children, orphaned, are ours now (subreaper): end and reap them.
     for k in &kids {
@@ -424,14 +432,9 @@ fn refuse_damages(
 #[test]
 fn damaged_tree_images_are_refused_with_the_pids_free() {
     let test = "damaged_tree_images_are_refused_with_the_pids_free";
-    if !root_or_skip(test) {
+    let Some((_one, mut s)) = start(test, "family", &[]) else {
         return;
-    }
-    let _one = serial();
-    subreaper(true);
-    let dir = TestDir::new(test);
-    let exe = compile_c(&dir, "family");
-    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    };
     s.compare_maps = false;
     s.wait_seq(5);
     let kids = children_of(s.pid);
@@ -604,14 +607,9 @@ async fn play_source(
 #[test]
 fn serve_refuses_damaged_rounds() {
     let test = "serve_refuses_damaged_rounds";
-    if !root_or_skip(test) {
+    let Some((_one, mut s)) = start(test, "counter64", &["-DBUF_MIB=4"]) else {
         return;
-    }
-    let _one = serial();
-    subreaper(true);
-    let dir = TestDir::new(test);
-    let exe = compile_c_with(&dir, "counter64", &["-DBUF_MIB=4"]);
-    let mut s = Session::start(dir, Cmd::new(exe), Stdio::null());
+    };
     s.wait_seq(3);
     let (pre, whole) = (s.dir.join("pre"), s.dir.join("whole"));
     let pid = s.pid.to_string();
