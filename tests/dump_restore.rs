@@ -498,6 +498,57 @@ fn assert_untouched(
     s.wait_seq(now + 5);
 }
 
+/// `--compress auto` stores pages raw on tmpfs (compressing there only
+/// slows the dump), also when the image directory is given relative to a
+/// working directory on tmpfs (it was compressed: the probe walked up to ""
+/// and gave up).
+#[test]
+fn relative_image_dir_on_tmpfs_is_not_compressed() {
+    let test = "relative_image_dir_on_tmpfs_is_not_compressed";
+    if !root_or_skip(test) {
+        return;
+    }
+    let mut s = c_session("relative_tmpfs", "sleeper", &["rel"]);
+    let mnt = match TmpfsMount::new(&s.dir.join("fs"), "128m") {
+        Ok(m) => m,
+        Err(e) => {
+            skip_or_panic(test, &e);
+            return;
+        }
+    };
+    s.wait_seq(3);
+    let out = Command::new(tern_bin())
+        .args([
+            "dump",
+            "--leave-running",
+            "--pid",
+            &s.pid.to_string(),
+            "--images",
+            "img",
+        ])
+        .current_dir(mnt.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tern dump");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tern dump failed: {stderr}");
+    // Every chunk header's codec byte (0 raw, 1 zstd).
+    let pages = fs::read(mnt.path().join("img").join(tern_wire::PAGES_FILE)).expect("pages.img");
+    let (mut at, mut codecs) = (tern_wire::chunks::FILE_HEADER_LEN, Vec::new());
+    while at + tern_wire::chunks::CHUNK_HEADER_LEN <= pages.len() {
+        let h = &pages[at..at + tern_wire::chunks::CHUNK_HEADER_LEN];
+        let stored = u32::from_le_bytes([h[20], h[21], h[22], h[23]]) as usize;
+        codecs.push(h[4]);
+        at += tern_wire::chunks::CHUNK_HEADER_LEN + stored;
+    }
+    assert!(codecs.len() > 1, "no data chunk in pages.img");
+    assert!(
+        codecs.iter().all(|&c| c == 0),
+        "pages must be stored uncompressed on tmpfs, chunk codecs {codecs:?}"
+    );
+    s.original.kill_and_wait();
+}
+
 /// `--leave-running`: the image is written and the program runs on,
 /// uninterrupted and untouched.
 #[test]

@@ -557,7 +557,20 @@ fn codec_for(zstd_level: Option<i32>) -> wire::Codec {
 pub fn is_memory_fs(dir: &Path) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let mut probe = dir;
+    // A relative path's last ancestor is "" (which does not exist): probe
+    // from the working directory instead.
+    let absolute;
+    let mut probe = if dir.is_relative() {
+        match std::env::current_dir() {
+            Ok(cwd) => {
+                absolute = cwd.join(dir);
+                absolute.as_path()
+            }
+            Err(_) => return false,
+        }
+    } else {
+        dir
+    };
     while !probe.exists() {
         match probe.parent() {
             Some(p) => probe = p,
