@@ -379,12 +379,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size)
-        .ok()
-        .filter(|&s| s > 0)
-        .unwrap_or(4096)
+    crate::sys::page_size() as usize
 }
 
 fn getpid() -> pid_t {

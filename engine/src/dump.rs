@@ -98,16 +98,7 @@ pub struct DumpStats {
     pub round_hash: u64,
 }
 
-/// Page size of this machine.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 {
-        v as u64
-    } else {
-        4096
-    }
-}
+use crate::sys::page_size;
 
 fn unsupported(pid: i32, reason: impl Into<String>) -> EngineError {
     EngineError::Unsupported {
@@ -577,16 +568,7 @@ pub fn is_memory_fs(dir: &Path) -> bool {
             None => return false,
         }
     }
-    let Ok(c) = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs is plain data; all-zero is a valid value to overwrite.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+    matches!(crate::sys::fs_magic(probe), Some(TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 pub fn kernel_release() -> String {

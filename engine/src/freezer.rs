@@ -40,18 +40,12 @@ fn err(pid: i32, what: String, e: std::io::Error) -> EngineError {
     }
 }
 
-const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Whether `path` is the root of a mounted cgroup2 file system.
 fn is_cgroup2(path: &Path) -> bool {
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpath` is NUL-terminated and `st` is a writable statfs.
-    let ret = unsafe { libc::statfs(cpath.as_ptr(), &mut st) };
-    ret == 0 && st.f_type == CGROUP2_SUPER_MAGIC && path.join("cgroup.controllers").exists()
+    crate::sys::fs_magic(path) == Some(CGROUP2_SUPER_MAGIC)
+        && path.join("cgroup.controllers").exists()
 }
 
 /// Where a cgroup2 hierarchy is mounted, if any (hybrid systems:

@@ -314,7 +314,7 @@ impl Image {
                 self.core.sigactions.len()
             )));
         }
-        let page = tern_engine::dump::page_size();
+        let page = tern_engine::sys::page_size();
         if self.inventory.page_size != page {
             return Err(self.bad(format!(
                 "page size {} differs from this machine's {page}",

@@ -17,6 +17,26 @@ pub mod nr {
     pub const CLONE3: libc::c_long = 435;
 }
 
+/// Page size of this machine (the target's too: tern runs beside it).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+/// The magic number of the file system holding `path` (`statfs` `f_type`),
+/// or None if it cannot be asked.
+pub fn fs_magic(path: &std::path::Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` a writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_type as i64)
+}
+
 /// A pidfd of process `pid` (`pidfd_open`, Linux 5.3).
 pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -42,8 +62,7 @@ pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
             _ => Err(std::io::Error::last_os_error()),
         }
     };
-    // SAFETY: pidfd_open takes a pid and flags only.
-    let pidfd = own(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    let pidfd = pidfd_open(pid)?;
     // SAFETY: pidfd_getfd takes a pidfd, a target fd number and flags.
     own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
 }

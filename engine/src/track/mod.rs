@@ -54,12 +54,7 @@ use std::str::FromStr;
 use std::time::Duration;
 use tracing::info;
 
-/// The target's page size (tern runs on the same machine).
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
-}
+pub use crate::sys::page_size;
 
 /// Which tracker to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
