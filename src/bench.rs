@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// Where to keep logs (default: a new temporary directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Instead of migrations: `tern dump` and `tern restore` into this
+    /// directory next to `cp` of a file of the same size on it (e.g. a
+    /// tmpfs such as /dev/shm), for each of --sizes.
+    #[arg(long)]
+    pub storage: Option<PathBuf>,
 }
 
 /// One measured migration.
@@ -205,6 +210,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "tern bench needs root: it makes two network namespaces (edge servers) joined by veth"
         );
     }
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tern-bench-{}", std::process::id())));
+    if let Some(storage) = &args.storage {
+        if args.repeat == 0 || args.sizes.is_empty() {
+            bail!("nothing to measure: give --sizes and --repeat of at least 1");
+        }
+        return crate::bench_storage::run(
+            storage,
+            &args.sizes,
+            args.repeat,
+            &dir,
+            args.json.as_ref(),
+        );
+    }
     if args.repeat == 0 || args.sizes.is_empty() || args.modes.is_empty() {
         bail!("nothing to measure: give --sizes, --modes and --repeat of at least 1");
     }
@@ -214,10 +235,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let exe = std::env::current_exe().context("find the tern executable")?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("tern-bench-{}", std::process::id())));
     std::fs::create_dir_all(&dir)?;
     let criu = criu_unavailable();
     let mut link = String::from("unshaped veth");

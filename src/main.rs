@@ -2,6 +2,7 @@
 //! wire crates.
 
 mod bench;
+mod bench_storage;
 mod bench_svg;
 mod demo;
 mod edges;

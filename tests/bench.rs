@@ -72,3 +72,65 @@ fn bench_runs_and_writes_json_and_svg() {
         );
     }
 }
+
+/// `tern bench --storage DIR` at a small size: dump and restore of the
+/// sample program (which must go on after its restore: the bench checks
+/// its heartbeats) next to `cp`, a table and JSON rows with every figure;
+/// nothing left in DIR.
+#[test]
+fn bench_storage_compares_dump_and_restore_with_cp() {
+    if !root_or_skip("bench_storage_compares_dump_and_restore_with_cp") {
+        return;
+    }
+    let dir = TestDir::new("bench_storage");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).expect("storage dir");
+    let json = dir.join("storage.json");
+    let a = args![
+        "bench",
+        "--storage",
+        &store,
+        "--sizes",
+        "8",
+        "--repeat",
+        "2",
+        "--json",
+        &json,
+        "--dir",
+        dir.join("work"),
+    ];
+    let out = run_tern(&dir, &a, Stdio::null());
+    out.assert_ok("tern bench --storage");
+    assert!(
+        out.stdout.contains("Dump and restore next to cp") && out.stdout.contains("rest/cp"),
+        "no table printed:\n{}",
+        out.stdout
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("storage.json")).expect("JSON");
+    let rows = rows.as_array().expect("a list of rows");
+    assert_eq!(rows.len(), 1, "one row per size: {rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["size_mib"].as_u64(), Some(8));
+    for field in [
+        "cp_ms",
+        "dump_ms",
+        "restore_ms",
+        "dump_over_cp",
+        "restore_over_cp",
+    ] {
+        assert!(
+            r[field].as_f64().is_some_and(|v| v > 0.0),
+            "row lacks a positive {field}: {r}"
+        );
+    }
+    assert_eq!(r["runs"].as_array().map(Vec::len), Some(2), "{r}");
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .expect("storage dir")
+        .flatten()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "tern bench left files in its storage dir: {left:?}"
+    );
+}
