@@ -9,8 +9,9 @@
 //! Each must be refused within a deadline, naming the damaged file, with
 //! no process left behind (no puppet, no PID namespace init: the test is a
 //! child subreaper, so whatever tern leaves becomes its child and is seen),
-//! the original still running where it was left running. The undamaged
-//! image then restores, so the damage was what was refused.
+//! the original still running where it was left running. Where the
+//! original was ended, the undamaged image then restores, so the damage was
+//! what was refused.
 //!
 //! The tests run one at a time (a lock): leftovers are counted among the
 //! test process's own children.
@@ -80,6 +81,7 @@ fn start(
 fn leftovers(known: &[i32]) -> Vec<String> {
     let me = i32::try_from(std::process::id()).expect("pid fits in i32");
     let mut found = Vec::new();
+    let mut pids = Vec::new();
     for pid in children_of(me) {
         if known.contains(&pid) {
             continue;
@@ -88,9 +90,21 @@ fn leftovers(known: &[i32]) -> Vec<String> {
         let state = proc_stat(pid).map(|s| s.state).unwrap_or('?');
         found.push(format!("{pid} ({}, state {state})", comm.trim()));
         kill_pid(pid, libc::SIGKILL);
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+        pids.push(pid);
+    }
+    // Reaped in rounds, never blocking: a stuck namespace init (the bug
+    // this file hunts) exits only once its other processes are reaped.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !pids.is_empty() && std::time::Instant::now() < deadline {
+        pids.retain(|&pid| {
+            let mut st = 0;
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) == 0 }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for pid in pids {
+        found.push(format!("{pid} could not be reaped within {WAIT:?}"));
     }
     found
 }
@@ -224,7 +238,7 @@ fn restore_is_refused(
     extra: &[&str],
     known: &[i32],
     deadline: Duration,
-) -> Duration {
+) -> TernOutput {
     let case = dir.join("damaged");
     let _ = std::fs::remove_dir_all(&case);
     copy_tree(image, &case);
@@ -247,6 +261,12 @@ fn restore_is_refused(
         out.describe()
     );
     assert!(
+        !out.stderr.contains("did not exit within"),
+        "a PID namespace's init outlived the refusal of {}\n{}",
+        damage.describe(),
+        out.describe()
+    );
+    assert!(
         !out.stderr.contains("panicked"),
         "tern panicked on {}\n{}",
         damage.describe(),
@@ -259,7 +279,7 @@ fn restore_is_refused(
         out.describe()
     );
     let _ = std::fs::remove_dir_all(&case);
-    out.elapsed
+    out
 }
 
 /// The original keeps printing ticks (it was left running, untouched).
@@ -295,8 +315,19 @@ fn damaged_page_file_is_refused_at_once() {
         at: len / 2,
         cut: false,
     };
-    let took = restore_is_refused(&s.dir, &images, &damage, &[], &[s.pid], REFUSAL_DEADLINE);
-    println!("{test}: refused in {:.0} ms", took.as_secs_f64() * 1e3);
+    // --log info: the restore must say it went into a fresh PID namespace
+    // (the damage is found while pages stream into the puppet there).
+    let extra = ["--log", "info"];
+    let out = restore_is_refused(&s.dir, &images, &damage, &extra, &[s.pid], REFUSAL_DEADLINE);
+    assert!(
+        out.stderr.contains("restoring into a fresh PID namespace"),
+        "the restore did not go into a fresh PID namespace:\n{}",
+        out.describe()
+    );
+    println!(
+        "{test}: refused in {:.0} ms",
+        out.elapsed.as_secs_f64() * 1e3
+    );
     still_ticking(&mut s, "after the refused restore");
     s.original.kill_and_wait();
 }
@@ -315,7 +346,7 @@ fn damaged_images_are_refused_with_the_pid_free() {
     assert!(wait_pid_free(s.pid, WAIT), "pid {} not freed", s.pid);
     // No fresh namespace: the pid is free, as a real restore finds it.
     refuse_damages(test, &s, |_| true, &["--pid-ns", "never"], &[]);
-    assert!(!pid_alive(s.pid), "pid {} taken after the refusals", s.pid);
+    assert!(!pid_exists(s.pid), "pid {} taken after the refusals", s.pid);
     subreaper(false);
     s.restore(Stdio::null());
     s.wait_seq(s.last_before + 5);
@@ -420,8 +451,8 @@ fn refuse_damages(
 ) {
     let mut tally = Tally::default();
     for damage in damage_plan(&s.images).iter().filter(|d| sample(d)) {
-        let took = restore_is_refused(&s.dir, &s.images, damage, extra, known, SAMPLE_DEADLINE);
-        tally.add(&damage.describe(), took);
+        let out = restore_is_refused(&s.dir, &s.images, damage, extra, known, SAMPLE_DEADLINE);
+        tally.add(&damage.describe(), out.elapsed);
     }
     tally.report(test);
 }
@@ -447,7 +478,7 @@ fn damaged_tree_images_are_refused_with_the_pids_free() {
     }
     refuse_damages(test, &s, tree_sample, &["--pid-ns", "never"], &[]);
     for p in kids.iter().chain([&s.pid]) {
-        assert!(!pid_alive(*p), "pid {p} taken after the refusals");
+        assert!(!pid_exists(*p), "pid {p} taken after the refusals");
     }
     subreaper(false);
     let never = args!["--pid-ns", "never"];

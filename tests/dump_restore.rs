@@ -498,6 +498,36 @@ fn assert_untouched(
     s.wait_seq(now + 5);
 }
 
+/// `tern dump --leave-running --images img` of `pid`, run in `cwd`: the
+/// codec byte of every chunk of the page file it wrote (0 raw, 1 zstd).
+fn relative_dump_codecs(pid: i32, cwd: &Path) -> Vec<u8> {
+    let out = Command::new(tern_bin())
+        .args([
+            "dump",
+            "--leave-running",
+            "--pid",
+            &pid.to_string(),
+            "--images",
+            "img",
+        ])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tern dump");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tern dump failed: {stderr}");
+    let pages = fs::read(cwd.join("img").join(tern_wire::PAGES_FILE)).expect("pages.img");
+    let (mut at, mut codecs) = (tern_wire::chunks::FILE_HEADER_LEN, Vec::new());
+    while at + tern_wire::chunks::CHUNK_HEADER_LEN <= pages.len() {
+        let h = &pages[at..at + tern_wire::chunks::CHUNK_HEADER_LEN];
+        let stored = u32::from_le_bytes([h[20], h[21], h[22], h[23]]) as usize;
+        codecs.push(h[4]);
+        at += tern_wire::chunks::CHUNK_HEADER_LEN + stored;
+    }
+    assert!(codecs.len() > 1, "no data chunk in pages.img");
+    codecs
+}
+
 /// `--compress auto` stores pages raw on tmpfs (compressing there only
 /// slows the dump), also when the image directory is given relative to a
 /// working directory on tmpfs (it was compressed: the probe walked up to ""
@@ -517,35 +547,26 @@ fn relative_image_dir_on_tmpfs_is_not_compressed() {
         }
     };
     s.wait_seq(3);
-    let out = Command::new(tern_bin())
-        .args([
-            "dump",
-            "--leave-running",
-            "--pid",
-            &s.pid.to_string(),
-            "--images",
-            "img",
-        ])
-        .current_dir(mnt.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tern dump");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tern dump failed: {stderr}");
-    // Every chunk header's codec byte (0 raw, 1 zstd).
-    let pages = fs::read(mnt.path().join("img").join(tern_wire::PAGES_FILE)).expect("pages.img");
-    let (mut at, mut codecs) = (tern_wire::chunks::FILE_HEADER_LEN, Vec::new());
-    while at + tern_wire::chunks::CHUNK_HEADER_LEN <= pages.len() {
-        let h = &pages[at..at + tern_wire::chunks::CHUNK_HEADER_LEN];
-        let stored = u32::from_le_bytes([h[20], h[21], h[22], h[23]]) as usize;
-        codecs.push(h[4]);
-        at += tern_wire::chunks::CHUNK_HEADER_LEN + stored;
-    }
-    assert!(codecs.len() > 1, "no data chunk in pages.img");
+    let on_tmpfs = relative_dump_codecs(s.pid, mnt.path());
     assert!(
-        codecs.iter().all(|&c| c == 0),
-        "pages must be stored uncompressed on tmpfs, chunk codecs {codecs:?}"
+        on_tmpfs.iter().all(|&c| c == 0),
+        "pages must be stored uncompressed on tmpfs, chunk codecs {on_tmpfs:?}"
     );
+    // Control: the same program's pages are compressed on a disk.
+    let disk = s.dir.path().join("on-disk");
+    fs::create_dir_all(&disk).expect("dir on disk");
+    if tern_engine::dump::is_memory_fs(&disk) {
+        eprintln!(
+            "{test}: no disk here ({} is in memory): control skipped",
+            disk.display()
+        );
+    } else {
+        let on_disk = relative_dump_codecs(s.pid, &disk);
+        assert!(
+            on_disk.contains(&1),
+            "control: pages dumped to a disk were not compressed, chunk codecs {on_disk:?}"
+        );
+    }
     s.original.kill_and_wait();
 }
 

@@ -653,8 +653,14 @@ fn spawn_nft(netns: Option<&Path>, script: &str) -> io::Result<std::process::Chi
             e
         }
     })?;
+    // A few hundred bytes at most: within the pipe's buffer, so this write
+    // does not wait for nft.
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
+        if let Err(e) = stdin.write_all(script.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
     }
     Ok(child)
 }

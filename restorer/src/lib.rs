@@ -860,9 +860,10 @@ impl Builder<'_> {
         // Signals that arrived while the puppet was driven (e.g. from a
         // timer re-created before the end) were held back: delivered at
         // resume with their siginfo (a timer's value and id; sent with
-        // kill() they would arrive as SI_USER, without them).
+        // kill() they would arrive as SI_USER, without them), to the
+        // process: the thread that happened to take one may block it.
         for t in &self.extra {
-            queued.extend(t.intercepted_info.iter().map(|i| (t.tid, i.to_vec())));
+            queued.extend(t.intercepted_info.iter().map(|i| (0, i.to_vec())));
         }
         let mut net = std::mem::take(&mut self.net);
         if let Err(e) = net.ready(self.pid) {

@@ -104,21 +104,31 @@ impl Drop for PidNamespace {
 fn kill_and_reap(pid: i32) {
     // SAFETY: plain syscall on our own child.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    if !reap_within(&[pid], REAPER_EXIT_WAIT).is_empty() {
+        warn!(
+            pid,
+            "a PID namespace's init did not exit within {REAPER_EXIT_WAIT:?} of SIGKILL \
+             (a process of its namespace is not reaped); it stays a zombie of tern"
+        );
+    }
+}
+
+/// Reap our children `pids` as they exit, waiting at most `wait` in all
+/// (polled with `WNOHANG`: a blocking wait could be forever). Returns those
+/// still not reaped; one that is not (or no longer) our child counts as
+/// done.
+pub(crate) fn reap_within(pids: &[i32], wait: Duration) -> Vec<i32> {
     let t0 = Instant::now();
+    let mut left: Vec<i32> = pids.to_vec();
     loop {
-        let mut st = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
-        if r != 0 {
-            return; // reaped, or not ours to wait for (ECHILD)
-        }
-        if t0.elapsed() >= REAPER_EXIT_WAIT {
-            warn!(
-                pid,
-                "a PID namespace's init did not exit within {REAPER_EXIT_WAIT:?} of SIGKILL \
-                 (a process of its namespace is not reaped); left to be reaped later"
-            );
-            return;
+        left.retain(|&pid| {
+            let mut st = 0;
+            // SAFETY: waitpid with a valid status pointer; WNOHANG.
+            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
+            r == 0
+        });
+        if left.is_empty() || t0.elapsed() >= wait {
+            return left;
         }
         std::thread::sleep(Duration::from_millis(1));
     }

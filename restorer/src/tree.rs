@@ -66,8 +66,48 @@ pub fn is_tree(dir: &Path) -> bool {
 }
 
 /// Restore the tree in `dir`; returns once every process runs.
+///
+/// tern is a child subreaper meanwhile: a puppet forked by another is
+/// reaped by its tracer (us) only as far as the tracer goes, then waits as
+/// a zombie for its parent puppet, which never reaps. When a failed
+/// restore kills them all, those zombies come back to us and are reaped
+/// here, rather than left to init (slow on some machines) holding the
+/// image's pids.
 pub fn restore_tree(dir: &Path, opts: &RestoreOptions) -> Result<(Restored, usize)> {
-    prepare_tree(dir, opts)?.resume()
+    let _subreaper = Subreaper::on();
+    let mut forked = Vec::new();
+    let restored = build_tree(dir, opts, &mut forked).and_then(PreparedTree::resume);
+    if restored.is_err() {
+        // Every puppet is killed and its parent gone by now.
+        let left = crate::pidns::reap_within(&forked, Duration::from_secs(1));
+        if !left.is_empty() {
+            warn!(?left, "processes of a failed tree restore not reaped");
+        }
+    }
+    restored
+}
+
+/// This process as a child subreaper until dropped.
+struct Subreaper;
+
+impl Subreaper {
+    fn on() -> Subreaper {
+        // SAFETY: prctl with integer arguments, on this process only.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            warn!(
+                "cannot become a child subreaper ({}): a failed tree restore may leave zombies to init",
+                std::io::Error::last_os_error()
+            );
+        }
+        Subreaper
+    }
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    }
 }
 
 fn bad(dir: &Path, what: String) -> RestoreError {
@@ -77,54 +117,8 @@ fn bad(dir: &Path, what: String) -> RestoreError {
     }
 }
 
-/// Restore the tree in `dir` up to the moment it would run.
-///
-/// Makes this process a child subreaper: a puppet forked by another is
-/// reaped by its tracer (us) only as far as the tracer goes, then waits as
-/// a zombie for its parent puppet, which never reaps. When a failed
-/// restore kills them all, those zombies come back to us and are reaped
-/// here, rather than left to init (slow on some machines) holding the
-/// image's pids.
-pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
-    // SAFETY: prctl with integer arguments, on this process only.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if r != 0 {
-        warn!(
-            "cannot become a child subreaper ({}): a failed tree restore may leave zombies to init",
-            std::io::Error::last_os_error()
-        );
-    }
-    let mut forked = Vec::new();
-    let prepared = build_tree(dir, opts, &mut forked);
-    if prepared.is_err() {
-        // Every puppet is killed and its parent gone by now.
-        reap_orphans(&forked, Duration::from_secs(1));
-    }
-    prepared
-}
-
-/// Reap `pids`, zombies that became our children, waiting at most `wait`.
-fn reap_orphans(pids: &[i32], wait: Duration) {
-    let t0 = Instant::now();
-    let mut left: Vec<i32> = pids.to_vec();
-    while !left.is_empty() && t0.elapsed() < wait {
-        left.retain(|&pid| {
-            let mut st = 0;
-            // SAFETY: waitpid with a valid status pointer; WNOHANG.
-            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
-            r == 0 // not (yet) a zombie of ours; reaped or not ours: done
-        });
-        if !left.is_empty() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    if !left.is_empty() {
-        warn!(?left, "puppets of a failed tree restore not reaped");
-    }
-}
-
-/// [`prepare_tree`]'s work; the pid of every puppet forked is added to
-/// `forked`.
+/// Restore the tree in `dir` up to the moment it would run; the pid of
+/// every puppet forked is added to `forked`.
 fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Result<PreparedTree> {
     let t0 = Instant::now();
     crate::check_image_trusted(dir)?;
