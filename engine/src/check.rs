@@ -183,81 +183,6 @@ const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
-pub(crate) const PM_SOFT_DIRTY: u64 = 1 << 55;
-pub(crate) const PM_PRESENT: u64 = 1 << 63;
-
-pub(crate) const UFFD_API: u64 = 0xaa;
-pub(crate) const UFFD_USER_MODE_ONLY: c_long = 1;
-pub(crate) const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-pub(crate) const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-pub(crate) const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-pub(crate) const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-pub(crate) const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-pub(crate) const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-pub(crate) const PAGE_IS_WRITTEN: u64 = 1 << 1;
-
-/// `_IOWR(ty, nr, size)` from `include/uapi/asm-generic/ioctl.h`.
-pub(crate) const fn iowr(ty: u8, nr: u8, size: usize) -> libc::Ioctl {
-    ((3 << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32) as libc::Ioctl
-}
-pub(crate) const UFFDIO_API: libc::Ioctl = iowr(0xaa, 0x3f, size_of::<UffdioApi>());
-pub(crate) const UFFDIO_REGISTER: libc::Ioctl = iowr(0xaa, 0x00, size_of::<UffdioRegister>());
-pub(crate) const UFFDIO_WRITEPROTECT: libc::Ioctl =
-    iowr(0xaa, 0x06, size_of::<UffdioWriteprotect>());
-pub(crate) const PAGEMAP_SCAN: libc::Ioctl = iowr(b'f', 16, size_of::<PmScanArg>());
-
-#[repr(C)]
-pub(crate) struct UffdioApi {
-    pub(crate) api: u64,
-    pub(crate) features: u64,
-    pub(crate) ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct UffdioRange {
-    pub(crate) start: u64,
-    pub(crate) len: u64,
-}
-
-#[repr(C)]
-pub(crate) struct UffdioRegister {
-    pub(crate) range: UffdioRange,
-    pub(crate) mode: u64,
-    pub(crate) ioctls: u64,
-}
-
-#[repr(C)]
-pub(crate) struct UffdioWriteprotect {
-    pub(crate) range: UffdioRange,
-    pub(crate) mode: u64,
-}
-
-/// `struct page_region`, one run of pages `PAGEMAP_SCAN` reports.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(crate) struct PageRegion {
-    pub(crate) start: u64,
-    pub(crate) end: u64,
-    pub(crate) categories: u64,
-}
-
-/// `struct pm_scan_arg` (`include/uapi/linux/fs.h`).
-#[repr(C)]
-pub(crate) struct PmScanArg {
-    pub(crate) size: u64,
-    pub(crate) flags: u64,
-    pub(crate) start: u64,
-    pub(crate) end: u64,
-    pub(crate) walk_end: u64,
-    pub(crate) vec: u64,
-    pub(crate) vec_len: u64,
-    pub(crate) max_pages: u64,
-    pub(crate) category_inverted: u64,
-    pub(crate) category_mask: u64,
-    pub(crate) category_anyof_mask: u64,
-    pub(crate) return_mask: u64,
-}
 
 /// `struct ptrace_rseq_configuration` (`include/uapi/linux/ptrace.h`).
 #[repr(C)]
@@ -270,6 +195,8 @@ struct RseqConfiguration {
     pad: u32,
 }
 
+use crate::proc::{PM_PRESENT, PM_SOFT_DIRTY};
+use crate::sys::uffd::*;
 use crate::sys::CloneArgs;
 
 /// `struct prctl_mm_map` (`include/uapi/linux/prctl.h`).
@@ -291,11 +218,6 @@ struct PrctlMmMap {
     exe_fd: u32,
 }
 
-const _: () = assert!(size_of::<PmScanArg>() == 96);
-const _: () = assert!(size_of::<PageRegion>() == 24);
-const _: () = assert!(size_of::<UffdioApi>() == 24);
-const _: () = assert!(size_of::<UffdioRegister>() == 32);
-const _: () = assert!(size_of::<UffdioWriteprotect>() == 24);
 const _: () = assert!(size_of::<RseqConfiguration>() == 24);
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(size_of::<PrctlMmMap>() == 104);
@@ -1408,41 +1330,6 @@ struct UffdWpRange {
     page: usize,
     features: u64,
     note: &'static str,
-}
-
-/// `userfaultfd(O_CLOEXEC | O_NONBLOCK)`, falling back to user-mode-only
-/// faults when `vm.unprivileged_userfaultfd = 0` refuses the full kind.
-pub(crate) fn open_uffd() -> Result<(OwnedFd, &'static str), String> {
-    let flags = c_long::from(libc::O_CLOEXEC | libc::O_NONBLOCK);
-    // SAFETY: userfaultfd takes flags only.
-    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if ret >= 0 {
-        return Ok((own_fd(ret, "userfaultfd")?, ""));
-    }
-    if last_errno() != libc::EPERM {
-        return Err(sys_err("userfaultfd"));
-    }
-    // SAFETY: as above.
-    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY) };
-    Ok((
-        own_fd(ret, "userfaultfd (also with UFFD_USER_MODE_ONLY)")?,
-        ", user-mode-only uffd",
-    ))
-}
-
-/// `UFFDIO_API` asking for `features`; returns what the kernel reports.
-pub(crate) fn uffd_api(uffd: &OwnedFd, features: u64) -> Result<u64, String> {
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API reads and writes one `struct uffdio_api`, which
-    // `api` is (size asserted at compile time).
-    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, ptr::addr_of_mut!(api)) } != 0 {
-        return Err(sys_err(&format!("UFFDIO_API(features {features:#x})")));
-    }
-    Ok(api.features)
 }
 
 fn setup_uffd_wp(pages: usize) -> Result<UffdWpRange, String> {

@@ -7,6 +7,7 @@ pub mod pipe;
 pub mod ptrace;
 pub mod remote;
 pub mod sock;
+pub mod uffd;
 pub mod unix_diag;
 
 pub use remote::RemoteThread;

@@ -23,17 +23,17 @@ use super::{
     data_ranges, for_each_pagemap_entry, is_special, is_trackable, page_has_data, page_size,
     push_merged, read_maps, trackable_ranges, vma_changes, DirtySet, DirtyTracker, RoundStats,
 };
-use crate::check::{
+use crate::error::{Context, EngineError, Result};
+use crate::proc::{MapEntry, Pagemap};
+use crate::seize::Seized;
+use crate::sys::remote;
+use crate::sys::uffd::{
     open_uffd, uffd_api, PageRegion, PmScanArg, UffdioApi, UffdioRange, UffdioRegister,
     UffdioWriteprotect, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
     UFFDIO_API, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT,
     UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
     UFFD_USER_MODE_ONLY,
 };
-use crate::error::{Context, EngineError, Result};
-use crate::proc::{MapEntry, Pagemap};
-use crate::seize::Seized;
-use crate::sys::remote;
 use std::fs::File;
 use std::io;
 use std::mem::size_of;
