@@ -92,6 +92,8 @@ fn one_run(exe: &Path, storage: &Path, work: &Path, mib: u64, src: &Path) -> Res
     let images = storage.join(format!("tern-bench-image-{}", std::process::id()));
     let dst = storage.join(format!("tern-bench-copy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&images);
+    // Removed however the run ends.
+    let _images = tern_engine::migrate::Staging(images.clone());
     let mut program = start_workload(Command::new(exe), mib, 0.0, &log)?;
     wait_ticks(&log, 3)?;
     let (cp, _) = timed(Command::new("cp").arg(src).arg(&dst), "cp")?;
@@ -116,7 +118,6 @@ fn one_run(exe: &Path, storage: &Path, work: &Path, mib: u64, src: &Path) -> Res
         // SAFETY: plain syscall; the pid is the program this run restored.
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
-    let _ = std::fs::remove_dir_all(&images);
     going_on.context("the restored sample program")?;
     Ok(Times { cp, dump, restore })
 }

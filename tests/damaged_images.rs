@@ -136,6 +136,16 @@ impl Damage {
         std::fs::write(&path, bytes).expect("write the damaged file");
     }
 
+    /// A copy of `image` (in `dir/damaged`, replacing the last one) with
+    /// this damage.
+    fn copy_of(&self, dir: &TestDir, image: &Path) -> PathBuf {
+        let case = dir.join("damaged");
+        let _ = std::fs::remove_dir_all(&case);
+        copy_tree(image, &case);
+        self.apply(&case);
+        case
+    }
+
     fn describe(&self) -> String {
         format!("{} {}", self.file.display(), self.what)
     }
@@ -239,10 +249,7 @@ fn restore_is_refused(
     known: &[i32],
     deadline: Duration,
 ) -> TernOutput {
-    let case = dir.join("damaged");
-    let _ = std::fs::remove_dir_all(&case);
-    copy_tree(image, &case);
-    damage.apply(&case);
+    let case = damage.copy_of(dir, image);
     let mut a = args!["restore", "--images", &case];
     a.extend(extra.iter().map(OsString::from));
     let out = run_tern_within(dir, None, &a, Stdio::null(), deadline);
@@ -669,10 +676,7 @@ fn serve_refuses_damaged_rounds() {
             d.file_name() == tern_wire::PAGES_FILE || d.cut || d.what.starts_with("in the middle")
         });
         for damage in sample {
-            let case = s.dir.join("damaged");
-            let _ = std::fs::remove_dir_all(&case);
-            copy_tree(image, &case);
-            damage.apply(&case);
+            let case = damage.copy_of(&s.dir, image);
             let t = std::time::Instant::now();
             let answer = send_round(&ns, addr, &key, &case, s.pid, final_round, SAMPLE_DEADLINE)
                 .unwrap_or_else(|e| {

@@ -457,7 +457,7 @@ pub(crate) fn spawn_puppet(
     tids: &[i32],
     opts: &RestoreOptions,
     keep: Option<(i32, i32)>,
-) -> Result<(Puppet, Option<Arc<PidNamespace>>, Option<i32>)> {
+) -> Result<(Puppet, Option<i32>)> {
     let ids_free = || {
         tids.iter()
             .all(|t| !Path::new(&format!("/proc/{t}")).exists())
@@ -505,7 +505,6 @@ pub(crate) fn spawn_puppet(
         None => Puppet::spawn_keeping(want, keep, !opts.shell_job),
     }
     .map_err(spawn_err)?;
-    puppet.namespace = namespace.clone();
     if let Some(ns) = &namespace {
         info!(
             reaper = ns.reaper,
@@ -514,7 +513,8 @@ pub(crate) fn spawn_puppet(
             "restoring into a fresh PID namespace (the image's ids are taken here)"
         );
     }
-    Ok((puppet, namespace, want))
+    puppet.namespace = namespace;
+    Ok((puppet, want))
 }
 
 /// A restored program, complete and stopped just before it runs: killed
@@ -596,9 +596,9 @@ impl Network {
 
 pub struct Prepared {
     puppet: Puppet,
-    /// The fresh PID namespace this program (a tree's root) keeps when it
-    /// runs; every puppet in it also holds it until reaped.
-    namespace: Option<Arc<PidNamespace>>,
+    /// Whether this program (a single one, a tree's root) keeps its fresh
+    /// PID namespace alive when it runs (the puppet holds the namespace).
+    keeps_namespace: bool,
     threads: Vec<i32>,
     /// Signals to deliver once it runs.
     pending: Vec<i32>,
@@ -620,14 +620,14 @@ impl Prepared {
     /// what its build left to do at resume), built since `t0`.
     pub(crate) fn new(
         puppet: Puppet,
-        namespace: Option<Arc<PidNamespace>>,
+        keeps_namespace: bool,
         ns_pid: i32,
         parts: Parts,
         t0: Instant,
     ) -> Prepared {
         Prepared {
             puppet,
-            namespace,
+            keeps_namespace,
             threads: parts.threads,
             pending: parts.pending,
             queued: parts.queued,
@@ -680,7 +680,10 @@ impl Prepared {
         let restored = Restored {
             pid,
             ns_pid: self.ns_pid,
-            pid_ns_init: self.namespace.take().map(|ns| ns.keep()),
+            pid_ns_init: match &self.puppet.namespace {
+                Some(ns) if self.keeps_namespace => Some(ns.keep()),
+                _ => None,
+            },
             restore_ms: self.t0.elapsed().as_secs_f64() * 1e3,
             pages_bytes: self.pages_bytes,
         };
@@ -710,11 +713,11 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         }
     }
     let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
-    let (mut puppet, namespace, want) = spawn_puppet(image.core.pid, &tids, opts, None)?;
+    let (mut puppet, want) = spawn_puppet(image.core.pid, &tids, opts, None)?;
     let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts, None)
         .map_err(|e| explain(&puppet, e))?;
     let ns_pid = want.unwrap_or(puppet.pid);
-    Ok(Prepared::new(puppet, namespace, ns_pid, parts, t0))
+    Ok(Prepared::new(puppet, true, ns_pid, parts, t0))
 }
 
 /// An error met while building `puppet`: if the puppet itself was killed

@@ -11,13 +11,11 @@
 //! (address, xxh3) before the rest of the state is restored. Any
 //! difference refuses the image: nothing half-right is ever resumed.
 
-use crate::pidns::PidNamespace;
 use crate::puppet::Puppet;
 use crate::shape::{self, SCRATCH_LEN};
 use crate::{Builder, Image, Prepared, RestoreError, RestoreOptions, Result, StepContext};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 use tern_engine::sys::mem;
 use tern_wire as wire;
@@ -35,8 +33,6 @@ pub struct RoundApplied {
 
 pub struct Standby {
     puppet: Puppet,
-    /// Also held by the puppet until it is reaped (see [`PidNamespace`]).
-    namespace: Option<Arc<PidNamespace>>,
     ns_pid: Option<i32>,
     /// The program's pid in the images.
     image_pid: i32,
@@ -160,10 +156,9 @@ impl Standby {
         let (inv, layout) = load_round(round0)?;
         // Threads are only known at the end: the main pid decides.
         let table = wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?;
-        let (puppet, namespace, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, None)?;
+        let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, None)?;
         let mut standby = Standby {
             puppet,
-            namespace,
             ns_pid: want,
             image_pid: inv.pid,
             scratch: 0,
@@ -529,13 +524,7 @@ impl Standby {
             tern_engine::sys::set_idle_priority(0);
             drop(records)
         });
-        Ok(Prepared::new(
-            self.puppet,
-            self.namespace,
-            ns_pid,
-            parts,
-            t0,
-        ))
+        Ok(Prepared::new(self.puppet, true, ns_pid, parts, t0))
     }
 
     /// The final image into the puppet: memory, then everything else.
@@ -565,7 +554,7 @@ impl Standby {
         };
         for t in image.core.threads.iter().skip(1) {
             // In our own namespace a thread id may be taken by now.
-            if self.namespace.is_none()
+            if self.puppet.namespace.is_none()
                 && !self.opts.new_pid
                 && Path::new(&format!("/proc/{}", t.tid)).exists()
             {

@@ -174,8 +174,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         + 1;
     let pidfd = tern_engine::sys::pidfd_open(std::process::id() as i32)
         .step(root_pid, || "pidfd_open of tern itself".into())?;
-    let (root, namespace, want) =
-        spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
+    let (root, want) = spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
     let mut puppets: Vec<Puppet> = vec![root];
     ptrace::set_options(
         puppets[0].pid,
@@ -222,7 +221,6 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
     let mut shared_maps: BTreeMap<usize, RawFd> = BTreeMap::new();
     let mut members = Vec::with_capacity(procs.len());
     let mut puppets = puppets.into_iter();
-    let mut namespace = namespace;
     for (k, p) in procs.iter().enumerate() {
         let image = &images[k];
         let mut puppet = puppets
@@ -312,8 +310,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         } else {
             p.pid
         };
-        let ns = if k == 0 { namespace.take() } else { None };
-        members.push(Prepared::new(puppet, ns, ns_pid, parts, t0));
+        members.push(Prepared::new(puppet, k == 0, ns_pid, parts, t0));
     }
     info!(
         root = root_pid,

@@ -38,34 +38,32 @@ pub fn fs_magic(path: &std::path::Path) -> Option<i64> {
     Some(st.f_type as i64)
 }
 
-/// A pidfd of process `pid` (`pidfd_open`, Linux 5.3).
-pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+/// The new fd a raw syscall returned (`ret`), owned; or the syscall's
+/// error (errno) if it returned none.
+pub fn own_fd(ret: libc::c_long) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags only.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    match libc::c_int::try_from(r) {
-        // SAFETY: the kernel just returned this new descriptor.
+    match libc::c_int::try_from(ret) {
+        // SAFETY: the kernel just returned this new descriptor; nothing
+        // else in this process owns it.
         Ok(fd) if fd >= 0 => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
         _ => Err(std::io::Error::last_os_error()),
     }
+}
+
+/// A pidfd of process `pid` (`pidfd_open`, Linux 5.3).
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags only.
+    own_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
 /// A duplicate, in this process, of fd `fd` of process `pid`
 /// (`pidfd_open` + `pidfd_getfd`, Linux 5.6+): it shares the program's open
 /// file description.
 pub fn take_fd(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let own = |r: libc::c_long| -> std::io::Result<OwnedFd> {
-        match libc::c_int::try_from(r) {
-            // SAFETY: the kernel just returned `fd` as a new descriptor that
-            // nothing else in this process owns.
-            Ok(fd) if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    };
+    use std::os::fd::AsRawFd;
     let pidfd = pidfd_open(pid)?;
     // SAFETY: pidfd_getfd takes a pidfd, a target fd number and flags.
-    own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
+    own_fd(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
 }
 
 /// Open the file a kernel file handle names (`open_by_handle_at`, Linux
@@ -76,7 +74,7 @@ pub fn open_by_handle(
     handle_type: i32,
     handle: &[u8],
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsRawFd;
     // struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes.
     let mut buf = Vec::with_capacity(8 + handle.len());
     buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
@@ -91,11 +89,7 @@ pub fn open_by_handle(
             libc::O_PATH | libc::O_CLOEXEC,
         )
     };
-    match libc::c_int::try_from(r) {
-        // SAFETY: the kernel just returned this new descriptor.
-        Ok(fd) if fd >= 0 => Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    own_fd(r)
 }
 
 /// Read and discard whatever `fd` has to read, without blocking (the open

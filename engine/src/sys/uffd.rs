@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use libc::c_long;
 
@@ -126,12 +126,7 @@ fn sys_err(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
-/// The fd a raw syscall returned, owned; or its error.
+/// The fd a raw syscall returned, owned; or its error, saying `what`.
 fn own_fd(ret: c_long, what: &str) -> Result<OwnedFd, String> {
-    match libc::c_int::try_from(ret) {
-        // SAFETY: the kernel just returned this new descriptor; nothing
-        // else owns it.
-        Ok(fd) if fd >= 0 => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-        _ => Err(sys_err(what)),
-    }
+    super::own_fd(ret).map_err(|e| format!("{what}: {e}"))
 }

@@ -6,7 +6,7 @@
 //! namespace (unix sockets are listed per namespace).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// One unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +58,7 @@ pub fn list(pid: i32) -> io::Result<Vec<UnixSocket>> {
                     NETLINK_SOCK_DIAG,
                 )
             };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: the kernel just returned this new descriptor.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            super::own_fd(libc::c_long::from(fd))
         })
         .join()
         .map_err(|_| io::Error::other("the sock_diag thread panicked"))?
@@ -176,6 +172,7 @@ mod tests {
 
     #[test]
     fn a_socketpair_is_seen_with_its_peer_and_queue() {
+        use std::os::fd::FromRawFd;
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two fds into the array.
         let made =
