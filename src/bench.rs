@@ -196,16 +196,14 @@ fn one_run(
         })
     })();
     if restored > 0 {
-        // SAFETY: plain syscall; the pid is the workload this run migrated.
-        unsafe { libc::kill(restored, libc::SIGKILL) };
+        let _ = tern_sys::signal(restored, libc::SIGKILL);
     }
     drop(program);
     run
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!(
             "tern bench needs root: it makes two network namespaces (edge servers) joined by veth"
         );

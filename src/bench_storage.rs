@@ -93,7 +93,7 @@ fn one_run(exe: &Path, storage: &Path, work: &Path, mib: u64, src: &Path) -> Res
     let dst = storage.join(format!("tern-bench-copy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&images);
     // Removed however the run ends.
-    let _images = tern_engine::migrate::Staging(images.clone());
+    let _images = tern_wire::image::Staging(images.clone());
     let mut program = start_workload(Command::new(exe), mib, 0.0, &log)?;
     wait_ticks(&log, 3)?;
     let (cp, _) = timed(Command::new("cp").arg(src).arg(&dst), "cp")?;
@@ -115,8 +115,7 @@ fn one_run(exe: &Path, storage: &Path, work: &Path, mib: u64, src: &Path) -> Res
     // The restored program goes on, checking its own state.
     let going_on = wait_ticks(&log, last + 3);
     if let Some(p) = restored {
-        // SAFETY: plain syscall; the pid is the program this run restored.
-        unsafe { libc::kill(p, libc::SIGKILL) };
+        let _ = tern_sys::signal(p, libc::SIGKILL);
     }
     going_on.context("the restored sample program")?;
     Ok(Times { cp, dump, restore })

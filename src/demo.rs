@@ -53,13 +53,8 @@ pub fn workload(out: &Path, mib: u64, dirty_mbps: f64) -> Result<()> {
                 *w = value(lo + j, g);
             }
         }
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let us = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+        let us = ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000;
         writeln!(log, "tick {tick} us {us}")?;
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -117,8 +112,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     }
     let exe = std::env::current_exe().context("find the tern executable")?;
 
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     let edges = if root {
         match Edges::create("demo") {
             Ok(e) => Some(e),
@@ -196,8 +190,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     );
     drop(program); // the copy on A is already gone; this only reaps it
     if restored > 0 {
-        // SAFETY: plain syscall; the pid is the program this demo migrated.
-        unsafe { libc::kill(restored, libc::SIGKILL) };
+        let _ = tern_sys::signal(restored, libc::SIGKILL);
     }
     println!(
         "6. stopped the migrated program; report and logs kept in {}",

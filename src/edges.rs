@@ -3,7 +3,6 @@
 //! with `tc netem`; and helpers to run the programs involved.
 
 use anyhow::{bail, Context, Result};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -176,19 +175,6 @@ impl Drop for Child {
     }
 }
 
-/// Start `c` with fds 0-2 only.
-pub fn only_stdio(c: &mut Command) -> &mut Command {
-    // SAFETY: runs between fork and exec; only the async-signal-safe
-    // close_range syscall (fds this shell leaked would be refused by tern).
-    unsafe {
-        c.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    c
-}
-
 /// `tern keygen --out key` unless `key` exists.
 pub fn keygen(exe: &Path, key: &Path) -> Result<()> {
     if key.exists() {
@@ -219,7 +205,7 @@ pub fn start_serve(
     let _ = std::fs::remove_file(&ready);
     let log = dir.join("serve.log");
     let serve = Child(
-        only_stdio(
+        tern_sys::child::only_stdio(
             cmd.args(["serve", "--once", "--listen", listen, "--key"])
                 .arg(key)
                 .arg("--ready-file")
@@ -245,7 +231,7 @@ pub fn start_serve(
 /// Start `cmd` (a `tern` command line) as `tern demo-workload` with
 /// `mib` MiB of state and `dirty_mbps`, logging its heartbeats to `log`.
 pub fn start_workload(mut cmd: Command, mib: u64, dirty_mbps: f64, log: &Path) -> Result<Child> {
-    let child = only_stdio(
+    let child = tern_sys::child::only_stdio(
         cmd.arg("demo-workload")
             .arg("--mib")
             .arg(mib.to_string())

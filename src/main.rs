@@ -1,6 +1,8 @@
 //! The `tern` command: parses arguments and calls the engine, restorer and
 //! wire crates.
 
+#![deny(unsafe_code)]
+
 mod bench;
 mod bench_storage;
 mod bench_svg;
@@ -577,7 +579,7 @@ fn zstd_level(compress: &str, images: &std::path::Path) -> Result<Option<i32>> {
 }
 
 fn check(json: bool) -> Result<()> {
-    let probes = tern_engine::check::run_all();
+    let probes = tern_sys::probe::run_all();
     if json {
         let rows: Vec<_> = probes
             .iter()
@@ -610,29 +612,19 @@ fn check(json: bool) -> Result<()> {
 /// its exit status as a shell reports it. The terminal's ^C and ^\ reach
 /// the whole foreground group: tern ignores them, the program decides.
 fn wait_shell_job(pid: i32) -> Result<i32> {
-    // SAFETY: setting signal dispositions of this process to SIG_IGN.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-    }
+    tern_sys::ignore_signal(libc::SIGINT);
+    tern_sys::ignore_signal(libc::SIGQUIT);
+    use nix::sys::wait::{waitpid, WaitStatus};
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            if libc::WIFEXITED(status) {
-                return Ok(libc::WEXITSTATUS(status));
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "waiting for the restored process {pid}: {e}"
+                ))
             }
-            if libc::WIFSIGNALED(status) {
-                return Ok(128 + libc::WTERMSIG(status));
-            }
-            continue;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(anyhow::anyhow!(
-                "waiting for the restored process {pid}: {e}"
-            ));
         }
     }
 }

@@ -4,31 +4,13 @@
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tern_engine::track::{self, DirtySet, DirtyTracker, TrackerKind};
-
-/// Set by SIGINT/SIGTERM: end after the current round, cleaning up.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn catch_stop_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe; the handler function lives for the whole program.
-        unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
 
 /// Sleep `d`, waking early when asked to stop.
 fn sleep_unless_stopped(d: Duration) {
     let until = Instant::now() + d;
-    while !STOP.load(Ordering::SeqCst) {
+    while !tern_sys::stop_asked() {
         let now = Instant::now();
         if now >= until {
             break;
@@ -47,7 +29,7 @@ pub struct Options<'a> {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    catch_stop_signals();
+    tern_sys::catch_stop_signals();
     let pid = o.pid;
     let (mut tracker, notes) = track::open_tracker_with_notes(pid, o.tracker)
         .with_context(|| format!("cannot track process {pid} (it was left running, untouched)"))?;
@@ -106,7 +88,7 @@ fn rounds(
     let pid = o.pid;
     for round in 1..=o.rounds {
         sleep_unless_stopped(o.interval);
-        if STOP.load(Ordering::SeqCst) {
+        if tern_sys::stop_asked() {
             eprintln!("tern track: interrupted after {} rounds", round - 1);
             break;
         }

@@ -9,18 +9,17 @@
 
 use crate::error::{Context, EngineError, Result};
 use crate::pagewriter::{PageFilter, PageWriter, BATCH_BYTES};
-use crate::proc::{self, MapEntry, Pagemap};
-use crate::sys::{mem, ptrace, remote};
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tern_sys::proc::{self, MapEntry, Pagemap};
+use tern_sys::{mem, ptrace, remote};
 use tern_wire as wire;
 use tracing::{debug, info, warn};
 
 use crate::seize::Seized;
-pub use crate::seize::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
 use crate::track::DirtySet;
 
 #[derive(Debug, Clone)]
@@ -98,7 +97,7 @@ pub struct DumpStats {
     pub round_hash: u64,
 }
 
-use crate::sys::page_size;
+use tern_sys::page_size;
 
 fn unsupported(pid: i32, reason: impl Into<String>) -> EngineError {
     EngineError::Unsupported {
@@ -147,8 +146,7 @@ pub(crate) fn preflight(pid: i32) -> Result<()> {
 
 /// [`preflight`] without the children check (a process of a tree).
 pub(crate) fn preflight_process(pid: i32) -> Result<()> {
-    // SAFETY: getpid has no preconditions.
-    if pid == unsafe { libc::getpid() } {
+    if u32::try_from(pid).ok() == Some(std::process::id()) {
         return Err(unsupported(pid, "tern cannot dump itself"));
     }
     let p = procfs::process::Process::new(pid).ctx(pid, || "open /proc entry".into())?;
@@ -568,7 +566,7 @@ pub fn is_memory_fs(dir: &Path) -> bool {
             None => return false,
         }
     }
-    matches!(crate::sys::fs_magic(probe), Some(TMPFS_MAGIC | RAMFS_MAGIC))
+    matches!(tern_sys::fs_magic(probe), Some(TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 pub fn kernel_release() -> String {
@@ -698,7 +696,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     let mut posix_timers = Vec::new();
     let timers_text = std::fs::read_to_string(format!("/proc/{pid}/timers"))
         .ctx(pid, || "read /proc/PID/timers".into())?;
-    for mut t in proc::parse_posix_timers(&timers_text)
+    for t in proc::parse_posix_timers(&timers_text)
         .map_err(|e| unsupported(pid, format!("/proc/{pid}/timers: {e}")))?
     {
         seized.inject(
@@ -707,9 +705,16 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             "timer_gettime",
         )?;
         let w = |i: u64| read_u64(pid, scratch + 8 * i);
-        t.interval_ns = w(0)? * 1_000_000_000 + w(1)?;
-        t.value_ns = w(2)? * 1_000_000_000 + w(3)?;
-        posix_timers.push(t);
+        posix_timers.push(wire::PosixTimer {
+            id: t.id,
+            clock: t.clock,
+            notify: t.notify,
+            notify_tid: t.notify_tid,
+            signo: t.signo,
+            sigval: t.sigval,
+            interval_ns: w(0)? * 1_000_000_000 + w(1)?,
+            value_ns: w(2)? * 1_000_000_000 + w(3)?,
+        });
     }
     seized.inject(
         libc::SYS_munmap,
@@ -798,7 +803,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         sigactions,
         pending_signals: pending.into_iter().collect(),
         pending_siginfo,
-        creds: creds.to_image(securebits),
+        creds: tern_state::creds::to_image(&creds, securebits),
         umask: status.umask.unwrap_or(0o022),
         rlimits,
         cwd: link("cwd")?,
@@ -833,7 +838,8 @@ fn capture_thread(
     let rseq = ptrace::get_rseq(tid).ctx(pid, || {
         format!("PTRACE_GET_RSEQ_CONFIGURATION of thread {tid}")
     })?;
-    let (robust_head, robust_len) = robust_list(tid)?;
+    let (robust_head, robust_len) =
+        tern_sys::robust_list(tid).ctx(tid, || "get_robust_list".into())?;
     inject(libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
     let altstack = wire::AltStack {
         sp: read_u64(pid, scratch)?,
@@ -850,7 +856,7 @@ fn capture_thread(
         .ctx(pid, || format!("read comm of thread {tid}"))?
         .trim_end_matches('\n')
         .to_string();
-    let (regs, syscall) = registers_for_image(found_regs);
+    let (regs, syscall) = tern_state::regs::registers_for_image(found_regs);
     Ok(wire::Thread {
         tid,
         regs,
@@ -868,114 +874,6 @@ fn capture_thread(
         robust_list_len: robust_len,
         comm,
     })
-}
-
-/// The registers to store: a syscall the dump interrupted is rewound so the
-/// restored thread issues it again. For `ERESTART_RESTARTBLOCK` (sleeps) the
-/// original call is re-issued, since the kernel's restart block does not
-/// travel: a relative sleep restarts in full, an absolute one is exact.
-pub fn registers_for_image(r: &libc::user_regs_struct) -> (wire::Regs, wire::SyscallState) {
-    let mut regs = regs_to_wire(r);
-    let mut state = wire::SyscallState::None;
-    if (r.orig_rax as i64) >= 0 {
-        let code = -(r.rax as i64);
-        if matches!(
-            code,
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
-        ) {
-            regs.rax = r.orig_rax;
-            regs.rip = r.rip - 2;
-            state = wire::SyscallState::Restart {
-                nr: r.orig_rax,
-                code,
-            };
-        }
-    }
-    regs.orig_rax = u64::MAX;
-    (regs, state)
-}
-
-pub fn regs_to_wire(r: &libc::user_regs_struct) -> wire::Regs {
-    wire::Regs {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    }
-}
-
-pub fn regs_from_wire(w: &wire::Regs) -> libc::user_regs_struct {
-    libc::user_regs_struct {
-        r15: w.r15,
-        r14: w.r14,
-        r13: w.r13,
-        r12: w.r12,
-        rbp: w.rbp,
-        rbx: w.rbx,
-        r11: w.r11,
-        r10: w.r10,
-        r9: w.r9,
-        r8: w.r8,
-        rax: w.rax,
-        rcx: w.rcx,
-        rdx: w.rdx,
-        rsi: w.rsi,
-        rdi: w.rdi,
-        orig_rax: w.orig_rax,
-        rip: w.rip,
-        cs: w.cs,
-        eflags: w.eflags,
-        rsp: w.rsp,
-        ss: w.ss,
-        fs_base: w.fs_base,
-        gs_base: w.gs_base,
-        ds: w.ds,
-        es: w.es,
-        fs: w.fs,
-        gs: w.gs,
-    }
-}
-
-fn robust_list(pid: i32) -> Result<(u64, u64)> {
-    let mut head: u64 = 0;
-    let mut len: usize = 0;
-    // SAFETY: both out-pointers are valid for the call; get_robust_list
-    // only writes a pointer-sized value to each.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_get_robust_list,
-            pid,
-            &mut head as *mut u64,
-            &mut len as *mut usize,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error()).ctx(pid, || "get_robust_list".into());
-    }
-    Ok((head, len as u64))
 }
 
 fn convert_limits(l: &procfs::process::Limits) -> Vec<wire::Rlimit> {
@@ -1654,7 +1552,7 @@ pub(crate) enum Connections<'a> {
     Check,
     /// Lock their packets, put them into repair mode and read them; the
     /// bool: the image records the lock (the dump leaves it in place).
-    Take(&'a mut crate::sockets::Held, bool),
+    Take(&'a mut tern_state::sockets::Held, bool),
 }
 
 /// The program's fds. Shared open file descriptions are found with
@@ -1697,12 +1595,12 @@ fn capture_files(
             && !pipes.iter().any(|p| p.id == id)
             && !cross.pipes.contains(&id)
         {
-            let (size, data) = crate::sys::pipe::peek_pipe(pid, *fd)
+            let (size, data) = tern_sys::pipe::peek_pipe(pid, *fd)
                 .ctx(pid, || format!("copy the data buffered in pipe fd {fd}"))?;
             pipes.push(wire::Pipe { id, size, data });
         }
     }
-    let unix_pairs = crate::sockets::capture_unix_pairs(pid, &listed, &cross.sockets)?;
+    let unix_pairs = tern_state::sockets::capture_unix_pairs(pid, &listed, &cross.sockets)?;
     let sockets = take_sockets(pid, &listed, &unix_pairs, conns)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
@@ -1752,7 +1650,7 @@ fn capture_files(
             Some(p) if p.is_established_tcp() && !sockets.taken => wire::FdKind::Inherited {
                 what: "established TCP connection (checked)".into(),
             },
-            Some(p) => wire::FdKind::Inet(crate::sockets::capture(pid, p, info.flags)?),
+            Some(p) => wire::FdKind::Inet(tern_state::sockets::capture(pid, p, info.flags)?),
             None => fd_kind(pid, fd, link, flags, info.pos, desc, dir)?,
         };
         out.push(wire::Fd {
@@ -1770,7 +1668,7 @@ fn capture_files(
 }
 
 struct TakenSockets {
-    probes: Vec<crate::sockets::Probe>,
+    probes: Vec<tern_state::sockets::Probe>,
     /// Established connections are in repair mode and locked.
     taken: bool,
     lock: Option<String>,
@@ -1787,10 +1685,10 @@ fn take_sockets(
     let mut probes = Vec::new();
     for (fd, link, _) in listed {
         if link.starts_with("socket:") && !(0..=2).contains(fd) && !unix_pairs.contains_key(fd) {
-            probes.push(crate::sockets::probe(pid, *fd)?);
+            probes.push(tern_state::sockets::probe(pid, *fd)?);
         }
     }
-    let established: Vec<&crate::sockets::Probe> =
+    let established: Vec<&tern_state::sockets::Probe> =
         probes.iter().filter(|p| p.is_established_tcp()).collect();
     let mut out = TakenSockets {
         probes: Vec::new(),
@@ -1835,7 +1733,7 @@ fn take_sockets(
 }
 
 fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
-    crate::sys::same_description(pid, fd1, pid, fd2)
+    tern_sys::same_description(pid, fd1, pid, fd2)
 }
 
 fn fd_kind(
@@ -1976,8 +1874,8 @@ fn fd_kind(
                 format!("{}: a memfd opened other than read-write", what()),
             ));
         }
-        let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("take memfd fd {fd}"))?;
-        let seals = crate::sys::memfd_seals(&dup).ctx(pid, || format!("F_GET_SEALS on fd {fd}"))?;
+        let dup = tern_sys::take_fd(pid, fd).ctx(pid, || format!("take memfd fd {fd}"))?;
+        let seals = tern_sys::memfd_seals(&dup).ctx(pid, || format!("F_GET_SEALS on fd {fd}"))?;
         if name.starts_with("hugetlb") || meta.blksize() > 4096 {
             return Err(unsupported(
                 pid,
@@ -2021,7 +1919,7 @@ fn fd_kind(
         });
     }
     if ft.is_fifo() {
-        let (size, data) = crate::sys::pipe::peek_pipe(pid, fd)
+        let (size, data) = tern_sys::pipe::peek_pipe(pid, fd)
             .ctx(pid, || format!("copy the data buffered in FIFO fd {fd}"))?;
         return Ok(wire::FdKind::Fifo {
             path: link.to_string(),
@@ -2071,7 +1969,7 @@ fn inotify_watch_path(e: &proc::InotifyEntry) -> std::result::Result<String, Str
     let mount = proc::mount_point_of(e.sdev)
         .ok_or_else(|| format!("its file system (dev {:#x}) is not mounted here", e.sdev))?;
     let mount_fd = std::fs::File::open(&mount).map_err(|err| format!("open {mount}: {err}"))?;
-    let fd = crate::sys::open_by_handle(&mount_fd, e.handle_type, &e.handle).map_err(|err| {
+    let fd = tern_sys::open_by_handle(&mount_fd, e.handle_type, &e.handle).map_err(|err| {
         format!("open_by_handle_at on {mount}: {err} (needs CAP_DAC_READ_SEARCH)")
     })?;
     use std::os::fd::AsRawFd;

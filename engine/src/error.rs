@@ -40,6 +40,19 @@ pub enum EngineError {
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
+impl From<tern_sys::Error> for EngineError {
+    fn from(e: tern_sys::Error) -> EngineError {
+        match e {
+            tern_sys::Error::NoProcess { pid } => EngineError::NoProcess { pid },
+            tern_sys::Error::Sys { pid, what, source } => EngineError::Sys { pid, what, source },
+            tern_sys::Error::Unsupported { pid, reason } => {
+                EngineError::Unsupported { pid, reason }
+            }
+            tern_sys::Error::Internal(what) => EngineError::Internal(what),
+        }
+    }
+}
+
 /// Attach "process PID: WHAT" context to an `io::Result`.
 pub trait Context<T> {
     fn ctx(self, pid: i32, what: impl FnOnce() -> String) -> Result<T>;

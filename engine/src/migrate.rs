@@ -243,16 +243,6 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
     .map_err(|e| e.to_string())
 }
 
-/// A migration's staging directory, removed however the migration ends
-/// (used by both ends).
-pub struct Staging(pub PathBuf);
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Connect to a `tern serve` and authenticate (both ends hold `key`).
 async fn open_channel(
     to: &str,
@@ -554,7 +544,7 @@ pub fn migrate(
     let stage_dir = opts
         .work_dir
         .join(format!("tern-migrate-{pid}-{}", std::process::id()));
-    let _staging = Staging(stage_dir.clone());
+    let _staging = tern_wire::image::Staging(stage_dir.clone());
     let session = net::new_session_id().map_err(|e| fail(format!("a migration id: {e}")))?;
     let mut link = Link::connect(opts, pid, &comm, session).map_err(fail)?;
     info!(pid, to = %opts.to, "connected, authenticated");
@@ -718,7 +708,7 @@ pub fn migrate(
     let (lock_table, repaired_fds) = frozen.held_connections();
     let record = pending::Record {
         pid,
-        start: crate::proc::start_time(pid).unwrap_or(0),
+        start: tern_sys::proc::start_time(pid).unwrap_or(0),
         to: opts.to.clone(),
         session,
         lock_table,

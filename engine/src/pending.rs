@@ -19,7 +19,7 @@ pub const DIR: &str = "/run/tern/pending";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub pid: i32,
-    /// Start time of `pid` (see [`crate::proc::start_time`]).
+    /// Start time of `pid` (see [`tern_sys::proc::start_time`]).
     pub start: u64,
     /// The destination, HOST:PORT.
     pub to: String,
@@ -155,7 +155,7 @@ pub enum Settled {
 pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Option<Settled>> {
     use tern_wire::net::SessionOutcome;
     let pid = r.pid;
-    if crate::proc::start_time(pid) != Some(r.start) {
+    if tern_sys::proc::start_time(pid) != Some(r.start) {
         Record::remove(pid);
         return Ok(Some(Settled::Gone));
     }
@@ -171,7 +171,7 @@ pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Opt
         if let (Some(table), Some(ns)) = (&r.lock_table, &netns) {
             use std::os::fd::AsRawFd;
             let path = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
-            crate::sockets::remove_table(Some(&path), table).ctx(pid, || {
+            tern_sys::netlock::remove_table(Some(&path), table).ctx(pid, || {
                 format!("remove the nftables table inet {table} locking its connections")
             })?;
         }
@@ -180,22 +180,16 @@ pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Opt
     let settled = match outcome {
         SessionOutcome::Running { pid: there, ns_pid } => {
             // Its sockets are still in repair mode: they vanish silently.
-            // SAFETY: plain syscall with integer arguments.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-                return Err(io::Error::last_os_error()).ctx(pid, || "kill".into());
-            }
+            tern_sys::signal(pid, libc::SIGKILL).ctx(pid, || "kill".into())?;
             lift_lock()?;
             Settled::RunsThere { pid: there, ns_pid }
         }
         SessionOutcome::Discarded => {
             for &fd in &r.repaired_fds {
-                crate::sockets::leave_repair(pid, fd)?;
+                tern_state::sockets::leave_repair(pid, fd)?;
             }
             lift_lock()?;
-            // SAFETY: plain syscall with integer arguments.
-            if unsafe { libc::kill(pid, libc::SIGCONT) } != 0 {
-                return Err(io::Error::last_os_error()).ctx(pid, || "SIGCONT".into());
-            }
+            tern_sys::signal(pid, libc::SIGCONT).ctx(pid, || "SIGCONT".into())?;
             Settled::ResumedHere
         }
         SessionOutcome::Undecided | SessionOutcome::Unknown => return Ok(None),

@@ -296,8 +296,7 @@ impl Frozen {
     /// is queued while it is still traced.
     pub fn stop_when_released(&self) {
         if let Some(s) = &self.seized {
-            // SAFETY: plain syscall with integer arguments.
-            unsafe { libc::kill(s.pid, libc::SIGSTOP) };
+            let _ = tern_sys::signal(s.pid, libc::SIGSTOP);
         }
     }
 
@@ -306,8 +305,7 @@ impl Frozen {
     /// when SIGCONT is sent; a handler of SIGCONT, if any, runs once).
     pub fn cancel_stop_when_released(&self) {
         if let Some(s) = &self.seized {
-            // SAFETY: plain syscall with integer arguments.
-            unsafe { libc::kill(s.pid, libc::SIGCONT) };
+            let _ = tern_sys::signal(s.pid, libc::SIGCONT);
         }
     }
 
@@ -354,7 +352,7 @@ impl Frozen {
             // Tearing down its memory (a second per few GiB of kernel work)
             // must not take CPU from the copy that now runs elsewhere, which
             // on one machine is this one's neighbour.
-            crate::sys::set_idle_priority(s.pid);
+            tern_sys::set_idle_priority(s.pid);
             s.kill()?;
             dump::settle_net_lock(&mut s, self.keep_net_lock)?;
         }

@@ -1,13 +1,10 @@
 //! Seizing a running process and giving it back exactly as it was.
 
 use crate::error::{Context, EngineError, Result};
-use crate::sys::{ptrace, RemoteThread};
+use tern_sys::{ptrace, RemoteThread};
 use tracing::warn;
 
-pub const ERESTARTSYS: i64 = 512;
-pub const ERESTARTNOINTR: i64 = 513;
-pub const ERESTARTNOHAND: i64 = 514;
-pub const ERESTART_RESTARTBLOCK: i64 = 516;
+use tern_sys::ptrace::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
 
 /// Whether `pid` is in a job-control stop (state T): put back into it on
 /// release, recorded as SIGSTOP in an image.
@@ -63,10 +60,10 @@ pub struct Seized {
     pub was_stopped: bool,
     /// Its established TCP connections, in repair mode and locked, when the
     /// dump took them: released with it, silenced when it is killed.
-    pub net: crate::sockets::Held,
+    pub net: tern_state::sockets::Held,
     /// After [`kill`](Self::kill): the packet lock of its connections,
     /// still in place (dropping it lifts it).
-    pub net_lock_left: Option<crate::sockets::NetLock>,
+    pub net_lock_left: Option<tern_sys::netlock::NetLock>,
 }
 
 /// Seize and stop one thread; returns its registers and the signals that
@@ -163,7 +160,7 @@ impl FrozenSeize {
     fn seize_all(&mut self) -> Result<()> {
         let pid = self.pid;
         self.was_stopped = in_job_stop(pid);
-        for tid in crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
+        for tid in tern_sys::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
             ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)
                 .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
             self.tids.push(tid);
@@ -288,7 +285,7 @@ impl Seized {
     fn seize_new_threads(&mut self) -> Result<()> {
         let pid = self.pid;
         loop {
-            let tids = crate::proc::list_tasks(pid).ctx(pid, || "list threads".into())?;
+            let tids = tern_sys::proc::list_tasks(pid).ctx(pid, || "list threads".into())?;
             let mut added = false;
             for tid in tids {
                 if tid == pid || self.threads.iter().any(|t| t.tid == tid) {
@@ -346,7 +343,7 @@ impl Seized {
         let mut first_err = None;
         // Connections back to normal before the program can touch them.
         if let Err(e) = std::mem::take(&mut self.net).release() {
-            first_err.get_or_insert(e);
+            first_err.get_or_insert(e.into());
         }
         if let Some((addr, len)) = self.scratch.take() {
             if let Err(e) = self
@@ -388,8 +385,7 @@ impl Seized {
             ptrace::replay_signal(pid, tid, &info);
         }
         if self.was_stopped {
-            // SAFETY: plain syscall with integer arguments.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            let _ = tern_sys::signal(pid, libc::SIGSTOP);
         }
         match first_err {
             Some(e) => Err(e),
@@ -409,18 +405,14 @@ impl Seized {
                 "its TCP connections stay locked: nftables table inet {table} in its network namespace"
             );
         }
-        // SAFETY: plain syscall with integer arguments.
-        unsafe { libc::kill(self.pid, libc::SIGSTOP) };
+        let _ = tern_sys::signal(self.pid, libc::SIGSTOP);
         self.was_stopped = true;
         self.release()
     }
 
     pub fn kill(&mut self) -> Result<()> {
         let pid = self.pid;
-        // SAFETY: plain syscall with integer arguments.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-            return Err(std::io::Error::last_os_error()).ctx(pid, || "kill".into());
-        }
+        tern_sys::signal(pid, libc::SIGKILL).ctx(pid, || "kill".into())?;
         self.done = true;
         // As tracer we are told of each thread's death; the parent reaps.
         // Other threads first: a traced group leader's death is reported

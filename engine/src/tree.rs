@@ -18,12 +18,12 @@
 
 use crate::dump::{self, CrossProcess, DumpOptions, DumpStats, Freezer};
 use crate::error::{Context, EngineError, Result};
-use crate::freezer::CgroupFreezer;
-use crate::proc;
 use crate::seize::{FrozenSeize, Seized};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
+use tern_sys::freezer::CgroupFreezer;
+use tern_sys::proc;
 use tern_wire as wire;
 use tracing::info;
 
@@ -170,7 +170,9 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     // Processes move in one by one while the others run (a child forked
     // before its parent moved stays outside; one forked after is inside
     // already): list again, while frozen, until nothing new appears.
-    while add_unlisted_children(&mut procs, |parent, child| freezer.add(child, Some(parent)))? {
+    while add_unlisted_children(&mut procs, |parent, child| {
+        Ok(freezer.add(child, Some(parent))?)
+    })? {
         freezer.freeze()?;
     }
     let mut pending = Vec::with_capacity(procs.len());
@@ -188,7 +190,7 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     if let Err(e) = freezer.thaw() {
         drop(freezer);
         drop(pending);
-        return Err(e);
+        return Err(e.into());
     }
     seized_all?;
     let mut seized = Vec::with_capacity(procs.len());
@@ -256,7 +258,7 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>
             continue;
         }
         let (size, data) = match reader {
-            Some(&(pid, fd, _)) => crate::sys::pipe::peek_pipe(pid, fd)
+            Some(&(pid, fd, _)) => tern_sys::pipe::peek_pipe(pid, fd)
                 .ctx(pid, || format!("copy the data buffered in pipe fd {fd}"))?,
             None => (65536, Vec::new()),
         };
@@ -274,7 +276,7 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>
         }
         let mut group = vec![(*pa, *fa)];
         for (pb, fb, lb) in &fds[i + 1..] {
-            if pb != pa && lb == la && crate::sys::same_description(*pa, *fa, *pb, *fb) {
+            if pb != pa && lb == la && tern_sys::same_description(*pa, *fa, *pb, *fb) {
                 group.push((*pb, *fb));
             }
         }

@@ -81,8 +81,7 @@ impl Journal {
         {
             use std::os::unix::fs::MetadataExt;
             let m = std::fs::symlink_metadata(&dir)?;
-            // SAFETY: geteuid has no arguments and cannot fail.
-            let me = unsafe { libc::geteuid() };
+            let me = nix::unistd::geteuid().as_raw();
             if !m.is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
@@ -141,7 +140,7 @@ impl Journal {
 
     /// The program is rebuilt as `pid`, not yet resumed.
     pub fn ready(&self, session: u64, pid: i32, ns_pid: i32) -> io::Result<()> {
-        let start = tern_engine::proc::start_time(pid)
+        let start = tern_sys::proc::start_time(pid)
             .ok_or_else(|| io::Error::other(format!("the rebuilt program (pid {pid}) is gone")))?;
         self.write(session, Entry::Ready { pid, ns_pid, start })
     }
@@ -177,7 +176,7 @@ impl Journal {
             }
             Entry::Ready { pid, ns_pid, start } => {
                 // Its daemon is gone: settle it for good.
-                let settled = if tern_engine::proc::start_time(pid) == Some(start) {
+                let settled = if tern_sys::proc::start_time(pid) == Some(start) {
                     Entry::Running { pid, ns_pid }
                 } else {
                     Entry::Discarded

@@ -5,6 +5,8 @@
 //! then reshaped step by step; if any step fails it is killed, so a bad
 //! image never leaves a half-restored program behind.
 
+#![deny(unsafe_code)]
+
 pub mod journal;
 pub mod pidns;
 pub mod puppet;
@@ -22,8 +24,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_engine::dump::regs_from_wire;
-use tern_engine::sys::{mem, nr, ptrace, RemoteThread};
+use tern_state::regs::regs_from_wire;
+use tern_sys::{mem, nr, ptrace, RemoteThread};
 use tern_wire as wire;
 use tracing::{debug, info, warn};
 
@@ -155,8 +157,7 @@ pub struct Image {
 /// them and not writable by group or others.
 fn check_image_trusted(dir: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     let check = |path: &Path, m: &std::fs::Metadata| -> Result<()> {
         let why = if m.uid() != 0 && m.uid() != me {
             format!("is owned by uid {}", m.uid())
@@ -314,7 +315,7 @@ impl Image {
                 self.core.sigactions.len()
             )));
         }
-        let page = tern_engine::sys::page_size();
+        let page = tern_sys::page_size();
         if self.inventory.page_size != page {
             return Err(self.bad(format!(
                 "page size {} differs from this machine's {page}",
@@ -402,9 +403,8 @@ fn wait_pid_free(pid: i32, wait: Duration) -> Result<()> {
 /// Before anything is built: this tern can give the program every
 /// capability the image says it had (a process can only drop them).
 fn check_creds_reproducible(c: &wire::Creds) -> Result<()> {
-    use tern_engine::proc::{cap_names, thread_creds};
-    // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
+    use tern_sys::proc::{cap_names, thread_creds};
+    let tid = nix::unistd::gettid().as_raw();
     let own = thread_creds(std::process::id() as i32, tid)
         .map_err(|e| RestoreError::Creds(format!("reading tern's own credentials: {e}")))?;
     let missing_bounding = c.cap_bounding & !own.cap_bounding;
@@ -535,8 +535,8 @@ pub(crate) struct Parts {
 /// the lock is lifted.
 #[derive(Default)]
 struct Network {
-    repaired: Vec<tern_engine::sockets::Repaired>,
-    lock: Option<tern_engine::sockets::NetLock>,
+    repaired: Vec<tern_state::sockets::Repaired>,
+    lock: Option<tern_sys::netlock::NetLock>,
     /// Our lock being lifted.
     lifting: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The dump's lock being lifted.
@@ -560,7 +560,7 @@ impl Network {
         }
         if let Some(name) = self.dump_lock.take() {
             self.lifting_dump = Some(
-                tern_engine::sockets::start_removing_table(None, &name)
+                tern_sys::netlock::start_removing_table(None, &name)
                     .step(pid, || "lift the network lock of the dump (nft)".into())?,
             );
         }
@@ -674,8 +674,7 @@ impl Prepared {
             ptrace::replay_signal(pid, *tid, info);
         }
         for &sig in &self.pending {
-            // SAFETY: plain syscall with integer arguments.
-            unsafe { libc::kill(pid, sig) };
+            let _ = tern_sys::signal(pid, sig);
         }
         let restored = Restored {
             pid,
@@ -1041,9 +1040,9 @@ impl Builder<'_> {
         let mut unix_ends: BTreeMap<u64, u64> = BTreeMap::new();
         let mut fifos_refilled: Vec<u64> = Vec::new();
         // Connections' packets are dropped here until the program runs.
-        let pairs = tern_engine::sockets::established_pairs(&self.image.files);
+        let pairs = tern_state::sockets::established_pairs(&self.image.files);
         if !pairs.is_empty() {
-            let lock = tern_engine::sockets::NetLock::apply(None, "tern_restore", &pairs)
+            let lock = tern_sys::netlock::NetLock::apply(None, "tern_restore", &pairs)
                 .step(self.pid, || {
                     "lock the TCP connections' packets (nftables)".into()
                 })?;
@@ -1218,9 +1217,9 @@ impl Builder<'_> {
                     )?;
                     let pid = self.pid;
                     let what = || format!("fd {}: {} socket", first.fd, sock.endpoints());
-                    let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
+                    let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
                     if let Some(r) =
-                        tern_engine::sockets::restore_socket(dup, sock).step(pid, what)?
+                        tern_state::sockets::restore_socket(dup, sock).step(pid, what)?
                     {
                         self.net.repaired.push(r);
                     }
@@ -1465,9 +1464,8 @@ impl Builder<'_> {
                 continue;
             }
             let what = || format!("refill unix socket pair {pair}");
-            let dup = tern_engine::sys::take_fd(pid, from as i32).step(pid, what)?;
-            tern_engine::sys::sock::send_all(std::os::fd::AsFd::as_fd(&dup), data)
-                .step(pid, what)?;
+            let dup = tern_sys::take_fd(pid, from as i32).step(pid, what)?;
+            tern_sys::sock::send_all(std::os::fd::AsFd::as_fd(&dup), data).step(pid, what)?;
         }
         Ok([(ino_a, fds[0]), (ino_b, fds[1])])
     }
@@ -1547,8 +1545,8 @@ impl Builder<'_> {
         }
         let pid = self.pid;
         let what = || "read away the IN_IGNORED events of the renumbering".to_string();
-        let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
-        tern_engine::sys::drain_nonblocking(&dup).step(pid, what)?;
+        let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
+        tern_sys::drain_nonblocking(&dup).step(pid, what)?;
         Ok(fd)
     }
 
@@ -1567,11 +1565,11 @@ impl Builder<'_> {
         )?;
         let pid = self.pid;
         let what = || format!("refill FIFO {path}");
-        let dup = tern_engine::sys::take_fd(pid, holder as i32).step(pid, what)?;
+        let dup = tern_sys::take_fd(pid, holder as i32).step(pid, what)?;
         let file = std::fs::File::from(dup);
-        let waiting = tern_engine::sys::pipe::buffered(&file).step(pid, what)?;
+        let waiting = tern_sys::pipe::buffered(&file).step(pid, what)?;
         if waiting == 0 && !data.is_empty() {
-            tern_engine::sys::pipe::resize(&file, size).step(pid, what)?;
+            tern_sys::pipe::resize(&file, size).step(pid, what)?;
             std::io::Write::write_all(&mut &file, data).step(pid, what)?;
         }
         self.sys(libc::SYS_close, &[holder], || "close".into())?;
@@ -1602,7 +1600,7 @@ impl Builder<'_> {
         })?;
         let pid = self.pid;
         let what = || format!("fill memfd {name:?}");
-        let dup = tern_engine::sys::take_fd(pid, fd as i32).step(pid, what)?;
+        let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
         let file = std::fs::File::from(dup);
         let src = self.image.dir.join(wire::deleted_file_name(desc));
         let mut reader = wire::ChunkReader::open(&src)?;
@@ -1616,7 +1614,7 @@ impl Builder<'_> {
         })?;
         if sealable && seals != 0 {
             let own: std::os::fd::OwnedFd = file.into();
-            tern_engine::sys::memfd_add_seals(&own, seals)
+            tern_sys::memfd_add_seals(&own, seals)
                 .step(pid, || format!("F_ADD_SEALS {seals:#x} on memfd {name:?}"))?;
         }
         Ok(fd)
@@ -1630,15 +1628,7 @@ impl Builder<'_> {
         for l in &core.rlimits {
             // Only what differs from the puppet's (inherited from tern):
             // each injected syscall costs 30-150 us, frozen.
-            let mut now = libc::rlimit64 {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: prlimit64 only reads the resource of process `pid`
-            // (our child) into `now`, which we own.
-            let got =
-                unsafe { libc::prlimit64(self.pid, l.resource as _, std::ptr::null(), &mut now) };
-            if got == 0 && now.rlim_cur == l.cur && now.rlim_max == l.max {
+            if tern_sys::rlimit_of(self.pid, l.resource).ok() == Some((l.cur, l.max)) {
                 continue;
             }
             let mut raw = [0u8; 16];
@@ -1657,7 +1647,7 @@ impl Builder<'_> {
         // Signals whose disposition is not the default, in the puppet (as
         // inherited from tern) or in the image: only those are set.
         // Unreadable: all ones, so every signal is then set explicitly.
-        let mask = |f: &str| tern_engine::proc::status_sigmask(self.pid, f).unwrap_or(u64::MAX);
+        let mask = |f: &str| tern_sys::proc::status_sigmask(self.pid, f).unwrap_or(u64::MAX);
         let puppet_custom = mask("SigCgt:") | mask("SigIgn:");
         for (i, act) in core.sigactions.iter().enumerate() {
             let sig = i as u64 + 1;
@@ -1866,11 +1856,10 @@ impl Builder<'_> {
     /// Every thread now has exactly the image's credentials, as the kernel
     /// reports them; otherwise the program is not run.
     fn verify_creds(&self) -> Result<()> {
-        let want = tern_engine::proc::ThreadCreds::from_image(&self.image.core.creds);
-        let tids =
-            tern_engine::proc::list_tasks(self.pid).step(self.pid, || "list threads".into())?;
+        let want = tern_state::creds::from_image(&self.image.core.creds);
+        let tids = tern_sys::proc::list_tasks(self.pid).step(self.pid, || "list threads".into())?;
         for tid in tids {
-            let got = tern_engine::proc::thread_creds(self.pid, tid)
+            let got = tern_sys::proc::thread_creds(self.pid, tid)
                 .step(self.pid, || format!("read the credentials of thread {tid}"))?;
             let differ = want.differences(&got);
             if !differ.is_empty() {

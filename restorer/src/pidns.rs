@@ -11,16 +11,20 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+pub(crate) use tern_sys::child::reap_within;
+use tern_sys::child::{fork_pid_namespace_init, set_pid_ns_for_children, NamespaceInit};
 use tracing::warn;
 
-/// The reaper's name in `ps` (at most 15 bytes).
-const REAPER_NAME: &[u8] = b"tern-ns-init\0";
-/// How long the reaper waits for the first process to appear.
-const REAPER_FIRST_WAIT_TICKS: u32 = 600;
-const REAPER_TICK_NS: i64 = 50_000_000;
+/// The reaper: named in `ps`, looks around every 50 ms, and gives up if no
+/// process has appeared within 30 s.
+const REAPER: NamespaceInit = NamespaceInit {
+    name: b"tern-ns-init\0",
+    tick: Duration::from_millis(50),
+    first_wait_ticks: 600,
+};
 
 /// How long dropping a namespace waits for its init to be gone.
 const REAPER_EXIT_WAIT: Duration = Duration::from_secs(5);
@@ -42,13 +46,7 @@ pub struct PidNamespace {
 
 impl PidNamespace {
     pub fn create() -> io::Result<PidNamespace> {
-        // SAFETY: the child runs `reaper_main`: raw syscalls only, and it
-        // never returns.
-        let r = unsafe { tern_engine::sys::clone3_fork(libc::CLONE_NEWPID as u64, None)? };
-        if r == 0 {
-            reaper_main();
-        }
-        let reaper = r;
+        let reaper = fork_pid_namespace_init(&REAPER)?;
         let ns = match File::open(format!("/proc/{reaper}/ns/pid")) {
             Ok(f) => f,
             Err(e) => {
@@ -66,15 +64,10 @@ impl PidNamespace {
     /// Run `f` with this thread's new children created inside the namespace.
     pub fn enter_for<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         let ours = File::open("/proc/thread-self/ns/pid_for_children")?;
-        // SAFETY: setns on fds we own; CLONE_NEWPID changes only which pid
-        // namespace this thread's future children are created in.
-        if unsafe { libc::setns(self.ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_pid_ns_for_children(self.ns.as_fd())?;
         let out = f();
-        // SAFETY: as above; going back to our own namespace is always allowed.
-        if unsafe { libc::setns(ours.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-            let e = io::Error::last_os_error();
+        // Going back to our own namespace is always allowed.
+        if let Err(e) = set_pid_ns_for_children(ours.as_fd()) {
             // Children we create later would land in the namespace: that is
             // a bug in tern, not something to carry on with.
             panic!("cannot switch pid_for_children back to our own namespace: {e}");
@@ -102,8 +95,7 @@ impl Drop for PidNamespace {
 /// [`REAPER_EXIT_WAIT`]: an init whose namespace still holds a process
 /// nobody reaps never finishes exiting, and tern must not hang on it.
 fn kill_and_reap(pid: i32) {
-    // SAFETY: plain syscall on our own child.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = tern_sys::signal(pid, libc::SIGKILL);
     if !reap_within(&[pid], REAPER_EXIT_WAIT).is_empty() {
         warn!(
             pid,
@@ -113,31 +105,10 @@ fn kill_and_reap(pid: i32) {
     }
 }
 
-/// Reap our children `pids` as they exit, waiting at most `wait` in all
-/// (polled with `WNOHANG`: a blocking wait could be forever). Returns those
-/// still not reaped; one that is not (or no longer) our child counts as
-/// done.
-pub(crate) fn reap_within(pids: &[i32], wait: Duration) -> Vec<i32> {
-    let t0 = Instant::now();
-    let mut left: Vec<i32> = pids.to_vec();
-    loop {
-        left.retain(|&pid| {
-            let mut st = 0;
-            // SAFETY: waitpid with a valid status pointer; WNOHANG.
-            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
-            r == 0
-        });
-        if left.is_empty() || t0.elapsed() >= wait {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// The host pid of the task whose innermost pid is `ns_tid`, among the
 /// threads of `host_pid` (`NSpid:` in /proc/PID/task/TID/status).
 pub fn host_tid(host_pid: i32, ns_tid: i32) -> io::Result<i32> {
-    for tid in tern_engine::proc::list_tasks(host_pid)? {
+    for tid in tern_sys::proc::list_tasks(host_pid)? {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{host_pid}/task/{tid}/status"))
         else {
             continue;
@@ -154,45 +125,4 @@ pub fn host_tid(host_pid: i32, ns_tid: i32) -> io::Result<i32> {
     Err(io::Error::other(format!(
         "no thread of process {host_pid} has id {ns_tid} in its pid namespace"
     )))
-}
-
-/// pid 1 of the namespace. Raw syscalls only: this is a fork of a process
-/// that may have had other threads.
-fn reaper_main() -> ! {
-    // SAFETY: raw syscalls with valid pointers to our own stack/static data.
-    unsafe {
-        libc::syscall(libc::SYS_setsid);
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
-        libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, REAPER_NAME.as_ptr());
-        let tick = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: REAPER_TICK_NS,
-        };
-        let mut seen_others = false;
-        let mut ticks: u32 = 0;
-        loop {
-            while libc::syscall(
-                libc::SYS_wait4,
-                -1,
-                std::ptr::null_mut::<i32>(),
-                libc::WNOHANG | libc::__WALL,
-                std::ptr::null_mut::<libc::rusage>(),
-            ) > 0
-            {}
-            // kill(-1, 0) from pid 1 reaches every other process in the
-            // namespace: ESRCH means we are alone.
-            let others = libc::syscall(libc::SYS_kill, -1, 0) == 0;
-            if others {
-                seen_others = true;
-            } else if seen_others || ticks >= REAPER_FIRST_WAIT_TICKS {
-                libc::syscall(libc::SYS_exit_group, 0);
-            }
-            ticks = ticks.saturating_add(1);
-            libc::syscall(
-                libc::SYS_nanosleep,
-                &tick as *const libc::timespec,
-                std::ptr::null_mut::<libc::timespec>(),
-            );
-        }
-    }
 }

@@ -9,8 +9,8 @@
 use crate::pidns::PidNamespace;
 use std::io;
 use std::sync::Arc;
-use tern_engine::proc;
-use tern_engine::sys::{ptrace, remote, RemoteThread};
+use tern_sys::proc;
+use tern_sys::{ptrace, remote, RemoteThread};
 
 /// A child stopped under our ptrace; killed on drop unless released.
 pub struct Puppet {
@@ -39,39 +39,10 @@ impl Puppet {
         keep: Option<(i32, i32)>,
         own_session: bool,
     ) -> io::Result<Puppet> {
-        // SAFETY: the child below runs raw syscalls only (glibc's cached
-        // tid would be the parent's, so no raise()/getpid() wrappers) and
-        // never returns into Rust code.
-        let r = unsafe { tern_engine::sys::clone3_fork(0, want_pid)? };
-        if r == 0 {
-            // SAFETY: in the child: raw syscalls only (glibc's cached tid
-            // would be the parent's, so no raise()/getpid() wrappers).
-            unsafe {
-                if own_session {
-                    libc::syscall(libc::SYS_setsid);
-                }
-                match keep {
-                    Some((from, to)) if to >= 3 => {
-                        libc::syscall(libc::SYS_dup3, from, to, 0);
-                        if to > 3 {
-                            libc::syscall(libc::SYS_close_range, 3u32, (to - 1) as u32, 0u32);
-                        }
-                        libc::syscall(libc::SYS_close_range, (to + 1) as u32, u32::MAX, 0u32);
-                    }
-                    _ => {
-                        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                    }
-                }
-                libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
-                let me = libc::syscall(libc::SYS_getpid);
-                libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
-                libc::syscall(libc::SYS_exit_group, 127);
-            }
-        }
-        let pid = r;
+        let pid = tern_sys::child::fork_traced_stopped(want_pid, keep, own_session)?;
         let mut puppet = Puppet {
             pid,
-            remote: RemoteThread::new(pid, 0, zero_regs()),
+            remote: RemoteThread::new(pid, 0, ptrace::zeroed_regs()),
             threads: Vec::new(),
             released: false,
             namespace: None,
@@ -110,7 +81,7 @@ impl Puppet {
     pub fn adopt_fork(pid: i32, gadget: u64) -> io::Result<Puppet> {
         let mut puppet = Puppet {
             pid,
-            remote: RemoteThread::new(pid, gadget, zero_regs()),
+            remote: RemoteThread::new(pid, gadget, ptrace::zeroed_regs()),
             threads: Vec::new(),
             released: false,
             namespace: None,
@@ -134,22 +105,7 @@ impl Puppet {
             return Some(sig);
         }
         // Not seen by an injected syscall: still a zombie, not reaped.
-        // SAFETY: siginfo_t is plain data; waitid writes into it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid on our own child with a valid siginfo pointer;
-        // WNOWAIT leaves it to be reaped by the drop.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
-            )
-        };
-        // SAFETY: waitid filled a SIGCHLD siginfo (si_pid 0: nothing yet).
-        let (child, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-        (r == 0 && child == self.pid && (code == libc::CLD_KILLED || code == libc::CLD_DUMPED))
-            .then_some(status)
+        tern_sys::child::killed_by(self.pid)
     }
 
     pub fn syscall(&mut self, nr: libc::c_long, args: &[u64]) -> io::Result<u64> {
@@ -167,22 +123,13 @@ impl Puppet {
 impl Drop for Puppet {
     fn drop(&mut self) {
         if !self.released {
-            // SAFETY: plain syscalls on our own child and its threads. A
-            // traced group leader's death is reported only after every other
-            // traced thread has been waited for: those first.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                let mut st = 0;
-                for &tid in &self.threads {
-                    libc::waitpid(tid, &mut st, libc::__WALL);
-                }
-                libc::waitpid(self.pid, &mut st, libc::__WALL);
+            // A traced group leader's death is reported only after every
+            // other traced thread has been waited for: those first.
+            let _ = tern_sys::signal(self.pid, libc::SIGKILL);
+            for &tid in &self.threads {
+                tern_sys::child::reap(tid);
             }
+            tern_sys::child::reap(self.pid);
         }
     }
-}
-
-fn zero_regs() -> libc::user_regs_struct {
-    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
-    unsafe { std::mem::zeroed() }
 }

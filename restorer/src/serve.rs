@@ -246,7 +246,7 @@ async fn session(
         .work_dir
         .join(format!("tern-standby-{}-{n}", std::process::id()));
     tern_wire::create_image_dir(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
-    let _staged = tern_engine::migrate::Staging(stage.clone());
+    let _staged = tern_wire::image::Staging(stage.clone());
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let restore_opts = opts.restore.clone();
@@ -578,9 +578,7 @@ fn puppet_thread(
 /// namespace's init, so neither lingers as a zombie of the daemon.
 fn reap(pid: i32, ns_init: Option<i32>) {
     for p in std::iter::once(pid).chain(ns_init) {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        unsafe { libc::waitpid(p, &mut status, 0) };
+        tern_sys::child::reap(p);
     }
     debug!(pid, "restored program exited");
 }

@@ -8,7 +8,7 @@ use crate::{RestoreError, Result, StepContext};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
-use tern_engine::sys::{mem, nr, ptrace};
+use tern_sys::{mem, nr, ptrace};
 use tern_wire as wire;
 
 pub(crate) const SCRATCH_LEN: u64 = 64 << 10;
@@ -74,7 +74,7 @@ pub(crate) fn reset_inherited_state(p: &mut Puppet) -> Result<()> {
 
 pub(crate) fn clear_address_space(p: &mut Puppet) -> Result<()> {
     let pid = p.pid;
-    let maps = tern_engine::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
+    let maps = tern_sys::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
     let special = |n: &str| matches!(n, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]");
     for m in maps.iter().filter(|m| !special(&m.name)) {
         sys(p, libc::SYS_munmap, &[m.start, m.end - m.start], || {
@@ -88,7 +88,7 @@ pub(crate) fn clear_address_space(p: &mut Puppet) -> Result<()> {
 /// relative layout (the vdso finds vvar by offset).
 pub(crate) fn move_vdso(p: &mut Puppet, vmas: &[wire::Vma], kernel_release: &str) -> Result<()> {
     let pid = p.pid;
-    let maps = tern_engine::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
+    let maps = tern_sys::proc::read_smaps(pid).step(pid, || "read puppet maps".into())?;
     let names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, len, to)
     for name in names {

@@ -17,7 +17,7 @@ use crate::{Builder, Image, Prepared, RestoreError, RestoreOptions, Result, Step
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tern_engine::sys::mem;
+use tern_sys::mem;
 use tern_wire as wire;
 use tracing::{debug, info};
 
@@ -521,7 +521,7 @@ impl Standby {
             std::mem::take(&mut self.table),
         );
         std::thread::spawn(move || {
-            tern_engine::sys::set_idle_priority(0);
+            tern_sys::set_idle_priority(0);
             drop(records)
         });
         Ok(Prepared::new(self.puppet, true, ns_pid, parts, t0))

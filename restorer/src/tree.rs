@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tern_engine::sys::ptrace;
+use tern_sys::ptrace;
 use tern_wire as wire;
 use tracing::{info, warn};
 
@@ -92,12 +92,8 @@ struct Subreaper;
 
 impl Subreaper {
     fn on() -> Subreaper {
-        // SAFETY: prctl with integer arguments, on this process only.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            warn!(
-                "cannot become a child subreaper ({}): a failed tree restore may leave zombies to init",
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = tern_sys::child::set_child_subreaper(true) {
+            warn!("cannot become a child subreaper ({e}): a failed tree restore may leave zombies to init");
         }
         Subreaper
     }
@@ -105,8 +101,7 @@ impl Subreaper {
 
 impl Drop for Subreaper {
     fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+        let _ = tern_sys::child::set_child_subreaper(false);
     }
 }
 
@@ -172,7 +167,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         .unwrap_or(2)
         .max(2)
         + 1;
-    let pidfd = tern_engine::sys::pidfd_open(std::process::id() as i32)
+    let pidfd = tern_sys::pidfd_open(std::process::id() as i32)
         .step(root_pid, || "pidfd_open of tern itself".into())?;
     let (root, want) = spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
     let mut puppets: Vec<Puppet> = vec![root];
@@ -271,7 +266,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         for (g, group) in tree.shared_fds.iter().enumerate() {
             if let Some(&(pid, fd)) = group.first() {
                 if pid == p.pid {
-                    let dup = tern_engine::sys::take_fd(puppet.pid, fd).step(p.pid, || {
+                    let dup = tern_sys::take_fd(puppet.pid, fd).step(p.pid, || {
                         format!("take its fd {fd} for the other processes")
                     })?;
                     shared_fds.insert(g, dup.as_raw_fd());
@@ -328,7 +323,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
 /// child with pid `want` (in the parent's PID namespace); take it over.
 fn fork_puppet(parent: &mut Puppet, want: Option<i32>, forked: &mut Vec<i32>) -> Result<Puppet> {
     let ppid = parent.pid;
-    let before = tern_engine::proc::list_children(ppid).step(ppid, || "list children".into())?;
+    let before = tern_sys::proc::list_children(ppid).step(ppid, || "list children".into())?;
     // struct clone_args (v2, 88 bytes) and the one-entry set_tid array on
     // the blank puppet's stack, well below where it stopped.
     let regs = ptrace::get_regs(ppid).step(ppid, || "read registers".into())?;
@@ -339,15 +334,14 @@ fn fork_puppet(parent: &mut Puppet, want: Option<i32>, forked: &mut Vec<i32>) ->
     if let Some(pid) = want {
         args[8] = tid_at; // set_tid
         args[9] = 1; // set_tid_size
-        tern_engine::sys::mem::write_fully(ppid, tid_at, &pid.to_le_bytes())
+        tern_sys::mem::write_fully(ppid, tid_at, &pid.to_le_bytes())
             .step(ppid, || "write set_tid".into())?;
     }
     let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
-    tern_engine::sys::mem::write_fully(ppid, at, &bytes)
-        .step(ppid, || "write clone_args".into())?;
+    tern_sys::mem::write_fully(ppid, at, &bytes).step(ppid, || "write clone_args".into())?;
     let r = parent
         .remote
-        .syscall(tern_engine::sys::nr::CLONE3, &[at, 88])
+        .syscall(tern_sys::nr::CLONE3, &[at, 88])
         .step(ppid, || "clone3 in the parent".into())?;
     if r < 0 {
         let e = std::io::Error::from_raw_os_error(-r as i32);
@@ -360,7 +354,7 @@ fn fork_puppet(parent: &mut Puppet, want: Option<i32>, forked: &mut Vec<i32>) ->
             },
         });
     }
-    let after = tern_engine::proc::list_children(ppid).step(ppid, || "list children".into())?;
+    let after = tern_sys::proc::list_children(ppid).step(ppid, || "list children".into())?;
     let Some(&child) = after.iter().find(|c| !before.contains(c)) else {
         return Err(RestoreError::Step {
             pid: ppid,
@@ -451,16 +445,16 @@ fn make_cross_pairs(
                 "unix socket pair {pair} has one end in the images"
             )));
         };
-        let (fa, fb) = tern_engine::sys::sock::socketpair(a.kind)?;
+        let (fa, fb) = tern_sys::sock::socketpair(a.kind)?;
         use std::os::fd::AsFd;
-        tern_engine::sys::sock::send_all(fb.as_fd(), a.queued)?;
-        tern_engine::sys::sock::send_all(fa.as_fd(), b.queued)?;
+        tern_sys::sock::send_all(fb.as_fd(), a.queued)?;
+        tern_sys::sock::send_all(fa.as_fd(), b.queued)?;
         let nonblock = |ino: u64| ends.iter().any(|e| e.ino == ino && e.nonblock);
         if nonblock(a.ino) {
-            tern_engine::sys::sock::set_status_flags(fa.as_fd(), libc::O_NONBLOCK)?;
+            tern_sys::sock::set_status_flags(fa.as_fd(), libc::O_NONBLOCK)?;
         }
         if nonblock(b.ino) {
-            tern_engine::sys::sock::set_status_flags(fb.as_fd(), libc::O_NONBLOCK)?;
+            tern_sys::sock::set_status_flags(fb.as_fd(), libc::O_NONBLOCK)?;
         }
         out.insert(a.ino, fa.as_raw_fd());
         out.insert(b.ino, fb.as_raw_fd());
@@ -473,9 +467,9 @@ fn make_cross_pairs(
 /// Make pipe `p` here with its capacity and data, each end with the
 /// O_NONBLOCK the images give it.
 fn make_pipe(p: &wire::Pipe, images: &[Image]) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = tern_engine::sys::pipe::make(p.size)?;
+    let (r, w) = tern_sys::pipe::make(p.size)?;
     if !p.data.is_empty() {
-        tern_engine::sys::pipe::fill(&w, &p.data)?;
+        tern_sys::pipe::fill(&w, &p.data)?;
     }
     let nonblock = |want_write: bool| {
         images.iter().any(|i| {
@@ -486,10 +480,10 @@ fn make_pipe(p: &wire::Pipe, images: &[Image]) -> std::io::Result<(OwnedFd, Owne
         })
     };
     if nonblock(false) {
-        tern_engine::sys::pipe::set_nonblock(&r)?;
+        tern_sys::pipe::set_nonblock(&r)?;
     }
     if nonblock(true) {
-        tern_engine::sys::pipe::set_nonblock(&w)?;
+        tern_sys::pipe::set_nonblock(&w)?;
     }
     Ok((r, w))
 }

@@ -658,3 +658,13 @@ pub struct InotifyWatch {
     pub mask: u32,
     pub path: String,
 }
+
+/// A migration's staging directory, removed however the migration ends
+/// (used by both ends).
+pub struct Staging(pub std::path::PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -9,6 +9,8 @@
 //! compressed), then a trailer that counts them, so a truncated file is
 //! always detected.
 
+#![deny(unsafe_code)]
+
 pub mod chunks;
 pub mod hashes;
 pub mod image;

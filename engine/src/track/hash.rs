@@ -19,8 +19,8 @@ use super::{
     vma_changes, DirtySet, DirtyTracker, PageReader, RoundStats,
 };
 use crate::error::{Context, Result};
-use crate::proc::{MapEntry, Pagemap};
 use std::time::{Duration, Instant};
+use tern_sys::proc::{MapEntry, Pagemap};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Pages per read (4 MiB).

@@ -47,14 +47,14 @@ pub use soft_dirty::SoftDirtyTracker;
 pub use uffd::UffdWpTracker;
 
 use crate::error::{Context, EngineError, Result};
-use crate::proc::{self, MapEntry, Pagemap};
-use crate::sys::mem::ProcMem;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+use tern_sys::mem::ProcMem;
+use tern_sys::proc::{self, MapEntry, Pagemap};
 use tracing::info;
 
-pub use crate::sys::page_size;
+pub use tern_sys::page_size;
 
 /// Which tracker to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -489,7 +489,7 @@ impl PageReader {
         let mut done = 0usize; // pages
         while done < pages {
             let at = addr + (done * ps) as u64;
-            let n = match crate::sys::mem::vm_read(self.pid, at, &mut buf[done * ps..]) {
+            let n = match tern_sys::mem::vm_read(self.pid, at, &mut buf[done * ps..]) {
                 Ok(n) => n / ps,
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => 0,
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {

@@ -19,9 +19,9 @@ use super::{
     trackable_ranges, vma_changes, DirtySet, DirtyTracker, RoundStats,
 };
 use crate::error::{Context, EngineError, Result};
-use crate::proc::{MapEntry, Pagemap, PM_SOFT_DIRTY};
 use crate::seize::Seized;
 use std::time::{Duration, Instant};
+use tern_sys::proc::{MapEntry, Pagemap, PM_SOFT_DIRTY};
 
 pub struct SoftDirtyTracker {
     pid: i32,
@@ -37,7 +37,7 @@ impl SoftDirtyTracker {
     /// Refuses, naming `CONFIG_MEM_SOFT_DIRTY`, when the kernel lacks it.
     pub fn open(pid: i32) -> Result<SoftDirtyTracker> {
         let t0 = Instant::now();
-        crate::check::probe_soft_dirty().map_err(|reason| EngineError::TrackerUnavailable {
+        tern_sys::probe::probe_soft_dirty().map_err(|reason| EngineError::TrackerUnavailable {
             pid,
             tracker: "soft-dirty",
             reason,

@@ -24,31 +24,18 @@ use super::{
     push_merged, read_maps, trackable_ranges, vma_changes, DirtySet, DirtyTracker, RoundStats,
 };
 use crate::error::{Context, EngineError, Result};
-use crate::proc::{MapEntry, Pagemap};
 use crate::seize::Seized;
-use crate::sys::remote;
-use crate::sys::uffd::{
-    open_uffd, uffd_api, PageRegion, PmScanArg, UffdioApi, UffdioRange, UffdioRegister,
-    UffdioWriteprotect, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
-    UFFDIO_API, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT,
-    UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
-    UFFD_USER_MODE_ONLY,
-};
 use std::fs::File;
 use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::ptr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+use tern_sys::proc::{MapEntry, Pagemap};
+use tern_sys::remote;
+use tern_sys::uffd::{
+    self, open_uffd, uffd_api, PageRegion, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
+    UFFD_USER_MODE_ONLY,
+};
 use tracing::{debug, warn};
-
-/// `_IOR(ty, nr, size)` from `include/uapi/asm-generic/ioctl.h`.
-const fn ior(ty: u8, nr: u8, size: usize) -> libc::Ioctl {
-    ((2 << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32) as libc::Ioctl
-}
-const UFFDIO_UNREGISTER: libc::Ioctl = ior(0xaa, 0x01, size_of::<UffdioRange>());
-#[allow(clippy::unnecessary_cast)] // libc::Ioctl is not u64 everywhere
-const _: () = assert!(UFFDIO_UNREGISTER as u64 == 0x8010_aa01);
 
 /// `page_region`s per `PAGEMAP_SCAN` call (96 KiB); longer answers continue
 /// from `walk_end`.
@@ -137,7 +124,7 @@ fn uffd_from_target(pid: i32, maps: &[MapEntry]) -> Result<(OwnedFd, bool, Durat
             return Err(e);
         }
     };
-    let taken = crate::sys::take_fd(pid, fd as i32);
+    let taken = tern_sys::take_fd(pid, fd as i32);
     // Whatever happened, the target must not keep the fd.
     let closed = seized.inject(libc::SYS_close, &[fd], "close of the userfaultfd");
     let released = seized.release();
@@ -209,30 +196,17 @@ impl UffdWpTracker {
                 source: io::Error::other("the fd is still open in the target"),
             });
         }
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: WANTED_FEATURES,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_API reads and writes one `struct uffdio_api` (`api`,
-        // size checked in check.rs) on a uffd we own.
-        if unsafe { libc::ioctl(t.fd(), UFFDIO_API, ptr::addr_of_mut!(api)) } != 0 {
-            let e = io::Error::last_os_error();
+        let features = t
+            .uffd()
+            .and_then(|fd| uffd::api(fd, WANTED_FEATURES))
+            .map_err(|e| unavailable(pid, format!("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED): {e}")))?;
+        if features & WANTED_FEATURES != WANTED_FEATURES {
             return Err(unavailable(
                 pid,
-                format!("UFFDIO_API(WP_ASYNC|WP_UNPOPULATED): {e}"),
+                format!("UFFDIO_API did not enable WP_ASYNC|WP_UNPOPULATED (got {features:#x})"),
             ));
         }
-        if api.features & WANTED_FEATURES != WANTED_FEATURES {
-            return Err(unavailable(
-                pid,
-                format!(
-                    "UFFDIO_API did not enable WP_ASYNC|WP_UNPOPULATED (got {:#x})",
-                    api.features
-                ),
-            ));
-        }
-        t.features = api.features;
+        t.features = features;
 
         let mut untracked = 0;
         for m in maps.iter().filter(|m| is_trackable(m)) {
@@ -259,49 +233,20 @@ impl UffdWpTracker {
         Ok(t)
     }
 
-    fn fd(&self) -> libc::c_int {
-        self.uffd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    fn uffd(&self) -> io::Result<BorrowedFd<'_>> {
+        self.uffd
+            .as_ref()
+            .map(|f| f.as_fd())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
     /// Register `[start, end)` in write-protect mode and protect it.
     fn arm(&self, start: u64, end: u64) -> io::Result<()> {
-        let range = UffdioRange {
-            start,
-            len: end - start,
-        };
-        let mut reg = UffdioRegister {
-            range,
-            mode: UFFDIO_REGISTER_MODE_WP,
-            ioctls: 0,
-        };
-        // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register`
-        // (`reg`); it acts on the target's mm, not on tern's memory.
-        if unsafe { libc::ioctl(self.fd(), UFFDIO_REGISTER, ptr::addr_of_mut!(reg)) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut wp = UffdioWriteprotect {
-            range,
-            mode: UFFDIO_WRITEPROTECT_MODE_WP,
-        };
-        // SAFETY: UFFDIO_WRITEPROTECT reads one `struct uffdio_writeprotect`.
-        if unsafe { libc::ioctl(self.fd(), UFFDIO_WRITEPROTECT, ptr::addr_of_mut!(wp)) } != 0 {
-            let e = io::Error::last_os_error();
-            let _ = self.unregister(start, end);
-            return Err(e);
-        }
-        Ok(())
+        uffd::register_wp(self.uffd()?, start, end)
     }
 
     fn unregister(&self, start: u64, end: u64) -> io::Result<()> {
-        let mut range = UffdioRange {
-            start,
-            len: end - start,
-        };
-        // SAFETY: UFFDIO_UNREGISTER reads one `struct uffdio_range`.
-        if unsafe { libc::ioctl(self.fd(), UFFDIO_UNREGISTER, ptr::addr_of_mut!(range)) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        uffd::unregister(self.uffd()?, start, end)
     }
 
     /// `PAGEMAP_SCAN` of `[start, end)`: append the written ranges to `out`
@@ -310,50 +255,21 @@ impl UffdWpTracker {
     fn scan(&mut self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) -> io::Result<()> {
         let mut at = start;
         while at < end {
-            let mut arg = PmScanArg {
-                size: size_of::<PmScanArg>() as u64,
-                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                start: at,
-                end,
-                walk_end: 0,
-                vec: self.regions.as_mut_ptr() as u64,
-                vec_len: self.regions.len() as u64,
-                max_pages: 0,
-                category_inverted: 0,
-                // Exactly PAGE_IS_WRITTEN: the kernel's fast path (see the
-                // module comment).
-                category_mask: PAGE_IS_WRITTEN,
-                category_anyof_mask: 0,
-                return_mask: PAGE_IS_WRITTEN,
-            };
-            // SAFETY: PAGEMAP_SCAN reads and writes one `struct pm_scan_arg`
-            // (`arg`, 96 bytes) and writes at most `vec_len` `page_region`s
-            // into `self.regions`, which holds that many.
-            let n = unsafe {
-                libc::ioctl(
-                    self.scan_file.as_raw_fd(),
-                    PAGEMAP_SCAN,
-                    ptr::addr_of_mut!(arg),
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = (n as usize).min(self.regions.len());
+            let (n, walk_end) =
+                uffd::scan_written_and_protect(self.scan_file.as_fd(), at, end, &mut self.regions)?;
             for r in &self.regions[..n] {
                 push_merged(out, r.start, r.end);
             }
-            if arg.walk_end <= at && n == 0 {
+            if walk_end <= at && n == 0 {
                 return Err(io::Error::other(format!(
-                    "PAGEMAP_SCAN made no progress at {at:#x} (walk_end {:#x})",
-                    arg.walk_end
+                    "PAGEMAP_SCAN made no progress at {at:#x} (walk_end {walk_end:#x})"
                 )));
             }
-            at = arg.walk_end.max(at);
-            if n == 0 && arg.walk_end < end {
+            at = walk_end.max(at);
+            if n == 0 && walk_end < end {
                 // Defensive: an empty answer that stopped early cannot happen
                 // with max_pages = 0, but never loop on it.
-                debug!("PAGEMAP_SCAN stopped at {:#x} without output", arg.walk_end);
+                debug!("PAGEMAP_SCAN stopped at {walk_end:#x} without output");
             }
         }
         Ok(())
@@ -423,7 +339,7 @@ impl UffdWpTracker {
         }
         let t0 = Instant::now();
         let cheap = if stopped {
-            crate::proc::read_maps_with_flags(pid, &self.maps).map_err(|e| {
+            tern_sys::proc::read_maps_with_flags(pid, &self.maps).map_err(|e| {
                 if e.kind() == io::ErrorKind::NotFound {
                     EngineError::NoProcess { pid }
                 } else {

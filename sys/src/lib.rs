@@ -1,15 +1,30 @@
-//! The kernel-facing layer both sides share: ptrace control, remote memory
-//! access, and syscalls run inside a stopped process. Every `unsafe` block of
-//! tern's source side lives under this module.
+//! tern's kernel layer, shared by the source (`tern-engine`) and the
+//! destination (`tern-restorer`): ptrace control, remote memory access and
+//! syscalls run inside a stopped process, pidfds, the userfaultfd-wp and
+//! PAGEMAP_SCAN ABI, sockets (TCP repair, sock_diag), pipes, `/proc`
+//! parsers, the cgroup freezer, nftables packet locks, and the probes of
+//! `tern check`. Every `unsafe` block of tern lives in this crate; the
+//! others deny unsafe code. x86-64 only for now (syscall numbers, register
+//! layout).
 
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("tern-sys supports x86-64 Linux only: add an arch module for this target");
+
+pub mod child;
+pub mod error;
+pub mod freezer;
 pub mod mem;
+pub mod netlock;
 pub mod pipe;
+pub mod probe;
+pub mod proc;
 pub mod ptrace;
 pub mod remote;
 pub mod sock;
 pub mod uffd;
 pub mod unix_diag;
 
+pub use error::{Context, Error, Result};
 pub use remote::RemoteThread;
 
 /// Raw syscall numbers (x86-64) not all exposed by `libc` under stable names.
@@ -233,4 +248,79 @@ pub fn set_idle_priority(pid: i32) {
         // SAFETY: sched_setscheduler reads `param`, which outlives the call.
         unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
     }
+}
+
+/// Send signal `sig` to process `pid` (`kill`).
+pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill takes integers only.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The robust futex list of thread `tid` (`get_robust_list`): its head's
+/// address and its length.
+pub fn robust_list(tid: i32) -> std::io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers are valid for the call; get_robust_list
+    // only writes a pointer-sized value to each.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((head, len as u64))
+}
+
+/// Resource limit `resource` (`RLIMIT_*`) of process `pid`: (soft, hard)
+/// (`prlimit64`, reading only).
+pub fn rlimit_of(pid: i32, resource: u32) -> std::io::Result<(u64, u64)> {
+    let mut now = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 only reads the limit of `pid` into `now`, which we
+    // own; the new-limit pointer is null.
+    let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut now) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((now.rlim_cur, now.rlim_max))
+}
+
+/// Set once SIGINT, SIGTERM or SIGHUP arrived (after [`catch_stop_signals`]).
+static STOP_ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_ASKED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP only raise a flag, read with
+/// [`stop_asked`] (for a long-running command that ends cleanly between
+/// two steps).
+pub fn catch_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; it lives for the whole program.
+        unsafe { libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Whether a stop signal arrived since [`catch_stop_signals`].
+pub fn stop_asked() -> bool {
+    STOP_ASKED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Ignore signal `sig` in this process from now on (`SIG_IGN`).
+pub fn ignore_signal(sig: i32) {
+    // SAFETY: setting a disposition of this process to SIG_IGN.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
 }

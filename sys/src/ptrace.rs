@@ -12,6 +12,13 @@ const NT_X86_XSTATE: libc::c_int = 0x202;
 /// Bigger than any XSAVE area the kernel reports today (AMX is ~11 KiB).
 const XSTATE_BUF: usize = 16 << 10;
 
+/// The kernel's internal "restart this syscall" codes (`-rax` of a thread
+/// stopped in an interrupted syscall; `include/linux/errno.h`).
+pub const ERESTARTSYS: i64 = 512;
+pub const ERESTARTNOINTR: i64 = 513;
+pub const ERESTARTNOHAND: i64 = 514;
+pub const ERESTART_RESTARTBLOCK: i64 = 516;
+
 /// What a traced thread reported through `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -294,4 +301,10 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<[u8; 128]>> {
             return Ok(out);
         }
     }
+}
+
+/// A register set of all zeroes (to fill in).
+pub fn zeroed_regs() -> libc::user_regs_struct {
+    // SAFETY: user_regs_struct is plain integers; all-zero is valid.
+    unsafe { std::mem::zeroed() }
 }

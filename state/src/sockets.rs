@@ -7,12 +7,12 @@
 //! The restorer uses [`restore_socket`] on its own duplicate of a socket it
 //! created inside the new process.
 
-use crate::error::{Context, EngineError, Result};
-use crate::sys::sock::{self, repair};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use tern_sys::netlock::NetLock;
+use tern_sys::sock::{self, repair};
+use tern_sys::{Context, Error as EngineError, Result};
 use tern_wire as wire;
 use tracing::{debug, warn};
 
@@ -84,7 +84,7 @@ const SIOCINQ: libc::c_ulong = 0x541B;
 const SIOCOUTQ: libc::c_ulong = 0x5411;
 
 /// One socket of a stopped program, as first looked at.
-pub(crate) struct Probe {
+pub struct Probe {
     pub fd: i32,
     /// tern's duplicate (same socket, same open file description).
     pub dup: OwnedFd,
@@ -103,7 +103,7 @@ impl Probe {
         self.tcp_state == Some(TCP_ESTABLISHED)
     }
 
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let show = |a: &Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
         format!(
             "fd {} ({} {} -> {})",
@@ -126,8 +126,8 @@ fn refuse(pid: i32, reason: String) -> EngineError {
 /// Look at socket `fd` of stopped process `pid`; refuses sockets other
 /// than TCP/UDP over IPv4/IPv6, and TCP states other than listening,
 /// closed and established.
-pub(crate) fn probe(pid: i32, fd: i32) -> Result<Probe> {
-    let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
+pub fn probe(pid: i32, fd: i32) -> Result<Probe> {
+    let dup = tern_sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
     let d = dup.as_fd();
     let int = |level, name, what: &str| {
         sock::get_int(d, level, name).ctx(pid, || format!("getsockopt({what}) on fd {fd}"))
@@ -216,7 +216,7 @@ fn options_for(family: i32, tcp: bool) -> impl Iterator<Item = &'static (i32, i3
 
 /// The image of a probed socket. Established TCP connections must already
 /// be in repair mode (see [`Held::repair`]).
-pub(crate) fn capture(pid: i32, p: &Probe, status_flags: i32) -> Result<wire::InetSocket> {
+pub fn capture(pid: i32, p: &Probe, status_flags: i32) -> Result<wire::InetSocket> {
     let d = p.dup.as_fd();
     let fd = p.fd;
     let tcp = p.tcp_state.is_some();
@@ -380,7 +380,7 @@ pub struct Held {
 
 impl Held {
     /// Lock the packets of `conns` (their network namespace is `pid`'s).
-    pub(crate) fn lock(&mut self, pid: i32, conns: &[(SocketAddr, SocketAddr)]) -> Result<()> {
+    pub fn lock(&mut self, pid: i32, conns: &[(SocketAddr, SocketAddr)]) -> Result<()> {
         self.pid = pid;
         if conns.is_empty() {
             return Ok(());
@@ -398,7 +398,7 @@ impl Held {
     /// Put the connection behind `dup` into repair mode; it stays so until
     /// released (or closed: a socket closed in repair mode vanishes without
     /// a FIN or RST).
-    pub(crate) fn repair(&mut self, pid: i32, fd: i32, dup: BorrowedFd<'_>) -> Result<()> {
+    pub fn repair(&mut self, pid: i32, fd: i32, dup: BorrowedFd<'_>) -> Result<()> {
         let own = dup
             .try_clone_to_owned()
             .ctx(pid, || format!("dup socket fd {fd}"))?;
@@ -426,7 +426,7 @@ impl Held {
 
     /// The lock's table name.
     pub fn lock_name(&self) -> Option<&str> {
-        self.lock.as_ref().map(|l| l.table.as_str())
+        self.lock.as_ref().map(|l| l.name())
     }
 
     /// The program carries on here: connections out of repair mode, lock
@@ -479,7 +479,7 @@ impl Drop for Held {
 /// stopped with its connections in repair, resumed later by
 /// `tern resolve`).
 pub fn leave_repair(pid: i32, fd: i32) -> Result<()> {
-    let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("take socket fd {fd}"))?;
+    let dup = tern_sys::take_fd(pid, fd).ctx(pid, || format!("take socket fd {fd}"))?;
     sock::set_int(
         dup.as_fd(),
         libc::IPPROTO_TCP,
@@ -491,7 +491,7 @@ pub fn leave_repair(pid: i32, fd: i32) -> Result<()> {
 
 /// Whether socket `fd` of `pid` is a unix socket.
 fn is_unix(pid: i32, fd: i32) -> Result<bool> {
-    let dup = crate::sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
+    let dup = tern_sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
     let family = sock::get_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
         .ctx(pid, || format!("getsockopt(SO_DOMAIN) on fd {fd}"))?;
     Ok(family == libc::AF_UNIX)
@@ -501,12 +501,12 @@ fn is_unix(pid: i32, fd: i32) -> Result<bool> {
 /// connected pair whose other end the program (or its tree) holds too (`socketpair`),
 /// not shut down; a stream end's waiting bytes are read (not consumed),
 /// datagram ends must have none waiting. Returns fd -> its image record.
-pub(crate) fn capture_unix_pairs(
+pub fn capture_unix_pairs(
     pid: i32,
-    listed: &[(i32, String, crate::proc::FdInfo)],
+    listed: &[(i32, String, tern_sys::proc::FdInfo)],
     in_tree: &std::collections::BTreeSet<u64>,
 ) -> Result<std::collections::BTreeMap<i32, wire::FdKind>> {
-    use crate::sys::unix_diag;
+    use tern_sys::unix_diag;
     let ino_of = |link: &str| {
         link.strip_prefix("socket:[")
             .and_then(|r| r.strip_suffix(']'))
@@ -561,8 +561,8 @@ pub(crate) fn capture_unix_pairs(
         let queued = if s.rqueue == 0 {
             Vec::new()
         } else if s.kind == libc::SOCK_STREAM {
-            let dup = crate::sys::take_fd(pid, fd)
-                .ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
+            let dup =
+                tern_sys::take_fd(pid, fd).ctx(pid, || format!("pidfd_getfd of socket fd {fd}"))?;
             let data = sock::peek_stream(dup.as_fd(), s.rqueue as usize).ctx(pid, || {
                 format!("read the bytes waiting at unix socket fd {fd}")
             })?;
@@ -597,211 +597,6 @@ fn lock_error(pid: i32, e: io::Error) -> EngineError {
         what: "lock the TCP connections' packets with nftables".into(),
         source: e,
     }
-}
-
-/// nftables rules (a table of family inet of their own) that drop every
-/// packet of some TCP connections in one network namespace, in and out, at
-/// the earliest hook (priority raw): while a connection is between two
-/// machines neither kernel may answer its peer (an ACK of data the image
-/// does not hold, or a reset from a socket not there yet).
-pub struct NetLock {
-    table: String,
-    /// The namespace, held open; `None`: tern's own.
-    netns: Option<std::fs::File>,
-    removed: bool,
-}
-
-/// A path naming `netns` for `nsenter` while tern holds it open.
-fn netns_path(netns: Option<&std::fs::File>) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
-    netns.map(|f| PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd())))
-}
-
-fn nft_addr(ip: IpAddr) -> (&'static str, String) {
-    match ip {
-        IpAddr::V4(a) => ("ip", a.to_string()),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            // A v4-mapped address travels as IPv4.
-            Some(v4) => ("ip", v4.to_string()),
-            None => ("ip6", a.to_string()),
-        },
-    }
-}
-
-/// Start `nft -f -` (in `netns`) on `script`.
-fn spawn_nft(netns: Option<&Path>, script: &str) -> io::Result<std::process::Child> {
-    use std::io::Write;
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = std::process::Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("nft");
-            c
-        }
-        None => std::process::Command::new("nft"),
-    };
-    cmd.args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            io::Error::new(
-                e.kind(),
-                "nft not found: TCP connections need nftables (Debian package nftables) to be locked during the move",
-            )
-        } else {
-            e
-        }
-    })?;
-    // A few hundred bytes at most: within the pipe's buffer, so this write
-    // does not wait for nft.
-    if let Some(mut stdin) = child.stdin.take() {
-        if let Err(e) = stdin.write_all(script.as_bytes()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    }
-    Ok(child)
-}
-
-/// How long one `nft` run may take (it takes ~5-15 ms here): a hung one
-/// is killed, so that no restore or migration waits on it for good.
-const NFT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
-fn nft_result(mut child: std::process::Child) -> io::Result<()> {
-    let t0 = std::time::Instant::now();
-    // Polled (its stderr is a few lines at most: the pipe cannot fill).
-    while child.try_wait()?.is_none() {
-        if t0.elapsed() >= NFT_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("nft did not finish within {NFT_DEADLINE:?} (killed)"),
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "nft failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
-fn run_nft(netns: Option<&Path>, script: &str) -> io::Result<()> {
-    nft_result(spawn_nft(netns, script)?)
-}
-
-impl NetLock {
-    /// Drop the packets of `conns` (local, peer) in network namespace
-    /// `netns` (`None`: tern's own). `prefix` starts the table's name.
-    pub fn apply(
-        netns: Option<std::fs::File>,
-        prefix: &str,
-        conns: &[(SocketAddr, SocketAddr)],
-    ) -> io::Result<NetLock> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let table = format!("{prefix}_{nanos:09}");
-        let mut input = String::new();
-        let mut output = String::new();
-        for (local, peer) in conns {
-            let (fam, l) = nft_addr(local.ip());
-            let (_, p) = nft_addr(peer.ip());
-            let (lp, pp) = (local.port(), peer.port());
-            input.push_str(&format!(
-                "    {fam} saddr {p} {fam} daddr {l} tcp sport {pp} tcp dport {lp} drop\n"
-            ));
-            output.push_str(&format!(
-                "    {fam} saddr {l} {fam} daddr {p} tcp sport {lp} tcp dport {pp} drop\n"
-            ));
-        }
-        let script = format!(
-            "table inet {table} {{\n  chain input {{\n    type filter hook input priority raw; policy accept;\n{input}  }}\n  chain output {{\n    type filter hook output priority raw; policy accept;\n{output}  }}\n}}\n"
-        );
-        run_nft(netns_path(netns.as_ref()).as_deref(), &script)?;
-        debug!(table, connections = conns.len(), "network lock applied");
-        Ok(NetLock {
-            table,
-            netns,
-            removed: false,
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.table
-    }
-
-    /// Lift the lock.
-    pub fn remove(mut self) -> io::Result<()> {
-        self.removed = true;
-        remove_table(netns_path(self.netns.as_ref()).as_deref(), &self.table)
-    }
-
-    /// Start lifting the lock: removing a table costs nftables ~15 ms (an
-    /// RCU grace period) plus starting `nft`, which can overlap other
-    /// work. `nft` is started here, so it runs to the end even if tern
-    /// exits; join the handle for the outcome.
-    pub fn remove_in_background(mut self) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
-        // On failure `self` is dropped, which tries once more.
-        let h = start_removing_table(netns_path(self.netns.as_ref()).as_deref(), &self.table)?;
-        self.removed = true;
-        Ok(h)
-    }
-
-    /// Leave the lock in place; returns its table's name.
-    pub fn keep(mut self) -> String {
-        self.removed = true;
-        std::mem::take(&mut self.table)
-    }
-}
-
-impl Drop for NetLock {
-    fn drop(&mut self) {
-        if !self.removed {
-            if let Err(e) = remove_table(netns_path(self.netns.as_ref()).as_deref(), &self.table) {
-                warn!(table = self.table, "removing the network lock: {e}");
-            }
-        }
-    }
-}
-
-/// Start deleting nftables table `name` (family inet) in `netns`; `nft`
-/// is started here (it runs to the end even if tern exits), join the
-/// handle for the outcome.
-pub fn start_removing_table(
-    netns: Option<&Path>,
-    name: &str,
-) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
-    checked_table(name)?;
-    let child = spawn_nft(netns, &format!("delete table inet {name}\n"))?;
-    Ok(std::thread::spawn(move || nft_result(child)))
-}
-
-fn checked_table(name: &str) -> io::Result<()> {
-    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name:?} is not a tern lock table name"),
-        ))
-    }
-}
-
-/// Delete nftables table `name` (family inet) in `netns`.
-pub fn remove_table(netns: Option<&Path>, name: &str) -> io::Result<()> {
-    checked_table(name)?;
-    run_nft(netns, &format!("delete table inet {name}\n"))
 }
 
 /// A socket rebuilt by the restorer, configured through `dup` (its

@@ -196,8 +196,8 @@ struct RseqConfiguration {
 }
 
 use crate::proc::{PM_PRESENT, PM_SOFT_DIRTY};
-use crate::sys::uffd::*;
-use crate::sys::CloneArgs;
+use crate::uffd::*;
+use crate::CloneArgs;
 
 /// `struct prctl_mm_map` (`include/uapi/linux/prctl.h`).
 #[repr(C)]
@@ -301,7 +301,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 fn page_size() -> usize {
-    crate::sys::page_size() as usize
+    crate::page_size() as usize
 }
 
 fn getpid() -> pid_t {
@@ -1257,7 +1257,7 @@ fn probe_map_files() -> Outcome {
     Ok(format!("opened {link} -> {path} (inode {inode})"))
 }
 
-pub(crate) fn probe_soft_dirty() -> Outcome {
+pub fn probe_soft_dirty() -> Outcome {
     let page = page_size();
     let map = Mapping::anon(page, libc::PROT_READ | libc::PROT_WRITE, false)?;
     // Kernels with soft-dirty mark every new VMA VM_SOFTDIRTY, shown as "sd".
@@ -1495,7 +1495,7 @@ fn probe_cgroup_freezer_v2() -> Outcome {
 
 fn probe_pid_namespace() -> Outcome {
     // SAFETY: the child only makes raw syscalls and exits.
-    let child = unsafe { crate::sys::clone3_fork(libc::CLONE_NEWPID as u64, None) }
+    let child = unsafe { crate::clone3_fork(libc::CLONE_NEWPID as u64, None) }
         .map_err(|e| format!("clone3(CLONE_NEWPID): {e}"))?;
     if child == 0 {
         // SAFETY: raw syscalls in the child; pid 1 means a new namespace.
@@ -1564,7 +1564,7 @@ fn probe_timerfd_set_ticks() -> Outcome {
 }
 
 fn probe_tcp_repair() -> Outcome {
-    use crate::sys::sock::{self, repair};
+    use crate::sock::{self, repair};
     use std::os::fd::AsFd;
     // SAFETY: plain syscall; the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -1597,7 +1597,7 @@ fn probe_tcp_repair() -> Outcome {
 
 fn probe_nftables_lock() -> Outcome {
     // An empty lock table in this network namespace, removed again.
-    let lock = crate::sockets::NetLock::apply(None, "tern_check", &[])
+    let lock = crate::netlock::NetLock::apply(None, "tern_check", &[])
         .map_err(|e| format!("{e} (needs nft and CONFIG_NF_TABLES)"))?;
     let name = lock.name().to_string();
     lock.remove()

@@ -9,7 +9,7 @@
 //! runs any instruction of its own), and on drop puts every process back
 //! into the cgroup it came from and removes its own.
 
-use crate::error::{Context, EngineError, Result};
+use crate::error::{Context, Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tracing::warn;
@@ -32,8 +32,8 @@ pub struct CgroupFreezer {
     moved: Vec<(i32, PathBuf)>,
 }
 
-fn err(pid: i32, what: String, e: std::io::Error) -> EngineError {
-    EngineError::Sys {
+fn err(pid: i32, what: String, e: std::io::Error) -> Error {
+    Error::Sys {
         pid,
         what,
         source: e,
@@ -44,8 +44,7 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Whether `path` is the root of a mounted cgroup2 file system.
 fn is_cgroup2(path: &Path) -> bool {
-    crate::sys::fs_magic(path) == Some(CGROUP2_SUPER_MAGIC)
-        && path.join("cgroup.controllers").exists()
+    crate::fs_magic(path) == Some(CGROUP2_SUPER_MAGIC) && path.join("cgroup.controllers").exists()
 }
 
 /// Where a cgroup2 hierarchy is mounted, if any (hybrid systems:
@@ -83,7 +82,7 @@ impl CgroupFreezer {
             Version::V2 => cgroup2_root(),
             Version::V1 => v1_root(),
         }
-        .ok_or_else(|| EngineError::Unsupported {
+        .ok_or_else(|| Error::Unsupported {
             pid,
             reason: match version {
                 Version::V2 => "no cgroup2 mount at /sys/fs/cgroup/unified or /sys/fs/cgroup",
@@ -100,7 +99,7 @@ impl CgroupFreezer {
             moved: Vec::new(),
         };
         if version == Version::V2 && !f.dir.join("cgroup.freeze").exists() {
-            return Err(EngineError::Unsupported {
+            return Err(Error::Unsupported {
                 pid,
                 reason: format!(
                     "--freezer cgroup: {} has no cgroup.freeze (Linux 5.2+)",
@@ -129,7 +128,7 @@ impl CgroupFreezer {
                 return Ok(self.root.join(path.trim_start_matches('/')));
             }
         }
-        Err(EngineError::Unsupported {
+        Err(Error::Unsupported {
             pid,
             reason: format!(
                 "it is in no cgroup of {} (/proc/{pid}/cgroup)",
@@ -181,7 +180,7 @@ impl CgroupFreezer {
                 return Ok(());
             }
             if t.elapsed() > Duration::from_secs(5) {
-                return Err(EngineError::Internal(format!(
+                return Err(Error::Internal(format!(
                     "{} never showed {needle:?} (last {:?})",
                     path.display(),
                     text.trim()

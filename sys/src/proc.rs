@@ -301,26 +301,33 @@ VmFlags: rd wr sh mr mw me ms
     }
 }
 
+/// One POSIX timer as `/proc/PID/timers` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PosixTimerInfo {
+    pub id: i32,
+    pub clock: i32,
+    /// `sigev_notify`: SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD_ID.
+    pub notify: i32,
+    /// With SIGEV_THREAD_ID: the thread signalled.
+    pub notify_tid: i32,
+    pub signo: i32,
+    pub sigval: u64,
+}
+
 /// Parse `/proc/PID/timers` (one block per POSIX timer: `ID:`, `signal:
 /// SIGNO/SIGVAL`, `notify: signal/pid.N | thread/tid.N | none/...`,
-/// `ClockID:`); times are left 0 for the caller to fill.
-pub fn parse_posix_timers(text: &str) -> Result<Vec<tern_wire::PosixTimer>, String> {
-    let mut out: Vec<tern_wire::PosixTimer> = Vec::new();
+/// `ClockID:`); the times are read with `timer_gettime` by the caller.
+pub fn parse_posix_timers(text: &str) -> Result<Vec<PosixTimerInfo>, String> {
+    let mut out: Vec<PosixTimerInfo> = Vec::new();
     for line in text.lines() {
         let (key, val) = line
             .split_once(':')
             .map(|(k, v)| (k.trim(), v.trim()))
             .ok_or_else(|| format!("bad line {line:?}"))?;
         if key == "ID" {
-            out.push(tern_wire::PosixTimer {
+            out.push(PosixTimerInfo {
                 id: val.parse().map_err(|_| format!("bad ID {val:?}"))?,
-                clock: 0,
-                notify: 0,
-                notify_tid: 0,
-                signo: 0,
-                sigval: 0,
-                interval_ns: 0,
-                value_ns: 0,
+                ..PosixTimerInfo::default()
             });
             continue;
         }
@@ -519,40 +526,6 @@ impl ThreadCreds {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
         })
-    }
-
-    /// As an image records them (with the securebits, which /proc does not
-    /// show).
-    pub fn to_image(&self, securebits: u32) -> tern_wire::Creds {
-        tern_wire::Creds {
-            uid: self.uid,
-            gid: self.gid,
-            groups: self.groups.clone(),
-            cap_inheritable: self.cap_inheritable,
-            cap_permitted: self.cap_permitted,
-            cap_effective: self.cap_effective,
-            cap_bounding: self.cap_bounding,
-            cap_ambient: self.cap_ambient,
-            securebits,
-            no_new_privs: self.no_new_privs,
-        }
-    }
-
-    /// What /proc must show for a thread with an image's credentials
-    /// (never under seccomp: a dump refuses it).
-    pub fn from_image(c: &tern_wire::Creds) -> ThreadCreds {
-        ThreadCreds {
-            uid: c.uid,
-            gid: c.gid,
-            groups: c.groups.clone(),
-            cap_inheritable: c.cap_inheritable,
-            cap_permitted: c.cap_permitted,
-            cap_effective: c.cap_effective,
-            cap_bounding: c.cap_bounding,
-            cap_ambient: c.cap_ambient,
-            no_new_privs: c.no_new_privs,
-            seccomp: 0,
-        }
     }
 
     /// Fields that differ from `other`, each as "name: ours vs theirs".

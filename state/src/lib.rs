@@ -1,0 +1,10 @@
+//! The kinds of process state tern moves, each with both of its sides in
+//! one module: how the source captures it into the image (`tern_wire`) and
+//! how the destination puts it back. Both `tern-engine` and
+//! `tern-restorer` use these; the kernel calls are `tern_sys`'s.
+
+#![deny(unsafe_code)]
+
+pub mod creds;
+pub mod regs;
+pub mod sockets;
