@@ -62,9 +62,6 @@ pub struct ServeArgs {
     /// Write "HOST:PORT" here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
-    /// Fault injection for tests (exit-on-final, exit-after-resume).
-    #[arg(long, hide = true)]
-    pub test_fault: Option<String>,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -81,7 +78,6 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         timeout: Duration::from_millis(a.timeout_ms),
         once: a.once,
         oom_score_adj: a.oom_score_adj,
-        test_fault: a.test_fault,
     };
     let ready = a.ready_file;
     tern_restorer::serve::serve(opts, |addr| {

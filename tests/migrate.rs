@@ -294,11 +294,13 @@ fn migrate_failures_leave_the_source_running() {
 
     // 3. Destination dies in the final round (test hook: it exits as the
     //    final round arrives, before it has rebuilt anything).
-    e.serve = Some(start_serve(
+    e.serve = Some(start_serve_with_fault(
         &e.dir,
-        &e.edges,
+        &e.edges.b,
+        &format!("{EDGE_B_ADDR}:{PORT}"),
         &e.key,
-        &["--test-fault", "exit-on-final"],
+        &["--once"],
+        Some("exit-on-final"),
     ));
     let out = e.migrate(&[]);
     e.assert_failed(&out, "keeps running here", &fds);
@@ -693,11 +695,13 @@ fn migrate_commit_outcome_is_settled_by_asking() {
     }
 
     // 1. Resumed there, but the answer never came.
-    e.serve = Some(start_serve(
+    e.serve = Some(start_serve_with_fault(
         &e.dir,
-        &e.edges,
+        &e.edges.b,
+        &format!("{EDGE_B_ADDR}:{PORT}"),
         &e.key,
-        &["--work-dir", &work_arg, "--test-fault", "exit-after-resume"],
+        &["--once", "--work-dir", &work_arg],
+        Some("exit-after-resume"),
     ));
     let mut first = e.serve.take().expect("serve");
     let (out, restarted) = std::thread::scope(|scope| {

@@ -32,6 +32,7 @@ use crate::precopy::{self, Frozen, Precopy, PrecopyOptions, RoundReport};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tern_wire::net::{self, FileSummary, Key, Message, SessionOutcome};
+use tern_wire::session::{self, ProtocolError, Source, SourceInput};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -288,12 +289,10 @@ pub fn ask_outcome(
         match tokio::time::timeout(timeout, rx.recv()).await {
             Err(_) => Err(format!("{to} did not answer")),
             Ok(Err(e)) => Err(format!("{to}: {e}")),
-            Ok(Ok(Message::Outcome {
-                session: s,
-                outcome,
-            })) if s == session => Ok(outcome),
-            Ok(Ok(Message::Refused { reason })) => Err(format!("{to} refused: {reason}")),
-            Ok(Ok(other)) => Err(format!("{to} answered {} instead of Outcome", other.kind())),
+            Ok(Ok(m)) => session::outcome_of(session, m).map_err(|e| match e {
+                ProtocolError::Refused(reason) => format!("{to} refused: {reason}"),
+                e => format!("{to}: {e}"),
+            }),
         }
     })
 }
@@ -306,8 +305,9 @@ struct Link {
     incoming: mpsc::UnboundedReceiver<std::result::Result<Message, String>>,
     wire_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     timeout: Duration,
-    /// Rounds the destination reported applied.
-    applied: u32,
+    /// The protocol's rules for this side: every message sent and received
+    /// goes through it.
+    proto: Source,
 }
 
 impl Link {
@@ -323,32 +323,29 @@ impl Link {
             .build()
             .map_err(|e| format!("start the network runtime: {e}"))?;
         let timeout = opts.timeout;
+        let mut proto = Source::new();
+        let hello = Message::Hello {
+            protocol: net::PROTOCOL_VERSION,
+            tern_version: env!("CARGO_PKG_VERSION").to_string(),
+            pid,
+            comm: comm.to_string(),
+            kernel_release: crate::dump::kernel_release(),
+            session,
+        };
+        proto.send(&hello).map_err(|e| e.to_string())?;
         let (tx, mut rx) = rt.block_on(async {
             let (mut tx, mut rx) = open_channel(&opts.to, &opts.key, timeout).await?;
-            tx.send(&Message::Hello {
-                protocol: net::PROTOCOL_VERSION,
-                tern_version: env!("CARGO_PKG_VERSION").to_string(),
-                pid,
-                comm: comm.to_string(),
-                kernel_release: crate::dump::kernel_release(),
-                session,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            tx.send(&hello).await.map_err(|e| e.to_string())?;
             match tokio::time::timeout(timeout, rx.recv()).await {
                 Err(_) => Err(format!("{} did not answer", opts.to)),
                 Ok(Err(e)) => Err(format!("{}: {e}", opts.to)),
-                Ok(Ok(Message::Welcome { protocol, .. })) if protocol == net::PROTOCOL_VERSION => {
-                    Ok((tx, rx))
-                }
-                Ok(Ok(Message::Refused { reason })) => {
-                    Err(format!("{} refused: {reason}", opts.to))
-                }
-                Ok(Ok(other)) => Err(format!(
-                    "{} answered {} instead of Welcome",
-                    opts.to,
-                    other.kind()
-                )),
+                Ok(Ok(m)) => match proto.receive(m) {
+                    Ok(_) => Ok((tx, rx)),
+                    Err(ProtocolError::Refused(reason)) => {
+                        Err(format!("{} refused: {reason}", opts.to))
+                    }
+                    Err(e) => Err(format!("{}: {e}", opts.to)),
+                },
             }
         })?;
         let wire_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -415,11 +412,23 @@ impl Link {
             incoming: in_rx,
             wire_bytes,
             timeout,
-            applied: 0,
+            proto,
         })
     }
 
+    /// Rounds the destination reported applied.
+    fn applied(&self) -> u32 {
+        self.proto.rounds_applied()
+    }
+
     fn submit(&mut self, job: Job) -> std::result::Result<(), String> {
+        match &job {
+            Job::Round {
+                round, final_round, ..
+            } => self.proto.round_sent(*round, *final_round),
+            Job::Message(m) => self.proto.send(m),
+        }
+        .map_err(|e| e.to_string())?;
         let timeout = self.timeout;
         let jobs = self.jobs.clone();
         match self
@@ -437,30 +446,24 @@ impl Link {
     /// Anything the destination said meanwhile that ends the migration.
     fn check_incoming(&mut self) -> std::result::Result<(), String> {
         while let Ok(m) = self.incoming.try_recv() {
-            match self.note(m)? {
-                Message::RoundApplied { .. } => {}
-                other => return Err(format!("unexpected {} from the destination", other.kind())),
-            }
+            self.note(m)?;
         }
         Ok(())
     }
 
-    /// Book what the destination said: a round applied is counted, a
-    /// refusal or a broken connection is the error it is.
+    /// Check what the destination said against the protocol: a round
+    /// applied is counted, a refusal or a broken connection is the error
+    /// it is.
     fn note(
         &mut self,
         m: std::result::Result<Message, String>,
-    ) -> std::result::Result<Message, String> {
-        match m {
-            Ok(Message::RoundApplied { round, ms, pages }) => {
-                info!(round, ms, pages, "destination applied round");
-                self.applied += 1;
-                Ok(Message::RoundApplied { round, pages, ms })
-            }
-            Ok(Message::Refused { reason }) => Err(format!("the destination refused: {reason}")),
-            Ok(m) => Ok(m),
-            Err(e) => Err(format!("connection to the destination: {e}")),
+    ) -> std::result::Result<SourceInput, String> {
+        let m = m.map_err(|e| format!("connection to the destination: {e}"))?;
+        let input = self.proto.receive(m).map_err(|e| e.to_string())?;
+        if let SourceInput::Applied { round, pages, ms } = input {
+            info!(round, ms, pages, "destination applied round");
         }
+        Ok(input)
     }
 
     /// Wait for the next completion of the sender task.
@@ -477,21 +480,21 @@ impl Link {
         }
     }
 
-    /// Wait for a message other than progress notes.
-    fn wait_message(&mut self, what: &str) -> std::result::Result<Message, String> {
+    /// Wait for the destination's next answer other than progress notes
+    /// (or, for `what` = "RoundApplied", the next progress note).
+    fn wait_input(&mut self, what: &str) -> std::result::Result<SourceInput, String> {
         let timeout = self.timeout;
         loop {
             let r = self
                 .rt
                 .block_on(async { tokio::time::timeout(timeout, self.incoming.recv()).await });
-            let m = match r {
+            let input = match r {
                 Err(_) => return Err(format!("no {what} from the destination within {timeout:?}")),
                 Ok(None) => return Err("the connection to the destination is gone".into()),
                 Ok(Some(m)) => self.note(m)?,
             };
-            // Progress notes are booked; any other answer is the caller's.
-            if !matches!(m, Message::RoundApplied { .. }) || what == "RoundApplied" {
-                return Ok(m);
+            if !matches!(input, SourceInput::Applied { .. }) || what == "RoundApplied" {
+                return Ok(input);
             }
         }
     }
@@ -519,9 +522,13 @@ impl Link {
 
     /// Best effort: tell the destination to discard everything.
     fn abort(&mut self, reason: &str) {
-        let _ = self.jobs.try_send(Job::Message(Message::Abort {
+        let abort = Message::Abort {
             reason: reason.to_string(),
-        }));
+        };
+        if self.proto.send(&abort).is_err() {
+            return;
+        }
+        let _ = self.jobs.try_send(Job::Message(abort));
         let _ = self.rt.block_on(async {
             tokio::time::timeout(Duration::from_millis(500), self.sent.recv()).await
         });
@@ -574,7 +581,7 @@ pub fn migrate(
                         // (the program runs), then take what was written
                         // meanwhile in one more round.
                         let outstanding =
-                            pending_sends > 0 || link.applied < sent_rounds.len() as u32;
+                            pending_sends > 0 || link.applied() < sent_rounds.len() as u32;
                         if !outstanding {
                             break;
                         }
@@ -678,13 +685,13 @@ pub fn migrate(
     }
     let transfer_ms = t_dumped.elapsed().as_secs_f64() * 1e3;
     debug!(transfer_ms, "final round sent");
-    let (restore_ms, t_ready) = match link.wait_message("Ready") {
-        Ok(Message::Ready { ms, .. }) => {
+    let (restore_ms, t_ready) = match link.wait_input("Ready") {
+        Ok(SourceInput::Ready { ms, .. }) => {
             debug!(restore_ms = ms, "destination ready");
             (ms, Instant::now())
         }
         Ok(other) => {
-            let what = format!("the destination answered {} instead of Ready", other.kind());
+            let what = format!("tern bug: {other:?} instead of Ready");
             return Err(settle(frozen, &mut link, what));
         }
         Err(what) => return Err(settle(frozen, &mut link, what)),
@@ -731,12 +738,9 @@ pub fn migrate(
     let running = match commit_sent {
         // The Commit may or may not have left: do not risk two copies.
         Err(what) => Err(what),
-        Ok(()) => match link.wait_message("Running") {
-            Ok(Message::Running { pid, ns_pid, .. }) => Ok((pid, ns_pid)),
-            Ok(other) => Err(format!(
-                "the destination answered {} instead of Running",
-                other.kind()
-            )),
+        Ok(()) => match link.wait_input("Running") {
+            Ok(SourceInput::Running { pid, ns_pid, .. }) => Ok((pid, ns_pid)),
+            Ok(other) => Err(format!("tern bug: {other:?} instead of Running")),
             Err(what) => Err(what),
         },
     };
@@ -874,11 +878,8 @@ fn drain(
         note_sent(rounds, link.wait_sent()?)?;
     }
     let want = rounds.len() as u32;
-    while link.applied < want {
-        match link.wait_message("RoundApplied")? {
-            Message::RoundApplied { .. } => {}
-            m => return Err(format!("unexpected {} from the destination", m.kind())),
-        }
+    while link.applied() < want {
+        link.wait_input("RoundApplied")?;
     }
     Ok(())
 }

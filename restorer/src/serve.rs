@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_wire::net::{self, Key, Message};
+use tern_wire::session::{Destination, DestinationInput, ProtocolError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
@@ -45,11 +46,22 @@ pub struct ServeOptions {
     /// (those are at 1000 until they run), so that running out of memory
     /// costs one migration, not the daemon and every migration in it.
     pub oom_score_adj: i32,
-    /// Fault injection for tests: `exit-on-final` makes the daemon exit
-    /// the moment a final round has arrived, as if it had crashed there;
-    /// `exit-after-resume` right after it resumed the program, before it
-    /// tells the source (which then has to ask).
-    pub test_fault: Option<String>,
+}
+
+/// Faults the tests inject (builds with the `test-faults` feature only,
+/// which `cargo test` turns on and a release build does not): with
+/// `TERN_TEST_FAULT=exit-on-final` the daemon exits the moment a final
+/// round has arrived, as if it had crashed there; with `exit-after-resume`
+/// right after it resumed the program, before it tells the source (which
+/// then has to ask).
+#[cfg(feature = "test-faults")]
+fn test_fault(which: &str) -> bool {
+    std::env::var("TERN_TEST_FAULT").is_ok_and(|v| v == which)
+}
+
+#[cfg(not(feature = "test-faults"))]
+fn test_fault(_: &str) -> bool {
+    false
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,46 +192,24 @@ async fn session(
         .await
         .map_err(|_| "no Hello".to_string())?
         .map_err(|e| e.to_string())?;
-    let (pid, comm, id) = match hello {
-        Message::Ask { protocol, session } if protocol == net::PROTOCOL_VERSION => {
+    let mut proto = Destination::new();
+    let (pid, comm, id) = match proto.receive(hello) {
+        Ok(DestinationInput::Ask { session }) => {
             let outcome = journal.outcome(session);
             info!(%peer, session, ?outcome, "asked about a migration");
-            let _ = tx.send(&Message::Outcome { session, outcome }).await;
+            let _ = say(&mut tx, &mut proto, Message::Outcome { session, outcome }).await;
             let _ = tx.shutdown().await;
             return Ok(());
         }
-        Message::Hello {
-            protocol,
-            pid,
-            comm,
-            tern_version,
-            session,
-            ..
-        } => {
-            if protocol != net::PROTOCOL_VERSION {
-                let reason = format!(
-                    "protocol {protocol} (tern {tern_version}) is not supported; this tern speaks {}",
-                    net::PROTOCOL_VERSION
-                );
-                let _ = tx
-                    .send(&Message::Refused {
-                        reason: reason.clone(),
-                    })
-                    .await;
-                return Err(reason);
-            }
-            (pid, comm, session)
-        }
-        other => return Err(format!("expected Hello, got {}", other.kind())),
+        Ok(DestinationInput::Start {
+            pid, comm, session, ..
+        }) => (pid, comm, session),
+        Ok(other) => return Err(format!("tern bug: {other:?} before Hello")),
+        Err(e) => return Err(refuse(&mut tx, &mut proto, e.to_string()).await),
     };
     if !journal.begin(id) {
         let reason = format!("migration id {id:016x} was seen before (a replayed Hello?)");
-        let _ = tx
-            .send(&Message::Refused {
-                reason: reason.clone(),
-            })
-            .await;
-        return Err(reason);
+        return Err(refuse(&mut tx, &mut proto, reason).await);
     }
     let _live = EndSession(journal, id);
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
@@ -227,20 +217,18 @@ async fn session(
             "busy: {} migrations in progress (the limit)",
             opts.max_sessions
         );
-        let _ = tx
-            .send(&Message::Refused {
-                reason: reason.clone(),
-            })
-            .await;
-        return Err(reason);
+        return Err(refuse(&mut tx, &mut proto, reason).await);
     };
     info!(%peer, pid, comm, "migration starting");
-    tx.send(&Message::Welcome {
-        protocol: net::PROTOCOL_VERSION,
-        tern_version: env!("CARGO_PKG_VERSION").to_string(),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    say(
+        &mut tx,
+        &mut proto,
+        Message::Welcome {
+            protocol: net::PROTOCOL_VERSION,
+            tern_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    )
+    .await?;
 
     let stage = opts
         .work_dir
@@ -269,54 +257,45 @@ async fn session(
         }
     });
     let _stop_reader = AbortOnDrop(reader);
-    let mut round: u32 = 0;
     let mut files: BTreeMap<String, Incoming> = BTreeMap::new();
-    let mut committed = false;
     let result: Result<(), String> = loop {
         tokio::select! {
-            msg = tokio::time::timeout(timeout, incoming.recv()), if !committed => {
+            msg = tokio::time::timeout(timeout, incoming.recv()), if proto.expects_input() => {
                 let msg = match msg {
                     Err(_) => break Err(format!("the source was silent for {timeout:?}")),
                     Ok(None) => break Err("connection lost".into()),
                     Ok(Some(Err(e))) => break Err(format!("connection lost: {e}")),
                     Ok(Some(Ok(m))) => m,
                 };
-                match msg {
-                    Message::FileData { round: r, name, offset, data } => {
-                        if let Err(e) = receive_piece(&stage, round, &mut files, r, &name, offset, &data) {
-                            let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
-                            break Err(e);
+                match proto.receive(msg) {
+                    Ok(DestinationInput::Piece { round, name, offset, data }) => {
+                        if let Err(e) = receive_piece(&stage, round, &mut files, &name, offset, &data) {
+                            break Err(refuse(&mut tx, &mut proto, e).await);
                         }
                     }
-                    Message::RoundDone { round: r, final_round, files: summary } => {
+                    Ok(DestinationInput::RoundDone { round, final_round, files: summary }) => {
                         let dir = round_dir(&stage, round);
-                        if let Err(e) = check_round(&dir, round, r, &mut files, &summary) {
-                            let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
-                            break Err(e);
+                        if let Err(e) = check_round(&dir, round, &mut files, &summary) {
+                            break Err(refuse(&mut tx, &mut proto, e).await);
                         }
                         debug!(round, final_round, "round received");
-                        if final_round && opts.test_fault.as_deref() == Some("exit-on-final") {
+                        if final_round && test_fault("exit-on-final") {
                             warn!("test fault: exiting on the final round");
                             std::process::exit(70);
                         }
                         if cmd_tx.send(Cmd::Apply { round, dir, final_round }).is_err() {
                             break Err("the standby thread is gone".into());
                         }
-                        round += 1;
                     }
-                    Message::Commit => {
+                    Ok(DestinationInput::Commit) => {
                         debug!("commit received");
-                        committed = true;
                         if cmd_tx.send(Cmd::Resume).is_err() {
                             break Err("the standby thread is gone".into());
                         }
                     }
-                    Message::Abort { reason } => break Err(format!("the source aborted: {reason}")),
-                    other => {
-                        let e = format!("unexpected {} from the source", other.kind());
-                        let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
-                        break Err(e);
-                    }
+                    Ok(other) => break Err(format!("tern bug: {other:?} in a migration")),
+                    Err(e @ ProtocolError::Aborted(_)) => break Err(e.to_string()),
+                    Err(e) => break Err(refuse(&mut tx, &mut proto, e.to_string()).await),
                 }
             }
             ev = ev_rx.recv() => {
@@ -328,29 +307,25 @@ async fn session(
                         // its Commit asks about it (`Ask`).
                         if let Err(e) = journal.ready(id, pid, ns_pid) {
                             let e = format!("cannot record the migration in the session journal: {e}");
-                            let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
-                            break Err(e);
+                            break Err(refuse(&mut tx, &mut proto, e).await);
                         }
                         Message::Ready { pid, ms }
                     }
                     Some(Event::Running { pid, ns_pid, ms }) => {
                         journal.running(id, pid, ns_pid);
-                        if opts.test_fault.as_deref() == Some("exit-after-resume") {
+                        if test_fault("exit-after-resume") {
                             warn!("test fault: exiting after the resume");
                             std::process::exit(70);
                         }
                         info!(%peer, pid, ns_pid, "migrated program runs here");
-                        let _ = tx.send(&Message::Running { pid, ns_pid, resume_ms: ms }).await;
+                        let _ = say(&mut tx, &mut proto, Message::Running { pid, ns_pid, resume_ms: ms }).await;
                         let _ = tx.shutdown().await;
                         break Ok(());
                     }
-                    Some(Event::Failed(e)) => {
-                        let _ = tx.send(&Message::Refused { reason: e.clone() }).await;
-                        break Err(e);
-                    }
+                    Some(Event::Failed(e)) => break Err(refuse(&mut tx, &mut proto, e).await),
                 };
-                if let Err(e) = tx.send(&reply).await {
-                    break Err(format!("connection lost: {e}"));
+                if let Err(e) = say(&mut tx, &mut proto, reply).await {
+                    break Err(e);
                 }
             }
         }
@@ -375,6 +350,36 @@ async fn session(
     result
 }
 
+/// Send `m` if the protocol allows it now (else it is a bug in tern: not
+/// sent, an error).
+async fn say<W: tokio::io::AsyncWrite + Unpin>(
+    tx: &mut net::Sender<W>,
+    proto: &mut Destination,
+    m: Message,
+) -> Result<(), String> {
+    proto.send(&m).map_err(|e| e.to_string())?;
+    tx.send(&m)
+        .await
+        .map_err(|e| format!("connection lost: {e}"))
+}
+
+/// Tell the source why this side gives up (best effort); returns `reason`.
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
+    tx: &mut net::Sender<W>,
+    proto: &mut Destination,
+    reason: String,
+) -> String {
+    let _ = say(
+        tx,
+        proto,
+        Message::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    reason
+}
+
 /// Marks a session ended in the journal however it ends.
 struct EndSession<'a>(&'a Journal, u64);
 
@@ -392,16 +397,10 @@ fn receive_piece(
     stage: &Path,
     round: u32,
     files: &mut BTreeMap<String, Incoming>,
-    r: u32,
     name: &str,
     offset: u64,
     data: &[u8],
 ) -> Result<(), String> {
-    if r != round {
-        return Err(format!(
-            "file data for round {r} while receiving round {round}"
-        ));
-    }
     if !net::valid_file_name(name) {
         return Err(format!("invalid file name {name:?}"));
     }
@@ -450,13 +449,9 @@ fn receive_piece(
 fn check_round(
     dir: &Path,
     round: u32,
-    r: u32,
     files: &mut BTreeMap<String, Incoming>,
     summary: &[net::FileSummary],
 ) -> Result<(), String> {
-    if r != round {
-        return Err(format!("end of round {r} while receiving round {round}"));
-    }
     let got = std::mem::take(files);
     if got.len() != summary.len() {
         return Err(format!(

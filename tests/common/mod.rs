@@ -1641,17 +1641,36 @@ pub fn start_serve_in(
     key: &Path,
     extra: &[&str],
 ) -> ProcGuard {
+    start_serve_with_fault(dir, ns, listen, key, extra, None)
+}
+
+/// [`start_serve_in`] with `TERN_TEST_FAULT=fault` (the test build's
+/// injected faults: `exit-on-final`, `exit-after-resume`).
+pub fn start_serve_with_fault(
+    dir: &TestDir,
+    ns: &Netns,
+    listen: &str,
+    key: &Path,
+    extra: &[&str],
+    fault: Option<&str>,
+) -> ProcGuard {
     let ready = dir.join(format!("serve-ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
-    let mut cmd = ns
-        .cmd(tern_bin())
-        .arg("serve")
-        .arg("--listen")
-        .arg(listen)
-        .arg("--key")
-        .arg(key)
-        .arg("--ready-file")
-        .arg(&ready);
+    // env execs tern in place: the pid guarded is the daemon's.
+    let mut cmd = match fault {
+        Some(f) => ns
+            .cmd("env")
+            .arg(format!("TERN_TEST_FAULT={f}"))
+            .arg(tern_bin()),
+        None => ns.cmd(tern_bin()),
+    }
+    .arg("serve")
+    .arg("--listen")
+    .arg(listen)
+    .arg("--key")
+    .arg(key)
+    .arg("--ready-file")
+    .arg(&ready);
     for e in extra {
         cmd = cmd.arg(e);
     }

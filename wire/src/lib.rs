@@ -16,6 +16,7 @@ pub mod hashes;
 pub mod image;
 pub mod net;
 pub mod record;
+pub mod session;
 
 pub use chunks::{ChunkEncoder, ChunkReader, ChunkWriter, Codec, EncodedChunks};
 pub use image::*;
