@@ -1118,6 +1118,7 @@ fn page_needed(m: &MapEntry, entry: u64) -> bool {
 }
 
 /// What one capture stored, and the hash of every page it saw.
+#[derive(Debug)]
 pub struct PageCapture {
     pub stats: wire::chunks::ChunkStats,
     /// (address, xxh3) of every page the program had, sorted (empty when

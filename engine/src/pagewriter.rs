@@ -38,6 +38,7 @@ struct Batch {
 
 type EncodedPool = Arc<Mutex<Vec<wire::EncodedChunks>>>;
 
+#[derive(Debug)]
 pub struct PageWriter {
     free_rx: Receiver<Vec<u8>>,
     work_tx: Option<SyncSender<Batch>>,

@@ -98,7 +98,7 @@ impl fmt::Display for StopReason {
 /// Decides, after each round, whether to stop pre-copy.
 ///
 /// `Send` so the loop may run on any thread.
-pub trait StopPolicy: Send {
+pub trait StopPolicy: Send + std::fmt::Debug {
     /// The policy's spec, as accepted by [`PolicySpec::from_str`].
     fn name(&self) -> String;
     /// `rounds`: every round so far, oldest first (`rounds[0]` is the full

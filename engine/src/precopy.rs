@@ -64,6 +64,7 @@ pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Preco
 
 /// A pre-copy in progress, driven round by round (by `precopy_dump`, or by
 /// a migration that ships each round as soon as it is written).
+#[derive(Debug)]
 pub struct Precopy {
     pid: i32,
     dir: PathBuf,
@@ -259,6 +260,7 @@ impl Precopy {
 /// must be killed (the copy elsewhere runs) or thawed (it carries on).
 /// Dropping it thaws it. A dirty-page tracker still registered in it is
 /// removed before it runs again (and not at all if it is killed).
+#[derive(Debug)]
 pub struct Frozen {
     tracker: Option<Box<dyn track::DirtyTracker>>,
     /// See [`DumpOptions::keep_net_lock`].

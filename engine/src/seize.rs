@@ -22,6 +22,7 @@ fn in_job_stop(pid: i32) -> bool {
 type Intercepted = Vec<(i32, [u8; 128])>;
 
 /// A thread of the target other than the main one, stopped.
+#[derive(Debug)]
 pub struct SeizedThread {
     pub tid: i32,
     /// Registers exactly as found at the stop.
@@ -43,6 +44,7 @@ impl SeizedThread {
 /// A seized, stopped target (every thread). Dropping it without
 /// [`Seized::kill`] puts the registers back, removes the scratch mapping and
 /// detaches, so the program continues as if nothing happened.
+#[derive(Debug)]
 pub struct Seized {
     pub pid: i32,
     /// Registers of the main thread exactly as found at the stop.
@@ -136,6 +138,7 @@ pub fn resume_regs(found: &libc::user_regs_struct) -> libc::user_regs_struct {
 /// A process frozen by a cgroup freezer whose threads are seized and asked
 /// to stop: they stop once thawed ([`finish`](Self::finish)). Dropped
 /// unfinished, its threads are let go.
+#[derive(Debug)]
 pub struct FrozenSeize {
     pid: i32,
     tids: Vec<i32>,

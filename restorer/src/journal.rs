@@ -25,6 +25,7 @@ use tracing::warn;
 /// Entries older than this are removed when a daemon starts.
 const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
+#[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     /// Sessions in progress in this daemon.

@@ -143,6 +143,7 @@ pub struct Restored {
 }
 
 /// A whole image, read and verified.
+#[derive(Debug)]
 pub struct Image {
     pub dir: PathBuf,
     pub inventory: wire::Inventory,
@@ -533,7 +534,7 @@ pub(crate) struct Parts {
 /// repair mode, their packets dropped by a lock in this network namespace.
 /// Dropped unused (restore failed), the connections vanish silently and
 /// the lock is lifted.
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Network {
     repaired: Vec<tern_state::sockets::Repaired>,
     lock: Option<tern_sys::netlock::NetLock>,
@@ -594,6 +595,7 @@ impl Network {
     }
 }
 
+#[derive(Debug)]
 pub struct Prepared {
     puppet: Puppet,
     /// Whether this program (a single one, a tree's root) keeps its fresh

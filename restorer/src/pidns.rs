@@ -37,6 +37,7 @@ const REAPER_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// init waits in the kernel (`zap_pid_ns_processes`) until every process of
 /// its namespace has been reaped, and our puppets are reaped only by us,
 /// their tracer: waiting for the init first would wait forever.
+#[derive(Debug)]
 pub struct PidNamespace {
     /// The reaper's pid as this (the host's) namespace sees it.
     pub reaper: i32,

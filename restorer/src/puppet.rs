@@ -13,6 +13,7 @@ use tern_sys::proc;
 use tern_sys::{ptrace, remote, RemoteThread};
 
 /// A child stopped under our ptrace; killed on drop unless released.
+#[derive(Debug)]
 pub struct Puppet {
     pub pid: i32,
     pub remote: RemoteThread,

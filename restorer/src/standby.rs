@@ -31,6 +31,7 @@ pub struct RoundApplied {
     pub ms: f64,
 }
 
+#[derive(Debug)]
 pub struct Standby {
     puppet: Puppet,
     ns_pid: Option<i32>,

@@ -40,6 +40,7 @@ pub(crate) struct Imports {
 }
 
 /// A restored tree, every process stopped until [`resume`](Self::resume).
+#[derive(Debug)]
 pub struct PreparedTree {
     /// The root first.
     members: Vec<Prepared>,

@@ -84,6 +84,7 @@ const SIOCINQ: libc::c_ulong = 0x541B;
 const SIOCOUTQ: libc::c_ulong = 0x5411;
 
 /// One socket of a stopped program, as first looked at.
+#[derive(Debug)]
 pub struct Probe {
     pub fd: i32,
     /// tern's duplicate (same socket, same open file description).
@@ -371,7 +372,7 @@ fn read_connection(pid: i32, p: &Probe) -> Result<wire::TcpConnection> {
 /// through tern's duplicates, their packets dropped by a [`NetLock`].
 /// Dropping it (or [`release`](Self::release)) puts them back as they were:
 /// repair off, lock removed.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Held {
     repaired: Vec<(i32, OwnedFd)>,
     lock: Option<NetLock>,
@@ -752,6 +753,7 @@ fn rebuild_connection(
 
 /// An established connection rebuilt in repair mode, waiting for the
 /// program to run.
+#[derive(Debug)]
 pub struct Repaired {
     dup: OwnedFd,
     unsent: Vec<u8>,

@@ -54,6 +54,7 @@ pub fn fork_traced_stopped(
 }
 
 /// How the init of a fresh PID namespace behaves ([`fork_pid_namespace_init`]).
+#[derive(Debug)]
 pub struct NamespaceInit {
     /// Its name in `ps`: NUL-terminated, at most 16 bytes with the NUL.
     pub name: &'static [u8],

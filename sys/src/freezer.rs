@@ -22,6 +22,7 @@ pub enum Version {
     V1,
 }
 
+#[derive(Debug)]
 pub struct CgroupFreezer {
     version: Version,
     /// The hierarchy's root.

@@ -184,7 +184,7 @@ pub fn errno_result(r: i64) -> std::io::Result<u64> {
 /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, Linux 5.7+),
 /// for `clone3`.
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct CloneArgs {
     pub flags: u64,
     pub pidfd: u64,

@@ -76,6 +76,7 @@ pub fn vm_write(pid: i32, addr: u64, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// `/proc/PID/mem`, for ranges `process_vm_*` refuses (PROT_NONE, read-only).
+#[derive(Debug)]
 pub struct ProcMem {
     file: File,
 }

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 /// the earliest hook (priority raw): while a connection is between two
 /// machines neither kernel may answer its peer (an ACK of data the image
 /// does not hold, or a reset from a socket not there yet).
+#[derive(Debug)]
 pub struct NetLock {
     table: String,
     /// The namespace, held open; `None`: tern's own.

@@ -167,6 +167,7 @@ pub const PM_FILE_OR_SHARED_ANON: u64 = 1 << 61;
 pub const PM_SOFT_DIRTY: u64 = 1 << 55;
 
 /// `/proc/PID/pagemap`, read a whole range at a time.
+#[derive(Debug)]
 pub struct Pagemap {
     file: File,
 }

@@ -11,6 +11,7 @@ use super::{mem, ptrace};
 use std::io;
 
 /// A thread stopped under ptrace that can execute injected syscalls.
+#[derive(Debug)]
 pub struct RemoteThread {
     pub tid: i32,
     gadget: u64,

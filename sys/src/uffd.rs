@@ -36,6 +36,7 @@ pub const UFFDIO_UNREGISTER: libc::Ioctl = ior(0xaa, 0x01, size_of::<UffdioRange
 const _: () = assert!(UFFDIO_UNREGISTER as u64 == 0x8010_aa01);
 
 #[repr(C)]
+#[derive(Debug)]
 pub struct UffdioApi {
     pub api: u64,
     pub features: u64,
@@ -43,13 +44,14 @@ pub struct UffdioApi {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct UffdioRange {
     pub start: u64,
     pub len: u64,
 }
 
 #[repr(C)]
+#[derive(Debug)]
 pub struct UffdioRegister {
     pub range: UffdioRange,
     pub mode: u64,
@@ -57,6 +59,7 @@ pub struct UffdioRegister {
 }
 
 #[repr(C)]
+#[derive(Debug)]
 pub struct UffdioWriteprotect {
     pub range: UffdioRange,
     pub mode: u64,
@@ -64,7 +67,7 @@ pub struct UffdioWriteprotect {
 
 /// `struct page_region`, one run of pages `PAGEMAP_SCAN` reports.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Debug)]
 pub struct PageRegion {
     pub start: u64,
     pub end: u64,
@@ -73,6 +76,7 @@ pub struct PageRegion {
 
 /// `struct pm_scan_arg` (`include/uapi/linux/fs.h`).
 #[repr(C)]
+#[derive(Debug)]
 pub struct PmScanArg {
     pub size: u64,
     pub flags: u64,

@@ -69,12 +69,21 @@ fn chunk_header(
     h[4] = codec;
     h[8..16].copy_from_slice(&key.to_le_bytes());
     h[16..20].copy_from_slice(&raw_len.to_le_bytes());
-    h[20..24].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&chunk_len(stored.len()).to_le_bytes());
     h[24..32].copy_from_slice(&xxh3_64(stored).to_le_bytes());
     h[32..40].copy_from_slice(&count.to_le_bytes());
     let sum = xxh3_64(&h[..40]);
     h[40..48].copy_from_slice(&sum.to_le_bytes());
     h
+}
+
+/// A chunk's length as its header stores it. Callers split data into
+/// pieces of at most [`MAX_CHUNK_RAW`] bytes and keep a compressed form only
+/// when it is smaller, so every length fits in 32 bits.
+#[allow(clippy::cast_possible_truncation)]
+fn chunk_len(n: usize) -> u32 {
+    debug_assert!(n <= MAX_CHUNK_RAW as usize);
+    n as u32
 }
 
 /// Turns raw data into encoded chunks (header + stored bytes). Separate from
@@ -83,6 +92,14 @@ pub struct ChunkEncoder {
     codec: Codec,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkEncoder")
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Encoded chunks ready to append to a chunk file, with their totals.
@@ -199,7 +216,7 @@ impl ChunkEncoder {
             }
         }
         if codec == Codec::Raw {
-            let h = chunk_header(TAG_DATA, codec.id(), key, data.len() as u32, data, 0);
+            let h = chunk_header(TAG_DATA, codec.id(), key, chunk_len(data.len()), data, 0);
             out.push_inline(&h);
             out.parts.push(Part::Source(range));
         } else {
@@ -207,7 +224,7 @@ impl ChunkEncoder {
                 TAG_DATA,
                 codec.id(),
                 key,
-                data.len() as u32,
+                chunk_len(data.len()),
                 &self.scratch,
                 0,
             );
@@ -222,6 +239,7 @@ impl ChunkEncoder {
     }
 }
 
+#[derive(Debug)]
 pub struct ChunkWriter {
     path: PathBuf,
     out: BufWriter<File>,
@@ -312,6 +330,16 @@ pub struct ChunkReader<R: Read> {
     finished: bool,
     stored: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl<R: Read> std::fmt::Debug for ChunkReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkReader")
+            .field("path", &self.path)
+            .field("offset", &self.offset)
+            .field("chunks_seen", &self.chunks_seen)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChunkReader<BufReader<File>> {

@@ -661,6 +661,7 @@ pub struct InotifyWatch {
 
 /// A migration's staging directory, removed however the migration ends
 /// (used by both ends).
+#[derive(Debug)]
 pub struct Staging(pub std::path::PathBuf);
 
 impl Drop for Staging {

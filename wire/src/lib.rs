@@ -10,6 +10,8 @@
 //! always detected.
 
 #![deny(unsafe_code)]
+// Lengths read from files and the network must never wrap silently.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 pub mod chunks;
 pub mod hashes;

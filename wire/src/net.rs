@@ -426,6 +426,7 @@ where
 }
 
 /// The sending half of an established channel.
+#[derive(Debug)]
 pub struct Sender<W> {
     io: W,
     noise: Arc<snow::StatelessTransportState>,
@@ -453,7 +454,14 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
                 limit: MAX_MESSAGE,
             });
         }
-        plain[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        let Ok(len) = u32::try_from(body_len) else {
+            self.plain = plain;
+            return Err(NetError::TooLarge {
+                size: body_len,
+                limit: MAX_MESSAGE,
+            });
+        };
+        plain[..4].copy_from_slice(&len.to_le_bytes());
         let piece = NOISE_MAX - TAG;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
@@ -465,7 +473,9 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
                 .write_message(self.nonce, p, &mut out[at + 2..])
                 .map_err(|_| NetError::Decrypt)?;
             self.nonce += 1;
-            out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+            // A Noise message is at most NOISE_MAX (65535) bytes.
+            let n16 = u16::try_from(n).map_err(|_| NetError::Decrypt)?;
+            out[at..at + 2].copy_from_slice(&n16.to_be_bytes());
             out.truncate(at + 2 + n);
         }
         let r = async {
@@ -488,6 +498,7 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
 }
 
 /// The receiving half of an established channel.
+#[derive(Debug)]
 pub struct Receiver<R> {
     io: R,
     noise: Arc<snow::StatelessTransportState>,

@@ -26,6 +26,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Pages per read (4 MiB).
 const BATCH: usize = 1024;
 
+#[derive(Debug)]
 pub struct HashTracker {
     pid: i32,
     pagemap: Pagemap,

@@ -280,7 +280,7 @@ pub struct RoundStats {
 /// A dirty-page tracker attached to one process.
 ///
 /// Dropping it calls [`finish`](DirtyTracker::finish) (errors are logged).
-pub trait DirtyTracker {
+pub trait DirtyTracker: std::fmt::Debug {
     /// `"uffd-wp"`, `"soft-dirty"` or `"hash"`.
     fn name(&self) -> &'static str;
     fn pid(&self) -> i32;
@@ -468,6 +468,7 @@ fn read_maps(pid: i32) -> Result<Vec<MapEntry>> {
 
 /// Reads pages of the target in large batches: `process_vm_readv`, falling
 /// back to `/proc/PID/mem` page by page where it faults.
+#[derive(Debug)]
 struct PageReader {
     pid: i32,
     mem: Option<ProcMem>,

@@ -23,6 +23,7 @@ use crate::seize::Seized;
 use std::time::{Duration, Instant};
 use tern_sys::proc::{MapEntry, Pagemap, PM_SOFT_DIRTY};
 
+#[derive(Debug)]
 pub struct SoftDirtyTracker {
     pid: i32,
     pagemap: Pagemap,

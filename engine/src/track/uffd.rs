@@ -43,6 +43,7 @@ const SCAN_VEC: usize = 4096;
 
 const WANTED_FEATURES: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
 
+#[derive(Debug)]
 pub struct UffdWpTracker {
     pid: i32,
     /// tern's copy of the uffd created in the target; `None` once finished.
