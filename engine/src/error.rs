@@ -60,17 +60,7 @@ pub trait Context<T> {
 
 impl<T> Context<T> for io::Result<T> {
     fn ctx(self, pid: i32, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| {
-            if source.raw_os_error() == Some(libc::ESRCH) {
-                EngineError::NoProcess { pid }
-            } else {
-                EngineError::Sys {
-                    pid,
-                    what: what(),
-                    source,
-                }
-            }
-        })
+        Ok(tern_sys::Context::ctx(self, pid, what)?)
     }
 }
 

@@ -17,7 +17,7 @@ use std::ffi::c_void;
 use std::fs;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -1387,34 +1387,17 @@ fn setup_uffd_wp(pages: usize) -> Result<UffdWpRange, String> {
     })
 }
 
-/// `PAGEMAP_SCAN` over `[start, end)` for written pages, re-protecting them.
+/// `PAGEMAP_SCAN` over `[start, end)` for written pages, re-protecting them
+/// (the tracker's own call).
 fn scan_written(
     pagemap: &fs::File,
     start: u64,
     end: u64,
     out: &mut [PageRegion],
 ) -> Result<usize, String> {
-    let mut arg = PmScanArg {
-        size: size_of::<PmScanArg>() as u64,
-        flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-        start,
-        end,
-        walk_end: 0,
-        vec: out.as_mut_ptr() as u64,
-        vec_len: out.len() as u64,
-        max_pages: 0,
-        category_inverted: 0,
-        category_mask: PAGE_IS_WRITTEN,
-        category_anyof_mask: 0,
-        return_mask: PAGE_IS_WRITTEN,
-    };
-    // SAFETY: PAGEMAP_SCAN reads and writes one `struct pm_scan_arg` (`arg`,
-    // 96 bytes) and writes at most `vec_len` `page_region`s into `out`.
-    let ret = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, ptr::addr_of_mut!(arg)) };
-    if ret < 0 {
-        return Err(sys_err("ioctl(PAGEMAP_SCAN) (6.7+)"));
-    }
-    Ok(ret as usize)
+    crate::uffd::scan_written_and_protect(pagemap.as_fd(), start, end, out)
+        .map(|(n, _walk_end)| n)
+        .map_err(|e| format!("ioctl(PAGEMAP_SCAN) (6.7+): {e}"))
 }
 
 fn probe_uffd_wp_async() -> Outcome {
