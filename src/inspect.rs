@@ -246,6 +246,9 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
             wire::FdKind::Inherited { what } => {
                 format!("{what} (taken from the restorer's own fd)")
             }
+            wire::FdKind::External { name, what, .. } => {
+                format!("{what}, shared with the outside: replaced by --inherit-fd fd[N]:{name}")
+            }
             wire::FdKind::Pipe { id, write_end, .. } => {
                 let held = image
                     .files

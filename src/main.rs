@@ -8,6 +8,7 @@ mod bench_storage;
 mod bench_svg;
 mod demo;
 mod edges;
+mod fdspec;
 mod inspect;
 mod migrate;
 mod track;
@@ -109,6 +110,12 @@ enum Cmd {
         /// seize; cgroup2 `cgroup.freeze` or the v1 freezer).
         #[arg(long, default_value = "ptrace")]
         freezer: tern_engine::dump::Freezer,
+        /// An fd shared with a process outside the dump (e.g. a pipe from a
+        /// supervisor): not saved, but named NAME (default: what it is,
+        /// e.g. pipe:[1234]) for the restore to replace with
+        /// --inherit-fd fd[M]:NAME. Repeatable.
+        #[arg(long, value_name = "fd[N][:NAME]")]
+        external: Vec<fdspec::ExternalFd>,
         #[command(flatten)]
         rounds: RoundArgs,
     },
@@ -157,6 +164,10 @@ enum Cmd {
         /// signal N), as if the shell had started it.
         #[arg(long)]
         shell_job: bool,
+        /// Put this tern's fd N in place of the image's fd that was named
+        /// NAME at dump (`--external`). Repeatable.
+        #[arg(long, value_name = "fd[N]:NAME")]
+        inherit_fd: Vec<fdspec::InheritFd>,
     },
     /// Show what an image holds.
     Inspect {
@@ -249,6 +260,12 @@ enum Cmd {
         /// TERN_DESTINATION. If it fails, the program resumes here.
         #[arg(long)]
         handoff_cmd: Option<String>,
+        /// An fd shared with a process outside the dump (e.g. a pipe from a
+        /// supervisor): not saved, but named NAME (default: what it is,
+        /// e.g. pipe:[1234]) for the restore to replace with
+        /// --inherit-fd fd[M]:NAME. Repeatable.
+        #[arg(long, value_name = "fd[N][:NAME]")]
+        external: Vec<fdspec::ExternalFd>,
         /// If the link fails after the destination was told to resume the
         /// program: how long to keep asking it what happened, in ms, before
         /// leaving the program stopped here for `tern resolve`.
@@ -314,6 +331,7 @@ fn run(cmd: Cmd) -> Result<()> {
             parent,
             pre_copy,
             freezer,
+            external,
             rounds,
         } => {
             let opts = tern_engine::DumpOptions {
@@ -324,6 +342,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 tcp_established,
                 keep_net_lock: true,
                 freezer,
+                external: fdspec::external_fds(pid, &external)?,
             };
             if pre_copy && freezer == tern_engine::dump::Freezer::Cgroup {
                 // Refused rather than ignored: pre-copy freezes with ptrace.
@@ -430,12 +449,14 @@ fn run(cmd: Cmd) -> Result<()> {
             pid_ns,
             standby,
             shell_job,
+            inherit_fd,
         } => {
             let opts = tern_restorer::RestoreOptions {
                 new_pid,
                 pid_wait: Duration::from_millis(pid_wait_ms),
                 pid_ns,
                 shell_job,
+                inherit_fds: fdspec::inherit_fds(&inherit_fd)?,
             };
             let mut processes = 1;
             let r = if standby {
@@ -493,6 +514,7 @@ fn run(cmd: Cmd) -> Result<()> {
             report,
             tcp_established,
             handoff_cmd,
+            external,
             settle_timeout_ms,
         } => {
             let compress = match compress.as_str() {
@@ -512,6 +534,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 // The source lifts it once the destination runs the program.
                 keep_net_lock: false,
                 freezer: tern_engine::dump::Freezer::Ptrace,
+                external: fdspec::external_fds(pid, &external)?,
             };
             migrate::migrate(migrate::MigrateArgs {
                 pid,

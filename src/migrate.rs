@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// Write "HOST:PORT" here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Put this daemon's fd N in place of a migrated program's fd that
+    /// was named NAME at the source (`tern migrate --external`): e.g. a
+    /// pipe to this machine's supervisor. Repeatable.
+    #[arg(long, value_name = "fd[N]:NAME")]
+    pub inherit_fd: Vec<crate::fdspec::InheritFd>,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -72,6 +77,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         work_dir: default_work_dir(a.work_dir),
         restore: tern_restorer::RestoreOptions {
             pid_ns: a.pid_ns,
+            inherit_fds: crate::fdspec::inherit_fds(&a.inherit_fd)?,
             ..Default::default()
         },
         max_sessions: a.max_sessions,

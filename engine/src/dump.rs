@@ -44,6 +44,10 @@ pub struct DumpOptions {
     pub keep_net_lock: bool,
     /// How a process tree is stopped.
     pub freezer: Freezer,
+    /// Fds of the dumped process shared with processes outside the dump
+    /// (a supervisor's pipe), by fd number, with the name the restore
+    /// finds their replacement under (`--external fd[N]:NAME`).
+    pub external: std::collections::BTreeMap<i32, String>,
 }
 
 impl Default for DumpOptions {
@@ -56,6 +60,7 @@ impl Default for DumpOptions {
             tcp_established: false,
             keep_net_lock: true,
             freezer: Freezer::Ptrace,
+            external: Default::default(),
         }
     }
 }
@@ -111,14 +116,14 @@ fn unsupported(pid: i32, reason: impl Into<String>) -> EngineError {
 /// [`preflight`], and every fd checked to be one tern can restore: for a
 /// pre-copy, which would otherwise learn of an unsupported fd only once the
 /// rounds are over and the program is frozen.
-pub(crate) fn preflight_all(pid: i32, tcp_established: bool) -> Result<()> {
+pub(crate) fn preflight_all(pid: i32, opts: &DumpOptions) -> Result<()> {
     preflight(pid)?;
-    let conns = if tcp_established {
+    let conns = if opts.tcp_established {
         Connections::Check
     } else {
         Connections::Refuse
     };
-    capture_files(pid, None, conns, &CrossProcess::default()).map(|_| ())
+    capture_files(pid, None, conns, &CrossProcess::alone(opts)).map(|_| ())
 }
 
 /// What a process of a tree shares with the others (see `crate::tree`).
@@ -130,6 +135,19 @@ pub(crate) struct CrossProcess {
     /// Inodes of the sockets any process of the tree holds: a unix socket
     /// may be paired with one of them.
     pub sockets: std::collections::BTreeSet<u64>,
+    /// This process's fds the user named as shared with the outside
+    /// ([`DumpOptions::external`]): the root's only.
+    pub external: std::collections::BTreeMap<i32, String>,
+}
+
+impl CrossProcess {
+    /// A process dumped alone: it shares nothing but what the user named.
+    pub(crate) fn alone(opts: &DumpOptions) -> CrossProcess {
+        CrossProcess {
+            external: opts.external.clone(),
+            ..CrossProcess::default()
+        }
+    }
 }
 
 pub(crate) fn preflight(pid: i32) -> Result<()> {
@@ -235,7 +253,7 @@ fn dump_seized(
         opts,
         parent,
         None,
-        &CrossProcess::default(),
+        &CrossProcess::alone(opts),
     )?;
     if opts.leave_running {
         seized.release()?;
@@ -1578,6 +1596,23 @@ fn capture_files(
             .ok_or_else(|| unsupported(pid, format!("fd {fd}: unreadable fdinfo")))?;
         listed.push((fd, link, info));
     }
+    for fd in cross.external.keys() {
+        if !fds.contains(fd) {
+            return Err(unsupported(
+                pid,
+                format!("fd {fd}, named by --external, is not open"),
+            ));
+        }
+    }
+    // Named shared with the outside (and their duplicates): nothing of
+    // them is taken.
+    let outside = |fd: i32| {
+        cross
+            .external
+            .keys()
+            .any(|&e| e == fd || same_file(pid, e, fd))
+    };
+    let own: Vec<_> = listed.iter().filter(|l| !outside(l.0)).cloned().collect();
     // Pipes the process holds both ends of are its own: saved with their data.
     let pipe_id = |link: &str| {
         link.strip_prefix("pipe:[")
@@ -1585,10 +1620,10 @@ fn capture_files(
             .and_then(|n| n.parse::<u64>().ok())
     };
     let mut pipes: Vec<wire::Pipe> = Vec::new();
-    for (fd, link, info) in &listed {
+    for (fd, link, info) in &own {
         let Some(id) = pipe_id(link) else { continue };
         let is_reader = info.flags & libc::O_ACCMODE == libc::O_RDONLY;
-        let has_writer = listed
+        let has_writer = own
             .iter()
             .any(|(_, l, i)| pipe_id(l) == Some(id) && i.flags & libc::O_ACCMODE == libc::O_WRONLY);
         if is_reader
@@ -1601,8 +1636,8 @@ fn capture_files(
             pipes.push(wire::Pipe { id, size, data });
         }
     }
-    let unix_pairs = tern_state::sockets::capture_unix_pairs(pid, &listed, &cross.sockets)?;
-    let sockets = take_sockets(pid, &listed, &unix_pairs, conns)?;
+    let unix_pairs = tern_state::sockets::capture_unix_pairs(pid, &own, &cross.sockets)?;
+    let sockets = take_sockets(pid, &own, &unix_pairs, conns)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
     for (fd, link, info) in listed {
         let link = link.as_str();
@@ -1619,6 +1654,24 @@ fn capture_files(
             continue;
         }
         let desc = fd as u32;
+        if let Some(name) = cross.external.get(&fd) {
+            let mode = match info.flags & libc::O_ACCMODE {
+                libc::O_RDONLY => "read",
+                libc::O_WRONLY => "write",
+                _ => "read-write",
+            };
+            out.push(wire::Fd {
+                fd,
+                cloexec: info.flags & libc::O_CLOEXEC != 0,
+                desc,
+                kind: wire::FdKind::External {
+                    name: name.clone(),
+                    what: format!("{link} ({mode})"),
+                    flags: info.flags & libc::O_NONBLOCK,
+                },
+            });
+            continue;
+        }
         if let Some(id) =
             pipe_id(link).filter(|id| pipes.iter().any(|p| p.id == *id) || cross.pipes.contains(id))
         {
@@ -1758,8 +1811,9 @@ fn fd_kind(
         return Err(unsupported(
             pid,
             format!(
-                "{}: pipes to other processes and sockets other than stdio are not supported yet",
-                what()
+                "{} is shared with {}: name it with --external fd[{fd}]:NAME and give the restore its replacement with --inherit-fd fd[N]:NAME",
+                what(),
+                proc::describe_holders(link, &[pid])
             ),
         ));
     }

@@ -544,7 +544,7 @@ pub fn migrate(
 ) -> Result<MigrationReport> {
     let t_start = Instant::now();
     let fail = |what: String| EngineError::Migration { pid, what };
-    crate::dump::preflight_all(pid, opts.precopy.dump.tcp_established)?;
+    crate::dump::preflight_all(pid, &opts.precopy.dump)?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();

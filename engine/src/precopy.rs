@@ -84,7 +84,7 @@ pub struct Precopy {
 impl Precopy {
     /// Check the program can be dumped and start tracking its writes.
     pub fn start(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Precopy> {
-        dump::preflight_all(pid, opts.dump.tcp_established)?;
+        dump::preflight_all(pid, &opts.dump)?;
         dump::prepare_dir(dir)?;
         let tracker = track::open_tracker(pid, opts.tracker)?;
         let stop_policy = policy::build(&opts.policy, &opts.limits);
@@ -221,7 +221,7 @@ impl Precopy {
                 // bit of a zapped page.
                 exact: matches!(self.tracker.name(), "uffd-wp" | "hash"),
             }),
-            &dump::CrossProcess::default(),
+            &dump::CrossProcess::alone(&final_opts),
         )?;
         let stop_reason = match (self.stop_reason, self.stop_reason_before_forced) {
             (Some(r), _) => r,
@@ -391,7 +391,7 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
         opts,
         &[],
         None,
-        &dump::CrossProcess::default(),
+        &dump::CrossProcess::alone(opts),
     )?;
     Ok(Frozen {
         keep_net_lock: opts.keep_net_lock,

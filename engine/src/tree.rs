@@ -84,6 +84,7 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
     let cross = CrossProcess {
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
         sockets,
+        external: Default::default(),
     };
     // Children first; the root's inventory last marks the image complete.
     let mut stats = Vec::with_capacity(procs.len());
@@ -96,7 +97,11 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
     let mut tree = tree;
     tree.processes = procs.clone();
     wire::write_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree, &tree)?;
-    let st = dump::dump_frozen(&mut seized[0], t0, dir, opts, &[], None, &cross)?;
+    let root_cross = CrossProcess {
+        external: opts.external.clone(),
+        ..cross
+    };
+    let st = dump::dump_frozen(&mut seized[0], t0, dir, opts, &[], None, &root_cross)?;
     stats.insert(0, (root, st));
     for s in seized.iter_mut().rev() {
         if opts.leave_running {

@@ -20,6 +20,7 @@ use puppet::Puppet;
 use shape::{SCRATCH_AUXV, SCRATCH_LEN, SCRATCH_PATH, SCRATCH_STRUCT};
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +51,15 @@ pub enum RestoreError {
     },
     #[error("cannot restore here: {0}")]
     Unsupported(String),
+    /// An fd the image shares with a process outside it has no
+    /// replacement among the options.
+    #[error("process {pid}'s fd {fd} ({what}) was shared with a process outside the image, named {name:?}: give its replacement with --inherit-fd fd[N]:{name}")]
+    NotInherited {
+        pid: i32,
+        fd: i32,
+        name: String,
+        what: String,
+    },
     /// The restored program would not have exactly the image's
     /// credentials (it is never run with others).
     #[error("cannot give the program exactly the image's credentials: {0}")]
@@ -94,6 +104,10 @@ pub struct RestoreOptions {
     /// process group (so its terminal's job control reaches it) instead of
     /// a session of its own.
     pub shell_job: bool,
+    /// Replacements for the image's fds that were shared with processes
+    /// outside it (`FdKind::External`): name -> this process's fd, put in
+    /// their place (`--inherit-fd fd[N]:NAME`). Left open here.
+    pub inherit_fds: BTreeMap<String, RawFd>,
 }
 
 /// When to restore into a fresh PID namespace (where the image's ids are
@@ -126,6 +140,7 @@ impl Default for RestoreOptions {
             pid_wait: Duration::from_secs(5),
             shell_job: false,
             pid_ns: PidNsMode::Auto,
+            inherit_fds: BTreeMap::new(),
         }
     }
 }
@@ -429,8 +444,9 @@ fn check_creds_reproducible(c: &wire::Creds) -> Result<()> {
 
 /// Check, before any process is created, that everything outside the
 /// image that it refers to is still there and unchanged.
-fn check_outside_world(image: &Image) -> Result<()> {
+fn check_outside_world(image: &Image, opts: &RestoreOptions) -> Result<()> {
     check_creds_reproducible(&image.core.creds)?;
+    inherited_fds(image, opts)?;
     for v in &image.mm.vmas {
         if let wire::VmaKind::File { file, .. } = &v.kind {
             check_same_file(file)?;
@@ -448,6 +464,40 @@ fn check_outside_world(image: &Image) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The image's fds shared with the outside -> the fd of tern's given for
+/// each ([`RestoreOptions::inherit_fds`]); refuses, naming the fd, if one
+/// has none.
+pub(crate) fn inherited_fds(image: &Image, opts: &RestoreOptions) -> Result<BTreeMap<i32, RawFd>> {
+    let mut out = BTreeMap::new();
+    for f in &image.files.fds {
+        if let wire::FdKind::External { name, what, .. } = &f.kind {
+            let tern_fd = opts
+                .inherit_fds
+                .get(name)
+                .ok_or_else(|| RestoreError::NotInherited {
+                    pid: image.core.pid,
+                    fd: f.fd,
+                    name: name.clone(),
+                    what: what.clone(),
+                })?;
+            out.insert(f.fd, *tern_fd);
+        }
+    }
+    Ok(out)
+}
+
+/// The first fd number above every one the image uses: where tern's own
+/// pidfd waits in a puppet that takes fds from tern.
+pub(crate) fn above_image_fds<'a>(images: impl IntoIterator<Item = &'a Image>) -> i32 {
+    images
+        .into_iter()
+        .flat_map(|i| i.files.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1
 }
 
 /// A new puppet for the program `pid` (threads `tids`), in a fresh PID
@@ -702,7 +752,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     let t0 = Instant::now();
     let image = Image::load(dir)?;
-    check_outside_world(&image)?;
+    check_outside_world(&image, opts)?;
     // Not needed to rebuild the process, but part of the image: a damaged
     // table means a damaged image, and a later `--parent` would trust it.
     let final_pages = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
@@ -714,9 +764,33 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         }
     }
     let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
-    let (mut puppet, want) = spawn_puppet(image.core.pid, &tids, opts, None)?;
-    let parts = build_all(&image, &ancestors, &final_pages, &mut puppet, opts, None)
-        .map_err(|e| explain(&puppet, e))?;
+    // Fds given for the image's external ones: the puppet takes them from
+    // tern through tern's pidfd, kept above the image's fd numbers.
+    let inherited = inherited_fds(&image, opts)?;
+    let (tern_pidfd, imports) = if inherited.is_empty() {
+        (None, None)
+    } else {
+        let pidfd = tern_sys::pidfd_open(std::process::id() as i32)
+            .step(image.core.pid, || "pidfd_open of tern itself".into())?;
+        let chan = above_image_fds([&image]);
+        let imports = tree::Imports {
+            chan: chan as u64,
+            fds: inherited,
+            maps: BTreeMap::new(),
+        };
+        (Some((pidfd, chan)), Some(imports))
+    };
+    let keep = tern_pidfd.as_ref().map(|(p, chan)| (p.as_raw_fd(), *chan));
+    let (mut puppet, want) = spawn_puppet(image.core.pid, &tids, opts, keep)?;
+    let parts = build_all(
+        &image,
+        &ancestors,
+        &final_pages,
+        &mut puppet,
+        opts,
+        imports.as_ref(),
+    )
+    .map_err(|e| explain(&puppet, e))?;
     let ns_pid = want.unwrap_or(puppet.pid);
     Ok(Prepared::new(puppet, true, ns_pid, parts, t0))
 }
@@ -1063,7 +1137,19 @@ impl Builder<'_> {
             let (tmp, offset, regular) = match &first.kind {
                 _ if imported.is_some() => {
                     let tern_fd = imported.unwrap_or(-1);
-                    (self.install(tern_fd)?, 0, false)
+                    let fd = self.install(tern_fd)?;
+                    if let wire::FdKind::External { flags, .. } = &first.kind {
+                        self.keep_nonblock(fd, *flags, "an inherited fd")?;
+                    }
+                    (fd, 0, false)
+                }
+                wire::FdKind::External { name, what, .. } => {
+                    return Err(RestoreError::NotInherited {
+                        pid: self.image.core.pid,
+                        fd: first.fd,
+                        name: name.clone(),
+                        what: what.clone(),
+                    });
                 }
                 wire::FdKind::Inherited { what } => {
                     for m in members {

@@ -15,6 +15,7 @@ use crate::puppet::Puppet;
 use crate::shape::{self, SCRATCH_LEN};
 use crate::{Builder, Image, Prepared, RestoreError, RestoreOptions, Result, StepContext};
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_sys::mem;
@@ -49,7 +50,14 @@ pub struct Standby {
     kernel_release: String,
     opts: RestoreOptions,
     pages_bytes: u64,
+    /// The puppet's fd holding tern's pidfd, when fds are to be inherited
+    /// (`RestoreOptions::inherit_fds`): made before the image's fd numbers
+    /// are known, moved above them at the end.
+    tern_chan: Option<u64>,
 }
+
+/// Where a standby's puppet keeps tern's pidfd until the final image.
+const STANDBY_CHAN: i32 = 3;
 
 fn load_round(dir: &Path) -> Result<(wire::Inventory, wire::Layout)> {
     crate::check_image_trusted(dir)?;
@@ -157,7 +165,16 @@ impl Standby {
         let (inv, layout) = load_round(round0)?;
         // Threads are only known at the end: the main pid decides.
         let table = wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?;
-        let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, None)?;
+        let tern_pidfd = if opts.inherit_fds.is_empty() {
+            None
+        } else {
+            Some(
+                tern_sys::pidfd_open(std::process::id() as i32)
+                    .step(inv.pid, || "pidfd_open of tern itself".into())?,
+            )
+        };
+        let keep = tern_pidfd.as_ref().map(|p| (p.as_raw_fd(), STANDBY_CHAN));
+        let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, keep)?;
         let mut standby = Standby {
             puppet,
             ns_pid: want,
@@ -170,6 +187,7 @@ impl Standby {
             kernel_release: inv.kernel_release.clone(),
             opts: opts.clone(),
             pages_bytes: 0,
+            tern_chan: keep.map(|_| STANDBY_CHAN as u64),
         };
         let t = Instant::now();
         let built = (|| {
@@ -533,7 +551,7 @@ impl Standby {
         let image = Image::load(dir)?;
         self.check_same_program(dir, &image.inventory)?;
         check_layout(dir, &image.mm.vmas, image.inventory.page_size)?;
-        crate::check_outside_world(&image)?;
+        crate::check_outside_world(&image, &self.opts)?;
         // A migration's final image brings only how its page table differs
         // from the last round's (which we hold); a local chain the whole table.
         let delta_path = dir.join(wire::TABLE_DELTA_FILE);
@@ -582,6 +600,7 @@ impl Standby {
             "standby memory final"
         );
         let table = full_table;
+        let imports = self.imports_for(&image)?;
         let no_ancestors: [PathBuf; 0] = [];
         let mut b = Builder {
             image: &image,
@@ -595,7 +614,7 @@ impl Standby {
             cur: 0,
             keep_ids: !self.opts.new_pid,
             net: Default::default(),
-            imports: None,
+            imports: imports.as_ref(),
         };
         b.build_rest()?;
         let parts = b.into_parts();
@@ -605,6 +624,31 @@ impl Standby {
             "standby complete, stopped"
         );
         Ok(parts)
+    }
+
+    /// What the puppet takes from tern: the fds given for the image's
+    /// external ones, through tern's pidfd, first moved above the image's
+    /// fd numbers (so restoring them cannot overwrite it).
+    fn imports_for(&mut self, image: &Image) -> Result<Option<crate::tree::Imports>> {
+        let Some(chan) = self.tern_chan.take() else {
+            return Ok(None);
+        };
+        let base = crate::above_image_fds([image]);
+        let p = &mut self.puppet;
+        let pid = p.pid;
+        let moved = p
+            .syscall(
+                libc::SYS_fcntl,
+                &[chan, libc::F_DUPFD_CLOEXEC as u64, base as u64],
+            )
+            .step(pid, || "move tern's pidfd above the image's fds".into())?;
+        p.syscall(libc::SYS_close, &[chan])
+            .step(pid, || "close tern's pidfd's first copy".into())?;
+        Ok(Some(crate::tree::Imports {
+            chan: moved,
+            fds: crate::inherited_fds(image, &self.opts)?,
+            maps: BTreeMap::new(),
+        }))
     }
 
     /// The kernel this standby's images were made on.

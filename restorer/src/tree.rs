@@ -18,8 +18,8 @@
 
 use crate::puppet::Puppet;
 use crate::{
-    build_all, check_outside_world, explain, spawn_puppet, Image, Prepared, RestoreError,
-    RestoreOptions, Restored, Result, StepContext,
+    above_image_fds, build_all, check_outside_world, explain, inherited_fds, spawn_puppet, Image,
+    Prepared, RestoreError, RestoreOptions, Restored, Result, StepContext,
 };
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -148,7 +148,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
                 format!("is not a plain image of process {}", p.pid),
             ));
         }
-        check_outside_world(&image)?;
+        check_outside_world(&image, opts)?;
         images.push(image);
     }
     let tables = images
@@ -161,13 +161,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         .flat_map(|i| i.core.threads.iter().map(|t| t.tid))
         .collect();
     // tern's pidfd sits above every fd number any image uses.
-    let chan = images
-        .iter()
-        .flat_map(|i| i.files.fds.iter().map(|f| f.fd))
-        .max()
-        .unwrap_or(2)
-        .max(2)
-        + 1;
+    let chan = above_image_fds(&images);
     let pidfd = tern_sys::pidfd_open(std::process::id() as i32)
         .step(root_pid, || "pidfd_open of tern itself".into())?;
     let (root, want) = spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
@@ -227,6 +221,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
             fds: BTreeMap::new(),
             maps: BTreeMap::new(),
         };
+        imports.fds.extend(inherited_fds(image, opts)?);
         for f in &image.files.fds {
             match &f.kind {
                 wire::FdKind::Pipe { id, write_end, .. } => {

@@ -552,9 +552,13 @@ pub fn capture_unix_pairs(
             _ => return Err(what(format!("not connected (state {})", s.state))),
         };
         if !ours.iter().any(|&(_, i, _)| i == peer) && !in_tree.contains(&peer) {
-            return Err(what(format!(
-                "connected to socket {peer}, which a process outside the dump holds"
-            )));
+            return Err(refuse(
+                pid,
+                format!(
+                    "fd {fd}: a unix socket connected to socket {peer}, held by {}: name it with --external fd[{fd}]:NAME and give the restore its replacement with --inherit-fd fd[N]:NAME",
+                    tern_sys::proc::describe_holders(&format!("socket:[{peer}]"), &[pid])
+                ),
+            ));
         }
         if s.shutdown != 0 {
             return Err(what("half shut down".into()));

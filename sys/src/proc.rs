@@ -246,6 +246,40 @@ pub fn list_fds(pid: i32) -> io::Result<Vec<i32>> {
     numeric_entries(&format!("/proc/{pid}/fd"))
 }
 
+/// Every (pid, fd) of this machine's processes, but `except`, whose fd
+/// link reads `link` (e.g. `pipe:[1234]`): who else holds a pipe or
+/// socket. Processes that vanish or cannot be read meanwhile are skipped.
+pub fn holders_of(link: &str, except: &[i32]) -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    for pid in numeric_entries("/proc").unwrap_or_default() {
+        if except.contains(&pid) {
+            continue;
+        }
+        for fd in list_fds(pid).unwrap_or_default() {
+            let same = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|l| l.as_os_str() == link);
+            if same {
+                out.push((pid, fd));
+            }
+        }
+    }
+    out
+}
+
+/// [`holders_of`] in words, for a refusal: "process 456 (its fd 5)", or
+/// that none holds it.
+pub fn describe_holders(link: &str, except: &[i32]) -> String {
+    let holders = holders_of(link, except);
+    if holders.is_empty() {
+        return "no process outside the dump (its other end is closed)".to_string();
+    }
+    holders
+        .iter()
+        .map(|(pid, fd)| format!("process {pid} (its fd {fd})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Thread ids in `/proc/PID/task`.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     numeric_entries(&format!("/proc/{pid}/task"))

@@ -1056,6 +1056,19 @@ pub fn run_tern_within(
     stdin: Stdio,
     deadline: Duration,
 ) -> TernOutput {
+    run_tern_via(dir, netns, &[], args, stdin, deadline)
+}
+
+/// [`run_tern_within`] with tern started by the command `via` (which must
+/// exec it in place), e.g. a shell that opens an fd for it first.
+pub fn run_tern_via(
+    dir: &TestDir,
+    netns: Option<&str>,
+    via: &[String],
+    args: &[OsString],
+    stdin: Stdio,
+    deadline: Duration,
+) -> TernOutput {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let sub = args
@@ -1068,10 +1081,18 @@ pub fn run_tern_within(
     let mut command = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).arg(&tern);
+            c.arg(format!("--net=/run/netns/{ns}"));
+            c.args(via).arg(&tern);
             c
         }
-        None => Command::new(&tern),
+        None => match via.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&tern);
+                c
+            }
+            None => Command::new(&tern),
+        },
     };
     let child = command
         .args(args)
@@ -1654,14 +1675,34 @@ pub fn start_serve_with_fault(
     extra: &[&str],
     fault: Option<&str>,
 ) -> ProcGuard {
+    let via = match fault {
+        Some(f) => vec!["env".to_string(), format!("TERN_TEST_FAULT={f}")],
+        None => Vec::new(),
+    };
+    start_serve_via(dir, ns, listen, key, extra, &via)
+}
+
+/// [`start_serve_in`] with tern started by the command `via` (which must
+/// exec it in place: the pid guarded is the daemon's), e.g. a shell that
+/// opens an fd for it first.
+pub fn start_serve_via(
+    dir: &TestDir,
+    ns: &Netns,
+    listen: &str,
+    key: &Path,
+    extra: &[&str],
+    via: &[String],
+) -> ProcGuard {
     let ready = dir.join(format!("serve-ready-{}", std::process::id()));
     let _ = std::fs::remove_file(&ready);
-    // env execs tern in place: the pid guarded is the daemon's.
-    let mut cmd = match fault {
-        Some(f) => ns
-            .cmd("env")
-            .arg(format!("TERN_TEST_FAULT={f}"))
-            .arg(tern_bin()),
+    let mut cmd = match via.split_first() {
+        Some((first, rest)) => {
+            let mut c = ns.cmd(first);
+            for a in rest {
+                c = c.arg(a);
+            }
+            c.arg(tern_bin())
+        }
         None => ns.cmd(tern_bin()),
     }
     .arg("serve")

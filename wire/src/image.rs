@@ -496,6 +496,19 @@ pub enum FdKind {
         flags: i32,
         queued: Vec<u8>,
     },
+    /// (Appended last: postcard numbers variants.)
+    /// An fd shared with a process outside the dump (a supervisor's pipe, a
+    /// socket to a peer elsewhere), named by the user at dump time
+    /// (`--external`): nothing of it is saved; the restore is given a
+    /// replacement under `name` (`--inherit-fd fd[N]:NAME`) or refuses.
+    External {
+        name: String,
+        /// What it was on the source (`pipe:[INO]`, `socket:[INO]`, with
+        /// its access mode), for messages and `tern inspect`.
+        what: String,
+        /// `O_NONBLOCK` of the open file description.
+        flags: i32,
+    },
 }
 
 /// An IPv4/IPv6 TCP or UDP socket.
