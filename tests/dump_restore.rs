@@ -1898,3 +1898,55 @@ fn process_tree_with_stdout_into_an_outside_pipe() {
     assert_eq!(first, last + 1, "it goes on from where it was");
     restored.kill_and_wait();
 }
+
+/// A program under two stacked seccomp filters (no_new_privs, a worker
+/// thread started after them): a pre-copy dump (every syscall tern injects
+/// passing, the filters suspended for tern's ptrace) and a restore give it
+/// back both filters, in both threads, in the same order: it checks them
+/// every tick, and /proc shows filter mode with 2 filters.
+#[test]
+fn seccomp_filters_survive() {
+    if !root_or_skip("seccomp_filters_survive") {
+        return;
+    }
+    let mut s = c_session("seccomp", "sandboxed", &[]);
+    s.wait_seq(10);
+    let before = (
+        status_field(s.pid, "Seccomp"),
+        status_field(s.pid, "Seccomp_filters"),
+        status_field(s.pid, "NoNewPrivs"),
+    );
+    assert_eq!(
+        before,
+        (Some("2".into()), Some("2".into()), Some("1".into())),
+        "the workload must run under its two filters"
+    );
+    s.dump_with(&["--pre-copy".into()])
+        .assert_ok("pre-copy dump");
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 30);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", s.pid))
+        .expect("tasks of the restored program")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect::<Vec<_>>();
+    assert_eq!(tasks.len(), 2, "main and worker: {tasks:?}");
+    for tid in tasks {
+        let field = |name: &str| -> Option<String> {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", s.pid))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.trim().to_string())
+        };
+        assert_eq!(
+            (
+                field("Seccomp"),
+                field("Seccomp_filters"),
+                field("NoNewPrivs")
+            ),
+            before,
+            "thread {tid} of the restored program"
+        );
+    }
+    s.finish();
+}

@@ -182,10 +182,10 @@ pub(crate) fn preflight_process(pid: i32) -> Result<()> {
             format!("it is already traced by process {}", status.tracerpid),
         ));
     }
-    if status.seccomp.unwrap_or(0) != 0 {
+    if status.seccomp == Some(1) {
         return Err(unsupported(
             pid,
-            "it runs under seccomp, which tern cannot restore yet",
+            "it runs in seccomp strict mode, which cannot be restored (only read, write, exit and sigreturn are left to it)",
         ));
     }
     for ns in ["mnt", "pid", "user"] {
@@ -675,6 +675,10 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             &mut |nr, a, w| t.inject(nr, a, w),
         )?);
     }
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(seized.threads.iter().map(|t| t.tid))
+        .collect();
+    let seccomp = tern_state::seccomp::capture(pid, &tids)?;
     seized.inject(
         libc::SYS_prctl,
         &[libc::PR_GET_PDEATHSIG as u64, scratch],
@@ -793,12 +797,6 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             ));
         }
     }
-    if creds.seccomp != 0 {
-        return Err(unsupported(
-            pid,
-            "it runs under seccomp, which tern cannot restore yet",
-        ));
-    }
     let limits = p.limits().ctx(pid, || "read limits".into())?;
     let rlimits = convert_limits(&limits);
 
@@ -834,6 +832,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         oom_score_adj,
         itimers,
         posix_timers,
+        seccomp,
     })
 }
 

@@ -72,7 +72,7 @@ pub struct Seized {
 /// arrived before the stop (held back). `None` if the thread is gone.
 fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Intercepted)>> {
     // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
-    match ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+    match ptrace::seize_suspending_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
         Err(e) => return Err(e).ctx(tid, || format!("PTRACE_SEIZE of thread {tid}")),
@@ -164,7 +164,7 @@ impl FrozenSeize {
         let pid = self.pid;
         self.was_stopped = in_job_stop(pid);
         for tid in tern_sys::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
-            ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)
+            ptrace::seize_suspending_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD)
                 .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
             self.tids.push(tid);
             ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;

@@ -1035,6 +1035,8 @@ impl Builder<'_> {
         // Before the credentials drop: choosing a timer's id takes
         // CAP_CHECKPOINT_RESTORE. They are armed last, in `finish`.
         self.create_posix_timers()?;
+        // While still root (a filter needs no_new_privs or CAP_SYS_ADMIN).
+        self.restore_seccomp()?;
         // Credentials are per thread in the kernel: set them in each.
         for k in 0..self.image.core.threads.len() {
             self.cur = k;
@@ -1944,7 +1946,8 @@ impl Builder<'_> {
     /// Every thread now has exactly the image's credentials, as the kernel
     /// reports them; otherwise the program is not run.
     fn verify_creds(&self) -> Result<()> {
-        let want = tern_state::creds::from_image(&self.image.core.creds);
+        let core = &self.image.core;
+        let want = tern_state::creds::from_image(&core.creds, !core.seccomp.is_empty());
         let tids = tern_sys::proc::list_tasks(self.pid).step(self.pid, || "list threads".into())?;
         for tid in tids {
             let got = tern_sys::proc::thread_creds(self.pid, tid)
@@ -2125,6 +2128,52 @@ impl Builder<'_> {
             &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
             || "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)".into(),
         )?;
+        Ok(())
+    }
+
+    /// The image's seccomp filters, oldest first, into every thread at
+    /// once (TSYNC). Each thread is first traced with
+    /// `PTRACE_O_SUSPEND_SECCOMP`, so that the syscalls tern still injects
+    /// pass: the filters act from the release on.
+    fn restore_seccomp(&mut self) -> Result<()> {
+        let filters = self.image.core.seccomp.clone();
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let pid = self.pid;
+        let tids: Vec<i32> = std::iter::once(pid)
+            .chain(self.extra.iter().map(|t| t.tid))
+            .collect();
+        for &tid in &tids {
+            ptrace::set_options(tid, puppet::TRACE_OPTIONS | ptrace::O_SUSPEND_SECCOMP).step(
+                pid,
+                || format!("PTRACE_O_SUSPEND_SECCOMP on thread {tid} (needs CONFIG_CHECKPOINT_RESTORE)"),
+            )?;
+        }
+        self.cur = 0;
+        let addr = self.scratch + SCRATCH_STRUCT;
+        for (k, f) in filters.iter().enumerate() {
+            let raw = tern_state::seccomp::fprog_at(f, addr).map_err(|e| self.image.bad(e))?;
+            self.poke(SCRATCH_STRUCT, &raw)?;
+            let flags = tern_state::seccomp::install_flags(f, tids.len());
+            let left = self.sys(
+                libc::SYS_seccomp,
+                &[tern_state::seccomp::SET_MODE_FILTER, flags, addr],
+                || {
+                    format!(
+                        "seccomp(SET_MODE_FILTER) of filter {} of {}",
+                        k + 1,
+                        filters.len()
+                    )
+                },
+            )?;
+            if left != 0 {
+                return Err(RestoreError::Unsupported(format!(
+                    "seccomp filter {} could not be synchronized to thread {left}",
+                    k + 1
+                )));
+            }
+        }
         Ok(())
     }
 

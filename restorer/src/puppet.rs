@@ -25,6 +25,14 @@ pub struct Puppet {
     pub(crate) namespace: Option<Arc<PidNamespace>>,
 }
 
+/// How puppets are traced (the root of a tree from its start, others
+/// once they need an option more): killed with tern, syscall stops
+/// marked, threads and forked children traced too.
+pub(crate) const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK;
+
 impl Puppet {
     /// Create the puppet, with pid `want_pid` if given.
     pub fn spawn(want_pid: Option<i32>) -> io::Result<Puppet> {
@@ -56,10 +64,7 @@ impl Puppet {
                 )))
             }
         }
-        ptrace::set_options(
-            pid,
-            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
-        )?;
+        ptrace::set_options(pid, TRACE_OPTIONS & !libc::PTRACE_O_TRACEFORK)?;
         // If memory runs out while it is rebuilt, the kernel's OOM killer
         // should take it (the restore then fails cleanly) rather than the
         // daemon or other programs; its own value is set at resume.

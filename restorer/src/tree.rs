@@ -166,14 +166,8 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         .step(root_pid, || "pidfd_open of tern itself".into())?;
     let (root, want) = spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
     let mut puppets: Vec<Puppet> = vec![root];
-    ptrace::set_options(
-        puppets[0].pid,
-        libc::PTRACE_O_EXITKILL
-            | libc::PTRACE_O_TRACESYSGOOD
-            | libc::PTRACE_O_TRACECLONE
-            | libc::PTRACE_O_TRACEFORK,
-    )
-    .step(root_pid, || "PTRACE_SETOPTIONS (TRACEFORK)".into())?;
+    ptrace::set_options(puppets[0].pid, crate::puppet::TRACE_OPTIONS)
+        .step(root_pid, || "PTRACE_SETOPTIONS (TRACEFORK)".into())?;
     for p in &procs[1..] {
         let parent = procs
             .iter()

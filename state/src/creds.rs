@@ -21,9 +21,9 @@ pub fn to_image(c: &ThreadCreds, securebits: u32) -> wire::Creds {
     }
 }
 
-/// What /proc must show for a thread with an image's credentials
-/// (never under seccomp: a dump refuses it).
-pub fn from_image(c: &wire::Creds) -> ThreadCreds {
+/// What /proc must show for a thread with an image's credentials, under
+/// seccomp filters (mode 2) if `filtered`.
+pub fn from_image(c: &wire::Creds, filtered: bool) -> ThreadCreds {
     ThreadCreds {
         uid: c.uid,
         gid: c.gid,
@@ -34,6 +34,6 @@ pub fn from_image(c: &wire::Creds) -> ThreadCreds {
         cap_bounding: c.cap_bounding,
         cap_ambient: c.cap_ambient,
         no_new_privs: c.no_new_privs,
-        seccomp: 0,
+        seccomp: if filtered { 2 } else { 0 },
     }
 }

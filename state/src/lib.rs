@@ -7,4 +7,5 @@
 
 pub mod creds;
 pub mod regs;
+pub mod seccomp;
 pub mod sockets;

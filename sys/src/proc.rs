@@ -86,6 +86,15 @@ pub fn status_sigmask(pid: i32, field: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
+/// The `Seccomp:` line of `/proc/TID/status`: 0 none, 1 strict, 2 filter.
+pub fn seccomp_mode(tid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Parse the text of `/proc/PID/smaps`.
 pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, String> {
     let mut out: Vec<MapEntry> = Vec::new();

@@ -72,6 +72,85 @@ pub fn seize(tid: i32, options: libc::c_int) -> io::Result<()> {
     request(libc::PTRACE_SEIZE, tid, 0, options as usize)
 }
 
+/// `PTRACE_O_SUSPEND_SECCOMP` (4.3, CONFIG_CHECKPOINT_RESTORE; the tracer
+/// needs CAP_SYS_ADMIN): the tracee's seccomp filters do not apply while
+/// it is traced with it, so that syscalls tern injects are neither refused
+/// nor fatal.
+pub const O_SUSPEND_SECCOMP: libc::c_int = 0x0020_0000;
+
+/// [`seize`] with the options tern's tracing needs, plus
+/// [`O_SUSPEND_SECCOMP`] where the thread runs under seccomp.
+pub fn seize_suspending_seccomp(tid: i32, options: libc::c_int) -> io::Result<()> {
+    let extra = if crate::proc::seccomp_mode(tid).unwrap_or(0) != 0 {
+        O_SUSPEND_SECCOMP
+    } else {
+        0
+    };
+    seize(tid, options | extra)
+}
+
+/// The `index`th seccomp filter of stopped thread `tid` (0: the one
+/// installed last), as raw `struct sock_filter`s (8 bytes each); `None`
+/// past the oldest. `PTRACE_SECCOMP_GET_FILTER` (4.4, CONFIG_SECCOMP_FILTER
+/// and CONFIG_CHECKPOINT_RESTORE; CAP_SYS_ADMIN).
+pub fn seccomp_filter(tid: i32, index: u64) -> io::Result<Option<Vec<u8>>> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // SAFETY: with a null buffer the kernel only returns the filter's
+    // length in instructions.
+    let count = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    let count = match check(count) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = usize::try_from(count).map_err(|_| io::Error::other("negative filter length"))?;
+    let mut raw = vec![0u8; len * 8];
+    // SAFETY: `raw` holds `count` 8-byte `struct sock_filter`s, what the
+    // kernel writes for this filter (filters cannot change once installed).
+    let wrote = unsafe {
+        libc::ptrace(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index as *mut libc::c_void,
+            raw.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if check(wrote)? != count {
+        return Err(io::Error::other(
+            "the filter's length changed between two reads",
+        ));
+    }
+    Ok(Some(raw))
+}
+
+/// The flags seccomp filter `index` of `tid` was installed with (only
+/// `SECCOMP_FILTER_FLAG_LOG` is kept by the kernel):
+/// `PTRACE_GET_SECCOMP_METADATA` (4.16).
+pub fn seccomp_filter_flags(tid: i32, index: u64) -> io::Result<u64> {
+    const PTRACE_GET_SECCOMP_METADATA: libc::c_uint = 0x420d;
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut meta = [index, 0u64];
+    // SAFETY: `meta` is a 16-byte `struct seccomp_metadata`, its size
+    // passed as `addr`; the kernel reads filter_off and writes flags.
+    let ret = unsafe {
+        libc::ptrace(
+            PTRACE_GET_SECCOMP_METADATA,
+            tid,
+            std::mem::size_of_val(&meta) as *mut libc::c_void,
+            meta.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    check(ret)?;
+    Ok(meta[1])
+}
+
 pub fn interrupt(tid: i32) -> io::Result<()> {
     request(libc::PTRACE_INTERRUPT, tid, 0, 0)
 }

@@ -175,6 +175,19 @@ pub struct Core {
     pub itimers: Vec<Itimer>,
     /// POSIX timers (`timer_create`), armed or not.
     pub posix_timers: Vec<PosixTimer>,
+    /// Seccomp filters, oldest first (every thread has this same chain);
+    /// empty: none.
+    pub seccomp: Vec<SeccompFilter>,
+}
+
+/// One seccomp filter (`SECCOMP_SET_MODE_FILTER`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// Install flags the kernel keeps (`SECCOMP_FILTER_FLAG_LOG`).
+    pub flags: u64,
+    /// The BPF program: raw `struct sock_filter`s, 8 bytes each.
+    #[serde(with = "serde_bytes")]
+    pub insns: Vec<u8>,
 }
 
 /// One queued signal.
