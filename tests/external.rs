@@ -228,16 +228,7 @@ fn dump_refuses_a_pipe_to_the_supervisor_then_restores_it_with_inherit_fd() {
             Duration::from_secs(60),
         )
     };
-    let unreplaced = restore(&[], &[]);
-    assert!(
-        !unreplaced.success(),
-        "restored without a replacement for fd 3"
-    );
-    assert!(
-        unreplaced.stderr.contains("fd 3") && unreplaced.stderr.contains("--inherit-fd fd[N]:log"),
-        "the refusal must name fd 3 and how to replace it: {}",
-        unreplaced.stderr
-    );
+    assert_asks_for_the_replacement(&restore(&[], &[]), "restore");
     assert_eq!(
         live_pids_with_exe(&s.exe),
         Vec::<i32>::new(),
@@ -293,16 +284,7 @@ fn migrate_refuses_a_pipe_to_the_supervisor_then_moves_it_with_inherit_fd() {
         &["--once"],
         &[],
     );
-    let unreplaced = migrate(&["--external", "fd[3]:log"]);
-    assert!(
-        !unreplaced.success(),
-        "migrated to a destination without the replacement"
-    );
-    assert!(
-        unreplaced.stderr.contains("fd 3") && unreplaced.stderr.contains("--inherit-fd fd[N]:log"),
-        "the failure must say the destination lacks fd 3's replacement: {}",
-        unreplaced.stderr
-    );
+    assert_asks_for_the_replacement(&migrate(&["--external", "fd[3]:log"]), "migration");
     bare.wait_exit(Duration::from_secs(10));
     drop(bare);
     assert!(pid_alive(s.daemon), "a failed migration ended the daemon");
@@ -341,6 +323,20 @@ fn migrate_refuses_a_pipe_to_the_supervisor_then_moves_it_with_inherit_fd() {
         "the supervisor must have reaped the source copy"
     );
     serve.wait_exit(Duration::from_secs(10));
+}
+
+/// `what` (a restore, a migration) of an image with fd 3 named "log" but
+/// no replacement for it must fail saying so.
+fn assert_asks_for_the_replacement(out: &TernOutput, what: &str) {
+    assert!(
+        !out.success(),
+        "the {what} succeeded without a replacement for fd 3"
+    );
+    assert!(
+        out.stderr.contains("fd 3") && out.stderr.contains("--inherit-fd fd[N]:log"),
+        "the {what}'s refusal must name fd 3 and how to replace it: {}",
+        out.stderr
+    );
 }
 
 fn read_pid(path: &Path) -> i32 {
