@@ -874,6 +874,7 @@ fn check_reports_features() {
         "pr-set-mm-map",
         "tcp-repair",
         "nftables-lock",
+        "seccomp-filters",
     ] {
         let at = text.find(&format!("\"{needed}\"")).expect("probe present");
         // Each probe is one JSON object; look at this one only.

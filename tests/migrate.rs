@@ -860,3 +860,75 @@ fn migrate_destination_out_of_memory_leaves_the_source_running() {
     e.wait_nothing_left_in_b();
     drop(cgroup);
 }
+
+/// A program under two stacked seccomp filters with a worker thread
+/// (`tests/workloads/sandboxed.c`, which checks both filters in both
+/// threads all the time) migrates live: in B it runs on with both filters
+/// in both threads, its tick numbers consecutive.
+#[test]
+fn migrate_program_under_seccomp_keeps_its_filters() {
+    let Some(edges) = edges_or_skip("migrate_program_under_seccomp_keeps_its_filters") else {
+        return;
+    };
+    let dir = TestDir::new("migrate-seccomp");
+    let exe = compile_c(&dir, "sandboxed");
+    let out = dir.join("program.out");
+    let program = spawn_redirected(
+        &edges.a.cmd(&exe),
+        Stdio::null(),
+        &out,
+        &dir.join("program.err"),
+    );
+    let key = keygen(&dir, "tern.key");
+    let mut e = Edge {
+        serve: None,
+        program,
+        out,
+        key,
+        dir,
+        edges,
+    };
+    let tick_numbers = |out: &Path| -> Vec<u64> {
+        complete_lines(out)
+            .iter()
+            .map(|l| {
+                assert!(!l.contains("CORRUPT"), "the program lost a filter: {l}");
+                seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}"))
+            })
+            .collect()
+    };
+    let wait_ticks = |n: usize| {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} ticks"),
+            || Some(tick_numbers(&e.out)).filter(|t| t.len() >= n),
+            || tail(&e.out, 5),
+        )
+    };
+    wait_ticks(10);
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    e.migrate(&[]).assert_ok("tern migrate");
+    let restored = report(&e.dir)["restored_pid"]
+        .as_i64()
+        .expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    let before = tick_numbers(&e.out).len();
+    let all = wait_ticks(before + 30);
+    check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{restored}/task"))
+        .expect("threads of the restored program")
+        .filter_map(|t| Some(t.ok()?.file_name().to_str()?.to_string()))
+        .collect();
+    assert_eq!(tasks.len(), 2, "main and worker: {tasks:?}");
+    for tid in tasks {
+        let status = std::fs::read_to_string(format!("/proc/{restored}/task/{tid}/status"))
+            .expect("status of a restored thread");
+        for want in ["Seccomp:\t2", "Seccomp_filters:\t2", "NoNewPrivs:\t1"] {
+            assert!(
+                status.lines().any(|l| l == want),
+                "thread {tid} in B lacks {want:?}"
+            );
+        }
+    }
+    restored_guard.kill_and_wait();
+}

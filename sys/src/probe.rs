@@ -110,6 +110,11 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
         probe_timerfd_set_ticks,
     ),
     (
+        "seccomp-filters",
+        "dump, restore (programs under seccomp filters)",
+        probe_seccomp_filters,
+    ),
+    (
         "tcp-repair",
         "--tcp-established (TCP repair mode, repair window)",
         probe_tcp_repair,
@@ -1544,6 +1549,60 @@ fn probe_timerfd_set_ticks() -> Outcome {
         return Err(format!("read back {got} expirations after setting 3"));
     }
     Ok("unread expirations set and read back".into())
+}
+
+/// A child under an allow-all seccomp filter (with no_new_privs), seized
+/// with `PTRACE_O_SUSPEND_SECCOMP`: its filter must read back, with its
+/// metadata, and nothing past it.
+fn probe_seccomp_filters() -> Outcome {
+    // BPF_RET | BPF_K, SECCOMP_RET_ALLOW: struct sock_filter {u16, u8, u8, u32}.
+    const ALLOW: [u8; 8] = [0x06, 0, 0, 0, 0, 0, 0xff, 0x7f];
+    let child = Child::spawn(|| {
+        let insn = ALLOW;
+        // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+        let prog: (u16, *const u8) = (1, insn.as_ptr());
+        // SAFETY: raw prctl and seccomp calls with integer arguments and a
+        // pointer to `prog` (laid out as sock_fprog: u16 then a pointer),
+        // which outlives them; then pause until killed.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_seccomp, 1, 0, ptr::addr_of!(prog)) != 0
+            {
+                return 3;
+            }
+            loop {
+                libc::pause();
+            }
+        }
+    })?;
+    child.wait_until_sleeping(Duration::from_secs(2));
+    let opts = (libc::PTRACE_O_EXITKILL | crate::ptrace::O_SUSPEND_SECCOMP) as usize;
+    ptrace(libc::PTRACE_SEIZE, child.pid, 0, opts).map_err(|e| {
+        format!(
+            "PTRACE_SEIZE with PTRACE_O_SUSPEND_SECCOMP: {} (needs CONFIG_CHECKPOINT_RESTORE and CAP_SYS_ADMIN)",
+            errno_text(e)
+        )
+    })?;
+    ptrace(libc::PTRACE_INTERRUPT, child.pid, 0, 0)
+        .map_err(|e| format!("PTRACE_INTERRUPT: {}", errno_text(e)))?;
+    child.wait_stop()?;
+    let first = crate::ptrace::seccomp_filter(child.pid, 0)
+        .map_err(|e| format!("PTRACE_SECCOMP_GET_FILTER (needs CONFIG_SECCOMP_FILTER and CONFIG_CHECKPOINT_RESTORE): {e}"))?;
+    if first.as_deref() != Some(&ALLOW[..]) {
+        return Err(format!(
+            "the child's filter read back as {first:?}, not the one instruction it installed (or it could not install one)"
+        ));
+    }
+    if let Some(extra) = crate::ptrace::seccomp_filter(child.pid, 1)
+        .map_err(|e| format!("PTRACE_SECCOMP_GET_FILTER 1: {e}"))?
+    {
+        return Err(format!("a second filter of {} bytes appeared", extra.len()));
+    }
+    let flags = crate::ptrace::seccomp_filter_flags(child.pid, 0)
+        .map_err(|e| format!("PTRACE_GET_SECCOMP_METADATA (4.16): {e}"))?;
+    Ok(format!(
+        "seized a filtered child with PTRACE_O_SUSPEND_SECCOMP, read its 1-instruction filter back (flags {flags:#x})"
+    ))
 }
 
 fn probe_tcp_repair() -> Outcome {
