@@ -246,6 +246,24 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
             wire::FdKind::Inherited { what } => {
                 format!("{what} (taken from the restorer's own fd)")
             }
+            wire::FdKind::UnixBound {
+                name,
+                backlog,
+                file,
+                ..
+            } => {
+                let name = tern_state::sockets::show_unix_name(name);
+                let role = match backlog {
+                    Some(b) => format!("listening, backlog {b}"),
+                    None => "datagram".to_string(),
+                };
+                match file {
+                    Some((mode, uid, gid)) => {
+                        format!("unix socket {name} ({role}; file mode {mode:o}, owner {uid}:{gid})")
+                    }
+                    None => format!("unix socket {name} ({role})"),
+                }
+            }
             wire::FdKind::External { name, what, .. } => {
                 format!("{what}, shared with the outside: replaced by --inherit-fd fd[N]:{name}")
             }

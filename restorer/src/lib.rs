@@ -594,6 +594,9 @@ struct Network {
     lifting_dump: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// The lock `tern dump` left on them (same machine), lifted with ours.
     dump_lock: Option<String>,
+    /// Its unix sockets bound at paths: bound as it is let go, the paths
+    /// staying the source's until then.
+    binds: Vec<tern_state::sockets::PathBind>,
 }
 
 impl Network {
@@ -627,6 +630,11 @@ impl Network {
                 Ok(r) => r.step(pid, || "lift the network lock (nft)".into())?,
                 Err(_) => warn!(pid, "the thread lifting the network lock panicked"),
             }
+        }
+        for b in self.binds.drain(..) {
+            let path = b.path().display().to_string();
+            b.bind()
+                .step(pid, || format!("bind the unix socket at {path}"))?;
         }
         let t = Instant::now();
         for r in self.repaired.drain(..) {
@@ -1313,6 +1321,33 @@ impl Builder<'_> {
                     {
                         self.net.repaired.push(r);
                     }
+                    (fd, 0, false)
+                }
+                wire::FdKind::UnixBound {
+                    name,
+                    kind,
+                    flags,
+                    backlog,
+                    file,
+                } => {
+                    let fd = self.sys(
+                        libc::SYS_socket,
+                        &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0],
+                        || format!("socket for fd {}", first.fd),
+                    )?;
+                    let pid = self.pid;
+                    let what = || {
+                        format!(
+                            "fd {}: unix socket bound to {}",
+                            first.fd,
+                            tern_state::sockets::show_unix_name(name)
+                        )
+                    };
+                    let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
+                    let deferred =
+                        tern_state::sockets::restore_bound(dup, name, *flags, *backlog, *file)
+                            .step(pid, what)?;
+                    self.net.binds.extend(deferred);
                     (fd, 0, false)
                 }
                 wire::FdKind::Deleted {

@@ -51,7 +51,8 @@ pub struct ServeOptions {
 /// Faults the tests inject (builds with the `test-faults` feature only,
 /// which `cargo test` turns on and a release build does not): with
 /// `TERN_TEST_FAULT=exit-on-final` the daemon exits the moment a final
-/// round has arrived, as if it had crashed there; with `exit-after-resume`
+/// round has arrived, as if it had crashed there; with `exit-on-ready` once
+/// the program is rebuilt, before it says so; with `exit-after-resume`
 /// right after it resumed the program, before it tells the source (which
 /// then has to ask).
 #[cfg(feature = "test-faults")]
@@ -303,6 +304,10 @@ async fn session(
                     None => break Err("the standby thread is gone".into()),
                     Some(Event::Applied { round, pages, ms }) => Message::RoundApplied { round, pages, ms },
                     Some(Event::Ready { pid, ns_pid, ms }) => {
+                        if test_fault("exit-on-ready") {
+                            warn!("test fault: exiting with the program rebuilt, before saying so");
+                            std::process::exit(70);
+                        }
                         // Recorded first: a source that loses the link after
                         // its Commit asks about it (`Ask`).
                         if let Err(e) = journal.ready(id, pid, ns_pid) {

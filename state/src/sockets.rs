@@ -10,6 +10,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use tern_sys::netlock::NetLock;
 use tern_sys::sock::{self, repair};
 use tern_sys::{Context, Error as EngineError, Result};
@@ -542,9 +544,13 @@ pub fn capture_unix_pairs(
             refuse(pid, format!("fd {fd}: a unix socket {why}; only socketpairs whose two ends the program holds are supported"))
         };
         if let Some(name) = &s.name {
+            if s.state != 1 {
+                out.insert(fd, capture_bound(pid, fd, s, name, flags)?);
+                continue;
+            }
             return Err(what(format!(
-                "bound to {:?} (listening or named)",
-                String::from_utf8_lossy(name)
+                "bound to {} and connected (an accepted connection or a named client)",
+                show_unix_name(name)
             )));
         }
         let peer = match s.peer {
@@ -594,6 +600,177 @@ pub fn capture_unix_pairs(
         );
     }
     Ok(out)
+}
+
+/// A unix socket name for messages: a path, or `@name` for an abstract one.
+pub fn show_unix_name(name: &[u8]) -> String {
+    match name.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            format!("{:?}", String::from_utf8_lossy(&name[..end]))
+        }
+    }
+}
+
+/// A unix socket bound to `name` and not connected: a listener with no
+/// connection waiting, or a datagram socket with nothing waiting; its
+/// socket file's mode and owner if a path.
+fn capture_bound(
+    pid: i32,
+    fd: i32,
+    s: &tern_sys::unix_diag::UnixSocket,
+    name: &[u8],
+    flags: i32,
+) -> Result<wire::FdKind> {
+    let shown = show_unix_name(name);
+    let refuse_it = |why: String| {
+        refuse(
+            pid,
+            format!("fd {fd}: a unix socket bound to {shown} {why}"),
+        )
+    };
+    let backlog = match s.state {
+        10 if s.rqueue > 0 => {
+            return Err(refuse_it(format!(
+            "has {} connection(s) waiting to be accepted, which the kernel offers no way to move",
+            s.rqueue
+        )))
+        }
+        10 => Some(s.wqueue),
+        7 if s.kind == libc::SOCK_DGRAM && s.rqueue > 0 => {
+            return Err(refuse_it(format!(
+                "has {} datagram(s) waiting to be read",
+                s.rqueue
+            )))
+        }
+        7 if s.kind == libc::SOCK_DGRAM => None,
+        st => {
+            return Err(refuse_it(format!(
+                "is neither listening nor a datagram socket (state {st})"
+            )))
+        }
+    };
+    // A path as bound may carry its terminating NULs.
+    let name: Vec<u8> = if name.first() == Some(&0) {
+        name.to_vec()
+    } else {
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        name[..end].to_vec()
+    };
+    let file = if name.first() == Some(&0) {
+        None
+    } else {
+        if name.first() != Some(&b'/') {
+            return Err(refuse_it(
+                "by a relative path, which names no one file".into(),
+            ));
+        }
+        let path = format!("/proc/{pid}/root{}", String::from_utf8_lossy(&name));
+        let meta = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.file_type().is_socket())
+            .ok_or_else(|| refuse_it("whose socket file is gone or replaced".into()))?;
+        Some((meta.mode() & 0o7777, meta.uid(), meta.gid()))
+    };
+    Ok(wire::FdKind::UnixBound {
+        name,
+        kind: s.kind,
+        flags: flags & libc::O_NONBLOCK,
+        backlog,
+        file,
+    })
+}
+
+/// A restored unix socket that binds at a path only once the program is
+/// about to run (see [`restore_bound`]).
+#[derive(Debug)]
+pub struct PathBind {
+    dup: OwnedFd,
+    path: std::path::PathBuf,
+    backlog: Option<u32>,
+    file: Option<(u32, u32, u32)>,
+}
+
+impl PathBind {
+    /// Bind (and listen) now. A socket file found at the path (a stale one
+    /// of the dumped program; migrating within one machine, its frozen
+    /// source's, which ends with this commit) is replaced.
+    pub fn bind(self) -> io::Result<()> {
+        if path_holds_a_socket(&self.path)? {
+            std::fs::remove_file(&self.path)?;
+        }
+        let d = self.dup.as_fd();
+        sock::bind_unix(d, self.path.as_os_str().as_bytes())?;
+        if let Some((mode, uid, gid)) = self.file {
+            std::os::unix::fs::chown(&self.path, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(mode))?;
+        }
+        listen_as_imaged(d, self.backlog)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// Whether `path` is a socket file (it may be replaced); absent: false;
+/// anything else there is an error naming it.
+fn path_holds_a_socket(path: &std::path::Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+        Ok(m) if m.file_type().is_socket() => Ok(true),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+    }
+}
+
+fn listen_as_imaged(d: BorrowedFd<'_>, backlog: Option<u32>) -> io::Result<()> {
+    match backlog {
+        Some(b) => sock::listen(d, i32::try_from(b).unwrap_or(i32::MAX)),
+        None => Ok(()),
+    }
+}
+
+/// Bind (and make listen) a restored unix socket, configured through
+/// `dup`, as the image says. An abstract name is bound at once (it lives
+/// in the socket's network namespace). A path is only checked now (its
+/// directory exists, nothing but a socket file is there) and bound by the
+/// returned [`PathBind`] at the commit: until then the path stays the
+/// source's, so a migration that fails before it leaves the source
+/// reachable.
+pub fn restore_bound(
+    dup: OwnedFd,
+    name: &[u8],
+    flags: i32,
+    backlog: Option<u32>,
+    file: Option<(u32, u32, u32)>,
+) -> io::Result<Option<PathBind>> {
+    if flags & libc::O_NONBLOCK != 0 {
+        sock::set_status_flags(dup.as_fd(), libc::O_NONBLOCK)?;
+    }
+    if name.first() == Some(&0) {
+        sock::bind_unix(dup.as_fd(), name)?;
+        listen_as_imaged(dup.as_fd(), backlog)?;
+        return Ok(None);
+    }
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name));
+    if !path.parent().is_some_and(|d| d.is_dir()) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the directory of {} does not exist here", path.display()),
+        ));
+    }
+    path_holds_a_socket(&path)?;
+    Ok(Some(PathBind {
+        dup,
+        path,
+        backlog,
+        file,
+    }))
 }
 
 fn lock_error(pid: i32, e: io::Error) -> EngineError {

@@ -312,6 +312,36 @@ pub fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
     .map(drop)
 }
 
+/// Bind a unix socket to `name`: a path, or `\0` and an abstract name
+/// (looked up in the socket's own network namespace).
+pub fn bind_unix(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    // SAFETY: sockaddr_un is plain old data; all zeroes is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a unix socket name of {} bytes", name.len()),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(name) {
+        *d = b as libc::c_char;
+    }
+    // An abstract name is exactly its bytes; a path ends at its NUL.
+    let extra = usize::from(name[0] != 0);
+    let len = std::mem::size_of::<libc::sa_family_t>() + name.len() + extra;
+    let len = libc::socklen_t::try_from(len).map_err(|_| io::Error::other("address length"))?;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    })
+    .map(drop)
+}
+
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     // SAFETY: plain call with integer arguments.
     cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)

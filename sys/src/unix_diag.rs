@@ -19,8 +19,11 @@ pub struct UnixSocket {
     /// Bound name (a path, or `\0`-prefixed abstract name); `None` unbound.
     pub name: Option<Vec<u8>>,
     pub peer: Option<u64>,
-    /// Bytes (stream) or datagrams waiting to be read.
+    /// Bytes (stream) or datagrams waiting to be read; for a listener,
+    /// connections waiting to be accepted.
     pub rqueue: u32,
+    /// For a listener: its backlog (`listen`'s argument, capped).
+    pub wqueue: u32,
     /// `SHUTDOWN_*` bits of `shutdown(2)` so far.
     pub shutdown: u8,
 }
@@ -143,6 +146,7 @@ fn parse_socket(p: &[u8]) -> io::Result<UnixSocket> {
         name: None,
         peer: None,
         rqueue: 0,
+        wqueue: 0,
         shutdown: 0,
     };
     let mut a = &p[16..];
@@ -156,7 +160,10 @@ fn parse_socket(p: &[u8]) -> io::Result<UnixSocket> {
         match kind {
             UNIX_DIAG_NAME => s.name = Some(data.to_vec()),
             UNIX_DIAG_PEER => s.peer = u32_at(data, 0).map(u64::from),
-            UNIX_DIAG_RQLEN => s.rqueue = u32_at(data, 0).unwrap_or(0),
+            UNIX_DIAG_RQLEN => {
+                s.rqueue = u32_at(data, 0).unwrap_or(0);
+                s.wqueue = u32_at(data, 4).unwrap_or(0);
+            }
             UNIX_DIAG_SHUTDOWN => s.shutdown = data.first().copied().unwrap_or(0),
             _ => {}
         }

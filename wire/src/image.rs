@@ -522,6 +522,23 @@ pub enum FdKind {
         /// `O_NONBLOCK` of the open file description.
         flags: i32,
     },
+    /// A unix socket bound to a name and not connected: a listener (with
+    /// no connection waiting to be accepted) or a datagram socket (with no
+    /// datagram waiting). Rebound to the same name on restore.
+    UnixBound {
+        /// `sun_path` as bound: an absolute path, or `\0` and an
+        /// abstract name (per network namespace).
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+        kind: i32,
+        /// `O_NONBLOCK` of the open file description.
+        flags: i32,
+        /// Listening, with this backlog.
+        backlog: Option<u32>,
+        /// A path name's socket file: its mode, owner and group.
+        file: Option<(u32, u32, u32)>,
+    },
 }
 
 /// An IPv4/IPv6 TCP or UDP socket.
