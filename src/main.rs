@@ -230,7 +230,8 @@ enum Cmd {
         #[arg(long)]
         key: PathBuf,
         /// live (pre-copy rounds, then the last delta) or simple (stop,
-        /// copy everything, restore).
+        /// copy everything, restore). A process with children moves with
+        /// its whole tree, in simple mode only for now.
         #[arg(long, default_value = "live")]
         mode: MigrateMode,
         #[command(flatten)]

@@ -932,3 +932,100 @@ fn migrate_program_under_seccomp_keeps_its_filters() {
     }
     restored_guard.kill_and_wait();
 }
+
+/// A process tree (`tests/workloads/family.c`: a parent and two children
+/// over pipes and a shared mapping) moves whole in a stop-and-copy
+/// migration (live mode refuses it, saying so, and it runs on in A): in B
+/// the parent has its two children, their pipes and shared page work (the
+/// parent checks every answer), ticks run on, and the parent reaps child 1
+/// at tick 60 with waitpid.
+#[test]
+fn migrate_process_tree_stop_and_copy() {
+    let Some(edges) = edges_or_skip("migrate_process_tree_stop_and_copy") else {
+        return;
+    };
+    let dir = TestDir::new("migrate-tree");
+    let exe = compile_c(&dir, "family");
+    let out = dir.join("program.out");
+    let program = spawn_redirected(
+        &edges.a.cmd(&exe),
+        Stdio::null(),
+        &out,
+        &dir.join("program.err"),
+    );
+    let key = keygen(&dir, "tern.key");
+    let mut e = Edge {
+        serve: None,
+        program,
+        out,
+        key,
+        dir,
+        edges,
+    };
+    let tick_numbers = |out: &Path| -> Vec<u64> {
+        complete_lines(out)
+            .iter()
+            .map(|l| {
+                assert!(!l.contains("CORRUPT"), "the family went wrong: {l}");
+                seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}"))
+            })
+            .collect()
+    };
+    let wait_ticks = |n: usize| {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} ticks"),
+            || Some(tick_numbers(&e.out)).filter(|t| t.len() >= n),
+            || tail(&e.out, 5),
+        )
+    };
+    wait_ticks(5);
+    let source = e.program.pid();
+    let kids = children_of(source);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+
+    let live = e.migrate(&[]);
+    assert!(!live.success(), "a tree was migrated live");
+    assert!(
+        live.stderr.contains("--mode simple"),
+        "the refusal must say what works: {}",
+        live.stderr
+    );
+    let n = wait_ticks(1).len();
+    wait_ticks(n + 3);
+
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    e.migrate(&["--mode", "simple"])
+        .assert_ok("tern migrate --mode simple");
+    let restored = report(&e.dir)["restored_pid"]
+        .as_i64()
+        .expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    for p in std::iter::once(source).chain(kids) {
+        assert!(
+            wait_gone(p, Duration::from_secs(5)),
+            "process {p} of the tree is still in A"
+        );
+    }
+    assert_eq!(netns_of(restored), Some(e.edges.b.inode()));
+    let moved_kids = children_of(restored);
+    assert_eq!(
+        moved_kids.len(),
+        2,
+        "the parent in B has its children: {moved_kids:?}"
+    );
+    let reaped = wait_until(
+        Duration::from_secs(30),
+        "the parent in B reaping child 1",
+        || {
+            complete_lines(&e.out)
+                .into_iter()
+                .find(|l| l.contains("reaped"))
+        },
+        || tail(&e.out, 5),
+    );
+    assert!(reaped.starts_with("tick 60 "), "{reaped}");
+    let all = wait_ticks(70);
+    check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    restored_guard.kill_and_wait();
+}

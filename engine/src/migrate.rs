@@ -157,15 +157,26 @@ enum Sent {
     Failed(String),
 }
 
-/// Files of an image directory (not its sub-directories), sorted.
+/// Files of an image directory, sorted: its own, and those of a process
+/// tree's per-process directories (`proc-PID/NAME`).
 fn image_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        if e.file_type()?.is_file() {
-            if let Some(n) = e.file_name().to_str() {
-                if net::valid_file_name(n) {
-                    names.push(n.to_string());
+        let Some(n) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let kind = e.file_type()?;
+        if kind.is_file() && net::valid_file_name(&n) {
+            names.push(n);
+        } else if kind.is_dir() && net::valid_image_path(&format!("{n}/core.img")) {
+            for f in std::fs::read_dir(e.path())? {
+                let f = f?;
+                if let Some(leaf) = f.file_name().to_str() {
+                    let path = format!("{n}/{leaf}");
+                    if f.file_type()?.is_file() && net::valid_image_path(&path) {
+                        names.push(path);
+                    }
                 }
             }
         }
@@ -544,7 +555,17 @@ pub fn migrate(
 ) -> Result<MigrationReport> {
     let t_start = Instant::now();
     let fail = |what: String| EngineError::Migration { pid, what };
-    crate::dump::preflight_all(pid, &opts.precopy.dump)?;
+    if crate::tree::has_children(pid)? {
+        // A tree goes whole, stopped for the copy (checked as it is dumped).
+        if opts.mode == Mode::Live {
+            return Err(EngineError::Unsupported {
+                pid,
+                reason: "it has child processes: live migration (pre-copy) takes one process for now; --mode simple moves the whole tree, stopped for the copy".into(),
+            });
+        }
+    } else {
+        crate::dump::preflight_all(pid, &opts.precopy.dump)?;
+    }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();

@@ -232,7 +232,7 @@ impl Precopy {
         };
         Ok(Frozen {
             keep_net_lock: final_opts.keep_net_lock,
-            seized: Some(seized),
+            seized: vec![seized],
             t0,
             report: PrecopyReport {
                 tracker: self.tracker.name(),
@@ -265,14 +265,15 @@ pub struct Frozen {
     tracker: Option<Box<dyn track::DirtyTracker>>,
     /// See [`DumpOptions::keep_net_lock`].
     keep_net_lock: bool,
-    seized: Option<Seized>,
+    /// The program: one process, or a tree's (root first).
+    seized: Vec<Seized>,
     t0: Instant,
     pub report: PrecopyReport,
 }
 
 impl Frozen {
     pub fn pid(&self) -> i32 {
-        self.seized.as_ref().map_or(0, |s| s.pid)
+        self.seized.first().map_or(0, |s| s.pid)
     }
 
     /// When the program was stopped.
@@ -297,7 +298,7 @@ impl Frozen {
     /// (even by the kernel, should tern die), it stays stopped: a SIGSTOP
     /// is queued while it is still traced.
     pub fn stop_when_released(&self) {
-        if let Some(s) = &self.seized {
+        for s in &self.seized {
             let _ = tern_sys::signal(s.pid, libc::SIGSTOP);
         }
     }
@@ -306,7 +307,7 @@ impl Frozen {
     /// removes the queued SIGSTOP (the kernel drops pending stop signals
     /// when SIGCONT is sent; a handler of SIGCONT, if any, runs once).
     pub fn cancel_stop_when_released(&self) {
-        if let Some(s) = &self.seized {
+        for s in &self.seized {
             let _ = tern_sys::signal(s.pid, libc::SIGCONT);
         }
     }
@@ -314,7 +315,7 @@ impl Frozen {
     /// The nftables table locking its TCP connections, and the fds of the
     /// connections in repair mode.
     pub fn held_connections(&self) -> (Option<String>, Vec<i32>) {
-        match &self.seized {
+        match self.seized.first() {
             Some(s) => (
                 s.net
                     .lock_name()
@@ -329,7 +330,8 @@ impl Frozen {
     /// Let the program carry on as if nothing happened.
     pub fn thaw(mut self) -> Result<PrecopyReport> {
         let untracked = self.untrack();
-        if let Some(mut s) = self.seized.take() {
+        // Children first, as a tree dump lets go of them.
+        for mut s in self.seized.drain(..).rev() {
             s.release()?;
         }
         untracked?;
@@ -341,7 +343,7 @@ impl Frozen {
     /// not known whether its copy elsewhere runs.
     pub fn leave_stopped(mut self) -> Result<PrecopyReport> {
         let untracked = self.untrack();
-        if let Some(mut s) = self.seized.take() {
+        for mut s in self.seized.drain(..).rev() {
             s.release_stopped()?;
         }
         untracked?;
@@ -350,7 +352,7 @@ impl Frozen {
 
     /// End the program (its image lives on elsewhere).
     pub fn kill(mut self) -> Result<PrecopyReport> {
-        if let Some(mut s) = self.seized.take() {
+        for mut s in self.seized.drain(..).rev() {
             // Tearing down its memory (a second per few GiB of kernel work)
             // must not take CPU from the copy that now runs elsewhere, which
             // on one machine is this one's neighbour.
@@ -367,36 +369,47 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if self.seized.is_some() {
+        if !self.seized.is_empty() {
             if let Err(e) = self.untrack() {
                 tracing::warn!("removing the tracker from process {}: {e}", self.pid());
             }
-            // Seized's own drop releases the program.
-            self.seized = None;
+            // Seized's own drop releases each process (children first).
+            while self.seized.pop().is_some() {}
         }
     }
 }
 
 /// Stop-and-copy: stop the program and write its whole image into `dir`
 /// (no rounds); the program stays stopped like after [`Precopy::freeze`].
+/// A process with children is taken with its whole tree (as `tern dump`
+/// takes it), every process stopped.
 pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> {
-    dump::preflight(pid)?;
-    dump::prepare_dir(dir)?;
-    let t0 = Instant::now();
-    let mut seized = Seized::attach(pid)?;
-    let final_stats = dump::dump_frozen(
-        &mut seized,
-        t0,
-        dir,
-        opts,
-        &[],
-        None,
-        &dump::CrossProcess::alone(opts),
-    )?;
+    let (seized, final_stats, t0) = if crate::tree::has_children(pid)? {
+        let (seized, stats, t0) = crate::tree::dump_tree_stopped(pid, dir, opts)?;
+        // The root's figures; the tree's pages in all for the delta.
+        let mut root = stats.first().map(|(_, s)| s.clone()).unwrap_or_default();
+        root.pages_seen = stats.iter().map(|(_, s)| s.pages_seen).sum();
+        (seized, root, t0)
+    } else {
+        dump::preflight(pid)?;
+        dump::prepare_dir(dir)?;
+        let t0 = Instant::now();
+        let mut seized = Seized::attach(pid)?;
+        let stats = dump::dump_frozen(
+            &mut seized,
+            t0,
+            dir,
+            opts,
+            &[],
+            None,
+            &dump::CrossProcess::alone(opts),
+        )?;
+        (vec![seized], stats, t0)
+    };
     Ok(Frozen {
         keep_net_lock: opts.keep_net_lock,
         tracker: None,
-        seized: Some(seized),
+        seized,
         t0,
         report: PrecopyReport {
             tracker: "none",

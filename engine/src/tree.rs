@@ -61,6 +61,31 @@ pub fn has_children(pid: i32) -> Result<bool> {
 
 /// Dump the tree under `root` into `dir`.
 pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpStats> {
+    let (mut seized, stats, t0) = dump_tree_stopped(root, dir, opts)?;
+    for s in seized.iter_mut().rev() {
+        if opts.leave_running {
+            s.release()?;
+        } else {
+            s.kill()?;
+        }
+    }
+    let frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
+    info!(root, processes = seized.len(), frozen_ms, "tree dumped");
+    Ok(TreeDumpStats {
+        processes: stats,
+        frozen_ms,
+    })
+}
+
+/// Stop the tree under `root` and write its image into `dir`, leaving
+/// every process stopped: returns them (root first; dropped, they are let
+/// go), each one's figures, and when the stop began. On error the tree
+/// runs on.
+pub(crate) fn dump_tree_stopped(
+    root: i32,
+    dir: &Path,
+    opts: &DumpOptions,
+) -> Result<(Vec<Seized>, Vec<(i32, DumpStats)>, Instant)> {
     if opts.tcp_established {
         return Err(refuse(
             root,
@@ -103,19 +128,7 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
     };
     let st = dump::dump_frozen(&mut seized[0], t0, dir, opts, &[], None, &root_cross)?;
     stats.insert(0, (root, st));
-    for s in seized.iter_mut().rev() {
-        if opts.leave_running {
-            s.release()?;
-        } else {
-            s.kill()?;
-        }
-    }
-    let frozen_ms = t0.elapsed().as_secs_f64() * 1e3;
-    info!(root, processes = procs.len(), frozen_ms, "tree dumped");
-    Ok(TreeDumpStats {
-        processes: stats,
-        frozen_ms,
-    })
+    Ok((seized, stats, t0))
 }
 
 fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {

@@ -174,7 +174,7 @@ struct Incoming {
 
 /// Most files one round may have (an image has a handful, plus saved
 /// contents of deleted files).
-const MAX_FILES_PER_ROUND: usize = 256;
+const MAX_FILES_PER_ROUND: usize = 1024;
 
 async fn session(
     stream: TcpStream,
@@ -406,7 +406,7 @@ fn receive_piece(
     offset: u64,
     data: &[u8],
 ) -> Result<(), String> {
-    if !net::valid_file_name(name) {
+    if !net::valid_image_path(name) {
         return Err(format!("invalid file name {name:?}"));
     }
     if !files.contains_key(name) {
@@ -418,6 +418,12 @@ fn receive_piece(
         let dir = round_dir(stage, round);
         tern_wire::create_image_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let path = dir.join(name);
+        // A process of a tree: its own directory (validated above: one
+        // level, `proc-PID`).
+        if let Some(sub) = path.parent().filter(|p| *p != dir) {
+            tern_wire::create_image_dir(sub)
+                .map_err(|e| format!("create {}: {e}", sub.display()))?;
+        }
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -494,6 +500,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What a final round rebuilt, stopped until the commit: one process, or
+/// a tree (a stop-and-copy migration of a process with children).
+enum Rebuilt {
+    One(Prepared),
+    Tree(crate::tree::PreparedTree),
+}
+
+impl Rebuilt {
+    fn pid(&self) -> i32 {
+        match self {
+            Rebuilt::One(p) => p.pid(),
+            Rebuilt::Tree(t) => t.pid(),
+        }
+    }
+
+    fn ns_pid(&self) -> i32 {
+        match self {
+            Rebuilt::One(p) => p.ns_pid(),
+            Rebuilt::Tree(t) => t.ns_pid(),
+        }
+    }
+
+    fn resume(self) -> crate::Result<crate::Restored> {
+        match self {
+            Rebuilt::One(p) => p.resume(),
+            Rebuilt::Tree(t) => {
+                let (root, processes) = t.resume()?;
+                info!(processes, "migrated tree runs");
+                Ok(root)
+            }
+        }
+    }
+}
+
 /// The thread that owns (and traces) one migration's puppet.
 fn puppet_thread(
     cmds: std::sync::mpsc::Receiver<Cmd>,
@@ -501,7 +541,7 @@ fn puppet_thread(
     opts: RestoreOptions,
 ) {
     let mut standby: Option<Standby> = None;
-    let mut prepared: Option<Prepared> = None;
+    let mut prepared: Option<Rebuilt> = None;
     while let Ok(cmd) = cmds.recv() {
         let t = Instant::now();
         let ms = || t.elapsed().as_secs_f64() * 1e3;
@@ -535,8 +575,11 @@ fn puppet_thread(
                 ..
             } => {
                 let r = match standby.take() {
-                    Some(s) => s.finish(&dir),
-                    None => crate::prepare(&dir, &opts),
+                    Some(s) => s.finish(&dir).map(Rebuilt::One),
+                    None if crate::tree::is_tree(&dir) => {
+                        crate::tree::prepare_tree(&dir, &opts).map(Rebuilt::Tree)
+                    }
+                    None => crate::prepare(&dir, &opts).map(Rebuilt::One),
                 };
                 match r {
                     Ok(p) => {
@@ -551,7 +594,7 @@ fn puppet_thread(
                     Err(e) => Event::Failed(format!("final round: {e}")),
                 }
             }
-            Cmd::Resume => match prepared.take().map(Prepared::resume) {
+            Cmd::Resume => match prepared.take().map(Rebuilt::resume) {
                 None => Event::Failed("commit before the program was ready".into()),
                 Some(Err(e)) => Event::Failed(format!("resume: {e}")),
                 Some(Ok(r)) => {

@@ -49,6 +49,16 @@ pub struct PreparedTree {
 }
 
 impl PreparedTree {
+    /// The root's pid as this machine sees it.
+    pub fn pid(&self) -> i32 {
+        self.members.first().map_or(0, Prepared::pid)
+    }
+
+    /// The pid the root will see itself as.
+    pub fn ns_pid(&self) -> i32 {
+        self.members.first().map_or(0, Prepared::ns_pid)
+    }
+
     /// Let every process run (children first); returns the root's report
     /// and how many processes run.
     pub fn resume(mut self) -> Result<(Restored, usize)> {
@@ -86,6 +96,22 @@ pub fn restore_tree(dir: &Path, opts: &RestoreOptions) -> Result<(Restored, usiz
         }
     }
     restored
+}
+
+/// Restore the tree in `dir` up to the moment it would run: the migration
+/// daemon's final round, resumed at the commit (see [`restore_tree`] for
+/// why tern is a subreaper meanwhile).
+pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
+    let _subreaper = Subreaper::on();
+    let mut forked = Vec::new();
+    let built = build_tree(dir, opts, &mut forked);
+    if built.is_err() {
+        let left = crate::pidns::reap_within(&forked, Duration::from_secs(1));
+        if !left.is_empty() {
+            warn!(?left, "processes of a failed tree restore not reaped");
+        }
+    }
+    built
 }
 
 /// This process as a child subreaper until dropped.

@@ -215,6 +215,22 @@ pub fn valid_file_name(name: &str) -> bool {
         && name.ends_with(".img")
 }
 
+/// A file of an image as a migration names it: a file of the image
+/// directory, or one level down in a process tree's per-process directory
+/// (`proc-PID/NAME`, see [`crate::tree_process_dir`]). Nothing else: no
+/// other directory, no `..`.
+pub fn valid_image_path(name: &str) -> bool {
+    match name.split_once('/') {
+        None => valid_file_name(name),
+        Some((dir, file)) => {
+            let pid = dir
+                .strip_prefix("proc-")
+                .and_then(|p| p.parse::<i32>().ok());
+            pid.is_some_and(|p| p > 0 && crate::tree_process_dir(p) == dir) && valid_file_name(file)
+        }
+    }
+}
+
 /// The pre-shared key both ends of a migration hold.
 #[derive(Clone)]
 pub struct Key([u8; KEY_LEN]);
@@ -549,6 +565,30 @@ impl<R: AsyncRead + Unpin> Receiver<R> {
             if body.len() == len {
                 return Message::decode(&body);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_paths_are_files_or_one_process_directory_down() {
+        for ok in ["core.img", "proc-12/core.img", "proc-1/pages-3.img"] {
+            assert!(valid_image_path(ok), "{ok}");
+        }
+        for bad in [
+            "proc-12/x/core.img",
+            "../core.img",
+            "proc-0/core.img",
+            "proc-012/core.img",
+            "proc-12/../core.img",
+            "other/core.img",
+            "proc-12/",
+            "/core.img",
+        ] {
+            assert!(!valid_image_path(bad), "{bad}");
         }
     }
 }
