@@ -385,7 +385,8 @@ impl Drop for Frozen {
 /// takes it), every process stopped.
 pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> {
     let (seized, final_stats, t0) = if crate::tree::has_children(pid)? {
-        let (seized, stats, t0) = crate::tree::dump_tree_stopped(pid, dir, opts)?;
+        let crate::tree::StoppedTree { seized, stats, t0 } =
+            crate::tree::dump_tree_stopped(pid, dir, opts)?;
         // The root's figures; the tree's pages in all for the delta.
         let mut root = stats.first().map(|(_, s)| s.clone()).unwrap_or_default();
         root.pages_seen = stats.iter().map(|(_, s)| s.pages_seen).sum();

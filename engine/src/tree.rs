@@ -61,7 +61,11 @@ pub fn has_children(pid: i32) -> Result<bool> {
 
 /// Dump the tree under `root` into `dir`.
 pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpStats> {
-    let (mut seized, stats, t0) = dump_tree_stopped(root, dir, opts)?;
+    let StoppedTree {
+        mut seized,
+        stats,
+        t0,
+    } = dump_tree_stopped(root, dir, opts)?;
     for s in seized.iter_mut().rev() {
         if opts.leave_running {
             s.release()?;
@@ -77,15 +81,19 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
     })
 }
 
+/// A tree whose image is written, every process still stopped.
+pub(crate) struct StoppedTree {
+    /// Root first; dropped, they are let go.
+    pub seized: Vec<Seized>,
+    /// Each process's figures, root first.
+    pub stats: Vec<(i32, DumpStats)>,
+    /// When the stop began.
+    pub t0: Instant,
+}
+
 /// Stop the tree under `root` and write its image into `dir`, leaving
-/// every process stopped: returns them (root first; dropped, they are let
-/// go), each one's figures, and when the stop began. On error the tree
-/// runs on.
-pub(crate) fn dump_tree_stopped(
-    root: i32,
-    dir: &Path,
-    opts: &DumpOptions,
-) -> Result<(Vec<Seized>, Vec<(i32, DumpStats)>, Instant)> {
+/// every process stopped. On error the tree runs on.
+pub(crate) fn dump_tree_stopped(root: i32, dir: &Path, opts: &DumpOptions) -> Result<StoppedTree> {
     if opts.tcp_established {
         return Err(refuse(
             root,
@@ -128,7 +136,7 @@ pub(crate) fn dump_tree_stopped(
     };
     let st = dump::dump_frozen(&mut seized[0], t0, dir, opts, &[], None, &root_cross)?;
     stats.insert(0, (root, st));
-    Ok((seized, stats, t0))
+    Ok(StoppedTree { seized, stats, t0 })
 }
 
 fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {

@@ -503,7 +503,7 @@ impl Drop for AbortOnDrop {
 /// What a final round rebuilt, stopped until the commit: one process, or
 /// a tree (a stop-and-copy migration of a process with children).
 enum Rebuilt {
-    One(Prepared),
+    One(Box<Prepared>),
     Tree(crate::tree::PreparedTree),
 }
 
@@ -575,11 +575,11 @@ fn puppet_thread(
                 ..
             } => {
                 let r = match standby.take() {
-                    Some(s) => s.finish(&dir).map(Rebuilt::One),
+                    Some(s) => s.finish(&dir).map(|p| Rebuilt::One(Box::new(p))),
                     None if crate::tree::is_tree(&dir) => {
                         crate::tree::prepare_tree(&dir, &opts).map(Rebuilt::Tree)
                     }
-                    None => crate::prepare(&dir, &opts).map(Rebuilt::One),
+                    None => crate::prepare(&dir, &opts).map(|p| Rebuilt::One(Box::new(p))),
                 };
                 match r {
                     Ok(p) => {
