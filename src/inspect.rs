@@ -264,6 +264,7 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
                     None => format!("unix socket {name} ({role})"),
                 }
             }
+            wire::FdKind::Pidfd { pid, .. } => format!("pidfd of process {pid}"),
             wire::FdKind::External { name, what, .. } => {
                 format!("{what}, shared with the outside: replaced by --inherit-fd fd[N]:{name}")
             }

@@ -1951,3 +1951,81 @@ fn seccomp_filters_survive() {
     }
     s.finish();
 }
+
+/// A parent holding a pidfd of its child (`tests/workloads/pidfd_parent.c`):
+/// the tree is dumped and restored, and the restored pidfd names the
+/// restored child: the parent checks it every tick (waitid through it),
+/// then ends the child through it and reaps it.
+#[test]
+fn pidfd_of_a_child_names_the_restored_child() {
+    if !root_or_skip("pidfd_of_a_child_names_the_restored_child") {
+        return;
+    }
+    let mut s = c_session("pidfd", "pidfd_parent", &[]);
+    s.compare_maps = false;
+    s.wait_seq(5);
+    let kids = children_of(s.pid);
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    s.dump();
+    assert!(wait_gone(kids[0], WAIT), "the child outlived the dump");
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    inspect.assert_ok("tern inspect");
+    assert!(
+        inspect
+            .stdout
+            .contains(&format!("pidfd of process {}", kids[0])),
+        "inspect must show the pidfd:\n{}",
+        inspect.stdout
+    );
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    assert_eq!(children_of(s.pid), kids, "the child is back under its pid");
+    let line = s.wait_for_line("the child ended through the pidfd", |l| {
+        l.contains("child ended")
+    });
+    assert_eq!(line, "tick 50 child ended by signal 15");
+    s.wait_seq(60);
+    s.finish();
+}
+
+/// A pidfd of a process outside the dump (here python3 holding one of its
+/// parent, this test) is refused, naming it; the program runs on.
+#[test]
+fn pidfd_of_an_outside_process_is_refused() {
+    if !root_or_skip("pidfd_of_an_outside_process_is_refused") {
+        return;
+    }
+    let dir = TestDir::new("pidfd_outside");
+    let script = "import os, time\nfd = os.pidfd_open(os.getppid())\nprint('ready', flush=True)\ntime.sleep(600)\n";
+    let out = dir.join("out.txt");
+    let mut p = spawn_redirected(
+        &Cmd::new("/usr/bin/python3").arg("-I").arg("-c").arg(script),
+        Stdio::null(),
+        &out,
+        &dir.join("err.txt"),
+    );
+    wait_until(
+        WAIT,
+        "python3 to hold the pidfd",
+        || {
+            fs::read_to_string(&out)
+                .ok()?
+                .contains("ready")
+                .then_some(())
+        },
+        || tail(&dir.join("err.txt"), 5),
+    );
+    let refused = tern_dump(&dir, p.pid(), &dir.join("images"), false);
+    assert!(!refused.success(), "dumped a pidfd of an outside process");
+    let want = format!(
+        "a pidfd of process {}, outside the dump",
+        std::process::id()
+    );
+    assert!(
+        refused.stderr.contains(&want),
+        "the refusal must name the process ({want}): {}",
+        refused.stderr
+    );
+    assert!(p.alive(), "the refused program died");
+    p.kill_and_wait();
+}

@@ -138,6 +138,9 @@ pub(crate) struct CrossProcess {
     /// This process's fds the user named as shared with the outside
     /// ([`DumpOptions::external`]): the root's only.
     pub external: std::collections::BTreeMap<i32, String>,
+    /// The pids of the tree's processes (empty for a process alone): what
+    /// a pidfd may refer to.
+    pub members: std::collections::BTreeSet<i32>,
 }
 
 impl CrossProcess {
@@ -1704,7 +1707,7 @@ fn capture_files(
                 what: "established TCP connection (checked)".into(),
             },
             Some(p) => wire::FdKind::Inet(tern_state::sockets::capture(pid, p, info.flags)?),
-            None => fd_kind(pid, fd, link, flags, info.pos, desc, dir)?,
+            None => fd_kind(pid, fd, link, flags, info.pos, desc, dir, cross)?,
         };
         out.push(wire::Fd {
             fd,
@@ -1789,6 +1792,7 @@ fn same_file(pid: i32, fd1: i32, fd2: i32) -> bool {
     tern_sys::same_description(pid, fd1, pid, fd2)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fd_kind(
     pid: i32,
     fd: i32,
@@ -1797,6 +1801,7 @@ fn fd_kind(
     offset: u64,
     desc: u32,
     dir: Option<&Path>,
+    cross: &CrossProcess,
 ) -> Result<wire::FdKind> {
     let is_stdio = (0..=2).contains(&fd);
     let what = || format!("fd {fd} ({link})");
@@ -1905,6 +1910,32 @@ fn fd_kind(
         return Ok(wire::FdKind::EventFd {
             count,
             semaphore: field("eventfd-semaphore:").as_deref() == Some("1"),
+            flags: flags & libc::O_NONBLOCK,
+        });
+    }
+    if link == "anon_inode:[pidfd]" || link.starts_with("pidfd:") {
+        let text = fdinfo()?;
+        let target = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .ok_or_else(|| unsupported(pid, format!("{}: no Pid in its fdinfo", what())))?;
+        if target != pid && !cross.members.contains(&target) {
+            let whose = if target <= 0 {
+                "a process that has ended".to_string()
+            } else {
+                format!("process {target}, outside the dump")
+            };
+            return Err(unsupported(
+                pid,
+                format!(
+                    "{}: a pidfd of {whose} (only pidfds of the dumped process or tree are kept)",
+                    what()
+                ),
+            ));
+        }
+        return Ok(wire::FdKind::Pidfd {
+            pid: target,
             flags: flags & libc::O_NONBLOCK,
         });
     }

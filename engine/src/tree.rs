@@ -118,6 +118,7 @@ pub(crate) fn dump_tree_stopped(root: i32, dir: &Path, opts: &DumpOptions) -> Re
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
         sockets,
         external: Default::default(),
+        members: procs.iter().map(|p| p.pid).collect(),
     };
     // Children first; the root's inventory last marks the image complete.
     let mut stats = Vec::with_capacity(procs.len());

@@ -1350,6 +1350,21 @@ impl Builder<'_> {
                     self.net.binds.extend(deferred);
                     (fd, 0, false)
                 }
+                wire::FdKind::Pidfd { pid, flags } => {
+                    if !self.keep_ids {
+                        return Err(RestoreError::Unsupported(format!(
+                            "fd {}: a pidfd of process {pid}, which would name another process under --new-pid",
+                            first.fd
+                        )));
+                    }
+                    // The process keeps its pid (in the namespace the
+                    // puppet sees); a tree's are all forked by now.
+                    let nonblock = (flags & libc::O_NONBLOCK) as u64;
+                    let fd = self.sys(libc::SYS_pidfd_open, &[*pid as u64, nonblock], || {
+                        format!("pidfd_open({pid}) for fd {}", first.fd)
+                    })?;
+                    (fd, 0, false)
+                }
                 wire::FdKind::Deleted {
                     path,
                     flags,

@@ -539,6 +539,15 @@ pub enum FdKind {
         /// A path name's socket file: its mode, owner and group.
         file: Option<(u32, u32, u32)>,
     },
+    /// A pidfd (`pidfd_open`, `CLONE_PIDFD`) of a process of the image's
+    /// tree (or of the process itself): reopened on the restored one,
+    /// which keeps its pid.
+    Pidfd {
+        /// The process it refers to, by the image's pid.
+        pid: i32,
+        /// `O_NONBLOCK` (`PIDFD_NONBLOCK`).
+        flags: i32,
+    },
 }
 
 /// An IPv4/IPv6 TCP or UDP socket.
