@@ -8,6 +8,7 @@ mod bench_storage;
 mod bench_svg;
 mod demo;
 mod edges;
+mod evacuate;
 mod fdspec;
 mod inspect;
 mod migrate;
@@ -34,7 +35,7 @@ struct Cli {
 
 /// How pre-copy rounds run and stop (`dump --pre-copy`, `migrate`).
 #[derive(clap::Args, Clone)]
-struct RoundArgs {
+pub(crate) struct RoundArgs {
     /// Dirty-page tracker: auto, uffd-wp, soft-dirty, hash.
     #[arg(long, default_value = "auto")]
     tracker: tern_engine::track::TrackerKind,
@@ -53,7 +54,7 @@ struct RoundArgs {
 }
 
 impl RoundArgs {
-    fn precopy_options(
+    pub(crate) fn precopy_options(
         &self,
         dump: tern_engine::DumpOptions,
     ) -> tern_engine::precopy::PrecopyOptions {
@@ -273,6 +274,10 @@ enum Cmd {
         #[arg(long, default_value_t = 60_000)]
         settle_timeout_ms: u64,
     },
+    /// Move many programs to one destination at once (e.g. to empty this
+    /// server): each migrates on its own session, their rounds side by
+    /// side, their frozen phases one after another.
+    Evacuate(evacuate::EvacuateArgs),
     /// Settle migrations left pending here (link or tern lost after the
     /// commit; the program was left stopped): ask each destination, then
     /// end the copy here or resume it.
@@ -302,9 +307,36 @@ enum Cmd {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
-enum MigrateMode {
+pub(crate) enum MigrateMode {
     Live,
     Simple,
+}
+
+impl MigrateMode {
+    pub(crate) fn mode(self) -> tern_engine::migrate::Mode {
+        match self {
+            MigrateMode::Live => tern_engine::migrate::Mode::Live,
+            MigrateMode::Simple => tern_engine::migrate::Mode::Simple,
+        }
+    }
+}
+
+/// How a migration's source dumps (`migrate`, `evacuate`).
+pub(crate) fn migration_dump_options(
+    tcp_established: bool,
+    external: std::collections::BTreeMap<i32, String>,
+) -> tern_engine::DumpOptions {
+    tern_engine::DumpOptions {
+        leave_running: false,
+        zstd_level: None,
+        parent: None,
+        delta_table: true,
+        tcp_established,
+        // The source lifts it once the destination runs the program.
+        keep_net_lock: false,
+        freezer: tern_engine::dump::Freezer::Ptrace,
+        external,
+    }
 }
 
 fn main() {
@@ -526,25 +558,13 @@ fn run(cmd: Cmd) -> Result<()> {
                         .with_context(|| format!("--compress {n}: not a zstd level"))?,
                 ),
             };
-            let opts = tern_engine::DumpOptions {
-                leave_running: false,
-                zstd_level: None,
-                parent: None,
-                delta_table: true,
-                tcp_established,
-                // The source lifts it once the destination runs the program.
-                keep_net_lock: false,
-                freezer: tern_engine::dump::Freezer::Ptrace,
-                external: fdspec::external_fds(pid, &external)?,
-            };
+            let opts =
+                migration_dump_options(tcp_established, fdspec::external_fds(pid, &external)?);
             migrate::migrate(migrate::MigrateArgs {
                 pid,
                 to,
                 key,
-                mode: match mode {
-                    MigrateMode::Live => tern_engine::migrate::Mode::Live,
-                    MigrateMode::Simple => tern_engine::migrate::Mode::Simple,
-                },
+                mode: mode.mode(),
                 precopy: rounds.precopy_options(opts),
                 compress,
                 work_dir,
@@ -554,6 +574,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 settle_timeout: Duration::from_millis(settle_timeout_ms),
             })
         }
+        Cmd::Evacuate(a) => evacuate::evacuate(a),
         Cmd::Resolve {
             key,
             pids,

@@ -19,7 +19,7 @@ pub fn keygen(out: &Path) -> Result<()> {
 }
 
 /// Staging directory: memory when there is a /dev/shm.
-fn default_work_dir(given: Option<PathBuf>) -> PathBuf {
+pub(crate) fn default_work_dir(given: Option<PathBuf>) -> PathBuf {
     given.unwrap_or_else(|| {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() {
@@ -125,6 +125,7 @@ pub fn migrate(a: MigrateArgs) -> Result<()> {
         timeout: a.timeout,
         handoff_cmd: a.handoff_cmd,
         settle_timeout: a.settle_timeout,
+        freeze_turns: None,
     };
     eprintln!("migrating process {} to {}", a.pid, a.to);
     let mut on_round = |r: &tern_engine::precopy::RoundReport| {

@@ -1029,3 +1029,105 @@ fn migrate_process_tree_stop_and_copy() {
     check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
     restored_guard.kill_and_wait();
 }
+
+/// `tern evacuate` of 4 programs (counter64, 16 MiB each) from A to one
+/// `tern serve` in B: all run on in B exactly (consecutive ticks, memory
+/// verified), none is left in A, and their frozen phases (from the report)
+/// never overlap.
+#[test]
+fn evacuate_four_programs_one_frozen_at_a_time() {
+    let Some(edges) = edges_or_skip("evacuate_four_programs_one_frozen_at_a_time") else {
+        return;
+    };
+    let dir = TestDir::new("evacuate");
+    let exe = compile_c_with(&dir, "counter64", &["-DBUF_MIB=16"]);
+    let mut programs = Vec::new();
+    for k in 0..4 {
+        let out = dir.join(format!("program-{k}.out"));
+        let guard = spawn_redirected(
+            &edges.a.cmd(&exe),
+            Stdio::null(),
+            &out,
+            &dir.join(format!("program-{k}.err")),
+        );
+        programs.push((guard, out));
+    }
+    let wait_ticks = |out: &Path, n: u64| {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("tick {n} in {}", out.display()),
+            || {
+                let t = ticks(out);
+                t.last().is_some_and(|x| x.0 >= n).then_some(t)
+            },
+            || tail(out, 5),
+        )
+    };
+    for (_, out) in &programs {
+        wait_ticks(out, 5);
+    }
+    let key = keygen(&dir, "tern.key");
+    let mut serve = start_serve_with(&dir, &edges, &key, &[]);
+    let pids: Vec<String> = programs.iter().map(|(g, _)| g.pid().to_string()).collect();
+    let report = dir.join("evacuate.json");
+    let a = args![
+        "evacuate",
+        "--pids",
+        pids.join(","),
+        "--to",
+        format!("{EDGE_B_ADDR}:{PORT}"),
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    let out = run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null());
+    out.assert_ok("tern evacuate");
+    let rep: serde_json::Value =
+        serde_json::from_slice(&read_bytes(&report)).expect("the evacuation report");
+    assert_eq!(rep["moved"].as_u64(), Some(4), "{rep}");
+    let moved = rep["programs"].as_array().expect("programs");
+    let mut spans = Vec::new();
+    let mut guards = Vec::new();
+    for (m, (source, out)) in moved.iter().zip(programs.iter_mut()) {
+        let restored = m["restored_pid"].as_i64().expect("restored_pid") as i32;
+        guards.push(ProcGuard::adopt(restored));
+        assert!(
+            source.wait_exit(Duration::from_secs(10)).is_some(),
+            "process {} is still in A",
+            source.pid()
+        );
+        assert_eq!(netns_of(restored), Some(edges.b.inode()));
+        let before = ticks(out).len() as u64;
+        let all = wait_ticks(out, before + 20);
+        let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+        check_consecutive(&numbers, 1).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+        let span = (
+            m["frozen_from_ms"].as_f64().expect("frozen_from_ms"),
+            m["frozen_to_ms"].as_f64().expect("frozen_to_ms"),
+        );
+        assert!(span.0 < span.1, "{span:?}");
+        spans.push(span);
+    }
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "two programs were frozen at once: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    eprintln!(
+        "evacuated 4 x 16 MiB in {:.0} ms; downtimes {:?} ms",
+        rep["wall_ms"].as_f64().unwrap_or(-1.0),
+        moved
+            .iter()
+            .map(|m| m["downtime_ms"].as_f64().unwrap_or(-1.0))
+            .collect::<Vec<_>>()
+    );
+    serve.kill_and_wait();
+    for mut g in guards {
+        g.kill_and_wait();
+    }
+}

@@ -82,6 +82,27 @@ pub struct MigrateOptions {
     /// the destination (`Ask`) what became of the program before leaving
     /// it stopped here for `tern resolve`.
     pub settle_timeout: Duration,
+    /// Shared by migrations run at once (`tern evacuate`): each takes its
+    /// turn before it freezes its program and gives it back once the
+    /// program runs at the destination (or here again), so that no two
+    /// frozen phases overlap.
+    pub freeze_turns: Option<std::sync::Arc<FreezeTurns>>,
+}
+
+/// One program frozen at a time among migrations run at once: see
+/// [`MigrateOptions::freeze_turns`].
+#[derive(Debug, Default)]
+pub struct FreezeTurns(std::sync::Mutex<()>);
+
+impl FreezeTurns {
+    /// Wait for the turn; returns it and whether the wait was long enough
+    /// (20 ms) for the program to have written much meanwhile.
+    fn take(&self) -> (std::sync::MutexGuard<'_, ()>, bool) {
+        let t = Instant::now();
+        // A migration that panicked holding it gave it back all the same.
+        let turn = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (turn, t.elapsed() > Duration::from_millis(20))
+    }
 }
 
 /// One round as it went over the wire.
@@ -121,6 +142,10 @@ pub struct MigrationReport {
     pub final_dump_ms: f64,
     /// Final image written -> the destination received all of it.
     pub transfer_ms: f64,
+    /// When the program was frozen here, and when the destination said it
+    /// runs: its frozen phase.
+    pub frozen_at: Instant,
+    pub running_at: Instant,
     /// Destination: final image received -> program rebuilt (`Ready`).
     pub restore_ms: f64,
     /// `Ready` -> `Running` (commit round trip and resume), without the
@@ -586,8 +611,12 @@ pub fn migrate(
         Compression::Off | Compression::Auto => None,
     };
     let mut compressing = precopy_opts.dump.zstd_level.is_some();
+    let mut turn = None;
     let frozen = match opts.mode {
-        Mode::Simple => precopy::freeze_whole(pid, &stage_dir, &precopy_opts.dump),
+        Mode::Simple => {
+            turn = opts.freeze_turns.as_ref().map(|t| t.take().0);
+            precopy::freeze_whole(pid, &stage_dir, &precopy_opts.dump)
+        }
         Mode::Live => (|| {
             let mut pc = Precopy::start(pid, &stage_dir, &precopy_opts)?;
             let mut forced = 0;
@@ -600,10 +629,17 @@ pub fn migrate(
                         // the wire or not yet applied at the destination
                         // would land in the frozen phase. Wait for them
                         // (the program runs), then take what was written
-                        // meanwhile in one more round.
+                        // meanwhile in one more round. Likewise for the
+                        // turn to freeze, when migrations run at once.
+                        let mut waited = false;
+                        if let (None, Some(t)) = (&turn, &opts.freeze_turns) {
+                            let (taken, long) = t.take();
+                            turn = Some(taken);
+                            waited = long;
+                        }
                         let outstanding =
                             pending_sends > 0 || link.applied() < sent_rounds.len() as u32;
-                        if !outstanding {
+                        if !outstanding && !waited {
                             break;
                         }
                         drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
@@ -792,7 +828,10 @@ pub fn migrate(
         }
     };
     let t_running = Instant::now();
+    // The program runs there: another may freeze while this copy ends.
+    drop(turn);
     let downtime_ms = t_running.duration_since(frozen.frozen_at()).as_secs_f64() * 1e3;
+    let frozen_at = frozen.frozen_at();
     let report = frozen.kill()?;
     pending::Record::remove(pid);
     let bytes_on_wire = link.wire_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -810,6 +849,8 @@ pub fn migrate(
         downtime_ms,
         final_dump_ms,
         transfer_ms,
+        frozen_at,
+        running_at: t_running,
         restore_ms,
         commit_ms: t_running.duration_since(t_ready).as_secs_f64() * 1e3 - handoff_ms,
         handoff_ms,

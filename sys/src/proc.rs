@@ -289,6 +289,49 @@ pub fn describe_holders(link: &str, except: &[i32]) -> String {
         .join(", ")
 }
 
+/// `pid`, its parent, and so on up to init (or as far as /proc tells).
+pub fn ancestors(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut at = pid;
+    while at > 1 && out.len() < 4096 {
+        let ppid = std::fs::read_to_string(format!("/proc/{at}/stat"))
+            .ok()
+            .and_then(|t| {
+                // After the comm's closing parenthesis: state, then ppid.
+                let rest = &t[t.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        match ppid {
+            Some(p) if p > 0 => {
+                out.push(p);
+                at = p;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// User processes (not kernel threads) whose real uid is `uid`.
+pub fn pids_of_user(uid: u32) -> Vec<i32> {
+    numeric_entries("/proc")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pid| {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            let real_uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+            // Kernel threads have no memory map of their own.
+            let user_space = status.lines().any(|l| l.starts_with("VmSize:"));
+            real_uid == Some(uid) && user_space
+        })
+        .collect()
+}
+
 /// Thread ids in `/proc/PID/task`.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     numeric_entries(&format!("/proc/{pid}/task"))
