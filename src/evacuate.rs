@@ -36,8 +36,9 @@ pub struct EvacuateArgs {
     #[command(flatten)]
     pub rounds: crate::RoundArgs,
     /// Migrations in flight at once (the destination's --max-sessions
-    /// caps what it takes).
-    #[arg(long, default_value_t = 4)]
+    /// caps what it takes). On a 2-core machine moving 16 busy programs,
+    /// 2 gave the shortest evacuation, 1 the shortest downtimes.
+    #[arg(long, default_value_t = 2)]
     pub parallel: usize,
     /// Where rounds are staged before sending: default /dev/shm.
     #[arg(long)]

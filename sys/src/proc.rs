@@ -282,11 +282,17 @@ pub fn describe_holders(link: &str, except: &[i32]) -> String {
     if holders.is_empty() {
         return "no process outside the dump (its other end is closed)".to_string();
     }
-    holders
+    const SHOWN: usize = 5;
+    let mut text = holders
         .iter()
+        .take(SHOWN)
         .map(|(pid, fd)| format!("process {pid} (its fd {fd})"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if holders.len() > SHOWN {
+        text.push_str(&format!(" and {} more", holders.len() - SHOWN));
+    }
+    text
 }
 
 /// `pid`, its parent, and so on up to init (or as far as /proc tells).
