@@ -55,6 +55,13 @@ pub struct BenchArgs {
     /// tmpfs such as /dev/shm), for each of --sizes.
     #[arg(long)]
     pub storage: Option<PathBuf>,
+    /// Instead of migrations: `tern evacuate` of this many sample programs
+    /// of the first of --sizes MiB each, once per --evacuate-parallel.
+    #[arg(long)]
+    pub evacuate: Option<usize>,
+    /// Migrations in flight at once, for --evacuate.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub evacuate_parallel: Vec<usize>,
 }
 
 /// One measured migration.
@@ -220,6 +227,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             storage,
             &args.sizes,
             args.repeat,
+            &dir,
+            args.json.as_ref(),
+        );
+    }
+    if let Some(programs) = args.evacuate {
+        let exe = std::env::current_exe().context("find the tern executable")?;
+        std::fs::create_dir_all(&dir)?;
+        let mib = args.sizes.first().copied().unwrap_or(64);
+        return crate::bench_evacuate::run(
+            &exe,
+            programs,
+            mib,
+            &args.evacuate_parallel,
             &dir,
             args.json.as_ref(),
         );

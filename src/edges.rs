@@ -195,18 +195,26 @@ pub fn keygen(exe: &Path, key: &Path) -> Result<()> {
 /// Start `cmd` (a `tern` command line, possibly inside a namespace) as
 /// `tern serve --once --listen LISTEN --key KEY`, its output in
 /// `dir/serve.log`; returns once it listens, with the address it bound.
-pub fn start_serve(
+pub fn start_serve(cmd: Command, key: &Path, listen: &str, dir: &Path) -> Result<(Child, String)> {
+    start_serve_with(cmd, key, listen, dir, &["--once"])
+}
+
+/// [`start_serve`] with `extra` arguments instead of `--once`.
+pub fn start_serve_with(
     mut cmd: Command,
     key: &Path,
     listen: &str,
     dir: &Path,
+    extra: &[&str],
 ) -> Result<(Child, String)> {
     let ready = dir.join("serve.addr");
     let _ = std::fs::remove_file(&ready);
     let log = dir.join("serve.log");
     let serve = Child(
         tern_sys::child::only_stdio(
-            cmd.args(["serve", "--once", "--listen", listen, "--key"])
+            cmd.arg("serve")
+                .args(extra)
+                .args(["--listen", listen, "--key"])
                 .arg(key)
                 .arg("--ready-file")
                 .arg(&ready)

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod bench_evacuate;
 mod bench_storage;
 mod bench_svg;
 mod demo;
