@@ -134,3 +134,47 @@ fn bench_storage_compares_dump_and_restore_with_cp() {
         "tern bench left files in its storage dir: {left:?}"
     );
 }
+
+/// `tern bench --evacuate 3 --sizes 8 --evacuate-parallel 1,2`: a table
+/// and JSON with one run per parallelism, each with a wall time and the
+/// three programs' downtimes.
+#[test]
+fn bench_evacuate_reports_each_parallelism() {
+    if !root_or_skip("bench_evacuate_reports_each_parallelism") {
+        return;
+    }
+    let dir = TestDir::new("bench_evacuate");
+    let json = dir.join("evacuate.json");
+    let a = args![
+        "bench",
+        "--evacuate",
+        "3",
+        "--sizes",
+        "8",
+        "--evacuate-parallel",
+        "1,2",
+        "--json",
+        &json,
+        "--dir",
+        dir.join("work"),
+    ];
+    let out = run_tern(&dir, &a, Stdio::null());
+    out.assert_ok("tern bench --evacuate");
+    assert!(
+        out.stdout.contains("Evacuating 3 programs of 8 MiB"),
+        "no table printed:\n{}",
+        out.stdout
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("evacuate.json"))
+            .expect("JSON");
+    let runs = v["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{v}");
+    for (r, parallel) in runs.iter().zip([1, 2]) {
+        assert_eq!(r["parallel"].as_u64(), Some(parallel), "{r}");
+        assert!(r["wall_ms"].as_f64().is_some_and(|w| w > 0.0), "{r}");
+        let d = r["downtimes_ms"].as_array().expect("downtimes");
+        assert_eq!(d.len(), 3, "{r}");
+        assert!(d.iter().all(|x| x.as_f64().is_some_and(|x| x > 0.0)), "{r}");
+    }
+}
