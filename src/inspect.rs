@@ -231,7 +231,10 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
     }
     println!("files:");
     for f in &image.files.fds {
+        // Kinds with a module of their own describe themselves.
+        let own = tern_state::files::describe(&f.kind);
         let what = match &f.kind {
+            _ if own.is_some() => own.unwrap_or_default(),
             wire::FdKind::Path {
                 path,
                 offset,
@@ -259,12 +262,13 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
                 };
                 match file {
                     Some((mode, uid, gid)) => {
-                        format!("unix socket {name} ({role}; file mode {mode:o}, owner {uid}:{gid})")
+                        format!(
+                            "unix socket {name} ({role}; file mode {mode:o}, owner {uid}:{gid})"
+                        )
                     }
                     None => format!("unix socket {name} ({role})"),
                 }
             }
-            wire::FdKind::Pidfd { pid, .. } => format!("pidfd of process {pid}"),
             wire::FdKind::External { name, what, .. } => {
                 format!("{what}, shared with the outside: replaced by --inherit-fd fd[N]:{name}")
             }
@@ -280,22 +284,6 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
                     if *write_end { "write" } else { "read" }
                 )
             }
-            wire::FdKind::EventFd {
-                count, semaphore, ..
-            } => format!(
-                "eventfd (count {count}{})",
-                if *semaphore { ", semaphore" } else { "" }
-            ),
-            wire::FdKind::TimerFd {
-                clockid,
-                ticks,
-                value_ns,
-                interval_ns,
-                ..
-            } => format!(
-                "timerfd (clock {clockid}, next in {value_ns} ns, every {interval_ns} ns, {ticks} unread)"
-            ),
-            wire::FdKind::SignalFd { mask, .. } => format!("signalfd (signals {mask:#x})"),
             wire::FdKind::Inet(sock) => inet_line(sock),
             wire::FdKind::Inotify { watches, .. } => format!(
                 "inotify watching {}",
@@ -330,6 +318,7 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            other => format!("{other:?}"),
         };
         println!(
             "  fd {}{}: {what}{}",

@@ -1825,17 +1825,17 @@ fn fd_kind(
         std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
             .ctx(pid, || format!("read fdinfo {fd}"))
     };
-    if link == "anon_inode:[timerfd]" {
+    if tern_state::files::takes(link) {
         let text = fdinfo()?;
-        let t = proc::parse_timerfd(&text)
-            .ok_or_else(|| unsupported(pid, format!("{}: unreadable timerfd fdinfo", what())))?;
-        return Ok(wire::FdKind::TimerFd {
-            clockid: t.0,
-            ticks: t.1,
-            value_ns: t.2,
-            interval_ns: t.3,
-            flags: flags & libc::O_NONBLOCK,
-        });
+        let dumped = |p: i32| p == pid || cross.members.contains(&p);
+        return Ok(tern_state::files::capture(&tern_state::files::OpenFd {
+            pid,
+            fd,
+            link,
+            flags,
+            fdinfo: &text,
+            dumped: &dumped,
+        })?);
     }
     if link == "anon_inode:[eventpoll]" {
         let text = fdinfo()?;
@@ -1883,60 +1883,6 @@ fn fd_kind(
         return Ok(wire::FdKind::Inotify {
             flags: flags & libc::O_NONBLOCK,
             watches,
-        });
-    }
-    if link == "anon_inode:[signalfd]" {
-        let text = fdinfo()?;
-        let mask = text
-            .lines()
-            .find_map(|l| l.strip_prefix("sigmask:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .ok_or_else(|| unsupported(pid, format!("{}: no sigmask in fdinfo", what())))?;
-        return Ok(wire::FdKind::SignalFd {
-            mask,
-            flags: flags & libc::O_NONBLOCK,
-        });
-    }
-    if link == "anon_inode:[eventfd]" {
-        let text = fdinfo()?;
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_string())
-        };
-        let count = field("eventfd-count:")
-            .and_then(|v| u64::from_str_radix(&v, 16).ok())
-            .ok_or_else(|| unsupported(pid, format!("{}: no eventfd-count in fdinfo", what())))?;
-        return Ok(wire::FdKind::EventFd {
-            count,
-            semaphore: field("eventfd-semaphore:").as_deref() == Some("1"),
-            flags: flags & libc::O_NONBLOCK,
-        });
-    }
-    if link == "anon_inode:[pidfd]" || link.starts_with("pidfd:") {
-        let text = fdinfo()?;
-        let target = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Pid:"))
-            .and_then(|v| v.trim().parse::<i32>().ok())
-            .ok_or_else(|| unsupported(pid, format!("{}: no Pid in its fdinfo", what())))?;
-        if target != pid && !cross.members.contains(&target) {
-            let whose = if target <= 0 {
-                "a process that has ended".to_string()
-            } else {
-                format!("process {target}, outside the dump")
-            };
-            return Err(unsupported(
-                pid,
-                format!(
-                    "{}: a pidfd of {whose} (only pidfds of the dumped process or tree are kept)",
-                    what()
-                ),
-            ));
-        }
-        return Ok(wire::FdKind::Pidfd {
-            pid: target,
-            flags: flags & libc::O_NONBLOCK,
         });
     }
     if !link.starts_with('/') {

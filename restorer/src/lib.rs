@@ -868,6 +868,38 @@ struct Builder<'a> {
     imports: Option<&'a tree::Imports>,
 }
 
+/// What `tern_state::files`' kinds need of the process being rebuilt.
+impl tern_state::files::Remote for Builder<'_> {
+    type Error = RestoreError;
+
+    fn syscall(
+        &mut self,
+        nr: libc::c_long,
+        args: &[u64],
+        what: &dyn Fn() -> String,
+    ) -> Result<u64> {
+        self.sys(nr, args, what)
+    }
+
+    fn stage(&mut self, data: &[u8]) -> Result<u64> {
+        if data.len() as u64 > SCRATCH_PATH - SCRATCH_STRUCT {
+            return Err(self
+                .image
+                .bad(format!("{} bytes to stage for a file", data.len())));
+        }
+        self.poke(SCRATCH_STRUCT, data)?;
+        Ok(self.scratch + SCRATCH_STRUCT)
+    }
+
+    fn keeps_pids(&self) -> bool {
+        self.keep_ids
+    }
+
+    fn refuse(&self, why: String) -> RestoreError {
+        RestoreError::Unsupported(why)
+    }
+}
+
 impl Builder<'_> {
     fn sys(
         &mut self,
@@ -1144,7 +1176,12 @@ impl Builder<'_> {
         for members in groups.values() {
             let first = members[0];
             let imported = self.imports.and_then(|i| i.fds.get(&first.fd).copied());
+            let made_by_kind = match imported {
+                Some(_) => None,
+                None => tern_state::files::restore(&first.kind, first.fd, self).transpose()?,
+            };
             let (tmp, offset, regular) = match &first.kind {
+                _ if made_by_kind.is_some() => (made_by_kind.unwrap_or(0), 0, false),
                 _ if imported.is_some() => {
                     let tern_fd = imported.unwrap_or(-1);
                     let fd = self.install(tern_fd)?;
@@ -1204,81 +1241,6 @@ impl Builder<'_> {
                     self.keep_nonblock(end, *flags, "a pipe")?;
                     (end, 0, false)
                 }
-                wire::FdKind::EventFd {
-                    count,
-                    semaphore,
-                    flags,
-                } => {
-                    let mut efd_flags = libc::EFD_CLOEXEC;
-                    if *semaphore {
-                        efd_flags |= libc::EFD_SEMAPHORE;
-                    }
-                    if flags & libc::O_NONBLOCK != 0 {
-                        efd_flags |= libc::EFD_NONBLOCK;
-                    }
-                    let fd = self.sys(libc::SYS_eventfd2, &[0, efd_flags as u64], || {
-                        format!("eventfd2 for fd {}", first.fd)
-                    })?;
-                    // eventfd2 takes a 32-bit initial value: write the count.
-                    if *count != 0 {
-                        self.poke(SCRATCH_STRUCT, &count.to_le_bytes())?;
-                        let addr = self.scratch + SCRATCH_STRUCT;
-                        self.sys(libc::SYS_write, &[fd, addr, 8], || {
-                            "write eventfd count".into()
-                        })?;
-                    }
-                    (fd, 0, false)
-                }
-                wire::FdKind::TimerFd {
-                    clockid,
-                    ticks,
-                    value_ns,
-                    interval_ns,
-                    flags,
-                } => {
-                    let mut tfd_flags = libc::TFD_CLOEXEC;
-                    if flags & libc::O_NONBLOCK != 0 {
-                        tfd_flags |= libc::TFD_NONBLOCK;
-                    }
-                    let fd = self.sys(
-                        libc::SYS_timerfd_create,
-                        &[*clockid as u64, tfd_flags as u64],
-                        || format!("timerfd_create for fd {}", first.fd),
-                    )?;
-                    // A periodic timerfd whose last expiry is still unread
-                    // is not re-armed until that read (fdinfo then shows no
-                    // time left): arm it for the next period, or it would
-                    // never fire again.
-                    let value_ns = if *value_ns == 0 {
-                        *interval_ns
-                    } else {
-                        *value_ns
-                    };
-                    if value_ns != 0 {
-                        let mut its = Vec::with_capacity(32);
-                        for ns in [*interval_ns, value_ns] {
-                            its.extend_from_slice(&(ns / 1_000_000_000).to_le_bytes());
-                            its.extend_from_slice(&(ns % 1_000_000_000).to_le_bytes());
-                        }
-                        self.poke(SCRATCH_STRUCT, &its)?;
-                        let addr = self.scratch + SCRATCH_STRUCT;
-                        // The time left, relative: an absolute timer's
-                        // deadline is what fdinfo showed as remaining.
-                        self.sys(libc::SYS_timerfd_settime, &[fd, 0, addr, 0], || {
-                            "timerfd_settime".into()
-                        })?;
-                    }
-                    if *ticks != 0 {
-                        // TFD_IOC_SET_TICKS (CONFIG_CHECKPOINT_RESTORE).
-                        const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
-                        self.poke(SCRATCH_STRUCT, &ticks.to_le_bytes())?;
-                        let addr = self.scratch + SCRATCH_STRUCT;
-                        self.sys(libc::SYS_ioctl, &[fd, TFD_IOC_SET_TICKS, addr], || {
-                            "ioctl(TFD_IOC_SET_TICKS)".into()
-                        })?;
-                    }
-                    (fd, 0, false)
-                }
                 wire::FdKind::Epoll { targets } => {
                     let fd = self.sys(
                         libc::SYS_epoll_create1,
@@ -1287,20 +1249,6 @@ impl Builder<'_> {
                     )?;
                     // Filled once every fd it watches is in place.
                     epolls.push((first.fd, targets.clone()));
-                    (fd, 0, false)
-                }
-                wire::FdKind::SignalFd { mask, flags } => {
-                    let mut sfd_flags = libc::SFD_CLOEXEC;
-                    if flags & libc::O_NONBLOCK != 0 {
-                        sfd_flags |= libc::SFD_NONBLOCK;
-                    }
-                    self.poke(SCRATCH_STRUCT, &mask.to_le_bytes())?;
-                    let addr = self.scratch + SCRATCH_STRUCT;
-                    let fd = self.sys(
-                        libc::SYS_signalfd4,
-                        &[u64::MAX, addr, 8, sfd_flags as u64],
-                        || format!("signalfd4 for fd {}", first.fd),
-                    )?;
                     (fd, 0, false)
                 }
                 wire::FdKind::Inet(sock) => {
@@ -1348,21 +1296,6 @@ impl Builder<'_> {
                         tern_state::sockets::restore_bound(dup, name, *flags, *backlog, *file)
                             .step(pid, what)?;
                     self.net.binds.extend(deferred);
-                    (fd, 0, false)
-                }
-                wire::FdKind::Pidfd { pid, flags } => {
-                    if !self.keep_ids {
-                        return Err(RestoreError::Unsupported(format!(
-                            "fd {}: a pidfd of process {pid}, which would name another process under --new-pid",
-                            first.fd
-                        )));
-                    }
-                    // The process keeps its pid (in the namespace the
-                    // puppet sees); a tree's are all forked by now.
-                    let nonblock = (flags & libc::O_NONBLOCK) as u64;
-                    let fd = self.sys(libc::SYS_pidfd_open, &[*pid as u64, nonblock], || {
-                        format!("pidfd_open({pid}) for fd {}", first.fd)
-                    })?;
                     (fd, 0, false)
                 }
                 wire::FdKind::Deleted {
@@ -1426,6 +1359,14 @@ impl Builder<'_> {
                     };
                     self.keep_nonblock(end, *flags, "a unix socket")?;
                     (end, 0, false)
+                }
+                // A kind with a module of its own (tern_state::files) was
+                // made above; any other is a kind this tern cannot restore.
+                other => {
+                    return Err(self.image.bad(format!(
+                        "fd {} is of a kind this tern cannot restore: {other:?}",
+                        first.fd
+                    )));
                 }
             };
             if regular {

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod creds;
+pub mod files;
 pub mod regs;
 pub mod seccomp;
 pub mod sockets;
