@@ -246,15 +246,8 @@ fn dump_refuses_a_pipe_to_the_supervisor_then_restores_it_with_inherit_fd() {
 #[test]
 fn migrate_refuses_a_pipe_to_the_supervisor_then_moves_it_with_inherit_fd() {
     const TEST: &str = "migrate_refuses_a_pipe_to_the_supervisor_then_moves_it_with_inherit_fd";
-    if !root_or_skip(TEST) {
+    let Some(edges) = edges_or_skip(TEST) else {
         return;
-    }
-    let edges = match EdgePair::new() {
-        Ok(e) => e,
-        Err(e) => {
-            skip_or_panic(TEST, &format!("cannot make network namespaces: {e}"));
-            return;
-        }
     };
     let mut s = Supervised::start(TEST, Some(&edges.a));
     let key = keygen(&s.dir, "tern.key");

@@ -30,19 +30,6 @@ struct Edge {
     edges: EdgePair,
 }
 
-fn edges_or_skip(test: &str) -> Option<EdgePair> {
-    if !root_or_skip(test) {
-        return None;
-    }
-    match EdgePair::new() {
-        Ok(e) => Some(e),
-        Err(e) => {
-            skip_or_panic(test, &format!("cannot make network namespaces: {e}"));
-            None
-        }
-    }
-}
-
 /// Start `tern serve --once` in B; returns once it listens.
 fn start_serve(dir: &TestDir, edges: &EdgePair, key: &Path, extra: &[&str]) -> ProcGuard {
     let mut a = vec!["--once"];
@@ -66,8 +53,22 @@ fn start_with(test: &str, edges: EdgePair, buf_mib: u32, args: &[&str]) -> Edge 
 
 /// counter64 built with `cflags`, started in A with `args`.
 fn start_built(test: &str, edges: EdgePair, cflags: &[&str], args: &[&str]) -> Edge {
+    let mut e = start_program(test, edges, "counter64", cflags, args);
+    e.wait_ticks(5);
+    e
+}
+
+/// `tests/workloads/WORKLOAD.c` built with `cflags`, started in A with
+/// `args` (not waited for).
+fn start_program(
+    test: &str,
+    edges: EdgePair,
+    workload: &str,
+    cflags: &[&str],
+    args: &[&str],
+) -> Edge {
     let dir = TestDir::new(test);
-    let exe = compile_c_with(&dir, "counter64", cflags);
+    let exe = compile_c_with(&dir, workload, cflags);
     let out = dir.join("program.out");
     let mut cmd = edges.a.cmd(&exe);
     for a in args {
@@ -75,16 +76,25 @@ fn start_built(test: &str, edges: EdgePair, cflags: &[&str], args: &[&str]) -> E
     }
     let program = spawn_redirected(&cmd, Stdio::null(), &out, &dir.join("program.err"));
     let key = keygen(&dir, "tern.key");
-    let mut e = Edge {
+    Edge {
         serve: None,
         program,
         out,
         key,
         dir,
         edges,
-    };
-    e.wait_ticks(5);
-    e
+    }
+}
+
+/// The numbers of a workload's "tick N ..." lines; panics on CORRUPT.
+fn tick_numbers(out: &Path) -> Vec<u64> {
+    complete_lines(out)
+        .iter()
+        .map(|l| {
+            assert!(!l.contains("CORRUPT"), "the program went wrong: {l}");
+            seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}"))
+        })
+        .collect()
 }
 
 /// (tick, pass, microseconds) of every complete line; panics on CORRUPT.
@@ -128,6 +138,17 @@ impl Edge {
                     .join("; ")
             },
         );
+    }
+
+    /// For workloads other than counter64: waits (30 s at most) until it
+    /// printed `n` "tick" lines; returns their numbers.
+    fn wait_tick_lines(&self, n: usize) -> Vec<u64> {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} ticks"),
+            || Some(tick_numbers(&self.out)).filter(|t| t.len() >= n),
+            || tail(&self.out, 5),
+        )
     }
 
     fn wait_ticks(&mut self, n: u64) -> Vec<(u64, u64, u64)> {
@@ -870,42 +891,8 @@ fn migrate_program_under_seccomp_keeps_its_filters() {
     let Some(edges) = edges_or_skip("migrate_program_under_seccomp_keeps_its_filters") else {
         return;
     };
-    let dir = TestDir::new("migrate-seccomp");
-    let exe = compile_c(&dir, "sandboxed");
-    let out = dir.join("program.out");
-    let program = spawn_redirected(
-        &edges.a.cmd(&exe),
-        Stdio::null(),
-        &out,
-        &dir.join("program.err"),
-    );
-    let key = keygen(&dir, "tern.key");
-    let mut e = Edge {
-        serve: None,
-        program,
-        out,
-        key,
-        dir,
-        edges,
-    };
-    let tick_numbers = |out: &Path| -> Vec<u64> {
-        complete_lines(out)
-            .iter()
-            .map(|l| {
-                assert!(!l.contains("CORRUPT"), "the program lost a filter: {l}");
-                seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}"))
-            })
-            .collect()
-    };
-    let wait_ticks = |n: usize| {
-        wait_until(
-            Duration::from_secs(30),
-            &format!("{n} ticks"),
-            || Some(tick_numbers(&e.out)).filter(|t| t.len() >= n),
-            || tail(&e.out, 5),
-        )
-    };
-    wait_ticks(10);
+    let mut e = start_program("migrate-seccomp", edges, "sandboxed", &[], &[]);
+    e.wait_tick_lines(10);
     e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
     e.migrate(&[]).assert_ok("tern migrate");
     let restored = report(&e.dir)["restored_pid"]
@@ -913,7 +900,7 @@ fn migrate_program_under_seccomp_keeps_its_filters() {
         .expect("restored_pid") as i32;
     let mut restored_guard = ProcGuard::adopt(restored);
     let before = tick_numbers(&e.out).len();
-    let all = wait_ticks(before + 30);
+    let all = e.wait_tick_lines(before + 30);
     check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
     let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{restored}/task"))
         .expect("threads of the restored program")
@@ -944,42 +931,8 @@ fn migrate_process_tree_stop_and_copy() {
     let Some(edges) = edges_or_skip("migrate_process_tree_stop_and_copy") else {
         return;
     };
-    let dir = TestDir::new("migrate-tree");
-    let exe = compile_c(&dir, "family");
-    let out = dir.join("program.out");
-    let program = spawn_redirected(
-        &edges.a.cmd(&exe),
-        Stdio::null(),
-        &out,
-        &dir.join("program.err"),
-    );
-    let key = keygen(&dir, "tern.key");
-    let mut e = Edge {
-        serve: None,
-        program,
-        out,
-        key,
-        dir,
-        edges,
-    };
-    let tick_numbers = |out: &Path| -> Vec<u64> {
-        complete_lines(out)
-            .iter()
-            .map(|l| {
-                assert!(!l.contains("CORRUPT"), "the family went wrong: {l}");
-                seq_number(l, "tick ").unwrap_or_else(|| panic!("unexpected line {l:?}"))
-            })
-            .collect()
-    };
-    let wait_ticks = |n: usize| {
-        wait_until(
-            Duration::from_secs(30),
-            &format!("{n} ticks"),
-            || Some(tick_numbers(&e.out)).filter(|t| t.len() >= n),
-            || tail(&e.out, 5),
-        )
-    };
-    wait_ticks(5);
+    let mut e = start_program("migrate-tree", edges, "family", &[], &[]);
+    e.wait_tick_lines(5);
     let source = e.program.pid();
     let kids = children_of(source);
     assert_eq!(kids.len(), 2, "{kids:?}");
@@ -991,8 +944,8 @@ fn migrate_process_tree_stop_and_copy() {
         "the refusal must say what works: {}",
         live.stderr
     );
-    let n = wait_ticks(1).len();
-    wait_ticks(n + 3);
+    let n = e.wait_tick_lines(1).len();
+    e.wait_tick_lines(n + 3);
 
     e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
     e.migrate(&["--mode", "simple"])
@@ -1025,7 +978,7 @@ fn migrate_process_tree_stop_and_copy() {
         || tail(&e.out, 5),
     );
     assert!(reaped.starts_with("tick 60 "), "{reaped}");
-    let all = wait_ticks(70);
+    let all = e.wait_tick_lines(70);
     check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
     restored_guard.kill_and_wait();
 }

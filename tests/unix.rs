@@ -201,15 +201,8 @@ fn unix_listener_with_a_connection_waiting_is_refused() {
 #[test]
 fn unix_listeners_migrate_live() {
     const TEST: &str = "unix_listeners_migrate_live";
-    if !root_or_skip(TEST) {
+    let Some(edges) = edges_or_skip(TEST) else {
         return;
-    }
-    let edges = match EdgePair::new() {
-        Ok(e) => e,
-        Err(e) => {
-            skip_or_panic(TEST, &format!("cannot make network namespaces: {e}"));
-            return;
-        }
     };
     let dir = TestDir::new(TEST);
     let exe = compile_c(&dir, "unix_service");

@@ -1763,6 +1763,21 @@ pub struct EdgePair {
     pub b: Netns,
 }
 
+/// Two edge namespaces for `test`, or `None` (having said why: not root,
+/// or no network namespaces here; under CI that panics instead).
+pub fn edges_or_skip(test: &str) -> Option<EdgePair> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    match EdgePair::new() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            skip_or_panic(test, &format!("cannot make network namespaces: {e}"));
+            None
+        }
+    }
+}
+
 pub const EDGE_A_ADDR: &str = "10.77.0.1";
 pub const EDGE_B_ADDR: &str = "10.77.0.2";
 
