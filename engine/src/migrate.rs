@@ -103,6 +103,12 @@ impl FreezeTurns {
         let turn = self.0.lock().unwrap_or_else(|p| p.into_inner());
         (turn, t.elapsed() > Duration::from_millis(20))
     }
+
+    /// Wait while another program is frozen: its frozen phase gets the
+    /// CPUs and the link rather than this one's next round.
+    fn wait_quiet(&self) {
+        drop(self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
 }
 
 /// One round as it went over the wire.
@@ -622,6 +628,9 @@ pub fn migrate(
             let mut forced = 0;
             loop {
                 link.check_incoming().map_err(fail)?;
+                if let (None, Some(t)) = (&turn, &opts.freeze_turns) {
+                    t.wait_quiet();
+                }
                 let r = match pc.next_round()? {
                     Some(r) => r,
                     None => {
