@@ -12,6 +12,10 @@
 //! Needs redis-server and redis-cli (Debian packages redis-server,
 //! redis-tools; `.ci/run` installs them). Without them the tests say SKIP
 //! (and fail under CI).
+//!
+//! And memcached (Debian package memcached): 4 worker threads, libevent on
+//! epoll, notification pipes, a TCP listener; the same two moves, checked
+//! through its text protocol (a value, a counter going on, `stats` pid).
 
 mod common;
 
@@ -237,6 +241,229 @@ fn redis_migrates_to_edge_b_with_its_data() {
     check(&edges.b, pid);
     eprintln!(
         "{test}: redis-server migrated, downtime {:.1} ms",
+        rep["downtime_ms"].as_f64().unwrap_or(-1.0)
+    );
+    restored.kill_and_wait();
+    let _ = serve.wait_exit(Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------
+// memcached: worker threads (4), a libevent loop on epoll, notification
+// pipes between threads, a listening TCP socket. Checked only through its
+// text protocol.
+
+const MEMCACHED_PORT: u16 = 11211;
+
+fn memcached_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg("command -v memcached")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_panic(
+            test,
+            "memcached is not installed (Debian package memcached)",
+        );
+    }
+    found
+}
+
+/// Send `request` to memcached in `ns` (a thread of ours joins the
+/// namespace) and read until a line `until` ends the answer.
+fn memcached_says(ns: &Netns, request: &str, until: &str) -> String {
+    memcached_try(ns, request, until).unwrap_or_else(|e| panic!("memcached: {e}"))
+}
+
+/// [`memcached_says`], failing with what went wrong.
+fn memcached_try(ns: &Netns, request: &str, until: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String, String> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a namespace fd held open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", MEMCACHED_PORT))
+                .map_err(|e| format!("connect: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            conn.write_all(request.as_bytes())
+                .map_err(|e| format!("send: {e}"))?;
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&answer).ends_with(until) {
+                let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err(format!("closed the connection after {answer:?}"));
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+            Ok(String::from_utf8_lossy(&answer).into_owned())
+        })
+        .join()
+        .map_err(|_| "the client thread panicked".to_string())?
+    })
+}
+
+/// Start memcached in `ns` with 4 worker threads; returns once it answers.
+fn start_memcached(dir: &TestDir, ns: &Netns) -> ProcGuard {
+    let cmd = ns
+        .cmd("memcached")
+        .arg("-u")
+        .arg("root")
+        .arg("-l")
+        .arg("0.0.0.0")
+        .arg("-p")
+        .arg(MEMCACHED_PORT.to_string())
+        .arg("-U")
+        .arg("0")
+        .arg("-t")
+        .arg("4");
+    let m = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("memcached.out"),
+        &dir.join("memcached.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "memcached to answer version",
+        || {
+            memcached_try(ns, "version\r\n", "\r\n")
+                .ok()
+                .filter(|v| v.starts_with("VERSION"))
+                .map(drop)
+        },
+        || tail(&dir.join("memcached.err"), 10),
+    );
+    m
+}
+
+/// A value and a counter at 5.
+fn memcached_fill(ns: &Netns) {
+    assert_eq!(
+        memcached_says(ns, "set greeting 0 0 10\r\nhello edge\r\n", "\r\n"),
+        "STORED\r\n"
+    );
+    assert_eq!(
+        memcached_says(ns, "set counter 0 0 1\r\n0\r\n", "\r\n"),
+        "STORED\r\n"
+    );
+    for i in 1..=5 {
+        assert_eq!(
+            memcached_says(ns, "incr counter 1\r\n", "\r\n"),
+            format!("{i}\r\n")
+        );
+    }
+}
+
+/// The same data, the counter goes on, and it reports the same pid.
+fn memcached_check(ns: &Netns, pid: i32) {
+    assert_eq!(
+        memcached_says(ns, "get greeting\r\n", "END\r\n"),
+        "VALUE greeting 0 10\r\nhello edge\r\nEND\r\n"
+    );
+    assert_eq!(memcached_says(ns, "incr counter 1\r\n", "\r\n"), "6\r\n");
+    let stats = memcached_says(ns, "stats\r\n", "END\r\n");
+    assert!(
+        stats.contains(&format!("STAT pid {pid}\r\n")),
+        "memcached must see its own pid: {stats}"
+    );
+    assert_eq!(
+        memcached_says(ns, "set after 0 0 4\r\nmove\r\n", "\r\n"),
+        "STORED\r\n"
+    );
+}
+
+#[test]
+fn memcached_dump_restore_keeps_its_data() {
+    let test = "memcached_dump_restore_keeps_its_data";
+    if !memcached_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let ns = Netns::new("memcached").expect("network namespace");
+    let mut m = start_memcached(&dir, &ns);
+    let pid = m.pid();
+    memcached_fill(&ns);
+    let before = threads(pid);
+    assert!(
+        before >= 5,
+        "memcached runs {before} threads, expected its workers"
+    );
+    settle();
+    let images = dir.join("images");
+    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
+    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of memcached");
+    assert!(
+        m.wait_exit(Duration::from_secs(10)).is_some(),
+        "memcached still runs after the dump"
+    );
+    let pidfile = dir.join("restored.pid");
+    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    run_tern_in(&dir, Some(&ns.name), &restore_args, Stdio::null())
+        .assert_ok("tern restore of memcached");
+    let host_pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut restored = ProcGuard::adopt(host_pid);
+    assert_eq!(threads(host_pid), before, "its threads after the restore");
+    memcached_check(&ns, pid);
+    restored.kill_and_wait();
+}
+
+#[test]
+fn memcached_migrates_to_edge_b_with_its_data() {
+    let test = "memcached_migrates_to_edge_b_with_its_data";
+    if !memcached_or_skip(test) {
+        return;
+    }
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let dir = TestDir::new(test);
+    let key = keygen(&dir, "tern.key");
+    let mut m = start_memcached(&dir, &edges.a);
+    let pid = m.pid();
+    memcached_fill(&edges.a);
+    settle();
+    let listen = format!("{EDGE_B_ADDR}:7878");
+    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
+    let report = dir.join("report.json");
+    let migrate_args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
+        .assert_ok("tern migrate of memcached");
+    assert!(
+        m.wait_exit(Duration::from_secs(10)).is_some(),
+        "the copy in A still runs after the migration"
+    );
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let restored_pid = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut restored = ProcGuard::adopt(restored_pid);
+    assert_eq!(netns_of(restored_pid), Some(edges.b.inode()));
+    memcached_check(&edges.b, pid);
+    eprintln!(
+        "{test}: memcached migrated, downtime {:.1} ms",
         rep["downtime_ms"].as_f64().unwrap_or(-1.0)
     );
     restored.kill_and_wait();
