@@ -1,0 +1,218 @@
+//! Stock language runtimes (issue 15, item 6), each checked only through its
+//! own protocol.
+//!
+//! Go: an HTTP server (`tests/workloads/go_server/main.go`) built at test
+//! time with Debian's Go (`golang-go`; `.ci/run` installs it): the Go
+//! scheduler's threads, its netpoller on epoll with a wake-up pipe, signal
+//! handlers on alternate stacks, and four goroutines spinning so that the
+//! runtime preempts them with SIGURG. Dumped and restored, then
+//! live-migrated A -> B; `GET /incr` goes on counting and `GET /pid`
+//! answers the same pid.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const GO_PORT: u16 = 18080;
+
+/// Build the Go server into `dir`, or say why not (SKIP, or a failure
+/// under CI).
+fn go_server_or_skip(test: &str, dir: &TestDir) -> Option<PathBuf> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg("command -v go")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_panic(test, "go is not installed (Debian package golang-go)");
+        return None;
+    }
+    let exe = dir.join("go_server");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(workloads_dir().join("go_server/main.go"))
+        .env("CGO_ENABLED", "0")
+        .env("HOME", dir.path())
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run go build");
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+/// `GET path` from the server in `ns` (a thread of ours joins the
+/// namespace): the body, trimmed; `Err` if it cannot be reached.
+fn http_get(ns: &Netns, path: &str) -> Result<String, String> {
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String, String> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a namespace fd held open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", GO_PORT))
+                .map_err(|e| format!("connect: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            write!(conn, "GET {path} HTTP/1.0\r\nHost: edge\r\n\r\n")
+                .map_err(|e| format!("send: {e}"))?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)
+                .map_err(|e| format!("read: {e}"))?;
+            let (head, body) = answer
+                .split_once("\r\n\r\n")
+                .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+            if !head.starts_with("HTTP/1.0 200") {
+                return Err(format!("answered {head:?}"));
+            }
+            Ok(body.trim().to_string())
+        })
+        .join()
+        .map_err(|_| "the client thread panicked".to_string())?
+    })
+}
+
+fn get(ns: &Netns, path: &str) -> String {
+    http_get(ns, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Start the server in `ns`; returns once it answers.
+fn start_go_server(dir: &TestDir, ns: &Netns, exe: &Path) -> ProcGuard {
+    let cmd = ns.cmd(exe).arg(format!("0.0.0.0:{GO_PORT}"));
+    let server = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("go.out"),
+        &dir.join("go.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the Go server to answer",
+        || http_get(ns, "/pid").ok().map(drop),
+        || tail(&dir.join("go.err"), 10),
+    );
+    server
+}
+
+/// Count to 3 before the move.
+fn count_to_three(ns: &Netns) {
+    for i in 1..=3 {
+        assert_eq!(get(ns, "/incr"), i.to_string());
+    }
+}
+
+/// After the move: the count goes on, the pid is its own, and its
+/// spinning goroutines still run (it uses CPU).
+fn check_go_server(ns: &Netns, pid: i32, host_pid: i32) {
+    assert_eq!(get(ns, "/incr"), "4", "the counter goes on");
+    assert_eq!(get(ns, "/pid"), pid.to_string(), "it sees its own pid");
+    let ticks = |p: i32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime: fields 14 and 15, the 12th and 13th after ')'.
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before = ticks(host_pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ticks(host_pid) > before + 10,
+        "its spinning goroutines do not run (CPU ticks {before} -> {})",
+        ticks(host_pid)
+    );
+    assert_eq!(get(ns, "/incr"), "5");
+}
+
+#[test]
+fn go_http_server_dump_restore() {
+    let test = "go_http_server_dump_restore";
+    let dir = TestDir::new(test);
+    let Some(exe) = go_server_or_skip(test, &dir) else {
+        return;
+    };
+    let ns = Netns::new("go").expect("network namespace");
+    let mut server = start_go_server(&dir, &ns, &exe);
+    let pid = server.pid();
+    count_to_three(&ns);
+    let images = dir.join("images");
+    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
+    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of the Go server");
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let pidfile = dir.join("restored.pid");
+    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    run_tern_in(&dir, Some(&ns.name), &restore_args, Stdio::null())
+        .assert_ok("tern restore of the Go server");
+    let host_pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut restored = ProcGuard::adopt(host_pid);
+    check_go_server(&ns, pid, host_pid);
+    restored.kill_and_wait();
+}
+
+#[test]
+fn go_http_server_migrates_live() {
+    let test = "go_http_server_migrates_live";
+    let dir = TestDir::new(test);
+    let Some(exe) = go_server_or_skip(test, &dir) else {
+        return;
+    };
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let key = keygen(&dir, "tern.key");
+    let mut server = start_go_server(&dir, &edges.a, &exe);
+    let pid = server.pid();
+    count_to_three(&edges.a);
+    let listen = format!("{EDGE_B_ADDR}:7878");
+    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
+    let report = dir.join("report.json");
+    let migrate_args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
+        .assert_ok("tern migrate of the Go server");
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let host_pid = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut restored = ProcGuard::adopt(host_pid);
+    assert_eq!(netns_of(host_pid), Some(edges.b.inode()));
+    check_go_server(&edges.b, pid, host_pid);
+    eprintln!(
+        "{test}: downtime {:.1} ms ({} rounds)",
+        rep["downtime_ms"].as_f64().unwrap_or(-1.0),
+        rep["rounds"].as_array().map_or(0, Vec::len)
+    );
+    restored.kill_and_wait();
+    let _ = serve.wait_exit(Duration::from_secs(10));
+}
