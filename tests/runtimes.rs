@@ -8,6 +8,14 @@
 //! runtime preempts them with SIGURG. Dumped and restored, then
 //! live-migrated A -> B; `GET /incr` goes on counting and `GET /pid`
 //! answers the same pid.
+//!
+//! Node.js (the machine's `node`; libuv: epoll, eventfds, a thread pool):
+//! an HTTP server dumped/restored and live-migrated, checked over HTTP.
+//!
+//! io_uring: its worker threads never stop for ptrace and its rings cannot
+//! be moved. A program with a ring and a submission-polling thread
+//! (`tests/workloads/uring.c`) is refused before any seize, naming it, and
+//! runs on untouched.
 
 mod common;
 
@@ -56,9 +64,9 @@ fn go_server_or_skip(test: &str, dir: &TestDir) -> Option<PathBuf> {
     Some(exe)
 }
 
-/// `GET path` from the server in `ns` (a thread of ours joins the
-/// namespace): the body, trimmed; `Err` if it cannot be reached.
-fn http_get(ns: &Netns, path: &str) -> Result<String, String> {
+/// `GET path` from the server at `port` in `ns` (a thread of ours joins
+/// the namespace): the body, trimmed; `Err` if it cannot be reached.
+fn http_get(ns: &Netns, port: u16, path: &str) -> Result<String, String> {
     let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
     std::thread::scope(|s| {
         s.spawn(|| -> Result<String, String> {
@@ -68,7 +76,7 @@ fn http_get(ns: &Netns, path: &str) -> Result<String, String> {
             if rc != 0 {
                 return Err(format!("setns: {}", std::io::Error::last_os_error()));
             }
-            let mut conn = std::net::TcpStream::connect(("127.0.0.1", GO_PORT))
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
                 .map_err(|e| format!("connect: {e}"))?;
             conn.set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| e.to_string())?;
@@ -80,7 +88,7 @@ fn http_get(ns: &Netns, path: &str) -> Result<String, String> {
             let (head, body) = answer
                 .split_once("\r\n\r\n")
                 .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
-            if !head.starts_with("HTTP/1.0 200") {
+            if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
                 return Err(format!("answered {head:?}"));
             }
             Ok(body.trim().to_string())
@@ -90,8 +98,8 @@ fn http_get(ns: &Netns, path: &str) -> Result<String, String> {
     })
 }
 
-fn get(ns: &Netns, path: &str) -> String {
-    http_get(ns, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+fn get(ns: &Netns, port: u16, path: &str) -> String {
+    http_get(ns, port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// Start the server in `ns`; returns once it answers.
@@ -106,24 +114,28 @@ fn start_go_server(dir: &TestDir, ns: &Netns, exe: &Path) -> ProcGuard {
     wait_until(
         Duration::from_secs(10),
         "the Go server to answer",
-        || http_get(ns, "/pid").ok().map(drop),
+        || http_get(ns, GO_PORT, "/pid").ok().map(drop),
         || tail(&dir.join("go.err"), 10),
     );
     server
 }
 
 /// Count to 3 before the move.
-fn count_to_three(ns: &Netns) {
+fn count_to_three(ns: &Netns, port: u16) {
     for i in 1..=3 {
-        assert_eq!(get(ns, "/incr"), i.to_string());
+        assert_eq!(get(ns, port, "/incr"), i.to_string());
     }
 }
 
 /// After the move: the count goes on, the pid is its own, and its
 /// spinning goroutines still run (it uses CPU).
 fn check_go_server(ns: &Netns, pid: i32, host_pid: i32) {
-    assert_eq!(get(ns, "/incr"), "4", "the counter goes on");
-    assert_eq!(get(ns, "/pid"), pid.to_string(), "it sees its own pid");
+    assert_eq!(get(ns, GO_PORT, "/incr"), "4", "the counter goes on");
+    assert_eq!(
+        get(ns, GO_PORT, "/pid"),
+        pid.to_string(),
+        "it sees its own pid"
+    );
     let ticks = |p: i32| -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
         let rest = stat.rsplit_once(')').map_or("", |r| r.1);
@@ -139,7 +151,7 @@ fn check_go_server(ns: &Netns, pid: i32, host_pid: i32) {
         "its spinning goroutines do not run (CPU ticks {before} -> {})",
         ticks(host_pid)
     );
-    assert_eq!(get(ns, "/incr"), "5");
+    assert_eq!(get(ns, GO_PORT, "/incr"), "5");
 }
 
 #[test]
@@ -152,7 +164,7 @@ fn go_http_server_dump_restore() {
     let ns = Netns::new("go").expect("network namespace");
     let mut server = start_go_server(&dir, &ns, &exe);
     let pid = server.pid();
-    count_to_three(&ns);
+    count_to_three(&ns, GO_PORT);
     let images = dir.join("images");
     let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
     run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of the Go server");
@@ -184,7 +196,7 @@ fn go_http_server_migrates_live() {
     let key = keygen(&dir, "tern.key");
     let mut server = start_go_server(&dir, &edges.a, &exe);
     let pid = server.pid();
-    count_to_three(&edges.a);
+    count_to_three(&edges.a, GO_PORT);
     let listen = format!("{EDGE_B_ADDR}:7878");
     let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
     let report = dir.join("report.json");
@@ -215,4 +227,167 @@ fn go_http_server_migrates_live() {
     );
     restored.kill_and_wait();
     let _ = serve.wait_exit(Duration::from_secs(10));
+}
+
+const NODE_PORT: u16 = 18081;
+
+fn node_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg("command -v node")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_panic(test, "node is not installed (Debian package nodejs)");
+    }
+    found
+}
+
+/// Start the Node.js server in `ns`; returns once it answers.
+fn start_node_server(dir: &TestDir, ns: &Netns) -> ProcGuard {
+    let cmd = ns
+        .cmd("node")
+        .arg(workloads_dir().join("node_server.js"))
+        .arg(format!("0.0.0.0:{NODE_PORT}"));
+    let server = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("node.out"),
+        &dir.join("node.err"),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the Node.js server to answer",
+        || http_get(ns, NODE_PORT, "/pid").ok().map(drop),
+        || tail(&dir.join("node.err"), 10),
+    );
+    server
+}
+
+#[test]
+fn node_http_server_dump_restore_and_live_migration() {
+    let test = "node_http_server_dump_restore_and_live_migration";
+    if !node_or_skip(test) {
+        return;
+    }
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let dir = TestDir::new(test);
+    let mut server = start_node_server(&dir, &edges.a);
+    let pid = server.pid();
+    count_to_three(&edges.a, NODE_PORT);
+
+    // Dumped and restored in A.
+    let images = dir.join("images");
+    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
+    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of node");
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let pidfile = dir.join("restored.pid");
+    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    run_tern_in(&dir, Some(&edges.a.name), &restore_args, Stdio::null())
+        .assert_ok("tern restore of node");
+    let host_pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut restored = ProcGuard::adopt(host_pid);
+    assert_eq!(
+        get(&edges.a, NODE_PORT, "/incr"),
+        "4",
+        "the counter goes on"
+    );
+    assert_eq!(get(&edges.a, NODE_PORT, "/pid"), pid.to_string());
+
+    // Then live-migrated from A to B.
+    let key = keygen(&dir, "tern.key");
+    let listen = format!("{EDGE_B_ADDR}:7878");
+    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
+    let report = dir.join("report.json");
+    let migrate_args = args![
+        "migrate",
+        "--pid",
+        host_pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
+        .assert_ok("tern migrate of node");
+    assert!(
+        wait_gone(host_pid, Duration::from_secs(10)),
+        "the copy in A still runs after the migration"
+    );
+    restored.disarm();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut moved_guard = ProcGuard::adopt(moved);
+    assert_eq!(netns_of(moved), Some(edges.b.inode()));
+    assert_eq!(
+        get(&edges.b, NODE_PORT, "/incr"),
+        "5",
+        "the counter goes on in B"
+    );
+    assert_eq!(get(&edges.b, NODE_PORT, "/pid"), pid.to_string());
+    eprintln!(
+        "{test}: node migrated, downtime {:.1} ms",
+        rep["downtime_ms"].as_f64().unwrap_or(-1.0)
+    );
+    moved_guard.kill_and_wait();
+    let _ = serve.wait_exit(Duration::from_secs(10));
+}
+
+#[test]
+fn io_uring_user_is_refused_and_runs_on() {
+    let test = "io_uring_user_is_refused_and_runs_on";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "uring");
+    let out = dir.join("uring.out");
+    let mut program =
+        spawn_redirected(&Cmd::new(&exe), Stdio::null(), &out, &dir.join("uring.err"));
+    let pid = program.pid();
+    let ticks = |n: usize| {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{n} ticks"),
+            || (complete_lines(&out).len() >= n).then_some(()),
+            || tail(&dir.join("uring.err"), 5),
+        )
+    };
+    ticks(3);
+    let dump_args = args![
+        "dump",
+        "--pid",
+        pid.to_string(),
+        "--images",
+        dir.join("images")
+    ];
+    let refused = run_tern_within(
+        &dir,
+        None,
+        &dump_args,
+        Stdio::null(),
+        Duration::from_secs(30),
+    );
+    assert!(!refused.success(), "a program using io_uring was dumped");
+    assert!(
+        refused.stderr.contains("io_uring") && refused.stderr.contains("worker threads"),
+        "the refusal must say io_uring and its workers: {}",
+        refused.stderr
+    );
+    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
+    let n = complete_lines(&out).len();
+    ticks(n + 10);
+    program.kill_and_wait();
 }

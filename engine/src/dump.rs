@@ -178,6 +178,17 @@ pub(crate) fn preflight_process(pid: i32) -> Result<()> {
     if stat.flags & 0x0020_0000 != 0 {
         return Err(unsupported(pid, "it is a kernel thread"));
     }
+    // Before any seize: io_uring's worker threads never stop for ptrace
+    // (a seize would wait for them forever).
+    let (rings, workers) = proc::io_uring_users(pid);
+    if !rings.is_empty() || !workers.is_empty() {
+        return Err(unsupported(
+            pid,
+            format!(
+                "it uses io_uring (fds {rings:?}, worker threads {workers:?}): its rings and requests in flight cannot be moved, and its workers do not stop for ptrace (for Node.js and other libuv programs: run with UV_USE_IO_URING=0)"
+            ),
+        ));
+    }
     let status = p.status().ctx(pid, || "read status".into())?;
     if status.tracerpid != 0 {
         return Err(unsupported(

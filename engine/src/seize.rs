@@ -68,6 +68,21 @@ pub struct Seized {
     pub net_lock_left: Option<tern_sys::netlock::NetLock>,
 }
 
+/// io_uring's worker threads never stop for ptrace (a wait for one would
+/// never end): refuse the program before seizing one (one created since
+/// the preflight looked).
+fn refuse_io_worker(pid: i32, tid: i32) -> Result<()> {
+    if tern_sys::proc::is_io_worker(pid, tid) {
+        return Err(EngineError::Unsupported {
+            pid,
+            reason: format!(
+                "its thread {tid} is an io_uring worker, which does not stop for ptrace: programs using io_uring cannot be moved"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Seize and stop one thread; returns its registers and the signals that
 /// arrived before the stop (held back). `None` if the thread is gone.
 fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Intercepted)>> {
@@ -164,6 +179,7 @@ impl FrozenSeize {
         let pid = self.pid;
         self.was_stopped = in_job_stop(pid);
         for tid in tern_sys::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
+            refuse_io_worker(pid, tid)?;
             ptrace::seize_suspending_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD)
                 .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
             self.tids.push(tid);
@@ -294,6 +310,7 @@ impl Seized {
                 if tid == pid || self.threads.iter().any(|t| t.tid == tid) {
                     continue;
                 }
+                refuse_io_worker(pid, tid)?;
                 if let Some((regs, pending)) = stop_thread(tid)? {
                     self.add_thread(tid, regs, pending);
                     added = true;

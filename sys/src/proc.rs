@@ -338,6 +338,40 @@ pub fn pids_of_user(uid: u32) -> Vec<i32> {
         .collect()
 }
 
+/// What of process `pid` uses io_uring: its fds of io_uring instances and
+/// its io_uring worker threads (`iou-sqp-*`, `iou-wrk-*`: `PF_IO_WORKER`
+/// in their stat flags). Such threads never stop for ptrace.
+pub fn io_uring_users(pid: i32) -> (Vec<i32>, Vec<i32>) {
+    let fds = list_fds(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+        })
+        .collect();
+    let workers = list_tasks(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&tid| is_io_worker(pid, tid))
+        .collect();
+    (fds, workers)
+}
+
+/// Whether thread `tid` of `pid` is an io_uring worker (`PF_IO_WORKER`).
+pub fn is_io_worker(pid: i32, tid: i32) -> bool {
+    const PF_IO_WORKER: u64 = 0x10;
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|t| {
+            // After the comm: state, ppid, pgrp, session, tty_nr, tpgid,
+            // then flags.
+            let rest = &t[t.rfind(')')? + 1..];
+            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_IO_WORKER != 0)
+}
+
 /// Thread ids in `/proc/PID/task`.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     numeric_entries(&format!("/proc/{pid}/task"))
