@@ -469,3 +469,173 @@ fn memcached_migrates_to_edge_b_with_its_data() {
     restored.kill_and_wait();
     let _ = serve.wait_exit(Duration::from_secs(10));
 }
+
+// ---------------------------------------------------------------------------
+// nginx: a master and two workers (a process tree: the listening socket
+// shared by all three, socketpairs between master and workers), moved
+// whole by a stop-and-copy migration.
+
+const NGINX_PORT: u16 = 18082;
+
+fn nginx_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg("command -v nginx")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_panic(test, "nginx is not installed (Debian package nginx-light)");
+    }
+    found
+}
+
+/// Start nginx (master and 2 workers, in the foreground) in `ns`, serving
+/// `dir/html`; returns once it answers.
+fn start_nginx(dir: &TestDir, ns: &Netns) -> ProcGuard {
+    let html = dir.join("html");
+    std::fs::create_dir_all(&html).expect("html dir");
+    std::fs::write(html.join("index.html"), "hello edge\n").expect("index.html");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\nerror_log {err};\npid {pid};\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 0.0.0.0:{NGINX_PORT}; root {html};\n\
+             location /pid {{ return 200 \"$pid\\n\"; }} }} }}\n",
+            err = dir.join("error.log").display(),
+            pid = dir.join("nginx.pid").display(),
+            html = html.display(),
+        ),
+    )
+    .expect("nginx.conf");
+    let cmd = ns
+        .cmd("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.path());
+    let nginx = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("nginx.out"),
+        &dir.join("nginx.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "nginx to answer",
+        || {
+            http_get(ns, NGINX_PORT, "/")
+                .ok()
+                .filter(|b| b == "hello edge")
+                .map(drop)
+        },
+        || tail(&dir.join("error.log"), 10),
+    );
+    nginx
+}
+
+/// The worker pids nginx answers `/pid` with, over `n` requests.
+fn nginx_worker_pids(ns: &Netns, n: usize) -> std::collections::BTreeSet<i32> {
+    (0..n)
+        .map(|_| {
+            http_get(ns, NGINX_PORT, "/pid")
+                .unwrap_or_else(|e| panic!("GET /pid: {e}"))
+                .parse::<i32>()
+                .expect("a pid")
+        })
+        .collect()
+}
+
+#[test]
+fn nginx_master_and_workers_move_stop_and_copy() {
+    let test = "nginx_master_and_workers_move_stop_and_copy";
+    if !nginx_or_skip(test) {
+        return;
+    }
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let dir = TestDir::new(test);
+    let mut master = start_nginx(&dir, &edges.a);
+    let pid = master.pid();
+    let workers: std::collections::BTreeSet<i32> = children_of(pid).into_iter().collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert!(nginx_worker_pids(&edges.a, 8).is_subset(&workers));
+
+    let key = keygen(&dir, "tern.key");
+    let listen = format!("{EDGE_B_ADDR}:7878");
+    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
+    let report = dir.join("report.json");
+    let migrate_args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--mode",
+        "simple",
+        "--report",
+        &report
+    ];
+    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
+        .assert_ok("tern migrate --mode simple of nginx");
+    assert!(master.wait_exit(Duration::from_secs(10)).is_some());
+    for w in &workers {
+        assert!(
+            wait_gone(*w, Duration::from_secs(5)),
+            "worker {w} is still in A"
+        );
+    }
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut guards = vec![ProcGuard::adopt(moved)];
+    let moved_workers = children_of(moved);
+    guards.extend(moved_workers.iter().map(|&w| ProcGuard::adopt(w)));
+    assert_eq!(netns_of(moved), Some(edges.b.inode()));
+    assert_eq!(moved_workers.len(), 2, "the master in B has its workers");
+    assert_eq!(
+        http_get(&edges.b, NGINX_PORT, "/").as_deref(),
+        Ok("hello edge")
+    );
+    // The workers answer with the pids they had (in B's PID namespace).
+    assert!(nginx_worker_pids(&edges.b, 8).is_subset(&workers));
+
+    // The master still reaps its workers and starts a new one.
+    let killed = moved_workers[0];
+    kill_pid(killed, libc::SIGKILL);
+    let respawned = wait_until(
+        Duration::from_secs(10),
+        "the master to replace the killed worker",
+        || {
+            let now = children_of(moved);
+            (now.len() == 2 && !now.contains(&killed)).then_some(now)
+        },
+        || tail(&dir.join("error.log"), 5),
+    );
+    guards.extend(respawned.iter().map(|&w| ProcGuard::adopt(w)));
+    assert!(
+        std::fs::read_to_string(dir.join("error.log"))
+            .unwrap_or_default()
+            .contains("exited on signal 9"),
+        "the master must have reaped the killed worker"
+    );
+    assert_eq!(
+        http_get(&edges.b, NGINX_PORT, "/").as_deref(),
+        Ok("hello edge")
+    );
+    eprintln!(
+        "{test}: nginx (3 processes) moved, downtime {:.1} ms",
+        rep["downtime_ms"].as_f64().unwrap_or(-1.0)
+    );
+    for mut g in guards {
+        g.kill_and_wait();
+    }
+    let _ = serve.wait_exit(Duration::from_secs(10));
+}

@@ -1763,6 +1763,41 @@ pub struct EdgePair {
     pub b: Netns,
 }
 
+/// `GET path` from the server at `port` in `ns` (a thread of ours joins
+/// the namespace): the body, trimmed; `Err` if it cannot be reached.
+pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<String, String> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a namespace fd held open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+                .map_err(|e| format!("connect: {e}"))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            write!(conn, "GET {path} HTTP/1.0\r\nHost: edge\r\n\r\n")
+                .map_err(|e| format!("send: {e}"))?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)
+                .map_err(|e| format!("read: {e}"))?;
+            let (head, body) = answer
+                .split_once("\r\n\r\n")
+                .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+            if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
+                return Err(format!("answered {head:?}"));
+            }
+            Ok(body.trim().to_string())
+        })
+        .join()
+        .map_err(|_| "the client thread panicked".to_string())?
+    })
+}
+
 /// Two edge namespaces for `test`, or `None` (having said why: not root,
 /// or no network namespaces here; under CI that panics instead).
 pub fn edges_or_skip(test: &str) -> Option<EdgePair> {
