@@ -249,6 +249,10 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
             wire::FdKind::Inherited { what } => {
                 format!("{what} (taken from the restorer's own fd)")
             }
+            wire::FdKind::UnixWidowed { queued, .. } => format!(
+                "unix socket whose other end is closed ({} bytes waiting)",
+                queued.len()
+            ),
             wire::FdKind::UnixBound {
                 name,
                 backlog,

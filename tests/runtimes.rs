@@ -12,6 +12,12 @@
 //! Node.js (the machine's `node`; libuv: epoll, eventfds, a thread pool):
 //! an HTTP server dumped/restored and live-migrated, checked over HTTP.
 //!
+//! Java (Debian's default-jre-headless): `tests/workloads/Counter.java`, an
+//! HTTP server run from its source file (about 20 JVM threads, NIO on
+//! epoll, the JVM's pre-close socket whose other end is closed, the perf
+//! data file mapped shared): dumped/restored and live-migrated, checked
+//! over HTTP.
+//!
 //! io_uring: its worker threads never stop for ptrace and its rings cannot
 //! be moved. A program with a ring and a submission-polling thread
 //! (`tests/workloads/uring.c`) is refused before any seize, naming it, and
@@ -355,4 +361,118 @@ fn io_uring_user_is_refused_and_runs_on() {
     let n = complete_lines(&out).len();
     ticks(n + 10);
     program.kill_and_wait();
+}
+
+const JAVA_PORT: u16 = 18083;
+
+fn java_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg("command -v java")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_panic(
+            test,
+            "java is not installed (Debian package default-jre-headless)",
+        );
+    }
+    found
+}
+
+#[test]
+fn java_http_server_dump_restore_and_live_migration() {
+    let test = "java_http_server_dump_restore_and_live_migration";
+    if !java_or_skip(test) {
+        return;
+    }
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let dir = TestDir::new(test);
+    let cmd = edges
+        .a
+        .cmd("java")
+        .arg(workloads_dir().join("Counter.java"))
+        .arg(JAVA_PORT.to_string());
+    let mut server = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("java.out"),
+        &dir.join("java.err"),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the Java server to answer",
+        || http_get(&edges.a, JAVA_PORT, "/pid").ok().map(drop),
+        || tail(&dir.join("java.err"), 10),
+    );
+    let pid = server.pid();
+    count_to_three(&edges.a, JAVA_PORT);
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    assert!(threads >= 10, "the JVM runs {threads} threads");
+
+    let images = dir.join("images");
+    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
+    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of the JVM");
+    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
+    let pidfile = dir.join("restored.pid");
+    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    run_tern_in(&dir, Some(&edges.a.name), &restore_args, Stdio::null())
+        .assert_ok("tern restore of the JVM");
+    let host_pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut restored = ProcGuard::adopt(host_pid);
+    assert_eq!(
+        get(&edges.a, JAVA_PORT, "/incr"),
+        "4",
+        "the counter goes on"
+    );
+    assert_eq!(get(&edges.a, JAVA_PORT, "/pid"), pid.to_string());
+
+    let key = keygen(&dir, "tern.key");
+    let listen = format!("{EDGE_B_ADDR}:7878");
+    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
+    let report = dir.join("report.json");
+    let migrate_args = args![
+        "migrate",
+        "--pid",
+        host_pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
+        .assert_ok("tern migrate of the JVM");
+    assert!(
+        wait_gone(host_pid, Duration::from_secs(10)),
+        "the copy in A still runs after the migration"
+    );
+    restored.disarm();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut moved_guard = ProcGuard::adopt(moved);
+    assert_eq!(netns_of(moved), Some(edges.b.inode()));
+    assert_eq!(
+        get(&edges.b, JAVA_PORT, "/incr"),
+        "5",
+        "the counter goes on in B"
+    );
+    assert_eq!(get(&edges.b, JAVA_PORT, "/pid"), pid.to_string());
+    eprintln!(
+        "{test}: the JVM ({threads} threads) migrated, downtime {:.1} ms",
+        rep["downtime_ms"].as_f64().unwrap_or(-1.0)
+    );
+    moved_guard.kill_and_wait();
+    let _ = serve.wait_exit(Duration::from_secs(10));
 }

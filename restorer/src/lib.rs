@@ -1271,6 +1271,36 @@ impl Builder<'_> {
                     }
                     (fd, 0, false)
                 }
+                wire::FdKind::UnixWidowed {
+                    kind,
+                    flags,
+                    queued,
+                } => {
+                    let arr = self.scratch + SCRATCH_STRUCT;
+                    self.sys(
+                        libc::SYS_socketpair,
+                        &[
+                            libc::AF_UNIX as u64,
+                            (kind | libc::SOCK_CLOEXEC) as u64,
+                            0,
+                            arr,
+                        ],
+                        || format!("socketpair for fd {}", first.fd),
+                    )?;
+                    let [end, other] = self.fd_pair_above(base)?;
+                    // What waited at it was sent from the closed end.
+                    if !queued.is_empty() {
+                        let dup = tern_sys::take_fd(self.pid, other as i32)
+                            .step(self.pid, || format!("the other end of fd {}", first.fd))?;
+                        tern_sys::sock::send_all(std::os::fd::AsFd::as_fd(&dup), queued)
+                            .step(self.pid, || {
+                                format!("put back what waited at fd {}", first.fd)
+                            })?;
+                    }
+                    self.sys(libc::SYS_close, &[other], || "close the other end".into())?;
+                    self.keep_nonblock(end, *flags, "a unix socket")?;
+                    (end, 0, false)
+                }
                 wire::FdKind::UnixBound {
                     name,
                     kind,

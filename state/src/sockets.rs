@@ -553,11 +553,13 @@ pub fn capture_unix_pairs(
                 show_unix_name(name)
             )));
         }
-        let peer = match s.peer {
-            Some(p) if s.state == 1 => p,
-            _ => return Err(what(format!("not connected (state {})", s.state))),
-        };
-        if !ours.iter().any(|&(_, i, _)| i == peer) && !in_tree.contains(&peer) {
+        if s.state != 1 {
+            return Err(what(format!("not connected (state {})", s.state)));
+        }
+        // Peer 0: its other end was closed (a socketpair one end of which
+        // was closed at once, as the JVM's pre-close socket).
+        let peer = s.peer.unwrap_or(0);
+        if peer != 0 && !ours.iter().any(|&(_, i, _)| i == peer) && !in_tree.contains(&peer) {
             return Err(refuse(
                 pid,
                 format!(
@@ -566,7 +568,7 @@ pub fn capture_unix_pairs(
                 ),
             ));
         }
-        if s.shutdown != 0 {
+        if s.shutdown != 0 && peer != 0 {
             return Err(what("half shut down".into()));
         }
         let queued = if s.rqueue == 0 {
@@ -588,16 +590,22 @@ pub fn capture_unix_pairs(
         } else {
             return Err(what("of datagrams with some waiting to be read".into()));
         };
-        out.insert(
-            fd,
+        let record = if peer == 0 {
+            wire::FdKind::UnixWidowed {
+                kind: s.kind,
+                flags: flags & libc::O_NONBLOCK,
+                queued,
+            }
+        } else {
             wire::FdKind::UnixPair {
                 pair: ino.min(peer),
                 ino,
                 kind: s.kind,
                 flags: flags & libc::O_NONBLOCK,
                 queued,
-            },
-        );
+            }
+        };
+        out.insert(fd, record);
     }
     Ok(out)
 }

@@ -548,6 +548,16 @@ pub enum FdKind {
         /// `O_NONBLOCK` (`PIDFD_NONBLOCK`).
         flags: i32,
     },
+    /// One end of a connected pair of unix sockets whose other end was
+    /// closed (the JVM keeps one as its "pre-close" fd): reading gives
+    /// what waits, then end of file; writing fails with EPIPE.
+    UnixWidowed {
+        /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+        kind: i32,
+        /// `O_NONBLOCK` of the open file description.
+        flags: i32,
+        queued: Vec<u8>,
+    },
 }
 
 /// An IPv4/IPv6 TCP or UDP socket.
