@@ -36,16 +36,7 @@ const GO_PORT: u16 = 18080;
 /// Build the Go server into `dir`, or say why not (SKIP, or a failure
 /// under CI).
 fn go_server_or_skip(test: &str, dir: &TestDir) -> Option<PathBuf> {
-    if !root_or_skip(test) {
-        return None;
-    }
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg("command -v go")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip_or_panic(test, "go is not installed (Debian package golang-go)");
+    if !command_or_skip(test, "go", "golang-go") {
         return None;
     }
     let exe = dir.join("go_server");
@@ -203,18 +194,7 @@ fn go_http_server_migrates_live() {
 const NODE_PORT: u16 = 18081;
 
 fn node_or_skip(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg("command -v node")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip_or_panic(test, "node is not installed (Debian package nodejs)");
-    }
-    found
+    command_or_skip(test, "node", "nodejs")
 }
 
 /// Start the Node.js server in `ns`; returns once it answers.
@@ -248,72 +228,9 @@ fn node_http_server_dump_restore_and_live_migration() {
         return;
     };
     let dir = TestDir::new(test);
-    let mut server = start_node_server(&dir, &edges.a);
-    let pid = server.pid();
+    let server = start_node_server(&dir, &edges.a);
     count_to_three(&edges.a, NODE_PORT);
-
-    // Dumped and restored in A.
-    let images = dir.join("images");
-    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
-    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of node");
-    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
-    let pidfile = dir.join("restored.pid");
-    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
-    run_tern_in(&dir, Some(&edges.a.name), &restore_args, Stdio::null())
-        .assert_ok("tern restore of node");
-    let host_pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let mut restored = ProcGuard::adopt(host_pid);
-    assert_eq!(
-        get(&edges.a, NODE_PORT, "/incr"),
-        "4",
-        "the counter goes on"
-    );
-    assert_eq!(get(&edges.a, NODE_PORT, "/pid"), pid.to_string());
-
-    // Then live-migrated from A to B.
-    let key = keygen(&dir, "tern.key");
-    let listen = format!("{EDGE_B_ADDR}:7878");
-    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
-    let report = dir.join("report.json");
-    let migrate_args = args![
-        "migrate",
-        "--pid",
-        host_pid.to_string(),
-        "--to",
-        &listen,
-        "--key",
-        &key,
-        "--report",
-        &report
-    ];
-    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
-        .assert_ok("tern migrate of node");
-    assert!(
-        wait_gone(host_pid, Duration::from_secs(10)),
-        "the copy in A still runs after the migration"
-    );
-    restored.disarm();
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let mut moved_guard = ProcGuard::adopt(moved);
-    assert_eq!(netns_of(moved), Some(edges.b.inode()));
-    assert_eq!(
-        get(&edges.b, NODE_PORT, "/incr"),
-        "5",
-        "the counter goes on in B"
-    );
-    assert_eq!(get(&edges.b, NODE_PORT, "/pid"), pid.to_string());
-    eprintln!(
-        "{test}: node migrated, downtime {:.1} ms",
-        rep["downtime_ms"].as_f64().unwrap_or(-1.0)
-    );
-    moved_guard.kill_and_wait();
-    let _ = serve.wait_exit(Duration::from_secs(10));
+    dump_restore_then_migrate(test, &dir, &edges, server, NODE_PORT);
 }
 
 #[test]
@@ -366,21 +283,7 @@ fn io_uring_user_is_refused_and_runs_on() {
 const JAVA_PORT: u16 = 18083;
 
 fn java_or_skip(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg("command -v java")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip_or_panic(
-            test,
-            "java is not installed (Debian package default-jre-headless)",
-        );
-    }
-    found
+    command_or_skip(test, "java", "default-jre-headless")
 }
 
 #[test]
@@ -398,7 +301,7 @@ fn java_http_server_dump_restore_and_live_migration() {
         .cmd("java")
         .arg(workloads_dir().join("Counter.java"))
         .arg(JAVA_PORT.to_string());
-    let mut server = spawn_redirected(
+    let server = spawn_redirected(
         &cmd,
         Stdio::null(),
         &dir.join("java.out"),
@@ -414,31 +317,39 @@ fn java_http_server_dump_restore_and_live_migration() {
     count_to_three(&edges.a, JAVA_PORT);
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
     assert!(threads >= 10, "the JVM runs {threads} threads");
+    dump_restore_then_migrate(test, &dir, &edges, server, JAVA_PORT);
+}
 
+/// For an HTTP server in A that counted to 3 (`server`, listening on
+/// `port`): dumped and restored in A, then live-migrated from A to B; after
+/// each move `/incr` goes on counting and `/pid` answers the pid it had.
+fn dump_restore_then_migrate(
+    test: &str,
+    dir: &TestDir,
+    edges: &EdgePair,
+    mut server: ProcGuard,
+    port: u16,
+) {
+    let pid = server.pid();
     let images = dir.join("images");
     let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
-    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of the JVM");
+    run_tern(dir, &dump_args, Stdio::null()).assert_ok("tern dump");
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
     let pidfile = dir.join("restored.pid");
     let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
-    run_tern_in(&dir, Some(&edges.a.name), &restore_args, Stdio::null())
-        .assert_ok("tern restore of the JVM");
+    run_tern_in(dir, Some(&edges.a.name), &restore_args, Stdio::null()).assert_ok("tern restore");
     let host_pid: i32 = std::fs::read_to_string(&pidfile)
         .expect("pid file")
         .trim()
         .parse()
         .expect("pid");
     let mut restored = ProcGuard::adopt(host_pid);
-    assert_eq!(
-        get(&edges.a, JAVA_PORT, "/incr"),
-        "4",
-        "the counter goes on"
-    );
-    assert_eq!(get(&edges.a, JAVA_PORT, "/pid"), pid.to_string());
+    assert_eq!(get(&edges.a, port, "/incr"), "4", "the counter goes on");
+    assert_eq!(get(&edges.a, port, "/pid"), pid.to_string());
 
-    let key = keygen(&dir, "tern.key");
+    let key = keygen(dir, "tern.key");
     let listen = format!("{EDGE_B_ADDR}:7878");
-    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
+    let mut serve = start_serve_in(dir, &edges.b, &listen, &key, &["--once"]);
     let report = dir.join("report.json");
     let migrate_args = args![
         "migrate",
@@ -451,8 +362,7 @@ fn java_http_server_dump_restore_and_live_migration() {
         "--report",
         &report
     ];
-    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
-        .assert_ok("tern migrate of the JVM");
+    run_tern_in(dir, Some(&edges.a.name), &migrate_args, Stdio::null()).assert_ok("tern migrate");
     assert!(
         wait_gone(host_pid, Duration::from_secs(10)),
         "the copy in A still runs after the migration"
@@ -464,13 +374,13 @@ fn java_http_server_dump_restore_and_live_migration() {
     let mut moved_guard = ProcGuard::adopt(moved);
     assert_eq!(netns_of(moved), Some(edges.b.inode()));
     assert_eq!(
-        get(&edges.b, JAVA_PORT, "/incr"),
+        get(&edges.b, port, "/incr"),
         "5",
         "the counter goes on in B"
     );
-    assert_eq!(get(&edges.b, JAVA_PORT, "/pid"), pid.to_string());
+    assert_eq!(get(&edges.b, port, "/pid"), pid.to_string());
     eprintln!(
-        "{test}: the JVM ({threads} threads) migrated, downtime {:.1} ms",
+        "{test}: migrated, downtime {:.1} ms",
         rep["downtime_ms"].as_f64().unwrap_or(-1.0)
     );
     moved_guard.kill_and_wait();

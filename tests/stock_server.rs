@@ -255,21 +255,7 @@ fn redis_migrates_to_edge_b_with_its_data() {
 const MEMCACHED_PORT: u16 = 11211;
 
 fn memcached_or_skip(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg("command -v memcached")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip_or_panic(
-            test,
-            "memcached is not installed (Debian package memcached)",
-        );
-    }
-    found
+    command_or_skip(test, "memcached", "memcached")
 }
 
 /// Send `request` to memcached in `ns` (a thread of ours joins the
@@ -478,18 +464,7 @@ fn memcached_migrates_to_edge_b_with_its_data() {
 const NGINX_PORT: u16 = 18082;
 
 fn nginx_or_skip(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg("command -v nginx")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip_or_panic(test, "nginx is not installed (Debian package nginx-light)");
-    }
-    found
+    command_or_skip(test, "nginx", "nginx-light")
 }
 
 /// Start nginx (master and 2 workers, in the foreground) in `ns`, serving

@@ -1276,18 +1276,8 @@ impl Builder<'_> {
                     flags,
                     queued,
                 } => {
-                    let arr = self.scratch + SCRATCH_STRUCT;
-                    self.sys(
-                        libc::SYS_socketpair,
-                        &[
-                            libc::AF_UNIX as u64,
-                            (kind | libc::SOCK_CLOEXEC) as u64,
-                            0,
-                            arr,
-                        ],
-                        || format!("socketpair for fd {}", first.fd),
-                    )?;
-                    let [end, other] = self.fd_pair_above(base)?;
+                    let [end, other] =
+                        self.unix_socketpair_above(*kind, base, || format!("fd {}", first.fd))?;
                     // What waited at it was sent from the closed end.
                     if !queued.is_empty() {
                         let dup = tern_sys::take_fd(self.pid, other as i32)
@@ -1450,6 +1440,28 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// A unix socketpair of `kind` made in the puppet, both ends above fd
+    /// `base` (see [`fd_pair_above`](Self::fd_pair_above)); `what` names it.
+    fn unix_socketpair_above(
+        &mut self,
+        kind: i32,
+        base: i32,
+        what: impl FnOnce() -> String,
+    ) -> Result<[u64; 2]> {
+        let arr = self.scratch + SCRATCH_STRUCT;
+        self.sys(
+            libc::SYS_socketpair,
+            &[
+                libc::AF_UNIX as u64,
+                (kind | libc::SOCK_CLOEXEC) as u64,
+                0,
+                arr,
+            ],
+            || format!("socketpair for {}", what()),
+        )?;
+        self.fd_pair_above(base)
+    }
+
     /// The two fds a `pipe2`/`socketpair` just wrote at `SCRATCH_STRUCT`,
     /// moved above fd `base` (so no later dup3 onto an image fd number
     /// lands on them).
@@ -1556,18 +1568,7 @@ impl Builder<'_> {
                     e.len()
                 ))
             })?;
-        let arr = self.scratch + SCRATCH_STRUCT;
-        self.sys(
-            libc::SYS_socketpair,
-            &[
-                libc::AF_UNIX as u64,
-                (kind | libc::SOCK_CLOEXEC) as u64,
-                0,
-                arr,
-            ],
-            || format!("socketpair for unix pair {pair}"),
-        )?;
-        let fds = self.fd_pair_above(base)?;
+        let fds = self.unix_socketpair_above(kind, base, || format!("unix pair {pair}"))?;
         // What waits at one end was sent from the other: send it again.
         let pid = self.pid;
         for (from, data) in [(fds[1], &queued_a), (fds[0], &queued_b)] {

@@ -62,6 +62,26 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Whether the test can run: as root, with the program `bin` on PATH (from
+/// Debian's `package`); otherwise says why, as [`skip_or_panic`] does.
+pub fn command_or_skip(test: &str, bin: &str, package: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_or_panic(
+            test,
+            &format!("{bin} is not installed (Debian package {package})"),
+        );
+    }
+    found
+}
+
 /// For an optional environment feature a test needs: prints `SKIP: <reason>`
 /// (or panics under `CI`/`TERN_REQUIRE_ROOT`, where everything must run).
 pub fn skip_or_panic(test: &str, reason: &str) {
