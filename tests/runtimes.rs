@@ -155,32 +155,12 @@ fn go_http_server_migrates_live() {
     let Some(edges) = edges_or_skip(test) else {
         return;
     };
-    let key = keygen(&dir, "tern.key");
     let mut server = start_go_server(&dir, &edges.a, &exe);
     let pid = server.pid();
     count_to_three(&edges.a, GO_PORT);
-    let listen = format!("{EDGE_B_ADDR}:7878");
-    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
-    let report = dir.join("report.json");
-    let migrate_args = args![
-        "migrate",
-        "--pid",
-        pid.to_string(),
-        "--to",
-        &listen,
-        "--key",
-        &key,
-        "--report",
-        &report
-    ];
-    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
-        .assert_ok("tern migrate of the Go server");
+    let (rep, mut restored) = migrate_a_to_b(&dir, &edges, pid, &[]);
     assert!(server.wait_exit(Duration::from_secs(10)).is_some());
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    let host_pid = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let mut restored = ProcGuard::adopt(host_pid);
-    assert_eq!(netns_of(host_pid), Some(edges.b.inode()));
+    let host_pid = restored.pid();
     check_go_server(&edges.b, pid, host_pid);
     eprintln!(
         "{test}: downtime {:.1} ms ({} rounds)",
@@ -188,7 +168,6 @@ fn go_http_server_migrates_live() {
         rep["rounds"].as_array().map_or(0, Vec::len)
     );
     restored.kill_and_wait();
-    let _ = serve.wait_exit(Duration::from_secs(10));
 }
 
 const NODE_PORT: u16 = 18081;
@@ -347,32 +326,8 @@ fn dump_restore_then_migrate(
     assert_eq!(get(&edges.a, port, "/incr"), "4", "the counter goes on");
     assert_eq!(get(&edges.a, port, "/pid"), pid.to_string());
 
-    let key = keygen(dir, "tern.key");
-    let listen = format!("{EDGE_B_ADDR}:7878");
-    let mut serve = start_serve_in(dir, &edges.b, &listen, &key, &["--once"]);
-    let report = dir.join("report.json");
-    let migrate_args = args![
-        "migrate",
-        "--pid",
-        host_pid.to_string(),
-        "--to",
-        &listen,
-        "--key",
-        &key,
-        "--report",
-        &report
-    ];
-    run_tern_in(dir, Some(&edges.a.name), &migrate_args, Stdio::null()).assert_ok("tern migrate");
-    assert!(
-        wait_gone(host_pid, Duration::from_secs(10)),
-        "the copy in A still runs after the migration"
-    );
+    let (rep, mut moved_guard) = migrate_a_to_b(dir, edges, host_pid, &[]);
     restored.disarm();
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let mut moved_guard = ProcGuard::adopt(moved);
-    assert_eq!(netns_of(moved), Some(edges.b.inode()));
     assert_eq!(
         get(&edges.b, port, "/incr"),
         "5",
@@ -384,5 +339,4 @@ fn dump_restore_then_migrate(
         rep["downtime_ms"].as_f64().unwrap_or(-1.0)
     );
     moved_guard.kill_and_wait();
-    let _ = serve.wait_exit(Duration::from_secs(10));
 }

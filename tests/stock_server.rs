@@ -417,43 +417,18 @@ fn memcached_migrates_to_edge_b_with_its_data() {
         return;
     };
     let dir = TestDir::new(test);
-    let key = keygen(&dir, "tern.key");
     let mut m = start_memcached(&dir, &edges.a);
     let pid = m.pid();
     memcached_fill(&edges.a);
     settle();
-    let listen = format!("{EDGE_B_ADDR}:7878");
-    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
-    let report = dir.join("report.json");
-    let migrate_args = args![
-        "migrate",
-        "--pid",
-        pid.to_string(),
-        "--to",
-        &listen,
-        "--key",
-        &key,
-        "--report",
-        &report
-    ];
-    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
-        .assert_ok("tern migrate of memcached");
-    assert!(
-        m.wait_exit(Duration::from_secs(10)).is_some(),
-        "the copy in A still runs after the migration"
-    );
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    let restored_pid = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let mut restored = ProcGuard::adopt(restored_pid);
-    assert_eq!(netns_of(restored_pid), Some(edges.b.inode()));
+    let (rep, mut restored) = migrate_a_to_b(&dir, &edges, pid, &[]);
+    assert!(m.wait_exit(Duration::from_secs(10)).is_some());
     memcached_check(&edges.b, pid);
     eprintln!(
         "{test}: memcached migrated, downtime {:.1} ms",
         rep["downtime_ms"].as_f64().unwrap_or(-1.0)
     );
     restored.kill_and_wait();
-    let _ = serve.wait_exit(Duration::from_secs(10));
 }
 
 // ---------------------------------------------------------------------------
@@ -541,25 +516,7 @@ fn nginx_master_and_workers_move_stop_and_copy() {
     assert_eq!(workers.len(), 2, "{workers:?}");
     assert!(nginx_worker_pids(&edges.a, 8).is_subset(&workers));
 
-    let key = keygen(&dir, "tern.key");
-    let listen = format!("{EDGE_B_ADDR}:7878");
-    let mut serve = start_serve_in(&dir, &edges.b, &listen, &key, &["--once"]);
-    let report = dir.join("report.json");
-    let migrate_args = args![
-        "migrate",
-        "--pid",
-        pid.to_string(),
-        "--to",
-        &listen,
-        "--key",
-        &key,
-        "--mode",
-        "simple",
-        "--report",
-        &report
-    ];
-    run_tern_in(&dir, Some(&edges.a.name), &migrate_args, Stdio::null())
-        .assert_ok("tern migrate --mode simple of nginx");
+    let (rep, moved_guard) = migrate_a_to_b(&dir, &edges, pid, &["--mode", "simple"]);
     assert!(master.wait_exit(Duration::from_secs(10)).is_some());
     for w in &workers {
         assert!(
@@ -567,13 +524,10 @@ fn nginx_master_and_workers_move_stop_and_copy() {
             "worker {w} is still in A"
         );
     }
-    let rep: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let mut guards = vec![ProcGuard::adopt(moved)];
+    let moved = moved_guard.pid();
+    let mut guards = vec![moved_guard];
     let moved_workers = children_of(moved);
     guards.extend(moved_workers.iter().map(|&w| ProcGuard::adopt(w)));
-    assert_eq!(netns_of(moved), Some(edges.b.inode()));
     assert_eq!(moved_workers.len(), 2, "the master in B has its workers");
     assert_eq!(
         http_get(&edges.b, NGINX_PORT, "/").as_deref(),
@@ -612,5 +566,4 @@ fn nginx_master_and_workers_move_stop_and_copy() {
     for mut g in guards {
         g.kill_and_wait();
     }
-    let _ = serve.wait_exit(Duration::from_secs(10));
 }

@@ -1818,6 +1818,46 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<String, String> {
     })
 }
 
+/// `tern migrate PID` (with `extra` arguments) from A to a `tern serve
+/// --once` in B on port 7878: asserts it succeeds, that the program is gone
+/// from A and runs in B's network namespace. Returns the report and a guard
+/// of the copy in B.
+pub fn migrate_a_to_b(
+    dir: &TestDir,
+    edges: &EdgePair,
+    pid: i32,
+    extra: &[&str],
+) -> (serde_json::Value, ProcGuard) {
+    let key = keygen(dir, "migrate.key");
+    let listen = format!("{EDGE_B_ADDR}:7878");
+    let mut serve = start_serve_in(dir, &edges.b, &listen, &key, &["--once"]);
+    let report = dir.join("report.json");
+    let mut a = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &listen,
+        "--key",
+        &key,
+        "--report",
+        &report
+    ];
+    a.extend(extra.iter().map(OsString::from));
+    run_tern_in(dir, Some(&edges.a.name), &a, Stdio::null()).assert_ok("tern migrate");
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "process {pid} still runs in A after the migration"
+    );
+    let rep: serde_json::Value =
+        serde_json::from_slice(&read_bytes(&report)).expect("the migration report");
+    let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let guard = ProcGuard::adopt(moved);
+    assert_eq!(netns_of(moved), Some(edges.b.inode()), "it must run in B");
+    let _ = serve.wait_exit(Duration::from_secs(10));
+    (rep, guard)
+}
+
 /// Two edge namespaces for `test`, or `None` (having said why: not root,
 /// or no network namespaces here; under CI that panics instead).
 pub fn edges_or_skip(test: &str) -> Option<EdgePair> {
