@@ -127,20 +127,8 @@ fn go_http_server_dump_restore() {
     let mut server = start_go_server(&dir, &ns, &exe);
     let pid = server.pid();
     count_to_three(&ns, GO_PORT);
-    let images = dir.join("images");
-    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
-    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of the Go server");
-    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
-    let pidfile = dir.join("restored.pid");
-    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
-    run_tern_in(&dir, Some(&ns.name), &restore_args, Stdio::null())
-        .assert_ok("tern restore of the Go server");
-    let host_pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let mut restored = ProcGuard::adopt(host_pid);
+    let mut restored = dump_then_restore_in(&dir, &ns.name, &mut server);
+    let host_pid = restored.pid();
     check_go_server(&ns, pid, host_pid);
     restored.kill_and_wait();
 }
@@ -310,19 +298,8 @@ fn dump_restore_then_migrate(
     port: u16,
 ) {
     let pid = server.pid();
-    let images = dir.join("images");
-    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
-    run_tern(dir, &dump_args, Stdio::null()).assert_ok("tern dump");
-    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
-    let pidfile = dir.join("restored.pid");
-    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
-    run_tern_in(dir, Some(&edges.a.name), &restore_args, Stdio::null()).assert_ok("tern restore");
-    let host_pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let mut restored = ProcGuard::adopt(host_pid);
+    let mut restored = dump_then_restore_in(dir, &edges.a.name, &mut server);
+    let host_pid = restored.pid();
     assert_eq!(get(&edges.a, port, "/incr"), "4", "the counter goes on");
     assert_eq!(get(&edges.a, port, "/pid"), pid.to_string());
 

@@ -27,24 +27,8 @@ use common::*;
 const PORT: &str = "6379";
 
 fn redis_or_skip(test: &str) -> bool {
-    if !root_or_skip(test) {
-        return false;
-    }
-    for bin in ["redis-server", "redis-cli"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {bin}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            skip_or_panic(
-                test,
-                &format!("{bin} is not installed (Debian packages redis-server, redis-tools)"),
-            );
-            return false;
-        }
-    }
-    true
+    command_or_skip(test, "redis-server", "redis-server")
+        && command_or_skip(test, "redis-cli", "redis-tools")
 }
 
 /// `redis-cli ARGS` in network namespace `ns`; its output, trimmed.
@@ -267,34 +251,23 @@ fn memcached_says(ns: &Netns, request: &str, until: &str) -> String {
 /// [`memcached_says`], failing with what went wrong.
 fn memcached_try(ns: &Netns, request: &str, until: &str) -> Result<String, String> {
     use std::io::{Read, Write};
-    let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<String, String> {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread only, with a namespace fd held open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+    in_netns(ns, || {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", MEMCACHED_PORT))
+            .map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        conn.write_all(request.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).ends_with(until) {
+            let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err(format!("closed the connection after {answer:?}"));
             }
-            let mut conn = std::net::TcpStream::connect(("127.0.0.1", MEMCACHED_PORT))
-                .map_err(|e| format!("connect: {e}"))?;
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-            conn.write_all(request.as_bytes())
-                .map_err(|e| format!("send: {e}"))?;
-            let mut answer = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !String::from_utf8_lossy(&answer).ends_with(until) {
-                let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
-                if n == 0 {
-                    return Err(format!("closed the connection after {answer:?}"));
-                }
-                answer.extend_from_slice(&buf[..n]);
-            }
-            Ok(String::from_utf8_lossy(&answer).into_owned())
-        })
-        .join()
-        .map_err(|_| "the client thread panicked".to_string())?
+            answer.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
     })
 }
 
@@ -385,23 +358,8 @@ fn memcached_dump_restore_keeps_its_data() {
         "memcached runs {before} threads, expected its workers"
     );
     settle();
-    let images = dir.join("images");
-    let dump_args = args!["dump", "--pid", pid.to_string(), "--images", &images];
-    run_tern(&dir, &dump_args, Stdio::null()).assert_ok("tern dump of memcached");
-    assert!(
-        m.wait_exit(Duration::from_secs(10)).is_some(),
-        "memcached still runs after the dump"
-    );
-    let pidfile = dir.join("restored.pid");
-    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
-    run_tern_in(&dir, Some(&ns.name), &restore_args, Stdio::null())
-        .assert_ok("tern restore of memcached");
-    let host_pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let mut restored = ProcGuard::adopt(host_pid);
+    let mut restored = dump_then_restore_in(&dir, &ns.name, &mut m);
+    let host_pid = restored.pid();
     assert_eq!(threads(host_pid), before, "its threads after the restore");
     memcached_check(&ns, pid);
     restored.kill_and_wait();

@@ -79,21 +79,10 @@ fn ask_abstract(name: &str) -> u64 {
     ask(UnixStream::connect_addr(&addr).unwrap_or_else(|e| panic!("connect to @{name}: {e}")))
 }
 
-/// [`ask_abstract`] from inside network namespace `ns` (a thread of its
-/// own joins it).
+/// [`ask_abstract`] from inside network namespace `ns`.
 fn ask_abstract_in(ns: &Netns, name: &str) -> u64 {
-    let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).expect("open the netns");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread only, with a namespace fd held open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            ask_abstract(name)
-        })
-        .join()
-        .expect("the client thread")
-    })
+    in_netns(ns, || Ok(ask_abstract(name)))
+        .unwrap_or_else(|e| panic!("@{name} in {}: {e}", ns.name))
 }
 
 fn send_datagram(path: &Path) {

@@ -1783,39 +1783,79 @@ pub struct EdgePair {
     pub b: Netns,
 }
 
-/// `GET path` from the server at `port` in `ns` (a thread of ours joins
-/// the namespace): the body, trimmed; `Err` if it cannot be reached.
-pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<String, String> {
+/// Run `f` on a thread of ours that first joins network namespace `ns`
+/// (setns changes only the calling thread); its result, or why it could
+/// not run there.
+pub fn in_netns<T: Send>(
+    ns: &Netns,
+    f: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    let file = fs::File::open(format!("/run/netns/{}", ns.name)).map_err(|e| e.to_string())?;
+    thread::scope(|s| {
+        s.spawn(|| {
             use std::os::fd::AsRawFd;
             // SAFETY: setns on this thread only, with a namespace fd held open.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             if rc != 0 {
                 return Err(format!("setns: {}", std::io::Error::last_os_error()));
             }
-            let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
-                .map_err(|e| format!("connect: {e}"))?;
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-            write!(conn, "GET {path} HTTP/1.0\r\nHost: edge\r\n\r\n")
-                .map_err(|e| format!("send: {e}"))?;
-            let mut answer = String::new();
-            conn.read_to_string(&mut answer)
-                .map_err(|e| format!("read: {e}"))?;
-            let (head, body) = answer
-                .split_once("\r\n\r\n")
-                .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
-            if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
-                return Err(format!("answered {head:?}"));
-            }
-            Ok(body.trim().to_string())
+            f()
         })
         .join()
-        .map_err(|_| "the client thread panicked".to_string())?
+        .map_err(|_| "the thread in the namespace panicked".to_string())?
     })
+}
+
+/// `GET path` from the server at `port` in `ns` (a thread of ours joins
+/// the namespace): the body, trimmed; `Err` if it cannot be reached.
+pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    in_netns(ns, || {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(conn, "GET {path} HTTP/1.0\r\nHost: edge\r\n\r\n")
+            .map_err(|e| format!("send: {e}"))?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)
+            .map_err(|e| format!("read: {e}"))?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+        if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
+            return Err(format!("answered {head:?}"));
+        }
+        Ok(body.trim().to_string())
+    })
+}
+
+/// `tern dump` of `source` (our child, reaped here once killed), then
+/// `tern restore` of it in network namespace `netns`: the restored copy.
+pub fn dump_then_restore_in(dir: &TestDir, netns: &str, source: &mut ProcGuard) -> ProcGuard {
+    let images = dir.join("images");
+    let dump_args = args![
+        "dump",
+        "--pid",
+        source.pid().to_string(),
+        "--images",
+        &images
+    ];
+    run_tern(dir, &dump_args, Stdio::null()).assert_ok("tern dump");
+    assert!(
+        source.wait_exit(Duration::from_secs(10)).is_some(),
+        "process {} still runs after the dump",
+        source.pid()
+    );
+    let pidfile = dir.join("restored.pid");
+    let restore_args = args!["restore", "--images", &images, "--pidfile", &pidfile];
+    run_tern_in(dir, Some(netns), &restore_args, Stdio::null()).assert_ok("tern restore");
+    let host_pid: i32 = fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    ProcGuard::adopt(host_pid)
 }
 
 /// `tern migrate PID` (with `extra` arguments) from A to a `tern serve
