@@ -300,13 +300,10 @@ pub fn ancestors(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
     let mut at = pid;
     while at > 1 && out.len() < 4096 {
-        let ppid = std::fs::read_to_string(format!("/proc/{at}/stat"))
+        let ppid = procfs::process::Process::new(at)
+            .and_then(|p| p.stat())
             .ok()
-            .and_then(|t| {
-                // After the comm's closing parenthesis: state, then ppid.
-                let rest = &t[t.rfind(')')? + 1..];
-                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-            });
+            .map(|st| st.ppid);
         match ppid {
             Some(p) if p > 0 => {
                 out.push(p);
@@ -360,15 +357,12 @@ pub fn io_uring_users(pid: i32) -> (Vec<i32>, Vec<i32>) {
 
 /// Whether thread `tid` of `pid` is an io_uring worker (`PF_IO_WORKER`).
 pub fn is_io_worker(pid: i32, tid: i32) -> bool {
-    const PF_IO_WORKER: u64 = 0x10;
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+    const PF_IO_WORKER: u32 = 0x10;
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.task_from_tid(tid))
+        .and_then(|t| t.stat())
         .ok()
-        .and_then(|t| {
-            // After the comm: state, ppid, pgrp, session, tty_nr, tpgid,
-            // then flags.
-            let rest = &t[t.rfind(')')? + 1..];
-            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
-        })
+        .map(|st| st.flags)
         .is_some_and(|flags| flags & PF_IO_WORKER != 0)
 }
 
