@@ -22,6 +22,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod sock;
 pub mod uffd;
+pub mod uffd_missing;
 pub mod unix_diag;
 
 pub use error::{Context, Error, Result};

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the protocol; both ends must speak the same.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE: &[u8] = b"tern migration protocol 1";
 /// Largest encoded message accepted.
@@ -145,6 +145,25 @@ pub enum Message {
         session: u64,
         outcome: SessionOutcome,
     },
+
+    // post-copy, after `Running` (protocol 3)
+    /// source -> destination: pages still owed, `data` a whole number of
+    /// pages from the source's address `start` on.
+    Pages {
+        start: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// destination -> source: the program touched these pages (source
+    /// addresses): send them (and their neighbours) first.
+    PageWant {
+        addrs: Vec<u64>,
+    },
+    /// destination -> source: every page owed is in (or the program has
+    /// ended): the source may end its copy.
+    PostCopyDone {
+        pages: u64,
+    },
 }
 
 /// What became of a migration on its destination, as far as it knows.
@@ -199,6 +218,9 @@ impl Message {
             Message::Running { .. } => "Running",
             Message::Refused { .. } => "Refused",
             Message::Outcome { .. } => "Outcome",
+            Message::Pages { .. } => "Pages",
+            Message::PageWant { .. } => "PageWant",
+            Message::PostCopyDone { .. } => "PostCopyDone",
         }
     }
 }

@@ -28,6 +28,7 @@ pub enum RecordKind {
     Layout = 5,
     TableDelta = 6,
     Tree = 7,
+    Deferred = 8,
 }
 
 impl RecordKind {
@@ -40,6 +41,7 @@ impl RecordKind {
             RecordKind::Layout => "layout",
             RecordKind::TableDelta => "table delta",
             RecordKind::Tree => "process tree",
+            RecordKind::Deferred => "deferred pages",
         }
     }
 }

@@ -15,6 +15,9 @@
 //!                                   <-     Ready{pid}            (rebuilt, stopped)
 //!   Commit                          ->
 //!                                   <-     Running{pid, ns_pid}
+//!   post-copy (the final image left pages at the source):
+//!   Pages{start, data}..            ->   <- PageWant{addrs}..
+//!                                   <-     PostCopyDone{pages}
 //!   Abort{reason} at any time before Commit; Refused{reason} at any time.
 //! ```
 
@@ -70,6 +73,8 @@ pub enum DestinationState {
     AwaitCommit,
     /// `Commit` came: the program is being resumed.
     Committed,
+    /// `Running` was sent; the program runs and pages owed still arrive.
+    PostCopy,
     /// A message broke the protocol: only a `Refused` may still be sent.
     Broken,
     /// Over (answered an `Ask`, sent `Running` or `Refused`, or the source
@@ -87,6 +92,7 @@ impl DestinationState {
             DestinationState::Building { .. } => "building the final round",
             DestinationState::AwaitCommit => "awaiting Commit",
             DestinationState::Committed => "committed",
+            DestinationState::PostCopy => "post-copy",
             DestinationState::Broken => "broken",
             DestinationState::Ended => "ended",
         }
@@ -120,6 +126,8 @@ pub enum DestinationInput {
     },
     /// Resume the program.
     Commit,
+    /// Pages owed, from source address `start` on.
+    Pages { start: u64, data: Vec<u8> },
 }
 
 /// The destination's side of one connection.
@@ -129,6 +137,9 @@ pub struct Destination {
     /// Rounds announced complete, and those reported applied.
     rounds_done: u32,
     rounds_applied: u32,
+    /// The final image left pages at the source: after `Running` they
+    /// arrive (post-copy).
+    pages_owed: bool,
 }
 
 impl Default for Destination {
@@ -143,7 +154,14 @@ impl Destination {
             state: DestinationState::AwaitHello,
             rounds_done: 0,
             rounds_applied: 0,
+            pages_owed: false,
         }
+    }
+
+    /// The final round left pages at the source: `Running` opens the
+    /// post-copy phase instead of ending the session.
+    pub fn owe_pages(&mut self) {
+        self.pages_owed = true;
     }
 
     pub fn state(&self) -> DestinationState {
@@ -210,7 +228,7 @@ impl Destination {
             (S::Asked | S::Greeted, _) => {
                 return Err(self.unexpected("nothing before an answer", got))
             }
-            (_, Message::Abort { reason }) if self.expects_input() => {
+            (_, Message::Abort { reason }) if self.expects_input() && self.state != S::PostCopy => {
                 self.state = S::Ended;
                 return Err(ProtocolError::Aborted(reason));
             }
@@ -268,6 +286,10 @@ impl Destination {
             (S::Building { .. }, _) => return Err(self.unexpected("nothing before Ready", got)),
             (S::AwaitCommit, Message::Commit) => (S::Committed, DestinationInput::Commit),
             (S::AwaitCommit, _) => return Err(self.unexpected("Commit or Abort", got)),
+            (S::PostCopy, Message::Pages { start, data }) => {
+                (S::PostCopy, DestinationInput::Pages { start, data })
+            }
+            (S::PostCopy, _) => return Err(self.unexpected("Pages", got)),
             (S::Committed | S::Broken | S::Ended, _) => return Err(self.unexpected("nothing", got)),
         };
         self.state = next;
@@ -292,7 +314,10 @@ impl Destination {
                 s
             }
             (S::Building { .. }, Message::Ready { .. }) => S::AwaitCommit,
+            (S::Committed, Message::Running { .. }) if self.pages_owed => S::PostCopy,
             (S::Committed, Message::Running { .. }) => S::Ended,
+            (S::PostCopy, Message::PageWant { .. }) => S::PostCopy,
+            (S::PostCopy, Message::PostCopyDone { .. }) => S::Ended,
             _ => return Err(self.out_of_turn(what)),
         };
         Ok(())
@@ -337,6 +362,8 @@ pub enum SourceState {
     Ready,
     /// `Commit` sent: waiting for `Running`.
     AwaitRunning,
+    /// `Running` came; pages owed are being sent until `PostCopyDone`.
+    PostCopy,
     /// `Running` came, or the migration ended otherwise.
     Ended,
 }
@@ -350,6 +377,7 @@ impl SourceState {
             SourceState::AwaitReady => "awaiting Ready",
             SourceState::Ready => "ready",
             SourceState::AwaitRunning => "awaiting Running",
+            SourceState::PostCopy => "post-copy",
             SourceState::Ended => "ended",
         }
     }
@@ -373,6 +401,14 @@ pub enum SourceInput {
         ns_pid: i32,
         resume_ms: f64,
     },
+    /// Post-copy: the program touched these pages at the destination.
+    Want {
+        addrs: Vec<u64>,
+    },
+    /// Post-copy: every page owed arrived.
+    PostCopyDone {
+        pages: u64,
+    },
 }
 
 /// The source's side of one migration.
@@ -382,6 +418,8 @@ pub struct Source {
     /// Rounds whose `RoundDone` was sent, and those reported applied.
     rounds_sent: u32,
     rounds_applied: u32,
+    /// The final round left pages here (post-copy).
+    pages_owed: bool,
 }
 
 impl Default for Source {
@@ -396,7 +434,14 @@ impl Source {
             state: SourceState::Start,
             rounds_sent: 0,
             rounds_applied: 0,
+            pages_owed: false,
         }
+    }
+
+    /// The final round leaves pages here: `Running` opens the post-copy
+    /// phase instead of ending the migration.
+    pub fn owe_pages(&mut self) {
+        self.pages_owed = true;
     }
 
     pub fn state(&self) -> SourceState {
@@ -425,6 +470,7 @@ impl Source {
                 },
             ) => return self.round_sent(*round, *final_round),
             (S::Ready, Message::Commit) => S::AwaitRunning,
+            (S::PostCopy, Message::Pages { .. }) => S::PostCopy,
             _ => {
                 return Err(ProtocolError::OutOfTurn {
                     what,
@@ -508,7 +554,11 @@ impl Source {
                     resume_ms,
                 },
             ) => {
-                self.state = S::Ended;
+                self.state = if self.pages_owed {
+                    S::PostCopy
+                } else {
+                    S::Ended
+                };
                 Ok(SourceInput::Running {
                     pid,
                     ns_pid,
@@ -516,6 +566,12 @@ impl Source {
                 })
             }
             (S::AwaitRunning, _) => Err(self.unexpected("Running", got)),
+            (S::PostCopy, Message::PageWant { addrs }) => Ok(SourceInput::Want { addrs }),
+            (S::PostCopy, Message::PostCopyDone { pages }) => {
+                self.state = S::Ended;
+                Ok(SourceInput::PostCopyDone { pages })
+            }
+            (S::PostCopy, _) => Err(self.unexpected("PageWant or PostCopyDone", got)),
             (S::Start | S::Ready | S::Ended, _) => Err(self.unexpected("nothing", got)),
         }
     }
@@ -677,6 +733,67 @@ mod tests {
         assert_eq!(p.src.state(), SourceState::Ended);
         assert_eq!(p.dst.state(), DestinationState::Ended);
         assert_eq!(p.src.rounds_applied(), 3);
+    }
+
+    #[test]
+    fn post_copy_runs_after_running_until_the_destination_says_done() {
+        let mut p = Pair::final_sent(1);
+        p.src.owe_pages();
+        p.dst.owe_pages();
+        p.destination_says(ready()).expect("ready");
+        // Pages owed may not travel before the commit.
+        let pages = || Message::Pages {
+            start: 0x1000,
+            data: vec![0; 4096],
+        };
+        assert!(p.src.send(&pages()).is_err());
+        p.source_says(Message::Commit).expect("commit");
+        p.destination_says(running()).expect("running");
+        assert_eq!(p.src.state(), SourceState::PostCopy);
+        assert_eq!(p.dst.state(), DestinationState::PostCopy);
+        assert!(p.dst.expects_input());
+        assert!(matches!(
+            p.source_says(pages()),
+            Ok(DestinationInput::Pages { start: 0x1000, .. })
+        ));
+        assert_eq!(
+            p.destination_says(Message::PageWant {
+                addrs: vec![0x2000]
+            }),
+            Ok(SourceInput::Want {
+                addrs: vec![0x2000]
+            })
+        );
+        // The source can no longer abort: the program runs there.
+        assert!(p.dst.receive(abort()).is_err());
+        let mut p = {
+            let mut q = Pair::final_sent(0);
+            q.src.owe_pages();
+            q.dst.owe_pages();
+            q.destination_says(ready()).expect("ready");
+            q.source_says(Message::Commit).expect("commit");
+            q.destination_says(running()).expect("running");
+            q
+        };
+        p.source_says(pages()).expect("pages");
+        assert_eq!(
+            p.destination_says(Message::PostCopyDone { pages: 1 }),
+            Ok(SourceInput::PostCopyDone { pages: 1 })
+        );
+        assert_eq!(p.src.state(), SourceState::Ended);
+        assert_eq!(p.dst.state(), DestinationState::Ended);
+        assert!(p.src.send(&pages()).is_err());
+    }
+
+    #[test]
+    fn post_copy_messages_are_refused_without_pages_owed() {
+        let mut p = Pair::final_sent(0);
+        p.destination_says(ready()).expect("ready");
+        p.source_says(Message::Commit).expect("commit");
+        p.destination_says(running()).expect("running");
+        let want = Message::PageWant { addrs: vec![0] };
+        assert!(p.dst.send(&want).is_err());
+        assert!(p.src.receive(want).is_err());
     }
 
     #[test]
