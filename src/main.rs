@@ -41,8 +41,11 @@ pub(crate) struct RoundArgs {
     #[arg(long, default_value = "auto")]
     tracker: tern_engine::track::TrackerKind,
     /// Stop policy: paper (two equal round hashes), adaptive (predicted
-    /// downtime fits --target-downtime-ms, or rounds stop shrinking) or
-    /// rounds:N.
+    /// downtime fits --target-downtime-ms, or rounds stop shrinking),
+    /// rounds:N; for `migrate` also hybrid (adaptive, but when pre-copy
+    /// cannot converge the program resumes at the destination at once and
+    /// its last-written pages follow by post-copy) or postcopy (post-copy
+    /// after round 0).
     #[arg(long, default_value = "adaptive")]
     policy: tern_engine::policy::PolicySpec,
     #[arg(long, default_value_t = 30)]
@@ -381,6 +384,12 @@ fn run(cmd: Cmd) -> Result<()> {
             if pre_copy && freezer == tern_engine::dump::Freezer::Cgroup {
                 // Refused rather than ignored: pre-copy freezes with ptrace.
                 anyhow::bail!("--freezer cgroup is for a plain dump, not --pre-copy");
+            }
+            if pre_copy && rounds.policy.may_post_copy() {
+                anyhow::bail!(
+                    "--policy {} ends in post-copy, which needs a destination running the program: use `tern migrate`",
+                    rounds.policy
+                );
             }
             if pre_copy {
                 let popts = rounds.precopy_options(opts);

@@ -114,6 +114,12 @@ pub struct MigrateArgs {
 }
 
 pub fn migrate(a: MigrateArgs) -> Result<()> {
+    if a.mode == Mode::Simple && a.precopy.policy.may_post_copy() {
+        anyhow::bail!(
+            "--policy {} needs --mode live: post-copy follows pre-copy rounds",
+            a.precopy.policy
+        );
+    }
     let key = Key::load(&a.key)?;
     let opts = tern_engine::migrate::MigrateOptions {
         to: a.to.clone(),
@@ -175,6 +181,12 @@ fn print_summary(r: &MigrationReport) {
         r.bytes_on_wire >> 20,
         r.total_ms
     );
+    if let Some(pc) = &r.post_copy {
+        eprintln!(
+            "  post-copy: {} pages owed, {} sent ({} wanted first, in {} requests), {} arrived; {:.0} ms from resume to the last page, then the source copy ended",
+            pc.pages, pc.pages_sent, pc.wanted_pages, pc.wants, pc.pages_arrived, pc.ms
+        );
+    }
 }
 
 pub fn report_json(r: &MigrationReport) -> serde_json::Value {
@@ -208,6 +220,14 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "final_pages": r.final_pages,
         "final_bytes": r.final_bytes,
+        "post_copy": r.post_copy.as_ref().map(|pc| serde_json::json!({
+            "pages": pc.pages,
+            "pages_sent": pc.pages_sent,
+            "wants": pc.wants,
+            "wanted_pages": pc.wanted_pages,
+            "pages_arrived": pc.pages_arrived,
+            "ms": pc.ms,
+        })),
         "bytes_on_wire": r.bytes_on_wire,
         "total_ms": r.total_ms,
     })

@@ -1084,3 +1084,130 @@ fn evacuate_four_programs_one_frozen_at_a_time() {
         g.kill_and_wait();
     }
 }
+
+/// The hybrid policy (issue 16): a program dirtying ~150 MB/s of a 16 MiB
+/// buffer cannot converge over a link shaped to 100 Mbit/s. Pre-copy stops
+/// as soon as it sees that, the program resumes in B at once, and its
+/// last-written pages follow by post-copy (faulted in on first touch,
+/// pushed in the background). The program's own checks say its memory is
+/// exact (it verifies every word of the buffer continuously and counts on
+/// with no gap), every owed page arrives, and downtime stays small.
+#[test]
+fn migrate_fast_writer_over_a_slow_link_with_hybrid_post_copy() {
+    let Some(edges) = edges_or_skip("migrate_fast_writer_over_a_slow_link_with_hybrid_post_copy")
+    else {
+        return;
+    };
+    if let Err(e) = edges.shape_mbit(100) {
+        skip_or_panic(
+            "migrate_fast_writer_over_a_slow_link_with_hybrid_post_copy",
+            &format!("cannot shape the link: {e}"),
+        );
+        return;
+    }
+    // 512 pages of 4 KiB rewritten per ~10 ms tick.
+    let mut e = start_with("migrate-hybrid", edges, 16, &["512"]);
+    e.wait_ticks(30);
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &["--log", "info"]));
+    let source_pid = e.program.pid();
+    let out = e.migrate(&["--policy", "hybrid", "--compress", "0"]);
+    out.assert_ok("tern migrate --policy hybrid");
+    let rep = report(&e.dir);
+    let restored = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    assert!(wait_gone(source_pid, Duration::from_secs(5)));
+    let pc = &rep["post_copy"];
+    let owed = pc["pages"].as_u64().unwrap_or(0);
+    let stop = rep["stop_reason"].as_str().unwrap_or("");
+    assert!(
+        owed > 0,
+        "the hybrid policy did not end in post-copy (stopped: {stop}): {}",
+        out.describe()
+    );
+    assert_eq!(
+        pc["pages_arrived"].as_u64(),
+        Some(owed),
+        "every owed page must arrive: {pc}"
+    );
+    assert!(pc["pages_sent"].as_u64().unwrap_or(0) >= owed, "{pc}");
+    let downtime = rep["downtime_ms"].as_f64().unwrap_or(f64::MAX);
+    // Going on: the buffer is verified whole every 32 ticks.
+    let before = ticks(&e.out).len() as u64;
+    let all = e.wait_ticks(before + 100);
+    let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    eprintln!(
+        "hybrid over 100 Mbit/s: downtime {downtime:.1} ms, longest heartbeat gap {:.1} ms, {} rounds, {owed} pages owed ({} wanted first in {} requests), post-copy {:.0} ms; stopped: {stop}",
+        longest_gap_ms(&all),
+        rep["rounds"].as_array().map_or(0, |r| r.len()),
+        pc["wanted_pages"],
+        pc["wants"],
+        pc["ms"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(
+        downtime <= 50.0,
+        "downtime {downtime:.1} ms by tern's clock (aim: <= 50 ms)"
+    );
+    restored_guard.kill_and_wait();
+}
+
+/// Post-copy's risk, reported: the destination's daemon killed while pages
+/// are still owed. Its guard kills the program there (it must not run on
+/// with pages missing, which would read as zeros), and the source reports
+/// the program lost, with how many pages were owed, and ends its own
+/// copy, which is behind the one that ran.
+#[test]
+fn destination_killed_during_post_copy_is_reported_as_lost() {
+    let Some(edges) = edges_or_skip("destination_killed_during_post_copy_is_reported_as_lost")
+    else {
+        return;
+    };
+    if let Err(e) = edges.shape_mbit(20) {
+        skip_or_panic(
+            "destination_killed_during_post_copy_is_reported_as_lost",
+            &format!("cannot shape the link: {e}"),
+        );
+        return;
+    }
+    let mut e = start_with("migrate-postcopy-lost", edges, 16, &["512"]);
+    e.wait_ticks(30);
+    let serve = start_serve(&e.dir, &e.edges, &e.key, &["--log", "info"]);
+    let serve_pid = serve.pid();
+    e.serve = Some(serve);
+    let source_pid = e.program.pid();
+    let log = e.dir.join("serve.stderr");
+    let killer = std::thread::spawn(move || {
+        let started = wait_until(
+            Duration::from_secs(60),
+            "post-copy to start in B",
+            || {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|l| l.contains("post-copy: filling"))
+                    .map(|_| ())
+            },
+            || tail(&log, 5),
+        );
+        kill_pid(serve_pid, libc::SIGKILL);
+        started
+    });
+    let out = e.migrate(&["--policy", "postcopy", "--compress", "0"]);
+    killer.join().expect("killer thread");
+    assert!(!out.success(), "the migration succeeded: {}", out.describe());
+    assert!(
+        out.stderr.contains("during post-copy") && out.stderr.contains("lost"),
+        "the failure must say the program was lost during post-copy: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("owed"),
+        "the failure must say what was owed: {}",
+        out.describe()
+    );
+    eprintln!("reported: {}", out.stderr.trim());
+    assert!(
+        wait_gone(source_pid, Duration::from_secs(5)),
+        "the source copy must end"
+    );
+    e.wait_nothing_left_in_b();
+}

@@ -100,6 +100,9 @@ pub struct DumpStats {
     /// Pages the program had (present or swapped) at this moment.
     pub pages_seen: u64,
     pub round_hash: u64,
+    /// Pages left out of the image for post-copy (`Tracking::defer`): their
+    /// addresses, sorted; `deferred.img` lists them with their hashes.
+    pub deferred: Vec<u64>,
 }
 
 use tern_sys::page_size;
@@ -309,6 +312,10 @@ pub(crate) struct Tracking<'a> {
     /// The tracker reports every change (writes, zapped pages, new
     /// mappings), so pages outside `dirty` are as the parent has them.
     pub exact: bool,
+    /// Post-copy: leave the changed pages of private anonymous memory out
+    /// of the image (listed in `deferred.img`); the destination fetches
+    /// them after the program resumes there. Needs an exact tracker.
+    pub defer: bool,
 }
 
 /// The image of a stopped program; it stays stopped (the caller releases
@@ -327,11 +334,12 @@ pub(crate) fn dump_frozen(
 ) -> Result<DumpStats> {
     let pid = seized.pid;
     let tracked = tracking.is_some();
-    let (dirty, maps, exact) = match tracking {
-        Some(t) => (Some(t.dirty), t.maps, t.exact),
+    let (dirty, maps, exact, defer) = match tracking {
+        Some(t) => (Some(t.dirty), t.maps, t.exact, t.defer),
         None => (
             None,
             proc::read_smaps(pid).ctx(pid, || "read smaps".into())?,
+            false,
             false,
         ),
     };
@@ -373,7 +381,7 @@ pub(crate) fn dump_frozen(
         // zapped pages, new mappings): only those pages are looked at, so
         // this costs what changed, not what the program holds.
         Some(d) if exact && !parent.is_empty() => {
-            let mut c = capture_delta(pid, &maps, dir, codec, parent, d)?;
+            let mut c = capture_delta(pid, &maps, dir, codec, parent, d, defer)?;
             if !opts.delta_table {
                 if let Some(full) = c.delta.as_ref().and_then(|x| x.apply(parent)) {
                     c.hashes = full;
@@ -393,6 +401,17 @@ pub(crate) fn dump_frozen(
     }
     let page_stats = capture.stats;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
+    if !capture.deferred.is_empty() {
+        let deferred = wire::Deferred {
+            pages: std::mem::take(&mut capture.deferred),
+        };
+        wire::write_record(
+            &dir.join(wire::DEFERRED_FILE),
+            wire::RecordKind::Deferred,
+            &deferred,
+        )?;
+        capture.deferred = deferred.pages;
+    }
 
     wire::write_record(&dir.join(wire::CORE_FILE), wire::RecordKind::Core, &core)?;
     wire::write_record(&dir.join(wire::MM_FILE), wire::RecordKind::Mm, &mm)?;
@@ -420,6 +439,7 @@ pub(crate) fn dump_frozen(
         pages_stored: capture.pages_stored,
         pages_seen: capture.table_len(),
         round_hash: capture.round_hash,
+        deferred: capture.deferred.iter().map(|p| p.0).collect(),
     };
     Ok(stats)
 }
@@ -565,6 +585,7 @@ pub(crate) fn pre_dump_round(
         pages_stored: capture.pages_stored,
         pages_seen: capture.hashes.len() as u64,
         round_hash: capture.round_hash,
+        deferred: Vec::new(),
     };
     Ok((stats, capture.hashes))
 }
@@ -1159,6 +1180,8 @@ pub struct PageCapture {
     pub delta: Option<wire::TableDelta>,
     pub pages_stored: u64,
     pub round_hash: u64,
+    /// (address, xxh3) of the pages left for post-copy, sorted.
+    pub deferred: Vec<(u64, u64)>,
 }
 
 impl PageCapture {
@@ -1177,6 +1200,8 @@ impl PageCapture {
 /// zeros or the file's bytes, and dropped from the table), and the parent's
 /// entries in ranges no longer mapped are dropped. Produces the table as a
 /// delta to `parent`; its cost follows what changed, not the program's size.
+/// With `defer`, changed pages of private anonymous memory are hashed but
+/// not stored: they are listed in `deferred`, for post-copy.
 fn capture_delta(
     pid: i32,
     maps: &[MapEntry],
@@ -1184,6 +1209,7 @@ fn capture_delta(
     codec: wire::Codec,
     parent: &[(u64, u64)],
     dirty: &DirtySet,
+    defer: bool,
 ) -> Result<PageCapture> {
     let page = page_size();
     let pg = page as usize;
@@ -1229,6 +1255,8 @@ fn capture_delta(
     let mut to_read: Vec<Vec<u64>> = Vec::new();
     let mut gone: Vec<Vec<(u64, bool)>> = Vec::new(); // (address, anonymous)
     let mut anon_pages: Vec<(u64, u64)> = Vec::new(); // anonymous ranges
+    let mut deferrable: Vec<(u64, u64)> = Vec::new(); // private anonymous
+    let mut deferred: Vec<(u64, u64)> = Vec::new();
     for m in &capturable {
         let lo = merged.partition_point(|r| r.1 <= m.start);
         let segs: Vec<(u64, u64)> = merged[lo..]
@@ -1242,6 +1270,9 @@ fn capture_delta(
         let anon = m.reads_zero_when_empty();
         if anon {
             anon_pages.push((m.start, m.end));
+        }
+        if defer && anon && !m.shared {
+            deferrable.push((m.start, m.end));
         }
         let (mut reads, mut gones) = (Vec::new(), Vec::new());
         // Many scattered ranges: one pagemap read over their span.
@@ -1279,6 +1310,7 @@ fn capture_delta(
         gone.push(gones);
     }
     let is_anon = |a: u64| anon_pages.iter().any(|&(s, e)| s <= a && a < e);
+    let is_deferrable = |a: u64| deferrable.iter().any(|&(s, e)| s <= a && a < e);
     // Back-to-back (address, length) runs of ascending page addresses.
     let runs_of = |addrs: &[u64]| {
         let mut runs: Vec<(u64, usize)> = Vec::new();
@@ -1313,9 +1345,14 @@ fn capture_delta(
                 if is_new {
                     round.update(&pa.to_le_bytes());
                     round.update(&h.to_le_bytes());
+                }
+                let deferring = is_new && is_deferrable(pa);
+                if deferring {
+                    deferred.push((pa, h));
+                } else if is_new {
                     pages_stored += 1;
                 }
-                keep.push(is_new);
+                keep.push(is_new && !deferring);
             }
             if !out.submit_scattered(batch.to_vec(), buf, PageFilter::Only(keep)) {
                 return Ok(());
@@ -1375,6 +1412,7 @@ fn capture_delta(
         }),
         pages_stored,
         round_hash: round.digest(),
+        deferred,
     })
 }
 
@@ -1562,6 +1600,7 @@ fn capture_pages(
         delta: None,
         pages_stored,
         round_hash: round.digest(),
+        deferred: Vec::new(),
     })
 }
 

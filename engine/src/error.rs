@@ -34,6 +34,10 @@ pub enum EngineError {
     /// destination was told to resume): the program is left stopped here.
     #[error("process {pid}: {what}")]
     CommitUnknown { pid: i32, what: String },
+    /// Post-copy failed after the program resumed at the destination: it
+    /// is lost (see `migrate` docs: the risk every post-copy system runs).
+    #[error("migration of process {pid} failed during post-copy; the program is lost: {what}")]
+    PostCopyLost { pid: i32, what: String },
     #[error("process {pid}: pending migration record: {what}")]
     BadRecord { pid: i32, what: String },
 }

@@ -26,6 +26,9 @@
 //!    queued SIGSTOP keeps the program stopped and the record is there.
 //!    Nothing ever runs twice; nothing is lost.
 
+mod postcopy;
+pub use postcopy::PostCopyReport;
+
 use crate::error::{EngineError, Result};
 use crate::pending;
 use crate::precopy::{self, Frozen, Precopy, PrecopyOptions, RoundReport};
@@ -154,6 +157,10 @@ pub struct MigrationReport {
     pub running_at: Instant,
     /// Destination: final image received -> program rebuilt (`Ready`).
     pub restore_ms: f64,
+    /// Post-copy, when the final image left pages at the source: what was
+    /// sent after the program ran at the destination. The source copy
+    /// ended only after the destination had every page.
+    pub post_copy: Option<PostCopyReport>,
     /// `Ready` -> `Running` (commit round trip and resume), without the
     /// handoff command.
     pub commit_ms: f64,
@@ -291,23 +298,30 @@ async fn open_channel(
     to: &str,
     key: &Key,
     timeout: Duration,
-) -> std::result::Result<
-    (
-        net::Sender<WriteHalf<TcpStream>>,
-        net::Receiver<ReadHalf<TcpStream>>,
-    ),
-    String,
-> {
+) -> std::result::Result<Channel, String> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(to))
         .await
         .map_err(|_| format!("connecting to {to} timed out"))?
         .map_err(|e| format!("cannot connect to {to}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    tokio::time::timeout(timeout, net::handshake(stream, key, true))
+    // A second fd on the same socket, for socket options set later.
+    let socket = {
+        use std::os::fd::AsFd;
+        stream.as_fd().try_clone_to_owned().ok()
+    };
+    let (tx, rx) = tokio::time::timeout(timeout, net::handshake(stream, key, true))
         .await
         .map_err(|_| format!("handshake with {to} timed out"))?
-        .map_err(|e| format!("{to}: {e}"))
+        .map_err(|e| format!("{to}: {e}"))?;
+    Ok((tx, rx, socket))
 }
+
+/// An authenticated connection: its two halves, and the socket itself.
+type Channel = (
+    net::Sender<WriteHalf<TcpStream>>,
+    net::Receiver<ReadHalf<TcpStream>>,
+    Option<std::os::fd::OwnedFd>,
+);
 
 /// Ask the `tern serve` at `to` what became of migration `session`.
 pub fn ask_outcome(
@@ -321,7 +335,7 @@ pub fn ask_outcome(
         .build()
         .map_err(|e| format!("start the network runtime: {e}"))?;
     rt.block_on(async {
-        let (mut tx, mut rx) = open_channel(to, key, timeout).await?;
+        let (mut tx, mut rx, _) = open_channel(to, key, timeout).await?;
         tx.send(&Message::Ask {
             protocol: net::PROTOCOL_VERSION,
             session,
@@ -350,6 +364,8 @@ struct Link {
     /// The protocol's rules for this side: every message sent and received
     /// goes through it.
     proto: Source,
+    /// The connection's socket (options for post-copy).
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl Link {
@@ -375,14 +391,14 @@ impl Link {
             session,
         };
         proto.send(&hello).map_err(|e| e.to_string())?;
-        let (tx, mut rx) = rt.block_on(async {
-            let (mut tx, mut rx) = open_channel(&opts.to, &opts.key, timeout).await?;
+        let (tx, mut rx, socket) = rt.block_on(async {
+            let (mut tx, mut rx, socket) = open_channel(&opts.to, &opts.key, timeout).await?;
             tx.send(&hello).await.map_err(|e| e.to_string())?;
             match tokio::time::timeout(timeout, rx.recv()).await {
                 Err(_) => Err(format!("{} did not answer", opts.to)),
                 Ok(Err(e)) => Err(format!("{}: {e}", opts.to)),
                 Ok(Ok(m)) => match proto.receive(m) {
-                    Ok(_) => Ok((tx, rx)),
+                    Ok(_) => Ok((tx, rx, socket)),
                     Err(ProtocolError::Refused(reason)) => {
                         Err(format!("{} refused: {reason}", opts.to))
                     }
@@ -455,7 +471,21 @@ impl Link {
             wire_bytes,
             timeout,
             proto,
+            socket,
         })
+    }
+
+    /// The destination's next message, waited for up to the timeout.
+    fn wait_message(&mut self, what: &str) -> std::result::Result<Message, String> {
+        let timeout = self.timeout;
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, self.incoming.recv()).await })
+        {
+            Err(_) => Err(format!("no {what} from the destination within {timeout:?}")),
+            Ok(None) => Err("the connection to the destination is gone".into()),
+            Ok(Some(m)) => m.map_err(|e| format!("connection to the destination: {e}")),
+        }
     }
 
     /// Rounds the destination reported applied.
@@ -652,7 +682,10 @@ pub fn migrate(
                             break;
                         }
                         drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
-                        if forced >= MAX_FORCED_ROUNDS {
+                        // Post-copy sends what was written meanwhile after
+                        // the resume; another round would only race the
+                        // writer again.
+                        if forced >= MAX_FORCED_ROUNDS || pc.post_copy_chosen() {
                             break;
                         }
                         forced += 1;
@@ -681,6 +714,9 @@ pub fn migrate(
                 // Collect what finished sending meanwhile.
                 while let Ok(s) = link.sent.try_recv() {
                     pending_sends -= 1;
+                    if let Some(rate) = link_rate(&s) {
+                        pc.observe_link(rate);
+                    }
                     note_sent(&mut sent_rounds, s).map_err(fail)?;
                 }
                 if opts.compress == Compression::Auto && !compressing {
@@ -700,7 +736,11 @@ pub fn migrate(
                 }
             }
             drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
-            pc.freeze()
+            if pc.post_copy_chosen() {
+                pc.freeze_deferring()
+            } else {
+                pc.freeze()
+            }
         })(),
     }
     .map_err(|e| {
@@ -732,6 +772,14 @@ pub fn migrate(
             Err(e) => fail(format!("{what}; and resuming it failed: {e}")),
         }
     };
+    let owes_pages = !frozen.deferred().is_empty();
+    if owes_pages {
+        info!(
+            pages = frozen.deferred().len(),
+            "final image leaves pages for post-copy"
+        );
+        link.proto.owe_pages();
+    }
     let mut rounds_done = || -> std::result::Result<(), String> {
         drain(&mut link, &mut sent_rounds, &mut pending_sends)?;
         let round = sent_rounds.len() as u32;
@@ -812,6 +860,12 @@ pub fn migrate(
     };
     let (restored_pid, restored_ns_pid) = match running {
         Ok(ids) => ids,
+        Err(what) if owes_pages => {
+            let owed = frozen.deferred().len();
+            // Without the link the destination cannot get the pages it
+            // still lacks: whatever it did, the program cannot go on there.
+            return Err(lost_in_post_copy(frozen, pid, &what, owed));
+        }
         Err(what) => {
             warn!(
                 pid,
@@ -841,6 +895,15 @@ pub fn migrate(
     drop(turn);
     let downtime_ms = t_running.duration_since(frozen.frozen_at()).as_secs_f64() * 1e3;
     let frozen_at = frozen.frozen_at();
+    let post_copy = if owes_pages {
+        let deferred = frozen.deferred().to_vec();
+        match postcopy::send_owed_pages(&mut link, pid, &deferred) {
+            Ok(r) => Some(r),
+            Err(what) => return Err(lost_in_post_copy(frozen, pid, &what, deferred.len())),
+        }
+    } else {
+        None
+    };
     let report = frozen.kill()?;
     pending::Record::remove(pid);
     let bytes_on_wire = link.wire_bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -861,6 +924,7 @@ pub fn migrate(
         frozen_at,
         running_at: t_running,
         restore_ms,
+        post_copy,
         commit_ms: t_running.duration_since(t_ready).as_secs_f64() * 1e3 - handoff_ms,
         handoff_ms,
         final_pages: report.final_stats.pages_stored,
@@ -970,6 +1034,32 @@ fn note_sent(rounds: &mut [WireRound], s: Sent) -> std::result::Result<(), Strin
         }
         Sent::Message => Ok(()),
         Sent::Failed(e) => Err(format!("sending to the destination: {e}")),
+    }
+}
+
+/// The rate a round went over the link at (bytes/ms), if it took long
+/// enough to tell.
+fn link_rate(s: &Sent) -> Option<f64> {
+    match s {
+        Sent::Round { ms, wire_bytes, .. } if *ms > 20.0 => Some(*wire_bytes as f64 / ms),
+        _ => None,
+    }
+}
+
+/// The link failed during post-copy: the destination's copy runs without
+/// pages only this copy has, and this one is behind it. Neither can go on;
+/// this one is ended (the destination ends its own).
+fn lost_in_post_copy(frozen: Frozen, pid: i32, what: &str, owed: usize) -> EngineError {
+    warn!(pid, "post-copy failed: {what}");
+    let ended = match frozen.kill() {
+        Ok(_) => "ended here too".to_string(),
+        Err(e) => format!("could not be ended here ({e})"),
+    };
+    EngineError::PostCopyLost {
+        pid,
+        what: format!(
+            "{what}; {owed} page(s) were owed to the destination when its copy resumed, so that copy cannot go on, and this one, which is behind it, was {ended}"
+        ),
     }
 }
 

@@ -9,6 +9,12 @@
 //! | `paper` | the last two incremental rounds hash equal (Kaur & Kaur 2020) | `max_rounds`, `time_limit_ms` |
 //! | `adaptive` | an empty round; the predicted final delta fits the downtime target; or the dirty set stopped shrinking | `max_rounds`, `time_limit_ms` |
 //! | `rounds:N` | N rounds are done | nothing else |
+//! | `hybrid` | as `adaptive`; and when pages are dirtied faster than the link carries them. Unless the final delta fits the target (or the program is idle), the delta is then sent by post-copy | `max_rounds`, `time_limit_ms` |
+//! | `postcopy` | after round 0; everything written since is sent by post-copy | nothing else |
+//!
+//! [`StopPolicy::post_copy`] says, for the reason a policy stopped, whether
+//! the final delta goes by post-copy (the program resumes at the destination
+//! at once and its last-written pages follow) instead of in the frozen phase.
 //!
 //! # Calling convention
 //!
@@ -70,6 +76,14 @@ pub enum StopReason {
     RoundsDone,
     /// The last round found no dirty page.
     Idle,
+    /// `hybrid`: pages are dirtied faster than the link carries them, so
+    /// pre-copy cannot converge.
+    DirtiedFasterThanLink {
+        dirty_mb_s: f64,
+        link_mb_s: f64,
+    },
+    /// `postcopy`: round 0 is done.
+    PostCopyAfterRoundZero,
 }
 
 impl fmt::Display for StopReason {
@@ -91,6 +105,11 @@ impl fmt::Display for StopReason {
             StopReason::TimeLimit => write!(f, "the pre-copy time limit was reached"),
             StopReason::RoundsDone => write!(f, "the requested number of pre-copy rounds is done"),
             StopReason::Idle => write!(f, "the last round found no dirty pages, so the process is idle"),
+            StopReason::DirtiedFasterThanLink { dirty_mb_s, link_mb_s } => write!(
+                f,
+                "pages are dirtied at {dirty_mb_s:.1} MB/s, faster than the link carries them ({link_mb_s:.1} MB/s): pre-copy cannot converge"
+            ),
+            StopReason::PostCopyAfterRoundZero => write!(f, "post-copy starts after round 0"),
         }
     }
 }
@@ -104,14 +123,33 @@ pub trait StopPolicy: Send + std::fmt::Debug {
     /// `rounds`: every round so far, oldest first (`rounds[0]` is the full
     /// copy); `elapsed_ms`: wall time since round 0 started.
     fn decide(&mut self, rounds: &[RoundInfo], elapsed_ms: f64) -> Decision;
+    /// Whether, having stopped for `reason`, the final delta goes by
+    /// post-copy. Pre-copy-only policies never do.
+    fn post_copy(&self, _reason: &StopReason) -> bool {
+        false
+    }
+    /// The rate the link carried a round at, in bytes/ms, as the migration
+    /// measured it (pre-copy's own copy times measure only the local read).
+    fn observe_link(&mut self, _bytes_per_ms: f64) {}
 }
 
-/// Which policy to build: `paper`, `adaptive` or `rounds:N` (N ≥ 1).
+/// Which policy to build: `paper`, `adaptive`, `rounds:N` (N ≥ 1),
+/// `hybrid` or `postcopy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicySpec {
     Paper,
     Adaptive,
     Rounds(u32),
+    Hybrid,
+    PostCopy,
+}
+
+impl PolicySpec {
+    /// Whether the policy may end in post-copy (which only a migration,
+    /// not an image on disk, can do).
+    pub fn may_post_copy(&self) -> bool {
+        matches!(self, PolicySpec::Hybrid | PolicySpec::PostCopy)
+    }
 }
 
 impl fmt::Display for PolicySpec {
@@ -120,6 +158,8 @@ impl fmt::Display for PolicySpec {
             PolicySpec::Paper => write!(f, "paper"),
             PolicySpec::Adaptive => write!(f, "adaptive"),
             PolicySpec::Rounds(n) => write!(f, "rounds:{n}"),
+            PolicySpec::Hybrid => write!(f, "hybrid"),
+            PolicySpec::PostCopy => write!(f, "postcopy"),
         }
     }
 }
@@ -145,9 +185,13 @@ impl FromStr for PolicySpec {
         match s {
             "paper" => Ok(PolicySpec::Paper),
             "adaptive" => Ok(PolicySpec::Adaptive),
+            "hybrid" => Ok(PolicySpec::Hybrid),
+            "postcopy" => Ok(PolicySpec::PostCopy),
             _ => {
                 let Some(count) = s.strip_prefix("rounds:") else {
-                    return Err(err("expected paper, adaptive or rounds:N"));
+                    return Err(err(
+                        "expected paper, adaptive, rounds:N, hybrid or postcopy",
+                    ));
                 };
                 // Digits only: u32::from_str would also take "+3".
                 if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
@@ -196,6 +240,8 @@ pub fn build(spec: &PolicySpec, limits: &Limits) -> Box<dyn StopPolicy> {
         PolicySpec::Paper => Box::new(PaperPolicy::new(*limits)),
         PolicySpec::Adaptive => Box::new(AdaptivePolicy::new(*limits)),
         PolicySpec::Rounds(n) => Box::new(RoundsPolicy::new(n)),
+        PolicySpec::Hybrid => Box::new(HybridPolicy::new(*limits)),
+        PolicySpec::PostCopy => Box::new(PostCopyPolicy),
     }
 }
 
@@ -395,6 +441,107 @@ impl StopPolicy for AdaptivePolicy {
             return Decision::Stop(StopReason::NotShrinking);
         }
         check_limits(&self.limits, rounds, elapsed_ms)
+    }
+}
+
+/// `hybrid`: pre-copy while it converges, post-copy when it cannot.
+///
+/// Decides only once the link's rate is known (the user's
+/// `link_bytes_per_ms`, else the rate the migration measured sending a
+/// round, [`StopPolicy::observe_link`]): pre-copy's own copy times measure
+/// the local read, which would make any delta look quick to send. Then it
+/// stops as soon as the increments show pages dirtied faster than the link
+/// carries them (the dirty-rate EWMA at or above the link rate), and
+/// otherwise as [`AdaptivePolicy`] does with that link rate.
+/// If it stopped because the final delta fits the downtime target, or the
+/// program is idle, the delta is sent frozen as usual; for every other
+/// reason (dirtied faster than the link, not shrinking, round or time limit)
+/// the program resumes at the destination at once and the delta follows by
+/// post-copy.
+#[derive(Debug, Clone)]
+pub struct HybridPolicy {
+    adaptive: AdaptivePolicy,
+    measured_link: Option<f64>,
+}
+
+impl HybridPolicy {
+    pub fn new(limits: Limits) -> Self {
+        HybridPolicy {
+            adaptive: AdaptivePolicy::new(limits),
+            measured_link: None,
+        }
+    }
+
+    fn link_rate(&self) -> Option<f64> {
+        self.adaptive
+            .limits
+            .link_bytes_per_ms
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .or(self.measured_link)
+    }
+}
+
+impl StopPolicy for HybridPolicy {
+    fn name(&self) -> String {
+        PolicySpec::Hybrid.to_string()
+    }
+
+    fn decide(&mut self, rounds: &[RoundInfo], elapsed_ms: f64) -> Decision {
+        let Some(link) = self.link_rate() else {
+            return check_limits(&self.adaptive.limits, rounds, elapsed_ms);
+        };
+        let dirty_rate = ewma(
+            rounds
+                .get(1..)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| rate(r.dirty_bytes, r.interval_ms)),
+        );
+        if let Some(d) = dirty_rate.filter(|&d| d >= link) {
+            return Decision::Stop(StopReason::DirtiedFasterThanLink {
+                dirty_mb_s: d / 1e3,
+                link_mb_s: link / 1e3,
+            });
+        }
+        let mut limits = self.adaptive.limits;
+        limits.link_bytes_per_ms = Some(link);
+        AdaptivePolicy::new(limits).decide(rounds, elapsed_ms)
+    }
+
+    fn post_copy(&self, reason: &StopReason) -> bool {
+        !matches!(
+            reason,
+            StopReason::FitsDowntimeTarget { .. } | StopReason::Idle | StopReason::HashesEqual
+        )
+    }
+
+    fn observe_link(&mut self, bytes_per_ms: f64) {
+        if bytes_per_ms.is_finite() && bytes_per_ms > 0.0 {
+            self.measured_link = Some(match self.measured_link {
+                None => bytes_per_ms,
+                Some(a) => EWMA_WEIGHT * bytes_per_ms + (1.0 - EWMA_WEIGHT) * a,
+            });
+        }
+    }
+}
+
+/// `postcopy`: one pre-copy round (round 0, the whole memory, sent while
+/// the program runs), then freeze, resume at the destination at once, and
+/// send everything written since by post-copy.
+#[derive(Debug, Clone, Copy)]
+pub struct PostCopyPolicy;
+
+impl StopPolicy for PostCopyPolicy {
+    fn name(&self) -> String {
+        PolicySpec::PostCopy.to_string()
+    }
+
+    fn decide(&mut self, _rounds: &[RoundInfo], _elapsed_ms: f64) -> Decision {
+        Decision::Stop(StopReason::PostCopyAfterRoundZero)
+    }
+
+    fn post_copy(&self, _reason: &StopReason) -> bool {
+        true
     }
 }
 

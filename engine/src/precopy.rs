@@ -79,6 +79,8 @@ pub struct Precopy {
     stop_reason: Option<String>,
     /// The policy's reason when rounds were forced after it said stop.
     stop_reason_before_forced: Option<String>,
+    /// The policy stopped for a reason that sends the delta by post-copy.
+    post_copy: bool,
 }
 
 impl Precopy {
@@ -102,6 +104,7 @@ impl Precopy {
             table: Vec::new(),
             stop_reason: None,
             stop_reason_before_forced: None,
+            post_copy: false,
         })
     }
 
@@ -117,6 +120,7 @@ impl Precopy {
                 .stop_policy
                 .decide(&self.infos, self.start.elapsed().as_secs_f64() * 1e3)
             {
+                self.post_copy = self.stop_policy.post_copy(&reason);
                 self.stop_reason = Some(reason.to_string());
                 return Ok(None);
             }
@@ -190,7 +194,21 @@ impl Precopy {
     /// it cannot write more, remove the tracker and write the final image
     /// into the top directory. The program stays stopped: the caller kills
     /// or thaws it. On error it is released, running and untouched.
-    pub fn freeze(mut self) -> Result<Frozen> {
+    pub fn freeze(self) -> Result<Frozen> {
+        self.freeze_with(false)
+    }
+
+    /// [`freeze`](Self::freeze) for post-copy: the pages of private
+    /// anonymous memory written since the last round stay out of the image
+    /// (listed in `deferred.img` and in the report's `final_stats.deferred`)
+    /// and are sent once the program runs at the destination. Only an exact
+    /// tracker (uffd-wp, hash) knows which those are; with soft-dirty every
+    /// page goes in the image as usual.
+    pub fn freeze_deferring(self) -> Result<Frozen> {
+        self.freeze_with(true)
+    }
+
+    fn freeze_with(mut self, defer: bool) -> Result<Frozen> {
         let t0 = Instant::now();
         let mut seized = Seized::attach(self.pid)?;
         let seize_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -220,6 +238,7 @@ impl Precopy {
                 // the hash tracker compares contents. Soft-dirty loses the
                 // bit of a zapped page.
                 exact: matches!(self.tracker.name(), "uffd-wp" | "hash"),
+                defer,
             }),
             &dump::CrossProcess::alone(&final_opts),
         )?;
@@ -249,6 +268,17 @@ impl Precopy {
     /// Page compression for the following rounds and the final image.
     pub fn set_zstd_level(&mut self, level: Option<i32>) {
         self.opts.dump.zstd_level = level;
+    }
+
+    /// Whether the policy chose post-copy for the final delta (then
+    /// freeze with [`freeze_deferring`](Self::freeze_deferring)).
+    pub fn post_copy_chosen(&self) -> bool {
+        self.post_copy
+    }
+
+    /// Tell the policy how fast the link carried a round (bytes/ms).
+    pub fn observe_link(&mut self, bytes_per_ms: f64) {
+        self.stop_policy.observe_link(bytes_per_ms);
     }
 
     pub fn rounds(&self) -> &[RoundReport] {
@@ -325,6 +355,11 @@ impl Frozen {
             ),
             None => (None, Vec::new()),
         }
+    }
+
+    /// Pages left out of the final image for post-copy (sorted addresses).
+    pub fn deferred(&self) -> &[u64] {
+        &self.report.final_stats.deferred
     }
 
     /// Let the program carry on as if nothing happened.

@@ -9,6 +9,7 @@
 
 pub mod journal;
 pub mod pidns;
+pub mod postcopy;
 pub mod puppet;
 pub mod serve;
 mod shape;
@@ -239,6 +240,18 @@ fn check_image_trusted(dir: &Path) -> Result<()> {
 }
 
 impl Image {
+    /// A post-copy final image (some pages still at its source) can only be
+    /// resumed by the `tern serve` that receives the rest.
+    pub fn refuse_owed_pages(&self) -> Result<()> {
+        if self.dir.join(wire::DEFERRED_FILE).exists() {
+            return Err(self.bad(format!(
+                "it has {}: some of its pages are still at the source (a post-copy migration's final image), so it cannot be restored from here",
+                wire::DEFERRED_FILE
+            )));
+        }
+        Ok(())
+    }
+
     pub fn load(dir: &Path) -> Result<Image> {
         check_image_trusted(dir)?;
         let inv_path = dir.join(wire::INVENTORY_FILE);
@@ -673,6 +686,9 @@ pub struct Prepared {
     t0: Instant,
     /// After the puppet: its connections vanish with it if it never runs.
     net: Network,
+    /// Pages the final image left at the source (post-copy): taken by
+    /// whoever will fill them before [`resume`](Self::resume).
+    owed: Option<postcopy::OwedPages>,
 }
 
 impl Prepared {
@@ -696,6 +712,7 @@ impl Prepared {
             oom_score_adj: parts.oom_score_adj,
             t0,
             net: parts.net,
+            owed: None,
         }
     }
 
@@ -709,9 +726,27 @@ impl Prepared {
         self.puppet.pid
     }
 
+    pub(crate) fn owe(&mut self, owed: Option<postcopy::OwedPages>) {
+        self.owed = owed;
+    }
+
+    /// The pages it still owes (post-copy), for the caller to fill once it
+    /// runs. Must be taken before [`resume`](Self::resume) when there are
+    /// any.
+    pub fn take_owed(&mut self) -> Option<postcopy::OwedPages> {
+        self.owed.take()
+    }
+
     /// Let the program run.
     pub fn resume(mut self) -> Result<Restored> {
         let pid = self.puppet.pid;
+        if let Some(owed) = &self.owed {
+            // Nobody would fill them: the program would read zeros there.
+            return Err(RestoreError::Unsupported(format!(
+                "{} page(s) of this program are still at the source and nothing here would fetch them (post-copy images are resumed by `tern serve` only)",
+                owed.len()
+            )));
+        }
         // First what can still fail without harm (its connections are
         // still in repair mode, and vanish with it if it dies).
         std::fs::write(
@@ -760,6 +795,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     let t0 = Instant::now();
     let image = Image::load(dir)?;
+    image.refuse_owed_pages()?;
     check_outside_world(&image, opts)?;
     // Not needed to rebuild the process, but part of the image: a damaged
     // table means a damaged image, and a later `--parent` would trust it.

@@ -18,6 +18,7 @@ use crate::standby::Standby;
 use crate::{Prepared, RestoreOptions};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,7 +162,13 @@ enum Cmd {
 enum Event {
     Applied { round: u32, pages: u64, ms: f64 },
     Ready { pid: i32, ns_pid: i32, ms: f64 },
-    Running { pid: i32, ns_pid: i32, ms: f64 },
+    Running {
+        pid: i32,
+        ns_pid: i32,
+        ms: f64,
+        /// Pages still owed by the source, to be filled as it runs.
+        post_copy: Option<crate::postcopy::PostCopy>,
+    },
     Failed(String),
 }
 
@@ -316,13 +323,25 @@ async fn session(
                         }
                         Message::Ready { pid, ms }
                     }
-                    Some(Event::Running { pid, ns_pid, ms }) => {
+                    Some(Event::Running { pid, ns_pid, ms, post_copy }) => {
                         journal.running(id, pid, ns_pid);
                         if test_fault("exit-after-resume") {
                             warn!("test fault: exiting after the resume");
                             std::process::exit(70);
                         }
                         info!(%peer, pid, ns_pid, "migrated program runs here");
+                        if let Some(pc) = post_copy {
+                            info!(pid, pages = pc.owed.len(), "post-copy: filling the pages still at the source");
+                            proto.owe_pages();
+                            let running = Message::Running { pid, ns_pid, resume_ms: ms };
+                            if let Err(e) = say(&mut tx, &mut proto, running).await {
+                                let _ = tern_sys::signal(pid, libc::SIGKILL);
+                                break Err(format!("{e}; post-copy could not start, so the program was killed"));
+                            }
+                            let r = crate::postcopy::run(pc, pid, &mut tx, &mut incoming, &mut proto, timeout).await;
+                            let _ = tx.shutdown().await;
+                            break r;
+                        }
                         let _ = say(&mut tx, &mut proto, Message::Running { pid, ns_pid, resume_ms: ms }).await;
                         let _ = tx.shutdown().await;
                         break Ok(());
@@ -357,7 +376,7 @@ async fn session(
 
 /// Send `m` if the protocol allows it now (else it is a bug in tern: not
 /// sent, an error).
-async fn say<W: tokio::io::AsyncWrite + Unpin>(
+pub(crate) async fn say<W: tokio::io::AsyncWrite + Unpin>(
     tx: &mut net::Sender<W>,
     proto: &mut Destination,
     m: Message,
@@ -594,14 +613,15 @@ fn puppet_thread(
                     Err(e) => Event::Failed(format!("final round: {e}")),
                 }
             }
-            Cmd::Resume => match prepared.take().map(Rebuilt::resume) {
+            Cmd::Resume => match prepared.take().map(resume_with_post_copy) {
                 None => Event::Failed("commit before the program was ready".into()),
                 Some(Err(e)) => Event::Failed(format!("resume: {e}")),
-                Some(Ok(r)) => {
+                Some(Ok((r, post_copy))) => {
                     let _ = events.send(Event::Running {
                         pid: r.pid,
                         ns_pid: r.ns_pid,
                         ms: ms(),
+                        post_copy,
                     });
                     reap(r.pid, r.pid_ns_init);
                     return;
@@ -615,6 +635,31 @@ fn puppet_thread(
     }
     // The connection ended first: `standby` / `prepared` are dropped here,
     // which kills the half-built program.
+}
+
+/// Resume a rebuilt program; if it still owes pages (post-copy), first
+/// start the guard that kills it should this daemon die before they are
+/// all in (its missing pages would otherwise read as zeros).
+fn resume_with_post_copy(
+    mut rebuilt: Rebuilt,
+) -> std::result::Result<(crate::Restored, Option<crate::postcopy::PostCopy>), String> {
+    let owed = match &mut rebuilt {
+        Rebuilt::One(p) => p.take_owed(),
+        Rebuilt::Tree(_) => None,
+    };
+    let post_copy = match owed {
+        None => None,
+        Some(owed) => {
+            let pid = rebuilt.pid();
+            let program = tern_sys::pidfd_open(pid)
+                .map_err(|e| format!("pidfd of the rebuilt program {pid}: {e}"))?;
+            let guard = tern_sys::child::PostCopyGuard::start(program.as_fd(), owed.uffd())
+                .map_err(|e| format!("start the post-copy guard: {e}"))?;
+            Some(crate::postcopy::PostCopy { owed, guard })
+        }
+    };
+    let r = rebuilt.resume().map_err(|e| e.to_string())?;
+    Ok((r, post_copy))
 }
 
 /// Wait for a restored program (our child) to exit, then for its PID

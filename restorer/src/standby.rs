@@ -487,6 +487,12 @@ impl Standby {
                 ),
             });
         }
+        self.drop_pages(&stale)
+    }
+
+    /// Drop the pages at `stale` (sorted) from the puppet: they read as
+    /// zeros (or as the file's bytes) again, and are no longer held.
+    fn drop_pages(&mut self, stale: &[u64]) -> Result<u64> {
         let page = self.page_size;
         let pid = self.puppet.pid;
         let mut dropped = 0u64;
@@ -529,7 +535,7 @@ impl Standby {
     /// program is then complete and stopped.
     pub fn finish(mut self, dir: &Path) -> Result<Prepared> {
         let t0 = Instant::now();
-        let parts = self
+        let (parts, owed) = self
             .build_final(dir, t0)
             .map_err(|e| crate::explain(&self.puppet, e))?;
         let ns_pid = self.ns_pid.unwrap_or(self.puppet.pid);
@@ -543,11 +549,18 @@ impl Standby {
             tern_sys::set_idle_priority(0);
             drop(records)
         });
-        Ok(Prepared::new(self.puppet, true, ns_pid, parts, t0))
+        let mut prepared = Prepared::new(self.puppet, true, ns_pid, parts, t0);
+        prepared.owe(owed);
+        Ok(prepared)
     }
 
-    /// The final image into the puppet: memory, then everything else.
-    fn build_final(&mut self, dir: &Path, t0: Instant) -> Result<crate::Parts> {
+    /// The final image into the puppet: memory, then everything else; and
+    /// the pages it still owes (post-copy), registered for their faults.
+    fn build_final(
+        &mut self,
+        dir: &Path,
+        t0: Instant,
+    ) -> Result<(crate::Parts, Option<crate::postcopy::OwedPages>)> {
         let image = Image::load(dir)?;
         self.check_same_program(dir, &image.inventory)?;
         check_layout(dir, &image.mm.vmas, image.inventory.page_size)?;
@@ -583,18 +596,46 @@ impl Standby {
                 });
             }
         }
+        let owed = crate::postcopy::read_owed(
+            dir,
+            &image.mm.vmas,
+            delta.as_ref().map_or(&full_table, |d| &d.changed),
+            self.page_size,
+        )?;
+        let is_owed = |a: u64| {
+            owed.as_ref()
+                .is_some_and(|o| o.binary_search_by_key(&a, |e| e.0).is_ok())
+        };
         self.apply_layout(dir, &image.mm.vmas)?;
         let (pages, _) = self.absorb_pages(dir)?;
         let dropped = match &delta {
             Some(d) => {
-                self.verify(dir, &d.changed)?;
+                let held: Vec<(u64, u64)> =
+                    d.changed.iter().copied().filter(|e| !is_owed(e.0)).collect();
+                self.verify(dir, &held)?;
                 0
             }
             None => self.reconcile(dir, &full_table)?,
         };
+        // Owed pages the standby holds from an earlier round are stale: drop
+        // them, so the program's first touch faults and fetches the new one.
+        let stale: Vec<u64> = owed
+            .iter()
+            .flatten()
+            .map(|e| e.0)
+            .filter(|a| self.pages.contains_key(a))
+            .collect();
+        let stale_dropped = self.drop_pages(&stale)?;
+        // Made before the credentials and seccomp filter are restored.
+        let uffd = match &owed {
+            Some(_) => Some(crate::postcopy::open_uffd_in(&mut self.puppet)?),
+            None => None,
+        };
         debug!(
             pages,
             dropped,
+            owed = owed.as_ref().map_or(0, Vec::len),
+            stale_dropped,
             delta = delta.is_some(),
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "standby memory final"
@@ -618,12 +659,22 @@ impl Standby {
         };
         b.build_rest()?;
         let parts = b.into_parts();
+        let owed = match (uffd, owed) {
+            (Some(uffd), Some(pages)) => Some(crate::postcopy::register(
+                self.puppet.pid,
+                uffd,
+                &image.mm.vmas,
+                pages,
+                self.page_size,
+            )?),
+            _ => None,
+        };
         info!(
             pid = self.puppet.pid,
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "standby complete, stopped"
         );
-        Ok(parts)
+        Ok((parts, owed))
     }
 
     /// What the puppet takes from tern: the fds given for the image's

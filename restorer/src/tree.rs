@@ -168,6 +168,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
             dir.join(wire::tree_process_dir(p.pid))
         };
         let image = Image::load(&pdir)?;
+        image.refuse_owed_pages()?;
         if image.inventory.pid != p.pid || image.inventory.parent.is_some() {
             return Err(bad(
                 &pdir,

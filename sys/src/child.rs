@@ -221,3 +221,84 @@ pub fn only_stdio(c: &mut std::process::Command) -> &mut std::process::Command {
     }
     c
 }
+
+/// A child that keeps a post-copy program safe should tern die: it holds a
+/// copy of the program's userfaultfd (so the kernel never drops the
+/// registration, which would make every page not yet arrived read as
+/// zeros) and kills the program the moment tern's end of its pipe closes
+/// without [`PostCopyGuard::release`] (tern died, or gave up).
+#[derive(Debug)]
+pub struct PostCopyGuard {
+    pid: i32,
+    pipe: Option<std::os::fd::OwnedFd>,
+}
+
+impl PostCopyGuard {
+    /// Fork the guard of program `program` (a pidfd of it) and its uffd.
+    pub fn start(program: BorrowedFd<'_>, uffd: BorrowedFd<'_>) -> io::Result<PostCopyGuard> {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (r, w) = (crate::own_fd(fds[0].into())?, crate::own_fd(fds[1].into())?);
+        let keep = {
+            let mut k = [r.as_raw_fd(), program.as_raw_fd(), uffd.as_raw_fd()];
+            k.sort_unstable();
+            k
+        };
+        let (rfd, pidfd) = (r.as_raw_fd(), program.as_raw_fd());
+        // SAFETY: the child runs the raw syscalls below only and never
+        // returns into Rust code (clone3_fork's contract).
+        let pid = unsafe { clone3_fork(0, None)? };
+        if pid != 0 {
+            drop(r);
+            return Ok(PostCopyGuard { pid, pipe: Some(w) });
+        }
+        // SAFETY: in the child: raw syscalls with integers and pointers to
+        // its own stack.
+        unsafe {
+            // Only the three fds it needs: a copy of another program's uffd
+            // held here would keep that one registered after its end.
+            let mut from = 0u32;
+            for k in keep {
+                if k as u32 > from {
+                    libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0u32);
+                }
+                from = k as u32 + 1;
+            }
+            libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+            libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, c"tern-pc-guard".as_ptr());
+            let mut byte = 0u8;
+            loop {
+                let n = libc::syscall(libc::SYS_read, rfd, &mut byte as *mut u8, 1usize);
+                if n == 1 && byte == b'd' {
+                    libc::syscall(libc::SYS_exit_group, 0);
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0usize, 0u32);
+                libc::syscall(libc::SYS_exit_group, 1);
+            }
+        }
+    }
+
+    /// Post-copy is over: the guard lets go of the uffd and exits.
+    pub fn release(mut self) {
+        if let Some(w) = self.pipe.take() {
+            // SAFETY: write of one byte from a local.
+            unsafe { libc::write(w.as_raw_fd(), b"d".as_ptr().cast(), 1) };
+        }
+        reap(self.pid);
+    }
+}
+
+impl Drop for PostCopyGuard {
+    /// Not released: closing the pipe makes the guard kill the program.
+    fn drop(&mut self) {
+        if self.pipe.take().is_some() {
+            reap(self.pid);
+        }
+    }
+}

@@ -68,6 +68,8 @@ const _: () = assert!(size_of::<UffdMsg>() == 32);
 
 const UFFDIO_COPY: libc::Ioctl = iowr(0xaa, 0x03, size_of::<UffdioCopy>());
 const UFFDIO_ZEROPAGE: libc::Ioctl = iowr(0xaa, 0x04, size_of::<UffdioZeropage>());
+/// `_IOR(0xAA, 0x02, struct uffdio_range)`.
+const UFFDIO_WAKE: libc::Ioctl = (2 << 30 | (16 << 16) | (0xaa << 8) | 0x02) as libc::Ioctl;
 
 /// What a uffd reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +117,9 @@ pub fn register_missing(uffd: BorrowedFd<'_>, start: u64, end: u64) -> io::Resul
 /// whole number of pages, and wake the threads waiting on them. A page
 /// already there gives `EEXIST` (nothing is overwritten); a pending event
 /// gives `EAGAIN` (read the events, then try again); a process gone gives
-/// `ESRCH`.
-pub fn copy(uffd: BorrowedFd<'_>, dst: u64, data: &[u8]) -> io::Result<()> {
+/// `ESRCH`. Returns the bytes placed: fewer than `data` when the kernel
+/// stopped part-way (place the rest again).
+pub fn copy(uffd: BorrowedFd<'_>, dst: u64, data: &[u8]) -> io::Result<usize> {
     let mut c = UffdioCopy {
         dst,
         src: data.as_ptr() as u64,
@@ -130,7 +133,7 @@ pub fn copy(uffd: BorrowedFd<'_>, dst: u64, data: &[u8]) -> io::Result<()> {
     if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY, std::ptr::addr_of_mut!(c)) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(usize::try_from(c.copy).unwrap_or(0).min(data.len()))
 }
 
 /// Map the shared zero page at the missing pages `[start, start + len)`
@@ -143,6 +146,17 @@ pub fn zero(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
     };
     // SAFETY: UFFDIO_ZEROPAGE reads and writes one `struct uffdio_zeropage`.
     if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_ZEROPAGE, std::ptr::addr_of_mut!(z)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wake the threads waiting on `[start, start + len)` (a page another
+/// path already filled).
+pub fn wake(uffd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRange { start, len };
+    // SAFETY: UFFDIO_WAKE reads one `struct uffdio_range`.
+    if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WAKE, std::ptr::addr_of_mut!(r)) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -215,15 +229,18 @@ pub fn adopt_forked(fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Wait up to `timeout_ms` for `fd` to be readable; whether it is.
-pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll reads and writes one pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+/// Wait up to `timeout_ms` for any of `fds` to be readable; whether one is.
+pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<bool> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll reads and writes `polls.len()` pollfds, which `polls` holds.
+    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout_ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
@@ -270,7 +287,7 @@ mod tests {
         });
         let mut got = None;
         for _ in 0..500 {
-            if wait_readable(uffd.as_fd(), 10).expect("poll") {
+            if wait_readable(&[uffd.as_fd()], 10).expect("poll") {
                 got = read_events(uffd.as_fd()).expect("read").into_iter().next();
                 break;
             }
@@ -281,7 +298,7 @@ mod tests {
         assert_eq!(address & !(page as u64 - 1), base);
         let mut data = vec![0u8; page];
         data[8..16].copy_from_slice(&0x1234_5678u64.to_ne_bytes());
-        copy(uffd.as_fd(), base, &data).expect("copy");
+        assert_eq!(copy(uffd.as_fd(), base, &data).expect("copy"), page);
         assert_eq!(reader.join().expect("reader"), 0x1234_5678);
         // Already there: EEXIST, nothing overwritten.
         let e = copy(uffd.as_fd(), base, &vec![0u8; page]).expect_err("copy twice");

@@ -1995,6 +1995,27 @@ impl EdgePair {
         Ok(found)
     }
 
+    /// Shape both ends of the link to `mbit` Mbit/s with tbf (which this
+    /// kernel has; netem it lacks).
+    pub fn shape_mbit(&self, mbit: u32) -> Result<(), String> {
+        for (ns, dev) in self.veths()? {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "tc", "qdisc", "add", "dev", &dev])
+                .args(["root", "tbf", "rate", &format!("{mbit}mbit")])
+                .args(["burst", "64kb", "latency", "100ms"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("tc: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "tc qdisc add dev {dev} root tbf: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn cut(&self) -> Result<(), String> {
         for (ns, dev) in self.veths()? {
             ns.ip(&["link", "set", &dev, "down"])?;

@@ -1,0 +1,217 @@
+//! The source's half of post-copy: once the program runs at the
+//! destination, send it the pages the final image left out (`deferred.img`),
+//! those its program touched first (`PageWant`), the rest in address order
+//! in the background, until the destination says every one is in
+//! (`PostCopyDone`). The frozen copy here is what the pages are read from,
+//! so it lives until then.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Instant;
+
+use tern_sys::mem;
+use tern_wire::net::Message;
+use tern_wire::session::SourceInput;
+use tracing::{debug, info};
+
+use super::{Job, Link, Sent};
+
+/// Pages sent for one `PageWant`: the page touched and those after it
+/// still owed, as a program that touches a page tends to touch the next.
+const WANT_RUN_PAGES: u64 = 32;
+/// Pages per background message.
+const PUSH_RUN_PAGES: u64 = 16;
+/// Unsent bytes the socket may hold during post-copy: a page wanted now
+/// waits behind at most this much background data (~10 ms at 100 Mbit/s).
+const NOTSENT_LOWAT: i32 = 128 << 10;
+
+/// What post-copy sent.
+#[derive(Debug, Clone, Default)]
+pub struct PostCopyReport {
+    /// Pages owed (left out of the final image).
+    pub pages: u64,
+    /// Pages sent (each owed page once, unless the destination no longer
+    /// needed it).
+    pub pages_sent: u64,
+    /// `PageWant` messages (the program touched a page not yet there).
+    pub wants: u64,
+    /// Pages sent first because they were wanted.
+    pub wanted_pages: u64,
+    /// From the program running there to the destination's `PostCopyDone`.
+    pub ms: f64,
+    /// What the destination said it received.
+    pub pages_arrived: u64,
+}
+
+/// The pages still owed, and the order to send them in.
+struct Owed {
+    left: BTreeSet<u64>,
+    urgent: VecDeque<u64>,
+    page: u64,
+}
+
+impl Owed {
+    /// The next run to send: (start, pages, wanted). A wanted page first
+    /// (with the owed pages right after it), else the lowest owed pages.
+    fn next_run(&mut self) -> Option<(u64, u64, bool)> {
+        while let Some(a) = self.urgent.pop_front() {
+            if self.left.contains(&a) {
+                return Some((a, self.take_from(a, WANT_RUN_PAGES), true));
+            }
+        }
+        let first = *self.left.first()?;
+        Some((first, self.take_from(first, PUSH_RUN_PAGES), false))
+    }
+
+    /// Remove up to `max` owed pages contiguous from `a` (owed itself).
+    fn take_from(&mut self, a: u64, max: u64) -> u64 {
+        let mut n = 0;
+        while n < max && self.left.remove(&(a + n * self.page)) {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Send the owed pages `deferred` (addresses in process `pid`, stopped)
+/// until the destination has them all. An error means the program cannot
+/// go on: the destination's copy lacks pages only this one has.
+pub(super) fn send_owed_pages(
+    link: &mut Link,
+    pid: i32,
+    deferred: &[u64],
+) -> std::result::Result<PostCopyReport, String> {
+    let t0 = Instant::now();
+    let page = tern_sys::page_size();
+    if let Some(fd) = &link.socket {
+        use std::os::fd::AsFd;
+        if let Err(e) = tern_sys::sock::set_int(
+            fd.as_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            NOTSENT_LOWAT,
+        ) {
+            debug!("TCP_NOTSENT_LOWAT: {e} (wanted pages may wait longer)");
+        }
+    }
+    let mut owed = Owed {
+        left: deferred.iter().copied().collect(),
+        urgent: VecDeque::new(),
+        page,
+    };
+    let mut report = PostCopyReport {
+        pages: deferred.len() as u64,
+        ..Default::default()
+    };
+    let mut buf = vec![0u8; (WANT_RUN_PAGES * page) as usize];
+    let sent_so_far = |r: &PostCopyReport, e: String| {
+        format!(
+            "{e} (post-copy had sent {} of {} owed page(s), {} of them wanted by the program)",
+            r.pages_sent, r.pages, r.wanted_pages
+        )
+    };
+    let r = pump(link, pid, &mut owed, &mut report, &mut buf, t0);
+    r.map_err(|e| sent_so_far(&report, e))
+}
+
+/// [`send_owed_pages`]'s loop.
+fn pump(
+    link: &mut Link,
+    pid: i32,
+    owed: &mut Owed,
+    report: &mut PostCopyReport,
+    buf: &mut [u8],
+    t0: Instant,
+) -> std::result::Result<PostCopyReport, String> {
+    let page = owed.page;
+    loop {
+        while let Ok(m) = link.incoming.try_recv() {
+            if let Some(done) = heard(link, m, owed, report)? {
+                report.pages_arrived = done;
+                report.ms = t0.elapsed().as_secs_f64() * 1e3;
+                info!(?report, "post-copy complete");
+                return Ok(report.clone());
+            }
+        }
+        while let Ok(s) = link.sent.try_recv() {
+            if let Sent::Failed(e) = s {
+                return Err(format!("sending pages to the destination: {e}"));
+            }
+        }
+        match owed.next_run() {
+            Some((start, n, wanted)) => {
+                let len = (n * page) as usize;
+                mem::read_fully(pid, start, &mut buf[..len]).map_err(|e| {
+                    format!("read {n} owed page(s) at {start:#x} of process {pid}: {e}")
+                })?;
+                link.submit(Job::Message(Message::Pages {
+                    start,
+                    data: buf[..len].to_vec(),
+                }))?;
+                report.pages_sent += n;
+                if wanted {
+                    report.wanted_pages += n;
+                }
+            }
+            None => {
+                // All sent: wait for the destination's word.
+                let m = link.wait_message("PostCopyDone")?;
+                if let Some(done) = heard(link, Ok(m), owed, report)? {
+                    report.pages_arrived = done;
+                    report.ms = t0.elapsed().as_secs_f64() * 1e3;
+                    info!(?report, "post-copy complete");
+                    return Ok(report.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Take one message of the destination's: wanted pages are queued; the
+/// end gives `Some(pages it received)`.
+fn heard(
+    link: &mut Link,
+    m: std::result::Result<Message, String>,
+    owed: &mut Owed,
+    report: &mut PostCopyReport,
+) -> std::result::Result<Option<u64>, String> {
+    match link.note(m)? {
+        SourceInput::Want { addrs } => {
+            report.wants += 1;
+            debug!(?addrs, "destination wants pages");
+            owed.urgent.extend(addrs);
+            Ok(None)
+        }
+        SourceInput::PostCopyDone { pages } => Ok(Some(pages)),
+        other => Err(format!("tern bug: {other:?} during post-copy")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_pages_go_first_with_their_neighbours_then_the_rest_in_order() {
+        let page = 4096;
+        let mut owed = Owed {
+            left: (0..100u64).map(|i| 0x10000 + i * page).collect(),
+            urgent: VecDeque::new(),
+            page,
+        };
+        assert_eq!(owed.next_run(), Some((0x10000, PUSH_RUN_PAGES, false)));
+        // Wanted: page 90, then 10 pages to the end.
+        owed.urgent.push_back(0x10000 + 90 * page);
+        // Wanted but already sent: skipped.
+        owed.urgent.push_back(0x10000);
+        assert_eq!(owed.next_run(), Some((0x10000 + 90 * page, 10, true)));
+        assert_eq!(
+            owed.next_run(),
+            Some((0x10000 + PUSH_RUN_PAGES * page, PUSH_RUN_PAGES, false))
+        );
+        let mut sent = 2 * PUSH_RUN_PAGES + 10;
+        while let Some((_, n, _)) = owed.next_run() {
+            sent += n;
+        }
+        assert_eq!(sent, 100);
+    }
+}

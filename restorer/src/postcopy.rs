@@ -1,0 +1,535 @@
+//! The destination's half of post-copy: a final image that left pages at
+//! the source (`deferred.img`) is resumed without them. A userfaultfd
+//! registered over the private anonymous mappings holding those pages
+//! reports each first touch; [`Filler`] asks the source for the page (and
+//! its neighbours), fills it with `UFFDIO_COPY` once it arrives (checked
+//! against the xxh3 the final image gave), and fills the pages the source
+//! pushes in the background, until none is owed. Pages that never had data
+//! get the zero page. The program's forks, mremaps, madvise(DONTNEED)s and
+//! munmaps during that time are followed through the uffd's events. See
+//! kernel-notes, "Post-copy".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use tern_sys::uffd_missing::{self as uffd, UffdEvent};
+use tern_wire as wire;
+use tracing::debug;
+
+use crate::puppet::Puppet;
+use crate::{RestoreError, Result, StepContext};
+
+/// Pages a final image owes, and the uffd that will report their touches.
+#[derive(Debug)]
+pub struct OwedPages {
+    uffd: OwnedFd,
+    /// (address, xxh3), sorted.
+    pages: Vec<(u64, u64)>,
+    page_size: u64,
+}
+
+impl OwedPages {
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// The uffd (for a guard process to hold a copy).
+    pub fn uffd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.uffd.as_fd()
+    }
+}
+
+/// The owed pages of the final image in `dir`, checked against its layout
+/// and page table: each in a private anonymous mapping and in the table
+/// with the same hash. `None` when it owes none.
+pub(crate) fn read_owed(
+    dir: &Path,
+    vmas: &[wire::Vma],
+    changed: &[(u64, u64)],
+    page_size: u64,
+) -> Result<Option<Vec<(u64, u64)>>> {
+    let path = dir.join(wire::DEFERRED_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let owed: wire::Deferred = wire::read_record(&path, wire::RecordKind::Deferred)?;
+    let bad = |what: String| RestoreError::BadImage {
+        dir: dir.to_path_buf(),
+        what: format!("{}: {what}", wire::DEFERRED_FILE),
+    };
+    if !owed.well_formed(page_size) {
+        return Err(bad("pages not sorted, repeated or not page-aligned".into()));
+    }
+    for &(a, h) in &owed.pages {
+        if !vmas
+            .iter()
+            .any(|v| v.kind == wire::VmaKind::Anon && !v.shared && v.start <= a && a < v.end)
+        {
+            return Err(bad(format!(
+                "page {a:#x} is not in private anonymous memory"
+            )));
+        }
+        match changed.binary_search_by_key(&a, |e| e.0) {
+            Ok(i) if changed[i].1 == h => {}
+            _ => {
+                return Err(bad(format!(
+                    "page {a:#x} is not in the page table with that hash"
+                )))
+            }
+        }
+    }
+    Ok(Some(owed.pages))
+}
+
+/// Make the uffd inside the stopped puppet (before its credentials and
+/// seccomp filter are restored, which could forbid it), take tern's copy
+/// and close the puppet's.
+pub(crate) fn open_uffd_in(p: &mut Puppet) -> Result<OwnedFd> {
+    let pid = p.pid;
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    let fd = p
+        .syscall(libc::SYS_userfaultfd, &[flags])
+        .step(pid, || "userfaultfd for post-copy".into())?;
+    let taken = tern_sys::take_fd(pid, fd as i32);
+    p.syscall(libc::SYS_close, &[fd])
+        .step(pid, || "close the puppet's userfaultfd".into())?;
+    let taken = taken.step(pid, || "take the puppet's userfaultfd".into())?;
+    let features = tern_sys::uffd::api(taken.as_fd(), uffd::POSTCOPY_FEATURES)
+        .step(pid, || "UFFDIO_API for post-copy".into())?;
+    if features & uffd::POSTCOPY_FEATURES != uffd::POSTCOPY_FEATURES {
+        return Err(RestoreError::Unsupported(format!(
+            "post-copy needs the userfaultfd fork, remap, remove and unmap events (Linux 4.11+); this kernel offers features {features:#x}"
+        )));
+    }
+    Ok(taken)
+}
+
+/// Register every mapping holding an owed page for missing-page faults:
+/// the last step before the program resumes (nothing of tern's may touch
+/// those pages after it).
+pub(crate) fn register(
+    pid: i32,
+    uffd: OwnedFd,
+    vmas: &[wire::Vma],
+    pages: Vec<(u64, u64)>,
+    page_size: u64,
+) -> Result<OwedPages> {
+    let mut done: Vec<(u64, u64)> = Vec::new();
+    for &(a, _) in &pages {
+        if done.last().is_some_and(|&(s, e)| s <= a && a < e) {
+            continue;
+        }
+        let Some(v) = vmas.iter().find(|v| v.start <= a && a < v.end) else {
+            continue;
+        };
+        uffd::register_missing(uffd.as_fd(), v.start, v.end).step(pid, || {
+            format!(
+                "register {:#x}-{:#x} for missing-page faults",
+                v.start, v.end
+            )
+        })?;
+        done.push((v.start, v.end));
+    }
+    debug!(pid, mappings = done.len(), pages = pages.len(), "post-copy registered");
+    Ok(OwedPages {
+        uffd,
+        pages,
+        page_size,
+    })
+}
+
+/// One address space waiting for pages: the program's, or a child's it
+/// forked during post-copy (which is owed what its parent was then).
+#[derive(Debug)]
+struct Space {
+    uffd: OwnedFd,
+    /// Owed pages by their address here -> by the source's address, and
+    /// back (they differ after an mremap).
+    by_here: BTreeMap<u64, u64>,
+    by_source: BTreeMap<u64, u64>,
+}
+
+impl Space {
+    fn forget(&mut self, start: u64, end: u64) {
+        let gone: Vec<u64> = self.by_here.range(start..end).map(|(&a, _)| a).collect();
+        for a in gone {
+            if let Some(src) = self.by_here.remove(&a) {
+                self.by_source.remove(&src);
+            }
+        }
+    }
+
+    fn moved(&mut self, from: u64, to: u64, len: u64) {
+        let moving: Vec<(u64, u64)> = self
+            .by_here
+            .range(from..from + len)
+            .map(|(&a, &s)| (a, s))
+            .collect();
+        for (a, _) in &moving {
+            self.by_here.remove(a);
+        }
+        for (a, src) in moving {
+            let here = to + (a - from);
+            self.by_here.insert(here, src);
+            self.by_source.insert(src, here);
+        }
+    }
+}
+
+/// Fills owed pages as they arrive and answers the program's touches.
+#[derive(Debug)]
+pub struct Filler {
+    spaces: Vec<Space>,
+    /// xxh3 of every owed page, by source address.
+    hashes: HashMap<u64, u64>,
+    /// Source addresses already asked for.
+    asked: HashSet<u64>,
+    page: u64,
+    /// Pages filled (in any space).
+    pub filled: u64,
+    /// Pages the program touched before they arrived.
+    pub faults_waited: u64,
+    /// Pages given the zero page (never had data).
+    pub zero_filled: u64,
+}
+
+impl Filler {
+    pub fn new(owed: OwedPages) -> Filler {
+        let by_here: BTreeMap<u64, u64> = owed.pages.iter().map(|&(a, _)| (a, a)).collect();
+        let space = Space {
+            uffd: owed.uffd,
+            by_source: by_here.clone(),
+            by_here,
+        };
+        Filler {
+            spaces: vec![space],
+            hashes: owed.pages.iter().copied().collect(),
+            asked: HashSet::new(),
+            page: owed.page_size,
+            filled: 0,
+            faults_waited: 0,
+            zero_filled: 0,
+        }
+    }
+
+    /// Pages still owed to some space.
+    pub fn owed(&self) -> usize {
+        self.spaces.iter().map(|s| s.by_here.len()).sum()
+    }
+
+    /// Copies of every space's uffd, to wait on elsewhere (a blocking
+    /// `poll` off the async runtime) while this filler keeps the originals.
+    pub fn watch_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.spaces
+            .iter()
+            .map(|s| s.uffd.as_fd().try_clone_to_owned())
+            .collect()
+    }
+
+    /// Read and act on every waiting event of every space; returns the
+    /// source addresses to ask for (touched, owed, not yet asked).
+    pub fn take_events(&mut self) -> std::result::Result<Vec<u64>, String> {
+        let mut want = Vec::new();
+        let mut i = 0;
+        while i < self.spaces.len() {
+            loop {
+                let events = uffd::read_events(self.spaces[i].uffd.as_fd())
+                    .map_err(|e| format!("read the userfaultfd: {e}"))?;
+                if events.is_empty() {
+                    break;
+                }
+                for ev in events {
+                    self.on_event(i, ev, &mut want)?;
+                }
+            }
+            i += 1;
+        }
+        Ok(want)
+    }
+
+    fn on_event(
+        &mut self,
+        i: usize,
+        ev: UffdEvent,
+        want: &mut Vec<u64>,
+    ) -> std::result::Result<(), String> {
+        let page = self.page;
+        match ev {
+            UffdEvent::PageFault { address } => {
+                let a = address & !(page - 1);
+                let s = &self.spaces[i];
+                if let Some(&src) = s.by_here.get(&a) {
+                    self.faults_waited += 1;
+                    if self.asked.insert(src) {
+                        want.push(src);
+                    }
+                    return Ok(());
+                }
+                // Never had data: zeros. Already there (filled meanwhile):
+                // wake whoever waits, to be sure.
+                match uffd::zero(s.uffd.as_fd(), a, page) {
+                    Ok(()) => self.zero_filled += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        let _ = uffd::wake(s.uffd.as_fd(), a, page);
+                    }
+                    // An event is pending (it is read next) or the space is
+                    // gone: the thread faults again, or is no more.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ESRCH)) => {}
+                    Err(e) => return Err(format!("zero page at {a:#x}: {e}")),
+                }
+            }
+            UffdEvent::Remove { start, end } | UffdEvent::Unmap { start, end } => {
+                self.spaces[i].forget(start, end);
+            }
+            UffdEvent::Remap { from, to, len } => self.spaces[i].moved(from, to, len),
+            UffdEvent::Fork { uffd: fd } => {
+                let child = uffd::adopt_forked(fd).map_err(|e| e.to_string())?;
+                let parent = &self.spaces[i];
+                let space = Space {
+                    uffd: child,
+                    by_here: parent.by_here.clone(),
+                    by_source: parent.by_source.clone(),
+                };
+                debug!(owed = space.by_here.len(), "program forked during post-copy");
+                self.spaces.push(space);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fill pages that arrived: `data` from the source's address `start`
+    /// on. Each is checked against its hash, then copied into every space
+    /// that still waits for it. Returns pages to ask for that touches
+    /// revealed meanwhile.
+    pub fn fill(&mut self, start: u64, data: &[u8]) -> std::result::Result<Vec<u64>, String> {
+        let page = self.page as usize;
+        if data.is_empty() || data.len() % page != 0 {
+            return Err(format!(
+                "{} bytes of pages at {start:#x} are not whole pages",
+                data.len()
+            ));
+        }
+        for (k, bytes) in data.chunks(page).enumerate() {
+            let src = start + (k * page) as u64;
+            let Some(&h) = self.hashes.get(&src) else {
+                return Err(format!("the source sent page {src:#x}, which was not owed"));
+            };
+            if xxhash_rust::xxh3::xxh3_64(bytes) != h {
+                return Err(format!(
+                    "page {src:#x} arrived different from the final page table's hash"
+                ));
+            }
+        }
+        let mut want = Vec::new();
+        let pages = data.len() / page;
+        let mut i = 0;
+        while i < self.spaces.len() {
+            let mut k = 0;
+            while k < pages {
+                let src = start + (k * page) as u64;
+                let Some(&here) = self.spaces[i].by_source.get(&src) else {
+                    k += 1;
+                    continue;
+                };
+                // A run of pages contiguous both there and here: one copy.
+                let mut n = 1;
+                while k + n < pages
+                    && self.spaces[i].by_source.get(&(src + (n * page) as u64))
+                        == Some(&(here + (n * page) as u64))
+                {
+                    n += 1;
+                }
+                match self.copy_run(i, here, &data[k * page..(k + n) * page])? {
+                    Placed::Yes => {}
+                    Placed::EventFirst => {
+                        // An event is pending (fork, mremap, madvise,
+                        // munmap): take it, then place these pages again.
+                        want.extend(self.take_events()?);
+                        continue;
+                    }
+                    Placed::SpaceGone => {
+                        let s = &mut self.spaces[i];
+                        s.by_here.clear();
+                        s.by_source.clear();
+                        break;
+                    }
+                }
+                let s = &mut self.spaces[i];
+                for j in 0..n {
+                    if let Some(h) = s.by_source.remove(&(src + (j * page) as u64)) {
+                        s.by_here.remove(&h);
+                    }
+                }
+                self.filled += n as u64;
+                k += n;
+            }
+            i += 1;
+        }
+        // Spaces of processes that ended and owe nothing are dropped (their
+        // uffd with them), the program's own is kept until the end.
+        let mut idx = 0;
+        self.spaces.retain(|s| {
+            idx += 1;
+            idx == 1 || !s.by_here.is_empty()
+        });
+        Ok(want)
+    }
+
+    /// `UFFDIO_COPY` of a run into space `i` at `here`, all of it: a part
+    /// the kernel left is placed again, a page already there (filled
+    /// meanwhile) is skipped.
+    fn copy_run(&self, i: usize, here: u64, bytes: &[u8]) -> std::result::Result<Placed, String> {
+        let fd = self.spaces[i].uffd.as_fd();
+        let page = self.page as usize;
+        let mut off = 0;
+        let mut one_by_one = false;
+        while off < bytes.len() {
+            let len = if one_by_one { page } else { bytes.len() - off };
+            let at = here + off as u64;
+            match uffd::copy(fd, at, &bytes[off..off + len]) {
+                Ok(n) if n > 0 => off += n,
+                Ok(_) => return Err(format!("fill page {at:#x}: the kernel placed nothing")),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(Placed::EventFirst),
+                    Some(libc::ESRCH) => return Ok(Placed::SpaceGone),
+                    Some(libc::EEXIST) if one_by_one => off += page,
+                    Some(libc::EEXIST) => one_by_one = true,
+                    _ => return Err(format!("fill page {at:#x}: {e}")),
+                },
+            }
+        }
+        Ok(Placed::Yes)
+    }
+}
+
+/// What a copy into a space came to.
+enum Placed {
+    Yes,
+    /// A uffd event must be read first (`EAGAIN`).
+    EventFirst,
+    /// The process has ended (`ESRCH`).
+    SpaceGone,
+}
+
+/// A running program's post-copy, as `tern serve` holds it: the pages
+/// owed, and the guard that kills the program should this daemon die first.
+#[derive(Debug)]
+pub(crate) struct PostCopy {
+    pub owed: OwedPages,
+    pub guard: tern_sys::child::PostCopyGuard,
+}
+
+/// How long a blocking wait on the uffds lasts before it is renewed.
+const WATCH_MS: i32 = 200;
+
+/// Drive post-copy for program `pid` (it runs): ask for the pages it
+/// touches, fill what arrives, until nothing is owed; then tell the source
+/// (`PostCopyDone`). On failure the program is killed: it cannot go on
+/// without its pages (the error says how many were missing).
+pub(crate) async fn run<W: tokio::io::AsyncWrite + Unpin>(
+    pc: PostCopy,
+    pid: i32,
+    tx: &mut tern_wire::net::Sender<W>,
+    incoming: &mut tokio::sync::mpsc::Receiver<std::result::Result<wire::net::Message, String>>,
+    proto: &mut wire::session::Destination,
+    timeout: std::time::Duration,
+) -> std::result::Result<(), String> {
+    let t0 = std::time::Instant::now();
+    let PostCopy { owed, guard } = pc;
+    let total = owed.len();
+    let mut filler = Filler::new(owed);
+    match fill_all(&mut filler, tx, incoming, proto, timeout).await {
+        Ok(()) => {
+            let done = wire::net::Message::PostCopyDone {
+                pages: filler.filled,
+            };
+            let said = crate::serve::say(tx, proto, done).await;
+            // The uffd closes here, the guard lets go of its copy: the
+            // mappings are unregistered, the program runs on its own.
+            let (filled, waited, zeros) = (filler.filled, filler.faults_waited, filler.zero_filled);
+            drop(filler);
+            guard.release();
+            tracing::info!(
+                pid,
+                owed = total,
+                filled,
+                faults_waited = waited,
+                zero_filled = zeros,
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                "post-copy complete"
+            );
+            said
+        }
+        Err(e) => {
+            let left = filler.owed();
+            let _ = tern_sys::signal(pid, libc::SIGKILL);
+            drop(guard);
+            let what = format!(
+                "post-copy failed: {e}; {left} of {total} owed page(s) had not arrived, so the program (pid {pid}) was killed: it cannot go on without them"
+            );
+            tracing::error!("{what}");
+            let refused = wire::net::Message::Refused {
+                reason: what.clone(),
+            };
+            let _ = crate::serve::say(tx, proto, refused).await;
+            Err(what)
+        }
+    }
+}
+
+async fn fill_all<W: tokio::io::AsyncWrite + Unpin>(
+    filler: &mut Filler,
+    tx: &mut tern_wire::net::Sender<W>,
+    incoming: &mut tokio::sync::mpsc::Receiver<std::result::Result<wire::net::Message, String>>,
+    proto: &mut wire::session::Destination,
+    timeout: std::time::Duration,
+) -> std::result::Result<(), String> {
+    use wire::net::Message;
+    let mut watch: Option<tokio::task::JoinHandle<()>> = None;
+    let mut want = Vec::new();
+    loop {
+        want.extend(filler.take_events()?);
+        if !want.is_empty() {
+            let addrs = std::mem::take(&mut want);
+            crate::serve::say(tx, proto, Message::PageWant { addrs }).await?;
+        }
+        if filler.owed() == 0 {
+            return Ok(());
+        }
+        let watching = match watch.as_mut() {
+            Some(w) => w,
+            None => {
+                let fds = filler
+                    .watch_fds()
+                    .map_err(|e| format!("watch the userfaultfd: {e}"))?;
+                watch.insert(tokio::task::spawn_blocking(move || {
+                    let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                    let _ = uffd::wait_readable(&fds, WATCH_MS);
+                }))
+            }
+        };
+        tokio::select! {
+            _ = watching => watch = None,
+            msg = tokio::time::timeout(timeout, incoming.recv()) => {
+                let m = match msg {
+                    Err(_) => return Err(format!("the source sent nothing for {timeout:?}")),
+                    Ok(None) => return Err("the connection to the source was lost".into()),
+                    Ok(Some(Err(e))) => return Err(format!("the connection to the source was lost: {e}")),
+                    Ok(Some(Ok(m))) => m,
+                };
+                match proto.receive(m) {
+                    Ok(wire::session::DestinationInput::Pages { start, data }) => {
+                        want.extend(filler.fill(start, &data)?);
+                    }
+                    Ok(other) => return Err(format!("tern bug: {other:?} during post-copy")),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    }
+}
