@@ -183,8 +183,13 @@ fn print_summary(r: &MigrationReport) {
     );
     if let Some(pc) = &r.post_copy {
         eprintln!(
-            "  post-copy: {} pages owed, {} sent ({} wanted first, in {} requests), {} arrived; {:.0} ms from resume to the last page, then the source copy ended",
-            pc.pages, pc.pages_sent, pc.wanted_pages, pc.wants, pc.pages_arrived, pc.ms
+            "  post-copy: {} pages owed, {} sent ({} wanted first, in {} requests), {} placed; {:.0} ms from resume to the last page, then the source copy ended",
+            pc.pages, pc.pages_sent, pc.wanted_pages, pc.wants, pc.arrived.pages, pc.ms
+        );
+        let t = &pc.arrived;
+        eprintln!(
+            "  meanwhile the program waited on {} touches, got {} zero pages, forked {}, moved {}, dropped {} and unmapped {} mappings",
+            t.faults_waited, t.zero_filled, t.forks, t.remaps, t.removes, t.unmaps
         );
     }
 }
@@ -225,7 +230,13 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
             "pages_sent": pc.pages_sent,
             "wants": pc.wants,
             "wanted_pages": pc.wanted_pages,
-            "pages_arrived": pc.pages_arrived,
+            "pages_placed": pc.arrived.pages,
+            "faults_waited": pc.arrived.faults_waited,
+            "zero_filled": pc.arrived.zero_filled,
+            "forks": pc.arrived.forks,
+            "remaps": pc.arrived.remaps,
+            "removes": pc.arrived.removes,
+            "unmaps": pc.arrived.unmaps,
             "ms": pc.ms,
         })),
         "bytes_on_wire": r.bytes_on_wire,

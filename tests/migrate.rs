@@ -1125,7 +1125,7 @@ fn migrate_fast_writer_over_a_slow_link_with_hybrid_post_copy() {
         out.describe()
     );
     assert_eq!(
-        pc["pages_arrived"].as_u64(),
+        pc["pages_placed"].as_u64(),
         Some(owed),
         "every owed page must arrive: {pc}"
     );
@@ -1193,7 +1193,11 @@ fn destination_killed_during_post_copy_is_reported_as_lost() {
     });
     let out = e.migrate(&["--policy", "postcopy", "--compress", "0"]);
     killer.join().expect("killer thread");
-    assert!(!out.success(), "the migration succeeded: {}", out.describe());
+    assert!(
+        !out.success(),
+        "the migration succeeded: {}",
+        out.describe()
+    );
     assert!(
         out.stderr.contains("during post-copy") && out.stderr.contains("lost"),
         "the failure must say the program was lost during post-copy: {}",
@@ -1210,4 +1214,58 @@ fn destination_killed_during_post_copy_is_reported_as_lost() {
         "the source copy must end"
     );
     e.wait_nothing_left_in_b();
+}
+
+/// Post-copy follows what a program does to its memory while pages are
+/// still arriving: `postcopy_events.c` forks children that check the
+/// buffer (each child is owed what its parent was at the fork), moves a
+/// region with mremap, drops half of another with madvise(DONTNEED) (it
+/// must then read zeros, not a page arriving late) and unmaps and maps a
+/// third, every tick, checking every word. Over a slow link the whole
+/// post-copy lasts long enough for all four to happen during it.
+#[test]
+fn post_copy_follows_forks_mremaps_drops_and_unmaps() {
+    let Some(edges) = edges_or_skip("post_copy_follows_forks_mremaps_drops_and_unmaps") else {
+        return;
+    };
+    if let Err(e) = edges.shape_mbit(20) {
+        skip_or_panic(
+            "post_copy_follows_forks_mremaps_drops_and_unmaps",
+            &format!("cannot shape the link: {e}"),
+        );
+        return;
+    }
+    let mut e = start_program(
+        "migrate-postcopy-events",
+        edges,
+        "postcopy_events",
+        &[],
+        &["256"],
+    );
+    e.wait_tick_lines(20);
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    let source_pid = e.program.pid();
+    let out = e.migrate(&["--policy", "postcopy", "--compress", "0"]);
+    out.assert_ok("tern migrate --policy postcopy");
+    let rep = report(&e.dir);
+    let restored = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    assert!(wait_gone(source_pid, Duration::from_secs(5)));
+    let pc = rep["post_copy"].clone();
+    eprintln!("post-copy with events: {pc}");
+    assert!(
+        pc["pages"].as_u64().unwrap_or(0) > 0,
+        "nothing was owed: {pc}"
+    );
+    for what in ["forks", "remaps", "removes", "unmaps"] {
+        assert!(
+            pc[what].as_u64().unwrap_or(0) > 0,
+            "no {what} happened during post-copy, so this run did not test them: {pc}"
+        );
+    }
+    // It goes on checking itself: 100 more ticks, in order, no CORRUPT.
+    let before = tick_numbers(&e.out).len();
+    let numbers = e.wait_tick_lines(before + 100);
+    check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    restored_guard.kill_and_wait();
 }

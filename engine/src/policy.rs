@@ -78,10 +78,7 @@ pub enum StopReason {
     Idle,
     /// `hybrid`: pages are dirtied faster than the link carries them, so
     /// pre-copy cannot converge.
-    DirtiedFasterThanLink {
-        dirty_mb_s: f64,
-        link_mb_s: f64,
-    },
+    DirtiedFasterThanLink { dirty_mb_s: f64, link_mb_s: f64 },
     /// `postcopy`: round 0 is done.
     PostCopyAfterRoundZero,
 }
@@ -995,6 +992,72 @@ mod tests {
         for (i, s) in all.iter().enumerate() {
             assert!(s.len() > 20, "{s}");
             assert!(!all[..i].contains(s), "duplicate: {s}");
+        }
+    }
+
+    #[test]
+    fn hybrid_waits_for_the_link_then_goes_post_copy_for_a_fast_writer() {
+        let mut p = HybridPolicy::new(Limits::default());
+        // 64 MiB resident; increments of 16 MiB every 20 ms: 800 MB/s.
+        let rounds = vec![
+            round(0, 64 * MIB, 1, 60.0, 60.0),
+            round(1, 16 * MIB, 2, 15.0, 20.0),
+        ];
+        // The local copy is fast: without the link's rate it must not
+        // conclude the delta fits.
+        assert_eq!(p.decide(&rounds, 80.0), Decision::Continue);
+        // The link carries 12.5 MB/s (100 Mbit/s).
+        p.observe_link(12_500.0);
+        match p.decide(&rounds, 80.0) {
+            Decision::Stop(r @ StopReason::DirtiedFasterThanLink { .. }) => {
+                assert!(p.post_copy(&r), "{r}");
+                assert!(r.to_string().contains("faster than the link"), "{r}");
+            }
+            other => panic!("expected a post-copy stop, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hybrid_keeps_pre_copy_when_the_delta_fits_the_target() {
+        let mut p = HybridPolicy::new(Limits {
+            link_bytes_per_ms: Some(1_000_000.0),
+            ..Limits::default()
+        });
+        // 100 pages per 100 ms: tiny against a 1 GB/s link.
+        let rounds = vec![
+            round(0, 64 * MIB, 1, 60.0, 60.0),
+            round(1, 100 * PAGE, 2, 1.0, 100.0),
+        ];
+        match p.decide(&rounds, 160.0) {
+            Decision::Stop(r @ StopReason::FitsDowntimeTarget { .. }) => {
+                assert!(!p.post_copy(&r), "a delta that fits goes frozen: {r}")
+            }
+            other => panic!("expected FitsDowntimeTarget, got {other:?}"),
+        }
+        assert!(!p.post_copy(&StopReason::Idle));
+        assert!(p.post_copy(&StopReason::NotShrinking));
+        assert!(p.post_copy(&StopReason::MaxRounds));
+    }
+
+    #[test]
+    fn postcopy_stops_after_round_zero_and_pre_copy_policies_never_post_copy() {
+        let mut p = PostCopyPolicy;
+        let r0 = vec![round(0, 64 * MIB, 1, 60.0, 60.0)];
+        assert_eq!(
+            p.decide(&r0, 60.0),
+            Decision::Stop(StopReason::PostCopyAfterRoundZero)
+        );
+        assert!(p.post_copy(&StopReason::PostCopyAfterRoundZero));
+        for spec in ["paper", "adaptive", "rounds:3"] {
+            let spec: PolicySpec = spec.parse().expect("spec");
+            assert!(!spec.may_post_copy());
+            let policy = build(&spec, &Limits::default());
+            assert!(!policy.post_copy(&StopReason::MaxRounds), "{spec}");
+        }
+        for spec in ["hybrid", "postcopy"] {
+            let parsed: PolicySpec = spec.parse().expect("spec");
+            assert!(parsed.may_post_copy());
+            assert_eq!(parsed.to_string(), spec);
         }
     }
 }

@@ -135,7 +135,12 @@ pub(crate) fn register(
         })?;
         done.push((v.start, v.end));
     }
-    debug!(pid, mappings = done.len(), pages = pages.len(), "post-copy registered");
+    debug!(
+        pid,
+        mappings = done.len(),
+        pages = pages.len(),
+        "post-copy registered"
+    );
     Ok(OwedPages {
         uffd,
         pages,
@@ -190,12 +195,8 @@ pub struct Filler {
     /// Source addresses already asked for.
     asked: HashSet<u64>,
     page: u64,
-    /// Pages filled (in any space).
-    pub filled: u64,
-    /// Pages the program touched before they arrived.
-    pub faults_waited: u64,
-    /// Pages given the zero page (never had data).
-    pub zero_filled: u64,
+    /// Pages placed (in any space), what the program did meanwhile.
+    pub tally: wire::net::PostCopyTally,
 }
 
 impl Filler {
@@ -211,9 +212,7 @@ impl Filler {
             hashes: owed.pages.iter().copied().collect(),
             asked: HashSet::new(),
             page: owed.page_size,
-            filled: 0,
-            faults_waited: 0,
-            zero_filled: 0,
+            tally: Default::default(),
         }
     }
 
@@ -264,7 +263,7 @@ impl Filler {
                 let a = address & !(page - 1);
                 let s = &self.spaces[i];
                 if let Some(&src) = s.by_here.get(&a) {
-                    self.faults_waited += 1;
+                    self.tally.faults_waited += 1;
                     if self.asked.insert(src) {
                         want.push(src);
                     }
@@ -273,7 +272,7 @@ impl Filler {
                 // Never had data: zeros. Already there (filled meanwhile):
                 // wake whoever waits, to be sure.
                 match uffd::zero(s.uffd.as_fd(), a, page) {
-                    Ok(()) => self.zero_filled += 1,
+                    Ok(()) => self.tally.zero_filled += 1,
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                         let _ = uffd::wake(s.uffd.as_fd(), a, page);
                     }
@@ -283,11 +282,20 @@ impl Filler {
                     Err(e) => return Err(format!("zero page at {a:#x}: {e}")),
                 }
             }
-            UffdEvent::Remove { start, end } | UffdEvent::Unmap { start, end } => {
+            UffdEvent::Remove { start, end } => {
+                self.tally.removes += 1;
                 self.spaces[i].forget(start, end);
             }
-            UffdEvent::Remap { from, to, len } => self.spaces[i].moved(from, to, len),
+            UffdEvent::Unmap { start, end } => {
+                self.tally.unmaps += 1;
+                self.spaces[i].forget(start, end);
+            }
+            UffdEvent::Remap { from, to, len } => {
+                self.tally.remaps += 1;
+                self.spaces[i].moved(from, to, len);
+            }
             UffdEvent::Fork { uffd: fd } => {
+                self.tally.forks += 1;
                 let child = uffd::adopt_forked(fd).map_err(|e| e.to_string())?;
                 let parent = &self.spaces[i];
                 let space = Space {
@@ -295,7 +303,10 @@ impl Filler {
                     by_here: parent.by_here.clone(),
                     by_source: parent.by_source.clone(),
                 };
-                debug!(owed = space.by_here.len(), "program forked during post-copy");
+                debug!(
+                    owed = space.by_here.len(),
+                    "program forked during post-copy"
+                );
                 self.spaces.push(space);
             }
         }
@@ -365,7 +376,7 @@ impl Filler {
                         s.by_here.remove(&h);
                     }
                 }
-                self.filled += n as u64;
+                self.tally.pages += n as u64;
                 k += n;
             }
             i += 1;
@@ -397,8 +408,10 @@ impl Filler {
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(Placed::EventFirst),
                     Some(libc::ESRCH) => return Ok(Placed::SpaceGone),
-                    Some(libc::EEXIST) if one_by_one => off += page,
-                    Some(libc::EEXIST) => one_by_one = true,
+                    // Already there (filled meanwhile), or no longer a
+                    // registered mapping (unmapped, the event taken).
+                    Some(libc::EEXIST | libc::ENOENT) if one_by_one => off += page,
+                    Some(libc::EEXIST | libc::ENOENT) => one_by_one = true,
                     _ => return Err(format!("fill page {at:#x}: {e}")),
                 },
             }
@@ -445,21 +458,17 @@ pub(crate) async fn run<W: tokio::io::AsyncWrite + Unpin>(
     let mut filler = Filler::new(owed);
     match fill_all(&mut filler, tx, incoming, proto, timeout).await {
         Ok(()) => {
-            let done = wire::net::Message::PostCopyDone {
-                pages: filler.filled,
-            };
-            let said = crate::serve::say(tx, proto, done).await;
+            let tally = filler.tally;
+            let said =
+                crate::serve::say(tx, proto, wire::net::Message::PostCopyDone { tally }).await;
             // The uffd closes here, the guard lets go of its copy: the
             // mappings are unregistered, the program runs on its own.
-            let (filled, waited, zeros) = (filler.filled, filler.faults_waited, filler.zero_filled);
             drop(filler);
             guard.release();
             tracing::info!(
                 pid,
                 owed = total,
-                filled,
-                faults_waited = waited,
-                zero_filled = zeros,
+                ?tally,
                 ms = t0.elapsed().as_secs_f64() * 1e3,
                 "post-copy complete"
             );
@@ -531,5 +540,45 @@ async fn fill_all<W: tokio::io::AsyncWrite + Unpin>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space(pages: &[u64]) -> Space {
+        let uffd = std::fs::File::open("/dev/null").expect("an fd").into();
+        let by_here: BTreeMap<u64, u64> = pages.iter().map(|&a| (a, a)).collect();
+        Space {
+            uffd,
+            by_source: by_here.clone(),
+            by_here,
+        }
+    }
+
+    #[test]
+    fn dropped_and_unmapped_pages_are_no_longer_owed() {
+        let mut s = space(&[0x1000, 0x2000, 0x3000, 0x4000]);
+        s.forget(0x2000, 0x4000);
+        assert_eq!(
+            s.by_here.keys().copied().collect::<Vec<_>>(),
+            [0x1000, 0x4000]
+        );
+        assert_eq!(
+            s.by_source.keys().copied().collect::<Vec<_>>(),
+            [0x1000, 0x4000]
+        );
+    }
+
+    #[test]
+    fn moved_pages_are_owed_at_their_new_address_from_the_same_source_page() {
+        let mut s = space(&[0x1000, 0x2000, 0x9000]);
+        s.moved(0x1000, 0x50000, 0x2000);
+        assert_eq!(
+            s.by_here.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(),
+            [(0x9000, 0x9000), (0x50000, 0x1000), (0x51000, 0x2000)]
+        );
+        assert_eq!(s.by_source.get(&0x2000), Some(&0x51000));
     }
 }

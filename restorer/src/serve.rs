@@ -160,8 +160,16 @@ enum Cmd {
 
 /// What the puppet thread reports.
 enum Event {
-    Applied { round: u32, pages: u64, ms: f64 },
-    Ready { pid: i32, ns_pid: i32, ms: f64 },
+    Applied {
+        round: u32,
+        pages: u64,
+        ms: f64,
+    },
+    Ready {
+        pid: i32,
+        ns_pid: i32,
+        ms: f64,
+    },
     Running {
         pid: i32,
         ns_pid: i32,

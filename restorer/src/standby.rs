@@ -610,8 +610,12 @@ impl Standby {
         let (pages, _) = self.absorb_pages(dir)?;
         let dropped = match &delta {
             Some(d) => {
-                let held: Vec<(u64, u64)> =
-                    d.changed.iter().copied().filter(|e| !is_owed(e.0)).collect();
+                let held: Vec<(u64, u64)> = d
+                    .changed
+                    .iter()
+                    .copied()
+                    .filter(|e| !is_owed(e.0))
+                    .collect();
                 self.verify(dir, &held)?;
                 0
             }

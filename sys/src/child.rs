@@ -268,7 +268,11 @@ impl PostCopyGuard {
                 from = k as u32 + 1;
             }
             libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
-            libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, c"tern-pc-guard".as_ptr());
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_NAME,
+                c"tern-pc-guard".as_ptr(),
+            );
             let mut byte = 0u8;
             loop {
                 let n = libc::syscall(libc::SYS_read, rfd, &mut byte as *mut u8, 1usize);
@@ -278,7 +282,13 @@ impl PostCopyGuard {
                 if n < 0 && *libc::__errno_location() == libc::EINTR {
                     continue;
                 }
-                libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0usize, 0u32);
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    libc::SIGKILL,
+                    0usize,
+                    0u32,
+                );
                 libc::syscall(libc::SYS_exit_group, 1);
             }
         }

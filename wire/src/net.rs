@@ -162,8 +162,24 @@ pub enum Message {
     /// destination -> source: every page owed is in (or the program has
     /// ended): the source may end its copy.
     PostCopyDone {
-        pages: u64,
+        tally: PostCopyTally,
     },
+}
+
+/// What the destination's post-copy saw, for the source's report.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PostCopyTally {
+    /// Owed pages placed (in the program and any child it forked).
+    pub pages: u64,
+    /// Touches of a page not yet there (the thread waited for it).
+    pub faults_waited: u64,
+    /// Touches of pages that never had data (given the zero page).
+    pub zero_filled: u64,
+    /// The program's forks, mremaps, madvise drops and munmaps meanwhile.
+    pub forks: u32,
+    pub remaps: u32,
+    pub removes: u32,
+    pub unmaps: u32,
 }
 
 /// What became of a migration on its destination, as far as it knows.

@@ -17,11 +17,11 @@
 //!                                   <-     Running{pid, ns_pid}
 //!   post-copy (the final image left pages at the source):
 //!   Pages{start, data}..            ->   <- PageWant{addrs}..
-//!                                   <-     PostCopyDone{pages}
+//!                                   <-     PostCopyDone{tally}
 //!   Abort{reason} at any time before Commit; Refused{reason} at any time.
 //! ```
 
-use crate::net::{FileSummary, Message, SessionOutcome, PROTOCOL_VERSION};
+use crate::net::{FileSummary, Message, PostCopyTally, SessionOutcome, PROTOCOL_VERSION};
 
 /// A message that breaks the protocol, or a peer that ended the migration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -407,7 +407,7 @@ pub enum SourceInput {
     },
     /// Post-copy: every page owed arrived.
     PostCopyDone {
-        pages: u64,
+        tally: PostCopyTally,
     },
 }
 
@@ -567,9 +567,9 @@ impl Source {
             }
             (S::AwaitRunning, _) => Err(self.unexpected("Running", got)),
             (S::PostCopy, Message::PageWant { addrs }) => Ok(SourceInput::Want { addrs }),
-            (S::PostCopy, Message::PostCopyDone { pages }) => {
+            (S::PostCopy, Message::PostCopyDone { tally }) => {
                 self.state = S::Ended;
-                Ok(SourceInput::PostCopyDone { pages })
+                Ok(SourceInput::PostCopyDone { tally })
             }
             (S::PostCopy, _) => Err(self.unexpected("PageWant or PostCopyDone", got)),
             (S::Start | S::Ready | S::Ended, _) => Err(self.unexpected("nothing", got)),
@@ -777,8 +777,18 @@ mod tests {
         };
         p.source_says(pages()).expect("pages");
         assert_eq!(
-            p.destination_says(Message::PostCopyDone { pages: 1 }),
-            Ok(SourceInput::PostCopyDone { pages: 1 })
+            p.destination_says(Message::PostCopyDone {
+                tally: PostCopyTally {
+                    pages: 1,
+                    ..Default::default()
+                }
+            }),
+            Ok(SourceInput::PostCopyDone {
+                tally: PostCopyTally {
+                    pages: 1,
+                    ..Default::default()
+                }
+            })
         );
         assert_eq!(p.src.state(), SourceState::Ended);
         assert_eq!(p.dst.state(), DestinationState::Ended);

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
 use tern_sys::mem;
-use tern_wire::net::Message;
+use tern_wire::net::{Message, PostCopyTally};
 use tern_wire::session::SourceInput;
 use tracing::{debug, info};
 
@@ -38,8 +38,8 @@ pub struct PostCopyReport {
     pub wanted_pages: u64,
     /// From the program running there to the destination's `PostCopyDone`.
     pub ms: f64,
-    /// What the destination said it received.
-    pub pages_arrived: u64,
+    /// What the destination said it placed, and saw the program do.
+    pub arrived: PostCopyTally,
 }
 
 /// The pages still owed, and the order to send them in.
@@ -126,7 +126,7 @@ fn pump(
     loop {
         while let Ok(m) = link.incoming.try_recv() {
             if let Some(done) = heard(link, m, owed, report)? {
-                report.pages_arrived = done;
+                report.arrived = done;
                 report.ms = t0.elapsed().as_secs_f64() * 1e3;
                 info!(?report, "post-copy complete");
                 return Ok(report.clone());
@@ -156,7 +156,7 @@ fn pump(
                 // All sent: wait for the destination's word.
                 let m = link.wait_message("PostCopyDone")?;
                 if let Some(done) = heard(link, Ok(m), owed, report)? {
-                    report.pages_arrived = done;
+                    report.arrived = done;
                     report.ms = t0.elapsed().as_secs_f64() * 1e3;
                     info!(?report, "post-copy complete");
                     return Ok(report.clone());
@@ -167,13 +167,13 @@ fn pump(
 }
 
 /// Take one message of the destination's: wanted pages are queued; the
-/// end gives `Some(pages it received)`.
+/// end gives `Some(what the destination tallied)`.
 fn heard(
     link: &mut Link,
     m: std::result::Result<Message, String>,
     owed: &mut Owed,
     report: &mut PostCopyReport,
-) -> std::result::Result<Option<u64>, String> {
+) -> std::result::Result<Option<PostCopyTally>, String> {
     match link.note(m)? {
         SourceInput::Want { addrs } => {
             report.wants += 1;
@@ -181,7 +181,7 @@ fn heard(
             owed.urgent.extend(addrs);
             Ok(None)
         }
-        SourceInput::PostCopyDone { pages } => Ok(Some(pages)),
+        SourceInput::PostCopyDone { tally } => Ok(Some(tally)),
         other => Err(format!("tern bug: {other:?} during post-copy")),
     }
 }
