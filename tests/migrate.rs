@@ -1177,7 +1177,7 @@ fn destination_killed_during_post_copy_is_reported_as_lost() {
     let source_pid = e.program.pid();
     let log = e.dir.join("serve.stderr");
     let killer = std::thread::spawn(move || {
-        let started = wait_until(
+        wait_until(
             Duration::from_secs(60),
             "post-copy to start in B",
             || {
@@ -1189,7 +1189,6 @@ fn destination_killed_during_post_copy_is_reported_as_lost() {
             || tail(&log, 5),
         );
         kill_pid(serve_pid, libc::SIGKILL);
-        started
     });
     let out = e.migrate(&["--policy", "postcopy", "--compress", "0"]);
     killer.join().expect("killer thread");

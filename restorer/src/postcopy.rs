@@ -319,7 +319,7 @@ impl Filler {
     /// revealed meanwhile.
     pub fn fill(&mut self, start: u64, data: &[u8]) -> std::result::Result<Vec<u64>, String> {
         let page = self.page as usize;
-        if data.is_empty() || data.len() % page != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(page) {
             return Err(format!(
                 "{} bytes of pages at {start:#x} are not whole pages",
                 data.len()

@@ -143,6 +143,11 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
     ("uffd-wp-async", "tracker uffd-wp", probe_uffd_wp_async),
     ("pagemap-scan", "tracker uffd-wp", probe_pagemap_scan),
     (
+        "uffd-missing-events",
+        "--policy hybrid|postcopy (post-copy)",
+        probe_uffd_missing_events,
+    ),
+    (
         "cgroup-freezer-v1",
         "freezer cgroup",
         probe_cgroup_freezer_v1,
@@ -1446,6 +1451,64 @@ fn probe_pagemap_scan() -> Outcome {
     }
     Ok(format!(
         "wrote 1 of 4 write-protected pages, PAGEMAP_SCAN (ioctl {PAGEMAP_SCAN:#x}) reported exactly it and re-protected it (second scan empty)"
+    ))
+}
+
+/// What post-copy needs: a uffd in missing mode with the fork, remap,
+/// remove and unmap events, a thread's first touch of a registered page
+/// reported, and `UFFDIO_COPY` placing the page and waking the thread.
+fn probe_uffd_missing_events() -> Outcome {
+    use crate::uffd_missing as m;
+    let page = page_size();
+    // Mapped before the uffd is opened, so it is unmapped after the uffd
+    // closes: with the unmap event on, an munmap of a registered range
+    // waits until a reader takes the event, and the reader is this thread.
+    let map = Mapping::anon(page, libc::PROT_READ | libc::PROT_WRITE, false)?;
+    let start = map.start();
+    let (uffd, note) = open_uffd()?;
+    let features = uffd_api(&uffd, m::POSTCOPY_FEATURES)?;
+    if features & m::POSTCOPY_FEATURES != m::POSTCOPY_FEATURES {
+        return Err(format!(
+            "UFFDIO_API did not enable the fork/remap/remove/unmap events (4.11+; features {features:#x})"
+        ));
+    }
+    m::register_missing(uffd.as_fd(), start, start + page as u64)
+        .map_err(|e| io_err("UFFDIO_REGISTER (missing mode)", &e))?;
+    let addr = start as usize;
+    let toucher = std::thread::spawn(move || {
+        // SAFETY: the mapping outlives the thread (joined below, or the
+        // probe waits for it before unmapping).
+        unsafe { std::ptr::read_volatile((addr + 8) as *const u8) }
+    });
+    let mut fault = None;
+    for _ in 0..200 {
+        if m::wait_readable(&[uffd.as_fd()], 10).map_err(|e| io_err("poll", &e))? {
+            fault = m::read_events(uffd.as_fd())
+                .map_err(|e| io_err("read the uffd", &e))?
+                .into_iter()
+                .next();
+            break;
+        }
+    }
+    let mut data = vec![0u8; page];
+    data[8] = 42;
+    // Placed whatever was reported, so the thread never stays blocked.
+    let placed = m::copy(uffd.as_fd(), start, &data);
+    let seen = toucher
+        .join()
+        .map_err(|_| "the touching thread panicked".to_string())?;
+    match fault {
+        Some(m::UffdEvent::PageFault { address }) if address & !(page as u64 - 1) == start => {}
+        other => return Err(format!("first touch reported as {other:?}")),
+    }
+    placed.map_err(|e| io_err("UFFDIO_COPY", &e))?;
+    if seen != 42 {
+        return Err(format!(
+            "the thread read {seen} after UFFDIO_COPY placed 42"
+        ));
+    }
+    Ok(format!(
+        "UFFDIO_API features {features:#x} (missing mode, fork/remap/remove/unmap events), first touch reported, UFFDIO_COPY woke the thread{note}"
     ))
 }
 

@@ -305,7 +305,7 @@ impl Deferred {
     /// before it searches it).
     pub fn well_formed(&self, page_size: u64) -> bool {
         self.pages.windows(2).all(|w| w[0].0 < w[1].0)
-            && self.pages.iter().all(|p| p.0 % page_size == 0)
+            && self.pages.iter().all(|p| p.0.is_multiple_of(page_size))
     }
 }
 
