@@ -10,7 +10,7 @@
 //! its heartbeats around the migration.
 
 use crate::demo::{beats, wait_ticks};
-use crate::edges::{keygen, start_serve, start_workload, Edges};
+use crate::edges::{keygen, start_serve, start_workload_writing, Edges};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// MB/s the workload rewrites (0: idle-ish, as in the paper).
     #[arg(long = "dirty-rate", default_value_t = 0.0)]
     pub dirty_mbps: f64,
+    /// How the workload rewrites: spread (pages all over its state, checks
+    /// too) or sequential (in address order, like a log, checking what it
+    /// wrote last).
+    #[arg(long = "dirty-pattern", default_value = "spread", value_parser = ["spread", "sequential"])]
+    pub dirty_pattern: String,
     /// Shape the link to this rate (tc netem, or tbf without netem).
     #[arg(long)]
     pub link_mbit: Option<u64>,
@@ -144,7 +149,13 @@ fn one_run(
         &format!("{}:7878", edges.addr[1]),
         dir,
     )?;
-    let program = start_workload(edges.command(0, exe), size, args.dirty_mbps, &log)?;
+    let program = start_workload_writing(
+        edges.command(0, exe),
+        size,
+        args.dirty_mbps,
+        args.dirty_pattern == "sequential",
+        &log,
+    )?;
     // Its state written, then a second of steady state.
     wait_ticks(&log, 100)?;
     let pid = program.0.id();

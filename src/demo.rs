@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 /// line every 10 ms: "tick N us T" (T: CLOCK_MONOTONIC in microseconds),
 /// and, with `dirty_mbps`, that many MB/s of its state rewritten (spread
 /// over it, a page at a time). Prints "ready" once all state is written.
-pub fn workload(out: &Path, mib: u64, dirty_mbps: f64) -> Result<()> {
+/// `sequential`: the rewrites go through the state in address order (a
+/// log or a stream buffer) and the checks look at the pages written last,
+/// instead of both being spread over the whole state.
+pub fn workload(out: &Path, mib: u64, dirty_mbps: f64, sequential: bool) -> Result<()> {
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -34,15 +37,21 @@ pub fn workload(out: &Path, mib: u64, dirty_mbps: f64) -> Result<()> {
         tick += 1;
         // Check 512 words spread over the state each tick: a lost or wrong
         // page shows up within seconds.
+        // Sequential: within the last 64 pages written.
+        let window = 64 * PAGE_WORDS;
         for k in 0..512usize {
-            let i = (tick as usize * 7919 + k * 104_729) % words;
+            let i = if sequential {
+                (next_page * PAGE_WORDS + words - (k * 7919) % window) % words
+            } else {
+                (tick as usize * 7919 + k * 104_729) % words
+            };
             if state[i] != value(i, gens[i / PAGE_WORDS]) {
                 writeln!(log, "CORRUPT at {i}")?;
                 std::process::exit(3);
             }
         }
         for _ in 0..pages_per_tick {
-            next_page = (next_page + 7919) % gens.len();
+            next_page = (next_page + if sequential { 1 } else { 7919 }) % gens.len();
             gens[next_page] += 1;
             let g = gens[next_page];
             let lo = next_page * PAGE_WORDS;

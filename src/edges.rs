@@ -238,7 +238,21 @@ pub fn start_serve_with(
 
 /// Start `cmd` (a `tern` command line) as `tern demo-workload` with
 /// `mib` MiB of state and `dirty_mbps`, logging its heartbeats to `log`.
-pub fn start_workload(mut cmd: Command, mib: u64, dirty_mbps: f64, log: &Path) -> Result<Child> {
+pub fn start_workload(cmd: Command, mib: u64, dirty_mbps: f64, log: &Path) -> Result<Child> {
+    start_workload_writing(cmd, mib, dirty_mbps, false, log)
+}
+
+/// [`start_workload`], its rewrites in address order if `sequential`.
+pub fn start_workload_writing(
+    mut cmd: Command,
+    mib: u64,
+    dirty_mbps: f64,
+    sequential: bool,
+    log: &Path,
+) -> Result<Child> {
+    if sequential {
+        cmd.arg("--sequential");
+    }
     let child = tern_sys::child::only_stdio(
         cmd.arg("demo-workload")
             .arg("--mib")

@@ -307,6 +307,9 @@ enum Cmd {
         mib: u64,
         #[arg(long, default_value_t = 0.0)]
         dirty_mbps: f64,
+        /// Rewrite in address order and check the pages written last.
+        #[arg(long)]
+        sequential: bool,
     },
 }
 
@@ -597,7 +600,8 @@ fn run(cmd: Cmd) -> Result<()> {
             out,
             mib,
             dirty_mbps,
-        } => demo::workload(&out, mib, dirty_mbps),
+            sequential,
+        } => demo::workload(&out, mib, dirty_mbps, sequential),
         Cmd::Track {
             pid,
             tracker,

@@ -1151,7 +1151,7 @@ impl<'a> TableCursor<'a> {
 
 /// Whether a mapping's page `entry` must be saved.
 fn page_needed(m: &MapEntry, entry: u64) -> bool {
-    let swapped = entry & proc::PM_SWAP != 0;
+    let swapped = proc::pm_swapped(entry);
     let present = entry & proc::PM_PRESENT != 0;
     if m.is_file() && !m.is_shmem_anon() {
         if m.shared {
@@ -1306,6 +1306,15 @@ fn capture_delta(
                 a += page;
             }
         }
+        debug!(
+            pid,
+            start = m.start,
+            name = %m.name,
+            with_data = reads.len(),
+            gone = gones.len(),
+            deferrable = defer && anon && !m.shared,
+            "final delta of a mapping"
+        );
         to_read.push(reads);
         gone.push(gones);
     }
@@ -1456,6 +1465,7 @@ fn capture_pages(
             // Anonymous memory starts zero-filled on restore: zero pages
             // need not be stored unless an older image had data there.
             let anon = m.reads_zero_when_empty();
+            let hashes_before = hashes.len();
             let t_pm = Instant::now();
             let entries = pagemap.read(m.start, m.end, page);
             pagemap_ns += t_pm.elapsed().as_nanos();
@@ -1534,7 +1544,13 @@ fn capture_pages(
                     return Ok(());
                 }
             }
-            debug!(pid, start = m.start, name = %m.name, "captured mapping");
+            debug!(
+                pid,
+                start = m.start,
+                name = %m.name,
+                pages_with_data = hashes.len() - hashes_before,
+                "captured mapping"
+            );
         }
         // Pages an older image holds that are no longer present.
         let mut gone: Vec<u64> = Vec::new();

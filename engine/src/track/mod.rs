@@ -370,7 +370,7 @@ pub fn is_trackable(m: &MapEntry) -> bool {
 /// Whether the page with pagemap `entry` holds data the dump would copy:
 /// present or swapped, and in a private file mapping only if copied on write.
 pub fn page_has_data(m: &MapEntry, entry: u64) -> bool {
-    let swapped = entry & proc::PM_SWAP != 0;
+    let swapped = proc::pm_swapped(entry);
     let present = entry & proc::PM_PRESENT != 0;
     if m.is_file() && !m.shared {
         return swapped || (present && entry & proc::PM_FILE_OR_SHARED_ANON == 0);
