@@ -250,11 +250,12 @@ pub fn start_workload_writing(
     sequential: bool,
     log: &Path,
 ) -> Result<Child> {
+    cmd.arg("demo-workload");
     if sequential {
         cmd.arg("--sequential");
     }
     let child = tern_sys::child::only_stdio(
-        cmd.arg("demo-workload")
+        cmd
             .arg("--mib")
             .arg(mib.to_string())
             .arg("--dirty-mbps")

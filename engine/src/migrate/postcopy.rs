@@ -23,6 +23,9 @@ const PUSH_RUN_PAGES: u64 = 16;
 /// Unsent bytes the socket may hold during post-copy: a page wanted now
 /// waits behind at most this much background data (~10 ms at 100 Mbit/s).
 const NOTSENT_LOWAT: i32 = 128 << 10;
+/// Send buffer during post-copy (the kernel doubles it): bounds the pages
+/// in flight ahead of a wanted one.
+const SNDBUF: i32 = 128 << 10;
 
 /// What post-copy sent.
 #[derive(Debug, Clone, Default)]
@@ -47,19 +50,31 @@ struct Owed {
     left: BTreeSet<u64>,
     urgent: VecDeque<u64>,
     page: u64,
+    /// Where the background push goes on from: right after the last page
+    /// the program wanted (it tends to want what follows next), wrapping
+    /// around to the lowest owed page.
+    cursor: u64,
 }
 
 impl Owed {
     /// The next run to send: (start, pages, wanted). A wanted page first
-    /// (with the owed pages right after it), else the lowest owed pages.
+    /// (with the owed pages right after it), else the owed pages from the
+    /// cursor on.
     fn next_run(&mut self) -> Option<(u64, u64, bool)> {
         while let Some(a) = self.urgent.pop_front() {
             if self.left.contains(&a) {
-                return Some((a, self.take_from(a, WANT_RUN_PAGES), true));
+                let n = self.take_from(a, WANT_RUN_PAGES);
+                self.cursor = a + n * self.page;
+                return Some((a, n, true));
             }
         }
-        let first = *self.left.first()?;
-        Some((first, self.take_from(first, PUSH_RUN_PAGES), false))
+        let first = match self.left.range(self.cursor..).next() {
+            Some(&a) => a,
+            None => *self.left.first()?,
+        };
+        let n = self.take_from(first, PUSH_RUN_PAGES);
+        self.cursor = first + n * self.page;
+        Some((first, n, false))
     }
 
     /// Remove up to `max` owed pages contiguous from `a` (owed itself).
@@ -92,11 +107,19 @@ pub(super) fn send_owed_pages(
         ) {
             debug!("TCP_NOTSENT_LOWAT: {e} (wanted pages may wait longer)");
         }
+        // Sent but not yet acknowledged counts too: a full bottleneck
+        // queue ahead of a wanted page is as slow as unsent data.
+        if let Err(e) =
+            tern_sys::sock::set_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SNDBUF)
+        {
+            debug!("SO_SNDBUF: {e} (wanted pages may wait longer)");
+        }
     }
     let mut owed = Owed {
         left: deferred.iter().copied().collect(),
         urgent: VecDeque::new(),
         page,
+        cursor: 0,
     };
     let mut report = PostCopyReport {
         pages: deferred.len() as u64,
@@ -191,24 +214,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wanted_pages_go_first_with_their_neighbours_then_the_rest_in_order() {
+    fn wanted_pages_go_first_and_the_push_follows_them() {
         let page = 4096;
         let mut owed = Owed {
             left: (0..100u64).map(|i| 0x10000 + i * page).collect(),
             urgent: VecDeque::new(),
             page,
+            cursor: 0,
         };
         assert_eq!(owed.next_run(), Some((0x10000, PUSH_RUN_PAGES, false)));
-        // Wanted: page 90, then 10 pages to the end.
-        owed.urgent.push_back(0x10000 + 90 * page);
+        // Wanted: page 50, then the 31 pages after it.
+        owed.urgent.push_back(0x10000 + 50 * page);
         // Wanted but already sent: skipped.
         owed.urgent.push_back(0x10000);
-        assert_eq!(owed.next_run(), Some((0x10000 + 90 * page, 10, true)));
+        assert_eq!(
+            owed.next_run(),
+            Some((0x10000 + 50 * page, WANT_RUN_PAGES, true))
+        );
+        // The push goes on after what was wanted (page 82 on, 18 left),
+        // then wraps around to the lowest owed page.
+        assert_eq!(owed.next_run(), Some((0x10000 + 82 * page, 16, false)));
+        assert_eq!(owed.next_run(), Some((0x10000 + 98 * page, 2, false)));
         assert_eq!(
             owed.next_run(),
             Some((0x10000 + PUSH_RUN_PAGES * page, PUSH_RUN_PAGES, false))
         );
-        let mut sent = 2 * PUSH_RUN_PAGES + 10;
+        let mut sent = 2 * PUSH_RUN_PAGES + WANT_RUN_PAGES + 18;
         while let Some((_, n, _)) = owed.next_run() {
             sent += n;
         }
