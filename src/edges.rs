@@ -255,8 +255,7 @@ pub fn start_workload_writing(
         cmd.arg("--sequential");
     }
     let child = tern_sys::child::only_stdio(
-        cmd
-            .arg("--mib")
+        cmd.arg("--mib")
             .arg(mib.to_string())
             .arg("--dirty-mbps")
             .arg(dirty_mbps.to_string())

@@ -101,7 +101,7 @@ pub struct DumpStats {
     pub pages_seen: u64,
     pub round_hash: u64,
     /// Pages left out of the image for post-copy (`Tracking::defer`): their
-    /// addresses, sorted; `deferred.img` lists them with their hashes.
+    /// addresses, sorted; `deferred.img` lists them.
     pub deferred: Vec<u64>,
 }
 
@@ -439,7 +439,7 @@ pub(crate) fn dump_frozen(
         pages_stored: capture.pages_stored,
         pages_seen: capture.table_len(),
         round_hash: capture.round_hash,
-        deferred: capture.deferred.iter().map(|p| p.0).collect(),
+        deferred: capture.deferred.clone(),
     };
     Ok(stats)
 }
@@ -1180,8 +1180,8 @@ pub struct PageCapture {
     pub delta: Option<wire::TableDelta>,
     pub pages_stored: u64,
     pub round_hash: u64,
-    /// (address, xxh3) of the pages left for post-copy, sorted.
-    pub deferred: Vec<(u64, u64)>,
+    /// Addresses of the pages left for post-copy, sorted.
+    pub deferred: Vec<u64>,
 }
 
 impl PageCapture {
@@ -1200,8 +1200,12 @@ impl PageCapture {
 /// zeros or the file's bytes, and dropped from the table), and the parent's
 /// entries in ranges no longer mapped are dropped. Produces the table as a
 /// delta to `parent`; its cost follows what changed, not the program's size.
-/// With `defer`, changed pages of private anonymous memory are hashed but
-/// not stored: they are listed in `deferred`, for post-copy.
+/// With `defer`, the dirty pages of private anonymous memory are neither
+/// read nor stored: they are listed in `deferred`, for post-copy (read
+/// from the stopped program when they are sent, so the frozen phase costs
+/// what the rest of the state costs). Their entries in the table stay as
+/// the parent had them; the destination fetches those pages whatever its
+/// table says.
 fn capture_delta(
     pid: i32,
     maps: &[MapEntry],
@@ -1255,8 +1259,7 @@ fn capture_delta(
     let mut to_read: Vec<Vec<u64>> = Vec::new();
     let mut gone: Vec<Vec<(u64, bool)>> = Vec::new(); // (address, anonymous)
     let mut anon_pages: Vec<(u64, u64)> = Vec::new(); // anonymous ranges
-    let mut deferrable: Vec<(u64, u64)> = Vec::new(); // private anonymous
-    let mut deferred: Vec<(u64, u64)> = Vec::new();
+    let mut deferred: Vec<u64> = Vec::new();
     for m in &capturable {
         let lo = merged.partition_point(|r| r.1 <= m.start);
         let segs: Vec<(u64, u64)> = merged[lo..]
@@ -1271,9 +1274,7 @@ fn capture_delta(
         if anon {
             anon_pages.push((m.start, m.end));
         }
-        if defer && anon && !m.shared {
-            deferrable.push((m.start, m.end));
-        }
+        let deferrable = defer && anon && !m.shared;
         let (mut reads, mut gones) = (Vec::new(), Vec::new());
         // Many scattered ranges: one pagemap read over their span.
         let span = (first.0, last.1);
@@ -1298,7 +1299,9 @@ fn capture_delta(
             let mut a = s0;
             while a < e0 {
                 let e = entries[((a - base) / page) as usize];
-                if page_needed(m, e) {
+                if page_needed(m, e) && deferrable {
+                    deferred.push(a);
+                } else if page_needed(m, e) {
                     reads.push(a);
                 } else if parent_has(a).is_some() {
                     gones.push((a, anon));
@@ -1311,15 +1314,15 @@ fn capture_delta(
             start = m.start,
             name = %m.name,
             with_data = reads.len(),
+            deferred = deferred.len(),
             gone = gones.len(),
-            deferrable = defer && anon && !m.shared,
+            deferrable,
             "final delta of a mapping"
         );
         to_read.push(reads);
         gone.push(gones);
     }
     let is_anon = |a: u64| anon_pages.iter().any(|&(s, e)| s <= a && a < e);
-    let is_deferrable = |a: u64| deferrable.iter().any(|&(s, e)| s <= a && a < e);
     // Back-to-back (address, length) runs of ascending page addresses.
     let runs_of = |addrs: &[u64]| {
         let mut runs: Vec<(u64, usize)> = Vec::new();
@@ -1355,13 +1358,10 @@ fn capture_delta(
                     round.update(&pa.to_le_bytes());
                     round.update(&h.to_le_bytes());
                 }
-                let deferring = is_new && is_deferrable(pa);
-                if deferring {
-                    deferred.push((pa, h));
-                } else if is_new {
+                if is_new {
                     pages_stored += 1;
                 }
-                keep.push(is_new && !deferring);
+                keep.push(is_new);
             }
             if !out.submit_scattered(batch.to_vec(), buf, PageFilter::Only(keep)) {
                 return Ok(());

@@ -2,14 +2,14 @@
 //! the source (`deferred.img`) is resumed without them. A userfaultfd
 //! registered over the private anonymous mappings holding those pages
 //! reports each first touch; [`Filler`] asks the source for the page (and
-//! its neighbours), fills it with `UFFDIO_COPY` once it arrives (checked
-//! against the xxh3 the final image gave), and fills the pages the source
+//! its neighbours), fills it with `UFFDIO_COPY` once it arrives, and fills
+//! the pages the source
 //! pushes in the background, until none is owed. Pages that never had data
 //! get the zero page. The program's forks, mremaps, madvise(DONTNEED)s and
 //! munmaps during that time are followed through the uffd's events. See
 //! kernel-notes, "Post-copy".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
@@ -24,8 +24,8 @@ use crate::{RestoreError, Result, StepContext};
 #[derive(Debug)]
 pub struct OwedPages {
     uffd: OwnedFd,
-    /// (address, xxh3), sorted.
-    pages: Vec<(u64, u64)>,
+    /// Addresses, sorted.
+    pages: Vec<u64>,
     page_size: u64,
 }
 
@@ -44,15 +44,13 @@ impl OwedPages {
     }
 }
 
-/// The owed pages of the final image in `dir`, checked against its layout
-/// and page table: each in a private anonymous mapping and in the table
-/// with the same hash. `None` when it owes none.
+/// The owed pages of the final image in `dir`, checked against its
+/// layout: each in a private anonymous mapping. `None` when it owes none.
 pub(crate) fn read_owed(
     dir: &Path,
     vmas: &[wire::Vma],
-    changed: &[(u64, u64)],
     page_size: u64,
-) -> Result<Option<Vec<(u64, u64)>>> {
+) -> Result<Option<Vec<u64>>> {
     let path = dir.join(wire::DEFERRED_FILE);
     if !path.exists() {
         return Ok(None);
@@ -65,7 +63,7 @@ pub(crate) fn read_owed(
     if !owed.well_formed(page_size) {
         return Err(bad("pages not sorted, repeated or not page-aligned".into()));
     }
-    for &(a, h) in &owed.pages {
+    for &a in &owed.pages {
         if !vmas
             .iter()
             .any(|v| v.kind == wire::VmaKind::Anon && !v.shared && v.start <= a && a < v.end)
@@ -73,14 +71,6 @@ pub(crate) fn read_owed(
             return Err(bad(format!(
                 "page {a:#x} is not in private anonymous memory"
             )));
-        }
-        match changed.binary_search_by_key(&a, |e| e.0) {
-            Ok(i) if changed[i].1 == h => {}
-            _ => {
-                return Err(bad(format!(
-                    "page {a:#x} is not in the page table with that hash"
-                )))
-            }
         }
     }
     Ok(Some(owed.pages))
@@ -116,11 +106,11 @@ pub(crate) fn register(
     pid: i32,
     uffd: OwnedFd,
     vmas: &[wire::Vma],
-    pages: Vec<(u64, u64)>,
+    pages: Vec<u64>,
     page_size: u64,
 ) -> Result<OwedPages> {
     let mut done: Vec<(u64, u64)> = Vec::new();
-    for &(a, _) in &pages {
+    for &a in &pages {
         if done.last().is_some_and(|&(s, e)| s <= a && a < e) {
             continue;
         }
@@ -190,8 +180,8 @@ impl Space {
 #[derive(Debug)]
 pub struct Filler {
     spaces: Vec<Space>,
-    /// xxh3 of every owed page, by source address.
-    hashes: HashMap<u64, u64>,
+    /// Every page owed, by source address.
+    owed: HashSet<u64>,
     /// Source addresses already asked for.
     asked: HashSet<u64>,
     page: u64,
@@ -201,7 +191,7 @@ pub struct Filler {
 
 impl Filler {
     pub fn new(owed: OwedPages) -> Filler {
-        let by_here: BTreeMap<u64, u64> = owed.pages.iter().map(|&(a, _)| (a, a)).collect();
+        let by_here: BTreeMap<u64, u64> = owed.pages.iter().map(|&a| (a, a)).collect();
         let space = Space {
             uffd: owed.uffd,
             by_source: by_here.clone(),
@@ -209,7 +199,7 @@ impl Filler {
         };
         Filler {
             spaces: vec![space],
-            hashes: owed.pages.iter().copied().collect(),
+            owed: owed.pages.iter().copied().collect(),
             asked: HashSet::new(),
             page: owed.page_size,
             tally: Default::default(),
@@ -314,9 +304,8 @@ impl Filler {
     }
 
     /// Fill pages that arrived: `data` from the source's address `start`
-    /// on. Each is checked against its hash, then copied into every space
-    /// that still waits for it. Returns pages to ask for that touches
-    /// revealed meanwhile.
+    /// on, each one owed, copied into every space that still waits for it.
+    /// Returns pages to ask for that touches revealed meanwhile.
     pub fn fill(&mut self, start: u64, data: &[u8]) -> std::result::Result<Vec<u64>, String> {
         let page = self.page as usize;
         if data.is_empty() || !data.len().is_multiple_of(page) {
@@ -325,15 +314,10 @@ impl Filler {
                 data.len()
             ));
         }
-        for (k, bytes) in data.chunks(page).enumerate() {
+        for k in 0..data.len() / page {
             let src = start + (k * page) as u64;
-            let Some(&h) = self.hashes.get(&src) else {
+            if !self.owed.contains(&src) {
                 return Err(format!("the source sent page {src:#x}, which was not owed"));
-            };
-            if xxhash_rust::xxh3::xxh3_64(bytes) != h {
-                return Err(format!(
-                    "page {src:#x} arrived different from the final page table's hash"
-                ));
             }
         }
         let mut want = Vec::new();

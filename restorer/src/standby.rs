@@ -596,16 +596,8 @@ impl Standby {
                 });
             }
         }
-        let owed = crate::postcopy::read_owed(
-            dir,
-            &image.mm.vmas,
-            delta.as_ref().map_or(&full_table, |d| &d.changed),
-            self.page_size,
-        )?;
-        let is_owed = |a: u64| {
-            owed.as_ref()
-                .is_some_and(|o| o.binary_search_by_key(&a, |e| e.0).is_ok())
-        };
+        let owed = crate::postcopy::read_owed(dir, &image.mm.vmas, self.page_size)?;
+        let is_owed = |a: u64| owed.as_ref().is_some_and(|o| o.binary_search(&a).is_ok());
         self.apply_layout(dir, &image.mm.vmas)?;
         let (pages, _) = self.absorb_pages(dir)?;
         let dropped = match &delta {
@@ -626,7 +618,7 @@ impl Standby {
         let stale: Vec<u64> = owed
             .iter()
             .flatten()
-            .map(|e| e.0)
+            .copied()
             .filter(|a| self.pages.contains_key(a))
             .collect();
         let stale_dropped = self.drop_pages(&stale)?;

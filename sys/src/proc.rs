@@ -190,8 +190,7 @@ const FIRST_SPECIAL_SWAP_TYPE: u64 = 23;
 /// The swap type is shown only to `CAP_SYS_ADMIN` (else 0: counted as
 /// swapped, the safe side).
 pub fn pm_swapped(entry: u64) -> bool {
-    entry & PM_SWAP != 0
-        && !(entry & PM_UFFD_WP != 0 && entry & 0x1f >= FIRST_SPECIAL_SWAP_TYPE)
+    entry & PM_SWAP != 0 && !(entry & PM_UFFD_WP != 0 && entry & 0x1f >= FIRST_SPECIAL_SWAP_TYPE)
 }
 
 /// `/proc/PID/pagemap`, read a whole range at a time.

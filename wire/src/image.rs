@@ -288,24 +288,25 @@ pub const TABLE_DELTA_FILE: &str = "table-delta.img";
 
 /// A final image made for a post-copy migration leaves some pages at the
 /// source: the pages dirtied last in private anonymous memory. This file
-/// lists them with their xxh3, as of the freeze; the destination resumes
-/// the program without them and fills each one, checked against its hash,
-/// when the program first touches it or when it arrives in the background.
+/// lists them; the destination resumes the program without them and fills
+/// each one when the program first touches it or when it arrives in the
+/// background (read then from the stopped source, over the authenticated
+/// channel). Their page-table entries are not part of the image.
 pub const DEFERRED_FILE: &str = "deferred.img";
 
 /// The pages a post-copy final image does not hold.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Deferred {
-    /// (address, xxh3) of every page still at the source, sorted.
-    pub pages: Vec<(u64, u64)>,
+    /// Address of every page still at the source, sorted.
+    pub pages: Vec<u64>,
 }
 
 impl Deferred {
     /// Whether the list is sorted without repeats (what a reader must check
     /// before it searches it).
     pub fn well_formed(&self, page_size: u64) -> bool {
-        self.pages.windows(2).all(|w| w[0].0 < w[1].0)
-            && self.pages.iter().all(|p| p.0.is_multiple_of(page_size))
+        self.pages.windows(2).all(|w| w[0] < w[1])
+            && self.pages.iter().all(|p| p.is_multiple_of(page_size))
     }
 }
 
