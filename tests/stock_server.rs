@@ -400,52 +400,6 @@ fn nginx_or_skip(test: &str) -> bool {
     command_or_skip(test, "nginx", "nginx-light")
 }
 
-/// Start nginx (master and 2 workers, in the foreground) in `ns`, serving
-/// `dir/html`; returns once it answers.
-fn start_nginx(dir: &TestDir, ns: &Netns) -> ProcGuard {
-    let html = dir.join("html");
-    std::fs::create_dir_all(&html).expect("html dir");
-    std::fs::write(html.join("index.html"), "hello edge\n").expect("index.html");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process on;\nworker_processes 2;\nerror_log {err};\npid {pid};\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; server {{ listen 0.0.0.0:{NGINX_PORT}; root {html};\n\
-             location /pid {{ return 200 \"$pid\\n\"; }} }} }}\n",
-            err = dir.join("error.log").display(),
-            pid = dir.join("nginx.pid").display(),
-            html = html.display(),
-        ),
-    )
-    .expect("nginx.conf");
-    let cmd = ns
-        .cmd("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.path());
-    let nginx = spawn_redirected(
-        &cmd,
-        Stdio::null(),
-        &dir.join("nginx.out"),
-        &dir.join("nginx.err"),
-    );
-    wait_until(
-        Duration::from_secs(10),
-        "nginx to answer",
-        || {
-            http_get(ns, NGINX_PORT, "/")
-                .ok()
-                .filter(|b| b == "hello edge")
-                .map(drop)
-        },
-        || tail(&dir.join("error.log"), 10),
-    );
-    nginx
-}
-
 /// The worker pids nginx answers `/pid` with, over `n` requests.
 fn nginx_worker_pids(ns: &Netns, n: usize) -> std::collections::BTreeSet<i32> {
     (0..n)
@@ -468,7 +422,7 @@ fn nginx_master_and_workers_move_stop_and_copy() {
         return;
     };
     let dir = TestDir::new(test);
-    let mut master = start_nginx(&dir, &edges.a);
+    let mut master = start_nginx(&dir, &edges.a, NGINX_PORT, "");
     let pid = master.pid();
     let workers: std::collections::BTreeSet<i32> = children_of(pid).into_iter().collect();
     assert_eq!(workers.len(), 2, "{workers:?}");

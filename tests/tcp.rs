@@ -539,3 +539,136 @@ fn half_closed_connection_is_refused() {
         || tail(&out, 3),
     );
 }
+
+/// nginx (a master and two workers) moves from A to B with a keep-alive
+/// client in the user's namespace asking every 5 ms over one connection,
+/// accepted by one worker (issue 15). The whole tree stops for the copy
+/// (`--mode simple`), the worker's connection moves with it
+/// (`--tcp-established`) and the handoff moves the service address. The
+/// client sees no failed request and never opens another connection; the
+/// same worker answers, with its pid from before; the master in B still
+/// has its two workers.
+#[test]
+fn nginx_with_a_keep_alive_client_moves_to_edge_b() {
+    let test = "nginx_with_a_keep_alive_client_moves_to_edge_b";
+    if !command_or_skip(test, "nginx", "nginx-light") {
+        return;
+    }
+    let Some(w) = world_or_skip(test) else {
+        return;
+    };
+    const PORT: u16 = 18090;
+    let dir = TestDir::new(test);
+    let mut master = start_nginx(
+        &dir,
+        &w.edges.a,
+        PORT,
+        "keepalive_requests 1000000; keepalive_timeout 300s;",
+    );
+    let pid = master.pid();
+    let workers: std::collections::BTreeSet<i32> = children_of(pid).into_iter().collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let out = dir.join("client.out");
+    let client_cmd = w
+        .user
+        .cmd("python3")
+        .arg(workloads_dir().join("keepalive_client.py"))
+        .arg(SERVICE_ADDR)
+        .arg(PORT.to_string())
+        .arg(&out);
+    let mut client = spawn_redirected(
+        &client_cmd,
+        Stdio::null(),
+        &dir.join("c.out"),
+        &dir.join("c.err"),
+    );
+    let requests = |n: usize| {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} keep-alive requests answered"),
+            || {
+                let lines = complete_lines(&out);
+                if let Some(f) = lines.iter().find(|l| l.starts_with("FAIL")) {
+                    panic!("the client failed: {f}");
+                }
+                (lines.len() >= n).then_some(lines)
+            },
+            || format!("{}\n{}", tail(&out, 3), tail(&dir.join("c.err"), 5)),
+        )
+    };
+    let before = requests(200);
+    let key = keygen(&dir, "tern.key");
+    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
+    let _serve = start_serve_in(&dir, &w.edges.b, &to, &key, &["--once"]);
+    let args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &to,
+        "--key",
+        &key,
+        "--mode",
+        "simple",
+        "--tcp-established",
+        "--handoff-cmd",
+        w.handoff_cmd(),
+        "--report",
+        dir.join("report.json"),
+    ];
+    run_tern_in(&dir, Some(&w.edges.a.name), &args, Stdio::null())
+        .assert_ok("migrate nginx --mode simple --tcp-established");
+    assert!(master.wait_exit(Duration::from_secs(10)).is_some());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
+            .expect("json");
+    let moved = report["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut guards = vec![ProcGuard::adopt(moved)];
+    let moved_workers = children_of(moved);
+    guards.extend(moved_workers.iter().map(|&p| ProcGuard::adopt(p)));
+    assert_eq!(
+        netns_of(moved),
+        Some(w.edges.b.inode()),
+        "nginx must run in B"
+    );
+    assert_eq!(moved_workers.len(), 2, "the master in B has its workers");
+    let all = requests(before.len() + 400);
+    client.kill_and_wait();
+    // One connection, one worker (its pid from before), every answer.
+    let fields: Vec<Vec<&str>> = all.iter().map(|l| l.split(' ').collect()).collect();
+    let ports: std::collections::BTreeSet<&str> = fields.iter().map(|f| f[3]).collect();
+    let answered_by: std::collections::BTreeSet<&str> = fields.iter().map(|f| f[2]).collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "the client used more than one connection: {ports:?}"
+    );
+    assert_eq!(answered_by.len(), 1, "answered by {answered_by:?}");
+    let worker: i32 = answered_by
+        .iter()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    assert!(
+        workers.contains(&worker),
+        "{worker} is not one of {workers:?}"
+    );
+    let numbers: Vec<u64> = fields.iter().map(|f| f[1].parse().expect("n")).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|e| panic!("requests: {e}"));
+    let longest = fields
+        .iter()
+        .map(|f| f[4].parse::<u64>().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{test}: {} requests over one connection to worker {worker}; the client's longest wait {:.1} ms; tern's downtime {:.1} ms (3 processes)",
+        all.len(),
+        longest as f64 / 1e3,
+        report["downtime_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    wait_no_tables(&w.edges.a);
+    wait_no_tables(&w.edges.b);
+    for mut g in guards {
+        g.kill_and_wait();
+    }
+}

@@ -94,12 +94,6 @@ pub(crate) struct StoppedTree {
 /// Stop the tree under `root` and write its image into `dir`, leaving
 /// every process stopped. On error the tree runs on.
 pub(crate) fn dump_tree_stopped(root: i32, dir: &Path, opts: &DumpOptions) -> Result<StoppedTree> {
-    if opts.tcp_established {
-        return Err(refuse(
-            root,
-            "--tcp-established is not supported for process trees yet".into(),
-        ));
-    }
     if opts.parent.is_some() {
         return Err(refuse(
             root,

@@ -1830,6 +1830,53 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> Result<String, String> {
     })
 }
 
+/// Start nginx (master and 2 workers, in the foreground) in `ns`, serving
+/// `dir/html` on `port` (`/pid` answers with the worker's pid), with
+/// `http_extra` in its `http` block; returns once it answers.
+pub fn start_nginx(dir: &TestDir, ns: &Netns, port: u16, http_extra: &str) -> ProcGuard {
+    let html = dir.join("html");
+    std::fs::create_dir_all(&html).expect("html dir");
+    std::fs::write(html.join("index.html"), "hello edge\n").expect("index.html");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\nerror_log {err};\npid {pid};\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; {http_extra} server {{ listen 0.0.0.0:{port}; root {html};\n\
+             location /pid {{ return 200 \"$pid\\n\"; }} }} }}\n",
+            err = dir.join("error.log").display(),
+            pid = dir.join("nginx.pid").display(),
+            html = html.display(),
+        ),
+    )
+    .expect("nginx.conf");
+    let cmd = ns
+        .cmd("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.path());
+    let nginx = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("nginx.out"),
+        &dir.join("nginx.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "nginx to answer",
+        || {
+            http_get(ns, port, "/")
+                .ok()
+                .filter(|b| b == "hello edge")
+                .map(drop)
+        },
+        || tail(&dir.join("error.log"), 10),
+    );
+    nginx
+}
+
 /// `tern dump` of `source` (our child, reaped here once killed), then
 /// `tern restore` of it in network namespace `netns`: the restored copy.
 pub fn dump_then_restore_in(dir: &TestDir, netns: &str, source: &mut ProcGuard) -> ProcGuard {
