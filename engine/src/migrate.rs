@@ -639,109 +639,32 @@ pub fn migrate(
     info!(pid, to = %opts.to, "connected, authenticated");
 
     // Rounds while the program runs; any failure leaves it running.
-    let mut sent_rounds: Vec<WireRound> = Vec::new();
-    let mut pending_sends = 0usize;
     let mut precopy_opts = opts.precopy.clone();
     precopy_opts.dump.zstd_level = match opts.compress {
         Compression::Zstd(l) => Some(l),
         Compression::Off | Compression::Auto => None,
     };
-    let mut compressing = precopy_opts.dump.zstd_level.is_some();
+    let mut shipped = Shipped {
+        rounds: Vec::new(),
+        pending: 0,
+        compressing: precopy_opts.dump.zstd_level.is_some(),
+    };
     let mut turn = None;
     let frozen = match opts.mode {
         Mode::Simple => {
             turn = opts.freeze_turns.as_ref().map(|t| t.take().0);
             precopy::freeze_whole(pid, &stage_dir, &precopy_opts.dump)
         }
-        Mode::Live => (|| {
-            let mut pc = Precopy::start(pid, &stage_dir, &precopy_opts)?;
-            let mut forced = 0;
-            loop {
-                link.check_incoming().map_err(fail)?;
-                if let (None, Some(t)) = (&turn, &opts.freeze_turns) {
-                    t.wait_quiet();
-                }
-                let r = match pc.next_round()? {
-                    Some(r) => r,
-                    None => {
-                        // The policy would freeze now; but rounds still on
-                        // the wire or not yet applied at the destination
-                        // would land in the frozen phase. Wait for them
-                        // (the program runs), then take what was written
-                        // meanwhile in one more round. Likewise for the
-                        // turn to freeze, when migrations run at once.
-                        let mut waited = false;
-                        if let (None, Some(t)) = (&turn, &opts.freeze_turns) {
-                            let (taken, long) = t.take();
-                            turn = Some(taken);
-                            waited = long;
-                        }
-                        let outstanding =
-                            pending_sends > 0 || link.applied() < sent_rounds.len() as u32;
-                        if !outstanding && !waited {
-                            break;
-                        }
-                        drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
-                        // Post-copy sends what was written meanwhile after
-                        // the resume; another round would only race the
-                        // writer again.
-                        if forced >= MAX_FORCED_ROUNDS || pc.post_copy_chosen() {
-                            break;
-                        }
-                        forced += 1;
-                        pc.force_round()?
-                    }
-                };
-                on_round(&r);
-                sent_rounds.push(WireRound {
-                    round: r.round,
-                    dirty_pages: r.dirty_pages,
-                    pages: r.stored_pages,
-                    bytes: r.stored_bytes,
-                    hash: r.hash,
-                    copy_ms: r.ms,
-                    send_ms: 0.0,
-                    wire_bytes: 0,
-                });
-                link.submit(Job::Round {
-                    round: r.round,
-                    dir: r.dir.clone(),
-                    final_round: false,
-                    remove: true,
-                })
-                .map_err(fail)?;
-                pending_sends += 1;
-                // Collect what finished sending meanwhile.
-                while let Ok(s) = link.sent.try_recv() {
-                    pending_sends -= 1;
-                    if let Some(rate) = link_rate(&s) {
-                        pc.observe_link(rate);
-                    }
-                    note_sent(&mut sent_rounds, s).map_err(fail)?;
-                }
-                if opts.compress == Compression::Auto && !compressing {
-                    // A round that took the link longer than zstd would
-                    // have taken: compress from now on.
-                    if let Some(r) = sent_rounds.iter().find(|r| r.send_ms > 20.0) {
-                        let rate = r.wire_bytes as f64 / r.send_ms;
-                        if rate < ZSTD_PAYS_BELOW {
-                            info!(
-                                mb_per_s = rate / 1e3,
-                                "slow link: compressing rounds with zstd 1"
-                            );
-                            pc.set_zstd_level(Some(1));
-                            compressing = true;
-                        }
-                    }
-                }
-            }
-            drain(&mut link, &mut sent_rounds, &mut pending_sends).map_err(fail)?;
-            if pc.post_copy_chosen() {
-                pc.freeze_deferring()
-            } else {
-                pc.freeze()
-            }
-        })(),
+        Mode::Live => live_rounds(
+            pid,
+            opts,
+            &precopy_opts,
+            &stage_dir,
+            &mut link,
+            &mut shipped,
+            &mut turn,
+            on_round,
+        ),
     }
     .map_err(|e| {
         // A send that failed because the destination refused and hung up:
@@ -758,20 +681,6 @@ pub fn migrate(
 
     // Frozen from here: until the commit, any failure thaws the program.
     let final_dump_ms = frozen.stopped_ms();
-    let t_dumped = Instant::now();
-    let settle = |frozen: Frozen, link: &mut Link, what: String| -> EngineError {
-        let what = match link.refusal() {
-            Some(reason) if !what.contains(&reason) => {
-                format!("the destination refused: {reason}")
-            }
-            _ => what,
-        };
-        link.abort(&what);
-        match frozen.thaw() {
-            Ok(_) => fail(what),
-            Err(e) => fail(format!("{what}; and resuming it failed: {e}")),
-        }
-    };
     let owes_pages = !frozen.deferred().is_empty();
     if owes_pages {
         info!(
@@ -780,116 +689,12 @@ pub fn migrate(
         );
         link.proto.owe_pages();
     }
-    let mut rounds_done = || -> std::result::Result<(), String> {
-        drain(&mut link, &mut sent_rounds, &mut pending_sends)?;
-        let round = sent_rounds.len() as u32;
-        link.submit(Job::Round {
-            round,
-            dir: stage_dir.clone(),
-            final_round: true,
-            remove: false,
-        })?;
-        match link.wait_sent()? {
-            Sent::Round { .. } => Ok(()),
-            _ => Err("sender out of step".into()),
-        }
+    let ready = match final_round_until_ready(&mut link, &mut shipped, &stage_dir, opts, pid) {
+        Ok(r) => r,
+        Err(what) => return Err(settle(frozen, &mut link, pid, what)),
     };
-    if let Err(what) = rounds_done() {
-        return Err(settle(frozen, &mut link, what));
-    }
-    let transfer_ms = t_dumped.elapsed().as_secs_f64() * 1e3;
-    debug!(transfer_ms, "final round sent");
-    let (restore_ms, t_ready) = match link.wait_input("Ready") {
-        Ok(SourceInput::Ready { ms, .. }) => {
-            debug!(restore_ms = ms, "destination ready");
-            (ms, Instant::now())
-        }
-        Ok(other) => {
-            let what = format!("tern bug: {other:?} instead of Ready");
-            return Err(settle(frozen, &mut link, what));
-        }
-        Err(what) => return Err(settle(frozen, &mut link, what)),
-    };
-
-    let mut handoff_ms = 0.0;
-    if let Some(cmd) = &opts.handoff_cmd {
-        let t = Instant::now();
-        if let Err(what) = run_handoff(cmd, pid, &opts.to, opts.timeout) {
-            return Err(settle(frozen, &mut link, what));
-        }
-        handoff_ms = t.elapsed().as_secs_f64() * 1e3;
-        debug!(handoff_ms, "handoff command done");
-    }
-    // A destination already gone never got the Commit: thaw safely.
-    if let Err(what) = link.check_incoming() {
-        return Err(settle(frozen, &mut link, what));
-    }
-    // The record `tern resolve` settles from, should this tern not learn
-    // the outcome (or die) once the Commit has left.
-    let (lock_table, repaired_fds) = frozen.held_connections();
-    let record = pending::Record {
-        pid,
-        start: tern_sys::proc::start_time(pid).unwrap_or(0),
-        to: opts.to.clone(),
-        session,
-        lock_table,
-        repaired_fds,
-    };
-    if let Err(e) = record.write() {
-        let what = format!(
-            "cannot write the pending-migration record {}: {e}",
-            pending::Record::path_of(pid).display()
-        );
-        return Err(settle(frozen, &mut link, what));
-    }
-    // Commit: from here this copy never runs again. A SIGSTOP queued now
-    // is taken the moment it is let go, so even if this tern dies (the
-    // kernel then detaches the program) it cannot run twice.
-    frozen.stop_when_released();
-    let commit_sent = link
-        .submit(Job::Message(Message::Commit))
-        .and_then(|()| link.wait_sent().map(|_| ()));
-    let running = match commit_sent {
-        // The Commit may or may not have left: do not risk two copies.
-        Err(what) => Err(what),
-        Ok(()) => match link.wait_input("Running") {
-            Ok(SourceInput::Running { pid, ns_pid, .. }) => Ok((pid, ns_pid)),
-            Ok(other) => Err(format!("tern bug: {other:?} instead of Running")),
-            Err(what) => Err(what),
-        },
-    };
-    let (restored_pid, restored_ns_pid) = match running {
-        Ok(ids) => ids,
-        Err(what) if owes_pages => {
-            let owed = frozen.deferred().len();
-            // Without the link the destination cannot get the pages it
-            // still lacks: whatever it did, the program cannot go on there.
-            return Err(lost_in_post_copy(frozen, pid, &what, owed));
-        }
-        Err(what) => {
-            warn!(
-                pid,
-                "link lost after the commit ({what}); asking the destination"
-            );
-            match ask_until_settled(opts, session) {
-                Some(SessionOutcome::Running { pid, ns_pid }) => (pid, ns_pid),
-                Some(_) => {
-                    // Discarded there: this copy is the only one.
-                    frozen.cancel_stop_when_released();
-                    pending::Record::remove(pid);
-                    let what = format!(
-                        "after the commit was sent: {what}; {} then said it had discarded its copy",
-                        opts.to
-                    );
-                    return match frozen.thaw() {
-                        Ok(_) => Err(fail(what)),
-                        Err(e) => Err(fail(format!("{what}; and resuming it failed: {e}"))),
-                    };
-                }
-                None => return Err(leave_stopped(frozen, pid, &opts.to, &what)),
-            }
-        }
-    };
+    let (frozen, (restored_pid, restored_ns_pid)) =
+        commit(frozen, &mut link, opts, pid, session, owes_pages)?;
     let t_running = Instant::now();
     // The program runs there: another may freeze while this copy ends.
     drop(turn);
@@ -913,20 +718,20 @@ pub fn migrate(
         restored_pid,
         restored_ns_pid,
         mode: opts.mode,
-        compressed: compressing,
+        compressed: shipped.compressing,
         tracker: report.tracker.to_string(),
         policy: report.policy.clone(),
         stop_reason: report.stop_reason.clone(),
-        rounds: sent_rounds,
+        rounds: shipped.rounds,
         downtime_ms,
         final_dump_ms,
-        transfer_ms,
+        transfer_ms: ready.transfer_ms,
         frozen_at,
         running_at: t_running,
-        restore_ms,
+        restore_ms: ready.restore_ms,
         post_copy,
-        commit_ms: t_running.duration_since(t_ready).as_secs_f64() * 1e3 - handoff_ms,
-        handoff_ms,
+        commit_ms: t_running.duration_since(ready.at).as_secs_f64() * 1e3 - ready.handoff_ms,
+        handoff_ms: ready.handoff_ms,
         final_pages: report.final_stats.pages_stored,
         final_bytes: report.final_stats.stored_bytes,
         bytes_on_wire,
@@ -934,6 +739,278 @@ pub fn migrate(
     };
     info!(?out, "migration complete");
     Ok(out)
+}
+
+/// The frozen phase up to the commit, as measured.
+struct Readied {
+    /// Final image written -> the destination received all of it.
+    transfer_ms: f64,
+    /// The destination's own time to rebuild the program.
+    restore_ms: f64,
+    /// When `Ready` came.
+    at: Instant,
+    handoff_ms: f64,
+}
+
+/// Frozen: ship the final image (after every round before it), wait for
+/// the destination's `Ready`, run the handoff command. An error means
+/// nothing was committed: the caller thaws the program here.
+fn final_round_until_ready(
+    link: &mut Link,
+    shipped: &mut Shipped,
+    stage_dir: &Path,
+    opts: &MigrateOptions,
+    pid: i32,
+) -> std::result::Result<Readied, String> {
+    let t = Instant::now();
+    drain(link, &mut shipped.rounds, &mut shipped.pending)?;
+    link.submit(Job::Round {
+        round: shipped.rounds.len() as u32,
+        dir: stage_dir.to_path_buf(),
+        final_round: true,
+        remove: false,
+    })?;
+    if !matches!(link.wait_sent()?, Sent::Round { .. }) {
+        return Err("sender out of step".into());
+    }
+    let transfer_ms = t.elapsed().as_secs_f64() * 1e3;
+    debug!(transfer_ms, "final round sent");
+    let restore_ms = match link.wait_input("Ready")? {
+        SourceInput::Ready { ms, .. } => ms,
+        other => return Err(format!("tern bug: {other:?} instead of Ready")),
+    };
+    debug!(restore_ms, "destination ready");
+    let at = Instant::now();
+    let mut handoff_ms = 0.0;
+    if let Some(cmd) = &opts.handoff_cmd {
+        run_handoff(cmd, pid, &opts.to, opts.timeout)?;
+        handoff_ms = at.elapsed().as_secs_f64() * 1e3;
+        debug!(handoff_ms, "handoff command done");
+    }
+    // A destination already gone never got the Commit: thaw safely.
+    link.check_incoming()?;
+    Ok(Readied {
+        transfer_ms,
+        restore_ms,
+        at,
+        handoff_ms,
+    })
+}
+
+/// Before the commit: tell the destination why this side gives up (its
+/// own refusal if it sent one) and thaw the program here, untouched.
+fn settle(frozen: Frozen, link: &mut Link, pid: i32, what: String) -> EngineError {
+    let what = match link.refusal() {
+        Some(reason) if !what.contains(&reason) => format!("the destination refused: {reason}"),
+        _ => what,
+    };
+    link.abort(&what);
+    let what = match frozen.thaw() {
+        Ok(_) => what,
+        Err(e) => format!("{what}; and resuming it failed: {e}"),
+    };
+    EngineError::Migration { pid, what }
+}
+
+/// Commit: write the record `tern resolve` settles from (should this tern
+/// not learn the outcome, or die, once the Commit has left), send
+/// `Commit`, and learn that the program runs there: its pids there. If the
+/// link fails meanwhile, ask the destination; a program it discarded
+/// resumes here, an unknown outcome leaves it stopped (`leave_stopped`).
+fn commit(
+    frozen: Frozen,
+    link: &mut Link,
+    opts: &MigrateOptions,
+    pid: i32,
+    session: u64,
+    owes_pages: bool,
+) -> Result<(Frozen, (i32, i32))> {
+    let (lock_table, repaired_fds) = frozen.held_connections();
+    let record = pending::Record {
+        pid,
+        start: tern_sys::proc::start_time(pid).unwrap_or(0),
+        to: opts.to.clone(),
+        session,
+        lock_table,
+        repaired_fds,
+    };
+    if let Err(e) = record.write() {
+        let what = format!(
+            "cannot write the pending-migration record {}: {e}",
+            pending::Record::path_of(pid).display()
+        );
+        return Err(settle(frozen, link, pid, what));
+    }
+    // From here this copy never runs again. A SIGSTOP queued now is taken
+    // the moment it is let go, so even if this tern dies (the kernel then
+    // detaches the program) it cannot run twice.
+    frozen.stop_when_released();
+    let commit_sent = link
+        .submit(Job::Message(Message::Commit))
+        .and_then(|()| link.wait_sent().map(|_| ()));
+    let running = match commit_sent {
+        // The Commit may or may not have left: do not risk two copies.
+        Err(what) => Err(what),
+        Ok(()) => match link.wait_input("Running") {
+            Ok(SourceInput::Running { pid, ns_pid, .. }) => Ok((pid, ns_pid)),
+            Ok(other) => Err(format!("tern bug: {other:?} instead of Running")),
+            Err(what) => Err(what),
+        },
+    };
+    let what = match running {
+        Ok(ids) => return Ok((frozen, ids)),
+        Err(what) => what,
+    };
+    if owes_pages {
+        // Without the link the destination cannot get the pages it still
+        // lacks: whatever it did, the program cannot go on there.
+        let owed = frozen.deferred().len();
+        return Err(lost_in_post_copy(frozen, pid, &what, owed));
+    }
+    warn!(
+        pid,
+        "link lost after the commit ({what}); asking the destination"
+    );
+    match ask_until_settled(opts, session) {
+        Some(SessionOutcome::Running { pid: there, ns_pid }) => Ok((frozen, (there, ns_pid))),
+        Some(_) => {
+            // Discarded there: this copy is the only one.
+            frozen.cancel_stop_when_released();
+            pending::Record::remove(pid);
+            let what = format!(
+                "after the commit was sent: {what}; {} then said it had discarded its copy",
+                opts.to
+            );
+            let what = match frozen.thaw() {
+                Ok(_) => what,
+                Err(e) => format!("{what}; and resuming it failed: {e}"),
+            };
+            Err(EngineError::Migration { pid, what })
+        }
+        None => Err(leave_stopped(frozen, pid, &opts.to, &what)),
+    }
+}
+
+/// The rounds on their way to the destination.
+struct Shipped {
+    rounds: Vec<WireRound>,
+    /// Handed to the sender task, not yet reported sent.
+    pending: usize,
+    /// Pages go compressed (from some round on).
+    compressing: bool,
+}
+
+/// Pre-copy: rounds read while the program runs and shipped as they are
+/// written, until the policy stops; then the freeze (with the turn to
+/// freeze, when migrations run at once). Any failure leaves the program
+/// running.
+#[allow(clippy::too_many_arguments)]
+fn live_rounds<'t>(
+    pid: i32,
+    opts: &'t MigrateOptions,
+    precopy_opts: &PrecopyOptions,
+    stage_dir: &Path,
+    link: &mut Link,
+    shipped: &mut Shipped,
+    turn: &mut Option<std::sync::MutexGuard<'t, ()>>,
+    on_round: &mut dyn FnMut(&RoundReport),
+) -> Result<Frozen> {
+    let fail = |what: String| EngineError::Migration { pid, what };
+    let mut pc = Precopy::start(pid, stage_dir, precopy_opts)?;
+    let mut forced = 0;
+    loop {
+        link.check_incoming().map_err(fail)?;
+        if let (None, Some(t)) = (&*turn, &opts.freeze_turns) {
+            t.wait_quiet();
+        }
+        let r = match pc.next_round()? {
+            Some(r) => r,
+            None => {
+                // The policy would freeze now; but rounds still on the wire
+                // or not yet applied at the destination would land in the
+                // frozen phase. Wait for them (the program runs), then take
+                // what was written meanwhile in one more round. Likewise
+                // for the turn to freeze, when migrations run at once.
+                let mut waited = false;
+                if let (None, Some(t)) = (&*turn, &opts.freeze_turns) {
+                    let (taken, long) = t.take();
+                    *turn = Some(taken);
+                    waited = long;
+                }
+                let outstanding =
+                    shipped.pending > 0 || link.applied() < shipped.rounds.len() as u32;
+                if !outstanding && !waited {
+                    break;
+                }
+                drain(link, &mut shipped.rounds, &mut shipped.pending).map_err(fail)?;
+                // Post-copy sends what was written meanwhile after the
+                // resume; another round would only race the writer again.
+                if forced >= MAX_FORCED_ROUNDS || pc.post_copy_chosen() {
+                    break;
+                }
+                forced += 1;
+                pc.force_round()?
+            }
+        };
+        on_round(&r);
+        ship_round(link, shipped, &mut pc, &r).map_err(fail)?;
+        if opts.compress == Compression::Auto && !shipped.compressing {
+            // A round that took the link longer than zstd would have
+            // taken: compress from now on.
+            if let Some(r) = shipped.rounds.iter().find(|r| r.send_ms > 20.0) {
+                let rate = r.wire_bytes as f64 / r.send_ms;
+                if rate < ZSTD_PAYS_BELOW {
+                    info!(
+                        mb_per_s = rate / 1e3,
+                        "slow link: compressing rounds with zstd 1"
+                    );
+                    pc.set_zstd_level(Some(1));
+                    shipped.compressing = true;
+                }
+            }
+        }
+    }
+    drain(link, &mut shipped.rounds, &mut shipped.pending).map_err(fail)?;
+    if pc.post_copy_chosen() {
+        pc.freeze_deferring()
+    } else {
+        pc.freeze()
+    }
+}
+
+/// Hand round `r` to the sender task, and take note of what finished
+/// sending meanwhile (the link's rate goes to the policy).
+fn ship_round(
+    link: &mut Link,
+    shipped: &mut Shipped,
+    pc: &mut Precopy,
+    r: &RoundReport,
+) -> std::result::Result<(), String> {
+    shipped.rounds.push(WireRound {
+        round: r.round,
+        dirty_pages: r.dirty_pages,
+        pages: r.stored_pages,
+        bytes: r.stored_bytes,
+        hash: r.hash,
+        copy_ms: r.ms,
+        send_ms: 0.0,
+        wire_bytes: 0,
+    });
+    link.submit(Job::Round {
+        round: r.round,
+        dir: r.dir.clone(),
+        final_round: false,
+        remove: true,
+    })?;
+    shipped.pending += 1;
+    while let Ok(s) = link.sent.try_recv() {
+        shipped.pending -= 1;
+        if let Some(rate) = link_rate(&s) {
+            pc.observe_link(rate);
+        }
+        note_sent(&mut shipped.rounds, s)?;
+    }
+    Ok(())
 }
 
 /// After the link failed between `Commit` and `Running`: ask the
