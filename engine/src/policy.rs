@@ -354,13 +354,7 @@ impl AdaptivePolicy {
     /// while a rate is still unknown.
     pub fn estimate(&self, rounds: &[RoundInfo]) -> Option<Estimate> {
         let last = rounds.last()?;
-        let dirty_rate = ewma(
-            rounds
-                .get(1..)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|r| rate(r.dirty_bytes, r.interval_ms)),
-        )?;
+        let dirty_rate = dirty_rate(rounds)?;
         let link = self
             .limits
             .link_bytes_per_ms
@@ -383,6 +377,18 @@ impl AdaptivePolicy {
             downtime_ms: final_bytes / transfer_rate,
         })
     }
+}
+
+/// EWMA of `dirty_bytes / interval_ms` over the increments `rounds[1..]`
+/// (round 0 is the whole memory, not a rate), bytes/ms; `None` before one.
+fn dirty_rate(rounds: &[RoundInfo]) -> Option<f64> {
+    ewma(
+        rounds
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| rate(r.dirty_bytes, r.interval_ms)),
+    )
 }
 
 /// `bytes / ms`, or `None` when the duration is not a positive finite
@@ -487,14 +493,7 @@ impl StopPolicy for HybridPolicy {
         let Some(link) = self.link_rate() else {
             return check_limits(&self.adaptive.limits, rounds, elapsed_ms);
         };
-        let dirty_rate = ewma(
-            rounds
-                .get(1..)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|r| rate(r.dirty_bytes, r.interval_ms)),
-        );
-        if let Some(d) = dirty_rate.filter(|&d| d >= link) {
+        if let Some(d) = dirty_rate(rounds).filter(|&d| d >= link) {
             return Decision::Stop(StopReason::DirtiedFasterThanLink {
                 dirty_mb_s: d / 1e3,
                 link_mb_s: link / 1e3,

@@ -166,23 +166,7 @@ pub fn register_wp(uffd: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<()>
         start,
         len: end - start,
     };
-    let mut reg = UffdioRegister {
-        range,
-        mode: UFFDIO_REGISTER_MODE_WP,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register`
-    // (`reg`); it acts on the uffd's mm, not on tern's memory.
-    if unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_REGISTER,
-            std::ptr::addr_of_mut!(reg),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    register(uffd, start, end, UFFDIO_REGISTER_MODE_WP)?;
     let mut wp = UffdioWriteprotect {
         range,
         mode: UFFDIO_WRITEPROTECT_MODE_WP,
@@ -199,6 +183,31 @@ pub fn register_wp(uffd: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<()>
         let e = io::Error::last_os_error();
         let _ = unregister(uffd, start, end);
         return Err(e);
+    }
+    Ok(())
+}
+
+/// `UFFDIO_REGISTER` of `[start, end)` of the uffd's process in `mode`.
+pub fn register(uffd: BorrowedFd<'_>, start: u64, end: u64, mode: u64) -> io::Result<()> {
+    let mut reg = UffdioRegister {
+        range: UffdioRange {
+            start,
+            len: end - start,
+        },
+        mode,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register`
+    // (`reg`); it acts on the uffd's mm, not on tern's memory.
+    if unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_REGISTER,
+            std::ptr::addr_of_mut!(reg),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::uffd::{iowr, UffdioRange, UffdioRegister, UFFDIO_REGISTER};
+use crate::uffd::{iowr, UffdioRange};
 
 pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
 pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
@@ -90,27 +90,7 @@ pub enum UffdEvent {
 /// Register `[start, end)` (whole VMAs) of the uffd's process for
 /// missing-page faults.
 pub fn register_missing(uffd: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<()> {
-    let mut reg = UffdioRegister {
-        range: UffdioRange {
-            start,
-            len: end - start,
-        },
-        mode: UFFDIO_REGISTER_MODE_MISSING,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes one `struct uffdio_register`
-    // (`reg`); it acts on the uffd's mm, not on tern's memory.
-    if unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            UFFDIO_REGISTER,
-            std::ptr::addr_of_mut!(reg),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::uffd::register(uffd, start, end, UFFDIO_REGISTER_MODE_MISSING)
 }
 
 /// Fill the missing pages at `dst` (in the uffd's process) with `data`, a
