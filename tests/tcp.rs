@@ -672,3 +672,71 @@ fn nginx_with_a_keep_alive_client_moves_to_edge_b() {
         g.kill_and_wait();
     }
 }
+
+/// Post-copy with a connection: the service moves to B with
+/// `--policy postcopy`, so it runs there (its connection live again, the
+/// user's route moved) while the pages it wrote last still arrive. The
+/// user's client, checking every answer over one connection, sees no
+/// error and no gap.
+#[test]
+fn post_copy_migration_keeps_the_users_tcp_connection() {
+    let test = "post_copy_migration_keeps_the_users_tcp_connection";
+    let Some(w) = world_or_skip(test) else {
+        return;
+    };
+    let mut s = start_service(test, &w.edges.a, &w.user, SERVICE_ADDR);
+    let pid = s.service.pid();
+    let key = keygen(&s.dir, "tern.key");
+    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
+    let _serve = start_serve_in(&s.dir, &w.edges.b, &to, &key, &["--once"]);
+    let before = client_progress(&s.client_out).expect("progress").0;
+    let args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &to,
+        "--key",
+        &key,
+        "--policy",
+        "postcopy",
+        "--tcp-established",
+        "--handoff-cmd",
+        w.handoff_cmd(),
+        "--report",
+        s.dir.join("report.json"),
+    ];
+    run_tern_in(&s.dir, Some(&w.edges.a.name), &args, Stdio::null())
+        .assert_ok("migrate --policy postcopy --tcp-established");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "the service still runs in A"
+    );
+    s.service.disarm();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.dir.join("report.json")).expect("report"))
+            .expect("json");
+    let restored = report["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let _restored = ProcGuard::adopt(restored);
+    assert_eq!(
+        netns_of(restored),
+        Some(w.edges.b.inode()),
+        "the service must run in B"
+    );
+    let pc = &report["post_copy"];
+    let owed = pc["pages"].as_u64().unwrap_or(0);
+    assert!(owed > 0, "nothing went by post-copy: {report}");
+    assert_eq!(pc["pages_placed"].as_u64(), Some(owed), "{pc}");
+    let after = wait_requests(&s.client_out, before + 500);
+    s.new_connection_works(&w.user, SERVICE_ADDR);
+    wait_no_tables(&w.edges.a);
+    wait_no_tables(&w.edges.b);
+    let (n, _) = s.finish_client();
+    assert!(n >= after.0);
+    eprintln!(
+        "TCP + post-copy: {n} requests over one connection; the user's longest wait {:.1} ms; downtime {:.1} ms; {owed} pages owed, placed in {:.0} ms",
+        longest_wait_after(&s.client_out, before) as f64 / 1e3,
+        report["downtime_ms"].as_f64().unwrap_or(f64::NAN),
+        pc["ms"].as_f64().unwrap_or(f64::NAN),
+    );
+}
