@@ -25,61 +25,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 
 const GO_PORT: u16 = 18080;
 
-/// Build the Go server into `dir`, or say why not (SKIP, or a failure
-/// under CI).
-fn go_server_or_skip(test: &str, dir: &TestDir) -> Option<PathBuf> {
-    if !command_or_skip(test, "go", "golang-go") {
-        return None;
-    }
-    let exe = dir.join("go_server");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(workloads_dir().join("go_server/main.go"))
-        .env("CGO_ENABLED", "0")
-        .env("HOME", dir.path())
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run go build");
-    assert!(
-        out.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(exe)
-}
-
 fn get(ns: &Netns, port: u16, path: &str) -> String {
     http_get(ns, port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-/// Start the server in `ns`; returns once it answers.
-fn start_go_server(dir: &TestDir, ns: &Netns, exe: &Path) -> ProcGuard {
-    let cmd = ns.cmd(exe).arg(format!("0.0.0.0:{GO_PORT}"));
-    let server = spawn_redirected(
-        &cmd,
-        Stdio::null(),
-        &dir.join("go.out"),
-        &dir.join("go.err"),
-    );
-    wait_until(
-        Duration::from_secs(10),
-        "the Go server to answer",
-        || http_get(ns, GO_PORT, "/pid").ok().map(drop),
-        || tail(&dir.join("go.err"), 10),
-    );
-    server
 }
 
 /// Count to 3 before the move.
@@ -124,7 +78,7 @@ fn go_http_server_dump_restore() {
         return;
     };
     let ns = Netns::new("go").expect("network namespace");
-    let mut server = start_go_server(&dir, &ns, &exe);
+    let mut server = start_go_server(&dir, &ns, &exe, GO_PORT);
     let pid = server.pid();
     count_to_three(&ns, GO_PORT);
     let mut restored = dump_then_restore_in(&dir, &ns.name, &mut server);
@@ -143,7 +97,7 @@ fn go_http_server_migrates_live() {
     let Some(edges) = edges_or_skip(test) else {
         return;
     };
-    let mut server = start_go_server(&dir, &edges.a, &exe);
+    let mut server = start_go_server(&dir, &edges.a, &exe, GO_PORT);
     let pid = server.pid();
     count_to_three(&edges.a, GO_PORT);
     let (rep, mut restored) = migrate_a_to_b(&dir, &edges, pid, &[]);
@@ -164,27 +118,6 @@ fn node_or_skip(test: &str) -> bool {
     command_or_skip(test, "node", "nodejs")
 }
 
-/// Start the Node.js server in `ns`; returns once it answers.
-fn start_node_server(dir: &TestDir, ns: &Netns) -> ProcGuard {
-    let cmd = ns
-        .cmd("node")
-        .arg(workloads_dir().join("node_server.js"))
-        .arg(format!("0.0.0.0:{NODE_PORT}"));
-    let server = spawn_redirected(
-        &cmd,
-        Stdio::null(),
-        &dir.join("node.out"),
-        &dir.join("node.err"),
-    );
-    wait_until(
-        Duration::from_secs(20),
-        "the Node.js server to answer",
-        || http_get(ns, NODE_PORT, "/pid").ok().map(drop),
-        || tail(&dir.join("node.err"), 10),
-    );
-    server
-}
-
 #[test]
 fn node_http_server_dump_restore_and_live_migration() {
     let test = "node_http_server_dump_restore_and_live_migration";
@@ -195,7 +128,7 @@ fn node_http_server_dump_restore_and_live_migration() {
         return;
     };
     let dir = TestDir::new(test);
-    let server = start_node_server(&dir, &edges.a);
+    let server = start_node_server(&dir, &edges.a, NODE_PORT);
     count_to_three(&edges.a, NODE_PORT);
     dump_restore_then_migrate(test, &dir, &edges, server, NODE_PORT);
 }
@@ -263,23 +196,7 @@ fn java_http_server_dump_restore_and_live_migration() {
         return;
     };
     let dir = TestDir::new(test);
-    let cmd = edges
-        .a
-        .cmd("java")
-        .arg(workloads_dir().join("Counter.java"))
-        .arg(JAVA_PORT.to_string());
-    let server = spawn_redirected(
-        &cmd,
-        Stdio::null(),
-        &dir.join("java.out"),
-        &dir.join("java.err"),
-    );
-    wait_until(
-        Duration::from_secs(60),
-        "the Java server to answer",
-        || http_get(&edges.a, JAVA_PORT, "/pid").ok().map(drop),
-        || tail(&dir.join("java.err"), 10),
-    );
+    let server = start_java_server(&dir, &edges.a, JAVA_PORT);
     let pid = server.pid();
     count_to_three(&edges.a, JAVA_PORT);
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());

@@ -68,6 +68,28 @@ impl World {
     }
 
     /// Move the service address from A to B and the user's route with it.
+    /// Undo the handoff: the service address back on A, the user's route
+    /// to it through A.
+    fn hand_back(&self) {
+        self.edges
+            .b
+            .ip(&["addr", "del", &format!("{SERVICE_ADDR}/32"), "dev", "lo"])
+            .expect("remove the service address from B");
+        self.edges
+            .a
+            .ip(&["addr", "add", &format!("{SERVICE_ADDR}/32"), "dev", "lo"])
+            .expect("put the service address back on A");
+        self.user
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{SERVICE_ADDR}/32"),
+                "via",
+                USER_TO_A.1,
+            ])
+            .expect("route the user to A again");
+    }
+
     fn handoff_cmd(&self) -> String {
         format!(
             "ip -n {a} addr del {SERVICE_ADDR}/32 dev lo && ip -n {b} addr add {SERVICE_ADDR}/32 dev lo && ip -n {u} route replace {SERVICE_ADDR}/32 via {via}",
@@ -568,60 +590,9 @@ fn nginx_with_a_keep_alive_client_moves_to_edge_b() {
     let pid = master.pid();
     let workers: std::collections::BTreeSet<i32> = children_of(pid).into_iter().collect();
     assert_eq!(workers.len(), 2, "{workers:?}");
-    let out = dir.join("client.out");
-    let client_cmd = w
-        .user
-        .cmd("python3")
-        .arg(workloads_dir().join("keepalive_client.py"))
-        .arg(SERVICE_ADDR)
-        .arg(PORT.to_string())
-        .arg(&out);
-    let mut client = spawn_redirected(
-        &client_cmd,
-        Stdio::null(),
-        &dir.join("c.out"),
-        &dir.join("c.err"),
-    );
-    let requests = |n: usize| {
-        wait_until(
-            Duration::from_secs(30),
-            &format!("{n} keep-alive requests answered"),
-            || {
-                let lines = complete_lines(&out);
-                if let Some(f) = lines.iter().find(|l| l.starts_with("FAIL")) {
-                    panic!("the client failed: {f}");
-                }
-                (lines.len() >= n).then_some(lines)
-            },
-            || format!("{}\n{}", tail(&out, 3), tail(&dir.join("c.err"), 5)),
-        )
-    };
-    let before = requests(200);
-    let key = keygen(&dir, "tern.key");
-    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
-    let _serve = start_serve_in(&dir, &w.edges.b, &to, &key, &["--once"]);
-    let args = args![
-        "migrate",
-        "--pid",
-        pid.to_string(),
-        "--to",
-        &to,
-        "--key",
-        &key,
-        "--mode",
-        "simple",
-        "--tcp-established",
-        "--handoff-cmd",
-        w.handoff_cmd(),
-        "--report",
-        dir.join("report.json"),
-    ];
-    run_tern_in(&dir, Some(&w.edges.a.name), &args, Stdio::null())
-        .assert_ok("migrate nginx --mode simple --tcp-established");
+    let (worker, report, longest_ms) =
+        keep_alive_client_through_a_migration(&w, &dir, pid, PORT, &["--mode", "simple"]);
     assert!(master.wait_exit(Duration::from_secs(10)).is_some());
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
-            .expect("json");
     let moved = report["restored_pid"].as_i64().expect("restored_pid") as i32;
     let mut guards = vec![ProcGuard::adopt(moved)];
     let moved_workers = children_of(moved);
@@ -632,38 +603,12 @@ fn nginx_with_a_keep_alive_client_moves_to_edge_b() {
         "nginx must run in B"
     );
     assert_eq!(moved_workers.len(), 2, "the master in B has its workers");
-    let all = requests(before.len() + 400);
-    client.kill_and_wait();
-    // One connection, one worker (its pid from before), every answer.
-    let fields: Vec<Vec<&str>> = all.iter().map(|l| l.split(' ').collect()).collect();
-    let ports: std::collections::BTreeSet<&str> = fields.iter().map(|f| f[3]).collect();
-    let answered_by: std::collections::BTreeSet<&str> = fields.iter().map(|f| f[2]).collect();
-    assert_eq!(
-        ports.len(),
-        1,
-        "the client used more than one connection: {ports:?}"
-    );
-    assert_eq!(answered_by.len(), 1, "answered by {answered_by:?}");
-    let worker: i32 = answered_by
-        .iter()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a pid");
     assert!(
         workers.contains(&worker),
         "{worker} is not one of {workers:?}"
     );
-    let numbers: Vec<u64> = fields.iter().map(|f| f[1].parse().expect("n")).collect();
-    check_consecutive(&numbers, 1).unwrap_or_else(|e| panic!("requests: {e}"));
-    let longest = fields
-        .iter()
-        .map(|f| f[4].parse::<u64>().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
     eprintln!(
-        "{test}: {} requests over one connection to worker {worker}; the client's longest wait {:.1} ms; tern's downtime {:.1} ms (3 processes)",
-        all.len(),
-        longest as f64 / 1e3,
+        "{test}: one connection to worker {worker}; the client's longest wait {longest_ms:.1} ms; tern's downtime {:.1} ms (3 processes)",
         report["downtime_ms"].as_f64().unwrap_or(f64::NAN)
     );
     wait_no_tables(&w.edges.a);
@@ -738,5 +683,150 @@ fn post_copy_migration_keeps_the_users_tcp_connection() {
         longest_wait_after(&s.client_out, before) as f64 / 1e3,
         report["downtime_ms"].as_f64().unwrap_or(f64::NAN),
         pc["ms"].as_f64().unwrap_or(f64::NAN),
+    );
+}
+
+/// A keep-alive client in the user's namespace asking `/pid` every 5 ms
+/// over ONE connection to `SERVICE_ADDR:port` (served from A by `pid`),
+/// through a migration A -> B with `--tcp-established` and the handoff
+/// (`extra`: more `tern migrate` options). Checks that no request failed
+/// and that one connection and one answering process were used throughout,
+/// once 400 more requests were answered from B. Returns the answering pid,
+/// the migration's report and the client's longest wait in ms.
+fn keep_alive_client_through_a_migration(
+    w: &World,
+    dir: &TestDir,
+    pid: i32,
+    port: u16,
+    extra: &[&str],
+) -> (i32, serde_json::Value, f64) {
+    let out = dir.join("client.out");
+    let client_cmd = w
+        .user
+        .cmd("python3")
+        .arg(workloads_dir().join("keepalive_client.py"))
+        .arg(SERVICE_ADDR)
+        .arg(port.to_string())
+        .arg(&out);
+    let mut client = spawn_redirected(
+        &client_cmd,
+        Stdio::null(),
+        &dir.join("client.stdout"),
+        &dir.join("client.err"),
+    );
+    let requests = |n: usize| {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} keep-alive requests answered"),
+            || {
+                let lines = complete_lines(&out);
+                if let Some(f) = lines.iter().find(|l| l.starts_with("FAIL")) {
+                    panic!("the client failed: {f}");
+                }
+                (lines.len() >= n).then_some(lines)
+            },
+            || format!("{}\n{}", tail(&out, 3), tail(&dir.join("client.err"), 5)),
+        )
+    };
+    let before = requests(200);
+    let key = keygen(dir, "tern.key");
+    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
+    let _serve = start_serve_in(dir, &w.edges.b, &to, &key, &["--once"]);
+    let mut args = args![
+        "migrate",
+        "--pid",
+        pid.to_string(),
+        "--to",
+        &to,
+        "--key",
+        &key,
+        "--tcp-established",
+        "--handoff-cmd",
+        w.handoff_cmd(),
+        "--report",
+        dir.join("report.json"),
+    ];
+    args.extend(extra.iter().map(|x| (*x).into()));
+    run_tern_in(dir, Some(&w.edges.a.name), &args, Stdio::null())
+        .assert_ok("migrate --tcp-established with a keep-alive client");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
+            .expect("json");
+    let all = requests(before.len() + 400);
+    client.kill_and_wait();
+    let fields: Vec<Vec<&str>> = all.iter().map(|l| l.split(' ').collect()).collect();
+    let ports: std::collections::BTreeSet<&str> = fields.iter().map(|f| f[3]).collect();
+    let answered_by: std::collections::BTreeSet<&str> = fields.iter().map(|f| f[2]).collect();
+    assert_eq!(
+        ports.len(),
+        1,
+        "the client used more than one connection: {ports:?}"
+    );
+    assert_eq!(answered_by.len(), 1, "answered by {answered_by:?}");
+    let numbers: Vec<u64> = fields.iter().map(|f| f[1].parse().expect("n")).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|e| panic!("requests: {e}"));
+    let longest_us = fields
+        .iter()
+        .map(|f| f[4].parse::<u64>().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let answered: i32 = answered_by
+        .iter()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    (answered, report, longest_us as f64 / 1e3)
+}
+
+/// The stock runtimes of issue 15 (a Go, a Node.js and a Java HTTP
+/// server), live-migrated with a keep-alive client that follows them: the
+/// downtime as the client saw it, next to tern's.
+#[test]
+fn runtimes_keep_a_keep_alive_client_through_live_migration() {
+    let test = "runtimes_keep_a_keep_alive_client_through_live_migration";
+    let Some(w) = world_or_skip(test) else {
+        return;
+    };
+    const PORT: u16 = 18091;
+    let mut seen = Vec::new();
+    for runtime in ["go", "node", "java"] {
+        let dir = TestDir::new(&format!("{test}-{runtime}"));
+        let mut server = match runtime {
+            "go" => match go_server_or_skip(test, &dir) {
+                Some(exe) => start_go_server(&dir, &w.edges.a, &exe, PORT),
+                None => continue,
+            },
+            "node" if command_or_skip(test, "node", "nodejs") => {
+                start_node_server(&dir, &w.edges.a, PORT)
+            }
+            "java" if command_or_skip(test, "java", "default-jre-headless") => {
+                start_java_server(&dir, &w.edges.a, PORT)
+            }
+            _ => continue,
+        };
+        let pid = server.pid();
+        let (answered, report, longest_ms) =
+            keep_alive_client_through_a_migration(&w, &dir, pid, PORT, &[]);
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "{runtime} still runs in A"
+        );
+        server.disarm();
+        let restored = report["restored_pid"].as_i64().expect("restored_pid") as i32;
+        let mut moved = ProcGuard::adopt(restored);
+        assert_eq!(answered, pid, "{runtime}: /pid is the pid it had");
+        let downtime = report["downtime_ms"].as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "{test}: {runtime}: the client's longest wait {longest_ms:.1} ms; tern's downtime {downtime:.1} ms"
+        );
+        seen.push(format!("{runtime} {longest_ms:.1}/{downtime:.1}"));
+        moved.kill_and_wait();
+        wait_no_tables(&w.edges.a);
+        wait_no_tables(&w.edges.b);
+        w.hand_back();
+    }
+    eprintln!(
+        "{test}: the client's longest wait / tern's downtime (ms): {}",
+        seen.join(", ")
     );
 }

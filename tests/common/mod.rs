@@ -1877,6 +1877,96 @@ pub fn start_nginx(dir: &TestDir, ns: &Netns, port: u16, http_extra: &str) -> Pr
     nginx
 }
 
+/// Build the Go server into `dir`, or say why not (SKIP, or a failure
+/// under CI).
+pub fn go_server_or_skip(test: &str, dir: &TestDir) -> Option<PathBuf> {
+    if !command_or_skip(test, "go", "golang-go") {
+        return None;
+    }
+    let exe = dir.join("go_server");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(workloads_dir().join("go_server/main.go"))
+        .env("CGO_ENABLED", "0")
+        .env("HOME", dir.path())
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GO111MODULE", "off")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run go build");
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+/// Start the Go server (`exe`, from [`go_server_or_skip`]) in `ns` on
+/// `port`; returns once it answers.
+pub fn start_go_server(dir: &TestDir, ns: &Netns, exe: &Path, port: u16) -> ProcGuard {
+    let cmd = ns.cmd(exe).arg(format!("0.0.0.0:{port}"));
+    let server = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("go.out"),
+        &dir.join("go.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the Go server to answer",
+        || http_get(ns, port, "/pid").ok().map(drop),
+        || tail(&dir.join("go.err"), 10),
+    );
+    server
+}
+
+/// Start the Node.js server (`tests/workloads/node_server.js`) in `ns` on
+/// `port`; returns once it answers.
+pub fn start_node_server(dir: &TestDir, ns: &Netns, port: u16) -> ProcGuard {
+    let cmd = ns
+        .cmd("node")
+        .arg(workloads_dir().join("node_server.js"))
+        .arg(format!("0.0.0.0:{port}"));
+    let server = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("node.out"),
+        &dir.join("node.err"),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the Node.js server to answer",
+        || http_get(ns, port, "/pid").ok().map(drop),
+        || tail(&dir.join("node.err"), 10),
+    );
+    server
+}
+
+/// Start the Java server (`tests/workloads/Counter.java`, run from source
+/// by Debian's JRE) in `ns` on `port`; returns once it answers.
+pub fn start_java_server(dir: &TestDir, ns: &Netns, port: u16) -> ProcGuard {
+    let cmd = ns
+        .cmd("java")
+        .arg(workloads_dir().join("Counter.java"))
+        .arg(port.to_string());
+    let server = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("java.out"),
+        &dir.join("java.err"),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the Java server to answer",
+        || http_get(ns, port, "/pid").ok().map(drop),
+        || tail(&dir.join("java.err"), 10),
+    );
+    server
+}
+
 /// `tern dump` of `source` (our child, reaped here once killed), then
 /// `tern restore` of it in network namespace `netns`: the restored copy.
 pub fn dump_then_restore_in(dir: &TestDir, netns: &str, source: &mut ProcGuard) -> ProcGuard {
