@@ -307,6 +307,10 @@ fn migrate_failures_leave_the_source_running() {
     let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(800));
+        // The line comes just before `Running` is sent: let it leave, so
+        // the daemon dies during post-copy proper (killed before it, the
+        // outcome is unknown to the source, which then asks and waits).
+        std::thread::sleep(Duration::from_millis(200));
         kill_pid(serve_pid, libc::SIGKILL);
     });
     let out = e.migrate(&["--policy", "rounds:100000", "--time-limit-ms", "600000"]);
@@ -1188,6 +1192,10 @@ fn destination_killed_during_post_copy_is_reported_as_lost() {
             },
             || tail(&log, 5),
         );
+        // The line comes just before `Running` is sent: let it leave, so
+        // the daemon dies during post-copy proper (killed before it, the
+        // outcome is unknown to the source, which then asks and waits).
+        std::thread::sleep(Duration::from_millis(200));
         kill_pid(serve_pid, libc::SIGKILL);
     });
     let out = e.migrate(&["--policy", "postcopy", "--compress", "0"]);

@@ -861,17 +861,17 @@ fn commit(
         Ok(ids) => return Ok((frozen, ids)),
         Err(what) => what,
     };
-    if owes_pages {
-        // Without the link the destination cannot get the pages it still
-        // lacks: whatever it did, the program cannot go on there.
-        let owed = frozen.deferred().len();
-        return Err(lost_in_post_copy(frozen, pid, &what, owed));
-    }
     warn!(
         pid,
         "link lost after the commit ({what}); asking the destination"
     );
     match ask_until_settled(opts, session) {
+        Some(SessionOutcome::Running { .. }) if owes_pages => {
+            // It ran there, but without the link it cannot get the pages
+            // it still lacks: the program cannot go on there.
+            let owed = frozen.deferred().len();
+            Err(lost_in_post_copy(frozen, pid, &what, owed))
+        }
         Some(SessionOutcome::Running { pid: there, ns_pid }) => Ok((frozen, (there, ns_pid))),
         Some(_) => {
             // Discarded there: this copy is the only one.

@@ -76,6 +76,25 @@ pub(crate) fn read_owed(
     Ok(Some(owed.pages))
 }
 
+/// The pages of `owed` (sorted) present in process `pid` now.
+pub(crate) fn present_among(pid: i32, owed: &[u64], page_size: u64) -> std::io::Result<Vec<u64>> {
+    let pagemap = tern_sys::proc::Pagemap::open(pid)?;
+    let mut present = Vec::new();
+    // Owed pages close together: one pagemap read over their span.
+    for group in owed.chunk_by(|a, b| b - a <= 64 * page_size) {
+        let (Some(&first), Some(&last)) = (group.first(), group.last()) else {
+            continue;
+        };
+        let entries = pagemap.read(first, last + page_size, page_size)?;
+        present.extend(group.iter().copied().filter(|a| {
+            entries
+                .get(((a - first) / page_size) as usize)
+                .is_some_and(|e| e & tern_sys::proc::PM_PRESENT != 0)
+        }));
+    }
+    Ok(present)
+}
+
 /// Make the uffd inside the stopped puppet (before its credentials and
 /// seccomp filter are restored, which could forbid it), take tern's copy
 /// and close the puppet's.
@@ -187,6 +206,10 @@ pub struct Filler {
     page: u64,
     /// Pages placed (in any space), what the program did meanwhile.
     pub tally: wire::net::PostCopyTally,
+    /// Touches of never-owed pages whose zero page could not be placed yet
+    /// (`EAGAIN`: an event was pending): (space, page). Their threads wait
+    /// until these are placed; they are tried again after the events.
+    zero_later: Vec<(usize, u64)>,
 }
 
 impl Filler {
@@ -203,6 +226,7 @@ impl Filler {
             asked: HashSet::new(),
             page: owed.page_size,
             tally: Default::default(),
+            zero_later: Vec::new(),
         }
     }
 
@@ -238,7 +262,37 @@ impl Filler {
             }
             i += 1;
         }
+        // The events are taken: the zero pages refused meanwhile now go in
+        // (or wait for the next call, if another event came).
+        for (i, a) in std::mem::take(&mut self.zero_later) {
+            if i < self.spaces.len() {
+                self.zero_fill(i, a)?;
+            }
+        }
         Ok(want)
+    }
+
+    /// Give the never-owed page `a` of space `i` the zero page and wake its
+    /// waiters.
+    fn zero_fill(&mut self, i: usize, a: u64) -> std::result::Result<(), String> {
+        let fd = self.spaces[i].uffd.as_fd();
+        match uffd::zero(fd, a, self.page) {
+            Ok(()) => self.tally.zero_filled += 1,
+            // Filled meanwhile: wake whoever waits, to be sure.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let _ = uffd::wake(fd, a, self.page);
+            }
+            // An event is pending: the fault is not reported again, so it
+            // is kept and placed once the events are read.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.zero_later.push((i, a)),
+            // No longer mapped (woken, it faults as it would here) or the
+            // process has ended.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+                let _ = uffd::wake(fd, a, self.page);
+            }
+            Err(e) => return Err(format!("zero page at {a:#x}: {e}")),
+        }
+        Ok(())
     }
 
     fn on_event(
@@ -259,30 +313,26 @@ impl Filler {
                     }
                     return Ok(());
                 }
-                // Never had data: zeros. Already there (filled meanwhile):
-                // wake whoever waits, to be sure.
-                match uffd::zero(s.uffd.as_fd(), a, page) {
-                    Ok(()) => self.tally.zero_filled += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        let _ = uffd::wake(s.uffd.as_fd(), a, page);
-                    }
-                    // An event is pending (it is read next) or the space is
-                    // gone: the thread faults again, or is no more.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ESRCH)) => {}
-                    Err(e) => return Err(format!("zero page at {a:#x}: {e}")),
-                }
+                // Never had data: zeros.
+                self.zero_fill(i, a)?;
             }
+            // A thread that touched a page of the range before the event
+            // waits for a page no longer owed there: woken, it faults
+            // again (a zero page now, or no mapping, as it would here).
             UffdEvent::Remove { start, end } => {
                 self.tally.removes += 1;
                 self.spaces[i].forget(start, end);
+                let _ = uffd::wake(self.spaces[i].uffd.as_fd(), start, end - start);
             }
             UffdEvent::Unmap { start, end } => {
                 self.tally.unmaps += 1;
                 self.spaces[i].forget(start, end);
+                let _ = uffd::wake(self.spaces[i].uffd.as_fd(), start, end - start);
             }
             UffdEvent::Remap { from, to, len } => {
                 self.tally.remaps += 1;
                 self.spaces[i].moved(from, to, len);
+                let _ = uffd::wake(self.spaces[i].uffd.as_fd(), from, len);
             }
             UffdEvent::Fork { uffd: fd } => {
                 self.tally.forks += 1;
@@ -443,12 +493,13 @@ pub(crate) async fn run<W: tokio::io::AsyncWrite + Unpin>(
     match fill_all(&mut filler, tx, incoming, proto, timeout).await {
         Ok(()) => {
             let tally = filler.tally;
-            let said =
-                crate::serve::say(tx, proto, wire::net::Message::PostCopyDone { tally }).await;
             // The uffd closes here, the guard lets go of its copy: the
-            // mappings are unregistered, the program runs on its own.
+            // mappings are unregistered, the program runs on its own (no
+            // touch of a never-owed page waits on the message below).
             drop(filler);
             guard.release();
+            let said =
+                crate::serve::say(tx, proto, wire::net::Message::PostCopyDone { tally }).await;
             tracing::info!(
                 pid,
                 owed = total,
@@ -460,7 +511,14 @@ pub(crate) async fn run<W: tokio::io::AsyncWrite + Unpin>(
         }
         Err(e) => {
             let left = filler.owed();
+            // The program and any child it forked meanwhile: a child's
+            // uffd closes with the filler, and its missing pages would
+            // read as zeros.
+            for p in tern_sys::proc::descendants(pid) {
+                let _ = tern_sys::signal(p, libc::SIGKILL);
+            }
             let _ = tern_sys::signal(pid, libc::SIGKILL);
+            drop(filler);
             drop(guard);
             let what = format!(
                 "post-copy failed: {e}; {left} of {total} owed page(s) had not arrived, so the program (pid {pid}) was killed: it cannot go on without them"
@@ -485,6 +543,9 @@ async fn fill_all<W: tokio::io::AsyncWrite + Unpin>(
     use wire::net::Message;
     let mut watch: Option<tokio::task::JoinHandle<()>> = None;
     let mut want = Vec::new();
+    // The source must say something within `timeout` of the last time it
+    // did (the uffd watch wakes this loop every 200 ms meanwhile).
+    let mut deadline = tokio::time::Instant::now() + timeout;
     loop {
         want.extend(filler.take_events()?);
         if !want.is_empty() {
@@ -508,7 +569,8 @@ async fn fill_all<W: tokio::io::AsyncWrite + Unpin>(
         };
         tokio::select! {
             _ = watching => watch = None,
-            msg = tokio::time::timeout(timeout, incoming.recv()) => {
+            msg = tokio::time::timeout_at(deadline, incoming.recv()) => {
+                deadline = tokio::time::Instant::now() + timeout;
                 let m = match msg {
                     Err(_) => return Err(format!("the source sent nothing for {timeout:?}")),
                     Ok(None) => return Err("the connection to the source was lost".into()),

@@ -621,7 +621,16 @@ impl Standby {
             .copied()
             .filter(|a| self.pages.contains_key(a))
             .collect();
-        let stale_dropped = self.drop_pages(&stale)?;
+        let mut stale_dropped = self.drop_pages(&stale)?;
+        // Present without the standby having written them (a transparent
+        // huge page filled around a neighbour, khugepaged): dropped too, or
+        // the program would read their zeros without a fault.
+        if let Some(owed) = &owed {
+            let pid = self.puppet.pid;
+            let present = crate::postcopy::present_among(pid, owed, self.page_size)
+                .step(pid, || "read the pagemap of the owed pages".into())?;
+            stale_dropped += self.drop_pages(&present)?;
+        }
         // Made before the credentials and seccomp filter are restored.
         let uffd = match &owed {
             Some(_) => Some(crate::postcopy::open_uffd_in(&mut self.puppet)?),

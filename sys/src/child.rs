@@ -273,6 +273,17 @@ impl PostCopyGuard {
                 libc::PR_SET_NAME,
                 c"tern-pc-guard".as_ptr(),
             );
+            // Not ended with the daemon's process group or terminal (a ^C,
+            // a SIGTERM to the group): only the pipe ends it.
+            libc::syscall(libc::SYS_setsid);
+            let all: u64 = !0;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_BLOCK,
+                &all as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
             let mut byte = 0u8;
             loop {
                 let n = libc::syscall(libc::SYS_read, rfd, &mut byte as *mut u8, 1usize);

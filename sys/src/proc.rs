@@ -402,6 +402,26 @@ pub fn list_children(pid: i32) -> io::Result<Vec<i32>> {
     Ok(out)
 }
 
+/// Every descendant of `pid` (children, theirs, ...), as far as they can
+/// be listed now; parents before their children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut all = Vec::new();
+    let mut next = 0;
+    let mut of = pid;
+    loop {
+        for c in list_children(of).unwrap_or_default() {
+            if !all.contains(&c) {
+                all.push(c);
+            }
+        }
+        let Some(&p) = all.get(next) else {
+            return all;
+        };
+        of = p;
+        next += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

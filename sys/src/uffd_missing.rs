@@ -98,7 +98,7 @@ pub fn register_missing(uffd: BorrowedFd<'_>, start: u64, end: u64) -> io::Resul
 /// already there gives `EEXIST` (nothing is overwritten); a pending event
 /// gives `EAGAIN` (read the events, then try again); a process gone gives
 /// `ESRCH`. Returns the bytes placed: fewer than `data` when the kernel
-/// stopped part-way (place the rest again).
+/// stopped part-way (place the rest again; it then says why).
 pub fn copy(uffd: BorrowedFd<'_>, dst: u64, data: &[u8]) -> io::Result<usize> {
     let mut c = UffdioCopy {
         dst,
@@ -111,7 +111,12 @@ pub fn copy(uffd: BorrowedFd<'_>, dst: u64, data: &[u8]) -> io::Result<usize> {
     // for the call, writes them into the uffd's process, and writes the
     // count back into `c`.
     if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY, std::ptr::addr_of_mut!(c)) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // Stopped part-way (an event came): the count placed is in `copy`.
+        if c.copy > 0 {
+            return Ok(usize::try_from(c.copy).unwrap_or(0).min(data.len()));
+        }
+        return Err(e);
     }
     Ok(usize::try_from(c.copy).unwrap_or(0).min(data.len()))
 }

@@ -132,8 +132,46 @@ pub(super) fn send_owed_pages(
             r.pages_sent, r.pages, r.wanted_pages
         )
     };
-    let r = pump(link, pid, &mut owed, &mut report, &mut buf, t0);
-    r.map_err(|e| sent_so_far(&report, e))
+    match pump(link, pid, &mut owed, &mut report, &mut buf, t0) {
+        Ok(r) => Ok(r),
+        // The destination may have had every page it needed (some were
+        // unmapped there) and said so before hanging up while pages were
+        // still on their way: its word decides.
+        Err(e) => match done_said(link) {
+            Some(tally) => {
+                report.arrived = tally;
+                report.ms = t0.elapsed().as_secs_f64() * 1e3;
+                info!(
+                    ?report,
+                    "post-copy complete (the destination hung up after it)"
+                );
+                Ok(report)
+            }
+            None => Err(sent_so_far(&report, e)),
+        },
+    }
+}
+
+/// A `PostCopyDone` the destination sent before the link failed, if one
+/// arrives within a moment.
+fn done_said(link: &mut Link) -> Option<PostCopyTally> {
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match link.incoming.try_recv() {
+            Ok(Ok(m)) => {
+                if let Ok(SourceInput::PostCopyDone { tally }) = link.proto.receive(m) {
+                    return Some(tally);
+                }
+            }
+            Ok(Err(_)) | Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 /// [`send_owed_pages`]'s loop.
