@@ -87,12 +87,18 @@ fn refuse_io_worker(pid: i32, tid: i32) -> Result<()> {
 /// arrived before the stop (held back). `None` if the thread is gone.
 fn stop_thread(tid: i32) -> Result<Option<(libc::user_regs_struct, Intercepted)>> {
     // No PTRACE_O_EXITKILL: if tern dies, the program must live on.
-    match ptrace::seize_suspending_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD) {
+    match ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
         Err(e) => return Err(e).ctx(tid, || format!("PTRACE_SEIZE of thread {tid}")),
     }
-    let stopped = wait_interrupted(tid);
+    let stopped = wait_interrupted(tid).and_then(|s| {
+        if s.is_some() {
+            ptrace::suspend_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD)
+                .ctx(tid, || "PTRACE_O_SUSPEND_SECCOMP".into())?;
+        }
+        Ok(s)
+    });
     if stopped.is_err() {
         // Never leave a thread traced behind a failed seize.
         let _ = ptrace::detach(tid, 0);
@@ -180,7 +186,7 @@ impl FrozenSeize {
         self.was_stopped = in_job_stop(pid);
         for tid in tern_sys::proc::list_tasks(pid).ctx(pid, || "list threads".into())? {
             refuse_io_worker(pid, tid)?;
-            ptrace::seize_suspending_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD)
+            ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD)
                 .ctx(tid, || format!("PTRACE_SEIZE of frozen thread {tid}"))?;
             self.tids.push(tid);
             ptrace::interrupt(tid).ctx(tid, || "PTRACE_INTERRUPT".into())?;
@@ -199,7 +205,14 @@ impl FrozenSeize {
         let mut stops = Vec::with_capacity(tids.len());
         let mut result = Ok(());
         for &tid in &tids {
-            match wait_stop(tid) {
+            let stop = wait_stop(tid).and_then(|s| {
+                if s.is_some() {
+                    ptrace::suspend_seccomp(tid, libc::PTRACE_O_TRACESYSGOOD)
+                        .ctx(tid, || "PTRACE_O_SUSPEND_SECCOMP".into())?;
+                }
+                Ok(s)
+            });
+            match stop {
                 Ok(stop) => stops.push((tid, stop)),
                 Err(e) => {
                     result = Err(e);

@@ -187,10 +187,14 @@ const FIRST_SPECIAL_SWAP_TYPE: u64 = 23;
 /// although nothing is there. Counting those as data made every pre-copy
 /// read the never-touched pages of its programs' code and libraries
 /// (their file's bytes) in round 0, and send them again in the final delta.
-/// The swap type is shown only to `CAP_SYS_ADMIN` (else 0: counted as
-/// swapped, the safe side).
+/// A marker is told by its swap type (one of the kernel's special ones)
+/// and its offset, which holds only marker bits (uffd-wp 1, poisoned 2,
+/// guard 4), where a page under migration has its pfn. The swap type is
+/// shown only to `CAP_SYS_ADMIN` (else 0: counted as swapped, the safe
+/// side).
 pub fn pm_swapped(entry: u64) -> bool {
-    entry & PM_SWAP != 0 && !(entry & PM_UFFD_WP != 0 && entry & 0x1f >= FIRST_SPECIAL_SWAP_TYPE)
+    let frame = entry & ((1 << 55) - 1);
+    entry & PM_SWAP != 0 && !(frame & 0x1f >= FIRST_SPECIAL_SWAP_TYPE && frame >> 5 < 8)
 }
 
 /// `/proc/PID/pagemap`, read a whole range at a time.
@@ -436,6 +440,8 @@ mod tests {
         assert!(pm_swapped(PM_SWAP | PM_UFFD_WP | (0x1234 << 5) | 1));
         // Frame hidden (no CAP_SYS_ADMIN): counted as swapped.
         assert!(pm_swapped(PM_SWAP | PM_UFFD_WP));
+        // A page under migration (special type, its pfn as offset): data.
+        assert!(pm_swapped(PM_SWAP | PM_UFFD_WP | (0x12345 << 5) | 25));
         assert!(!pm_swapped(PM_PRESENT));
     }
 

@@ -78,15 +78,17 @@ pub fn seize(tid: i32, options: libc::c_int) -> io::Result<()> {
 /// nor fatal.
 pub const O_SUSPEND_SECCOMP: libc::c_int = 0x0020_0000;
 
-/// [`seize`] with the options tern's tracing needs, plus
-/// [`O_SUSPEND_SECCOMP`] where the thread runs under seccomp.
-pub fn seize_suspending_seccomp(tid: i32, options: libc::c_int) -> io::Result<()> {
-    let extra = if crate::proc::seccomp_mode(tid).unwrap_or(0) != 0 {
-        O_SUSPEND_SECCOMP
-    } else {
-        0
-    };
-    seize(tid, options | extra)
+/// For a thread already in a ptrace stop: its tracing `options` (those it
+/// was seized with), plus [`O_SUSPEND_SECCOMP`] where it runs under
+/// seccomp. Only once it is stopped: a thread seized with the option but
+/// still running makes its syscalls with its filters suspended (a
+/// sandboxed program's worker thread was seen to get past its filter in
+/// that window).
+pub fn suspend_seccomp(tid: i32, options: libc::c_int) -> io::Result<()> {
+    if crate::proc::seccomp_mode(tid).unwrap_or(0) == 0 {
+        return Ok(());
+    }
+    set_options(tid, options | O_SUSPEND_SECCOMP)
 }
 
 /// The `index`th seccomp filter of stopped thread `tid` (0: the one
