@@ -237,8 +237,7 @@ fn longest_gap_ms(t: &[(u64, u64, u64)]) -> f64 {
 }
 
 fn report(dir: &TestDir) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
-    serde_json::from_str(&text).expect("report is JSON")
+    migration_report(&dir.join("report.json"))
 }
 
 #[test]

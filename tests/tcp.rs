@@ -90,6 +90,35 @@ impl World {
             .expect("route the user to A again");
     }
 
+    /// `tern migrate` of `pid` from A to a `tern serve --once` started in
+    /// B, with `--tcp-established`, the handoff and `extra`, its report in
+    /// `dir`; it must succeed. Returns the daemon's guard.
+    fn migrate_to_b(&self, dir: &TestDir, pid: i32, extra: &[&str]) -> ProcGuard {
+        let key = keygen(dir, "tern.key");
+        let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
+        let serve = start_serve_in(dir, &self.edges.b, &to, &key, &["--once"]);
+        let mut args = args![
+            "migrate",
+            "--pid",
+            pid.to_string(),
+            "--to",
+            &to,
+            "--key",
+            &key,
+            "--tcp-established",
+            "--handoff-cmd",
+            self.handoff_cmd(),
+            "--report",
+            dir.join("report.json"),
+        ];
+        args.extend(extra.iter().map(|x| (*x).into()));
+        run_tern_in(dir, Some(&self.edges.a.name), &args, Stdio::null()).assert_ok(&format!(
+            "migrate --tcp-established with the handoff {}",
+            extra.join(" ")
+        ));
+        serve
+    }
+
     fn handoff_cmd(&self) -> String {
         format!(
             "ip -n {a} addr del {SERVICE_ADDR}/32 dev lo && ip -n {b} addr add {SERVICE_ADDR}/32 dev lo && ip -n {u} route replace {SERVICE_ADDR}/32 via {via}",
@@ -238,6 +267,25 @@ fn start_service(test: &str, service_ns: &Netns, user_ns: &Netns, addr: &str) ->
 }
 
 impl Service {
+    /// After a successful migration: the service is gone from here and
+    /// runs in `to`'s namespace. Its report, and a guard of the copy there.
+    fn moved_to(&mut self, to: &Netns) -> (serde_json::Value, ProcGuard) {
+        let pid = self.service.pid();
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "the service still runs in A"
+        );
+        self.service.disarm();
+        let report = migration_report(&self.dir.join("report.json"));
+        let restored = report["restored_pid"].as_i64().expect("restored_pid") as i32;
+        let guard = ProcGuard::adopt(restored);
+        assert_eq!(
+            netns_of(restored),
+            Some(to.inode()),
+            "the service must run in B"
+        );
+        (report, guard)
+    }
     /// A second, short-lived connection from `ns` must be accepted and
     /// answered (the listening socket works).
     fn new_connection_works(&self, ns: &Netns, addr: &str) {
@@ -466,21 +514,7 @@ fn migrate_moves_the_users_tcp_connection_to_edge_b() {
     let before = client_progress(&s.client_out).expect("progress").0;
     let out = migrate(&["--tcp-established", "--handoff-cmd", &w.handoff_cmd()]);
     out.assert_ok("migrate --tcp-established");
-    assert!(
-        wait_gone(pid, Duration::from_secs(5)),
-        "the service still runs in A"
-    );
-    s.service.disarm();
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.dir.join("report.json")).expect("report"))
-            .expect("json");
-    let restored = report["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let _restored = ProcGuard::adopt(restored);
-    assert_eq!(
-        netns_of(restored),
-        Some(w.edges.b.inode()),
-        "the service must run in B"
-    );
+    let (report, _restored) = s.moved_to(&w.edges.b);
     let after = wait_requests(&s.client_out, before + 500);
     s.new_connection_works(&w.user, SERVICE_ADDR);
     wait_no_tables(&w.edges.a);
@@ -631,43 +665,9 @@ fn post_copy_migration_keeps_the_users_tcp_connection() {
     };
     let mut s = start_service(test, &w.edges.a, &w.user, SERVICE_ADDR);
     let pid = s.service.pid();
-    let key = keygen(&s.dir, "tern.key");
-    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
-    let _serve = start_serve_in(&s.dir, &w.edges.b, &to, &key, &["--once"]);
     let before = client_progress(&s.client_out).expect("progress").0;
-    let args = args![
-        "migrate",
-        "--pid",
-        pid.to_string(),
-        "--to",
-        &to,
-        "--key",
-        &key,
-        "--policy",
-        "postcopy",
-        "--tcp-established",
-        "--handoff-cmd",
-        w.handoff_cmd(),
-        "--report",
-        s.dir.join("report.json"),
-    ];
-    run_tern_in(&s.dir, Some(&w.edges.a.name), &args, Stdio::null())
-        .assert_ok("migrate --policy postcopy --tcp-established");
-    assert!(
-        wait_gone(pid, Duration::from_secs(5)),
-        "the service still runs in A"
-    );
-    s.service.disarm();
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.dir.join("report.json")).expect("report"))
-            .expect("json");
-    let restored = report["restored_pid"].as_i64().expect("restored_pid") as i32;
-    let _restored = ProcGuard::adopt(restored);
-    assert_eq!(
-        netns_of(restored),
-        Some(w.edges.b.inode()),
-        "the service must run in B"
-    );
+    let _serve = w.migrate_to_b(&s.dir, pid, &["--policy", "postcopy"]);
+    let (report, _restored) = s.moved_to(&w.edges.b);
     let pc = &report["post_copy"];
     let owed = pc["pages"].as_u64().unwrap_or(0);
     assert!(owed > 0, "nothing went by post-copy: {report}");
@@ -729,29 +729,8 @@ fn keep_alive_client_through_a_migration(
         )
     };
     let before = requests(200);
-    let key = keygen(dir, "tern.key");
-    let to = format!("{EDGE_B_ADDR}:{TERN_PORT}");
-    let _serve = start_serve_in(dir, &w.edges.b, &to, &key, &["--once"]);
-    let mut args = args![
-        "migrate",
-        "--pid",
-        pid.to_string(),
-        "--to",
-        &to,
-        "--key",
-        &key,
-        "--tcp-established",
-        "--handoff-cmd",
-        w.handoff_cmd(),
-        "--report",
-        dir.join("report.json"),
-    ];
-    args.extend(extra.iter().map(|x| (*x).into()));
-    run_tern_in(dir, Some(&w.edges.a.name), &args, Stdio::null())
-        .assert_ok("migrate --tcp-established with a keep-alive client");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
-            .expect("json");
+    let _serve = w.migrate_to_b(dir, pid, extra);
+    let report = migration_report(&dir.join("report.json"));
     let all = requests(before.len() + 400);
     client.kill_and_wait();
     let fields: Vec<Vec<&str>> = all.iter().map(|l| l.split(' ').collect()).collect();

@@ -613,24 +613,25 @@ impl Standby {
             }
             None => self.reconcile(dir, &full_table)?,
         };
-        // Owed pages the standby holds from an earlier round are stale: drop
-        // them, so the program's first touch faults and fetches the new one.
-        let stale: Vec<u64> = owed
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|a| self.pages.contains_key(a))
-            .collect();
-        let mut stale_dropped = self.drop_pages(&stale)?;
-        // Present without the standby having written them (a transparent
-        // huge page filled around a neighbour, khugepaged): dropped too, or
-        // the program would read their zeros without a fault.
-        if let Some(owed) = &owed {
-            let pid = self.puppet.pid;
-            let present = crate::postcopy::present_among(pid, owed, self.page_size)
-                .step(pid, || "read the pagemap of the owed pages".into())?;
-            stale_dropped += self.drop_pages(&present)?;
-        }
+        // Owed pages the standby holds from an earlier round are stale, and
+        // those present without it having written them (a transparent huge
+        // page filled around a neighbour, khugepaged) read as zeros: all
+        // are dropped, so the program's first touch faults and fetches the
+        // page.
+        let stale_dropped = match &owed {
+            Some(owed) => {
+                let pid = self.puppet.pid;
+                let present = crate::postcopy::present_among(pid, owed, self.page_size)
+                    .step(pid, || "read the pagemap of the owed pages".into())?;
+                let stale: Vec<u64> = owed
+                    .iter()
+                    .copied()
+                    .filter(|a| self.pages.contains_key(a) || present.binary_search(a).is_ok())
+                    .collect();
+                self.drop_pages(&stale)?
+            }
+            None => 0,
+        };
         // Made before the credentials and seccomp filter are restored.
         let uffd = match &owed {
             Some(_) => Some(crate::postcopy::open_uffd_in(&mut self.puppet)?),

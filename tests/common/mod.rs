@@ -1995,6 +1995,11 @@ pub fn dump_then_restore_in(dir: &TestDir, netns: &str, source: &mut ProcGuard) 
     ProcGuard::adopt(host_pid)
 }
 
+/// The JSON report `tern migrate --report FILE` wrote.
+pub fn migration_report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read_bytes(path)).expect("the migration report")
+}
+
 /// `tern migrate PID` (with `extra` arguments) from A to a `tern serve
 /// --once` in B on port 7878: asserts it succeeds, that the program is gone
 /// from A and runs in B's network namespace. Returns the report and a guard
@@ -2026,8 +2031,7 @@ pub fn migrate_a_to_b(
         wait_gone(pid, Duration::from_secs(10)),
         "process {pid} still runs in A after the migration"
     );
-    let rep: serde_json::Value =
-        serde_json::from_slice(&read_bytes(&report)).expect("the migration report");
+    let rep = migration_report(&report);
     let moved = rep["restored_pid"].as_i64().expect("restored_pid") as i32;
     let guard = ProcGuard::adopt(moved);
     assert_eq!(netns_of(moved), Some(edges.b.inode()), "it must run in B");

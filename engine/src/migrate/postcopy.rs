@@ -132,24 +132,17 @@ pub(super) fn send_owed_pages(
             r.pages_sent, r.pages, r.wanted_pages
         )
     };
-    match pump(link, pid, &mut owed, &mut report, &mut buf, t0) {
-        Ok(r) => Ok(r),
+    let tally = match pump(link, pid, &mut owed, &mut report, &mut buf) {
+        Ok(tally) => tally,
         // The destination may have had every page it needed (some were
         // unmapped there) and said so before hanging up while pages were
         // still on their way: its word decides.
-        Err(e) => match done_said(link) {
-            Some(tally) => {
-                report.arrived = tally;
-                report.ms = t0.elapsed().as_secs_f64() * 1e3;
-                info!(
-                    ?report,
-                    "post-copy complete (the destination hung up after it)"
-                );
-                Ok(report)
-            }
-            None => Err(sent_so_far(&report, e)),
-        },
-    }
+        Err(e) => done_said(link).ok_or_else(|| sent_so_far(&report, e))?,
+    };
+    report.arrived = tally;
+    report.ms = t0.elapsed().as_secs_f64() * 1e3;
+    info!(?report, "post-copy complete");
+    Ok(report)
 }
 
 /// A `PostCopyDone` the destination sent before the link failed, if one
@@ -174,23 +167,19 @@ fn done_said(link: &mut Link) -> Option<PostCopyTally> {
     }
 }
 
-/// [`send_owed_pages`]'s loop.
+/// [`send_owed_pages`]'s loop: what the destination tallied at the end.
 fn pump(
     link: &mut Link,
     pid: i32,
     owed: &mut Owed,
     report: &mut PostCopyReport,
     buf: &mut [u8],
-    t0: Instant,
-) -> std::result::Result<PostCopyReport, String> {
+) -> std::result::Result<PostCopyTally, String> {
     let page = owed.page;
     loop {
         while let Ok(m) = link.incoming.try_recv() {
             if let Some(done) = heard(link, m, owed, report)? {
-                report.arrived = done;
-                report.ms = t0.elapsed().as_secs_f64() * 1e3;
-                info!(?report, "post-copy complete");
-                return Ok(report.clone());
+                return Ok(done);
             }
         }
         while let Ok(s) = link.sent.try_recv() {
@@ -217,10 +206,7 @@ fn pump(
                 // All sent: wait for the destination's word.
                 let m = link.wait_message("PostCopyDone")?;
                 if let Some(done) = heard(link, Ok(m), owed, report)? {
-                    report.arrived = done;
-                    report.ms = t0.elapsed().as_secs_f64() * 1e3;
-                    info!(?report, "post-copy complete");
-                    return Ok(report.clone());
+                    return Ok(done);
                 }
             }
         }
