@@ -11,10 +11,7 @@ impl FileKind for EventFd {
     }
 
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {
-        let count = f
-            .field("eventfd-count:")
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| f.refuse("no eventfd-count in its fdinfo".into()))?;
+        let count = f.hex_field("eventfd-count:")?;
         Ok(wire::FdKind::EventFd {
             count,
             semaphore: f.field("eventfd-semaphore:") == Some("1"),

@@ -65,6 +65,17 @@ impl OpenFd<'_> {
             .find_map(|l| l.strip_prefix(key))
             .map(str::trim)
     }
+
+    /// The hexadecimal value of `key` in the fdinfo, or a refusal saying
+    /// it is not there.
+    fn hex_field(&self, key: &str) -> tern_sys::Result<u64> {
+        self.field(key)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(|| {
+                let name = key.trim_end_matches(':');
+                self.refuse(format!("no {name} in its fdinfo"))
+            })
+    }
 }
 
 /// The process being rebuilt, as a kind's restore needs it.

@@ -11,10 +11,7 @@ impl FileKind for SignalFd {
     }
 
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {
-        let mask = f
-            .field("sigmask:")
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| f.refuse("no sigmask in its fdinfo".into()))?;
+        let mask = f.hex_field("sigmask:")?;
         Ok(wire::FdKind::SignalFd {
             mask,
             flags: f.flags & libc::O_NONBLOCK,
