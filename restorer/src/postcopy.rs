@@ -199,8 +199,8 @@ impl Space {
 #[derive(Debug)]
 pub struct Filler {
     spaces: Vec<Space>,
-    /// Every page owed, by source address.
-    owed: HashSet<u64>,
+    /// Every page owed, by source address, sorted (the image's list).
+    owed: Vec<u64>,
     /// Source addresses already asked for.
     asked: HashSet<u64>,
     page: u64,
@@ -222,7 +222,7 @@ impl Filler {
         };
         Filler {
             spaces: vec![space],
-            owed: owed.pages.iter().copied().collect(),
+            owed: owed.pages,
             asked: HashSet::new(),
             page: owed.page_size,
             tally: Default::default(),
@@ -366,7 +366,7 @@ impl Filler {
         }
         for k in 0..data.len() / page {
             let src = start + (k * page) as u64;
-            if !self.owed.contains(&src) {
+            if self.owed.binary_search(&src).is_err() {
                 return Err(format!("the source sent page {src:#x}, which was not owed"));
             }
         }
@@ -415,14 +415,31 @@ impl Filler {
             }
             i += 1;
         }
-        // Spaces of processes that ended and owe nothing are dropped (their
-        // uffd with them), the program's own is kept until the end.
-        let mut idx = 0;
-        self.spaces.retain(|s| {
-            idx += 1;
-            idx == 1 || !s.by_here.is_empty()
-        });
+        self.drop_finished_spaces();
         Ok(want)
+    }
+
+    /// Spaces owing nothing more (a forked child filled, or ended) are
+    /// dropped, their uffd with them; the program's own is kept until the
+    /// end. Zero pages waiting for a later space follow its index.
+    fn drop_finished_spaces(&mut self) {
+        let keep: Vec<bool> = (0..self.spaces.len())
+            .map(|k| k == 0 || !self.spaces[k].by_here.is_empty())
+            .collect();
+        let index_after: Vec<usize> = keep
+            .iter()
+            .scan(0, |n, &k| {
+                let at = *n;
+                *n += usize::from(k);
+                Some(at)
+            })
+            .collect();
+        self.zero_later.retain(|&(i, _)| keep[i]);
+        for z in &mut self.zero_later {
+            z.0 = index_after[z.0];
+        }
+        let mut kept = keep.iter();
+        self.spaces.retain(|_| kept.next().copied().unwrap_or(true));
     }
 
     /// `UFFDIO_COPY` of a run into space `i` at `here`, all of it: a part
@@ -601,6 +618,27 @@ mod tests {
             by_source: by_here.clone(),
             by_here,
         }
+    }
+
+    #[test]
+    fn zero_pages_waiting_follow_their_space_when_finished_ones_go() {
+        let mut f = Filler {
+            spaces: vec![space(&[0x1000]), space(&[]), space(&[0x3000])],
+            owed: vec![0x1000, 0x3000],
+            asked: HashSet::new(),
+            page: 4096,
+            tally: Default::default(),
+            zero_later: vec![(1, 0x7000), (2, 0x8000), (0, 0x9000)],
+        };
+        f.drop_finished_spaces();
+        assert_eq!(f.spaces.len(), 2);
+        assert_eq!(
+            f.spaces[1].by_here.keys().copied().collect::<Vec<_>>(),
+            [0x3000]
+        );
+        // The finished child's waiter goes with it; the third space is
+        // now the second.
+        assert_eq!(f.zero_later, [(1, 0x8000), (0, 0x9000)]);
     }
 
     #[test]
