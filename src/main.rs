@@ -384,9 +384,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 freezer,
                 external: fdspec::external_fds(pid, &external)?,
             };
-            if pre_copy && freezer == tern_engine::dump::Freezer::Cgroup {
-                // Refused rather than ignored: pre-copy freezes with ptrace.
-                anyhow::bail!("--freezer cgroup is for a plain dump, not --pre-copy");
+            if pre_copy
+                && freezer == tern_engine::dump::Freezer::Cgroup
+                && !tern_engine::tree::has_children(pid).unwrap_or(false)
+            {
+                // Refused rather than ignored: the pre-copy of one process
+                // freezes it with ptrace (a tree's takes the freezer).
+                anyhow::bail!("--freezer cgroup is for a plain dump or the pre-copy of a process tree; process {pid} has no children");
             }
             if pre_copy && rounds.policy.may_post_copy() {
                 anyhow::bail!(

@@ -441,6 +441,42 @@ fn damaged_tree_images_are_refused() {
     leftovers(&[]);
 }
 
+/// A tree copied by pre-copy (`tern dump --pre-copy --leave-running`):
+/// damage in any file of its rounds (`round-K/`, `round-K/proc-PID/`),
+/// which the final images build on, is refused, every process running on.
+#[test]
+fn damaged_rounds_of_a_tree_pre_copy_are_refused() {
+    let test = "damaged_rounds_of_a_tree_pre_copy_are_refused";
+    let Some((_one, mut s)) = start(test, "family", &[]) else {
+        return;
+    };
+    s.wait_seq(5);
+    let kids = children_of(s.pid);
+    assert_eq!(kids.len(), 2, "the family has two children: {kids:?}");
+    let dump = args![
+        "dump",
+        "--pid",
+        s.pid.to_string(),
+        "--images",
+        &s.images,
+        "--pre-copy",
+        "--policy",
+        "rounds:2",
+        "--leave-running"
+    ];
+    run_tern(&s.dir, &dump, Stdio::null()).assert_ok("tern dump --pre-copy (tree)");
+    let in_a_round = |d: &Damage| {
+        d.file.starts_with("round-0") || d.file.starts_with("round-1") && tree_sample(d)
+    };
+    refuse_damages(test, &s, in_a_round, &[], &[s.pid]);
+    still_ticking(&mut s, "after every refused restore of the chain");
+    s.original.kill_and_wait();
+    for k in &kids {
+        kill_pid(*k, libc::SIGKILL);
+    }
+    leftovers(&[]);
+}
+
 /// Header, middle and cuts of every file of a tree image (it has many).
 fn tree_sample(d: &Damage) -> bool {
     d.cut || d.what.starts_with("in its header") || d.what.starts_with("in the middle")

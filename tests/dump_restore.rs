@@ -1553,6 +1553,43 @@ fn process_tree_with_the_cgroup_freezer() {
     s.finish();
 }
 
+/// The family copied live by pre-copy (issue 15): every process has its
+/// pages in each round (`round-K/proc-PID`), the tree is frozen once (here
+/// by the cgroup freezer) for the last deltas, and `tern restore` rebuilds
+/// every process from its chain: the parent gets its children, pipes and
+/// shared page back (it checks each answer and slot) and reaps child 1.
+#[test]
+fn pre_copy_of_a_process_tree() {
+    if !root_or_skip("pre_copy_of_a_process_tree") {
+        return;
+    }
+    let mut s = c_session("family_precopy", "family", &[]);
+    s.compare_maps = false;
+    s.wait_seq(5);
+    let kids = children_of(s.pid);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let pre_copy = args!["--pre-copy", "--freezer", "cgroup", "--policy", "rounds:3"];
+    let out = s.dump_with(&pre_copy);
+    for k in &kids {
+        assert!(wait_gone(*k, WAIT), "child {k} outlived the dump");
+        for round in 0..3 {
+            let part = s.images.join(format!("round-{round}/proc-{k}/pages.img"));
+            assert!(
+                part.exists(),
+                "{} is missing\n{}",
+                part.display(),
+                out.stderr
+            );
+        }
+    }
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    assert_eq!(children_of(s.pid).len(), 2, "its children are back");
+    s.wait_for_line("the parent reaping child 1", |l| l.contains("reaped"));
+    s.wait_seq(70);
+    s.finish();
+}
+
 /// Two memfds (one sealed against shrinking and growing, one unsealable
 /// with its offset at 1234): after restore they hold the same bytes, the
 /// same seals, name and offset.

@@ -924,14 +924,15 @@ fn migrate_program_under_seccomp_keeps_its_filters() {
 }
 
 /// A process tree (`tests/workloads/family.c`: a parent and two children
-/// over pipes and a shared mapping) moves whole in a stop-and-copy
-/// migration (live mode refuses it, saying so, and it runs on in A): in B
-/// the parent has its two children, their pipes and shared page work (the
-/// parent checks every answer), ticks run on, and the parent reaps child 1
-/// at tick 60 with waitpid.
+/// over pipes and a shared mapping) moves whole in a live migration
+/// (issue 15): every process is copied in pre-copy rounds, then the tree
+/// is frozen once for the last deltas. Post-copy refuses a tree, saying
+/// what works, and it runs on in A. In B the parent has its two children,
+/// their pipes and shared page work (the parent checks every answer),
+/// ticks run on, and the parent reaps child 1 at tick 60 with waitpid.
 #[test]
-fn migrate_process_tree_stop_and_copy() {
-    let Some(edges) = edges_or_skip("migrate_process_tree_stop_and_copy") else {
+fn migrate_process_tree_live() {
+    let Some(edges) = edges_or_skip("migrate_process_tree_live") else {
         return;
     };
     let mut e = start_program("migrate-tree", edges, "family", &[], &[]);
@@ -940,19 +941,21 @@ fn migrate_process_tree_stop_and_copy() {
     let kids = children_of(source);
     assert_eq!(kids.len(), 2, "{kids:?}");
 
-    let live = e.migrate(&[]);
-    assert!(!live.success(), "a tree was migrated live");
+    let post_copy = e.migrate(&["--policy", "hybrid"]);
+    assert!(!post_copy.success(), "a tree was migrated by post-copy");
     assert!(
-        live.stderr.contains("--mode simple"),
+        post_copy.stderr.contains("--policy adaptive"),
         "the refusal must say what works: {}",
-        live.stderr
+        post_copy.stderr
     );
     let n = e.wait_tick_lines(1).len();
     e.wait_tick_lines(n + 3);
 
     e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
-    e.migrate(&["--mode", "simple"])
-        .assert_ok("tern migrate --mode simple");
+    e.migrate(&["--policy", "rounds:3"])
+        .assert_ok("tern migrate (live)");
+    let rounds = report(&e.dir)["rounds"].as_array().map_or(0, Vec::len);
+    assert!(rounds >= 3, "{rounds} rounds while the tree ran, 3 asked");
     let restored = report(&e.dir)["restored_pid"]
         .as_i64()
         .expect("restored_pid") as i32;

@@ -616,15 +616,8 @@ pub fn migrate(
 ) -> Result<MigrationReport> {
     let t_start = Instant::now();
     let fail = |what: String| EngineError::Migration { pid, what };
-    if crate::tree::has_children(pid)? {
-        // A tree goes whole, stopped for the copy (checked as it is dumped).
-        if opts.mode == Mode::Live {
-            return Err(EngineError::Unsupported {
-                pid,
-                reason: "it has child processes: live migration (pre-copy) takes one process for now; --mode simple moves the whole tree, stopped for the copy".into(),
-            });
-        }
-    } else {
+    // A tree goes whole (checked as its rounds or its image are taken).
+    if !precopy::is_tree_for(pid, &opts.precopy.policy)? {
         crate::dump::preflight_all(pid, &opts.precopy.dump)?;
     }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -64,18 +64,27 @@ pub fn precopy_dump(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Preco
 
 /// A pre-copy in progress, driven round by round (by `precopy_dump`, or by
 /// a migration that ships each round as soon as it is written).
+///
+/// A process with children is taken with its whole tree: every process
+/// has a tracker of its own and its pages in each round (the root's in
+/// `round-K`, the others' in `round-K/proc-PID`, which a `tree.img`
+/// listing them marks as a tree's round); processes that appear between
+/// rounds join (their first round whole), those that exit leave. The
+/// freeze stops the whole tree and writes each process's last delta.
 #[derive(Debug)]
 pub struct Precopy {
     pid: i32,
+    /// Whether the program is a tree (it had children at the start).
+    tree: bool,
     dir: PathBuf,
     opts: PrecopyOptions,
-    tracker: Box<dyn track::DirtyTracker>,
+    /// The root first.
+    members: Vec<Member>,
     stop_policy: Box<dyn policy::StopPolicy>,
     start: Instant,
     round_start: Instant,
     rounds: Vec<RoundReport>,
     infos: Vec<RoundInfo>,
-    table: Vec<(u64, u64)>,
     stop_reason: Option<String>,
     /// The policy's reason when rounds were forced after it said stop.
     stop_reason_before_forced: Option<String>,
@@ -83,29 +92,119 @@ pub struct Precopy {
     post_copy: bool,
 }
 
+/// One process under pre-copy.
+#[derive(Debug)]
+struct Member {
+    pid: i32,
+    tracker: Box<dyn track::DirtyTracker>,
+    /// Its page table as of its last round.
+    table: Vec<(u64, u64)>,
+    /// Rounds that hold its pages; its next round is whole while 0.
+    rounds: u32,
+}
+
+impl Member {
+    fn open(pid: i32, kind: TrackerKind) -> Result<Member> {
+        Ok(Member {
+            pid,
+            tracker: track::open_tracker(pid, kind)?,
+            table: Vec::new(),
+            rounds: 0,
+        })
+    }
+
+    /// The tracker reports every change since the last round (writes,
+    /// zapped pages, new mappings): uffd-wp reports zapped pages as
+    /// written (kernel-notes.md), the hash tracker compares contents;
+    /// soft-dirty loses the bit of a zapped page.
+    fn exact(&self) -> bool {
+        matches!(self.tracker.name(), "uffd-wp" | "hash")
+    }
+}
+
+/// Whether `pid` has children (then pre-copy takes its tree); refused if
+/// `policy` may end in post-copy, which takes one process for now.
+pub(crate) fn is_tree_for(pid: i32, policy: &PolicySpec) -> Result<bool> {
+    let tree = crate::tree::has_children(pid)?;
+    if tree && policy.may_post_copy() {
+        return Err(crate::error::EngineError::Unsupported {
+            pid,
+            reason: format!(
+                "it has child processes: post-copy (--policy {policy}) takes one process for now; --policy adaptive moves the tree live"
+            ),
+        });
+    }
+    Ok(tree)
+}
+
+/// Where process `pid` of a program rooted at `root` keeps its image
+/// inside the image directory `top`.
+fn process_dir(top: &Path, root: i32, pid: i32) -> PathBuf {
+    if pid == root {
+        top.to_path_buf()
+    } else {
+        top.join(tern_wire::tree_process_dir(pid))
+    }
+}
+
+/// Round `k`'s image of `pid`, as a path relative to an image of `pid` at
+/// `depth` levels below the top directory (0: the final image's level).
+fn round_of(k: u32, root: i32, pid: i32, depth: usize) -> PathBuf {
+    let mut p = PathBuf::new();
+    let own = usize::from(pid != root);
+    for _ in 0..depth + own {
+        p.push("..");
+    }
+    process_dir(&p.join(format!("round-{k}")), root, pid)
+}
+
 impl Precopy {
     /// Check the program can be dumped and start tracking its writes.
     pub fn start(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Precopy> {
-        dump::preflight_all(pid, &opts.dump)?;
+        let tree = is_tree_for(pid, &opts.policy)?;
+        if tree {
+            dump::preflight_process(pid)?;
+        } else {
+            dump::preflight_all(pid, &opts.dump)?;
+        }
         dump::prepare_dir(dir)?;
-        let tracker = track::open_tracker(pid, opts.tracker)?;
         let stop_policy = policy::build(&opts.policy, &opts.limits);
         let now = Instant::now();
-        Ok(Precopy {
+        let mut pc = Precopy {
             pid,
+            tree,
             dir: dir.to_path_buf(),
             opts: opts.clone(),
-            tracker,
+            members: vec![Member::open(pid, opts.tracker)?],
             stop_policy,
             start: now,
             round_start: now,
             rounds: Vec::new(),
             infos: Vec::new(),
-            table: Vec::new(),
             stop_reason: None,
             stop_reason_before_forced: None,
             post_copy: false,
-        })
+        };
+        pc.list_members()?;
+        Ok(pc)
+    }
+
+    /// A tree's processes as they are now: those that exited leave, new
+    /// ones join with a tracker of their own. Returns the listing.
+    fn list_members(&mut self) -> Result<Vec<tern_wire::TreeProcess>> {
+        if !self.tree {
+            return Ok(Vec::new());
+        }
+        let procs = crate::tree::list_tree(self.pid)?;
+        self.members
+            .retain(|m| procs.iter().any(|p| p.pid == m.pid));
+        for p in &procs {
+            if !self.members.iter().any(|m| m.pid == p.pid) {
+                debug!(pid = p.pid, parent = p.ppid, "a process joins the pre-copy");
+                self.members.push(Member::open(p.pid, self.opts.tracker)?);
+            }
+        }
+        Ok(procs)
     }
 
     /// Run the next round unless the stop policy says the rest is small
@@ -144,37 +243,63 @@ impl Precopy {
         let t = Instant::now();
         let interval_ms = t.duration_since(self.round_start).as_secs_f64() * 1e3;
         self.round_start = t;
-        // Round 0 needs no dirty set: everything is copied.
-        let set = if k == 0 {
-            None
-        } else {
-            Some(self.tracker.collect()?)
-        };
+        let procs = self.list_members()?;
         let rdir = self.dir.join(format!("round-{k}"));
-        let parent = (k > 0).then(|| PathBuf::from(format!("../round-{}", k - 1)));
-        let (stats, next) = dump::pre_dump_round(
-            self.pid,
-            &rdir,
-            parent.as_deref(),
-            &self.table,
-            set.as_ref(),
-            self.opts.dump.zstd_level,
-        )?;
-        self.table = next;
+        let mut each = Vec::with_capacity(self.members.len());
+        let mut dirty_pages = 0;
+        let mut tree_hash = xxhash_rust::xxh3::Xxh3::new();
+        for m in &mut self.members {
+            // A process's first round needs no dirty set: all is copied.
+            let set = if m.rounds == 0 {
+                None
+            } else {
+                Some(m.tracker.collect()?)
+            };
+            let parent = (m.rounds > 0).then(|| round_of(k - 1, self.pid, m.pid, 1));
+            let (stats, next) = dump::pre_dump_round(
+                m.pid,
+                &process_dir(&rdir, self.pid, m.pid),
+                parent.as_deref(),
+                &m.table,
+                set.as_ref(),
+                self.opts.dump.zstd_level,
+            )?;
+            m.table = next;
+            m.rounds += 1;
+            dirty_pages += set.as_ref().map_or(stats.pages_seen, |s| s.total_pages());
+            tree_hash.update(&m.pid.to_le_bytes());
+            tree_hash.update(&stats.round_hash.to_le_bytes());
+            each.push((m.pid, stats));
+        }
+        let mut all = crate::tree::tree_totals(&each);
+        if self.tree {
+            // Marks the round as a tree's (the destination keeps it whole
+            // for the final image's chain) and says who is in it.
+            let listing = tern_wire::Tree {
+                processes: procs,
+                ..Default::default()
+            };
+            tern_wire::write_record(
+                &rdir.join(tern_wire::TREE_FILE),
+                tern_wire::RecordKind::Tree,
+                &listing,
+            )?;
+            all.round_hash = tree_hash.digest();
+        }
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let dirty_pages = set.as_ref().map_or(stats.pages_seen, |s| s.total_pages());
         info!(
             round = k,
+            processes = self.members.len(),
             dirty_pages,
-            stored = stats.pages_stored,
+            stored = all.pages_stored,
             ms,
             "pre-copy round"
         );
         self.infos.push(RoundInfo {
             round: k,
-            dirty_pages: stats.pages_stored,
-            dirty_bytes: stats.pages_bytes,
-            hash: stats.round_hash,
+            dirty_pages: all.pages_stored,
+            dirty_bytes: all.pages_bytes,
+            hash: all.round_hash,
             copy_ms: ms,
             interval_ms: if k == 0 { ms } else { interval_ms },
         });
@@ -182,9 +307,9 @@ impl Precopy {
             round: k,
             dir: rdir,
             dirty_pages,
-            stored_pages: stats.pages_stored,
-            stored_bytes: stats.stored_bytes,
-            hash: stats.round_hash,
+            stored_pages: all.pages_stored,
+            stored_bytes: all.stored_bytes,
+            hash: all.round_hash,
             ms,
         });
         Ok(self.rounds[self.rounds.len() - 1].clone())
@@ -195,6 +320,9 @@ impl Precopy {
     /// into the top directory. The program stays stopped: the caller kills
     /// or thaws it. On error it is released, running and untouched.
     pub fn freeze(self) -> Result<Frozen> {
+        if self.tree {
+            return self.freeze_tree();
+        }
         self.freeze_with(false)
     }
 
@@ -203,7 +331,8 @@ impl Precopy {
     /// (listed in `deferred.img` and in the report's `final_stats.deferred`)
     /// and are sent once the program runs at the destination. Only an exact
     /// tracker (uffd-wp, hash) knows which those are; with soft-dirty every
-    /// page goes in the image as usual.
+    /// page goes in the image as usual. (A tree never gets here: `start`
+    /// refuses post-copy for one.)
     pub fn freeze_deferring(self) -> Result<Frozen> {
         self.freeze_with(true)
     }
@@ -212,7 +341,8 @@ impl Precopy {
         let t0 = Instant::now();
         let mut seized = Seized::attach(self.pid)?;
         let seize_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let set = self.tracker.collect_stopped()?;
+        let mut m = self.members.remove(0);
+        let set = m.tracker.collect_stopped()?;
         debug!(
             seize_ms,
             collect_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -222,7 +352,7 @@ impl Precopy {
         final_opts.parent = self
             .rounds
             .last()
-            .map(|r| PathBuf::from(format!("round-{}", r.round)));
+            .map(|r| round_of(r.round, self.pid, self.pid, 0));
         // The tracker stays registered while frozen: removing it is only
         // needed if the program resumes here (see `Frozen`).
         let final_stats = dump::dump_frozen(
@@ -230,39 +360,99 @@ impl Precopy {
             t0,
             &self.dir,
             &final_opts,
-            &self.table,
+            &m.table,
             Some(dump::Tracking {
                 dirty: &set,
-                maps: self.tracker.maps().to_vec(),
-                // uffd-wp reports zapped pages as written (kernel-notes.md);
-                // the hash tracker compares contents. Soft-dirty loses the
-                // bit of a zapped page.
-                exact: matches!(self.tracker.name(), "uffd-wp" | "hash"),
+                maps: m.tracker.maps().to_vec(),
+                exact: m.exact(),
                 defer,
             }),
             &dump::CrossProcess::alone(&final_opts),
         )?;
-        let stop_reason = match (self.stop_reason, self.stop_reason_before_forced) {
+        let report = self.report(final_stats, set.total_pages(), m.tracker.name());
+        Ok(Frozen {
+            keep_net_lock: final_opts.keep_net_lock,
+            seized: vec![seized],
+            t0,
+            report,
+            trackers: vec![m.tracker],
+        })
+    }
+
+    /// [`freeze`](Self::freeze) for a tree: every process stopped (as
+    /// `tern dump` stops a tree), each one's image written over its last
+    /// round (a process that joined since is taken whole). Shared
+    /// anonymous memory is read whole: another process's writes to it do
+    /// not show in this one's tracker.
+    fn freeze_tree(mut self) -> Result<Frozen> {
+        let root = self.pid;
+        let last = self.rounds.last().map(|r| r.round);
+        let mut final_dirty = 0u64;
+        let members = &mut self.members;
+        let stopped =
+            crate::tree::dump_tree_stopped(root, &self.dir, &self.opts.dump, &mut |pid| {
+                let (Some(k), Some(m)) = (last, members.iter_mut().find(|m| m.pid == pid)) else {
+                    return Ok(None);
+                };
+                if m.rounds == 0 {
+                    return Ok(None);
+                }
+                let set = m.tracker.collect_stopped()?;
+                final_dirty += set.total_pages();
+                let maps = m.tracker.maps().to_vec();
+                let shared = maps
+                    .iter()
+                    .filter(|e| e.is_shmem_anon())
+                    .map(|e| (e.start, e.end));
+                Ok(Some(crate::tree::Prior {
+                    parent: round_of(k, root, pid, 0),
+                    table: std::mem::take(&mut m.table),
+                    dirty: set.with_ranges(shared),
+                    exact: m.exact(),
+                    maps,
+                }))
+            })?;
+        let name = self.members.first().map_or("none", |m| m.tracker.name());
+        let final_stats = crate::tree::tree_totals(&stopped.stats);
+        let report = self.report(final_stats, final_dirty, name);
+        info!(
+            root,
+            processes = stopped.seized.len(),
+            "tree frozen, last deltas written"
+        );
+        Ok(Frozen {
+            keep_net_lock: self.opts.dump.keep_net_lock,
+            seized: stopped.seized,
+            t0: stopped.t0,
+            report,
+            trackers: self.members.drain(..).map(|m| m.tracker).collect(),
+        })
+    }
+
+    fn report(
+        &mut self,
+        final_stats: DumpStats,
+        final_dirty_pages: u64,
+        tracker: &'static str,
+    ) -> PrecopyReport {
+        let stop_reason = match (
+            self.stop_reason.take(),
+            self.stop_reason_before_forced.take(),
+        ) {
             (Some(r), _) => r,
             (None, Some(r)) => {
                 format!("{r} (then rounds in flight were awaited and one more round taken)")
             }
             (None, None) => "no round was run".to_string(),
         };
-        Ok(Frozen {
-            keep_net_lock: final_opts.keep_net_lock,
-            seized: vec![seized],
-            t0,
-            report: PrecopyReport {
-                tracker: self.tracker.name(),
-                policy: self.stop_policy.name(),
-                rounds: self.rounds,
-                stop_reason,
-                final_stats,
-                final_dirty_pages: set.total_pages(),
-            },
-            tracker: Some(self.tracker),
-        })
+        PrecopyReport {
+            tracker,
+            policy: self.stop_policy.name(),
+            rounds: std::mem::take(&mut self.rounds),
+            stop_reason,
+            final_stats,
+            final_dirty_pages,
+        }
     }
 
     /// Page compression for the following rounds and the final image.
@@ -292,7 +482,8 @@ impl Precopy {
 /// removed before it runs again (and not at all if it is killed).
 #[derive(Debug)]
 pub struct Frozen {
-    tracker: Option<Box<dyn track::DirtyTracker>>,
+    /// Each process's tracker, still registered in it.
+    trackers: Vec<Box<dyn track::DirtyTracker>>,
     /// See [`DumpOptions::keep_net_lock`].
     keep_net_lock: bool,
     /// The program: one process, or a tree's (root first).
@@ -316,12 +507,17 @@ impl Frozen {
         self.t0.elapsed().as_secs_f64() * 1e3
     }
 
-    /// Remove the tracker (the program is still stopped).
+    /// Remove the trackers (the program is still stopped).
     fn untrack(&mut self) -> Result<()> {
-        match self.tracker.take() {
-            Some(mut t) => t.finish(),
-            None => Ok(()),
+        let mut first_error = Ok(());
+        for mut t in self.trackers.drain(..) {
+            if let Err(e) = t.finish() {
+                if first_error.is_ok() {
+                    first_error = Err(e);
+                }
+            }
         }
+        first_error
     }
 
     /// From now on, if the program is let go without [`kill`](Self::kill)
@@ -395,8 +591,8 @@ impl Frozen {
             s.kill()?;
             dump::settle_net_lock(&mut s, self.keep_net_lock)?;
         }
-        // Gone with the process: dropping the tracker only closes our fd.
-        self.tracker = None;
+        // Gone with the processes: dropping a tracker only closes our fd.
+        self.trackers.clear();
         self.report.final_stats.frozen_ms = self.stopped_ms();
         Ok(self.report.clone())
     }
@@ -421,11 +617,8 @@ impl Drop for Frozen {
 pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> {
     let (seized, final_stats, t0) = if crate::tree::has_children(pid)? {
         let crate::tree::StoppedTree { seized, stats, t0 } =
-            crate::tree::dump_tree_stopped(pid, dir, opts)?;
-        // The root's figures; the tree's pages in all for the delta.
-        let mut root = stats.first().map(|(_, s)| s.clone()).unwrap_or_default();
-        root.pages_seen = stats.iter().map(|(_, s)| s.pages_seen).sum();
-        (seized, root, t0)
+            crate::tree::dump_tree_stopped(pid, dir, opts, &mut |_| Ok(None))?;
+        (seized, crate::tree::tree_totals(&stats), t0)
     } else {
         dump::preflight(pid)?;
         dump::prepare_dir(dir)?;
@@ -444,7 +637,7 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
     };
     Ok(Frozen {
         keep_net_lock: opts.keep_net_lock,
-        tracker: None,
+        trackers: Vec::new(),
         seized,
         t0,
         report: PrecopyReport {

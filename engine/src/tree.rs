@@ -19,11 +19,12 @@
 use crate::dump::{self, CrossProcess, DumpOptions, DumpStats, Freezer};
 use crate::error::{Context, EngineError, Result};
 use crate::seize::{FrozenSeize, Seized};
+use crate::track::DirtySet;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_sys::freezer::CgroupFreezer;
-use tern_sys::proc;
+use tern_sys::proc::{self, MapEntry};
 use tern_wire as wire;
 use tracing::info;
 
@@ -65,7 +66,7 @@ pub fn dump_tree(root: i32, dir: &Path, opts: &DumpOptions) -> Result<TreeDumpSt
         mut seized,
         stats,
         t0,
-    } = dump_tree_stopped(root, dir, opts)?;
+    } = dump_tree_stopped(root, dir, opts, &mut |_| Ok(None))?;
     for s in seized.iter_mut().rev() {
         if opts.leave_running {
             s.release()?;
@@ -91,9 +92,30 @@ pub(crate) struct StoppedTree {
     pub t0: Instant,
 }
 
+/// What a pre-copy already holds of one process of a tree: its final image
+/// is a delta over its last round.
+pub(crate) struct Prior {
+    /// The last round's image of the process, relative to its final image.
+    pub parent: PathBuf,
+    /// That round's page table.
+    pub table: Vec<(u64, u64)>,
+    /// Pages written since (as its tracker reports them, stopped).
+    pub dirty: DirtySet,
+    pub maps: Vec<MapEntry>,
+    /// The tracker reports every change (see [`dump::Tracking::exact`]).
+    pub exact: bool,
+}
+
 /// Stop the tree under `root` and write its image into `dir`, leaving
-/// every process stopped. On error the tree runs on.
-pub(crate) fn dump_tree_stopped(root: i32, dir: &Path, opts: &DumpOptions) -> Result<StoppedTree> {
+/// every process stopped. `prior(pid)`, asked once each process is
+/// stopped, says what a pre-copy holds of it already (`None`: the whole
+/// process goes into the image). On error the tree runs on.
+pub(crate) fn dump_tree_stopped(
+    root: i32,
+    dir: &Path,
+    opts: &DumpOptions,
+    prior: &mut dyn FnMut(i32) -> Result<Option<Prior>>,
+) -> Result<StoppedTree> {
     if opts.parent.is_some() {
         return Err(refuse(
             root,
@@ -119,7 +141,7 @@ pub(crate) fn dump_tree_stopped(root: i32, dir: &Path, opts: &DumpOptions) -> Re
     for (k, s) in seized.iter_mut().enumerate().skip(1) {
         let pdir = dir.join(wire::tree_process_dir(procs[k].pid));
         dump::prepare_dir(&pdir)?;
-        let st = dump::dump_frozen(s, t0, &pdir, opts, &[], None, &cross)?;
+        let st = dump_member(s, t0, &pdir, opts, prior(procs[k].pid)?, &cross)?;
         stats.push((procs[k].pid, st));
     }
     let mut tree = tree;
@@ -129,9 +151,59 @@ pub(crate) fn dump_tree_stopped(root: i32, dir: &Path, opts: &DumpOptions) -> Re
         external: opts.external.clone(),
         ..cross
     };
-    let st = dump::dump_frozen(&mut seized[0], t0, dir, opts, &[], None, &root_cross)?;
+    let st = dump_member(&mut seized[0], t0, dir, opts, prior(root)?, &root_cross)?;
     stats.insert(0, (root, st));
     Ok(StoppedTree { seized, stats, t0 })
+}
+
+/// One stopped process of a tree into `dir`: whole, or over its last
+/// pre-copy round.
+fn dump_member(
+    seized: &mut Seized,
+    t0: Instant,
+    dir: &Path,
+    opts: &DumpOptions,
+    prior: Option<Prior>,
+    cross: &CrossProcess,
+) -> Result<DumpStats> {
+    let Some(prior) = prior else {
+        return dump::dump_frozen(seized, t0, dir, opts, &[], None, cross);
+    };
+    let opts = DumpOptions {
+        parent: Some(prior.parent),
+        // The destination restores a tree from the image chain on disk,
+        // which needs each final image's whole page table.
+        delta_table: false,
+        ..opts.clone()
+    };
+    let tracking = dump::Tracking {
+        dirty: &prior.dirty,
+        maps: prior.maps,
+        exact: prior.exact,
+        defer: false,
+    };
+    dump::dump_frozen(seized, t0, dir, &opts, &prior.table, Some(tracking), cross)
+}
+
+/// The tree under `root` as it is now, root first and every parent before
+/// its children, each process checked to be one tern can dump. The tree
+/// runs on: a pre-copy lists it again each round.
+pub(crate) fn list_tree(root: i32) -> Result<Vec<wire::TreeProcess>> {
+    let mut procs = vec![ids(root)?];
+    add_unlisted_children(&mut procs, |_, _| Ok(()))?;
+    Ok(procs)
+}
+
+/// A tree's figures in one: the root's, with the pages of every process.
+pub(crate) fn tree_totals(stats: &[(i32, DumpStats)]) -> DumpStats {
+    let mut all = stats.first().map(|(_, s)| s.clone()).unwrap_or_default();
+    for (_, s) in stats.iter().skip(1) {
+        all.pages_seen += s.pages_seen;
+        all.pages_stored += s.pages_stored;
+        all.pages_bytes += s.pages_bytes;
+        all.stored_bytes += s.stored_bytes;
+    }
+    all
 }
 
 fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {

@@ -312,6 +312,7 @@ impl Image {
                     self.inventory.pid
                 )));
             }
+            Self::check_round_records(&canon)?;
             chain.push(canon.clone());
             cur_dir = canon;
             parent = inv.parent;
@@ -325,6 +326,26 @@ impl Image {
             dir: self.dir.clone(),
             what,
         }
+    }
+
+    /// The records of an older image of a chain that rebuilding does not read
+    /// (its page table, its map, a tree round's listing) are read anyway:
+    /// damage anywhere in a chain refuses it, and a later increment built
+    /// on a damaged table would trust it.
+    fn check_round_records(dir: &Path) -> Result<()> {
+        let hashes = dir.join(wire::HASHES_FILE);
+        if hashes.exists() {
+            wire::hashes::read_page_hashes(&hashes)?;
+        }
+        let layout = dir.join(wire::LAYOUT_FILE);
+        if layout.exists() {
+            wire::read_record::<wire::Layout>(&layout, wire::RecordKind::Layout)?;
+        }
+        let tree = dir.join(wire::TREE_FILE);
+        if tree.exists() {
+            wire::read_record::<wire::Tree>(&tree, wire::RecordKind::Tree)?;
+        }
+        Ok(())
     }
 
     /// Structural checks a checksum cannot give: the records agree.

@@ -578,7 +578,11 @@ fn puppet_thread(
                 dir,
                 final_round: false,
             } => {
+                // A tree's rounds stay on disk for the final image's
+                // chain (a standby builds one process only).
+                let tree_round = standby.is_none() && crate::tree::is_tree(&dir);
                 let r = match standby.as_mut() {
+                    None if tree_round => crate::tree::tree_round_pages(&dir),
                     None => Standby::start(&dir, &opts).map(|s| {
                         let pages = s.pages_held();
                         standby = Some(s);
@@ -586,7 +590,9 @@ fn puppet_thread(
                     }),
                     Some(s) => s.apply_round(&dir).map(|a| a.pages),
                 };
-                let _ = std::fs::remove_dir_all(&dir);
+                if !tree_round {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
                 match r {
                     Ok(pages) => Event::Applied {
                         round,
@@ -604,7 +610,7 @@ fn puppet_thread(
                 let r = match standby.take() {
                     Some(s) => s.finish(&dir).map(|p| Rebuilt::One(Box::new(p))),
                     None if crate::tree::is_tree(&dir) => {
-                        crate::tree::prepare_tree(&dir, &opts).map(Rebuilt::Tree)
+                        crate::tree::prepare_migrated_tree(&dir, &opts).map(Rebuilt::Tree)
                     }
                     None => crate::prepare(&dir, &opts).map(|p| Rebuilt::One(Box::new(p))),
                 };

@@ -161,6 +161,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         }
     }
     let mut images = Vec::with_capacity(procs.len());
+    let mut chains = Vec::with_capacity(procs.len());
     for (k, p) in procs.iter().enumerate() {
         let pdir = if k == 0 {
             dir.to_path_buf()
@@ -169,12 +170,10 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         };
         let image = Image::load(&pdir)?;
         image.refuse_owed_pages()?;
-        if image.inventory.pid != p.pid || image.inventory.parent.is_some() {
-            return Err(bad(
-                &pdir,
-                format!("is not a plain image of process {}", p.pid),
-            ));
+        if image.inventory.pid != p.pid {
+            return Err(bad(&pdir, format!("is not an image of process {}", p.pid)));
         }
+        chains.push(pre_copy_chain(dir, &image)?);
         check_outside_world(&image, opts)?;
         images.push(image);
     }
@@ -277,8 +276,15 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
                 }
             }
         }
-        let parts = build_all(image, &[], &tables[k], &mut puppet, opts, Some(&imports))
-            .map_err(|e| explain(&puppet, e))?;
+        let parts = build_all(
+            image,
+            &chains[k],
+            &tables[k],
+            &mut puppet,
+            opts,
+            Some(&imports),
+        )
+        .map_err(|e| explain(&puppet, e))?;
         // What the later processes get from this one.
         for (g, group) in tree.shared_fds.iter().enumerate() {
             if let Some(&(pid, fd)) = group.first() {
@@ -334,6 +340,80 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         members,
         _held: held,
     })
+}
+
+/// The pre-copy rounds a process's image of a tree builds on, oldest
+/// first: they must lie inside the tree's image directory `top` (where
+/// `tern dump --pre-copy` and a migration put them; `--parent` images of
+/// trees are not made) and hold their pages.
+fn pre_copy_chain(top: &Path, image: &Image) -> Result<Vec<std::path::PathBuf>> {
+    let chain = image.ancestors()?;
+    let top = top
+        .canonicalize()
+        .map_err(|e| bad(top, format!("cannot be resolved: {e}")))?;
+    for round in &chain {
+        if !round.starts_with(&top) {
+            return Err(bad(
+                &image.dir,
+                format!(
+                    "its parent image {} lies outside the tree's image directory",
+                    round.display()
+                ),
+            ));
+        }
+        if !round.join(wire::PAGES_FILE).exists() {
+            return Err(bad(round, format!("{} is missing", wire::PAGES_FILE)));
+        }
+    }
+    Ok(chain)
+}
+
+/// What one pre-copy round of a tree (as a migration receives it: kept
+/// whole for the final image's chain) holds: its pages in all. Each
+/// process's part must be a pre-dump of that process.
+pub fn tree_round_pages(dir: &Path) -> Result<u64> {
+    crate::check_image_trusted(dir)?;
+    let listing: wire::Tree =
+        wire::read_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree)?;
+    let mut pages = 0;
+    for (k, p) in listing.processes.iter().enumerate() {
+        let pdir = if k == 0 {
+            dir.to_path_buf()
+        } else {
+            dir.join(wire::tree_process_dir(p.pid))
+        };
+        let inv: wire::Inventory = wire::read_record(
+            &pdir.join(wire::INVENTORY_FILE),
+            wire::RecordKind::Inventory,
+        )?;
+        if !inv.pre_dump || inv.pid != p.pid || inv.page_size == 0 {
+            return Err(bad(
+                &pdir,
+                format!("is not a pre-copy round of process {}", p.pid),
+            ));
+        }
+        pages += inv.pages_bytes / inv.page_size;
+    }
+    Ok(pages)
+}
+
+/// A migration's final image of a tree, received into `stage/round-N`
+/// beside its rounds (`stage/round-K`): moved up into `stage`, where its
+/// parent paths lead (the layout `tern dump --pre-copy` writes), then
+/// prepared like [`prepare_tree`]. Returns where the image now is.
+pub fn prepare_migrated_tree(final_dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
+    let stage = final_dir
+        .parent()
+        .ok_or_else(|| bad(final_dir, "has no parent directory".into()))?;
+    let moved = (|| {
+        for e in std::fs::read_dir(final_dir)? {
+            let e = e?;
+            std::fs::rename(e.path(), stage.join(e.file_name()))?;
+        }
+        std::fs::remove_dir(final_dir)
+    })();
+    moved.map_err(|e| bad(final_dir, format!("cannot move the final image up: {e}")))?;
+    prepare_tree(stage, opts)
 }
 
 /// Have `parent` (a blank puppet, traced with `PTRACE_O_TRACEFORK`) fork a

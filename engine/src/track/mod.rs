@@ -172,6 +172,16 @@ impl DirtySet {
         }
     }
 
+    /// This set with the byte ranges `extra` added.
+    pub fn with_ranges(&self, extra: impl IntoIterator<Item = (u64, u64)>) -> DirtySet {
+        let ps = self.page_size;
+        let mine = self
+            .ranges
+            .iter()
+            .map(|r| (r.start, r.start + r.pages * ps));
+        DirtySet::from_byte_ranges(mine.chain(extra).collect())
+    }
+
     pub fn ranges(&self) -> &[PageRange] {
         &self.ranges
     }
