@@ -143,6 +143,52 @@ fn bad(dir: &Path, what: String) -> RestoreError {
 /// every puppet forked is added to `forked`.
 fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Result<PreparedTree> {
     let t0 = Instant::now();
+    let tree = read_listing(dir)?;
+    let procs = &tree.processes;
+    let mut images = Vec::with_capacity(procs.len());
+    let mut chains = Vec::with_capacity(procs.len());
+    for (k, p) in procs.iter().enumerate() {
+        let image = load_member(dir, k, p, opts)?;
+        chains.push(pre_copy_chain(dir, &image)?);
+        images.push(image);
+    }
+    let tables = images
+        .iter()
+        .map(|i| wire::hashes::read_page_hashes(&i.dir.join(wire::HASHES_FILE)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let all_tids: Vec<i32> = images
+        .iter()
+        .flat_map(|i| i.core.threads.iter().map(|t| t.tid))
+        .collect();
+    // tern's pidfd sits above every fd number any image uses.
+    let chan = above_image_fds(&images);
+    let (puppets, want) = fork_blank_tree(procs, &all_tids, opts, chan, forked)?;
+    let mut shared = Shared::make(&tree, &images)?;
+    let mut members = Vec::with_capacity(procs.len());
+    for (k, (p, mut puppet)) in procs.iter().zip(puppets).enumerate() {
+        let image = &images[k];
+        let imports = shared.imports(&tree, p.pid, image, chan as u64, opts)?;
+        let parts = build_all(image, &chains[k], &tables[k], &mut puppet, opts, Some(&imports))
+            .map_err(|e| explain(&puppet, e))?;
+        shared.export(&tree, p.pid, image, puppet.pid)?;
+        let ns_pid = member_ns_pid(k, p, want, puppet.pid, opts);
+        members.push(Prepared::new(puppet, k == 0, ns_pid, parts, t0));
+    }
+    info!(
+        root = procs[0].pid,
+        processes = members.len(),
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "tree rebuilt, stopped"
+    );
+    Ok(PreparedTree {
+        members,
+        _held: shared.held,
+    })
+}
+
+/// A tree's `tree.img`, checked: a root, no process twice, every parent
+/// before its children.
+pub(crate) fn read_listing(dir: &Path) -> Result<wire::Tree> {
     crate::check_image_trusted(dir)?;
     let tree: wire::Tree = wire::read_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree)?;
     let procs = &tree.processes;
@@ -160,37 +206,67 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
             ));
         }
     }
-    let mut images = Vec::with_capacity(procs.len());
-    let mut chains = Vec::with_capacity(procs.len());
-    for (k, p) in procs.iter().enumerate() {
-        let pdir = if k == 0 {
-            dir.to_path_buf()
-        } else {
-            dir.join(wire::tree_process_dir(p.pid))
-        };
-        let image = Image::load(&pdir)?;
-        image.refuse_owed_pages()?;
-        if image.inventory.pid != p.pid {
-            return Err(bad(&pdir, format!("is not an image of process {}", p.pid)));
-        }
-        chains.push(pre_copy_chain(dir, &image)?);
-        check_outside_world(&image, opts)?;
-        images.push(image);
+    Ok(tree)
+}
+
+/// Where the `k`th process `p` of the tree in `dir` keeps its image.
+pub(crate) fn member_dir(dir: &Path, k: usize, p: &wire::TreeProcess) -> std::path::PathBuf {
+    if k == 0 {
+        dir.to_path_buf()
+    } else {
+        dir.join(wire::tree_process_dir(p.pid))
     }
-    let tables = images
-        .iter()
-        .map(|i| wire::hashes::read_page_hashes(&i.dir.join(wire::HASHES_FILE)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+}
+
+/// The final image of the `k`th process `p` of the tree in `dir`.
+pub(crate) fn load_member(
+    dir: &Path,
+    k: usize,
+    p: &wire::TreeProcess,
+    opts: &RestoreOptions,
+) -> Result<Image> {
+    let pdir = member_dir(dir, k, p);
+    let image = Image::load(&pdir)?;
+    image.refuse_owed_pages()?;
+    if image.inventory.pid != p.pid {
+        return Err(bad(&pdir, format!("is not an image of process {}", p.pid)));
+    }
+    check_outside_world(&image, opts)?;
+    Ok(image)
+}
+
+/// The pid the `k`th process `p` of a tree will see itself as.
+pub(crate) fn member_ns_pid(
+    k: usize,
+    p: &wire::TreeProcess,
+    root_want: Option<i32>,
+    puppet_pid: i32,
+    opts: &RestoreOptions,
+) -> i32 {
+    if k == 0 {
+        root_want.unwrap_or(puppet_pid)
+    } else if opts.new_pid {
+        puppet_pid
+    } else {
+        p.pid
+    }
+}
+
+/// The blank puppets of a tree, in the listing's order: the root spawned
+/// (keeping a pidfd of tern at fd `chan`), every other forked by its
+/// parent's puppet with its pid (unless `--new-pid`), sessions and groups
+/// set. Returns them and the pid the root asked for.
+pub(crate) fn fork_blank_tree(
+    procs: &[wire::TreeProcess],
+    all_tids: &[i32],
+    opts: &RestoreOptions,
+    chan: i32,
+    forked: &mut Vec<i32>,
+) -> Result<(Vec<Puppet>, Option<i32>)> {
     let root_pid = procs[0].pid;
-    let all_tids: Vec<i32> = images
-        .iter()
-        .flat_map(|i| i.core.threads.iter().map(|t| t.tid))
-        .collect();
-    // tern's pidfd sits above every fd number any image uses.
-    let chan = above_image_fds(&images);
     let pidfd = tern_sys::pidfd_open(std::process::id() as i32)
         .step(root_pid, || "pidfd_open of tern itself".into())?;
-    let (root, want) = spawn_puppet(root_pid, &all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
+    let (root, want) = spawn_puppet(root_pid, all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
     let mut puppets: Vec<Puppet> = vec![root];
     ptrace::set_options(puppets[0].pid, crate::puppet::TRACE_OPTIONS)
         .step(root_pid, || "PTRACE_SETOPTIONS (TRACEFORK)".into())?;
@@ -213,44 +289,73 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         puppets.push(child);
     }
     set_groups(procs, &mut puppets)?;
+    Ok((puppets, want))
+}
 
-    // Pipes between processes: made here, put into each.
-    let mut held: Vec<OwnedFd> = Vec::new();
-    let mut pipe_ends: BTreeMap<u64, (RawFd, RawFd)> = BTreeMap::new();
-    for p in &tree.pipes {
-        let (r, w) = make_pipe(p, &images).step(root_pid, || format!("make pipe {}", p.id))?;
-        pipe_ends.insert(p.id, (r.as_raw_fd(), w.as_raw_fd()));
-        held.push(r);
-        held.push(w);
-    }
-    // Unix socketpairs whose ends different processes hold: made here too.
-    let pair_ends = make_cross_pairs(&images, &mut held).step(root_pid, || {
-        "make the unix socketpairs shared between processes".into()
-    })?;
-    let mut shared_fds: BTreeMap<usize, RawFd> = BTreeMap::new();
-    let mut shared_maps: BTreeMap<usize, RawFd> = BTreeMap::new();
-    let mut members = Vec::with_capacity(procs.len());
-    let mut puppets = puppets.into_iter();
-    for (k, p) in procs.iter().enumerate() {
-        let image = &images[k];
-        let mut puppet = puppets
-            .next()
-            .ok_or_else(|| bad(dir, "a process has no puppet".into()))?;
-        let mut imports = Imports {
-            chan: chan as u64,
+/// What the processes of a tree share, made or taken by tern and put into
+/// each: pipes and socketpairs between processes (made before any process
+/// is built), open file descriptions and shared memory (taken from the
+/// first process that has them, once it is built).
+pub(crate) struct Shared {
+    /// Held until every process has its copies.
+    pub held: Vec<OwnedFd>,
+    pipe_ends: BTreeMap<u64, (RawFd, RawFd)>,
+    pair_ends: BTreeMap<u64, RawFd>,
+    /// Group of `tree.shared_fds` -> tern's copy.
+    fds: BTreeMap<usize, RawFd>,
+    /// Group of `tree.shared_memory` -> tern's fd of the object.
+    maps: BTreeMap<usize, RawFd>,
+}
+
+impl Shared {
+    pub fn make(tree: &wire::Tree, images: &[Image]) -> Result<Shared> {
+        let root_pid = tree.processes.first().map_or(0, |p| p.pid);
+        let mut held: Vec<OwnedFd> = Vec::new();
+        let mut pipe_ends = BTreeMap::new();
+        for p in &tree.pipes {
+            let (r, w) = make_pipe(p, images).step(root_pid, || format!("make pipe {}", p.id))?;
+            pipe_ends.insert(p.id, (r.as_raw_fd(), w.as_raw_fd()));
+            held.push(r);
+            held.push(w);
+        }
+        let pair_ends = make_cross_pairs(images, &mut held).step(root_pid, || {
+            "make the unix socketpairs shared between processes".into()
+        })?;
+        Ok(Shared {
+            held,
+            pipe_ends,
+            pair_ends,
             fds: BTreeMap::new(),
             maps: BTreeMap::new(),
+        })
+    }
+
+    /// What process `pid` (its image `image`, tern's pidfd at `chan` in
+    /// its puppet) gets from tern: the fds given for its external ones,
+    /// its ends of the shared pipes and socketpairs, the descriptions and
+    /// memory earlier processes made.
+    pub fn imports(
+        &self,
+        tree: &wire::Tree,
+        pid: i32,
+        image: &Image,
+        chan: u64,
+        opts: &RestoreOptions,
+    ) -> Result<Imports> {
+        let mut imports = Imports {
+            chan,
+            fds: inherited_fds(image, opts)?,
+            maps: BTreeMap::new(),
         };
-        imports.fds.extend(inherited_fds(image, opts)?);
         for f in &image.files.fds {
             match &f.kind {
                 wire::FdKind::Pipe { id, write_end, .. } => {
-                    if let Some(&(r, w)) = pipe_ends.get(id) {
+                    if let Some(&(r, w)) = self.pipe_ends.get(id) {
                         imports.fds.insert(f.fd, if *write_end { w } else { r });
                     }
                 }
                 wire::FdKind::UnixPair { ino, .. } => {
-                    if let Some(&end) = pair_ends.get(ino) {
+                    if let Some(&end) = self.pair_ends.get(ino) {
                         imports.fds.insert(f.fd, end);
                     }
                 }
@@ -258,48 +363,50 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
             }
         }
         for (g, group) in tree.shared_fds.iter().enumerate() {
-            if let Some(&fd) = shared_fds.get(&g) {
-                for &(_, n) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
+            if let Some(&fd) = self.fds.get(&g) {
+                for &(_, n) in group.iter().skip(1).filter(|m| m.0 == pid) {
                     imports.fds.insert(n, fd);
                 }
             }
         }
         for (g, group) in tree.shared_memory.iter().enumerate() {
-            if let Some(&fd) = shared_maps.get(&g) {
+            if let Some(&fd) = self.maps.get(&g) {
                 // The first process made the object from its own offset
                 // (found checked to cover the others' ranges at dump).
                 let base = group.first().map_or(0, |m| m.2);
-                for &(_, start, offset) in group.iter().skip(1).filter(|m| m.0 == p.pid) {
+                for &(_, start, offset) in group.iter().skip(1).filter(|m| m.0 == pid) {
                     imports
                         .maps
                         .insert(start, (fd, offset.saturating_sub(base)));
                 }
             }
         }
-        let parts = build_all(
-            image,
-            &chains[k],
-            &tables[k],
-            &mut puppet,
-            opts,
-            Some(&imports),
-        )
-        .map_err(|e| explain(&puppet, e))?;
-        // What the later processes get from this one.
+        Ok(imports)
+    }
+
+    /// Take from process `pid`, built into puppet `puppet_pid`, what the
+    /// later processes share with it.
+    pub fn export(
+        &mut self,
+        tree: &wire::Tree,
+        pid: i32,
+        image: &Image,
+        puppet_pid: i32,
+    ) -> Result<()> {
         for (g, group) in tree.shared_fds.iter().enumerate() {
-            if let Some(&(pid, fd)) = group.first() {
-                if pid == p.pid {
-                    let dup = tern_sys::take_fd(puppet.pid, fd).step(p.pid, || {
+            if let Some(&(first, fd)) = group.first() {
+                if first == pid {
+                    let dup = tern_sys::take_fd(puppet_pid, fd).step(pid, || {
                         format!("take its fd {fd} for the other processes")
                     })?;
-                    shared_fds.insert(g, dup.as_raw_fd());
-                    held.push(dup);
+                    self.fds.insert(g, dup.as_raw_fd());
+                    self.held.push(dup);
                 }
             }
         }
         for (g, group) in tree.shared_memory.iter().enumerate() {
-            if let Some(&(pid, start, _)) = group.first() {
-                if pid == p.pid {
+            if let Some(&(first, start, _)) = group.first() {
+                if first == pid {
                     let end = image
                         .mm
                         .vmas
@@ -309,37 +416,20 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
                         .ok_or_else(|| {
                             bad(&image.dir, format!("no mapping at {start:#x} to share"))
                         })?;
-                    let path = format!("/proc/{}/map_files/{start:x}-{end:x}", puppet.pid);
+                    let path = format!("/proc/{puppet_pid}/map_files/{start:x}-{end:x}");
                     let f = std::fs::OpenOptions::new()
                         .read(true)
                         .write(true)
                         .open(&path)
-                        .step(p.pid, || format!("open {path} (needs CAP_SYS_ADMIN)"))?;
+                        .step(pid, || format!("open {path} (needs CAP_SYS_ADMIN)"))?;
                     let fd: OwnedFd = f.into();
-                    shared_maps.insert(g, fd.as_raw_fd());
-                    held.push(fd);
+                    self.maps.insert(g, fd.as_raw_fd());
+                    self.held.push(fd);
                 }
             }
         }
-        let ns_pid = if k == 0 {
-            want.unwrap_or(puppet.pid)
-        } else if opts.new_pid {
-            puppet.pid
-        } else {
-            p.pid
-        };
-        members.push(Prepared::new(puppet, k == 0, ns_pid, parts, t0));
+        Ok(())
     }
-    info!(
-        root = root_pid,
-        processes = members.len(),
-        ms = t0.elapsed().as_secs_f64() * 1e3,
-        "tree rebuilt, stopped"
-    );
-    Ok(PreparedTree {
-        members,
-        _held: held,
-    })
 }
 
 /// The pre-copy rounds a process's image of a tree builds on, oldest
