@@ -989,6 +989,54 @@ fn migrate_process_tree_live() {
     restored_guard.kill_and_wait();
 }
 
+/// A tree that changes all the time (`tests/workloads/forker.c`: every
+/// 10 ms the parent forks a child and reaps one born three ticks before,
+/// checking its exit status) migrates live: processes born between rounds
+/// join the pre-copy, those that exit leave it, a stop that meets a child
+/// just exited is tried again, and the destination, seeing the tree
+/// change between rounds, rebuilds it from the rounds it kept. In B the
+/// parent reaps the children born in A with the statuses they were told,
+/// and ticks run on.
+#[test]
+fn migrate_a_tree_that_forks_and_reaps_during_pre_copy() {
+    let test = "migrate_a_tree_that_forks_and_reaps_during_pre_copy";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let mut e = start_program(test, edges, "forker", &[], &[]);
+    e.wait_tick_lines(10);
+    let source = e.program.pid();
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    e.migrate(&["--policy", "rounds:6"])
+        .assert_ok("tern migrate (live)");
+    let restored = report(&e.dir)["restored_pid"]
+        .as_i64()
+        .expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    assert!(
+        wait_gone(source, Duration::from_secs(5)),
+        "the parent is still in A"
+    );
+    let serve_log = std::fs::read_to_string(e.dir.join("serve.stderr")).unwrap_or_default();
+    assert!(
+        serve_log.contains("the tree changed"),
+        "the destination never saw the tree change:\n{serve_log}"
+    );
+    let before = tick_numbers(&e.out).len() as u64;
+    let all = e.wait_tick_lines(before as usize + 30);
+    check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    assert_eq!(netns_of(restored), Some(e.edges.b.inode()));
+    let children = children_of(restored);
+    assert!(
+        (1..=3).contains(&children.len()),
+        "the parent in B has {children:?}"
+    );
+    restored_guard.kill_and_wait();
+    for c in children {
+        kill_pid(c, libc::SIGKILL);
+    }
+}
+
 /// `tern evacuate` of 4 programs (counter64, 16 MiB each) from A to one
 /// `tern serve` in B: all run on in B exactly (consecutive ticks, memory
 /// verified), none is left in A, and their frozen phases (from the report)

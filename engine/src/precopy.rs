@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::policy::{self, Decision, Limits, PolicySpec, RoundInfo};
 use crate::seize::Seized;
 use crate::track::{self, TrackerKind};
+use crate::tree::leaving;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{debug, info};
@@ -137,6 +138,60 @@ pub(crate) fn is_tree_for(pid: i32, policy: &PolicySpec) -> Result<bool> {
     Ok(tree)
 }
 
+/// One process's part of round `k` into `dir`: (its figures, the pages
+/// its tracker reported, or all it has in its first round).
+fn member_round(
+    m: &mut Member,
+    k: u32,
+    root: i32,
+    dir: &Path,
+    opts: &PrecopyOptions,
+) -> Result<(DumpStats, u64)> {
+    // A process's first round needs no dirty set: all is copied.
+    let set = if m.rounds == 0 {
+        None
+    } else {
+        Some(m.tracker.collect()?)
+    };
+    let parent = (m.rounds > 0).then(|| round_of(k - 1, root, m.pid, 1));
+    let (stats, next) = dump::pre_dump_round(
+        m.pid,
+        dir,
+        parent.as_deref(),
+        &m.table,
+        set.as_ref(),
+        opts.dump.zstd_level,
+    )?;
+    m.table = next;
+    m.rounds += 1;
+    let dirty = set.as_ref().map_or(stats.pages_seen, |s| s.total_pages());
+    Ok((stats, dirty))
+}
+
+/// How often the stop of a tree is tried while children are exiting.
+const FREEZE_TRIES: u32 = 50;
+
+/// Whether the stop of the tree under `root` failed with `e` because the
+/// tree was changing: a process vanished, or a child is a zombie now.
+fn tree_changing(root: i32, e: &crate::error::EngineError) -> bool {
+    if leaving(root) {
+        return false;
+    }
+    if matches!(e, crate::error::EngineError::NoProcess { .. }) {
+        return true;
+    }
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for c in tern_sys::proc::list_children(p).unwrap_or_default() {
+            if leaving(c) {
+                return true;
+            }
+            stack.push(c);
+        }
+    }
+    false
+}
+
 /// Where process `pid` of a program rooted at `root` keeps its image
 /// inside the image directory `top`.
 fn process_dir(top: &Path, root: i32, pid: i32) -> PathBuf {
@@ -195,15 +250,22 @@ impl Precopy {
         if !self.tree {
             return Ok(Vec::new());
         }
-        let procs = crate::tree::list_tree(self.pid)?;
+        let mut procs = crate::tree::list_tree(self.pid)?;
         self.members
             .retain(|m| procs.iter().any(|p| p.pid == m.pid));
+        let mut gone = Vec::new();
         for p in &procs {
             if !self.members.iter().any(|m| m.pid == p.pid) {
                 debug!(pid = p.pid, parent = p.ppid, "a process joins the pre-copy");
-                self.members.push(Member::open(p.pid, self.opts.tracker)?);
+                match Member::open(p.pid, self.opts.tracker) {
+                    Ok(m) => self.members.push(m),
+                    // Exited as it joined.
+                    Err(_) if leaving(p.pid) => gone.push(p.pid),
+                    Err(e) => return Err(e),
+                }
             }
         }
+        procs.retain(|p| !gone.contains(&p.pid));
         Ok(procs)
     }
 
@@ -243,38 +305,51 @@ impl Precopy {
         let t = Instant::now();
         let interval_ms = t.duration_since(self.round_start).as_secs_f64() * 1e3;
         self.round_start = t;
-        let procs = self.list_members()?;
+        let mut procs = self.list_members()?;
         let rdir = self.dir.join(format!("round-{k}"));
         let mut each = Vec::with_capacity(self.members.len());
         let mut dirty_pages = 0;
         let mut tree_hash = xxhash_rust::xxh3::Xxh3::new();
+        let mut left = Vec::new();
         for m in &mut self.members {
-            // A process's first round needs no dirty set: all is copied.
-            let set = if m.rounds == 0 {
-                None
-            } else {
-                Some(m.tracker.collect()?)
+            let pdir = process_dir(&rdir, self.pid, m.pid);
+            let (stats, dirty) = match member_round(m, k, self.pid, &pdir, &self.opts) {
+                Ok(r) => r,
+                // A process of the tree that exits during the round leaves
+                // it (the root cannot: its tree is the program).
+                Err(e) if m.pid != self.pid && leaving(m.pid) => {
+                    debug!(
+                        pid = m.pid,
+                        "a process left the pre-copy during a round: {e}"
+                    );
+                    let _ = std::fs::remove_dir_all(&pdir);
+                    left.push(m.pid);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
-            let parent = (m.rounds > 0).then(|| round_of(k - 1, self.pid, m.pid, 1));
-            let (stats, next) = dump::pre_dump_round(
-                m.pid,
-                &process_dir(&rdir, self.pid, m.pid),
-                parent.as_deref(),
-                &m.table,
-                set.as_ref(),
-                self.opts.dump.zstd_level,
-            )?;
-            m.table = next;
-            m.rounds += 1;
-            dirty_pages += set.as_ref().map_or(stats.pages_seen, |s| s.total_pages());
+            dirty_pages += dirty;
             tree_hash.update(&m.pid.to_le_bytes());
             tree_hash.update(&stats.round_hash.to_le_bytes());
             each.push((m.pid, stats));
         }
+        self.members.retain(|m| !left.contains(&m.pid));
         let mut all = crate::tree::tree_totals(&each);
         if self.tree {
             // Marks the round as a tree's (the destination keeps it whole
-            // for the final image's chain) and says who is in it.
+            // for the final image's chain) and says who is in it: a process
+            // whose parent left the round leaves it too.
+            while let Some(orphan) = procs
+                .iter()
+                .skip(1)
+                .position(|p| left.contains(&p.pid) || !procs.iter().any(|q| q.pid == p.ppid))
+            {
+                let gone = procs.remove(orphan + 1);
+                if !left.contains(&gone.pid) {
+                    let _ = std::fs::remove_dir_all(process_dir(&rdir, self.pid, gone.pid));
+                    self.members.retain(|m| m.pid != gone.pid);
+                }
+            }
             let listing = tern_wire::Tree {
                 processes: procs,
                 ..Default::default()
@@ -389,8 +464,13 @@ impl Precopy {
         let last = self.rounds.last().map(|r| r.round);
         let mut final_dirty = 0u64;
         let members = &mut self.members;
-        let stopped =
-            crate::tree::dump_tree_stopped(root, &self.dir, &self.opts.dump, &mut |pid| {
+        let mut tries = 0;
+        let stopped = loop {
+            // Whether a tracker was read (then a failure cannot be retried:
+            // those writes would be lost to the next try).
+            let mut asked = false;
+            let r = crate::tree::dump_tree_stopped(root, &self.dir, &self.opts.dump, &mut |pid| {
+                asked = true;
                 let (Some(k), Some(m)) = (last, members.iter_mut().find(|m| m.pid == pid)) else {
                     return Ok(None);
                 };
@@ -411,7 +491,21 @@ impl Precopy {
                     exact: m.exact(),
                     maps,
                 }))
-            })?;
+            });
+            match r {
+                Ok(s) => break s,
+                // The stop met a child that had just exited and was not
+                // reaped yet (or was, between listing and seizing): the
+                // tree is let go at once, so its program reaps it; then
+                // the stop is tried again.
+                Err(e) if !asked && tries < FREEZE_TRIES && tree_changing(root, &e) => {
+                    tries += 1;
+                    debug!(tries, "the tree changed while it was being stopped: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let name = self.members.first().map_or("none", |m| m.tracker.name());
         let final_stats = crate::tree::tree_totals(&stopped.stats);
         let report = self.report(final_stats, final_dirty, name);

@@ -190,8 +190,43 @@ fn dump_member(
 /// runs on: a pre-copy lists it again each round.
 pub(crate) fn list_tree(root: i32) -> Result<Vec<wire::TreeProcess>> {
     let mut procs = vec![ids(root)?];
-    add_unlisted_children(&mut procs, |_, _| Ok(()))?;
+    let mut next = 0;
+    while next < procs.len() {
+        let parent = procs[next].pid;
+        next += 1;
+        let children = match proc::list_children(parent) {
+            Ok(c) => c,
+            // A process that exited meanwhile is leaving the tree (its
+            // round says so); its children, if any, leave with it.
+            Err(_) if parent != root && leaving(parent) => continue,
+            Err(e) => return Err(e).ctx(parent, || "list children".into()),
+        };
+        for child in children {
+            // A child that has exited (or just did) is leaving the tree;
+            // if it is still there at the freeze, the stop is tried again.
+            if leaving(child) {
+                continue;
+            }
+            let listed = check_descendant(root, parent, child).and_then(|()| ids(child));
+            match listed {
+                Ok(p) => procs.push(p),
+                Err(_) if leaving(child) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
     Ok(procs)
+}
+
+/// Whether process `pid` has exited or is exiting (gone, a zombie, or
+/// `PF_EXITING`: its memory may already be gone while it still runs).
+pub(crate) fn leaving(pid: i32) -> bool {
+    const PF_EXITING: u32 = 0x4;
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_or(true, |st| {
+            matches!(st.state, 'Z' | 'X') || st.flags & PF_EXITING != 0
+        })
 }
 
 /// A tree's figures in one: the root's, with the pages of every process.

@@ -15,6 +15,7 @@ pub mod serve;
 mod shape;
 pub mod standby;
 pub mod tree;
+pub mod tree_standby;
 
 use pidns::PidNamespace;
 use puppet::Puppet;
@@ -1098,7 +1099,7 @@ impl Builder<'_> {
 
     /// A shared memory mapping of another process of the tree: the same
     /// object, from the fd tern holds for it.
-    fn map_imported(&mut self, v: &wire::Vma) -> Result<()> {
+    pub(crate) fn map_imported(&mut self, v: &wire::Vma) -> Result<()> {
         let Some(&(tern_fd, offset)) = self.imports.and_then(|i| i.maps.get(&v.start)) else {
             return Ok(());
         };

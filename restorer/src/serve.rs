@@ -15,6 +15,7 @@
 
 use crate::journal::Journal;
 use crate::standby::Standby;
+use crate::tree_standby::{finish_migrated_tree, TreeStandby};
 use crate::{Prepared, RestoreOptions};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -568,6 +569,9 @@ fn puppet_thread(
     opts: RestoreOptions,
 ) {
     let mut standby: Option<Standby> = None;
+    // A tree's rounds: kept on disk, built into a tree standby.
+    let mut tree_rounds = false;
+    let mut tree_standby: Option<TreeStandby> = None;
     let mut prepared: Option<Rebuilt> = None;
     while let Ok(cmd) = cmds.recv() {
         let t = Instant::now();
@@ -578,21 +582,23 @@ fn puppet_thread(
                 dir,
                 final_round: false,
             } => {
-                // A tree's rounds stay on disk for the final image's
-                // chain (a standby builds one process only).
                 let tree_round = standby.is_none() && crate::tree::is_tree(&dir);
-                let r = match standby.as_mut() {
-                    None if tree_round => crate::tree::tree_round_pages(&dir),
-                    None => Standby::start(&dir, &opts).map(|s| {
-                        let pages = s.pages_held();
-                        standby = Some(s);
-                        pages
-                    }),
-                    Some(s) => s.apply_round(&dir).map(|a| a.pages),
-                };
-                if !tree_round {
+                let r = if tree_round {
+                    let first = !tree_rounds;
+                    tree_rounds = true;
+                    apply_tree_round(&mut tree_standby, &dir, first, &opts)
+                } else {
+                    let r = match standby.as_mut() {
+                        None => Standby::start(&dir, &opts).map(|s| {
+                            let pages = s.pages_held();
+                            standby = Some(s);
+                            pages
+                        }),
+                        Some(s) => s.apply_round(&dir).map(|a| a.pages),
+                    };
                     let _ = std::fs::remove_dir_all(&dir);
-                }
+                    r
+                };
                 match r {
                     Ok(pages) => Event::Applied {
                         round,
@@ -610,7 +616,7 @@ fn puppet_thread(
                 let r = match standby.take() {
                     Some(s) => s.finish(&dir).map(|p| Rebuilt::One(Box::new(p))),
                     None if crate::tree::is_tree(&dir) => {
-                        crate::tree::prepare_migrated_tree(&dir, &opts).map(Rebuilt::Tree)
+                        finish_migrated_tree(&dir, tree_standby.take(), &opts).map(Rebuilt::Tree)
                     }
                     None => crate::prepare(&dir, &opts).map(|p| Rebuilt::One(Box::new(p))),
                 };
@@ -649,6 +655,32 @@ fn puppet_thread(
     }
     // The connection ended first: `standby` / `prepared` are dropped here,
     // which kills the half-built program.
+}
+
+/// A round of a tree: kept on disk (the final image's chain) and built
+/// into the tree standby, which the first round starts. A round whose
+/// processes differ from the standby's drops it: the tree is then rebuilt
+/// from the chain at the end. Returns the pages held.
+fn apply_tree_round(
+    standby: &mut Option<TreeStandby>,
+    dir: &Path,
+    first: bool,
+    opts: &RestoreOptions,
+) -> crate::Result<u64> {
+    if first {
+        let s = TreeStandby::start(dir, opts)?;
+        let pages = s.pages_held();
+        *standby = Some(s);
+        return Ok(pages);
+    }
+    if let Some(s) = standby.as_mut() {
+        if s.matches(dir)? {
+            return s.apply_round(dir);
+        }
+        warn!("the tree changed between rounds: it will be rebuilt from the rounds at the end");
+        *standby = None;
+    }
+    crate::tree::tree_round_pages(dir)
 }
 
 /// Resume a rebuilt program; if it still owes pages (post-copy), first

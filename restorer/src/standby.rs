@@ -57,7 +57,7 @@ pub struct Standby {
 }
 
 /// Where a standby's puppet keeps tern's pidfd until the final image.
-const STANDBY_CHAN: i32 = 3;
+pub(crate) const STANDBY_CHAN: i32 = 3;
 
 fn load_round(dir: &Path) -> Result<(wire::Inventory, wire::Layout)> {
     crate::check_image_trusted(dir)?;
@@ -162,9 +162,8 @@ impl Standby {
     /// Start from the first round (`round0`, a pre-dump image): create the
     /// puppet and build its address space.
     pub fn start(round0: &Path, opts: &RestoreOptions) -> Result<Standby> {
-        let (inv, layout) = load_round(round0)?;
+        let (inv, _) = load_round(round0)?;
         // Threads are only known at the end: the main pid decides.
-        let table = wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?;
         let tern_pidfd = if opts.inherit_fds.is_empty() {
             None
         } else {
@@ -175,9 +174,26 @@ impl Standby {
         };
         let keep = tern_pidfd.as_ref().map(|p| (p.as_raw_fd(), STANDBY_CHAN));
         let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, keep)?;
+        Standby::adopt(puppet, want, keep.is_some(), round0, opts)
+    }
+
+    /// Build the address space of the first round (`round0`) into a blank
+    /// `puppet` made elsewhere (a process of a tree, forked by its
+    /// parent's puppet). `ns_pid`: the pid the program will see itself as
+    /// (`None`: the puppet's); `chan`: the puppet holds tern's pidfd at
+    /// [`STANDBY_CHAN`].
+    pub(crate) fn adopt(
+        puppet: Puppet,
+        ns_pid: Option<i32>,
+        chan: bool,
+        round0: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<Standby> {
+        let (inv, layout) = load_round(round0)?;
+        let table = wire::hashes::read_page_hashes(&round0.join(wire::HASHES_FILE))?;
         let mut standby = Standby {
             puppet,
-            ns_pid: want,
+            ns_pid,
             image_pid: inv.pid,
             scratch: 0,
             layout: Vec::new(),
@@ -187,7 +203,7 @@ impl Standby {
             kernel_release: inv.kernel_release.clone(),
             opts: opts.clone(),
             pages_bytes: 0,
-            tern_chan: keep.map(|_| STANDBY_CHAN as u64),
+            tern_chan: chan.then_some(STANDBY_CHAN as u64),
         };
         let t = Instant::now();
         let built = (|| {
@@ -533,10 +549,22 @@ impl Standby {
     /// Apply the final image (`dir`, a complete dump whose pages are the
     /// delta since the last round) and restore everything else; the
     /// program is then complete and stopped.
-    pub fn finish(mut self, dir: &Path) -> Result<Prepared> {
+    pub fn finish(self, dir: &Path) -> Result<Prepared> {
+        self.finish_member(dir, true, None)
+    }
+
+    /// [`finish`](Self::finish) for one process of a tree (`root`: the
+    /// tree's root), with what it shares with the others (`shared`: the
+    /// fds and memory it gets from tern, besides tern's pidfd).
+    pub(crate) fn finish_member(
+        mut self,
+        dir: &Path,
+        root: bool,
+        shared: Option<crate::tree::Imports>,
+    ) -> Result<Prepared> {
         let t0 = Instant::now();
         let (parts, owed) = self
-            .build_final(dir, t0)
+            .build_final(dir, t0, shared)
             .map_err(|e| crate::explain(&self.puppet, e))?;
         let ns_pid = self.ns_pid.unwrap_or(self.puppet.pid);
         // Freeing a page record of a GiB (262144 tree nodes) takes ~3 ms:
@@ -549,7 +577,7 @@ impl Standby {
             tern_sys::set_idle_priority(0);
             drop(records)
         });
-        let mut prepared = Prepared::new(self.puppet, true, ns_pid, parts, t0);
+        let mut prepared = Prepared::new(self.puppet, root, ns_pid, parts, t0);
         prepared.owe(owed);
         Ok(prepared)
     }
@@ -560,6 +588,7 @@ impl Standby {
         &mut self,
         dir: &Path,
         t0: Instant,
+        shared: Option<crate::tree::Imports>,
     ) -> Result<(crate::Parts, Option<crate::postcopy::OwedPages>)> {
         let image = Image::load(dir)?;
         self.check_same_program(dir, &image.inventory)?;
@@ -647,7 +676,7 @@ impl Standby {
             "standby memory final"
         );
         let table = full_table;
-        let imports = self.imports_for(&image)?;
+        let imports = self.imports_for(&image, shared)?;
         let no_ancestors: [PathBuf; 0] = [];
         let mut b = Builder {
             image: &image,
@@ -663,6 +692,12 @@ impl Standby {
             net: Default::default(),
             imports: imports.as_ref(),
         };
+        // Shared memory of a tree: the object the first process that maps
+        // it built (holding the pages every image agrees on) replaces the
+        // copy this standby built.
+        for v in image.mm.vmas.iter() {
+            b.map_imported(v)?;
+        }
         b.build_rest()?;
         let parts = b.into_parts();
         let owed = match (uffd, owed) {
@@ -686,7 +721,11 @@ impl Standby {
     /// What the puppet takes from tern: the fds given for the image's
     /// external ones, through tern's pidfd, first moved above the image's
     /// fd numbers (so restoring them cannot overwrite it).
-    fn imports_for(&mut self, image: &Image) -> Result<Option<crate::tree::Imports>> {
+    fn imports_for(
+        &mut self,
+        image: &Image,
+        shared: Option<crate::tree::Imports>,
+    ) -> Result<Option<crate::tree::Imports>> {
         let Some(chan) = self.tern_chan.take() else {
             return Ok(None);
         };
@@ -701,10 +740,16 @@ impl Standby {
             .step(pid, || "move tern's pidfd above the image's fds".into())?;
         p.syscall(libc::SYS_close, &[chan])
             .step(pid, || "close tern's pidfd's first copy".into())?;
-        Ok(Some(crate::tree::Imports {
-            chan: moved,
-            fds: crate::inherited_fds(image, &self.opts)?,
-            maps: BTreeMap::new(),
+        Ok(Some(match shared {
+            Some(tree) => crate::tree::Imports {
+                chan: moved,
+                ..tree
+            },
+            None => crate::tree::Imports {
+                chan: moved,
+                fds: crate::inherited_fds(image, &self.opts)?,
+                maps: BTreeMap::new(),
+            },
         }))
     }
 

@@ -49,6 +49,13 @@ pub struct PreparedTree {
 }
 
 impl PreparedTree {
+    pub(crate) fn new(members: Vec<Prepared>, held: Vec<OwnedFd>) -> PreparedTree {
+        PreparedTree {
+            members,
+            _held: held,
+        }
+    }
+
     /// The root's pid as this machine sees it.
     pub fn pid(&self) -> i32 {
         self.members.first().map_or(0, Prepared::pid)
@@ -115,10 +122,11 @@ pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
 }
 
 /// This process as a child subreaper until dropped.
-struct Subreaper;
+#[derive(Debug)]
+pub(crate) struct Subreaper;
 
 impl Subreaper {
-    fn on() -> Subreaper {
+    pub(crate) fn on() -> Subreaper {
         if let Err(e) = tern_sys::child::set_child_subreaper(true) {
             warn!("cannot become a child subreaper ({e}): a failed tree restore may leave zombies to init");
         }
@@ -168,8 +176,15 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
     for (k, (p, mut puppet)) in procs.iter().zip(puppets).enumerate() {
         let image = &images[k];
         let imports = shared.imports(&tree, p.pid, image, chan as u64, opts)?;
-        let parts = build_all(image, &chains[k], &tables[k], &mut puppet, opts, Some(&imports))
-            .map_err(|e| explain(&puppet, e))?;
+        let parts = build_all(
+            image,
+            &chains[k],
+            &tables[k],
+            &mut puppet,
+            opts,
+            Some(&imports),
+        )
+        .map_err(|e| explain(&puppet, e))?;
         shared.export(&tree, p.pid, image, puppet.pid)?;
         let ns_pid = member_ns_pid(k, p, want, puppet.pid, opts);
         members.push(Prepared::new(puppet, k == 0, ns_pid, parts, t0));
@@ -396,9 +411,8 @@ impl Shared {
         for (g, group) in tree.shared_fds.iter().enumerate() {
             if let Some(&(first, fd)) = group.first() {
                 if first == pid {
-                    let dup = tern_sys::take_fd(puppet_pid, fd).step(pid, || {
-                        format!("take its fd {fd} for the other processes")
-                    })?;
+                    let dup = tern_sys::take_fd(puppet_pid, fd)
+                        .step(pid, || format!("take its fd {fd} for the other processes"))?;
                     self.fds.insert(g, dup.as_raw_fd());
                     self.held.push(dup);
                 }
@@ -489,9 +503,9 @@ pub fn tree_round_pages(dir: &Path) -> Result<u64> {
 
 /// A migration's final image of a tree, received into `stage/round-N`
 /// beside its rounds (`stage/round-K`): moved up into `stage`, where its
-/// parent paths lead (the layout `tern dump --pre-copy` writes), then
-/// prepared like [`prepare_tree`]. Returns where the image now is.
-pub fn prepare_migrated_tree(final_dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
+/// parent paths lead (the layout `tern dump --pre-copy` writes). Returns
+/// `stage`.
+pub(crate) fn move_up(final_dir: &Path) -> Result<std::path::PathBuf> {
     let stage = final_dir
         .parent()
         .ok_or_else(|| bad(final_dir, "has no parent directory".into()))?;
@@ -503,7 +517,7 @@ pub fn prepare_migrated_tree(final_dir: &Path, opts: &RestoreOptions) -> Result<
         std::fs::remove_dir(final_dir)
     })();
     moved.map_err(|e| bad(final_dir, format!("cannot move the final image up: {e}")))?;
-    prepare_tree(stage, opts)
+    Ok(stage.to_path_buf())
 }
 
 /// Have `parent` (a blank puppet, traced with `PTRACE_O_TRACEFORK`) fork a
