@@ -1590,6 +1590,42 @@ fn pre_copy_of_a_process_tree() {
     s.finish();
 }
 
+/// A tree that forks a child and reaps one every tick
+/// (`tests/workloads/forker.c`), each exited child left a zombie for 6 ms
+/// of the 16: a stop that meets a zombie lets the tree go and tries again,
+/// so `tern dump --leave-running` takes it every time (five in a row;
+/// without the retries most runs fail), and so does the real dump;
+/// restored, the parent reaps the children born before the dump with the
+/// exit statuses it told them, and ticks on.
+#[test]
+fn dump_of_a_tree_that_forks_and_reaps_all_the_time() {
+    if !root_or_skip("dump_of_a_tree_that_forks_and_reaps_all_the_time") {
+        return;
+    }
+    let mut s = c_session("forker", "forker", &["6"]);
+    s.compare_maps = false;
+    s.wait_seq(10);
+    for k in 0..5 {
+        let peek = s.dir.join(format!("peek-{k}"));
+        let a = args![
+            "dump",
+            "--pid",
+            s.pid.to_string(),
+            "--images",
+            &peek,
+            "--leave-running"
+        ];
+        run_tern(&s.dir, &a, Stdio::null()).assert_ok("tern dump --leave-running of forker");
+    }
+    let last = s.last_seq().unwrap_or(0);
+    s.wait_seq(last + 5);
+    s.dump();
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    s.wait_seq(s.last_before + 20);
+    s.finish();
+}
+
 /// Two memfds (one sealed against shrinking and growing, one unsealable
 /// with its offset at 1234): after restore they hold the same bytes, the
 /// same seals, name and offset.

@@ -989,6 +989,95 @@ fn migrate_process_tree_live() {
     restored_guard.kill_and_wait();
 }
 
+/// A tree left stopped after the commit (the destination frozen right
+/// after `Ready`, so the source cannot learn the outcome): every process
+/// of the tree stays stopped and the pending record lists them all; once
+/// a new daemon says the copy was discarded, `tern resolve` resumes every
+/// process (not only the root), and the parent, which checks its children
+/// every tick, ticks on.
+#[test]
+fn tern_resolve_resumes_every_process_of_a_tree() {
+    let test = "tern_resolve_resumes_every_process_of_a_tree";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let mut e = start_program(test, edges, "family", &[], &[]);
+    e.wait_tick_lines(5);
+    let source = e.program.pid();
+    let kids = children_of(source);
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let work = e.dir.join("serve-work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let work_arg = work.to_string_lossy().into_owned();
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &work_arg, "--timeout-ms", "60000"],
+    ));
+    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
+    let handoff = format!(
+        "kill -STOP {serve_pid}; while grep -L '^State:.T' /proc/{serve_pid}/task/*/status | grep -q .; do sleep 0.001; done"
+    );
+    let out = e.migrate(&[
+        "--handoff-cmd",
+        &handoff,
+        "--timeout-ms",
+        "1500",
+        "--settle-timeout-ms",
+        "1000",
+    ]);
+    assert!(!out.success(), "migrate succeeded: {}", out.describe());
+    let tree: Vec<i32> = std::iter::once(source)
+        .chain(kids.iter().copied())
+        .collect();
+    for &p in &tree {
+        assert_eq!(
+            proc_stat(p).map(|s| s.state),
+            Some('T'),
+            "process {p} of the tree must be left stopped"
+        );
+    }
+    let record = PathBuf::from(format!("/run/tern/pending/{source}"));
+    let text = std::fs::read_to_string(&record).expect("the pending record");
+    for k in &kids {
+        assert!(
+            text.contains(&format!("process {k} ")),
+            "the record does not list child {k}:\n{text}"
+        );
+    }
+    if let Some(mut s) = e.serve.take() {
+        s.kill_and_wait();
+    }
+    e.wait_nothing_left_in_b();
+    e.serve = Some(start_serve(
+        &e.dir,
+        &e.edges,
+        &e.key,
+        &["--work-dir", &work_arg],
+    ));
+    let resolve_args = args!["resolve", "--key", &e.key, source.to_string()];
+    let resolved = run_tern_in(&e.dir, Some(&e.edges.a.name), &resolve_args, Stdio::null());
+    resolved.assert_ok("tern resolve");
+    assert!(!record.exists(), "the record must be gone once settled");
+    for &p in &tree {
+        let state = proc_stat(p).map(|s| s.state);
+        assert!(
+            state.is_some() && state != Some('T'),
+            "process {p} of the tree is not running again: {state:?}"
+        );
+    }
+    let n = tick_numbers(&e.out).len();
+    let all = e.wait_tick_lines(n + 10);
+    check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    // Its children now (child 1 may have been reaped at tick 60).
+    let left = children_of(source);
+    e.program.kill_and_wait();
+    for k in left {
+        kill_pid(k, libc::SIGKILL);
+    }
+}
+
 /// A tree that changes all the time (`tests/workloads/forker.c`: every
 /// 10 ms the parent forks a child and reaps one born three ticks before,
 /// checking its exit status) migrates live: processes born between rounds

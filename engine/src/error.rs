@@ -14,6 +14,10 @@ pub enum EngineError {
     },
     #[error("process {pid} cannot be dumped: {reason}")]
     Unsupported { pid: i32, reason: String },
+    /// A process of its tree exited while tern was stopping the tree (a
+    /// stop tries again a few times before it reports this).
+    #[error("process {pid} cannot be dumped: {reason}")]
+    TreeChanging { pid: i32, reason: String },
     #[error(transparent)]
     Wire(#[from] tern_wire::WireError),
     /// A dirty-page tracker cannot work on this kernel or for this process.

@@ -826,6 +826,7 @@ fn commit(
         session,
         lock_table,
         repaired_fds,
+        others: frozen.held_others(),
     };
     if let Err(e) = record.write() {
         let what = format!(

@@ -28,6 +28,17 @@ pub struct Record {
     pub lock_table: Option<String>,
     /// Its sockets left in TCP repair mode.
     pub repaired_fds: Vec<i32>,
+    /// The other processes of its tree, each held as it is.
+    pub others: Vec<Held>,
+}
+
+/// One more process of a tree left stopped with the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub pid: i32,
+    pub start: u64,
+    pub lock_table: Option<String>,
+    pub repaired_fds: Vec<i32>,
 }
 
 impl Record {
@@ -46,6 +57,15 @@ impl Record {
         for fd in &self.repaired_fds {
             t.push_str(&format!("repaired_fd {fd}\n"));
         }
+        for h in &self.others {
+            t.push_str(&format!("process {} {}\n", h.pid, h.start));
+            if let Some(l) = &h.lock_table {
+                t.push_str(&format!("process_lock_table {} {l}\n", h.pid));
+            }
+            for fd in &h.repaired_fds {
+                t.push_str(&format!("process_repaired_fd {} {fd}\n", h.pid));
+            }
+        }
         t
     }
 
@@ -58,19 +78,50 @@ impl Record {
             session: 0,
             lock_table: None,
             repaired_fds: Vec::new(),
+            others: Vec::new(),
         };
         for line in text.lines() {
             let (k, v) = line
                 .split_once(' ')
                 .ok_or_else(|| format!("malformed line {line:?}"))?;
-            let bad = |_| format!("malformed {k} {v:?}");
+            let bad = || format!("malformed {k} {v:?}");
+            // "PID VALUE" of the lines about another process of the tree.
+            let other = |r: &mut Record| -> std::result::Result<(usize, String), String> {
+                let (p, rest) = v.split_once(' ').ok_or_else(bad)?;
+                let p = p.parse::<i32>().map_err(|_| bad())?;
+                let at = r
+                    .others
+                    .iter()
+                    .position(|h| h.pid == p)
+                    .ok_or_else(|| format!("{k} of process {p}, which is not listed before"))?;
+                Ok((at, rest.to_string()))
+            };
             match k {
-                "pid" => pid = Some(v.parse::<i32>().map_err(bad)?),
-                "start" => start = Some(v.parse::<u64>().map_err(bad)?),
+                "pid" => pid = Some(v.parse::<i32>().map_err(|_| bad())?),
+                "start" => start = Some(v.parse::<u64>().map_err(|_| bad())?),
                 "to" => to = Some(v.to_string()),
-                "session" => session = Some(u64::from_str_radix(v, 16).map_err(bad)?),
+                "session" => session = Some(u64::from_str_radix(v, 16).map_err(|_| bad())?),
                 "lock_table" => r.lock_table = Some(v.to_string()),
-                "repaired_fd" => r.repaired_fds.push(v.parse::<i32>().map_err(bad)?),
+                "repaired_fd" => r.repaired_fds.push(v.parse::<i32>().map_err(|_| bad())?),
+                "process" => {
+                    let (p, st) = v.split_once(' ').ok_or_else(bad)?;
+                    r.others.push(Held {
+                        pid: p.parse().map_err(|_| bad())?,
+                        start: st.parse().map_err(|_| bad())?,
+                        lock_table: None,
+                        repaired_fds: Vec::new(),
+                    });
+                }
+                "process_lock_table" => {
+                    let (at, table) = other(&mut r)?;
+                    r.others[at].lock_table = Some(table);
+                }
+                "process_repaired_fd" => {
+                    let (at, fd) = other(&mut r)?;
+                    r.others[at]
+                        .repaired_fds
+                        .push(fd.parse().map_err(|_| bad())?);
+                }
                 _ => return Err(format!("unknown key {k:?}")),
             }
         }
@@ -80,6 +131,19 @@ impl Record {
         r.to = to.ok_or_else(|| missing("to"))?;
         r.session = session.ok_or_else(|| missing("session"))?;
         Ok(r)
+    }
+
+    /// Every process the record holds, the root first.
+    pub fn held(&self) -> Vec<Held> {
+        let root = Held {
+            pid: self.pid,
+            start: self.start,
+            lock_table: self.lock_table.clone(),
+            repaired_fds: self.repaired_fds.clone(),
+        };
+        std::iter::once(root)
+            .chain(self.others.iter().cloned())
+            .collect()
     }
 
     /// Write it (replacing an older one of the same pid).
@@ -150,7 +214,8 @@ pub enum Settled {
     Gone,
 }
 
-/// Settle a pending migration whose destination answered `outcome`.
+/// Settle a pending migration whose destination answered `outcome`:
+/// every process of it (a tree's children before the root).
 /// `Ok(None)`: the destination cannot tell yet (nothing was done).
 pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Option<Settled>> {
     use tern_wire::net::SessionOutcome;
@@ -159,8 +224,34 @@ pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Opt
         Record::remove(pid);
         return Ok(Some(Settled::Gone));
     }
+    let settled = match outcome {
+        SessionOutcome::Running { pid: there, ns_pid } => Settled::RunsThere { pid: there, ns_pid },
+        SessionOutcome::Discarded => Settled::ResumedHere,
+        SessionOutcome::Undecided | SessionOutcome::Unknown => return Ok(None),
+    };
+    for h in r.held().iter().rev() {
+        settle_process(h, &settled)?;
+    }
+    Record::remove(pid);
+    info!(
+        pid,
+        ?settled,
+        processes = r.others.len() + 1,
+        "pending migration settled"
+    );
+    Ok(Some(settled))
+}
+
+/// End one held process (its copy runs there) or resume it (discarded
+/// there), lifting the lock on its connections either way. One that is no
+/// longer there (a child ended by someone else) is left alone.
+fn settle_process(h: &Held, settled: &Settled) -> Result<()> {
+    let pid = h.pid;
+    if tern_sys::proc::start_time(pid) != Some(h.start) {
+        return Ok(());
+    }
     // Held open: the namespace of its lock outlives it once killed.
-    let netns = match &r.lock_table {
+    let netns = match &h.lock_table {
         Some(_) => Some(
             std::fs::File::open(format!("/proc/{pid}/ns/net"))
                 .ctx(pid, || "open its network namespace".into())?,
@@ -168,7 +259,7 @@ pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Opt
         None => None,
     };
     let lift_lock = || -> Result<()> {
-        if let (Some(table), Some(ns)) = (&r.lock_table, &netns) {
+        if let (Some(table), Some(ns)) = (&h.lock_table, &netns) {
             use std::os::fd::AsRawFd;
             let path = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
             tern_sys::netlock::remove_table(Some(&path), table).ctx(pid, || {
@@ -177,26 +268,21 @@ pub fn settle(r: &Record, outcome: tern_wire::net::SessionOutcome) -> Result<Opt
         }
         Ok(())
     };
-    let settled = match outcome {
-        SessionOutcome::Running { pid: there, ns_pid } => {
+    match settled {
+        Settled::RunsThere { .. } => {
             // Its sockets are still in repair mode: they vanish silently.
             tern_sys::signal(pid, libc::SIGKILL).ctx(pid, || "kill".into())?;
-            lift_lock()?;
-            Settled::RunsThere { pid: there, ns_pid }
+            lift_lock()
         }
-        SessionOutcome::Discarded => {
-            for &fd in &r.repaired_fds {
+        Settled::ResumedHere => {
+            for &fd in &h.repaired_fds {
                 tern_state::sockets::leave_repair(pid, fd)?;
             }
             lift_lock()?;
-            tern_sys::signal(pid, libc::SIGCONT).ctx(pid, || "SIGCONT".into())?;
-            Settled::ResumedHere
+            tern_sys::signal(pid, libc::SIGCONT).ctx(pid, || "SIGCONT".into())
         }
-        SessionOutcome::Undecided | SessionOutcome::Unknown => return Ok(None),
-    };
-    Record::remove(pid);
-    info!(pid, ?settled, "pending migration settled");
-    Ok(Some(settled))
+        Settled::Gone => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -212,8 +298,25 @@ mod tests {
             session: 0xdead_beef_0000_0001,
             lock_table: Some("tern_lock_42".into()),
             repaired_fds: vec![3, 7],
+            others: vec![
+                Held {
+                    pid: 43,
+                    start: 1235,
+                    lock_table: Some("tern_lock_43".into()),
+                    repaired_fds: vec![5],
+                },
+                Held {
+                    pid: 44,
+                    start: 1236,
+                    lock_table: None,
+                    repaired_fds: Vec::new(),
+                },
+            ],
         };
         assert_eq!(Record::parse(&r.text()), Ok(r));
+        assert!(Record::parse("process_repaired_fd 9 3\n")
+            .unwrap_err()
+            .contains("not listed"));
         assert!(Record::parse("pid 1\n").unwrap_err().contains("no start"));
         assert!(Record::parse("pid x\n").unwrap_err().contains("pid"));
         assert!(Record::parse("what 1\n").unwrap_err().contains("what"));

@@ -168,30 +168,6 @@ fn member_round(
     Ok((stats, dirty))
 }
 
-/// How often the stop of a tree is tried while children are exiting.
-const FREEZE_TRIES: u32 = 50;
-
-/// Whether the stop of the tree under `root` failed with `e` because the
-/// tree was changing: a process vanished, or a child is a zombie now.
-fn tree_changing(root: i32, e: &crate::error::EngineError) -> bool {
-    if leaving(root) {
-        return false;
-    }
-    if matches!(e, crate::error::EngineError::NoProcess { .. }) {
-        return true;
-    }
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        for c in tern_sys::proc::list_children(p).unwrap_or_default() {
-            if leaving(c) {
-                return true;
-            }
-            stack.push(c);
-        }
-    }
-    false
-}
-
 /// Where process `pid` of a program rooted at `root` keeps its image
 /// inside the image directory `top`.
 fn process_dir(top: &Path, root: i32, pid: i32) -> PathBuf {
@@ -464,13 +440,8 @@ impl Precopy {
         let last = self.rounds.last().map(|r| r.round);
         let mut final_dirty = 0u64;
         let members = &mut self.members;
-        let mut tries = 0;
-        let stopped = loop {
-            // Whether a tracker was read (then a failure cannot be retried:
-            // those writes would be lost to the next try).
-            let mut asked = false;
-            let r = crate::tree::dump_tree_stopped(root, &self.dir, &self.opts.dump, &mut |pid| {
-                asked = true;
+        let stopped =
+            crate::tree::dump_tree_stopped(root, &self.dir, &self.opts.dump, &mut |pid| {
                 let (Some(k), Some(m)) = (last, members.iter_mut().find(|m| m.pid == pid)) else {
                     return Ok(None);
                 };
@@ -491,21 +462,7 @@ impl Precopy {
                     exact: m.exact(),
                     maps,
                 }))
-            });
-            match r {
-                Ok(s) => break s,
-                // The stop met a child that had just exited and was not
-                // reaped yet (or was, between listing and seizing): the
-                // tree is let go at once, so its program reaps it; then
-                // the stop is tried again.
-                Err(e) if !asked && tries < FREEZE_TRIES && tree_changing(root, &e) => {
-                    tries += 1;
-                    debug!(tries, "the tree changed while it was being stopped: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+            })?;
         let name = self.members.first().map_or("none", |m| m.tracker.name());
         let final_stats = crate::tree::tree_totals(&stopped.stats);
         let report = self.report(final_stats, final_dirty, name);
@@ -645,6 +602,25 @@ impl Frozen {
             ),
             None => (None, Vec::new()),
         }
+    }
+
+    /// The other processes of a tree, as a pending-migration record holds
+    /// them: start time, connection lock, sockets in repair.
+    pub fn held_others(&self) -> Vec<crate::pending::Held> {
+        self.seized
+            .iter()
+            .skip(1)
+            .map(|s| crate::pending::Held {
+                pid: s.pid,
+                start: tern_sys::proc::start_time(s.pid).unwrap_or(0),
+                lock_table: s
+                    .net
+                    .lock_name()
+                    .or(s.net_lock_left.as_ref().map(|l| l.name()))
+                    .map(str::to_string),
+                repaired_fds: s.net.repaired_fds(),
+            })
+            .collect()
     }
 
     /// Pages left out of the final image for post-copy (sorted addresses).

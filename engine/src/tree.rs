@@ -125,10 +125,7 @@ pub(crate) fn dump_tree_stopped(
     dump::preflight_process(root)?;
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
-    let (mut seized, procs) = match opts.freezer {
-        Freezer::Ptrace => seize_in_turn(root)?,
-        Freezer::Cgroup => seize_frozen(root)?,
-    };
+    let (mut seized, procs) = seize_tree(root, opts.freezer)?;
     let (tree, sockets) = find_shared(&procs)?;
     let cross = CrossProcess {
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
@@ -241,7 +238,51 @@ pub(crate) fn tree_totals(stats: &[(i32, DumpStats)]) -> DumpStats {
     all
 }
 
+/// How often the stop of a tree is tried while children are exiting.
+const STOP_TRIES: u32 = 50;
+
+/// Stop every process of the tree under `root`. A stop that meets a child
+/// that has just exited and is not reaped yet (a zombie, which tern does
+/// not restore), or one gone between listing and seizing, lets the tree
+/// go at once, so its program reaps it, and tries again (50 times, 2 ms
+/// apart) before it refuses.
+fn seize_tree(root: i32, freezer: Freezer) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+    let mut tries = 0;
+    loop {
+        let stopped = match freezer {
+            Freezer::Ptrace => seize_in_turn(root),
+            Freezer::Cgroup => seize_frozen(root),
+        };
+        match stopped {
+            Err(e) if tries < STOP_TRIES && tree_changing(root, &e) => {
+                tries += 1;
+                tracing::debug!(tries, "the tree changed while it was being stopped: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether the stop of the tree under `root` failed with `e` because the
+/// tree was changing: a child exiting, or a process gone meanwhile.
+fn tree_changing(root: i32, e: &EngineError) -> bool {
+    !leaving(root)
+        && matches!(
+            e,
+            EngineError::TreeChanging { .. } | EngineError::NoProcess { .. }
+        )
+}
+
 fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {
+    if leaving(child) {
+        return Err(EngineError::TreeChanging {
+            pid: root,
+            reason: format!(
+                "its descendant {child} has exited and its parent {parent} has not reaped it yet (tern does not restore zombies)"
+            ),
+        });
+    }
     dump::preflight_process(child).map_err(|e| {
         refuse(
             root,

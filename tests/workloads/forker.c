@@ -3,8 +3,9 @@
  * forks a child that blocks reading a number from its own pipe; three
  * ticks later the parent writes the tick number to that child, which
  * exits with a status made of that number and its own birth tick, and the
- * parent reaps it at once with waitpid and checks the status. So about
- * three children live at any moment, one is born and one dies each tick.
+ * parent reaps it with waitpid (after argv[1] ms, default 0: a zombie
+ * waits that long) and checks the status. So about three children live at
+ * any moment, one is born and one dies each tick.
  * Prints "tick N children K" each tick; a wrong status, a failed fork or
  * write prints CORRUPT and exits 3.
  */
@@ -30,12 +31,14 @@ static int status_for(uint64_t told, uint64_t born)
 	return (int)((told * 7 + born) & 0x7f);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	pid_t kid[LIFE] = {0};
 	int to_kid[LIFE] = {-1, -1, -1};
 	uint64_t born[LIFE] = {0};
 	struct timespec period = {0, 10 * 1000 * 1000};
+	long delay_ms = argc > 1 ? atol(argv[1]) : 0;
+	struct timespec reap_delay = {0, delay_ms * 1000 * 1000};
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	for (uint64_t n = 1;; n++) {
@@ -44,6 +47,8 @@ int main(void)
 			int st = 0;
 			if (write(to_kid[slot], &n, sizeof n) != (ssize_t)sizeof n)
 				corrupt("write", n);
+			if (delay_ms > 0)
+				nanosleep(&reap_delay, NULL);
 			if (waitpid(kid[slot], &st, 0) != kid[slot] || !WIFEXITED(st) ||
 			    WEXITSTATUS(st) != status_for(n, born[slot]))
 				corrupt("child status", n);
