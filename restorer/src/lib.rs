@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+mod fill;
 pub mod journal;
 pub mod pidns;
 pub mod postcopy;
@@ -1158,6 +1159,14 @@ impl Builder<'_> {
         let private = shape::private_ranges(&image.mm.vmas);
         let page = image.inventory.page_size as usize;
         let mut written = 0u64;
+        // Fresh private anonymous memory is filled by UFFDIO_COPY (see
+        // `page_filler`); not over older images of a chain, whose pages
+        // are there already.
+        let filler = if strict && self.ancestors.is_empty() {
+            fill::MissingPages::open(self.puppet, &image.mm.vmas, image.inventory.pages_bytes)
+        } else {
+            None
+        };
         let puppet = &mut *self.puppet;
         shape::stream_pages(pid, path, |addr, buf| {
             if !strict {
@@ -1177,6 +1186,11 @@ impl Builder<'_> {
                 return Ok(());
             }
             shape::check_chunk(&image.dir, path, &private, addr, buf.len(), page)?;
+            if let Some(f) = filler.as_ref().filter(|f| f.covers(addr, buf.len())) {
+                f.fill(pid, addr, buf)?;
+                written += buf.len() as u64;
+                return Ok(());
+            }
             if buf.len() >= 64 * page {
                 shape::populate(puppet, addr, buf.len())?;
             }
@@ -1184,6 +1198,8 @@ impl Builder<'_> {
             written += buf.len() as u64;
             Ok(())
         })?;
+        // Unregistered before anything else touches the memory.
+        drop(filler);
         self.pages_bytes += written;
         Ok(())
     }

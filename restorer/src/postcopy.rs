@@ -99,23 +99,32 @@ pub(crate) fn present_among(pid: i32, owed: &[u64], page_size: u64) -> std::io::
 /// seccomp filter are restored, which could forbid it), take tern's copy
 /// and close the puppet's.
 pub(crate) fn open_uffd_in(p: &mut Puppet) -> Result<OwnedFd> {
-    let pid = p.pid;
-    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let fd = p
-        .syscall(libc::SYS_userfaultfd, &[flags])
-        .step(pid, || "userfaultfd for post-copy".into())?;
-    let taken = tern_sys::take_fd(pid, fd as i32);
-    p.syscall(libc::SYS_close, &[fd])
-        .step(pid, || "close the puppet's userfaultfd".into())?;
-    let taken = taken.step(pid, || "take the puppet's userfaultfd".into())?;
-    let features = tern_sys::uffd::api(taken.as_fd(), uffd::POSTCOPY_FEATURES)
-        .step(pid, || "UFFDIO_API for post-copy".into())?;
+    let (taken, features) = uffd_of(p, uffd::POSTCOPY_FEATURES, "post-copy")?;
     if features & uffd::POSTCOPY_FEATURES != uffd::POSTCOPY_FEATURES {
         return Err(RestoreError::Unsupported(format!(
             "post-copy needs the userfaultfd fork, remap, remove and unmap events (Linux 4.11+); this kernel offers features {features:#x}"
         )));
     }
     Ok(taken)
+}
+
+/// A userfaultfd of the puppet's memory, held by tern only (made in the
+/// puppet, taken with `pidfd_getfd`, closed there), with `features` asked
+/// (`for_what` names the use in errors); returns it and the features the
+/// kernel granted.
+pub(crate) fn uffd_of(p: &mut Puppet, features: u64, for_what: &str) -> Result<(OwnedFd, u64)> {
+    let pid = p.pid;
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    let fd = p
+        .syscall(libc::SYS_userfaultfd, &[flags])
+        .step(pid, || format!("userfaultfd for {for_what}"))?;
+    let taken = tern_sys::take_fd(pid, fd as i32);
+    p.syscall(libc::SYS_close, &[fd])
+        .step(pid, || "close the puppet's userfaultfd".into())?;
+    let taken = taken.step(pid, || "take the puppet's userfaultfd".into())?;
+    let granted = tern_sys::uffd::api(taken.as_fd(), features)
+        .step(pid, || format!("UFFDIO_API for {for_what}"))?;
+    Ok((taken, granted))
 }
 
 /// Register every mapping holding an owed page for missing-page faults:

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// One mapping from `/proc/PID/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -902,5 +903,79 @@ mod inotify_tests {
         assert_eq!(e[0].mask, 0xfce);
         assert_eq!(e[0].handle_type, 1);
         assert_eq!(e[0].handle, vec![0xe2, 0, 0, 0, 0x28, 0xfb, 0x9c, 0x7b]);
+    }
+}
+
+/// How much more memory process `pid` may be charged before the kernel is
+/// likely to run out: the least of the machine's `MemAvailable` and, for
+/// its memory cgroup and each one above it, the limit minus the usage
+/// (cgroup v2 `memory.max` and `memory.current`, v1
+/// `memory.limit_in_bytes` and `memory.usage_in_bytes`; "max" is no
+/// limit). `None` if `/proc/meminfo` or `/proc/PID/cgroup` cannot be read.
+pub fn memory_headroom(pid: i32) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let avail_kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut room = avail_kb.saturating_mul(1024);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let places: &[(&str, &str, &str)] = if controllers.is_empty() {
+            &[
+                ("/sys/fs/cgroup", "memory.max", "memory.current"),
+                ("/sys/fs/cgroup/unified", "memory.max", "memory.current"),
+            ]
+        } else if controllers.split(',').any(|c| c == "memory") {
+            &[(
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )]
+        } else {
+            continue;
+        };
+        for &(base, limit, usage) in places {
+            let mut dir = Path::new(base).join(path.trim_start_matches('/'));
+            while dir.starts_with(base) {
+                let value = |f: &str| {
+                    std::fs::read_to_string(dir.join(f))
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u64>().ok())
+                };
+                if let (Some(l), Some(u)) = (value(limit), value(usage)) {
+                    room = room.min(l.saturating_sub(u));
+                }
+                if !dir.pop() {
+                    break;
+                }
+            }
+        }
+    }
+    Some(room)
+}
+
+#[cfg(test)]
+mod headroom_tests {
+    #[test]
+    fn memory_headroom_of_this_process_is_at_most_what_the_machine_has() {
+        let room = super::memory_headroom(std::process::id() as i32).expect("headroom");
+        let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+        let total_kb: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("MemTotal");
+        assert!(room > 0 && room <= total_kb * 1024, "{room}");
+        assert_eq!(super::memory_headroom(-1), None, "no such process");
     }
 }
