@@ -1545,6 +1545,12 @@ fn process_tree_with_the_cgroup_freezer() {
     s.wait_seq(last + 5);
     let freeze = args!["--freezer", "cgroup"];
     s.dump_with(&freeze);
+    restore_the_family_and_see_it_go_on(&mut s);
+}
+
+/// Restore the dumped family (`--pid-ns never`): the parent has its two
+/// children again, reaps child 1 at tick 60 and ticks on to 70.
+fn restore_the_family_and_see_it_go_on(s: &mut Session) {
     let never = args!["--pid-ns", "never"];
     s.restore_with(Stdio::null(), &never);
     assert_eq!(children_of(s.pid).len(), 2, "its children are back");
@@ -1582,12 +1588,7 @@ fn pre_copy_of_a_process_tree() {
             );
         }
     }
-    let never = args!["--pid-ns", "never"];
-    s.restore_with(Stdio::null(), &never);
-    assert_eq!(children_of(s.pid).len(), 2, "its children are back");
-    s.wait_for_line("the parent reaping child 1", |l| l.contains("reaped"));
-    s.wait_seq(70);
-    s.finish();
+    restore_the_family_and_see_it_go_on(&mut s);
 }
 
 /// A tree that forks a child and reaps one every tick

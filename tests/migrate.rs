@@ -164,6 +164,26 @@ impl Edge {
         )
     }
 
+    /// `tern migrate` whose destination daemon is stopped (SIGSTOP) by the
+    /// handoff command, once it said `Ready`: the source cannot learn the
+    /// outcome of its Commit within its (short) settle time.
+    fn migrate_with_the_destination_frozen_when_ready(&self) -> TernOutput {
+        let serve_pid = self.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
+        // kill returns before every thread has stopped: wait until they
+        // have, or the Commit might still be taken.
+        let handoff = format!(
+            "kill -STOP {serve_pid}; while grep -L '^State:.T' /proc/{serve_pid}/task/*/status | grep -q .; do sleep 0.001; done"
+        );
+        self.migrate(&[
+            "--handoff-cmd",
+            &handoff,
+            "--timeout-ms",
+            "1500",
+            "--settle-timeout-ms",
+            "1000",
+        ])
+    }
+
     fn migrate(&self, extra: &[&str]) -> TernOutput {
         let mut a = args![
             "migrate",
@@ -664,21 +684,8 @@ fn migrate_commit_outcome_is_settled_by_asking() {
         &e.key,
         &["--work-dir", &work_arg, "--timeout-ms", "60000"],
     ));
-    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
     let source_pid = e.program.pid();
-    // kill returns before every thread has stopped: wait until they have,
-    // or the Commit might still be taken.
-    let handoff = format!(
-        "kill -STOP {serve_pid}; while grep -L '^State:.T' /proc/{serve_pid}/task/*/status | grep -q .; do sleep 0.001; done"
-    );
-    let out = e.migrate(&[
-        "--handoff-cmd",
-        &handoff,
-        "--timeout-ms",
-        "1500",
-        "--settle-timeout-ms",
-        "1000",
-    ]);
+    let out = e.migrate_with_the_destination_frozen_when_ready();
     assert!(!out.success(), "migrate succeeded: {}", out.describe());
     assert!(
         out.stderr.contains("tern resolve"),
@@ -1015,18 +1022,7 @@ fn tern_resolve_resumes_every_process_of_a_tree() {
         &e.key,
         &["--work-dir", &work_arg, "--timeout-ms", "60000"],
     ));
-    let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
-    let handoff = format!(
-        "kill -STOP {serve_pid}; while grep -L '^State:.T' /proc/{serve_pid}/task/*/status | grep -q .; do sleep 0.001; done"
-    );
-    let out = e.migrate(&[
-        "--handoff-cmd",
-        &handoff,
-        "--timeout-ms",
-        "1500",
-        "--settle-timeout-ms",
-        "1000",
-    ]);
+    let out = e.migrate_with_the_destination_frozen_when_ready();
     assert!(!out.success(), "migrate succeeded: {}", out.describe());
     let tree: Vec<i32> = std::iter::once(source)
         .chain(kids.iter().copied())
