@@ -60,6 +60,12 @@ fn start_built(test: &str, edges: EdgePair, cflags: &[&str], args: &[&str]) -> E
 
 /// `tests/workloads/WORKLOAD.c` built with `cflags`, started in A with
 /// `args` (not waited for).
+/// Tests that fork all the time do not run beside the post-copy test that
+/// forks during post-copy: under that load its program's first fork after
+/// the resume sometimes sees `waitpid` fail with ECHILD (an open defect of
+/// post-copy, seen before this lock existed: kernel-notes, "Post-copy").
+static FORK_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn start_program(
     test: &str,
     edges: EdgePair,
@@ -1084,6 +1090,7 @@ fn tern_resolve_resumes_every_process_of_a_tree() {
 /// and ticks run on.
 #[test]
 fn migrate_a_tree_that_forks_and_reaps_during_pre_copy() {
+    let _alone = FORK_HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let test = "migrate_a_tree_that_forks_and_reaps_during_pre_copy";
     let Some(edges) = edges_or_skip(test) else {
         return;
@@ -1367,6 +1374,7 @@ fn destination_killed_during_post_copy_is_reported_as_lost() {
 /// post-copy lasts long enough for all four to happen during it.
 #[test]
 fn post_copy_follows_forks_mremaps_drops_and_unmaps() {
+    let _alone = FORK_HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let Some(edges) = edges_or_skip("post_copy_follows_forks_mremaps_drops_and_unmaps") else {
         return;
     };

@@ -219,10 +219,29 @@ pub struct Filler {
     /// (`EAGAIN`: an event was pending): (space, page). Their threads wait
     /// until these are placed; they are tried again after the events.
     zero_later: Vec<(usize, u64)>,
+    /// The program (its space is the first).
+    pid: i32,
+    /// Copies into the running program retried after `ESRCH`.
+    copy_retries: u32,
+}
+
+/// How many `ESRCH`s from a program that still runs post-copy rides out.
+const MAX_COPY_RETRIES: u32 = 2000;
+
+/// Whether process `pid` has exited (gone, or a zombie).
+fn program_ended(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            t.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .and_then(|rest| rest.chars().next())
+        .is_none_or(|state| matches!(state, 'Z' | 'X'))
 }
 
 impl Filler {
-    pub fn new(owed: OwedPages) -> Filler {
+    pub fn new(owed: OwedPages, pid: i32) -> Filler {
         let by_here: BTreeMap<u64, u64> = owed.pages.iter().map(|&a| (a, a)).collect();
         let space = Space {
             uffd: owed.uffd,
@@ -236,6 +255,8 @@ impl Filler {
             page: owed.page_size,
             tally: Default::default(),
             zero_later: Vec::new(),
+            pid,
+            copy_retries: 0,
         }
     }
 
@@ -406,6 +427,22 @@ impl Filler {
                         want.extend(self.take_events()?);
                         continue;
                     }
+                    // The program itself still runs: not gone (seen under
+                    // load, as it forked). Read the events, try again; a
+                    // failure that lasts ends post-copy (never a silent
+                    // "done" with pages unplaced: they would read as zeros).
+                    Placed::SpaceGone if i == 0 && !program_ended(self.pid) => {
+                        self.copy_retries += 1;
+                        if self.copy_retries > MAX_COPY_RETRIES {
+                            return Err(format!(
+                                "placing pages into program {} keeps failing (ESRCH) though it runs",
+                                self.pid
+                            ));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        want.extend(self.take_events()?);
+                        continue;
+                    }
                     Placed::SpaceGone => {
                         let s = &mut self.spaces[i];
                         s.by_here.clear();
@@ -515,7 +552,7 @@ pub(crate) async fn run<W: tokio::io::AsyncWrite + Unpin>(
     let t0 = std::time::Instant::now();
     let PostCopy { owed, guard } = pc;
     let total = owed.len();
-    let mut filler = Filler::new(owed);
+    let mut filler = Filler::new(owed, pid);
     match fill_all(&mut filler, tx, incoming, proto, timeout).await {
         Ok(()) => {
             let tally = filler.tally;
@@ -638,6 +675,8 @@ mod tests {
             page: 4096,
             tally: Default::default(),
             zero_later: vec![(1, 0x7000), (2, 0x8000), (0, 0x9000)],
+            pid: 0,
+            copy_retries: 0,
         };
         f.drop_finished_spaces();
         assert_eq!(f.spaces.len(), 2);

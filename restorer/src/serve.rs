@@ -274,93 +274,31 @@ async fn session(
         }
     });
     let _stop_reader = AbortOnDrop(reader);
-    let mut files: BTreeMap<String, Incoming> = BTreeMap::new();
+    let mut live = Live {
+        tx: &mut tx,
+        proto: &mut proto,
+        stage: &stage,
+        files: BTreeMap::new(),
+        cmd_tx: &cmd_tx,
+        journal,
+        id,
+        peer,
+        timeout,
+    };
     let result: Result<(), String> = loop {
-        tokio::select! {
-            msg = tokio::time::timeout(timeout, incoming.recv()), if proto.expects_input() => {
-                let msg = match msg {
-                    Err(_) => break Err(format!("the source was silent for {timeout:?}")),
-                    Ok(None) => break Err("connection lost".into()),
-                    Ok(Some(Err(e))) => break Err(format!("connection lost: {e}")),
-                    Ok(Some(Ok(m))) => m,
-                };
-                match proto.receive(msg) {
-                    Ok(DestinationInput::Piece { round, name, offset, data }) => {
-                        if let Err(e) = receive_piece(&stage, round, &mut files, &name, offset, &data) {
-                            break Err(refuse(&mut tx, &mut proto, e).await);
-                        }
-                    }
-                    Ok(DestinationInput::RoundDone { round, final_round, files: summary }) => {
-                        let dir = round_dir(&stage, round);
-                        if let Err(e) = check_round(&dir, round, &mut files, &summary) {
-                            break Err(refuse(&mut tx, &mut proto, e).await);
-                        }
-                        debug!(round, final_round, "round received");
-                        if final_round && test_fault("exit-on-final") {
-                            warn!("test fault: exiting on the final round");
-                            std::process::exit(70);
-                        }
-                        if cmd_tx.send(Cmd::Apply { round, dir, final_round }).is_err() {
-                            break Err("the standby thread is gone".into());
-                        }
-                    }
-                    Ok(DestinationInput::Commit) => {
-                        debug!("commit received");
-                        if cmd_tx.send(Cmd::Resume).is_err() {
-                            break Err("the standby thread is gone".into());
-                        }
-                    }
-                    Ok(other) => break Err(format!("tern bug: {other:?} in a migration")),
-                    Err(e @ ProtocolError::Aborted(_)) => break Err(e.to_string()),
-                    Err(e) => break Err(refuse(&mut tx, &mut proto, e.to_string()).await),
+        let flow = tokio::select! {
+            msg = tokio::time::timeout(timeout, incoming.recv()), if live.proto.expects_input() => {
+                match msg {
+                    Err(_) => Some(Err(format!("the source was silent for {timeout:?}"))),
+                    Ok(None) => Some(Err("connection lost".into())),
+                    Ok(Some(Err(e))) => Some(Err(format!("connection lost: {e}"))),
+                    Ok(Some(Ok(m))) => live.on_message(m).await,
                 }
             }
-            ev = ev_rx.recv() => {
-                let reply = match ev {
-                    None => break Err("the standby thread is gone".into()),
-                    Some(Event::Applied { round, pages, ms }) => Message::RoundApplied { round, pages, ms },
-                    Some(Event::Ready { pid, ns_pid, ms }) => {
-                        if test_fault("exit-on-ready") {
-                            warn!("test fault: exiting with the program rebuilt, before saying so");
-                            std::process::exit(70);
-                        }
-                        // Recorded first: a source that loses the link after
-                        // its Commit asks about it (`Ask`).
-                        if let Err(e) = journal.ready(id, pid, ns_pid) {
-                            let e = format!("cannot record the migration in the session journal: {e}");
-                            break Err(refuse(&mut tx, &mut proto, e).await);
-                        }
-                        Message::Ready { pid, ms }
-                    }
-                    Some(Event::Running { pid, ns_pid, ms, post_copy }) => {
-                        journal.running(id, pid, ns_pid);
-                        if test_fault("exit-after-resume") {
-                            warn!("test fault: exiting after the resume");
-                            std::process::exit(70);
-                        }
-                        info!(%peer, pid, ns_pid, "migrated program runs here");
-                        if let Some(pc) = post_copy {
-                            info!(pid, pages = pc.owed.len(), "post-copy: filling the pages still at the source");
-                            proto.owe_pages();
-                            let running = Message::Running { pid, ns_pid, resume_ms: ms };
-                            if let Err(e) = say(&mut tx, &mut proto, running).await {
-                                let _ = tern_sys::signal(pid, libc::SIGKILL);
-                                break Err(format!("{e}; post-copy could not start, so the program was killed"));
-                            }
-                            let r = crate::postcopy::run(pc, pid, &mut tx, &mut incoming, &mut proto, timeout).await;
-                            let _ = tx.shutdown().await;
-                            break r;
-                        }
-                        let _ = say(&mut tx, &mut proto, Message::Running { pid, ns_pid, resume_ms: ms }).await;
-                        let _ = tx.shutdown().await;
-                        break Ok(());
-                    }
-                    Some(Event::Failed(e)) => break Err(refuse(&mut tx, &mut proto, e).await),
-                };
-                if let Err(e) = say(&mut tx, &mut proto, reply).await {
-                    break Err(e);
-                }
-            }
+            ev = ev_rx.recv() => live.on_event(ev, &mut incoming).await,
+        };
+        if let Some(r) = flow {
+            break r;
         }
     };
     // Dropping the command channel makes the puppet thread discard an
@@ -381,6 +319,157 @@ async fn session(
         journal.discarded(id);
     }
     result
+}
+
+/// One migration being received: what the loop over the source's messages
+/// and the puppet thread's events works on.
+struct Live<'a, W> {
+    tx: &'a mut net::Sender<W>,
+    proto: &'a mut Destination,
+    stage: &'a Path,
+    /// The files of the round arriving.
+    files: BTreeMap<String, Incoming>,
+    cmd_tx: &'a std::sync::mpsc::Sender<Cmd>,
+    journal: &'a Journal,
+    id: u64,
+    peer: std::net::SocketAddr,
+    timeout: Duration,
+}
+
+/// What the loop does after a message or an event: go on (`None`), or
+/// end the session with this result.
+type Flow = Option<Result<(), String>>;
+
+impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
+    /// A message from the source: a piece of a round, a round complete, the
+    /// commit.
+    async fn on_message(&mut self, msg: Message) -> Flow {
+        match self.proto.receive(msg) {
+            Ok(DestinationInput::Piece {
+                round,
+                name,
+                offset,
+                data,
+            }) => {
+                let r = receive_piece(self.stage, round, &mut self.files, &name, offset, &data);
+                match r {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(refuse(self.tx, self.proto, e).await)),
+                }
+            }
+            Ok(DestinationInput::RoundDone {
+                round,
+                final_round,
+                files: summary,
+            }) => {
+                let dir = round_dir(self.stage, round);
+                if let Err(e) = check_round(&dir, round, &mut self.files, &summary) {
+                    return Some(Err(refuse(self.tx, self.proto, e).await));
+                }
+                debug!(round, final_round, "round received");
+                if final_round && test_fault("exit-on-final") {
+                    warn!("test fault: exiting on the final round");
+                    std::process::exit(70);
+                }
+                let apply = Cmd::Apply {
+                    round,
+                    dir,
+                    final_round,
+                };
+                self.cmd_tx
+                    .send(apply)
+                    .is_err()
+                    .then(|| Err("the standby thread is gone".into()))
+            }
+            Ok(DestinationInput::Commit) => {
+                debug!("commit received");
+                self.cmd_tx
+                    .send(Cmd::Resume)
+                    .is_err()
+                    .then(|| Err("the standby thread is gone".into()))
+            }
+            Ok(other) => Some(Err(format!("tern bug: {other:?} in a migration"))),
+            Err(e @ ProtocolError::Aborted(_)) => Some(Err(e.to_string())),
+            Err(e) => Some(Err(refuse(self.tx, self.proto, e.to_string()).await)),
+        }
+    }
+
+    /// What the puppet thread reports: told to the source; the resume ends
+    /// the session (after post-copy, if pages are owed).
+    async fn on_event(
+        &mut self,
+        ev: Option<Event>,
+        incoming: &mut mpsc::Receiver<Result<Message, String>>,
+    ) -> Flow {
+        let reply = match ev {
+            None => return Some(Err("the standby thread is gone".into())),
+            Some(Event::Applied { round, pages, ms }) => Message::RoundApplied { round, pages, ms },
+            Some(Event::Ready { pid, ns_pid, ms }) => {
+                if test_fault("exit-on-ready") {
+                    warn!("test fault: exiting with the program rebuilt, before saying so");
+                    std::process::exit(70);
+                }
+                // Recorded first: a source that loses the link after its
+                // Commit asks about it (`Ask`).
+                if let Err(e) = self.journal.ready(self.id, pid, ns_pid) {
+                    let e = format!("cannot record the migration in the session journal: {e}");
+                    return Some(Err(refuse(self.tx, self.proto, e).await));
+                }
+                Message::Ready { pid, ms }
+            }
+            Some(Event::Running {
+                pid,
+                ns_pid,
+                ms,
+                post_copy,
+            }) => return Some(self.running(pid, ns_pid, ms, post_copy, incoming).await),
+            Some(Event::Failed(e)) => return Some(Err(refuse(self.tx, self.proto, e).await)),
+        };
+        say(self.tx, self.proto, reply).await.err().map(Err)
+    }
+
+    /// The program runs here: say so, then fill the pages it still owes.
+    async fn running(
+        &mut self,
+        pid: i32,
+        ns_pid: i32,
+        ms: f64,
+        post_copy: Option<crate::postcopy::PostCopy>,
+        incoming: &mut mpsc::Receiver<Result<Message, String>>,
+    ) -> Result<(), String> {
+        self.journal.running(self.id, pid, ns_pid);
+        if test_fault("exit-after-resume") {
+            warn!("test fault: exiting after the resume");
+            std::process::exit(70);
+        }
+        let peer = self.peer;
+        info!(%peer, pid, ns_pid, "migrated program runs here");
+        let running = Message::Running {
+            pid,
+            ns_pid,
+            resume_ms: ms,
+        };
+        let Some(pc) = post_copy else {
+            let _ = say(self.tx, self.proto, running).await;
+            let _ = self.tx.shutdown().await;
+            return Ok(());
+        };
+        info!(
+            pid,
+            pages = pc.owed.len(),
+            "post-copy: filling the pages still at the source"
+        );
+        self.proto.owe_pages();
+        if let Err(e) = say(self.tx, self.proto, running).await {
+            let _ = tern_sys::signal(pid, libc::SIGKILL);
+            return Err(format!(
+                "{e}; post-copy could not start, so the program was killed"
+            ));
+        }
+        let r = crate::postcopy::run(pc, pid, self.tx, incoming, self.proto, self.timeout).await;
+        let _ = self.tx.shutdown().await;
+        r
+    }
 }
 
 /// Send `m` if the protocol allows it now (else it is a bug in tern: not

@@ -17,6 +17,7 @@
  * exits 3.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,8 +166,11 @@ int main(int argc, char **argv)
 				_exit(0);
 			}
 			int status = 0;
-			if (child < 0 || waitpid(child, &status, 0) != child || status != 0) {
-				printf("CORRUPT forked child: status %d\n", status);
+			int fork_errno = child < 0 ? errno : 0;
+			pid_t waited = child < 0 ? -1 : waitpid(child, &status, 0);
+			if (child < 0 || waited != child || status != 0) {
+				printf("CORRUPT forked child: status %d (fork %d: %s, waitpid %d: %s)\n", status,
+				       (int)child, strerror(fork_errno), (int)waited, strerror(errno));
 				fflush(stdout);
 				return 3;
 			}
