@@ -11,6 +11,7 @@
 //! (address, xxh3) before the rest of the state is restored. Any
 //! difference refuses the image: nothing half-right is ever resumed.
 
+use crate::fill::MissingPages;
 use crate::puppet::Puppet;
 use crate::shape::{self, SCRATCH_LEN};
 use crate::{Builder, Image, Prepared, RestoreError, RestoreOptions, Result, StepContext};
@@ -213,7 +214,9 @@ impl Standby {
             shape::move_vdso(p, &layout.vmas, &inv.kernel_release)?;
             standby.scratch = shape::map_scratch(p, &layout.vmas, &[])?;
             let (mapped, unmapped) = standby.apply_layout(round0, &layout.vmas)?;
-            let (pages, _) = standby.absorb_pages(round0)?;
+            // The first round fills empty memory (see `crate::fill`).
+            let fresh = MissingPages::open(&mut standby.puppet, &layout.vmas, inv.pages_bytes);
+            let (pages, _) = standby.absorb_pages(round0, fresh.as_ref())?;
             Ok((mapped, unmapped, pages))
         })();
         let (mapped, unmapped, pages) = built.map_err(|e| crate::explain(&standby.puppet, e))?;
@@ -250,7 +253,7 @@ impl Standby {
         self.check_same_program(dir, &inv)?;
         let table = wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?;
         let (mapped, unmapped) = self.apply_layout(dir, &layout.vmas)?;
-        let (pages, bytes) = self.absorb_pages(dir)?;
+        let (pages, bytes) = self.absorb_pages(dir, None)?;
         self.table = table;
         let applied = RoundApplied {
             pages,
@@ -381,7 +384,9 @@ impl Standby {
     }
 
     /// Write a round's pages into the puppet, remembering their hashes.
-    fn absorb_pages(&mut self, dir: &Path) -> Result<(u64, u64)> {
+    /// Write the pages of the round in `dir` (through `fresh` where it
+    /// covers them: memory with no page yet).
+    fn absorb_pages(&mut self, dir: &Path, fresh: Option<&MissingPages>) -> Result<(u64, u64)> {
         let path = dir.join(wire::PAGES_FILE);
         let pid = self.puppet.pid;
         let page = self.page_size as usize;
@@ -404,7 +409,9 @@ impl Standby {
         };
         shape::stream_pages(pid, &path, |addr, buf| {
             shape::check_chunk(dir, &path, &private, addr, buf.len(), page)?;
-            if buf.len() >= 64 * page {
+            if let Some(f) = fresh.filter(|f| f.covers(addr, buf.len())) {
+                f.fill(pid, addr, buf)?;
+            } else if buf.len() >= 64 * page {
                 flush(&mut runs, &mut gathered)?;
                 shape::populate(puppet, addr, buf.len())?;
                 mem::write_fully(pid, addr, buf)
@@ -628,7 +635,7 @@ impl Standby {
         let owed = crate::postcopy::read_owed(dir, &image.mm.vmas, self.page_size)?;
         let is_owed = |a: u64| owed.as_ref().is_some_and(|o| o.binary_search(&a).is_ok());
         self.apply_layout(dir, &image.mm.vmas)?;
-        let (pages, _) = self.absorb_pages(dir)?;
+        let (pages, _) = self.absorb_pages(dir, None)?;
         let dropped = match &delta {
             Some(d) => {
                 let held: Vec<(u64, u64)> = d
