@@ -1627,6 +1627,23 @@ fn dump_of_a_tree_that_forks_and_reaps_all_the_time() {
     s.finish();
 }
 
+/// Pipes with one end closed (`tests/workloads/halfpipe.c`): one kept by
+/// its writer alone (every write fails with EPIPE), one by its reader alone
+/// with bytes still to read. Restored, writes still fail with EPIPE and the
+/// reader gets the rest of its bytes, in order, then end of file.
+#[test]
+fn pipes_with_one_end_closed() {
+    if !root_or_skip("pipes_with_one_end_closed") {
+        return;
+    }
+    let mut s = c_session("halfpipe", "halfpipe", &[]);
+    s.wait_seq(4);
+    s.dump();
+    s.restore(Stdio::null());
+    s.wait_seq(20);
+    s.finish();
+}
+
 /// Two memfds (one sealed against shrinking and growing, one unsealable
 /// with its offset at 1234): after restore they hold the same bytes, the
 /// same seals, name and offset.

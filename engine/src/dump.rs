@@ -1687,21 +1687,36 @@ fn capture_files(
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|n| n.parse::<u64>().ok())
     };
+    // So are pipes whose other end is closed (no process at all holds it:
+    // a writer whose reader exited, a reader whose writer did): restored
+    // with that end closed again, a reader's bytes still to read.
     let mut pipes: Vec<wire::Pipe> = Vec::new();
     for (fd, link, info) in &own {
         let Some(id) = pipe_id(link) else { continue };
-        let is_reader = info.flags & libc::O_ACCMODE == libc::O_RDONLY;
-        let has_writer = own
-            .iter()
-            .any(|(_, l, i)| pipe_id(l) == Some(id) && i.flags & libc::O_ACCMODE == libc::O_WRONLY);
-        if is_reader
-            && has_writer
-            && !pipes.iter().any(|p| p.id == id)
-            && !cross.pipes.contains(&id)
-        {
+        if pipes.iter().any(|p| p.id == id) || cross.pipes.contains(&id) {
+            continue;
+        }
+        let end_of = |i: &proc::FdInfo| i.flags & libc::O_ACCMODE;
+        let is_reader = end_of(info) == libc::O_RDONLY;
+        let holds = |end: i32| {
+            own.iter()
+                .any(|(_, l, i)| pipe_id(l) == Some(id) && end_of(i) == end)
+        };
+        let both_ends = holds(libc::O_RDONLY) && holds(libc::O_WRONLY);
+        let half_closed = !both_ends && *fd > 2 && proc::holders_of(link, &[pid]).is_empty();
+        if (both_ends || half_closed) && is_reader {
             let (size, data) = tern_sys::pipe::peek_pipe(pid, *fd)
                 .ctx(pid, || format!("copy the data buffered in pipe fd {fd}"))?;
             pipes.push(wire::Pipe { id, size, data });
+        } else if half_closed {
+            // Its bytes can never be read: only the capacity matters.
+            let size = tern_sys::pipe::pipe_capacity(pid, *fd)
+                .ctx(pid, || format!("read the capacity of pipe fd {fd}"))?;
+            pipes.push(wire::Pipe {
+                id,
+                size,
+                data: Vec::new(),
+            });
         }
     }
     let unix_pairs = tern_state::sockets::capture_unix_pairs(pid, &own, &cross.sockets)?;

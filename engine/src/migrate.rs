@@ -626,6 +626,8 @@ pub fn migrate(
     let stage_dir = opts
         .work_dir
         .join(format!("tern-migrate-{pid}-{}", std::process::id()));
+    // Left by a tern that died with this pid (its files would be shipped).
+    let _ = std::fs::remove_dir_all(&stage_dir);
     let _staging = tern_wire::image::Staging(stage_dir.clone());
     let session = net::new_session_id().map_err(|e| fail(format!("a migration id: {e}")))?;
     let mut link = Link::connect(opts, pid, &comm, session).map_err(fail)?;

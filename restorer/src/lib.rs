@@ -1227,6 +1227,7 @@ impl Builder<'_> {
         }
         let base = wanted.iter().copied().max().unwrap_or(2) + 1;
         let pipes = self.create_pipes(base)?;
+        let mut pipe_ends_used: std::collections::BTreeSet<u64> = Default::default();
         // Unix socketpairs: both ends made when the first is met; the other
         // waits above every image fd number for its own group.
         let mut unix_ends: BTreeMap<u64, u64> = BTreeMap::new();
@@ -1312,6 +1313,7 @@ impl Builder<'_> {
                         )));
                     };
                     let end = if *write_end { w } else { r };
+                    pipe_ends_used.insert(end);
                     self.keep_nonblock(end, *flags, "a pipe")?;
                     (end, 0, false)
                 }
@@ -1489,6 +1491,15 @@ impl Builder<'_> {
             }
             if !tmp_used {
                 self.sys(libc::SYS_close, &[tmp], || "close temporary fd".into())?;
+            }
+        }
+        // The end of a pipe no fd holds (its other end was closed at the
+        // dump) is closed again: writes fail with EPIPE, reads end.
+        for &(r, w) in pipes.values() {
+            for end in [r, w].into_iter().filter(|e| !pipe_ends_used.contains(e)) {
+                self.sys(libc::SYS_close, &[end], || {
+                    "close a pipe's unused end".into()
+                })?;
             }
         }
         for (epfd, targets) in epolls {

@@ -250,6 +250,10 @@ async fn session(
     let stage = opts
         .work_dir
         .join(format!("tern-standby-{}-{n}", std::process::id()));
+    // One left by a daemon that died with this pid (killed, so it could not
+    // clean up) would mix its files with this session's: no live daemon
+    // can own it.
+    let _ = std::fs::remove_dir_all(&stage);
     tern_wire::create_image_dir(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
     let _staged = tern_wire::image::Staging(stage.clone());
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();

@@ -15,6 +15,14 @@ fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// Capacity of the pipe behind `fd` of `pid` (either end).
+pub fn pipe_capacity(pid: i32, fd: i32) -> io::Result<u32> {
+    let theirs = super::take_fd(pid, fd)?;
+    // SAFETY: fcntl on an fd we own.
+    let size = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    Ok(cvt(size as libc::c_long)? as u32)
+}
+
 /// Capacity of the pipe behind `fd` of `pid`, and the bytes buffered in it.
 pub fn peek_pipe(pid: i32, fd: i32) -> io::Result<(u32, Vec<u8>)> {
     let theirs = super::take_fd(pid, fd)?;
