@@ -7,7 +7,8 @@
  * (after argv[1] ms, default 0: a zombie waits that long) and checks the
  * status. So about three children live at any moment, one is born and one
  * dies each tick. The children hold no fd of their own (a pipe to each
- * would be half-closed for a moment around every exit). Prints
+ * would be half-closed for a moment around every exit); one whose parent
+ * is gone (it was reparented) exits. Prints
  * "tick N children K" each tick; a wrong status or a failed fork prints
  * CORRUPT and exits 3.
  */
@@ -60,13 +61,17 @@ int main(int argc, char **argv)
 				corrupt("child status", n);
 		}
 		__atomic_store_n(&told[slot], 0, __ATOMIC_RELEASE);
+		pid_t parent = getpid();
 		pid_t c = fork();
 		if (c < 0)
 			corrupt("fork", n);
 		if (c == 0) {
 			uint64_t v;
-			while ((v = __atomic_load_n(&told[slot], __ATOMIC_ACQUIRE)) == 0)
+			while ((v = __atomic_load_n(&told[slot], __ATOMIC_ACQUIRE)) == 0) {
+				if (getppid() != parent)
+					_exit(0);
 				nanosleep(&poll_ms, NULL);
+			}
 			_exit(status_for(v, n));
 		}
 		kid[slot] = c;
