@@ -190,6 +190,27 @@ impl Edge {
         ])
     }
 
+    /// Start a new `tern serve` in B over the journal in `work_dir`, then
+    /// `tern resolve` the migration of `pid` left pending in A: it must
+    /// succeed.
+    fn resolve_with_a_new_daemon(&mut self, work_dir: &str, pid: i32) -> TernOutput {
+        self.serve = Some(start_serve(
+            &self.dir,
+            &self.edges,
+            &self.key,
+            &["--work-dir", work_dir],
+        ));
+        let resolve_args = args!["resolve", "--key", &self.key, pid.to_string()];
+        let resolved = run_tern_in(
+            &self.dir,
+            Some(&self.edges.a.name),
+            &resolve_args,
+            Stdio::null(),
+        );
+        resolved.assert_ok("tern resolve");
+        resolved
+    }
+
     fn migrate(&self, extra: &[&str]) -> TernOutput {
         let mut a = args![
             "migrate",
@@ -711,15 +732,7 @@ fn migrate_commit_outcome_is_settled_by_asking() {
     e.wait_nothing_left_in_b();
     // Still stopped: nobody may resume it before the destination answers.
     assert_eq!(proc_stat(source_pid).map(|s| s.state), Some('T'));
-    e.serve = Some(start_serve(
-        &e.dir,
-        &e.edges,
-        &e.key,
-        &["--work-dir", &work_arg],
-    ));
-    let resolve_args = args!["resolve", "--key", &e.key, source_pid.to_string()];
-    let resolved = run_tern_in(&e.dir, Some(&e.edges.a.name), &resolve_args, Stdio::null());
-    resolved.assert_ok("tern resolve");
+    let resolved = e.resolve_with_a_new_daemon(&work_arg, source_pid);
     assert!(
         resolved.stdout.contains("resumed here"),
         "{}",
@@ -1052,15 +1065,7 @@ fn tern_resolve_resumes_every_process_of_a_tree() {
         s.kill_and_wait();
     }
     e.wait_nothing_left_in_b();
-    e.serve = Some(start_serve(
-        &e.dir,
-        &e.edges,
-        &e.key,
-        &["--work-dir", &work_arg],
-    ));
-    let resolve_args = args!["resolve", "--key", &e.key, source.to_string()];
-    let resolved = run_tern_in(&e.dir, Some(&e.edges.a.name), &resolve_args, Stdio::null());
-    resolved.assert_ok("tern resolve");
+    e.resolve_with_a_new_daemon(&work_arg, source);
     assert!(!record.exists(), "the record must be gone once settled");
     for &p in &tree {
         let state = proc_stat(p).map(|s| s.state);

@@ -228,16 +228,9 @@ pub struct Filler {
 /// How many `ESRCH`s from a program that still runs post-copy rides out.
 const MAX_COPY_RETRIES: u32 = 2000;
 
-/// Whether process `pid` has exited (gone, or a zombie).
+/// Whether process `pid` has exited (gone, or a zombie: no start time).
 fn program_ended(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| {
-            t.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().to_string())
-        })
-        .and_then(|rest| rest.chars().next())
-        .is_none_or(|state| matches!(state, 'Z' | 'X'))
+    tern_sys::proc::start_time(pid).is_none()
 }
 
 impl Filler {
