@@ -1644,6 +1644,28 @@ fn pipes_with_one_end_closed() {
     s.finish();
 }
 
+/// Closed TCP sockets: a connection reset by its client (the kernel
+/// released its port, though `getsockname` names the listener's) comes back
+/// unbound beside its listener, which still accepts; a socket only bound
+/// comes back holding its port. Restoring the first bound failed with
+/// "Address already in use" (seen with Node.js in CI).
+#[test]
+fn closed_tcp_sockets_hold_their_port_only_if_they_did() {
+    if !root_or_skip("closed_tcp_sockets_hold_their_port_only_if_they_did") {
+        return;
+    }
+    let mut s = c_session(
+        "closed_tcp_sockets_hold_their_port_only_if_they_did",
+        "closed_conn",
+        &[],
+    );
+    s.wait_seq(12);
+    s.dump();
+    s.restore(Stdio::null());
+    s.wait_seq(40);
+    s.finish();
+}
+
 /// Two memfds (one sealed against shrinking and growing, one unsealable
 /// with its offset at 1234): after restore they hold the same bytes, the
 /// same seals, name and offset.

@@ -9,11 +9,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use tern_sys::netlock::NetLock;
 use tern_sys::sock::{self, repair};
+use tern_sys::sock_diag;
 use tern_sys::{Context, Error as EngineError, Result};
 use tern_wire as wire;
 use tracing::{debug, warn};
@@ -269,15 +270,46 @@ pub fn capture(pid: i32, p: &Probe, status_flags: i32) -> Result<wire::InetSocke
             }
         }
     };
+    let local = if p.tcp_state == Some(TCP_CLOSE) {
+        closed_socket_address(pid, p)?
+    } else {
+        p.local
+    };
     Ok(wire::InetSocket {
         family: p.family,
         kind: p.kind,
         protocol: p.protocol,
         flags: status_flags & libc::O_NONBLOCK,
-        local: p.local,
+        local,
         peer: p.peer,
         state,
         options,
+    })
+}
+
+/// The address a closed TCP socket holds. `getsockname` names one both for
+/// a socket that was bound and for a connection that ended, but only the
+/// first holds its port: the kernel released the other's (restoring that
+/// one bound would take the port from a listener of the image). sock_diag
+/// tells them apart where the kernel lists bound-only sockets (6.5+);
+/// elsewhere the address is kept, as before.
+fn closed_socket_address(pid: i32, p: &Probe) -> Result<Option<SocketAddr>> {
+    let Some(local) = p.local.filter(|a| a.port() != 0) else {
+        return Ok(p.local);
+    };
+    let fd = p.fd;
+    let ino = std::fs::metadata(format!("/proc/self/fd/{}", p.dup.as_raw_fd()))
+        .map(|m| m.ino())
+        .ctx(pid, || format!("stat of socket fd {fd}"))?;
+    let bound = sock_diag::tcp_bound_inactive(pid, p.family).ctx(pid, || {
+        format!("sock_diag of bound TCP sockets (for fd {fd})")
+    })?;
+    Ok(match bound {
+        Some(inodes) if !inodes.contains(&ino) => {
+            debug!(pid, fd, %local, "closed TCP connection: its port was released, restored unbound");
+            None
+        }
+        _ => Some(local),
     })
 }
 
@@ -509,7 +541,6 @@ pub fn capture_unix_pairs(
     listed: &[(i32, String, tern_sys::proc::FdInfo)],
     in_tree: &std::collections::BTreeSet<u64>,
 ) -> Result<std::collections::BTreeMap<i32, wire::FdKind>> {
-    use tern_sys::unix_diag;
     let ino_of = |link: &str| {
         link.strip_prefix("socket:[")
             .and_then(|r| r.strip_suffix(']'))
@@ -530,7 +561,7 @@ pub fn capture_unix_pairs(
     if ours.is_empty() {
         return Ok(out);
     }
-    let all = unix_diag::list(pid).ctx(pid, || {
+    let all = sock_diag::unix_sockets(pid).ctx(pid, || {
         "list its unix sockets (sock_diag netlink, needs CONFIG_UNIX_DIAG)".into()
     })?;
     for &(fd, ino, flags) in &ours {
@@ -627,7 +658,7 @@ pub fn show_unix_name(name: &[u8]) -> String {
 fn capture_bound(
     pid: i32,
     fd: i32,
-    s: &tern_sys::unix_diag::UnixSocket,
+    s: &tern_sys::sock_diag::UnixSocket,
     name: &[u8],
     flags: i32,
 ) -> Result<wire::FdKind> {

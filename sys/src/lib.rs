@@ -21,9 +21,9 @@ pub mod proc;
 pub mod ptrace;
 pub mod remote;
 pub mod sock;
+pub mod sock_diag;
 pub mod uffd;
 pub mod uffd_missing;
-pub mod unix_diag;
 
 pub use error::{Context, Error, Result};
 pub use remote::RemoteThread;

@@ -54,6 +54,11 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
     ),
     ("ptrace-seize", "dump, restore", probe_ptrace_seize),
     (
+        "sock-diag-bound-inactive",
+        "dump (does a closed TCP socket hold its port)",
+        crate::sock_diag::probe_bound_inactive,
+    ),
+    (
         "xstate-regset",
         "dump, restore (FPU/AVX registers)",
         probe_xstate_regset,

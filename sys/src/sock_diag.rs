@@ -1,10 +1,17 @@
-//! Unix sockets as the kernel's `sock_diag` netlink interface shows them
-//! (`NETLINK_SOCK_DIAG`, `SOCK_DIAG_BY_FAMILY` for `AF_UNIX`, Linux 3.3+):
-//! for each socket its inode, type, state, bound name, peer's inode,
-//! queue length and shutdown state. The only way to learn which socket a
-//! unix socket is connected to. The query runs in the target's network
-//! namespace (unix sockets are listed per namespace).
+//! Sockets as the kernel's `sock_diag` netlink interface shows them
+//! (`NETLINK_SOCK_DIAG`, `SOCK_DIAG_BY_FAMILY`). Queries run in the
+//! target's network namespace (sockets are listed per namespace).
+//!
+//! - Unix sockets (Linux 3.3+): for each its inode, type, state, bound
+//!   name, peer's inode, queue length and shutdown state. The only way to
+//!   learn which socket a unix socket is connected to.
+//! - TCP sockets bound but neither listening nor connected (the pseudo
+//!   state `TCP_BOUND_INACTIVE`, Linux 6.5+): the only way to tell a socket
+//!   that holds its port (`bind` and nothing else) from a closed connection
+//!   whose port the kernel released, both `TCP_CLOSE` with the same
+//!   `getsockname`.
 
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -43,7 +50,114 @@ const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// Every unix socket in the network namespace of process `pid`.
-pub fn list(pid: i32) -> io::Result<Vec<UnixSocket>> {
+pub fn unix_sockets(pid: i32) -> io::Result<Vec<UnixSocket>> {
+    let mut body = Vec::with_capacity(24);
+    body.push(libc::AF_UNIX as u8);
+    body.push(0); // protocol
+    body.extend_from_slice(&0u16.to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    body.extend_from_slice(&0u32.to_ne_bytes()); // any inode
+    body.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    query(pid, &body)?
+        .iter()
+        .map(|payload| parse_socket(payload))
+        .collect()
+}
+
+/// The pseudo state in which `inet_diag` lists bound-only TCP sockets.
+const TCP_BOUND_INACTIVE: u32 = 13;
+/// `struct inet_diag_msg`: family, state, timer, retrans, the 48-byte
+/// `inet_diag_sockid`, expires, rqueue, wqueue, uid, then the inode.
+const INET_DIAG_MSG_INODE: usize = 4 + 48 + 16;
+
+/// The inodes of the TCP sockets of `family` (`AF_INET`/`AF_INET6`) in the
+/// network namespace of process `pid` that hold a local port without
+/// listening or being connected. `None` where this kernel does not list
+/// such sockets (before 6.5): the question cannot be answered.
+pub fn tcp_bound_inactive(pid: i32, family: i32) -> io::Result<Option<HashSet<u64>>> {
+    if !lists_bound_inactive() {
+        return Ok(None);
+    }
+    bound_inactive(pid, family).map(Some)
+}
+
+fn bound_inactive(pid: i32, family: i32) -> io::Result<HashSet<u64>> {
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, then an
+    // all-zero inet_diag_sockid (no filter).
+    let mut body = Vec::with_capacity(56);
+    body.push(family as u8);
+    body.push(libc::IPPROTO_TCP as u8);
+    body.extend_from_slice(&[0, 0]);
+    body.extend_from_slice(&(1u32 << TCP_BOUND_INACTIVE).to_ne_bytes());
+    body.extend_from_slice(&[0u8; 48]);
+    query(pid, &body)?
+        .iter()
+        .map(|p| {
+            u32_at(p, INET_DIAG_MSG_INODE)
+                .map(u64::from)
+                .ok_or_else(|| bad("short inet_diag_msg"))
+        })
+        .collect()
+}
+
+/// Whether this kernel lists bound-only TCP sockets: asked once.
+fn lists_bound_inactive() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| probe_bound_inactive().is_ok())
+}
+
+/// `tern check`'s probe: a socket of our own bound to a loopback port must
+/// be listed as bound-only.
+pub(crate) fn probe_bound_inactive() -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let sock = bound_tcp_socket().map_err(|e| format!("bind a TCP socket: {e}"))?;
+    let ino = std::fs::metadata(format!("/proc/self/fd/{}", sock.as_raw_fd()))
+        .map_err(|e| format!("stat the socket: {e}"))?
+        .ino();
+    let listed = bound_inactive(std::process::id() as i32, libc::AF_INET)
+        .map_err(|e| format!("inet_diag dump: {e}"))?;
+    if listed.contains(&ino) {
+        Ok(format!(
+            "a bound-only socket is listed ({} in this namespace)",
+            listed.len()
+        ))
+    } else {
+        Err("a bound-only TCP socket is not listed (Linux 6.5+ lists them): a closed TCP socket's address is then always bound again on restore".into())
+    }
+}
+
+/// An IPv4 TCP socket bound to a free loopback port, not listening.
+fn bound_tcp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let sock = super::own_fd(libc::c_long::from(fd))?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `addr` is a valid sockaddr_in for its size.
+    let r = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// Send one `SOCK_DIAG_BY_FAMILY` dump request with `body` from a netlink
+/// socket in the network namespace of `pid`; the payload of every answer.
+fn query(pid: i32, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     // setns changes only the calling thread: a thread of its own makes the
     // netlink socket there (a socket stays in the namespace it was made in).
@@ -66,20 +180,13 @@ pub fn list(pid: i32) -> io::Result<Vec<UnixSocket>> {
         .join()
         .map_err(|_| io::Error::other("the sock_diag thread panicked"))?
     })?;
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
+    let mut req = Vec::with_capacity(16 + body.len());
+    req.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    req.push(libc::AF_UNIX as u8);
-    req.push(0); // protocol
-    req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&0u32.to_ne_bytes()); // any inode
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(body);
     // SAFETY: `req` is valid for its length.
     let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
@@ -111,9 +218,9 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"))
 }
 
-/// Parse one datagram of netlink messages into `out`; true at the end of
-/// the dump.
-fn parse_messages(mut b: &[u8], out: &mut Vec<UnixSocket>) -> io::Result<bool> {
+/// Collect the payloads of one datagram of netlink messages into `out`;
+/// true at the end of the dump.
+fn parse_messages(mut b: &[u8], out: &mut Vec<Vec<u8>>) -> io::Result<bool> {
     while b.len() >= 16 {
         let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
         let kind = u16_at(b, 4).ok_or_else(|| bad("short header"))?;
@@ -127,7 +234,7 @@ fn parse_messages(mut b: &[u8], out: &mut Vec<UnixSocket>) -> io::Result<bool> {
                 let errno = u32_at(payload, 0).ok_or_else(|| bad("short error"))? as i32;
                 return Err(io::Error::from_raw_os_error(-errno));
             }
-            SOCK_DIAG_BY_FAMILY => out.push(parse_socket(payload)?),
+            SOCK_DIAG_BY_FAMILY => out.push(payload.to_vec()),
             _ => {}
         }
         b = b.get((len + 3) & !3..).unwrap_or(&[]);
@@ -178,6 +285,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bound_only_tcp_socket_is_listed_and_a_listener_is_not() {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |fd: i32| {
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .expect("stat")
+                .ino()
+        };
+        let Some(listed) =
+            tcp_bound_inactive(std::process::id() as i32, libc::AF_INET).expect("inet_diag")
+        else {
+            eprintln!("skipped: this kernel does not list bound-only TCP sockets (before 6.5)");
+            return;
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let bound = bound_tcp_socket().expect("bind");
+        let now = tcp_bound_inactive(std::process::id() as i32, libc::AF_INET)
+            .expect("inet_diag")
+            .expect("listed before");
+        assert!(now.contains(&ino(bound.as_raw_fd())));
+        assert!(!now.contains(&ino(listener.as_raw_fd())));
+        assert!(!listed.contains(&ino(bound.as_raw_fd())));
+    }
+
+    #[test]
     fn a_socketpair_is_seen_with_its_peer_and_queue() {
         use std::os::fd::FromRawFd;
         let mut fds = [0; 2];
@@ -196,7 +327,7 @@ mod tests {
                 .expect("stat")
                 .ino()
         };
-        let all = list(std::process::id() as i32).expect("sock_diag");
+        let all = unix_sockets(std::process::id() as i32).expect("sock_diag");
         let sa = all.iter().find(|s| s.ino == ino(&a)).expect("a listed");
         let sb = all.iter().find(|s| s.ino == ino(&b)).expect("b listed");
         assert_eq!(sa.peer, Some(sb.ino));
