@@ -153,7 +153,8 @@ impl Edge {
             Duration::from_secs(30),
             &format!("{n} ticks"),
             || Some(tick_numbers(&self.out)).filter(|t| t.len() >= n),
-            || tail(&self.out, 5),
+            // A CORRUPT line may be followed by a few DIAG lines.
+            || tail(&self.out, 12),
         )
     }
 

@@ -32,6 +32,33 @@
 #define NPAGES 2048UL /* 8 MiB */
 #define RPAGES 256UL /* 1 MiB regions */
 
+/* On a failed fork check: this process's namespaces and the children the
+ * kernel lists for it, for the report. */
+static void describe_family(void)
+{
+	char path[64], line[256];
+	const char *links[] = {"/proc/self/ns/pid", "/proc/self/ns/pid_for_children"};
+	for (int i = 0; i < 2; i++) {
+		ssize_t n = readlink(links[i], line, sizeof line - 1);
+		line[n > 0 ? n : 0] = 0;
+		printf("DIAG %s -> %s\n", links[i], line);
+	}
+	FILE *f = fopen("/proc/self/status", "r");
+	while (f && fgets(line, sizeof line, f))
+		if (!strncmp(line, "NSpid", 5) || !strncmp(line, "PPid", 4) || !strncmp(line, "TracerPid", 9))
+			printf("DIAG self %s", line);
+	if (f)
+		fclose(f);
+	snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(path, "r");
+	if (f && fgets(line, sizeof line, f))
+		printf("DIAG children (host pids): %s\n", line);
+	else
+		printf("DIAG no children listed\n");
+	if (f)
+		fclose(f);
+}
+
 static uint64_t *buf;
 static uint64_t stamp[NPAGES];
 static uint64_t *mov, *slot[2];
@@ -171,6 +198,7 @@ int main(int argc, char **argv)
 			if (child < 0 || waited != child || status != 0) {
 				printf("CORRUPT forked child: status %d (fork %d: %s, waitpid %d: %s)\n", status,
 				       (int)child, strerror(fork_errno), (int)waited, strerror(errno));
+				describe_family();
 				fflush(stdout);
 				return 3;
 			}
