@@ -152,6 +152,7 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
             None => String::new(),
         }
     );
+    println!("namespaces of its own: {}", inv.namespaces.describe());
     let c = &image.core;
     println!(
         "creds: uid {:?} gid {:?} groups {:?}; cwd {}; umask {:03o}",

@@ -1666,6 +1666,93 @@ fn closed_tcp_sockets_hold_their_port_only_if_they_did() {
     s.finish();
 }
 
+/// `uts_names` under `unshare --uts --ipc`, naming its UTS namespace
+/// `names[0]` and `names[1]` (`names[2]`: "shm" or nothing).
+fn in_own_uts_and_ipc(test: &str, names: &[&str]) -> Session {
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "uts_names");
+    let mut cmd = Cmd::new("/usr/bin/unshare")
+        .arg("--uts")
+        .arg("--ipc")
+        .arg(exe);
+    cmd = cmd.arg(names[0]).arg(names[1]);
+    for kind in ["uts", "ipc"] {
+        cmd = cmd.arg(ns_of("self", kind));
+    }
+    for n in &names[2..] {
+        cmd = cmd.arg(n);
+    }
+    Session::start(dir, cmd, Stdio::null())
+}
+
+fn ns_of(pid: impl std::fmt::Display, kind: &str) -> std::path::PathBuf {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("read an ns link")
+}
+
+/// A program in UTS and IPC namespaces of its own is restored into new
+/// ones, its UTS namespace named as its own was (the program checks its
+/// names and its IPC namespace's emptiness every tick); this machine's name
+/// is untouched. With a SysV segment in its IPC namespace the dump is
+/// refused, naming it, and that program runs on.
+#[test]
+fn uts_and_ipc_namespaces_are_made_again() {
+    let test = "uts_and_ipc_namespaces_are_made_again";
+    if !root_or_skip(test) {
+        return;
+    }
+    let host_name = fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+
+    let mut refused = in_own_uts_and_ipc(
+        &format!("{test}-shm"),
+        &["tern-ns-shm", "shm.example", "shm"],
+    );
+    refused.wait_seq(3);
+    let a = args![
+        "dump",
+        "--pid",
+        refused.pid.to_string(),
+        "--images",
+        &refused.images
+    ];
+    let out = run_tern(&refused.dir, &a, Stdio::null());
+    assert!(
+        !out.success()
+            && out.stderr.contains("SysV")
+            && out.stderr.contains(&refused.pid.to_string()),
+        "the dump must be refused naming the SysV objects and the process: {}",
+        out.describe()
+    );
+    let seen = refused.last_seq().unwrap_or(0);
+    refused.wait_seq(seen + 5);
+
+    let mut s = in_own_uts_and_ipc(test, &["tern-edge-7", "nis.example"]);
+    s.wait_seq(5);
+    s.dump();
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    assert!(
+        inspect
+            .stdout
+            .contains("uts (host name \"tern-edge-7\", domain name \"nis.example\"), ipc"),
+        "inspect shows the namespaces: {}",
+        inspect.stdout
+    );
+    s.restore(Stdio::null());
+    for kind in ["uts", "ipc"] {
+        assert_ne!(
+            ns_of(s.pid, kind),
+            ns_of("self", kind),
+            "the restored program must have a {kind} namespace of its own"
+        );
+    }
+    s.wait_seq(s.last_before + 30);
+    s.finish();
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname"),
+        host_name,
+        "this machine's name changed"
+    );
+}
+
 /// Two memfds (one sealed against shrinking and growing, one unsealable
 /// with its offset at 1234): after restore they hold the same bytes, the
 /// same seals, name and offset.

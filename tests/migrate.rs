@@ -73,10 +73,32 @@ fn start_program(
     cflags: &[&str],
     args: &[&str],
 ) -> Edge {
+    start_program_under(test, edges, &[], workload, cflags, args)
+}
+
+/// [`start_program`] under a `wrapper` command that execs it (e.g.
+/// `unshare --uts`).
+fn start_program_under(
+    test: &str,
+    edges: EdgePair,
+    wrapper: &[&str],
+    workload: &str,
+    cflags: &[&str],
+    args: &[&str],
+) -> Edge {
     let dir = TestDir::new(test);
     let exe = compile_c_with(&dir, workload, cflags);
     let out = dir.join("program.out");
-    let mut cmd = edges.a.cmd(&exe);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = edges.a.cmd(first);
+            for w in rest {
+                c = c.arg(w);
+            }
+            c.arg(&exe)
+        }
+        None => edges.a.cmd(&exe),
+    };
     for a in args {
         cmd = cmd.arg(a);
     }
@@ -1012,6 +1034,51 @@ fn migrate_process_tree_live() {
     );
     assert!(reaped.starts_with("tick 60 "), "{reaped}");
     let all = e.wait_tick_lines(70);
+    check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    restored_guard.kill_and_wait();
+}
+
+/// A program in UTS and IPC namespaces of its own goes live from A to B and
+/// lands in new ones there, its UTS namespace named as before (it checks
+/// its names and its empty IPC namespace every tick).
+#[test]
+fn migrate_keeps_uts_and_ipc_namespaces() {
+    let Some(edges) = edges_or_skip("migrate_keeps_uts_and_ipc_namespaces") else {
+        return;
+    };
+    let host = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .expect("ns link")
+            .display()
+            .to_string()
+    };
+    let (uts, ipc) = (host("uts"), host("ipc"));
+    let mut e = start_program_under(
+        "migrate-uts-ipc",
+        edges,
+        &["/usr/bin/unshare", "--uts", "--ipc"],
+        "uts_names",
+        &[],
+        &["edge-a-svc", "svc.example", &uts, &ipc],
+    );
+    e.wait_tick_lines(5);
+    let source = e.program.pid();
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    e.migrate(&["--policy", "rounds:3"])
+        .assert_ok("tern migrate (live)");
+    let restored = report(&e.dir)["restored_pid"]
+        .as_i64()
+        .expect("restored_pid") as i32;
+    let mut restored_guard = ProcGuard::adopt(restored);
+    assert!(wait_gone(source, Duration::from_secs(5)));
+    assert_eq!(netns_of(restored), Some(e.edges.b.inode()));
+    for (kind, ours) in [("uts", &uts), ("ipc", &ipc)] {
+        let theirs = std::fs::read_link(format!("/proc/{restored}/ns/{kind}"))
+            .expect("ns link of the restored program");
+        assert_ne!(&theirs.display().to_string(), ours, "{kind}");
+    }
+    let n = e.wait_tick_lines(1).len();
+    let all = e.wait_tick_lines(n + 30);
     check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
     restored_guard.kill_and_wait();
 }

@@ -205,21 +205,7 @@ pub(crate) fn preflight_process(pid: i32) -> Result<()> {
             "it runs in seccomp strict mode, which cannot be restored (only read, write, exit and sigreturn are left to it)",
         ));
     }
-    for ns in ["mnt", "pid", "user"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
-            .ctx(pid, || format!("read ns/{ns}"))?;
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"))
-            .ctx(pid, || format!("read own ns/{ns}"))?;
-        if theirs != ours {
-            return Err(unsupported(
-                pid,
-                format!(
-                    "it lives in another {ns} namespace ({}); namespaces are not supported yet",
-                    theirs.display()
-                ),
-            ));
-        }
-    }
+    tern_state::namespaces::refuse_unsupported(pid)?;
     Ok(())
 }
 
@@ -512,6 +498,7 @@ fn write_inventory(
         parent: parent.map(|p| p.to_string_lossy().into_owned()),
         pre_dump,
         round_hash: capture.round_hash,
+        namespaces: tern_state::namespaces::capture(pid)?,
     };
     // Written last: its presence marks a complete image.
     wire::write_record(

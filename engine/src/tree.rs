@@ -288,7 +288,15 @@ fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {
             root,
             format!("its descendant {child} (child of {parent}) cannot be dumped: {e}"),
         )
-    })
+    })?;
+    // The tree is restored into one set of namespaces.
+    match tern_state::namespaces::same_as(root, child)? {
+        Some(kind) => Err(refuse(
+            root,
+            format!("its descendant {child} (child of {parent}) lives in another {kind} namespace than it; a tree is restored into one"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// One pass down the tree under `procs[0]`: each child not in `procs`

@@ -544,7 +544,9 @@ pub(crate) fn spawn_puppet(
     tids: &[i32],
     opts: &RestoreOptions,
     keep: Option<(i32, i32)>,
+    namespaces: &wire::Namespaces,
 ) -> Result<(Puppet, Option<i32>)> {
+    let ns_flags = tern_state::namespaces::clone_flags(namespaces);
     let ids_free = || {
         tids.iter()
             .all(|t| !Path::new(&format!("/proc/{t}")).exists())
@@ -588,8 +590,8 @@ pub(crate) fn spawn_puppet(
         None
     };
     let mut puppet = match &namespace {
-        Some(ns) => ns.enter_for(|| Puppet::spawn_keeping(want, keep, !opts.shell_job)),
-        None => Puppet::spawn_keeping(want, keep, !opts.shell_job),
+        Some(ns) => ns.enter_for(|| Puppet::spawn_keeping(want, keep, !opts.shell_job, ns_flags)),
+        None => Puppet::spawn_keeping(want, keep, !opts.shell_job, ns_flags),
     }
     .map_err(spawn_err)?;
     if let Some(ns) = &namespace {
@@ -848,7 +850,13 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         (Some((pidfd, chan)), Some(imports))
     };
     let keep = tern_pidfd.as_ref().map(|(p, chan)| (p.as_raw_fd(), *chan));
-    let (mut puppet, want) = spawn_puppet(image.core.pid, &tids, opts, keep)?;
+    let (mut puppet, want) = spawn_puppet(
+        image.core.pid,
+        &tids,
+        opts,
+        keep,
+        &image.inventory.namespaces,
+    )?;
     let parts = build_all(
         &image,
         &ancestors,
@@ -1134,6 +1142,8 @@ impl Builder<'_> {
         // Before the credentials drop: choosing a timer's id takes
         // CAP_CHECKPOINT_RESTORE. They are armed last, in `finish`.
         self.create_posix_timers()?;
+        // While still root: naming a UTS namespace takes CAP_SYS_ADMIN.
+        self.restore_namespaces()?;
         // While still root (a filter needs no_new_privs or CAP_SYS_ADMIN).
         self.restore_seccomp()?;
         // Credentials are per thread in the kernel: set them in each.
@@ -2235,6 +2245,45 @@ impl Builder<'_> {
             &[PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0],
             || "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)".into(),
         )?;
+        Ok(())
+    }
+
+    /// The image's namespaces were made with the puppet (`clone3` flags);
+    /// here they are checked to be its own (never tern's: naming tern's UTS
+    /// namespace would rename this machine) and given the image's names.
+    fn restore_namespaces(&mut self) -> Result<()> {
+        use tern_sys::ns::{self, Kind};
+        let want = self.image.inventory.namespaces.clone();
+        let pid = self.pid;
+        for (kind, wanted) in [(Kind::Uts, want.uts.is_some()), (Kind::Ipc, want.ipc)] {
+            let own = ns::differs(pid, kind).step(pid, || format!("read ns/{}", kind.name()))?;
+            if own != wanted {
+                return Err(self.image.bad(format!(
+                    "the image says the program {} a {} namespace of its own, but its process was made {} (did it change namespaces during pre-copy?)",
+                    if wanted { "had" } else { "had not" },
+                    kind.name(),
+                    if own { "with one" } else { "without" },
+                )));
+            }
+        }
+        let Some(uts) = want.uts else {
+            return Ok(());
+        };
+        for (nr, name, what) in [
+            (libc::SYS_sethostname, &uts.hostname, "sethostname"),
+            (libc::SYS_setdomainname, &uts.domainname, "setdomainname"),
+        ] {
+            // The kernel takes at most 64 bytes (__NEW_UTS_LEN).
+            if name.len() > 64 {
+                return Err(self
+                    .image
+                    .bad(format!("{what}: a name of {} bytes", name.len())));
+            }
+            let at = tern_state::files::Remote::stage(self, name.as_bytes())?;
+            self.sys(nr, &[at, name.len() as u64], || {
+                format!("{what}({name:?}) in its UTS namespace")
+            })?;
+        }
         Ok(())
     }
 

@@ -36,19 +36,21 @@ pub(crate) const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
 impl Puppet {
     /// Create the puppet, with pid `want_pid` if given.
     pub fn spawn(want_pid: Option<i32>) -> io::Result<Puppet> {
-        Self::spawn_keeping(want_pid, None, true)
+        Self::spawn_keeping(want_pid, None, true, 0)
     }
 
     /// [`spawn`](Self::spawn), the puppet keeping tern's fd `keep.0` as its
     /// fd `keep.1` (`keep.1` >= 3; every other fd but 0-2 is closed), in a
     /// session of its own if `own_session` (else in tern's session and
-    /// process group).
+    /// process group), in new namespaces of the kinds `ns_flags` names
+    /// (`CLONE_NEWUTS`, `CLONE_NEWIPC`).
     pub fn spawn_keeping(
         want_pid: Option<i32>,
         keep: Option<(i32, i32)>,
         own_session: bool,
+        ns_flags: u64,
     ) -> io::Result<Puppet> {
-        let pid = tern_sys::child::fork_traced_stopped(want_pid, keep, own_session)?;
+        let pid = tern_sys::child::fork_traced_stopped(want_pid, keep, own_session, ns_flags)?;
         let mut puppet = Puppet {
             pid,
             remote: RemoteThread::new(pid, 0, ptrace::zeroed_regs()),

@@ -60,7 +60,7 @@ pub struct Standby {
 /// Where a standby's puppet keeps tern's pidfd until the final image.
 pub(crate) const STANDBY_CHAN: i32 = 3;
 
-fn load_round(dir: &Path) -> Result<(wire::Inventory, wire::Layout)> {
+pub(crate) fn load_round(dir: &Path) -> Result<(wire::Inventory, wire::Layout)> {
     crate::check_image_trusted(dir)?;
     let inv: wire::Inventory =
         wire::read_record(&dir.join(wire::INVENTORY_FILE), wire::RecordKind::Inventory)?;
@@ -174,7 +174,7 @@ impl Standby {
             )
         };
         let keep = tern_pidfd.as_ref().map(|p| (p.as_raw_fd(), STANDBY_CHAN));
-        let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, keep)?;
+        let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, keep, &inv.namespaces)?;
         Standby::adopt(puppet, want, keep.is_some(), round0, opts)
     }
 

@@ -170,7 +170,8 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         .collect();
     // tern's pidfd sits above every fd number any image uses.
     let chan = above_image_fds(&images);
-    let (puppets, want) = fork_blank_tree(procs, &all_tids, opts, chan, forked)?;
+    let namespaces = &images[0].inventory.namespaces;
+    let (puppets, want) = fork_blank_tree(procs, &all_tids, opts, chan, namespaces, forked)?;
     let mut shared = Shared::make(&tree, &images)?;
     let mut members = Vec::with_capacity(procs.len());
     for (k, (p, mut puppet)) in procs.iter().zip(puppets).enumerate() {
@@ -276,12 +277,14 @@ pub(crate) fn fork_blank_tree(
     all_tids: &[i32],
     opts: &RestoreOptions,
     chan: i32,
+    namespaces: &wire::Namespaces,
     forked: &mut Vec<i32>,
 ) -> Result<(Vec<Puppet>, Option<i32>)> {
     let root_pid = procs[0].pid;
     let pidfd = tern_sys::pidfd_open(std::process::id() as i32)
         .step(root_pid, || "pidfd_open of tern itself".into())?;
-    let (root, want) = spawn_puppet(root_pid, all_tids, opts, Some((pidfd.as_raw_fd(), chan)))?;
+    let keep = Some((pidfd.as_raw_fd(), chan));
+    let (root, want) = spawn_puppet(root_pid, all_tids, opts, keep, namespaces)?;
     let mut puppets: Vec<Puppet> = vec![root];
     ptrace::set_options(puppets[0].pid, crate::puppet::TRACE_OPTIONS)
         .step(root_pid, || "PTRACE_SETOPTIONS (TRACEFORK)".into())?;

@@ -47,8 +47,15 @@ impl TreeStandby {
             // Threads are only known at the end: the process ids decide
             // whether a fresh PID namespace is needed.
             let pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
-            let (puppets, want) =
-                tree::fork_blank_tree(&procs, &pids, opts, STANDBY_CHAN, &mut forked)?;
+            let (root_inventory, _) = crate::standby::load_round(round0)?;
+            let (puppets, want) = tree::fork_blank_tree(
+                &procs,
+                &pids,
+                opts,
+                STANDBY_CHAN,
+                &root_inventory.namespaces,
+                &mut forked,
+            )?;
             let mut members = Vec::with_capacity(procs.len());
             for (k, (p, puppet)) in procs.iter().zip(puppets).enumerate() {
                 let ns_pid = tree::member_ns_pid(k, p, want, puppet.pid, opts);

@@ -7,6 +7,7 @@
 
 pub mod creds;
 pub mod files;
+pub mod namespaces;
 pub mod regs;
 pub mod seccomp;
 pub mod sockets;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod freezer;
 pub mod mem;
 pub mod netlock;
+pub mod ns;
 pub mod pipe;
 pub mod probe;
 pub mod proc;

@@ -158,27 +158,17 @@ fn bound_tcp_socket() -> io::Result<OwnedFd> {
 /// Send one `SOCK_DIAG_BY_FAMILY` dump request with `body` from a netlink
 /// socket in the network namespace of `pid`; the payload of every answer.
 fn query(pid: i32, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    // setns changes only the calling thread: a thread of its own makes the
-    // netlink socket there (a socket stays in the namespace it was made in).
-    let sock = std::thread::scope(|s| {
-        s.spawn(|| -> io::Result<OwnedFd> {
-            // SAFETY: setns with a namespace fd we hold open.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: plain socket(2) call.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    NETLINK_SOCK_DIAG,
-                )
-            };
-            super::own_fd(libc::c_long::from(fd))
-        })
-        .join()
-        .map_err(|_| io::Error::other("the sock_diag thread panicked"))?
+    // A socket stays in the namespace it was made in.
+    let sock = crate::ns::in_namespace_of(pid, crate::ns::Kind::Net, || {
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        super::own_fd(libc::c_long::from(fd))
     })?;
     let mut req = Vec::with_capacity(16 + body.len());
     req.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());

@@ -40,6 +40,47 @@ pub struct Inventory {
     /// xxh3 over the address and content hash of every page this image
     /// stores: equal hashes in consecutive rounds mean nothing changed.
     pub round_hash: u64,
+    /// The namespaces of its own it lived in, recreated on restore.
+    pub namespaces: Namespaces,
+}
+
+/// Namespaces a process lived in that were not its dumper's, as far as
+/// tern keeps them (the others are refused at dump time, or the same as
+/// the dumper's: those are the restorer's on the other side).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Namespaces {
+    /// A UTS namespace of its own, with its names.
+    pub uts: Option<Uts>,
+    /// An IPC namespace of its own (it held no SysV objects at the dump).
+    pub ipc: bool,
+}
+
+impl Namespaces {
+    /// "uts (host name NAME), ipc", or "none".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(u) = &self.uts {
+            parts.push(format!(
+                "uts (host name {:?}, domain name {:?})",
+                u.hostname, u.domainname
+            ));
+        }
+        if self.ipc {
+            parts.push("ipc".to_string());
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The names of a UTS namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Uts {
+    pub hostname: String,
+    pub domainname: String,
 }
 
 /// x86-64 general registers, in `struct user_regs_struct` order.

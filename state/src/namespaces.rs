@@ -1,0 +1,123 @@
+//! The namespaces of its own a process lived in (beyond those of whoever
+//! dumped it): captured as what recreates them, and the `clone3` flags that
+//! make them again for the restored process (set up by the restorer before
+//! the program's state goes in).
+//!
+//! Kept today: a UTS namespace (host and domain name set again in a fresh
+//! one) and an IPC namespace (a fresh one: refused at dump time if it held
+//! SysV objects, which tern does not move). Refused, naming the namespace:
+//! another mount, PID, user, cgroup or time namespace. A network namespace
+//! of its own is not recreated: the program lands in the restorer's, as its
+//! sockets do (a migration's destination namespace is the user's choice).
+
+use tern_sys::ns::{self, Kind};
+use tern_sys::{Context, Error as EngineError, Result};
+use tern_wire as wire;
+
+/// Namespaces not kept: a process living in another one of these is
+/// refused, with why.
+const REFUSED: &[(Kind, &str)] = &[
+    (Kind::Mnt, "its mount table would have to be rebuilt"),
+    (Kind::Pid, "its ids there would have to be given back"),
+    (
+        Kind::User,
+        "its id mappings and capabilities there would have to be rebuilt",
+    ),
+    (Kind::Cgroup, "its cgroup root would have to be rebuilt"),
+    (Kind::Time, "its clock offsets would have to be set again"),
+];
+
+/// Refuse process `pid` if it lives in a namespace tern cannot recreate.
+pub fn refuse_unsupported(pid: i32) -> Result<()> {
+    for &(kind, why) in REFUSED {
+        if ns::differs(pid, kind).ctx(pid, || format!("read ns/{}", kind.name()))? {
+            let id = ns::id(pid, kind).unwrap_or(0);
+            return Err(EngineError::Unsupported {
+                pid,
+                reason: format!(
+                    "it lives in another {} namespace ({}:[{id}]): not supported yet ({why})",
+                    kind.name(),
+                    kind.name()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The namespaces of its own process `pid` lives in, for its image.
+pub fn capture(pid: i32) -> Result<wire::Namespaces> {
+    let differs =
+        |kind: Kind| ns::differs(pid, kind).ctx(pid, || format!("read ns/{}", kind.name()));
+    let uts = if differs(Kind::Uts)? {
+        let (hostname, domainname) =
+            ns::uts_names(pid).ctx(pid, || "uname in its UTS namespace".into())?;
+        Some(wire::Uts {
+            hostname,
+            domainname,
+        })
+    } else {
+        None
+    };
+    let ipc = differs(Kind::Ipc)?;
+    if ipc {
+        let [shm, sem, msg] =
+            ns::sysv_objects(pid).ctx(pid, || "list SysV objects in its IPC namespace".into())?;
+        if shm + sem + msg > 0 {
+            return Err(EngineError::Unsupported {
+                pid,
+                reason: format!(
+                    "its IPC namespace holds SysV objects ({shm} shared memory segment(s), {sem} semaphore set(s), {msg} message queue(s)), which tern does not move"
+                ),
+            });
+        }
+    }
+    Ok(wire::Namespaces { uts, ipc })
+}
+
+/// Whether processes `a` and `b` share every namespace an image keeps (the
+/// processes of one tree must: they are restored into one set).
+pub fn same_as(a: i32, b: i32) -> Result<Option<&'static str>> {
+    for kind in [Kind::Uts, Kind::Ipc] {
+        let ka = ns::id(a, kind).ctx(a, || format!("read ns/{}", kind.name()))?;
+        let kb = ns::id(b, kind).ctx(b, || format!("read ns/{}", kind.name()))?;
+        if ka != kb {
+            return Ok(Some(kind.name()));
+        }
+    }
+    Ok(None)
+}
+
+/// The `clone3` flags that make the image's namespaces for its process.
+pub fn clone_flags(n: &wire::Namespaces) -> u64 {
+    let mut flags = 0;
+    if n.uts.is_some() {
+        flags |= Kind::Uts.clone_flag();
+    }
+    if n.ipc {
+        flags |= Kind::Ipc.clone_flag();
+    }
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_flags_follow_the_image() {
+        let none = wire::Namespaces::default();
+        assert_eq!(clone_flags(&none), 0);
+        let both = wire::Namespaces {
+            uts: Some(wire::Uts {
+                hostname: "edge".into(),
+                domainname: String::new(),
+            }),
+            ipc: true,
+        };
+        assert_eq!(
+            clone_flags(&both),
+            (libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64
+        );
+    }
+}

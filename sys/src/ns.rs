@@ -1,0 +1,145 @@
+//! Namespaces of another process, looked at from inside: `setns` changes
+//! only the calling thread, so a short-lived thread of our own joins the
+//! target's namespace, asks there, and ends (tern's other threads never
+//! leave their own). Used for the UTS names (`uname` in the target's UTS
+//! namespace), the SysV IPC objects of an IPC namespace (`/proc/sysvipc/*`
+//! shows the reader's), and sockets made in a network namespace
+//! (`sock_diag`).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+
+/// The namespace kinds `/proc/PID/ns/` names, with their `CLONE_NEW*` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Uts,
+    Ipc,
+    Net,
+    Mnt,
+    Pid,
+    User,
+    Cgroup,
+    Time,
+}
+
+impl Kind {
+    /// The file name under `/proc/PID/ns/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Uts => "uts",
+            Kind::Ipc => "ipc",
+            Kind::Net => "net",
+            Kind::Mnt => "mnt",
+            Kind::Pid => "pid",
+            Kind::User => "user",
+            Kind::Cgroup => "cgroup",
+            Kind::Time => "time",
+        }
+    }
+
+    /// Its `CLONE_NEW*` flag (for `clone3`, `unshare` and `setns`).
+    pub fn clone_flag(self) -> u64 {
+        let flag = match self {
+            Kind::Uts => libc::CLONE_NEWUTS,
+            Kind::Ipc => libc::CLONE_NEWIPC,
+            Kind::Net => libc::CLONE_NEWNET,
+            Kind::Mnt => libc::CLONE_NEWNS,
+            Kind::Pid => libc::CLONE_NEWPID,
+            Kind::User => libc::CLONE_NEWUSER,
+            Kind::Cgroup => libc::CLONE_NEWCGROUP,
+            // CLONE_NEWTIME (5.6) is not in every libc crate version.
+            Kind::Time => 0x80,
+        };
+        flag as u64
+    }
+}
+
+/// The namespace of `kind` process `pid` lives in, as an inode number
+/// (`/proc/PID/ns/KIND`); `pid` 0 means tern itself.
+pub fn id(pid: i32, kind: Kind) -> io::Result<u64> {
+    let path = if pid == 0 {
+        format!("/proc/self/ns/{}", kind.name())
+    } else {
+        format!("/proc/{pid}/ns/{}", kind.name())
+    };
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+/// Whether process `pid` lives in another namespace of `kind` than tern.
+pub fn differs(pid: i32, kind: Kind) -> io::Result<bool> {
+    Ok(id(pid, kind)? != id(0, kind)?)
+}
+
+/// Run `f` in a thread of ours that has first joined process `pid`'s
+/// namespace of `kind`.
+pub fn in_namespace_of<T: Send>(
+    pid: i32,
+    kind: Kind,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/{}", kind.name()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns with a namespace fd we hold open; it changes the
+            // namespaces of this (scoped, soon ended) thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), kind.clone_flag() as libc::c_int) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    })
+}
+
+/// Host name and NIS domain name in process `pid`'s UTS namespace.
+pub fn uts_names(pid: i32) -> io::Result<(String, String)> {
+    in_namespace_of(pid, Kind::Uts, || {
+        // SAFETY: utsname is plain data; all-zero is a valid value.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: uname fills the struct we pass.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let text = |field: &[libc::c_char]| {
+            let bytes: Vec<u8> = field
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        Ok((text(&u.nodename), text(&u.domainname)))
+    })
+}
+
+/// How many SysV shared memory segments, semaphore sets and message queues
+/// process `pid`'s IPC namespace holds.
+pub fn sysv_objects(pid: i32) -> io::Result<[usize; 3]> {
+    in_namespace_of(pid, Kind::Ipc, || {
+        let mut counts = [0; 3];
+        for (k, what) in ["shm", "sem", "msg"].iter().enumerate() {
+            // One header line, then one line per object.
+            let text = std::fs::read_to_string(format!("/proc/sysvipc/{what}"))?;
+            counts[k] = text.lines().count().saturating_sub(1);
+        }
+        Ok(counts)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_namespaces_do_not_differ_and_our_names_are_unames() {
+        let me = std::process::id() as i32;
+        for kind in [Kind::Uts, Kind::Ipc, Kind::Net, Kind::Mnt] {
+            assert!(!differs(me, kind).expect("ns link"), "{}", kind.name());
+        }
+        let (host, _) = uts_names(me).expect("uname in our own namespace");
+        let expected = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+        assert_eq!(host, expected.trim());
+    }
+}
