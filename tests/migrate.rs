@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -1081,6 +1081,331 @@ fn migrate_keeps_uts_and_ipc_namespaces() {
     let all = e.wait_tick_lines(n + 30);
     check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
     restored_guard.kill_and_wait();
+}
+
+/// A runc container made here: a busybox-static root file system with the
+/// static counter, its own mount, UTS and IPC namespaces, network
+/// namespace A (by path), a seccomp profile in the style of a runtime's
+/// default. It keeps the host's PID namespace (`tern` refuses another one
+/// yet).
+struct Container {
+    id: String,
+    state: PathBuf,
+    rootfs: PathBuf,
+    pid: i32,
+}
+
+const CONTAINER_PORT: u16 = 7070;
+const CONTAINER_HOST: &str = "ctr-tern";
+
+impl Container {
+    /// `pid_ns`: with a PID namespace of its own (refused by tern).
+    fn start(dir: &TestDir, edges: &EdgePair, pid_ns: bool) -> Container {
+        let name = if pid_ns { "pidns" } else { "plain" };
+        let bundle = dir.join(format!("bundle-{name}"));
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("sh");
+        let counter = compile_c_with(dir, "container_counter", &["-static"]);
+        std::fs::copy(&counter, rootfs.join("bin/counter")).expect("counter");
+        let mark = format!("rootfs of {}", rootfs.display());
+        std::fs::write(rootfs.join("etc/tern-rootfs"), &mark).expect("mark");
+        let spec = Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&bundle)
+            .output()
+            .expect("runc spec");
+        assert!(spec.status.success(), "runc spec: {spec:?}");
+        let path = bundle.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("json");
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!([
+            "/bin/counter",
+            CONTAINER_PORT.to_string(),
+            CONTAINER_HOST,
+            mark
+        ]);
+        config["hostname"] = CONTAINER_HOST.into();
+        let mut namespaces = serde_json::json!([
+            {"type": "mount"},
+            {"type": "uts"},
+            {"type": "ipc"},
+            {"type": "network", "path": format!("/run/netns/{}", edges.a.name)},
+        ]);
+        if pid_ns {
+            namespaces
+                .as_array_mut()
+                .expect("a list")
+                .push(serde_json::json!({"type": "pid"}));
+        }
+        config["linux"]["namespaces"] = namespaces;
+        // A runtime's default profile is an allow-list; this one denies a
+        // list instead (the same kind of filter, fewer lines).
+        config["linux"]["seccomp"] = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{
+                "names": ["mount", "umount2", "pivot_root", "unshare", "setns", "kexec_load",
+                          "reboot", "swapon", "swapoff", "userfaultfd", "bpf", "keyctl"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1
+            }]
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write");
+        let id = format!("tern-test-{}-{name}", std::process::id());
+        // Not in `dir`: the container is deleted after the test's directory
+        // may be gone, and runc needs its state to delete it (and its
+        // cgroups).
+        let state = std::env::temp_dir().join(format!("tern-runc-state-{id}"));
+        let pidfile = dir.join(format!("container-{name}.pid"));
+        // The container keeps runc's stdio: /dev/null, not a pipe whose
+        // end would keep this call waiting. runc says why it failed in its
+        // log.
+        let log = dir.join(format!("runc-{name}.log"));
+        let run = Command::new("runc")
+            .arg("--log")
+            .arg(&log)
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "-d", "--pid-file"])
+            .arg(&pidfile)
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("runc run");
+        assert!(
+            run.success(),
+            "runc run: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("runc's pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+        Container {
+            id,
+            state,
+            rootfs,
+            pid,
+        }
+    }
+
+    /// The counter's answer from network namespace `ns`, once it answers.
+    fn ask(ns: &Netns) -> String {
+        wait_until(
+            Duration::from_secs(10),
+            "the container's counter to answer",
+            || {
+                in_netns(ns, || {
+                    use std::io::Read;
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", CONTAINER_PORT))
+                        .map_err(|e| e.to_string())?;
+                    let mut line = String::new();
+                    s.read_to_string(&mut line).map_err(|e| e.to_string())?;
+                    Ok(line)
+                })
+                .ok()
+                .filter(|l| l.starts_with("count "))
+            },
+            String::new,
+        )
+    }
+
+    fn count(answer: &str) -> u64 {
+        seq_number(answer, "count ").unwrap_or_else(|| panic!("answer {answer:?}"))
+    }
+
+    /// What a process of the container must be, wherever it runs: in
+    /// mount, UTS and IPC namespaces not the test's, with its root file
+    /// system and its mounts, named, under seccomp filter mode.
+    fn check_process(&self, pid: i32, mounts_before: &[String]) {
+        for kind in ["mnt", "uts", "ipc"] {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns");
+            let ours = std::fs::read_link(format!("/proc/self/ns/{kind}")).expect("ns");
+            assert_ne!(
+                theirs, ours,
+                "process {pid} must have a {kind} namespace of its own"
+            );
+        }
+        use std::os::unix::fs::MetadataExt;
+        let inside = std::fs::metadata(format!("/proc/{pid}/root/etc/tern-rootfs")).expect("root");
+        let here = std::fs::metadata(self.rootfs.join("etc/tern-rootfs")).expect("rootfs");
+        assert_eq!(
+            (inside.dev(), inside.ino()),
+            (here.dev(), here.ino()),
+            "its root"
+        );
+        assert_eq!(mount_points(pid), mounts_before, "its mounts");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        assert!(
+            status.contains("Seccomp:\t2"),
+            "seccomp filter mode: {status}"
+        );
+        let host = Command::new("nsenter")
+            .arg("-t")
+            .arg(pid.to_string())
+            .args(["-u", "hostname"])
+            .output()
+            .expect("nsenter hostname");
+        assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), CONTAINER_HOST);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&self.state)
+            .args(["delete", "-f", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+/// Mount points, file system types and mount options of process `pid`,
+/// sorted (the order of mounts on different points does not matter).
+fn mount_points(pid: i32) -> Vec<String> {
+    let mut all: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let mp = head.split(' ').nth(4)?;
+            let opts = head.split(' ').nth(5)?;
+            let fstype = tail.split(' ').next()?;
+            Some(format!("{mp} {fstype} {opts}"))
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// A runc container (see [`Container`]) is dumped and restored in A, then
+/// migrated live from A to B: each time its counter goes on from where it
+/// was, in new mount, UTS and IPC namespaces with its root file system and
+/// its mounts, its host name and its seccomp filter.
+#[test]
+fn runc_container_dump_restore_and_live_migration() {
+    let test = "runc_container_dump_restore_and_live_migration";
+    if !command_or_skip(test, "runc", "runc") {
+        return;
+    }
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let dir = TestDir::new(test);
+    let ctr = Container::start(&dir, &edges, false);
+    let mut original = ProcGuard::adopt(ctr.pid);
+    let first = Container::count(&Container::ask(&edges.a));
+    let mounts = mount_points(ctr.pid);
+    ctr.check_process(ctr.pid, &mounts);
+
+    let images = dir.join("images");
+    let a = args!["dump", "--pid", ctr.pid.to_string(), "--images", &images];
+    run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null()).assert_ok("tern dump");
+    assert!(
+        wait_gone(ctr.pid, Duration::from_secs(5)),
+        "the container still runs"
+    );
+    original.disarm();
+    let pidfile = dir.join("restored.pid");
+    // With its own pid (once the dumped one is reaped), in the host's PID
+    // namespace as before: a program in another one cannot be migrated
+    // yet.
+    let a = args![
+        "restore",
+        "--images",
+        &images,
+        "--pidfile",
+        &pidfile,
+        "--pid-ns",
+        "never"
+    ];
+    run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null()).assert_ok("tern restore");
+    let restored: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    let restored_guard = ProcGuard::adopt(restored);
+    let answer = Container::ask(&edges.a);
+    assert!(
+        answer.contains(&format!("host {CONTAINER_HOST} seccomp 2")),
+        "{answer}"
+    );
+    let after_restore = Container::count(&answer);
+    assert!(after_restore > first, "{after_restore} after {first}");
+    ctr.check_process(restored, &mounts);
+
+    let mut e = Edge {
+        serve: None,
+        program: restored_guard,
+        out: dir.join("none"),
+        key: keygen(&dir, "tern.key"),
+        dir,
+        edges,
+    };
+    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
+    e.migrate(&["--policy", "rounds:3"])
+        .assert_ok("tern migrate (live)");
+    let moved = report(&e.dir)["restored_pid"]
+        .as_i64()
+        .expect("restored_pid") as i32;
+    let mut moved_guard = ProcGuard::adopt(moved);
+    assert!(
+        wait_gone(restored, Duration::from_secs(5)),
+        "still running in A"
+    );
+    e.program.disarm();
+    assert_eq!(netns_of(moved), Some(e.edges.b.inode()));
+    let answer = Container::ask(&e.edges.b);
+    let after_move = Container::count(&answer);
+    assert!(
+        after_move > after_restore,
+        "{after_move} after {after_restore}"
+    );
+    ctr.check_process(moved, &mounts);
+    let later = Container::count(&Container::ask(&e.edges.b));
+    assert!(
+        later > after_move,
+        "the counter stopped in B: {later} after {after_move}"
+    );
+    moved_guard.kill_and_wait();
+
+    // With a PID namespace of its own: refused, naming it; it runs on.
+    let with_pid_ns = Container::start(&e.dir, &e.edges, true);
+    let _guard = ProcGuard::adopt(with_pid_ns.pid);
+    let before = Container::count(&Container::ask(&e.edges.a));
+    let images = e.dir.join("images-pidns");
+    let a = args![
+        "dump",
+        "--pid",
+        with_pid_ns.pid.to_string(),
+        "--images",
+        &images
+    ];
+    let out = run_tern_in(&e.dir, Some(&e.edges.a.name), &a, Stdio::null());
+    assert!(
+        !out.success() && out.stderr.contains("another pid namespace"),
+        "a container with its own PID namespace must be refused saying so: {}",
+        out.describe()
+    );
+    let after = Container::count(&Container::ask(&e.edges.a));
+    assert!(
+        after > before,
+        "the refused container stopped: {after} after {before}"
+    );
 }
 
 /// A tree left stopped after the commit (the destination frozen right

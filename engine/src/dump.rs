@@ -1959,6 +1959,9 @@ fn fd_kind(
             format!("{}: this kind of file is not supported yet", what()),
         ));
     }
+    if !link.starts_with("/memfd:") {
+        check_inside_mount_namespace(pid, fd, link, &fdinfo()?)?;
+    }
     let proc_path = format!("/proc/{pid}/fd/{fd}");
     let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {}", what()))?;
     let ft = meta.file_type();
@@ -2080,6 +2083,40 @@ fn inotify_watch_path(e: &proc::InotifyEntry) -> std::result::Result<String, Str
         return Err(format!("it watches {path}, which has no path any more"));
     }
     Ok(path)
+}
+
+/// In a mount namespace of its own a path names a file of that namespace;
+/// a file opened on a mount outside it (before the program entered it)
+/// would be looked for at the wrong place. A device is let through if the
+/// same path inside names the same device (a runtime's `/dev/null`).
+fn check_inside_mount_namespace(pid: i32, fd: i32, link: &str, fdinfo: &str) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if !tern_sys::ns::differs(pid, tern_sys::ns::Kind::Mnt).ctx(pid, || "read ns/mnt".into())? {
+        return Ok(());
+    }
+    let mnt_id: Option<u32> = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok());
+    let table = tern_sys::mounts::mountinfo(pid).ctx(pid, || "read mountinfo".into())?;
+    if mnt_id.is_some_and(|id| table.iter().any(|m| m.id == id)) {
+        return Ok(());
+    }
+    let outside = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"));
+    let inside = std::fs::metadata(format!("/proc/{pid}/root{link}"));
+    if let (Ok(o), Ok(i)) = (&outside, &inside) {
+        if o.file_type().is_char_device() && i.file_type().is_char_device() && o.rdev() == i.rdev()
+        {
+            return Ok(());
+        }
+    }
+    Err(unsupported(
+        pid,
+        format!(
+            "fd {fd} ({link}) is a file of a mount outside its mount namespace (mount {}), opened before it entered it: its path names another file there",
+            mnt_id.map_or("?".to_string(), |m| m.to_string())
+        ),
+    ))
 }
 
 fn save_file_contents(pid: i32, src: &str, target: &Path) -> Result<()> {

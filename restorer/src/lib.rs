@@ -415,9 +415,13 @@ const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
 /// Largest fd number an image may name (the kernel's nr_open default).
 const MAX_FD: i32 = 1 << 20;
 
-/// Refuse a file that is not the one the image was made with.
-fn check_same_file(f: &wire::FileIdentity) -> Result<()> {
-    let meta = std::fs::metadata(&f.path).map_err(|e| RestoreError::File {
+/// Refuse a file that is not the one the image was made with (`at`: where
+/// it is on this machine now, if it can be looked at yet).
+fn check_same_file(f: &wire::FileIdentity, at: Option<String>) -> Result<()> {
+    let Some(at) = at else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(&at).map_err(|e| RestoreError::File {
         path: f.path.clone(),
         what: format!("needed by the image but cannot be opened: {e}"),
     })?;
@@ -483,15 +487,25 @@ fn check_creds_reproducible(c: &wire::Creds) -> Result<()> {
 fn check_outside_world(image: &Image, opts: &RestoreOptions) -> Result<()> {
     check_creds_reproducible(&image.core.creds)?;
     inherited_fds(image, opts)?;
+    // In a mount namespace of its own the image's paths are the program's:
+    // looked at where its bound directories are here (files on a file
+    // system the restore makes anew cannot be looked at yet).
+    let here = |path: &str| match &image.inventory.namespaces.mnt {
+        None => Some(path.to_string()),
+        Some(table) => tern_state::mounts::host_path(table, path),
+    };
     for v in &image.mm.vmas {
         if let wire::VmaKind::File { file, .. } = &v.kind {
-            check_same_file(file)?;
+            check_same_file(file, here(&file.path))?;
         }
     }
-    check_same_file(&image.mm.exe)?;
+    check_same_file(&image.mm.exe, here(&image.mm.exe.path))?;
     for fd in &image.files.fds {
         if let wire::FdKind::Path { path, .. } = &fd.kind {
-            if std::fs::symlink_metadata(path).is_err() {
+            let Some(at) = here(path) else {
+                continue;
+            };
+            if std::fs::symlink_metadata(at).is_err() {
                 return Err(RestoreError::File {
                     path: path.clone(),
                     what: format!("open as fd {} in the image, but it no longer exists", fd.fd),
@@ -603,7 +617,19 @@ pub(crate) fn spawn_puppet(
         );
     }
     puppet.namespace = namespace;
+    if let Some(table) = &namespaces.mnt {
+        build_mounts(&puppet, table, namespaces.ipc)?;
+        puppet.mounts = Some(table.clone());
+    }
     Ok((puppet, want))
+}
+
+/// The image's mount table, built in the puppet's new mount namespace by a
+/// thread of ours that joins it; the puppet's root becomes the table's.
+fn build_mounts(puppet: &Puppet, table: &wire::MountTable, ipc: bool) -> Result<()> {
+    let pid = puppet.pid;
+    tern_sys::mounts::in_mount_namespace_of(pid, ipc, || tern_state::mounts::build(table))
+        .step(pid, || "build its mount namespace".into())
 }
 
 /// A restored program, complete and stopped just before it runs: killed
@@ -2255,7 +2281,12 @@ impl Builder<'_> {
         use tern_sys::ns::{self, Kind};
         let want = self.image.inventory.namespaces.clone();
         let pid = self.pid;
-        for (kind, wanted) in [(Kind::Uts, want.uts.is_some()), (Kind::Ipc, want.ipc)] {
+        let kinds = [
+            (Kind::Uts, want.uts.is_some()),
+            (Kind::Ipc, want.ipc),
+            (Kind::Mnt, want.mnt.is_some()),
+        ];
+        for (kind, wanted) in kinds {
             let own = ns::differs(pid, kind).step(pid, || format!("read ns/{}", kind.name()))?;
             if own != wanted {
                 return Err(self.image.bad(format!(
@@ -2266,6 +2297,7 @@ impl Builder<'_> {
                 )));
             }
         }
+        self.refresh_mounts(want.mnt.as_ref(), want.ipc)?;
         let Some(uts) = want.uts else {
             return Ok(());
         };
@@ -2284,6 +2316,34 @@ impl Builder<'_> {
                 format!("{what}({name:?}) in its UTS namespace")
             })?;
         }
+        Ok(())
+    }
+
+    /// A standby's mounts were built from its first round: the final image
+    /// must have the same mounts, and its tmpfs files are written again.
+    fn refresh_mounts(&mut self, want: Option<&wire::MountTable>, ipc: bool) -> Result<()> {
+        let (Some(want), Some(built)) = (want, self.puppet.mounts.as_ref()) else {
+            return Ok(());
+        };
+        if want == built {
+            return Ok(());
+        }
+        if want.shape() != built.shape() {
+            return Err(self.image.bad(
+                "the program's mounts changed while it was copied (pre-copy): its mount namespace cannot follow".into(),
+            ));
+        }
+        let pid = self.pid;
+        tern_sys::mounts::in_mount_namespace_of(pid, ipc, || {
+            for m in &want.mounts {
+                if let wire::MountSource::Fresh { contents, .. } = &m.source {
+                    tern_state::mounts::write_contents(&m.mount_point, contents)?;
+                }
+            }
+            Ok(())
+        })
+        .step(pid, || "write its tmpfs files again".into())?;
+        self.puppet.mounts = Some(want.clone());
         Ok(())
     }
 

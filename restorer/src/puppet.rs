@@ -23,6 +23,9 @@ pub struct Puppet {
     /// The fresh PID namespace it lives in, if any: dropped (its init
     /// killed, if nobody kept it) only after this puppet is reaped.
     pub(crate) namespace: Option<Arc<PidNamespace>>,
+    /// The mount table built in its mount namespace of its own, if any
+    /// (a standby's final image may bring newer tmpfs files for it).
+    pub(crate) mounts: Option<tern_wire::MountTable>,
 }
 
 /// How puppets are traced (the root of a tree from its start, others
@@ -57,6 +60,7 @@ impl Puppet {
             threads: Vec::new(),
             released: false,
             namespace: None,
+            mounts: None,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) => {}
@@ -93,6 +97,7 @@ impl Puppet {
             threads: Vec::new(),
             released: false,
             namespace: None,
+            mounts: None,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}

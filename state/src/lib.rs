@@ -7,6 +7,7 @@
 
 pub mod creds;
 pub mod files;
+pub mod mounts;
 pub mod namespaces;
 pub mod regs;
 pub mod seccomp;

@@ -4,9 +4,10 @@
 //! the program's state goes in).
 //!
 //! Kept today: a UTS namespace (host and domain name set again in a fresh
-//! one) and an IPC namespace (a fresh one: refused at dump time if it held
-//! SysV objects, which tern does not move). Refused, naming the namespace:
-//! another mount, PID, user, cgroup or time namespace. A network namespace
+//! one), an IPC namespace (a fresh one: refused at dump time if it held
+//! SysV objects, which tern does not move) and a mount namespace (its
+//! table rebuilt: [`crate::mounts`]). Refused, naming the namespace:
+//! another PID, user, cgroup or time namespace. A network namespace
 //! of its own is not recreated: the program lands in the restorer's, as its
 //! sockets do (a migration's destination namespace is the user's choice).
 
@@ -17,7 +18,6 @@ use tern_wire as wire;
 /// Namespaces not kept: a process living in another one of these is
 /// refused, with why.
 const REFUSED: &[(Kind, &str)] = &[
-    (Kind::Mnt, "its mount table would have to be rebuilt"),
     (Kind::Pid, "its ids there would have to be given back"),
     (
         Kind::User,
@@ -72,13 +72,18 @@ pub fn capture(pid: i32) -> Result<wire::Namespaces> {
             });
         }
     }
-    Ok(wire::Namespaces { uts, ipc })
+    let mnt = if differs(Kind::Mnt)? {
+        Some(crate::mounts::capture(pid)?)
+    } else {
+        None
+    };
+    Ok(wire::Namespaces { uts, ipc, mnt })
 }
 
 /// Whether processes `a` and `b` share every namespace an image keeps (the
 /// processes of one tree must: they are restored into one set).
 pub fn same_as(a: i32, b: i32) -> Result<Option<&'static str>> {
-    for kind in [Kind::Uts, Kind::Ipc] {
+    for kind in [Kind::Uts, Kind::Ipc, Kind::Mnt] {
         let ka = ns::id(a, kind).ctx(a, || format!("read ns/{}", kind.name()))?;
         let kb = ns::id(b, kind).ctx(b, || format!("read ns/{}", kind.name()))?;
         if ka != kb {
@@ -97,6 +102,9 @@ pub fn clone_flags(n: &wire::Namespaces) -> u64 {
     if n.ipc {
         flags |= Kind::Ipc.clone_flag();
     }
+    if n.mnt.is_some() {
+        flags |= Kind::Mnt.clone_flag();
+    }
     flags
 }
 
@@ -114,6 +122,7 @@ mod tests {
                 domainname: String::new(),
             }),
             ipc: true,
+            mnt: None,
         };
         assert_eq!(
             clone_flags(&both),

@@ -14,6 +14,7 @@ pub mod child;
 pub mod error;
 pub mod freezer;
 pub mod mem;
+pub mod mounts;
 pub mod netlock;
 pub mod ns;
 pub mod pipe;

@@ -53,6 +53,104 @@ pub struct Namespaces {
     pub uts: Option<Uts>,
     /// An IPC namespace of its own (it held no SysV objects at the dump).
     pub ipc: bool,
+    /// A mount namespace of its own: its mount table.
+    pub mnt: Option<MountTable>,
+}
+
+/// The mounts of a mount namespace, parents before their children; the
+/// first is its root.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct MountTable {
+    pub mounts: Vec<Mount>,
+}
+
+impl MountTable {
+    /// The table without the tmpfs contents: what must not change while a
+    /// standby is built (the contents are written again at the end).
+    pub fn shape(&self) -> Vec<(u32, String, String, MountSourceKind)> {
+        self.mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    m.mount_point.clone(),
+                    m.fstype.clone(),
+                    match &m.source {
+                        MountSource::Host { .. } => MountSourceKind::Host,
+                        MountSource::Fresh { .. } => MountSourceKind::Fresh,
+                        MountSource::Within { .. } => MountSourceKind::Within,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// One mount of a mount namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Its id in the dumped namespace (the table's own references).
+    pub id: u32,
+    /// Its parent's id (its own for the root).
+    pub parent: u32,
+    /// Where it is mounted, in the program's namespace.
+    pub mount_point: String,
+    /// Per-mount `MS_*` flags (`MS_RDONLY`, `MS_NOSUID`, ...).
+    pub flags: u64,
+    pub fstype: String,
+    /// The source field of mountinfo (informative; `Fresh` mounts use it).
+    pub device: String,
+    pub source: MountSource,
+}
+
+/// Where a mount's files come from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A directory of the machine's own file systems, bound: a container's
+    /// root file system, a volume, a cgroup directory. It must be at the
+    /// same path on the restoring machine (`create`: made if missing, as a
+    /// cgroup directory is).
+    Host { path: String, create: bool },
+    /// A file system of its own (proc, sysfs, devpts, mqueue, tmpfs),
+    /// mounted anew with these options; a tmpfs with its files.
+    Fresh {
+        data: String,
+        contents: Vec<TmpfsEntry>,
+    },
+    /// A part of another mount of this table (id `of`), bound.
+    Within { of: u32, subpath: String },
+}
+
+/// The kind of a [`MountSource`], for comparisons.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountSourceKind {
+    Host,
+    Fresh,
+    Within,
+}
+
+/// One file of a tmpfs, by its path inside the mount.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsEntry {
+    /// Relative to the mount's root, without a leading `/`.
+    pub path: String,
+    /// Permission bits (with setuid/setgid/sticky).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub kind: TmpfsKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum TmpfsKind {
+    Dir,
+    File(#[serde(with = "serde_bytes")] Vec<u8>),
+    Symlink(String),
+    /// A device node or FIFO: its type bits (`S_IFCHR`, ...) and device.
+    Node {
+        file_type: u32,
+        rdev: u64,
+    },
 }
 
 impl Namespaces {
@@ -67,6 +165,13 @@ impl Namespaces {
         }
         if self.ipc {
             parts.push("ipc".to_string());
+        }
+        if let Some(t) = &self.mnt {
+            let root = match t.mounts.first().map(|m| &m.source) {
+                Some(MountSource::Host { path, .. }) => path.as_str(),
+                _ => "?",
+            };
+            parts.push(format!("mnt ({} mounts, root {root})", t.mounts.len()));
         }
         if parts.is_empty() {
             "none".into()
