@@ -1084,10 +1084,9 @@ fn migrate_keeps_uts_and_ipc_namespaces() {
 }
 
 /// A runc container made here: a busybox-static root file system with the
-/// static counter, its own mount, UTS and IPC namespaces, network
-/// namespace A (by path), a seccomp profile in the style of a runtime's
-/// default. It keeps the host's PID namespace (`tern` refuses another one
-/// yet).
+/// static counter (and the child it forks), its own mount, UTS, IPC and
+/// PID namespaces (the counter is pid 1 there), network namespace A (by
+/// path), a seccomp profile in the style of a runtime's default.
 struct Container {
     id: String,
     state: PathBuf,
@@ -1099,10 +1098,8 @@ const CONTAINER_PORT: u16 = 7070;
 const CONTAINER_HOST: &str = "ctr-tern";
 
 impl Container {
-    /// `pid_ns`: with a PID namespace of its own (refused by tern).
-    fn start(dir: &TestDir, edges: &EdgePair, pid_ns: bool) -> Container {
-        let name = if pid_ns { "pidns" } else { "plain" };
-        let bundle = dir.join(format!("bundle-{name}"));
+    fn start(dir: &TestDir, edges: &EdgePair) -> Container {
+        let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
         for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
             std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
@@ -1130,19 +1127,13 @@ impl Container {
             mark
         ]);
         config["hostname"] = CONTAINER_HOST.into();
-        let mut namespaces = serde_json::json!([
+        config["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"},
             {"type": "mount"},
             {"type": "uts"},
             {"type": "ipc"},
             {"type": "network", "path": format!("/run/netns/{}", edges.a.name)},
         ]);
-        if pid_ns {
-            namespaces
-                .as_array_mut()
-                .expect("a list")
-                .push(serde_json::json!({"type": "pid"}));
-        }
-        config["linux"]["namespaces"] = namespaces;
         // A runtime's default profile is an allow-list; this one denies a
         // list instead (the same kind of filter, fewer lines).
         config["linux"]["seccomp"] = serde_json::json!({
@@ -1156,16 +1147,16 @@ impl Container {
             }]
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write");
-        let id = format!("tern-test-{}-{name}", std::process::id());
+        let id = format!("tern-test-{}", std::process::id());
         // Not in `dir`: the container is deleted after the test's directory
         // may be gone, and runc needs its state to delete it (and its
         // cgroups).
         let state = std::env::temp_dir().join(format!("tern-runc-state-{id}"));
-        let pidfile = dir.join(format!("container-{name}.pid"));
+        let pidfile = dir.join("container.pid");
         // The container keeps runc's stdio: /dev/null, not a pipe whose
         // end would keep this call waiting. runc says why it failed in its
         // log.
-        let log = dir.join(format!("runc-{name}.log"));
+        let log = dir.join("runc.log");
         let run = Command::new("runc")
             .arg("--log")
             .arg(&log)
@@ -1224,11 +1215,24 @@ impl Container {
         seq_number(answer, "count ").unwrap_or_else(|| panic!("answer {answer:?}"))
     }
 
-    /// What a process of the container must be, wherever it runs: in
-    /// mount, UTS and IPC namespaces not the test's, with its root file
-    /// system and its mounts, named, under seccomp filter mode.
-    fn check_process(&self, pid: i32, mounts_before: &[String]) {
-        for kind in ["mnt", "uts", "ipc"] {
+    /// What the container's init must be, wherever it runs: in mount, UTS,
+    /// IPC and PID namespaces not the test's, pid 1 in the last with its
+    /// child at `child` there, with its root file system and its mounts,
+    /// named, under seccomp filter mode.
+    fn check_process(&self, pid: i32, child: i32, mounts_before: &[String]) {
+        assert_eq!(
+            inner_pid(pid),
+            1,
+            "the container's init is pid 1 in its namespace"
+        );
+        let kids = children_of(pid);
+        assert_eq!(kids.len(), 1, "its child: {kids:?}");
+        assert_eq!(
+            inner_pid(kids[0]),
+            child,
+            "its child's pid in the namespace"
+        );
+        for kind in ["mnt", "uts", "ipc", "pid"] {
             let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("ns");
             let ours = std::fs::read_link(format!("/proc/self/ns/{kind}")).expect("ns");
             assert_ne!(
@@ -1273,6 +1277,22 @@ impl Drop for Container {
     }
 }
 
+/// Process `pid`'s id in its innermost PID namespace.
+fn inner_pid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .expect("NSpid")
+}
+
+/// The number after `key ` in a counter's answer.
+fn answer_field(answer: &str, key: &str) -> i32 {
+    field_after(answer, key).unwrap_or_else(|| panic!("no {key} in {answer:?}")) as i32
+}
+
 /// Mount points, file system types and mount options of process `pid`,
 /// sorted (the order of mounts on different points does not matter).
 fn mount_points(pid: i32) -> Vec<String> {
@@ -1293,8 +1313,10 @@ fn mount_points(pid: i32) -> Vec<String> {
 
 /// A runc container (see [`Container`]) is dumped and restored in A, then
 /// migrated live from A to B: each time its counter goes on from where it
-/// was, in new mount, UTS and IPC namespaces with its root file system and
-/// its mounts, its host name and its seccomp filter.
+/// was, pid 1 with its child in a new PID namespace, in new mount, UTS and
+/// IPC namespaces with its root file system and its mounts, its host name
+/// and its seccomp filter. Its child alone is refused: not the init of its
+/// PID namespace.
 #[test]
 fn runc_container_dump_restore_and_live_migration() {
     let test = "runc_container_dump_restore_and_live_migration";
@@ -1305,11 +1327,24 @@ fn runc_container_dump_restore_and_live_migration() {
         return;
     };
     let dir = TestDir::new(test);
-    let ctr = Container::start(&dir, &edges, false);
+    let ctr = Container::start(&dir, &edges);
     let mut original = ProcGuard::adopt(ctr.pid);
-    let first = Container::count(&Container::ask(&edges.a));
+    let answer = Container::ask(&edges.a);
+    let first = Container::count(&answer);
+    assert_eq!(answer_field(&answer, "pid"), 1, "{answer}");
+    let child = answer_field(&answer, "child");
     let mounts = mount_points(ctr.pid);
-    ctr.check_process(ctr.pid, &mounts);
+    ctr.check_process(ctr.pid, child, &mounts);
+
+    let host_child = children_of(ctr.pid)[0];
+    let images = dir.join("images-child");
+    let a = args!["dump", "--pid", host_child.to_string(), "--images", &images];
+    let out = run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null());
+    assert!(
+        !out.success() && out.stderr.contains("not as its init"),
+        "a process of the container other than its init must be refused saying so: {}",
+        out.describe()
+    );
 
     let images = dir.join("images");
     let a = args!["dump", "--pid", ctr.pid.to_string(), "--images", &images];
@@ -1320,18 +1355,7 @@ fn runc_container_dump_restore_and_live_migration() {
     );
     original.disarm();
     let pidfile = dir.join("restored.pid");
-    // With its own pid (once the dumped one is reaped), in the host's PID
-    // namespace as before: a program in another one cannot be migrated
-    // yet.
-    let a = args![
-        "restore",
-        "--images",
-        &images,
-        "--pidfile",
-        &pidfile,
-        "--pid-ns",
-        "never"
-    ];
+    let a = args!["restore", "--images", &images, "--pidfile", &pidfile];
     run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null()).assert_ok("tern restore");
     let restored: i32 = std::fs::read_to_string(&pidfile)
         .expect("pidfile")
@@ -1341,12 +1365,14 @@ fn runc_container_dump_restore_and_live_migration() {
     let restored_guard = ProcGuard::adopt(restored);
     let answer = Container::ask(&edges.a);
     assert!(
-        answer.contains(&format!("host {CONTAINER_HOST} seccomp 2")),
+        answer.contains(&format!(
+            "host {CONTAINER_HOST} seccomp 2 pid 1 child {child}"
+        )),
         "{answer}"
     );
     let after_restore = Container::count(&answer);
     assert!(after_restore > first, "{after_restore} after {first}");
-    ctr.check_process(restored, &mounts);
+    ctr.check_process(restored, child, &mounts);
 
     let mut e = Edge {
         serve: None,
@@ -1370,42 +1396,19 @@ fn runc_container_dump_restore_and_live_migration() {
     e.program.disarm();
     assert_eq!(netns_of(moved), Some(e.edges.b.inode()));
     let answer = Container::ask(&e.edges.b);
+    assert!(answer.contains(&format!("pid 1 child {child}")), "{answer}");
     let after_move = Container::count(&answer);
     assert!(
         after_move > after_restore,
         "{after_move} after {after_restore}"
     );
-    ctr.check_process(moved, &mounts);
+    ctr.check_process(moved, child, &mounts);
     let later = Container::count(&Container::ask(&e.edges.b));
     assert!(
         later > after_move,
         "the counter stopped in B: {later} after {after_move}"
     );
     moved_guard.kill_and_wait();
-
-    // With a PID namespace of its own: refused, naming it; it runs on.
-    let with_pid_ns = Container::start(&e.dir, &e.edges, true);
-    let _guard = ProcGuard::adopt(with_pid_ns.pid);
-    let before = Container::count(&Container::ask(&e.edges.a));
-    let images = e.dir.join("images-pidns");
-    let a = args![
-        "dump",
-        "--pid",
-        with_pid_ns.pid.to_string(),
-        "--images",
-        &images
-    ];
-    let out = run_tern_in(&e.dir, Some(&e.edges.a.name), &a, Stdio::null());
-    assert!(
-        !out.success() && out.stderr.contains("another pid namespace"),
-        "a container with its own PID namespace must be refused saying so: {}",
-        out.describe()
-    );
-    let after = Container::count(&Container::ask(&e.edges.a));
-    assert!(
-        after > before,
-        "the refused container stopped: {after} after {before}"
-    );
 }
 
 /// A tree left stopped after the commit (the destination frozen right

@@ -157,7 +157,7 @@ impl CrossProcess {
 }
 
 pub(crate) fn preflight(pid: i32) -> Result<()> {
-    preflight_process(pid)?;
+    preflight_root(pid)?;
     let children = proc::list_children(pid).ctx(pid, || "list children".into())?;
     if !children.is_empty() {
         return Err(unsupported(
@@ -166,6 +166,13 @@ pub(crate) fn preflight(pid: i32) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// [`preflight_process`] for the process a dump starts from (the root of
+/// its tree): in a PID namespace of its own it must be its init.
+pub(crate) fn preflight_root(pid: i32) -> Result<()> {
+    preflight_process(pid)?;
+    Ok(tern_state::namespaces::refuse_pid_namespace_member(pid)?)
 }
 
 /// [`preflight`] without the children check (a process of a tree).

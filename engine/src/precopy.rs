@@ -194,7 +194,7 @@ impl Precopy {
     pub fn start(pid: i32, dir: &Path, opts: &PrecopyOptions) -> Result<Precopy> {
         let tree = is_tree_for(pid, &opts.policy)?;
         if tree {
-            dump::preflight_process(pid)?;
+            dump::preflight_root(pid)?;
         } else {
             dump::preflight_all(pid, &opts.dump)?;
         }

@@ -122,7 +122,7 @@ pub(crate) fn dump_tree_stopped(
             "incremental dumps (--parent) of process trees are not supported yet".into(),
         ));
     }
-    dump::preflight_process(root)?;
+    dump::preflight_root(root)?;
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
     let (mut seized, procs) = seize_tree(root, opts.freezer)?;

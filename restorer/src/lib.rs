@@ -561,6 +561,9 @@ pub(crate) fn spawn_puppet(
     namespaces: &wire::Namespaces,
 ) -> Result<(Puppet, Option<i32>)> {
     let ns_flags = tern_state::namespaces::clone_flags(namespaces);
+    if namespaces.pid.is_some() {
+        return spawn_pid_namespace_init(pid, opts, keep, namespaces, ns_flags);
+    }
     let ids_free = || {
         tids.iter()
             .all(|t| !Path::new(&format!("/proc/{t}")).exists())
@@ -618,18 +621,54 @@ pub(crate) fn spawn_puppet(
     }
     puppet.namespace = namespace;
     if let Some(table) = &namespaces.mnt {
-        build_mounts(&puppet, table, namespaces.ipc)?;
+        build_mounts(&puppet, table, namespaces)?;
         puppet.mounts = Some(table.clone());
     }
     Ok((puppet, want))
 }
 
+/// The puppet of a program that was the init of a PID namespace of its
+/// own: pid 1 of a new one (its ids there are free by construction).
+fn spawn_pid_namespace_init(
+    pid: i32,
+    opts: &RestoreOptions,
+    keep: Option<(i32, i32)>,
+    namespaces: &wire::Namespaces,
+    ns_flags: u64,
+) -> Result<(Puppet, Option<i32>)> {
+    let mut puppet = Puppet::spawn_keeping(None, keep, !opts.shell_job, ns_flags).map_err(|e| {
+        RestoreError::Step {
+            pid,
+            what: "create the process as the init of a new PID namespace (clone3 CLONE_NEWPID)"
+                .into(),
+            source: e,
+        }
+    })?;
+    info!(
+        host_pid = puppet.pid,
+        pid, "restoring as the init of a new PID namespace, as it was"
+    );
+    if let Some(table) = &namespaces.mnt {
+        build_mounts(&puppet, table, namespaces)?;
+        puppet.mounts = Some(table.clone());
+    }
+    Ok((puppet, Some(1)))
+}
+
 /// The image's mount table, built in the puppet's new mount namespace by a
 /// thread of ours that joins it; the puppet's root becomes the table's.
-fn build_mounts(puppet: &Puppet, table: &wire::MountTable, ipc: bool) -> Result<()> {
+fn build_mounts(
+    puppet: &Puppet,
+    table: &wire::MountTable,
+    namespaces: &wire::Namespaces,
+) -> Result<()> {
     let pid = puppet.pid;
-    tern_sys::mounts::in_mount_namespace_of(pid, ipc, || tern_state::mounts::build(table))
-        .step(pid, || "build its mount namespace".into())
+    // proc for the program's own PID namespace, if it has one.
+    let proc_for = namespaces.pid.is_some().then_some(pid);
+    tern_sys::mounts::in_mount_namespace_of(pid, namespaces.ipc, || {
+        tern_state::mounts::build(table, proc_for)
+    })
+    .step(pid, || "build its mount namespace".into())
 }
 
 /// A restored program, complete and stopped just before it runs: killed
@@ -994,6 +1033,15 @@ impl tern_state::files::Remote for Builder<'_> {
 }
 
 impl Builder<'_> {
+    /// The id the program knows image id `id` by: itself, or its id in the
+    /// program's own PID namespace.
+    fn inner_id(&self, id: i32) -> i32 {
+        match &self.image.inventory.namespaces.pid {
+            Some(ids) => ids.inner(id),
+            None => id,
+        }
+    }
+
     fn sys(
         &mut self,
         nr: libc::c_long,
@@ -2029,7 +2077,7 @@ impl Builder<'_> {
     fn create_threads(&mut self) -> Result<()> {
         let pid = self.pid;
         for k in 1..self.image.core.threads.len() {
-            let tid = self.image.core.threads[k].tid;
+            let tid = self.inner_id(self.image.core.threads[k].tid);
             self.cur = 0;
             let flags = libc::CLONE_VM
                 | libc::CLONE_FS
@@ -2225,7 +2273,7 @@ impl Builder<'_> {
         )?;
         for t in &timers {
             let tid = if self.keep_ids || t.notify_tid == 0 {
-                t.notify_tid
+                self.inner_id(t.notify_tid)
             } else {
                 // --new-pid: the thread's new id.
                 match self

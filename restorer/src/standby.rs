@@ -623,6 +623,7 @@ impl Standby {
         for t in image.core.threads.iter().skip(1) {
             // In our own namespace a thread id may be taken by now.
             if self.puppet.namespace.is_none()
+                && image.inventory.namespaces.pid.is_none()
                 && !self.opts.new_pid
                 && Path::new(&format!("/proc/{}", t.tid)).exists()
             {

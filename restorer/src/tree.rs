@@ -187,7 +187,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
         )
         .map_err(|e| explain(&puppet, e))?;
         shared.export(&tree, p.pid, image, puppet.pid)?;
-        let ns_pid = member_ns_pid(k, p, want, puppet.pid, opts);
+        let ns_pid = member_ns_pid(k, p, want, puppet.pid, opts, namespaces.pid.as_ref());
         members.push(Prepared::new(puppet, k == 0, ns_pid, parts, t0));
     }
     info!(
@@ -251,20 +251,22 @@ pub(crate) fn load_member(
     Ok(image)
 }
 
-/// The pid the `k`th process `p` of a tree will see itself as.
+/// The pid the `k`th process `p` of a tree will see itself as (`ids`: the
+/// image's ids in its own PID namespace, if it had one).
 pub(crate) fn member_ns_pid(
     k: usize,
     p: &wire::TreeProcess,
     root_want: Option<i32>,
     puppet_pid: i32,
     opts: &RestoreOptions,
+    ids: Option<&wire::PidIds>,
 ) -> i32 {
     if k == 0 {
         root_want.unwrap_or(puppet_pid)
     } else if opts.new_pid {
         puppet_pid
     } else {
-        p.pid
+        ids.map_or(p.pid, |ids| ids.inner(p.pid))
     }
 }
 
@@ -293,7 +295,11 @@ pub(crate) fn fork_blank_tree(
             .iter()
             .position(|q| q.pid == p.ppid)
             .unwrap_or_default();
-        let want_child = if opts.new_pid { None } else { Some(p.pid) };
+        let inner = namespaces
+            .pid
+            .as_ref()
+            .map_or(p.pid, |ids| ids.inner(p.pid));
+        let want_child = if opts.new_pid { None } else { Some(inner) };
         let mut child = fork_puppet(&mut puppets[parent], want_child, forked)
             .map_err(|e| explain(&puppets[parent], e))?;
         // A session leader leads it before it forks its own children, who
@@ -306,7 +312,7 @@ pub(crate) fn fork_blank_tree(
         }
         puppets.push(child);
     }
-    set_groups(procs, &mut puppets)?;
+    set_groups(procs, &mut puppets, namespaces.pid.as_ref())?;
     Ok((puppets, want))
 }
 
@@ -578,7 +584,11 @@ fn fork_puppet(parent: &mut Puppet, want: Option<i32>, forked: &mut Vec<i32>) ->
 /// group of its own (as a single restored process does); a child that led
 /// a group leads one; one in the group of another process of the tree
 /// joins it; any other stays in the group it was born into.
-fn set_groups(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<()> {
+fn set_groups(
+    procs: &[wire::TreeProcess],
+    puppets: &mut [Puppet],
+    ids: Option<&wire::PidIds>,
+) -> Result<()> {
     let in_tree = |pid: i32| procs.iter().any(|p| p.pid == pid);
     let mut order: Vec<usize> = (1..procs.len()).collect();
     // Group leaders before the members that join them.
@@ -594,8 +604,9 @@ fn set_groups(procs: &[wire::TreeProcess], puppets: &mut [Puppet]) -> Result<()>
                 .syscall(libc::SYS_setpgid, &[0, 0])
                 .step(pid, || "setpgid (leader)".into())?;
         } else if in_tree(p.pgid) && p.pgid != procs[0].pid {
+            let group = ids.map_or(p.pgid, |ids| ids.inner(p.pgid));
             puppet
-                .syscall(libc::SYS_setpgid, &[0, p.pgid as u64])
+                .syscall(libc::SYS_setpgid, &[0, group as u64])
                 .step(pid, || format!("setpgid to group {}", p.pgid))?;
         }
     }

@@ -58,7 +58,14 @@ impl TreeStandby {
             )?;
             let mut members = Vec::with_capacity(procs.len());
             for (k, (p, puppet)) in procs.iter().zip(puppets).enumerate() {
-                let ns_pid = tree::member_ns_pid(k, p, want, puppet.pid, opts);
+                let ns_pid = tree::member_ns_pid(
+                    k,
+                    p,
+                    want,
+                    puppet.pid,
+                    opts,
+                    root_inventory.namespaces.pid.as_ref(),
+                );
                 let dir = tree::member_dir(round0, k, p);
                 members.push(Standby::adopt(puppet, Some(ns_pid), true, &dir, opts)?);
             }

@@ -281,7 +281,9 @@ pub fn host_path(table: &wire::MountTable, path: &str) -> Option<String> {
 
 /// Build `table` in the current thread's mount namespace (a new one, a copy
 /// of tern's, joined by the caller) and make its root the namespace's root.
-pub fn build(table: &wire::MountTable) -> std::io::Result<()> {
+/// `pid_ns_owner`: a process of the program's own PID namespace, for whose
+/// namespace proc is mounted (`None`: the caller's).
+pub fn build(table: &wire::MountTable, pid_ns_owner: Option<i32>) -> std::io::Result<()> {
     let root = table
         .mounts
         .first()
@@ -295,7 +297,7 @@ pub fn build(table: &wire::MountTable) -> std::io::Result<()> {
     targets.insert(root.id, base.clone());
     for m in &table.mounts[1..] {
         let target = join(base, &m.mount_point);
-        mount_one(m, &target, &targets)?;
+        mount_one(m, &target, &targets, pid_ns_owner)?;
         targets.insert(m.id, target);
     }
     // Per-mount flags last, children first: a read-only root would refuse
@@ -313,7 +315,12 @@ pub fn build(table: &wire::MountTable) -> std::io::Result<()> {
     mounts::pivot_into(base)
 }
 
-fn mount_one(m: &wire::Mount, target: &str, targets: &HashMap<u32, String>) -> std::io::Result<()> {
+fn mount_one(
+    m: &wire::Mount,
+    target: &str,
+    targets: &HashMap<u32, String>,
+    pid_ns_owner: Option<i32>,
+) -> std::io::Result<()> {
     let context = |e: std::io::Error| {
         std::io::Error::new(
             e.kind(),
@@ -339,7 +346,12 @@ fn mount_one(m: &wire::Mount, target: &str, targets: &HashMap<u32, String>) -> s
         wire::MountSource::Fresh { data, contents } => {
             make_mount_point(target, true).map_err(context)?;
             let flags = m.flags & !(libc::MS_RDONLY | libc::MS_REMOUNT | libc::MS_BIND);
-            mounts::mount(Some(&m.device), target, Some(&m.fstype), flags, Some(data))?;
+            match pid_ns_owner {
+                Some(owner) if m.fstype == "proc" => {
+                    mounts::mount_proc_for(owner, target, flags, data)?
+                }
+                _ => mounts::mount(Some(&m.device), target, Some(&m.fstype), flags, Some(data))?,
+            }
             write_contents(target, contents).map_err(context)
         }
     }

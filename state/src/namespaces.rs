@@ -6,8 +6,11 @@
 //! Kept today: a UTS namespace (host and domain name set again in a fresh
 //! one), an IPC namespace (a fresh one: refused at dump time if it held
 //! SysV objects, which tern does not move) and a mount namespace (its
-//! table rebuilt: [`crate::mounts`]). Refused, naming the namespace:
-//! another PID, user, cgroup or time namespace. A network namespace
+//! table rebuilt: [`crate::mounts`]) and a PID namespace whose init is the
+//! dumped process (made again with it as pid 1, every process and thread
+//! given back its id there). Refused, naming the namespace: another user,
+//! cgroup or time namespace, and a PID namespace the dumped process is not
+//! the init of. A network namespace
 //! of its own is not recreated: the program lands in the restorer's, as its
 //! sockets do (a migration's destination namespace is the user's choice).
 
@@ -18,7 +21,6 @@ use tern_wire as wire;
 /// Namespaces not kept: a process living in another one of these is
 /// refused, with why.
 const REFUSED: &[(Kind, &str)] = &[
-    (Kind::Pid, "its ids there would have to be given back"),
     (
         Kind::User,
         "its id mappings and capabilities there would have to be rebuilt",
@@ -41,6 +43,33 @@ pub fn refuse_unsupported(pid: i32) -> Result<()> {
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// Refuse process `pid`, the root of a dump, if it lives in a PID
+/// namespace of its own without being its init: restored as the init of a
+/// new one it would change its pid.
+pub fn refuse_pid_namespace_member(pid: i32) -> Result<()> {
+    if !ns::differs(pid, Kind::Pid).ctx(pid, || "read ns/pid".into())? {
+        return Ok(());
+    }
+    let inner = ns::inner_pid(pid).ctx(pid, || "read NSpid".into())?;
+    if inner != 1 {
+        return Err(EngineError::Unsupported {
+            pid,
+            reason: format!(
+                "it lives in another pid namespace as pid {inner}, not as its init: dump the namespace's init (pid 1 there), which takes its whole tree"
+            ),
+        });
+    }
+    let for_children =
+        ns::id_of_file(pid, "pid_for_children").ctx(pid, || "read ns/pid_for_children".into())?;
+    if Some(for_children) != ns::id(pid, Kind::Pid).ok() {
+        return Err(EngineError::Unsupported {
+            pid,
+            reason: "its children would be made in another pid namespace than its own (setns): not supported".into(),
+        });
     }
     Ok(())
 }
@@ -77,13 +106,25 @@ pub fn capture(pid: i32) -> Result<wire::Namespaces> {
     } else {
         None
     };
-    Ok(wire::Namespaces { uts, ipc, mnt })
+    let pid_ids = if differs(Kind::Pid)? {
+        Some(wire::PidIds {
+            ids: ns::inner_ids_of_tree(pid).ctx(pid, || "read NSpid of its tree".into())?,
+        })
+    } else {
+        None
+    };
+    Ok(wire::Namespaces {
+        uts,
+        ipc,
+        mnt,
+        pid: pid_ids,
+    })
 }
 
 /// Whether processes `a` and `b` share every namespace an image keeps (the
 /// processes of one tree must: they are restored into one set).
 pub fn same_as(a: i32, b: i32) -> Result<Option<&'static str>> {
-    for kind in [Kind::Uts, Kind::Ipc, Kind::Mnt] {
+    for kind in [Kind::Uts, Kind::Ipc, Kind::Mnt, Kind::Pid] {
         let ka = ns::id(a, kind).ctx(a, || format!("read ns/{}", kind.name()))?;
         let kb = ns::id(b, kind).ctx(b, || format!("read ns/{}", kind.name()))?;
         if ka != kb {
@@ -105,6 +146,9 @@ pub fn clone_flags(n: &wire::Namespaces) -> u64 {
     if n.mnt.is_some() {
         flags |= Kind::Mnt.clone_flag();
     }
+    if n.pid.is_some() {
+        flags |= Kind::Pid.clone_flag();
+    }
     flags
 }
 
@@ -123,6 +167,7 @@ mod tests {
             }),
             ipc: true,
             mnt: None,
+            pid: None,
         };
         assert_eq!(
             clone_flags(&both),

@@ -16,18 +16,20 @@ use crate::clone3_fork;
 /// and SIGSTOP): the restorer's puppet. It has pid `set_tid` (in its innermost
 /// PID namespace) if given, a session of its own if `own_session`, and no
 /// open fd but `keep` (`(from, to)`: tern's fd `from` becomes its fd `to`).
-/// `ns_flags`: `CLONE_NEW*` flags of namespaces made for it (not
-/// `CLONE_NEWPID`). Returns the child's pid.
+/// `ns_flags`: `CLONE_NEW*` flags of namespaces made for it (with
+/// `CLONE_NEWPID` it is pid 1 of a new PID namespace: it stops itself all
+/// the same, as a traced init is not spared the signal). Returns the
+/// child's pid.
 pub fn fork_traced_stopped(
     set_tid: Option<i32>,
     keep: Option<(i32, i32)>,
     own_session: bool,
     ns_flags: u64,
 ) -> io::Result<i32> {
-    if ns_flags & libc::CLONE_NEWPID as u64 != 0 {
+    if ns_flags & libc::CLONE_NEWPID as u64 != 0 && set_tid.is_some() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "a puppet's PID namespace is made by its init, not by the puppet",
+            "a puppet that makes its PID namespace is pid 1 there: no set_tid",
         ));
     }
     // SAFETY: the child runs the raw syscalls below only and never returns

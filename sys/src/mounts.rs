@@ -167,6 +167,49 @@ pub fn mount(
     })
 }
 
+/// `mount(2)` of a proc file system for PID namespace of process
+/// `ns_owner`: a proc instance shows the PID namespace of whoever mounts it,
+/// so a child forked into that namespace (this thread's
+/// `pid_for_children` switched there first) mounts it, in this thread's
+/// mount namespace, and exits with the errno.
+pub fn mount_proc_for(ns_owner: i32, target: &str, flags: u64, data: &str) -> io::Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{ns_owner}/ns/pid"))?;
+    crate::child::set_pid_ns_for_children(std::os::fd::AsFd::as_fd(&ns))?;
+    let (proc_, t, d) = (cstr("proc")?, cstr(target)?, cstr(data)?);
+    // SAFETY: the child runs raw syscalls with pointers prepared before the
+    // fork only, and never returns into Rust code (clone3_fork's contract).
+    let child = unsafe { crate::clone3_fork(0, None)? };
+    if child == 0 {
+        // SAFETY: in the child: mount with NUL-terminated strings, then exit.
+        unsafe {
+            let r = libc::syscall(
+                libc::SYS_mount,
+                proc_.as_ptr(),
+                t.as_ptr(),
+                proc_.as_ptr(),
+                flags as libc::c_ulong,
+                d.as_ptr(),
+            );
+            let code = if r == 0 { 0 } else { *libc::__errno_location() };
+            libc::syscall(libc::SYS_exit_group, code);
+        }
+        unreachable!("exit_group returned");
+    }
+    match crate::child::reap(child) {
+        Some(status) if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 => Ok(()),
+        Some(status) if libc::WIFEXITED(status) => {
+            let e = io::Error::from_raw_os_error(libc::WEXITSTATUS(status));
+            Err(io::Error::new(
+                e.kind(),
+                format!("mount proc on {target}: {e}"),
+            ))
+        }
+        other => Err(io::Error::other(format!(
+            "the child mounting proc on {target} ended with {other:?}"
+        ))),
+    }
+}
+
 /// `mknod(2)` of a device node or FIFO with `mode` (type bits included).
 pub fn mknod(path: &str, mode: u32, rdev: u64) -> io::Result<()> {
     let p = cstr(path)?;

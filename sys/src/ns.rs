@@ -66,6 +66,53 @@ pub fn id(pid: i32, kind: Kind) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }
 
+/// The namespace `/proc/PID/ns/NAME` names (e.g. `pid_for_children`).
+pub fn id_of_file(pid: i32, name: &str) -> io::Result<u64> {
+    Ok(std::fs::metadata(format!("/proc/{pid}/ns/{name}"))?.ino())
+}
+
+/// Task `tid`'s id in its innermost PID namespace (the last `NSpid:`).
+fn inner_of(path: &str) -> io::Result<i32> {
+    let status = std::fs::read_to_string(path)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: no NSpid")))
+}
+
+/// Process `pid`'s id in its innermost PID namespace.
+pub fn inner_pid(pid: i32) -> io::Result<i32> {
+    inner_of(&format!("/proc/{pid}/status"))
+}
+
+/// (id here, id in its innermost PID namespace) of process `pid`, each of
+/// its threads, and every descendant's. Stopped, the tree holds still; a
+/// running one (a pre-copy round) may lose a thread or a descendant while
+/// it is read: those are left out (the frozen image's list is the one
+/// that counts).
+pub fn inner_ids_of_tree(pid: i32) -> io::Result<Vec<(i32, i32)>> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let tasks = match crate::proc::list_tasks(p) {
+            Ok(t) => t,
+            Err(_) if p != pid => continue,
+            Err(e) => return Err(e),
+        };
+        for tid in tasks {
+            match inner_of(&format!("/proc/{p}/task/{tid}/status")) {
+                Ok(inner) => out.push((tid, inner)),
+                Err(_) if tid != pid => {}
+                Err(e) => return Err(e),
+            }
+        }
+        todo.extend(crate::proc::list_children(p).unwrap_or_default());
+    }
+    Ok(out)
+}
+
 /// Whether process `pid` lives in another namespace of `kind` than tern.
 pub fn differs(pid: i32, kind: Kind) -> io::Result<bool> {
     Ok(id(pid, kind)? != id(0, kind)?)

@@ -1,11 +1,13 @@
 /*
  * container_counter: the program of the runc container test, built
  * static. Counts a tick every 10 ms; listens on 127.0.0.1:argv[1] and
- * answers each connection with one line "count N host H seccomp S" and
- * closes it. Every tick it checks that its host name is still argv[2]
- * and that its root holds /etc/tern-rootfs containing argv[3] (the root
- * file system it was started on); anything else: exits 3 (the test sees
- * the listener go).
+ * answers each connection with one line
+ * "count N host H seccomp S pid P child C" and closes it. It forks one
+ * child at the start, which only waits; every tick the parent checks that
+ * its host name is still argv[2], that its root holds /etc/tern-rootfs
+ * containing argv[3] (the root file system it was started on) and that
+ * its child is still there and still its child; anything else: exits 3
+ * (the test sees the listener go).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -18,6 +20,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +65,14 @@ int main(int argc, char **argv)
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 8) != 0)
 		return 3;
+	pid_t child = fork();
+	if (child == 0) {
+		close(l);
+		for (;;)
+			pause();
+	}
+	if (child < 0)
+		return 3;
 	unsigned long count = 0;
 	struct timespec next;
 	clock_gettime(CLOCK_MONOTONIC, &next);
@@ -73,8 +84,8 @@ int main(int argc, char **argv)
 				struct utsname u;
 				uname(&u);
 				char out[256];
-				int m = snprintf(out, sizeof out, "count %lu host %s seccomp %d\n", count, u.nodename,
-						 seccomp_mode());
+				int m = snprintf(out, sizeof out, "count %lu host %s seccomp %d pid %d child %d\n",
+						 count, u.nodename, seccomp_mode(), (int)getpid(), (int)child);
 				if (write(c, out, m) != m) {
 					/* the client went away: its loss */
 				}
@@ -86,6 +97,8 @@ int main(int argc, char **argv)
 		if (now.tv_sec > next.tv_sec || (now.tv_sec == next.tv_sec && now.tv_nsec >= next.tv_nsec)) {
 			struct utsname u;
 			if (uname(&u) != 0 || strcmp(u.nodename, argv[2]) != 0 || !root_is(argv[3]))
+				return 3;
+			if (waitpid(child, NULL, WNOHANG) != 0)
 				return 3;
 			count++;
 			next.tv_nsec += 10 * 1000 * 1000;

@@ -55,6 +55,27 @@ pub struct Namespaces {
     pub ipc: bool,
     /// A mount namespace of its own: its mount table.
     pub mnt: Option<MountTable>,
+    /// A PID namespace of its own, of which the dumped process (the root
+    /// of its tree) was the init: the ids there of it, its threads and its
+    /// descendants, by the ids the rest of the image uses.
+    pub pid: Option<PidIds>,
+}
+
+/// (id in the dumping machine's PID namespace, id in the program's own)
+/// for processes and threads.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct PidIds {
+    pub ids: Vec<(i32, i32)>,
+}
+
+impl PidIds {
+    /// The id the program knows `host` by (`host` itself if unknown).
+    pub fn inner(&self, host: i32) -> i32 {
+        self.ids
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map_or(host, |(_, n)| *n)
+    }
 }
 
 /// The mounts of a mount namespace, parents before their children; the
@@ -165,6 +186,9 @@ impl Namespaces {
         }
         if self.ipc {
             parts.push("ipc".to_string());
+        }
+        if self.pid.is_some() {
+            parts.push("pid (it was its init)".to_string());
         }
         if let Some(t) = &self.mnt {
             let root = match t.mounts.first().map(|m| &m.source) {
