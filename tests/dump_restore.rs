@@ -875,6 +875,8 @@ fn check_reports_features() {
         "tcp-repair",
         "nftables-lock",
         "seccomp-filters",
+        "mount-namespace-build",
+        "pid-namespace-init",
     ] {
         let at = text.find(&format!("\"{needed}\"")).expect("probe present");
         // Each probe is one JSON object; look at this one only.
@@ -1751,6 +1753,54 @@ fn uts_and_ipc_namespaces_are_made_again() {
         host_name,
         "this machine's name changed"
     );
+}
+
+/// A program started with `ip netns exec`, which gives it a mount
+/// namespace of its own (a copy of the machine's, with a fresh /sys): the
+/// restore makes one again with the same mounts, most of them the
+/// machine's own bound again, and the program goes on.
+#[test]
+fn a_program_under_ip_netns_exec_keeps_its_mount_namespace() {
+    let test = "a_program_under_ip_netns_exec_keeps_its_mount_namespace";
+    if !root_or_skip(test) {
+        return;
+    }
+    let ns = match Netns::new("ipexec") {
+        Ok(ns) => ns,
+        Err(e) => {
+            skip_or_panic(test, &format!("cannot make a network namespace: {e}"));
+            return;
+        }
+    };
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "halfpipe");
+    let cmd = Cmd::new("ip")
+        .arg("netns")
+        .arg("exec")
+        .arg(&ns.name)
+        .arg(exe);
+    let mut s = Session::start(dir, cmd, Stdio::null());
+    s.wait_seq(5);
+    let mounts = |pid: i32| {
+        let mut m: Vec<String> = fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .expect("mountinfo")
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                Some(format!("{} {}", f.get(4)?, f.get(5)?))
+            })
+            .collect();
+        m.sort();
+        m
+    };
+    let before = mounts(s.pid);
+    assert_ne!(ns_of(s.pid, "mnt"), ns_of("self", "mnt"));
+    s.dump();
+    s.restore(Stdio::null());
+    assert_ne!(ns_of(s.pid, "mnt"), ns_of("self", "mnt"));
+    assert_eq!(mounts(s.pid), before, "its mounts");
+    s.wait_seq(s.last_before + 20);
+    s.finish();
 }
 
 /// Two memfds (one sealed against shrinking and growing, one unsealable

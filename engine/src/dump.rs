@@ -2094,8 +2094,9 @@ fn inotify_watch_path(e: &proc::InotifyEntry) -> std::result::Result<String, Str
 
 /// In a mount namespace of its own a path names a file of that namespace;
 /// a file opened on a mount outside it (before the program entered it)
-/// would be looked for at the wrong place. A device is let through if the
-/// same path inside names the same device (a runtime's `/dev/null`).
+/// would be looked for at the wrong place, unless the same path inside
+/// names the same file (`ip netns exec` copies the machine's mounts) or
+/// the same device (a runtime's `/dev/null`).
 fn check_inside_mount_namespace(pid: i32, fd: i32, link: &str, fdinfo: &str) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
     if !tern_sys::ns::differs(pid, tern_sys::ns::Kind::Mnt).ctx(pid, || "read ns/mnt".into())? {
@@ -2112,8 +2113,11 @@ fn check_inside_mount_namespace(pid: i32, fd: i32, link: &str, fdinfo: &str) -> 
     let outside = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"));
     let inside = std::fs::metadata(format!("/proc/{pid}/root{link}"));
     if let (Ok(o), Ok(i)) = (&outside, &inside) {
-        if o.file_type().is_char_device() && i.file_type().is_char_device() && o.rdev() == i.rdev()
-        {
+        let same_file = (o.dev(), o.ino()) == (i.dev(), i.ino());
+        let same_device = o.file_type().is_char_device()
+            && i.file_type().is_char_device()
+            && o.rdev() == i.rdev();
+        if same_file || same_device {
             return Ok(());
         }
     }

@@ -644,6 +644,7 @@ fn spawn_pid_namespace_init(
             source: e,
         }
     })?;
+    puppet.pid_namespace_init = true;
     info!(
         host_pid = puppet.pid,
         pid, "restoring as the init of a new PID namespace, as it was"
@@ -665,10 +666,24 @@ fn build_mounts(
     let pid = puppet.pid;
     // proc for the program's own PID namespace, if it has one.
     let proc_for = namespaces.pid.is_some().then_some(pid);
-    tern_sys::mounts::in_mount_namespace_of(pid, namespaces.ipc, || {
-        tern_state::mounts::build(table, proc_for)
+    // Made on the machine's file system, seen by the puppet's namespace
+    // (a copy of ours), removed once the namespace has pivoted away.
+    let staging = tern_state::mounts::needs_staging(table)
+        .then(|| std::env::temp_dir().join(format!("tern-root-{pid}")));
+    if let Some(dir) = &staging {
+        std::fs::create_dir_all(dir).step(pid, || format!("make {}", dir.display()))?;
+    }
+    let staging_path = staging.as_ref().map(|d| d.to_string_lossy().into_owned());
+    let built = tern_sys::mounts::in_mount_namespace_of(pid, namespaces.ipc, || {
+        tern_state::mounts::build(table, proc_for, staging_path.as_deref())
     })
-    .step(pid, || "build its mount namespace".into())
+    .step(pid, || "build its mount namespace".into());
+    if let Some(dir) = &staging {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            warn!(pid, dir = %dir.display(), "cannot remove the staging directory: {e}");
+        }
+    }
+    built
 }
 
 /// A restored program, complete and stopped just before it runs: killed
@@ -2383,12 +2398,7 @@ impl Builder<'_> {
         }
         let pid = self.pid;
         tern_sys::mounts::in_mount_namespace_of(pid, ipc, || {
-            for m in &want.mounts {
-                if let wire::MountSource::Fresh { contents, .. } = &m.source {
-                    tern_state::mounts::write_contents(&m.mount_point, contents)?;
-                }
-            }
-            Ok(())
+            tern_state::mounts::rewrite_tmpfs_files(want, built)
         })
         .step(pid, || "write its tmpfs files again".into())?;
         self.puppet.mounts = Some(want.clone());

@@ -26,6 +26,8 @@ pub struct Puppet {
     /// The mount table built in its mount namespace of its own, if any
     /// (a standby's final image may bring newer tmpfs files for it).
     pub(crate) mounts: Option<tern_wire::MountTable>,
+    /// Pid 1 of a PID namespace made for it (the image's was its own).
+    pub(crate) pid_namespace_init: bool,
 }
 
 /// How puppets are traced (the root of a tree from its start, others
@@ -61,6 +63,7 @@ impl Puppet {
             released: false,
             namespace: None,
             mounts: None,
+            pid_namespace_init: false,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) => {}
@@ -98,6 +101,7 @@ impl Puppet {
             released: false,
             namespace: None,
             mounts: None,
+            pid_namespace_init: false,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}
@@ -141,6 +145,16 @@ impl Drop for Puppet {
             let _ = tern_sys::signal(self.pid, libc::SIGKILL);
             for &tid in &self.threads {
                 tern_sys::child::reap(tid);
+            }
+            if self.pid_namespace_init {
+                // A dying init waits in the kernel until every process of
+                // its namespace is reaped, and the puppets forked inside
+                // are reaped only by us, their tracer, maybe after this
+                // one: it is reaped on a thread of its own, which ends
+                // once they are.
+                let pid = self.pid;
+                std::thread::spawn(move || tern_sys::child::reap(pid));
+                return;
             }
             tern_sys::child::reap(self.pid);
         }

@@ -5,12 +5,14 @@
 //!
 //! Each mount is one of three kinds:
 //! - a directory of this machine's file systems, bound (a container's root
-//!   file system, a volume, a cgroup directory): found by its device and
-//!   root among the dumping tern's own mounts, and expected at the same
-//!   path where it is restored (the container runtime's convention: the
-//!   root file system is supplied there);
-//! - a file system of its own, mounted anew: proc, sysfs, devpts, mqueue
-//!   and tmpfs (a tmpfs with its files, read through `/proc/PID/root`);
+//!   file system, a volume, a cgroup directory, or any file system the
+//!   dumping tern has mounted too): found by its device and root among the
+//!   dumping tern's own mounts, and expected at the same path where it is
+//!   restored (the container runtime's convention: the root file system is
+//!   supplied there);
+//! - a file system of its own that tern does not see, mounted anew: proc,
+//!   sysfs, devpts, mqueue and tmpfs (a tmpfs with its files, read through
+//!   `/proc/PID/root`);
 //! - a part of another mount of the table, bound (runc's masked paths bind
 //!   `/dev/null` over `/proc/kcore`, its read-only paths bind parts of proc
 //!   over themselves).
@@ -128,7 +130,11 @@ fn join(base: &str, rel: &str) -> String {
     }
 }
 
-/// Where mount `m` (the table's root if `is_root`) takes its files from.
+/// Where mount `m` (the table's root if `is_root`) takes its files from:
+/// a part of a file system this table mounts anew; else a directory of a
+/// file system tern sees mounted too (shared with the machine: bound, not
+/// copied, even a tmpfs such as `/run` under `ip netns exec`); else, for
+/// the kinds tern can make, a file system of its own.
 fn source_of(
     pid: i32,
     m: &MountInfo,
@@ -136,50 +142,49 @@ fn source_of(
     earlier: &[MountInfo],
     ours: &[MountInfo],
 ) -> Result<wire::MountSource> {
-    let fresh = FRESH.contains(&m.fstype.as_str());
     if !is_root {
-        // Part of a file system this table mounts anew.
-        if let Some(of) = earlier
-            .iter()
-            .find(|e| e.dev == m.dev && FRESH.contains(&e.fstype.as_str()) && e.root == "/")
-        {
+        if let Some(of) = earlier.iter().find(|e| {
+            e.dev == m.dev
+                && e.root == "/"
+                && FRESH.contains(&e.fstype.as_str())
+                && !ours.iter().any(|o| o.dev == e.dev)
+        }) {
             return Ok(wire::MountSource::Within {
                 of: of.id,
                 subpath: m.root.clone(),
             });
         }
-        if fresh && m.root == "/" {
-            let data: Vec<&str> = m
-                .super_options
-                .split(',')
-                .filter(|o| !o.is_empty() && *o != "rw" && *o != "ro")
-                .collect();
-            return Ok(wire::MountSource::Fresh {
-                data: data.join(","),
-                contents: Vec::new(),
-            });
-        }
     }
-    // A directory of one of tern's own mounts of the same file system.
     let host = ours
         .iter()
         .filter(|o| o.dev == m.dev)
         .filter_map(|o| below(&m.root, &o.root).map(|rest| (o, rest)))
         .max_by_key(|(o, _)| o.root.len())
         .map(|(o, rest)| join(&o.mount_point, rest));
-    match host {
-        Some(path) => Ok(wire::MountSource::Host {
+    if let Some(path) = host {
+        return Ok(wire::MountSource::Host {
             path,
             create: CREATED.contains(&m.fstype.as_str()),
-        }),
-        None => Err(refuse(
-            pid,
-            format!(
-                "its mount {} ({} {} {}) shows files of no file system mounted here, and tern cannot make it anew",
-                m.mount_point, m.fstype, m.source, m.root
-            ),
-        )),
+        });
     }
+    if !is_root && FRESH.contains(&m.fstype.as_str()) && m.root == "/" {
+        let data: Vec<&str> = m
+            .super_options
+            .split(',')
+            .filter(|o| !o.is_empty() && *o != "rw" && *o != "ro")
+            .collect();
+        return Ok(wire::MountSource::Fresh {
+            data: data.join(","),
+            contents: Vec::new(),
+        });
+    }
+    Err(refuse(
+        pid,
+        format!(
+            "its mount {} ({} {} {}) shows files of no file system mounted here, and tern cannot make it anew",
+            m.mount_point, m.fstype, m.source, m.root
+        ),
+    ))
 }
 
 /// Every file of the tmpfs mounted at `mount_point` in process `pid`'s
@@ -283,7 +288,14 @@ pub fn host_path(table: &wire::MountTable, path: &str) -> Option<String> {
 /// of tern's, joined by the caller) and make its root the namespace's root.
 /// `pid_ns_owner`: a process of the program's own PID namespace, for whose
 /// namespace proc is mounted (`None`: the caller's).
-pub fn build(table: &wire::MountTable, pid_ns_owner: Option<i32>) -> std::io::Result<()> {
+/// `staging`: an empty directory where the root is built when it is the
+/// machine's own `/` (which `pivot_root` cannot take as a new root where it
+/// already is the root), as under `ip netns exec`.
+pub fn build(
+    table: &wire::MountTable,
+    pid_ns_owner: Option<i32>,
+    staging: Option<&str>,
+) -> std::io::Result<()> {
     let root = table
         .mounts
         .first()
@@ -291,12 +303,21 @@ pub fn build(table: &wire::MountTable, pid_ns_owner: Option<i32>) -> std::io::Re
     let wire::MountSource::Host { path: base, .. } = &root.source else {
         return Err(std::io::Error::other("the mount table's root is not bound"));
     };
+    let new_root = match (base.as_str(), staging) {
+        ("/", Some(dir)) => dir.to_string(),
+        ("/", None) => {
+            return Err(std::io::Error::other(
+                "the root is / and no staging directory was given",
+            ))
+        }
+        _ => base.clone(),
+    };
     mounts::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
-    mounts::mount(Some(base), base, None, libc::MS_BIND, None)?;
+    mounts::mount(Some(base), &new_root, None, libc::MS_BIND, None)?;
     let mut targets: HashMap<u32, String> = HashMap::new();
-    targets.insert(root.id, base.clone());
+    targets.insert(root.id, new_root.clone());
     for m in &table.mounts[1..] {
-        let target = join(base, &m.mount_point);
+        let target = join(&new_root, &m.mount_point);
         mount_one(m, &target, &targets, pid_ns_owner)?;
         targets.insert(m.id, target);
     }
@@ -312,7 +333,15 @@ pub fn build(table: &wire::MountTable, pid_ns_owner: Option<i32>) -> std::io::Re
             None,
         )?;
     }
-    mounts::pivot_into(base)
+    mounts::pivot_into(&new_root)
+}
+
+/// Whether building `table` needs a staging directory (see [`build`]).
+pub fn needs_staging(table: &wire::MountTable) -> bool {
+    matches!(
+        table.mounts.first().map(|m| &m.source),
+        Some(wire::MountSource::Host { path, .. }) if path == "/"
+    )
 }
 
 fn mount_one(
@@ -372,6 +401,73 @@ fn make_mount_point(target: &str, dir: bool) -> std::io::Result<()> {
         }
         std::fs::File::create(target).map(drop)
     }
+}
+
+/// Write the tmpfs files of `table` again, in the current thread's mount
+/// namespace (the program's, already built from `built`, a table of the
+/// same mounts): those of the final image where they changed, over the
+/// ones a standby was built with; files gone since are removed. The mount
+/// points of other mounts are left alone (what is seen there now is the
+/// other mount's root).
+pub fn rewrite_tmpfs_files(
+    table: &wire::MountTable,
+    built: &wire::MountTable,
+) -> std::io::Result<()> {
+    for (m, was) in table.mounts.iter().zip(&built.mounts) {
+        let wire::MountSource::Fresh { contents, .. } = &m.source else {
+            continue;
+        };
+        if m.fstype != "tmpfs" || m.source == was.source {
+            continue;
+        }
+        let inner: Vec<&str> = table
+            .mounts
+            .iter()
+            .filter(|c| c.id != m.id && is_under(&c.mount_point, &m.mount_point))
+            .map(|c| c.mount_point.as_str())
+            .collect();
+        remove_others(&m.mount_point, contents, &inner)?;
+        let outside: Vec<wire::TmpfsEntry> = contents
+            .iter()
+            .filter(|e| !inner.contains(&join(&m.mount_point, &e.path).as_str()))
+            .cloned()
+            .collect();
+        write_contents(&m.mount_point, &outside)?;
+    }
+    Ok(())
+}
+
+/// Remove what the tmpfs at `top` holds beyond `contents`, leaving alone
+/// the mount points of other mounts (`inner`).
+fn remove_others(top: &str, contents: &[wire::TmpfsEntry], inner: &[&str]) -> std::io::Result<()> {
+    let wanted: std::collections::HashSet<&str> =
+        contents.iter().map(|e| e.path.as_str()).collect();
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        for entry in std::fs::read_dir(join(top, &rel))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let rel_path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let full = join(top, &rel_path);
+            if inner.contains(&full.as_str()) {
+                continue;
+            }
+            let is_dir = std::fs::symlink_metadata(&full)?.is_dir();
+            if !wanted.contains(rel_path.as_str()) {
+                if is_dir {
+                    std::fs::remove_dir_all(&full)?;
+                } else {
+                    std::fs::remove_file(&full)?;
+                }
+            } else if is_dir {
+                dirs.push(rel_path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Make a tmpfs's files again under `top` (its mount point), replacing

@@ -54,6 +54,16 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
     ),
     ("ptrace-seize", "dump, restore", probe_ptrace_seize),
     (
+        "mount-namespace-build",
+        "restore of a mount namespace (containers)",
+        probe_mount_namespace_build,
+    ),
+    (
+        "pid-namespace-init",
+        "restore of a PID namespace's init (containers)",
+        probe_pid_namespace_init,
+    ),
+    (
         "sock-diag-bound-inactive",
         "dump (does a closed TCP socket hold its port)",
         crate::sock_diag::probe_bound_inactive,
@@ -987,6 +997,52 @@ fn free_pid_candidate(attempt: u32) -> Option<pid_t> {
     }
     let pid = pid_t::try_from(candidate).ok()?;
     (!Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// What the restore of a mount namespace does, on a scratch one: a thread
+/// that gives itself its own fs_struct and mount namespace, makes it
+/// private, mounts a tmpfs and `pivot_root`s into it (only that thread's
+/// namespace sees any of it; it goes with the thread).
+fn probe_mount_namespace_build() -> Outcome {
+    let dir = std::env::temp_dir().join(format!("tern-check-mnt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| io_err("make a scratch directory", &e))?;
+    let target = dir.to_string_lossy().into_owned();
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| -> Outcome {
+            // SAFETY: unshare changes this scoped thread only.
+            if unsafe { libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) } != 0 {
+                return Err(sys_err("unshare(CLONE_FS | CLONE_NEWNS)"));
+            }
+            crate::mounts::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+                .map_err(|e| e.to_string())?;
+            crate::mounts::mount(Some("tmpfs"), &target, Some("tmpfs"), 0, Some("size=64k"))
+                .map_err(|e| e.to_string())?;
+            crate::mounts::pivot_into(&target).map_err(|e| e.to_string())?;
+            Ok("a private mount namespace, a tmpfs mounted, pivot_root into it".into())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the probe thread panicked".into()))
+    });
+    let _ = std::fs::remove_dir(&dir);
+    outcome
+}
+
+/// The restored init of a PID namespace: a child cloned with
+/// CLONE_NEWPID that makes itself traced and stops itself (an init is
+/// spared signals it has no handler for, unless traced).
+fn probe_pid_namespace_init() -> Outcome {
+    let pid = crate::child::fork_traced_stopped(None, None, true, libc::CLONE_NEWPID as u64)
+        .map_err(|e| io_err("clone3(CLONE_NEWPID)", &e))?;
+    let child = Child { pid, reaped: false };
+    let sig = libc::WSTOPSIG(child.wait_stop()?);
+    if sig != libc::SIGSTOP {
+        return Err(format!("it stopped with signal {sig}, not SIGSTOP"));
+    }
+    let inner = crate::ns::inner_pid(pid).map_err(|e| io_err("read its NSpid", &e))?;
+    if inner != 1 {
+        return Err(format!("it is pid {inner} in its namespace, not 1"));
+    }
+    Ok("pid 1 of a new PID namespace, traced, stopped on its own SIGSTOP".into())
 }
 
 fn probe_clone3_set_tid() -> Outcome {

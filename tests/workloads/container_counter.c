@@ -5,9 +5,12 @@
  * "count N host H seccomp S pid P child C" and closes it. It forks one
  * child at the start, which only waits; every tick the parent checks that
  * its host name is still argv[2], that its root holds /etc/tern-rootfs
- * containing argv[3] (the root file system it was started on) and that
- * its child is still there and still its child; anything else: exits 3
- * (the test sees the listener go).
+ * containing argv[3] (the root file system it was started on), that
+ * its child is still there and still its child, and that its files on the
+ * /dev/shm tmpfs are as it left them: "count" holds the last count, and
+ * "t-N" exists for the last tick only (each tick makes the next and
+ * removes the last); anything else: exits 3 (the test sees the listener
+ * go).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <dirent.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +39,48 @@ static int seccomp_mode(void)
 	if (f)
 		fclose(f);
 	return mode;
+}
+
+/* The tick's files on the tmpfs: checked against the last tick, then
+ * moved on to this one. */
+static int shm_files_follow(unsigned long count)
+{
+	char buf[32], name[64];
+	int fd = open("/dev/shm/count", O_RDONLY);
+	if (count > 0) {
+		ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+		if (n <= 0)
+			return 0;
+		buf[n] = 0;
+		if (strtoul(buf, NULL, 10) != count)
+			return 0;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (count % 50 == 0) {
+		int ticks = 0;
+		DIR *d = opendir("/dev/shm");
+		struct dirent *e;
+		while (d && (e = readdir(d)))
+			ticks += strncmp(e->d_name, "t-", 2) == 0;
+		if (d)
+			closedir(d);
+		if (ticks != (count > 0))
+			return 0;
+	}
+	fd = open("/dev/shm/count", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int n = snprintf(buf, sizeof buf, "%lu", count + 1);
+	if (fd < 0 || write(fd, buf, n) != n)
+		return 0;
+	close(fd);
+	snprintf(name, sizeof name, "/dev/shm/t-%lu", count + 1);
+	fd = open(name, O_WRONLY | O_CREAT, 0644);
+	if (fd < 0)
+		return 0;
+	close(fd);
+	snprintf(name, sizeof name, "/dev/shm/t-%lu", count);
+	unlink(name);
+	return 1;
 }
 
 static int root_is(const char *mark)
@@ -99,6 +145,8 @@ int main(int argc, char **argv)
 			if (uname(&u) != 0 || strcmp(u.nodename, argv[2]) != 0 || !root_is(argv[3]))
 				return 3;
 			if (waitpid(child, NULL, WNOHANG) != 0)
+				return 3;
+			if (!shm_files_follow(count))
 				return 3;
 			count++;
 			next.tv_nsec += 10 * 1000 * 1000;
