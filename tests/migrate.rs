@@ -234,6 +234,23 @@ impl Edge {
         resolved
     }
 
+    /// Start `tern serve` in B and migrate the program there with `extra`
+    /// arguments: it must succeed and process `source` be gone from A.
+    /// The restored program's pid in B, and a guard of it.
+    fn migrate_to_b(&mut self, extra: &[&str], source: i32) -> (i32, ProcGuard) {
+        self.serve = Some(start_serve(&self.dir, &self.edges, &self.key, &[]));
+        self.migrate(extra).assert_ok("tern migrate");
+        let restored = report(&self.dir)["restored_pid"]
+            .as_i64()
+            .expect("restored_pid") as i32;
+        let guard = ProcGuard::adopt(restored);
+        assert!(
+            wait_gone(source, Duration::from_secs(5)),
+            "process {source} is still in A after the migration"
+        );
+        (restored, guard)
+    }
+
     fn migrate(&self, extra: &[&str]) -> TernOutput {
         let mut a = args![
             "migrate",
@@ -1063,14 +1080,7 @@ fn migrate_keeps_uts_and_ipc_namespaces() {
     );
     e.wait_tick_lines(5);
     let source = e.program.pid();
-    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
-    e.migrate(&["--policy", "rounds:3"])
-        .assert_ok("tern migrate (live)");
-    let restored = report(&e.dir)["restored_pid"]
-        .as_i64()
-        .expect("restored_pid") as i32;
-    let mut restored_guard = ProcGuard::adopt(restored);
-    assert!(wait_gone(source, Duration::from_secs(5)));
+    let (restored, mut restored_guard) = e.migrate_to_b(&["--policy", "rounds:3"], source);
     assert_eq!(netns_of(restored), Some(e.edges.b.inode()));
     for (kind, ours) in [("uts", &uts), ("ipc", &ipc)] {
         let theirs = std::fs::read_link(format!("/proc/{restored}/ns/{kind}"))
@@ -1382,17 +1392,7 @@ fn runc_container_dump_restore_and_live_migration() {
         dir,
         edges,
     };
-    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
-    e.migrate(&["--policy", "rounds:3"])
-        .assert_ok("tern migrate (live)");
-    let moved = report(&e.dir)["restored_pid"]
-        .as_i64()
-        .expect("restored_pid") as i32;
-    let mut moved_guard = ProcGuard::adopt(moved);
-    assert!(
-        wait_gone(restored, Duration::from_secs(5)),
-        "still running in A"
-    );
+    let (moved, mut moved_guard) = e.migrate_to_b(&["--policy", "rounds:3"], restored);
     e.program.disarm();
     assert_eq!(netns_of(moved), Some(e.edges.b.inode()));
     let answer = Container::ask(&e.edges.b);
@@ -1499,17 +1499,7 @@ fn migrate_a_tree_that_forks_and_reaps_during_pre_copy() {
     let mut e = start_program(test, edges, "forker", &[], &[]);
     e.wait_tick_lines(10);
     let source = e.program.pid();
-    e.serve = Some(start_serve(&e.dir, &e.edges, &e.key, &[]));
-    e.migrate(&["--policy", "rounds:6"])
-        .assert_ok("tern migrate (live)");
-    let restored = report(&e.dir)["restored_pid"]
-        .as_i64()
-        .expect("restored_pid") as i32;
-    let mut restored_guard = ProcGuard::adopt(restored);
-    assert!(
-        wait_gone(source, Duration::from_secs(5)),
-        "the parent is still in A"
-    );
+    let (restored, mut restored_guard) = e.migrate_to_b(&["--policy", "rounds:6"], source);
     let serve_log = std::fs::read_to_string(e.dir.join("serve.stderr")).unwrap_or_default();
     assert!(
         serve_log.contains("the tree changed"),
