@@ -1803,6 +1803,84 @@ fn a_program_under_ip_netns_exec_keeps_its_mount_namespace() {
     s.finish();
 }
 
+/// A program restored into a fresh PID namespace (its ids taken here, or
+/// `--pid-ns always`) lives under that namespace's reaper, as pid N there:
+/// it can be dumped again and restored again, still as pid N, and goes on.
+#[test]
+fn a_program_restored_into_a_fresh_pid_namespace_moves_again() {
+    let test = "a_program_restored_into_a_fresh_pid_namespace_moves_again";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = TestDir::new(test);
+    let exe = compile_c(&dir, "halfpipe");
+    let out = dir.join("out");
+    let mut original = spawn_redirected(&Cmd::new(exe), Stdio::null(), &out, &dir.join("err"));
+    let pid = original.pid();
+    let ticks = || {
+        complete_lines(&out)
+            .iter()
+            .map(|l| seq_number(l, "tick ").unwrap_or_else(|| panic!("line {l:?}")))
+            .collect::<Vec<u64>>()
+    };
+    let wait_ticks = |n: usize| {
+        wait_until(
+            std::time::Duration::from_secs(20),
+            &format!("{n} ticks"),
+            || (ticks().len() >= n).then_some(()),
+            || tail(&out, 3),
+        )
+    };
+    wait_ticks(5);
+    let mut previous = pid;
+    let mut restored_guard: Option<ProcGuard> = None;
+    for round in 0..2 {
+        let images = dir.join(format!("images-{round}"));
+        let a = args!["dump", "--pid", previous.to_string(), "--images", &images];
+        run_tern(&dir, &a, Stdio::null()).assert_ok("tern dump");
+        // The dump killed it.
+        match restored_guard.take() {
+            Some(mut g) => g.disarm(),
+            None => {
+                original.wait_exit(std::time::Duration::from_secs(5));
+                original.disarm();
+            }
+        }
+        let pidfile = dir.join(format!("restored-{round}.pid"));
+        let a = args![
+            "restore",
+            "--images",
+            &images,
+            "--pidfile",
+            &pidfile,
+            "--pid-ns",
+            "always"
+        ];
+        run_tern(&dir, &a, Stdio::null()).assert_ok("tern restore");
+        let restored: i32 = fs::read_to_string(&pidfile)
+            .expect("pidfile")
+            .trim()
+            .parse()
+            .expect("pid");
+        restored_guard = Some(ProcGuard::adopt(restored));
+        let inner = fs::read_to_string(format!("/proc/{restored}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:").map(str::to_string))
+            .expect("NSpid");
+        assert!(
+            inner.trim().ends_with(&format!("\t{pid}"))
+                || inner.trim().ends_with(&format!(" {pid}")),
+            "round {round}: its pid in its namespace must still be {pid}: NSpid {inner}"
+        );
+        let seen = ticks().len();
+        wait_ticks(seen + 20);
+        previous = restored;
+    }
+    drop(restored_guard);
+    check_consecutive(&ticks(), 1).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Two memfds (one sealed against shrinking and growing, one unsealable
 /// with its offset at 1234): after restore they hold the same bytes, the
 /// same seals, name and offset.

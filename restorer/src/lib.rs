@@ -561,24 +561,35 @@ pub(crate) fn spawn_puppet(
     namespaces: &wire::Namespaces,
 ) -> Result<(Puppet, Option<i32>)> {
     let ns_flags = tern_state::namespaces::clone_flags(namespaces);
-    if namespaces.pid.is_some() {
-        return spawn_pid_namespace_init(pid, opts, keep, namespaces, ns_flags);
-    }
+    let (pid, tids, own_ns): (i32, Vec<i32>, bool) = match &namespaces.pid {
+        Some(ids) if ids.init => {
+            return spawn_pid_namespace_init(pid, opts, keep, namespaces, ns_flags);
+        }
+        // It lived under a reaper of a tern restore: a fresh namespace
+        // again, with its ids there.
+        Some(ids) => (
+            ids.inner(pid),
+            tids.iter().map(|&t| ids.inner(t)).collect(),
+            true,
+        ),
+        None => (pid, tids.to_vec(), false),
+    };
     let ids_free = || {
         tids.iter()
             .all(|t| !Path::new(&format!("/proc/{t}")).exists())
     };
     let use_ns = !opts.new_pid
-        && match opts.pid_ns {
-            PidNsMode::Always => true,
-            PidNsMode::Never => false,
-            PidNsMode::Auto => !ids_free(),
-        };
+        && (own_ns
+            || match opts.pid_ns {
+                PidNsMode::Always => true,
+                PidNsMode::Never => false,
+                PidNsMode::Auto => !ids_free(),
+            });
     let want = if opts.new_pid {
         None
     } else {
         if !use_ns {
-            for &t in tids {
+            for &t in &tids {
                 wait_pid_free(t, opts.pid_wait)?;
             }
         }

@@ -21,7 +21,7 @@ use tracing::warn;
 /// The reaper: named in `ps`, looks around every 50 ms, and gives up if no
 /// process has appeared within 30 s.
 const REAPER: NamespaceInit = NamespaceInit {
-    name: b"tern-ns-init\0",
+    name: b"tern-ns-init\0", // tern_sys::ns::TERN_NS_INIT
     tick: Duration::from_millis(50),
     first_wait_ticks: 600,
 };

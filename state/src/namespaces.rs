@@ -55,11 +55,13 @@ pub fn refuse_pid_namespace_member(pid: i32) -> Result<()> {
         return Ok(());
     }
     let inner = ns::inner_pid(pid).ctx(pid, || "read NSpid".into())?;
-    if inner != 1 {
+    let reaped_by_tern =
+        || ns::under_tern_reaper(pid).ctx(pid, || "look for its PID namespace's init".into());
+    if inner != 1 && !reaped_by_tern()? {
         return Err(EngineError::Unsupported {
             pid,
             reason: format!(
-                "it lives in another pid namespace as pid {inner}, not as its init: dump the namespace's init (pid 1 there), which takes its whole tree"
+                "it lives in another pid namespace as pid {inner}, not as its init (nor under the reaper of one a tern restore made): dump the namespace's init (pid 1 there), which takes its whole tree"
             ),
         });
     }
@@ -109,6 +111,7 @@ pub fn capture(pid: i32) -> Result<wire::Namespaces> {
     let pid_ids = if differs(Kind::Pid)? {
         Some(wire::PidIds {
             ids: ns::inner_ids_of_tree(pid).ctx(pid, || "read NSpid of its tree".into())?,
+            init: ns::inner_pid(pid).ctx(pid, || "read NSpid".into())? == 1,
         })
     } else {
         None
@@ -146,7 +149,8 @@ pub fn clone_flags(n: &wire::Namespaces) -> u64 {
     if n.mnt.is_some() {
         flags |= Kind::Mnt.clone_flag();
     }
-    if n.pid.is_some() {
+    // Under a reaper the namespace is made by the reaper, not the puppet.
+    if n.pid.as_ref().is_some_and(|p| p.init) {
         flags |= Kind::Pid.clone_flag();
     }
     flags

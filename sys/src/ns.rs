@@ -66,6 +66,31 @@ pub fn id(pid: i32, kind: Kind) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }
 
+/// The name (`comm`) of the init of a PID namespace a tern restore makes
+/// when a program's ids are taken.
+pub const TERN_NS_INIT: &str = "tern-ns-init";
+
+/// Whether the init (pid 1) of process `pid`'s PID namespace is the reaper
+/// of a tern restore ([`TERN_NS_INIT`]).
+pub fn under_tern_reaper(pid: i32) -> io::Result<bool> {
+    let ns = id(pid, Kind::Pid)?;
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(other) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if id(other, Kind::Pid).ok() != Some(ns) || inner_pid(other).ok() != Some(1) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).unwrap_or_default();
+        return Ok(comm.trim_end() == TERN_NS_INIT);
+    }
+    Ok(false)
+}
+
 /// The namespace `/proc/PID/ns/NAME` names (e.g. `pid_for_children`).
 pub fn id_of_file(pid: i32, name: &str) -> io::Result<u64> {
     Ok(std::fs::metadata(format!("/proc/{pid}/ns/{name}"))?.ino())

@@ -66,6 +66,9 @@ pub struct Namespaces {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct PidIds {
     pub ids: Vec<(i32, i32)>,
+    /// The dumped process was the namespace's init (pid 1); else it lived
+    /// under the reaper of a namespace a tern restore made for it.
+    pub init: bool,
 }
 
 impl PidIds {
@@ -187,8 +190,10 @@ impl Namespaces {
         if self.ipc {
             parts.push("ipc".to_string());
         }
-        if self.pid.is_some() {
-            parts.push("pid (it was its init)".to_string());
+        match &self.pid {
+            Some(p) if p.init => parts.push("pid (it was its init)".to_string()),
+            Some(_) => parts.push("pid (under a tern restore's reaper)".to_string()),
+            None => {}
         }
         if let Some(t) = &self.mnt {
             let root = match t.mounts.first().map(|m| &m.source) {
