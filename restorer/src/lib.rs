@@ -709,6 +709,23 @@ pub(crate) struct Parts {
     net: Network,
 }
 
+/// What [`Builder::restore_files`] carries from one open file description
+/// to the next.
+#[derive(Default)]
+struct FilesInProgress {
+    /// Above every fd number of the image: where ends wait to be placed.
+    base: i32,
+    /// Pipe id -> (read end, write end) in the puppet.
+    pipes: BTreeMap<u64, (u64, u64)>,
+    pipe_ends_used: std::collections::BTreeSet<u64>,
+    /// Unix socketpairs: both ends made when the first is met; the other
+    /// waits above every image fd number for its own group.
+    unix_ends: BTreeMap<u64, u64>,
+    fifos_refilled: Vec<u64>,
+    /// Filled once every fd they watch is in place.
+    epolls: Vec<(i32, Vec<wire::EpollTarget>)>,
+}
+
 /// The restored program's TCP connections until it runs: rebuilt in
 /// repair mode, their packets dropped by a lock in this network namespace.
 /// Dropped unused (restore failed), the connections vanish silently and
@@ -1326,6 +1343,10 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The program's open files: each open file description made once (at a
+    /// temporary fd) and placed at every fd that shares it, then what needs
+    /// them all in place (epoll registrations), then what no fd holds
+    /// closed again.
     fn restore_files(&mut self) -> Result<()> {
         let fds = self.image.files.fds.clone();
         let wanted: Vec<i32> = fds.iter().map(|f| f.fd).collect();
@@ -1336,13 +1357,45 @@ impl Builder<'_> {
             }
         }
         let base = wanted.iter().copied().max().unwrap_or(2) + 1;
-        let pipes = self.create_pipes(base)?;
-        let mut pipe_ends_used: std::collections::BTreeSet<u64> = Default::default();
-        // Unix socketpairs: both ends made when the first is met; the other
-        // waits above every image fd number for its own group.
-        let mut unix_ends: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut fifos_refilled: Vec<u64> = Vec::new();
-        // Connections' packets are dropped here until the program runs.
+        let mut st = FilesInProgress {
+            base,
+            pipes: self.create_pipes(base)?,
+            ..Default::default()
+        };
+        self.lock_connections()?;
+        // Group fds by open file description.
+        let mut groups: BTreeMap<u32, Vec<&wire::Fd>> = BTreeMap::new();
+        for f in &fds {
+            groups.entry(f.desc).or_default().push(f);
+        }
+        for members in groups.values() {
+            if let Some((tmp, offset, regular)) = self.open_description(members, &mut st)? {
+                self.place_description(members, tmp, offset, regular)?;
+            }
+        }
+        // The end of a pipe no fd holds (its other end was closed at the
+        // dump) is closed again: writes fail with EPIPE, reads end.
+        for &(r, w) in st.pipes.values() {
+            for end in [r, w]
+                .into_iter()
+                .filter(|e| !st.pipe_ends_used.contains(e))
+            {
+                self.sys(libc::SYS_close, &[end], || {
+                    "close a pipe's unused end".into()
+                })?;
+            }
+        }
+        self.fill_epolls(std::mem::take(&mut st.epolls))?;
+        if let Some(i) = self.imports {
+            // tern's pidfd: not the program's.
+            let chan = i.chan;
+            self.sys(libc::SYS_close, &[chan], || "close tern's pidfd".into())?;
+        }
+        Ok(())
+    }
+
+    /// Connections' packets are dropped here until the program runs.
+    fn lock_connections(&mut self) -> Result<()> {
         let pairs = tern_state::sockets::established_pairs(&self.image.files);
         if !pairs.is_empty() {
             let lock = tern_sys::netlock::NetLock::apply(None, "tern_restore", &pairs)
@@ -1352,266 +1405,312 @@ impl Builder<'_> {
             self.net.lock = Some(lock);
         }
         self.net.dump_lock = self.image.files.net_lock.clone();
-        // Group fds by open file description.
-        let mut groups: BTreeMap<u32, Vec<&wire::Fd>> = BTreeMap::new();
-        for f in &fds {
-            groups.entry(f.desc).or_default().push(f);
-        }
-        let mut epolls: Vec<(i32, Vec<wire::EpollTarget>)> = Vec::new();
-        for members in groups.values() {
-            let first = members[0];
-            let imported = self.imports.and_then(|i| i.fds.get(&first.fd).copied());
-            let made_by_kind = match imported {
-                Some(_) => None,
-                None => tern_state::files::restore(&first.kind, first.fd, self).transpose()?,
-            };
-            let (tmp, offset, regular) = match &first.kind {
-                _ if made_by_kind.is_some() => (made_by_kind.unwrap_or(0), 0, false),
-                _ if imported.is_some() => {
-                    let tern_fd = imported.unwrap_or(-1);
-                    let fd = self.install(tern_fd)?;
-                    if let wire::FdKind::External { flags, .. } = &first.kind {
-                        self.keep_nonblock(fd, *flags, "an inherited fd")?;
+        Ok(())
+    }
+
+    /// Make the open file description the fds `members` share, at a
+    /// temporary fd: (that fd, the offset to seek to, whether to seek).
+    /// `None`: nothing to make (a stdio fd passed on from tern).
+    fn open_description(
+        &mut self,
+        members: &[&wire::Fd],
+        st: &mut FilesInProgress,
+    ) -> Result<Option<(u64, u64, bool)>> {
+        let first = members[0];
+        let imported = self.imports.and_then(|i| i.fds.get(&first.fd).copied());
+        let made_by_kind = match imported {
+            Some(_) => None,
+            None => tern_state::files::restore(&first.kind, first.fd, self).transpose()?,
+        };
+        let opened = match &first.kind {
+            _ if made_by_kind.is_some() => (made_by_kind.unwrap_or(0), 0, false),
+            _ if imported.is_some() => {
+                let tern_fd = imported.unwrap_or(-1);
+                let fd = self.install(tern_fd)?;
+                if let wire::FdKind::External { flags, .. } = &first.kind {
+                    self.keep_nonblock(fd, *flags, "an inherited fd")?;
+                }
+                (fd, 0, false)
+            }
+            wire::FdKind::External { name, what, .. } => {
+                return Err(RestoreError::NotInherited {
+                    pid: self.image.core.pid,
+                    fd: first.fd,
+                    name: name.clone(),
+                    what: what.clone(),
+                });
+            }
+            wire::FdKind::Inherited { what } => {
+                for m in members {
+                    let open = self.sys(
+                        libc::SYS_fcntl,
+                        &[m.fd as u64, libc::F_GETFD as u64],
+                        || "fcntl".into(),
+                    );
+                    if open.is_err() {
+                        warn!(fd = m.fd, what, "stdio fd was {what}; tern restore has no fd {} to pass on, left closed", m.fd);
                     }
-                    (fd, 0, false)
                 }
-                wire::FdKind::External { name, what, .. } => {
-                    return Err(RestoreError::NotInherited {
-                        pid: self.image.core.pid,
-                        fd: first.fd,
-                        name: name.clone(),
-                        what: what.clone(),
-                    });
+                return Ok(None);
+            }
+            wire::FdKind::Path {
+                path,
+                flags,
+                offset,
+                file,
+            } => {
+                let tmp = self.open(path, flags | libc::O_CLOEXEC)?;
+                // Through the puppet's fd: the image's path may be the
+                // program's (a mount namespace of its own), not ours.
+                let regular = std::fs::metadata(format!("/proc/{}/fd/{tmp}", self.pid))
+                    .map(|m| m.is_file())
+                    .unwrap_or(false);
+                if regular && file.size < *offset {
+                    warn!(path, "file is shorter than the saved offset {offset}");
                 }
-                wire::FdKind::Inherited { what } => {
-                    for m in members {
-                        let open = self.sys(
-                            libc::SYS_fcntl,
-                            &[m.fd as u64, libc::F_GETFD as u64],
-                            || "fcntl".into(),
-                        );
-                        if open.is_err() {
-                            warn!(fd = m.fd, what, "stdio fd was {what}; tern restore has no fd {} to pass on, left closed", m.fd);
-                        }
-                    }
-                    continue;
-                }
-                wire::FdKind::Path {
-                    path,
-                    flags,
-                    offset,
-                    file,
-                } => {
-                    let tmp = self.open(path, flags | libc::O_CLOEXEC)?;
-                    let regular = std::fs::metadata(path)
-                        .map(|m| m.is_file())
-                        .unwrap_or(false);
-                    if regular && file.size < *offset {
-                        warn!(path, "file is shorter than the saved offset {offset}");
-                    }
-                    (tmp, *offset, regular)
-                }
-                wire::FdKind::Pipe {
-                    id,
-                    write_end,
-                    flags,
-                } => {
-                    let Some(&(r, w)) = pipes.get(id) else {
-                        return Err(self.image.bad(format!(
-                            "fd {} names pipe {id}, which the image does not hold",
-                            first.fd
-                        )));
-                    };
-                    let end = if *write_end { w } else { r };
-                    pipe_ends_used.insert(end);
-                    self.keep_nonblock(end, *flags, "a pipe")?;
-                    (end, 0, false)
-                }
-                wire::FdKind::Epoll { targets } => {
-                    let fd = self.sys(
-                        libc::SYS_epoll_create1,
-                        &[libc::EPOLL_CLOEXEC as u64],
-                        || format!("epoll_create1 for fd {}", first.fd),
-                    )?;
-                    // Filled once every fd it watches is in place.
-                    epolls.push((first.fd, targets.clone()));
-                    (fd, 0, false)
-                }
-                wire::FdKind::Inet(sock) => {
-                    let fd = self.sys(
-                        libc::SYS_socket,
-                        &[
-                            sock.family as u64,
-                            (sock.kind | libc::SOCK_CLOEXEC) as u64,
-                            sock.protocol as u64,
-                        ],
-                        || format!("socket for fd {}", first.fd),
-                    )?;
-                    let pid = self.pid;
-                    let what = || format!("fd {}: {} socket", first.fd, sock.endpoints());
-                    let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
-                    if let Some(r) =
-                        tern_state::sockets::restore_socket(dup, sock).step(pid, what)?
-                    {
-                        self.net.repaired.push(r);
-                    }
-                    (fd, 0, false)
-                }
-                wire::FdKind::UnixWidowed {
-                    kind,
-                    flags,
-                    queued,
-                } => {
-                    let [end, other] =
-                        self.unix_socketpair_above(*kind, base, || format!("fd {}", first.fd))?;
-                    // What waited at it was sent from the closed end.
-                    if !queued.is_empty() {
-                        let dup = tern_sys::take_fd(self.pid, other as i32)
-                            .step(self.pid, || format!("the other end of fd {}", first.fd))?;
-                        tern_sys::sock::send_all(std::os::fd::AsFd::as_fd(&dup), queued)
-                            .step(self.pid, || {
-                                format!("put back what waited at fd {}", first.fd)
-                            })?;
-                    }
-                    self.sys(libc::SYS_close, &[other], || "close the other end".into())?;
-                    self.keep_nonblock(end, *flags, "a unix socket")?;
-                    (end, 0, false)
-                }
-                wire::FdKind::UnixBound {
-                    name,
-                    kind,
-                    flags,
-                    backlog,
-                    file,
-                } => {
-                    let fd = self.sys(
-                        libc::SYS_socket,
-                        &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0],
-                        || format!("socket for fd {}", first.fd),
-                    )?;
-                    let pid = self.pid;
-                    let what = || {
-                        format!(
-                            "fd {}: unix socket bound to {}",
-                            first.fd,
-                            tern_state::sockets::show_unix_name(name)
-                        )
-                    };
-                    let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
-                    let deferred =
-                        tern_state::sockets::restore_bound(dup, name, *flags, *backlog, *file)
-                            .step(pid, what)?;
-                    self.net.binds.extend(deferred);
-                    (fd, 0, false)
-                }
-                wire::FdKind::Deleted {
-                    path,
-                    flags,
-                    offset,
-                    mode,
-                    ..
-                } => {
-                    let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
-                    (tmp, *offset, true)
-                }
-                wire::FdKind::Inotify { flags, watches } => {
-                    let fd = self.recreate_inotify(*flags, watches)?;
-                    (fd, 0, false)
-                }
-                wire::FdKind::Fifo {
-                    path,
-                    flags,
-                    ino,
-                    size,
-                    data,
-                } => {
-                    let refill = !fifos_refilled.contains(ino);
-                    fifos_refilled.push(*ino);
-                    let fd =
-                        self.reopen_fifo(path, *flags, *size, if refill { data } else { &[] })?;
-                    (fd, 0, false)
-                }
-                wire::FdKind::Memfd {
-                    name,
-                    offset,
-                    size,
-                    seals,
-                    mode,
-                } => {
-                    let fd = self.recreate_memfd(first.desc, name, *size, *seals, *mode)?;
-                    self.sys(
-                        libc::SYS_lseek,
-                        &[fd, *offset, libc::SEEK_SET as u64],
-                        || format!("lseek memfd fd {} to {offset}", first.fd),
-                    )?;
-                    (fd, 0, false)
-                }
-                wire::FdKind::UnixPair {
-                    pair,
-                    ino,
-                    kind,
-                    flags,
-                    ..
-                } => {
-                    if !unix_ends.contains_key(ino) {
-                        let ends = self.create_unix_pair(*pair, *kind, base)?;
-                        unix_ends.extend(ends);
-                    }
-                    let Some(end) = unix_ends.remove(ino) else {
-                        return Err(self.image.bad(format!(
-                            "fd {} is an end of unix socket pair {pair} made already",
-                            first.fd
-                        )));
-                    };
-                    self.keep_nonblock(end, *flags, "a unix socket")?;
-                    (end, 0, false)
-                }
-                // A kind with a module of its own (tern_state::files) was
-                // made above; any other is a kind this tern cannot restore.
-                other => {
+                (tmp, *offset, regular)
+            }
+            wire::FdKind::Pipe {
+                id,
+                write_end,
+                flags,
+            } => {
+                let Some(&(r, w)) = st.pipes.get(id) else {
                     return Err(self.image.bad(format!(
-                        "fd {} is of a kind this tern cannot restore: {other:?}",
+                        "fd {} names pipe {id}, which the image does not hold",
                         first.fd
                     )));
-                }
-            };
-            if regular {
+                };
+                let end = if *write_end { w } else { r };
+                st.pipe_ends_used.insert(end);
+                self.keep_nonblock(end, *flags, "a pipe")?;
+                (end, 0, false)
+            }
+            wire::FdKind::Epoll { targets } => {
+                let fd = self.sys(
+                    libc::SYS_epoll_create1,
+                    &[libc::EPOLL_CLOEXEC as u64],
+                    || format!("epoll_create1 for fd {}", first.fd),
+                )?;
+                // Filled once every fd it watches is in place.
+                st.epolls.push((first.fd, targets.clone()));
+                (fd, 0, false)
+            }
+            wire::FdKind::Inet(_)
+            | wire::FdKind::UnixWidowed { .. }
+            | wire::FdKind::UnixBound { .. }
+            | wire::FdKind::UnixPair { .. } => (self.open_socket(first, st)?, 0, false),
+            wire::FdKind::Deleted { .. }
+            | wire::FdKind::Inotify { .. }
+            | wire::FdKind::Fifo { .. }
+            | wire::FdKind::Memfd { .. } => self.open_file(first, st)?,
+            // A kind with a module of its own (tern_state::files) was
+            // made above; any other is a kind this tern cannot restore.
+            other => {
+                return Err(self.image.bad(format!(
+                    "fd {} is of a kind this tern cannot restore: {other:?}",
+                    first.fd
+                )));
+            }
+        };
+        Ok(Some(opened))
+    }
+
+    /// A file of the image's other kinds at a temporary fd: (that fd, the
+    /// offset to seek to, whether to seek).
+    fn open_file(
+        &mut self,
+        first: &wire::Fd,
+        st: &mut FilesInProgress,
+    ) -> Result<(u64, u64, bool)> {
+        Ok(match &first.kind {
+            wire::FdKind::Deleted {
+                path,
+                flags,
+                offset,
+                mode,
+                ..
+            } => {
+                let tmp = self.recreate_deleted(first.desc, path, *flags, *mode)?;
+                (tmp, *offset, true)
+            }
+            wire::FdKind::Inotify { flags, watches } => {
+                let fd = self.recreate_inotify(*flags, watches)?;
+                (fd, 0, false)
+            }
+            wire::FdKind::Fifo {
+                path,
+                flags,
+                ino,
+                size,
+                data,
+            } => {
+                let refill = !st.fifos_refilled.contains(ino);
+                st.fifos_refilled.push(*ino);
+                let fd = self.reopen_fifo(path, *flags, *size, if refill { data } else { &[] })?;
+                (fd, 0, false)
+            }
+            wire::FdKind::Memfd {
+                name,
+                offset,
+                size,
+                seals,
+                mode,
+            } => {
+                let fd = self.recreate_memfd(first.desc, name, *size, *seals, *mode)?;
                 self.sys(
                     libc::SYS_lseek,
-                    &[tmp, offset, libc::SEEK_SET as u64],
-                    || format!("lseek fd {} to {offset}", first.fd),
+                    &[fd, *offset, libc::SEEK_SET as u64],
+                    || format!("lseek memfd fd {} to {offset}", first.fd),
                 )?;
+                (fd, 0, false)
             }
-            let mut tmp_used = false;
-            for m in members {
-                let cloexec = if m.cloexec { libc::O_CLOEXEC } else { 0 };
-                if m.fd as u64 == tmp {
-                    tmp_used = true;
-                    let fl = if m.cloexec { libc::FD_CLOEXEC } else { 0 };
-                    self.sys(
-                        libc::SYS_fcntl,
-                        &[tmp, libc::F_SETFD as u64, fl as u64],
-                        || "fcntl F_SETFD".into(),
-                    )?;
-                } else {
-                    self.sys(libc::SYS_dup3, &[tmp, m.fd as u64, cloexec as u64], || {
-                        format!("dup3 to fd {}", m.fd)
-                    })?;
+            other => {
+                return Err(self
+                    .image
+                    .bad(format!("fd {} is not a file: {other:?}", first.fd)))
+            }
+        })
+    }
+
+    /// A socket of the image at a temporary fd.
+    fn open_socket(&mut self, first: &wire::Fd, st: &mut FilesInProgress) -> Result<u64> {
+        Ok(match &first.kind {
+            wire::FdKind::Inet(sock) => {
+                let fd = self.sys(
+                    libc::SYS_socket,
+                    &[
+                        sock.family as u64,
+                        (sock.kind | libc::SOCK_CLOEXEC) as u64,
+                        sock.protocol as u64,
+                    ],
+                    || format!("socket for fd {}", first.fd),
+                )?;
+                let pid = self.pid;
+                let what = || format!("fd {}: {} socket", first.fd, sock.endpoints());
+                let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
+                if let Some(r) = tern_state::sockets::restore_socket(dup, sock).step(pid, what)? {
+                    self.net.repaired.push(r);
                 }
+                fd
             }
-            if !tmp_used {
-                self.sys(libc::SYS_close, &[tmp], || "close temporary fd".into())?;
+            wire::FdKind::UnixWidowed {
+                kind,
+                flags,
+                queued,
+            } => {
+                let [end, other] =
+                    self.unix_socketpair_above(*kind, st.base, || format!("fd {}", first.fd))?;
+                // What waited at it was sent from the closed end.
+                if !queued.is_empty() {
+                    let dup = tern_sys::take_fd(self.pid, other as i32)
+                        .step(self.pid, || format!("the other end of fd {}", first.fd))?;
+                    tern_sys::sock::send_all(std::os::fd::AsFd::as_fd(&dup), queued)
+                        .step(self.pid, || {
+                            format!("put back what waited at fd {}", first.fd)
+                        })?;
+                }
+                self.sys(libc::SYS_close, &[other], || "close the other end".into())?;
+                self.keep_nonblock(end, *flags, "a unix socket")?;
+                end
             }
+            wire::FdKind::UnixBound {
+                name,
+                kind,
+                flags,
+                backlog,
+                file,
+            } => {
+                let fd = self.sys(
+                    libc::SYS_socket,
+                    &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0],
+                    || format!("socket for fd {}", first.fd),
+                )?;
+                let pid = self.pid;
+                let what = || {
+                    format!(
+                        "fd {}: unix socket bound to {}",
+                        first.fd,
+                        tern_state::sockets::show_unix_name(name)
+                    )
+                };
+                let dup = tern_sys::take_fd(pid, fd as i32).step(pid, what)?;
+                let deferred =
+                    tern_state::sockets::restore_bound(dup, name, *flags, *backlog, *file)
+                        .step(pid, what)?;
+                self.net.binds.extend(deferred);
+                fd
+            }
+            wire::FdKind::UnixPair {
+                pair,
+                ino,
+                kind,
+                flags,
+                ..
+            } => {
+                if !st.unix_ends.contains_key(ino) {
+                    let ends = self.create_unix_pair(*pair, *kind, st.base)?;
+                    st.unix_ends.extend(ends);
+                }
+                let Some(end) = st.unix_ends.remove(ino) else {
+                    return Err(self.image.bad(format!(
+                        "fd {} is an end of unix socket pair {pair} made already",
+                        first.fd
+                    )));
+                };
+                self.keep_nonblock(end, *flags, "a unix socket")?;
+                end
+            }
+            other => {
+                return Err(self
+                    .image
+                    .bad(format!("fd {} is not a socket: {other:?}", first.fd)))
+            }
+        })
+    }
+
+    /// Put the description made at `tmp` at each of its fds (seeking to
+    /// `offset` first if `regular`), with their close-on-exec flags.
+    fn place_description(
+        &mut self,
+        members: &[&wire::Fd],
+        tmp: u64,
+        offset: u64,
+        regular: bool,
+    ) -> Result<()> {
+        let first = members[0];
+        if regular {
+            self.sys(
+                libc::SYS_lseek,
+                &[tmp, offset, libc::SEEK_SET as u64],
+                || format!("lseek fd {} to {offset}", first.fd),
+            )?;
         }
-        // The end of a pipe no fd holds (its other end was closed at the
-        // dump) is closed again: writes fail with EPIPE, reads end.
-        for &(r, w) in pipes.values() {
-            for end in [r, w].into_iter().filter(|e| !pipe_ends_used.contains(e)) {
-                self.sys(libc::SYS_close, &[end], || {
-                    "close a pipe's unused end".into()
+        let mut tmp_used = false;
+        for m in members {
+            let cloexec = if m.cloexec { libc::O_CLOEXEC } else { 0 };
+            if m.fd as u64 == tmp {
+                tmp_used = true;
+                let fl = if m.cloexec { libc::FD_CLOEXEC } else { 0 };
+                self.sys(
+                    libc::SYS_fcntl,
+                    &[tmp, libc::F_SETFD as u64, fl as u64],
+                    || "fcntl F_SETFD".into(),
+                )?;
+            } else {
+                self.sys(libc::SYS_dup3, &[tmp, m.fd as u64, cloexec as u64], || {
+                    format!("dup3 to fd {}", m.fd)
                 })?;
             }
         }
+        if !tmp_used {
+            self.sys(libc::SYS_close, &[tmp], || "close temporary fd".into())?;
+        }
+        Ok(())
+    }
+
+    /// Register what each epoll watches, every fd being in place.
+    fn fill_epolls(&mut self, epolls: Vec<(i32, Vec<wire::EpollTarget>)>) -> Result<()> {
         for (epfd, targets) in epolls {
             for t in targets {
                 // struct epoll_event is packed on x86-64: u32 events, u64 data.
@@ -1626,11 +1725,6 @@ impl Builder<'_> {
                     || format!("epoll_ctl(ADD fd {}) on epoll fd {epfd}", t.fd),
                 )?;
             }
-        }
-        if let Some(i) = self.imports {
-            // tern's pidfd: not the program's.
-            let chan = i.chan;
-            self.sys(libc::SYS_close, &[chan], || "close tern's pidfd".into())?;
         }
         Ok(())
     }

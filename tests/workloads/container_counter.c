@@ -5,7 +5,8 @@
  * "count N host H seccomp S pid P child C" and closes it. It forks one
  * child at the start, which only waits; every tick the parent checks that
  * its host name is still argv[2], that its root holds /etc/tern-rootfs
- * containing argv[3] (the root file system it was started on), that
+ * containing argv[3] (the root file system it was started on), that the
+ * fd it keeps open on that file is still 4 bytes in, that
  * its child is still there and still its child, and that its files on the
  * /dev/shm tmpfs are as it left them: "count" holds the last count, and
  * "t-N" exists for the last tick only (each tick makes the next and
@@ -111,6 +112,10 @@ int main(int argc, char **argv)
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 8) != 0)
 		return 3;
+	int mark = open("/etc/tern-rootfs", O_RDONLY);
+	char head[4];
+	if (mark < 0 || read(mark, head, sizeof head) != sizeof head)
+		return 3;
 	pid_t child = fork();
 	if (child == 0) {
 		close(l);
@@ -147,6 +152,8 @@ int main(int argc, char **argv)
 			if (waitpid(child, NULL, WNOHANG) != 0)
 				return 3;
 			if (!shm_files_follow(count))
+				return 3;
+			if (lseek(mark, 0, SEEK_CUR) != (off_t)sizeof head)
 				return 3;
 			count++;
 			next.tv_nsec += 10 * 1000 * 1000;
