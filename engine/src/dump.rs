@@ -654,6 +654,93 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     // can differ from the all-zero default: ask the kernel about those
     // only (each injected syscall costs tens of microseconds, frozen).
     let interesting = status.sigcgt | status.sigign | (1u64 << (libc::SIGCHLD - 1));
+    let sigactions = capture_sigactions(seized, pid, scratch, interesting)?;
+    // Per-thread state, read by running the getters in each thread.
+    let threads = capture_threads(seized, pid, scratch)?;
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(seized.threads.iter().map(|t| t.tid))
+        .collect();
+    let seccomp = tern_state::seccomp::capture(pid, &tids)?;
+    seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_PDEATHSIG as u64, scratch],
+        "prctl(PR_GET_PDEATHSIG)",
+    )?;
+    let pdeath_signal = read_u64(pid, scratch)? as i32;
+    let dumpable = seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_DUMPABLE as u64],
+        "prctl(PR_GET_DUMPABLE)",
+    )? as i32;
+    let securebits = seized.inject(
+        libc::SYS_prctl,
+        &[libc::PR_GET_SECUREBITS as u64],
+        "prctl(PR_GET_SECUREBITS)",
+    )? as u32;
+    let personality = seized.inject(libc::SYS_personality, &[0xffff_ffff], "personality")? as u32;
+    let oom_score_adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .ctx(pid, || "read oom_score_adj".into())?
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| unsupported(pid, format!("/proc/{pid}/oom_score_adj: {e}")))?;
+    let (itimers, posix_timers) = capture_timers(seized, pid, scratch)?;
+    seized.inject(
+        libc::SYS_munmap,
+        &[scratch, page],
+        "munmap of the scratch page",
+    )?;
+    seized.scratch = None;
+
+    let (pending, pending_siginfo) = capture_pending(seized, pid, status.sigpnd | status.shdpnd)?;
+
+    let creds = capture_creds(seized, pid)?;
+    let limits = p.limits().ctx(pid, || "read limits".into())?;
+    let rlimits = convert_limits(&limits);
+
+    let link = |what: &str| -> Result<String> {
+        std::fs::read_link(format!("/proc/{pid}/{what}"))
+            .ctx(pid, || format!("readlink {what}"))
+            .map(|p| p.to_string_lossy().into_owned())
+    };
+    let root = link("root")?;
+    if root != "/" {
+        return Err(unsupported(
+            pid,
+            format!("its root directory is {root}, not /; chroot is not supported yet"),
+        ));
+    }
+
+    Ok(wire::Core {
+        pid,
+        threads,
+        sigactions,
+        pending_signals: pending,
+        pending_siginfo,
+        creds: tern_state::creds::to_image(&creds, securebits),
+        umask: status.umask.unwrap_or(0o022),
+        rlimits,
+        cwd: link("cwd")?,
+        root,
+        was_session_leader: stat.session == pid,
+        was_group_leader: stat.pgrp == pid,
+        dumpable,
+        pdeath_signal,
+        personality,
+        oom_score_adj,
+        itimers,
+        posix_timers,
+        seccomp,
+    })
+}
+
+/// The actions of the signals in `interesting` (a mask), read with an
+/// injected `rt_sigaction` into `scratch`; the others are the default.
+fn capture_sigactions(
+    seized: &mut Seized,
+    pid: i32,
+    scratch: u64,
+    interesting: u64,
+) -> Result<Vec<wire::SigAction>> {
     let mut sigactions = Vec::with_capacity(64);
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64
@@ -682,7 +769,11 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             mask: w(3),
         });
     }
-    // Per-thread state, read by running the getters in each thread.
+    Ok(sigactions)
+}
+
+/// Per-thread state, read by running the getters in each thread.
+fn capture_threads(seized: &mut Seized, pid: i32, scratch: u64) -> Result<Vec<wire::Thread>> {
     let mut threads = Vec::with_capacity(1 + seized.threads.len());
     let main_regs = seized.found_regs;
     threads.push(capture_thread(
@@ -704,32 +795,16 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             &mut |nr, a, w| t.inject(nr, a, w),
         )?);
     }
-    let tids: Vec<i32> = std::iter::once(pid)
-        .chain(seized.threads.iter().map(|t| t.tid))
-        .collect();
-    let seccomp = tern_state::seccomp::capture(pid, &tids)?;
-    seized.inject(
-        libc::SYS_prctl,
-        &[libc::PR_GET_PDEATHSIG as u64, scratch],
-        "prctl(PR_GET_PDEATHSIG)",
-    )?;
-    let pdeath_signal = read_u64(pid, scratch)? as i32;
-    let dumpable = seized.inject(
-        libc::SYS_prctl,
-        &[libc::PR_GET_DUMPABLE as u64],
-        "prctl(PR_GET_DUMPABLE)",
-    )? as i32;
-    let securebits = seized.inject(
-        libc::SYS_prctl,
-        &[libc::PR_GET_SECUREBITS as u64],
-        "prctl(PR_GET_SECUREBITS)",
-    )? as u32;
-    let personality = seized.inject(libc::SYS_personality, &[0xffff_ffff], "personality")? as u32;
-    let oom_score_adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
-        .ctx(pid, || "read oom_score_adj".into())?
-        .trim()
-        .parse::<i32>()
-        .map_err(|e| unsupported(pid, format!("/proc/{pid}/oom_score_adj: {e}")))?;
+    Ok(threads)
+}
+
+/// Interval timers that are armed, and every POSIX timer with its time
+/// left.
+fn capture_timers(
+    seized: &mut Seized,
+    pid: i32,
+    scratch: u64,
+) -> Result<(Vec<wire::Itimer>, Vec<wire::PosixTimer>)> {
     let mut itimers = Vec::new();
     for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
         seized.inject(libc::SYS_getitimer, &[which as u64, scratch], "getitimer")?;
@@ -767,13 +842,16 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             value_ns: w(2)? * 1_000_000_000 + w(3)?,
         });
     }
-    seized.inject(
-        libc::SYS_munmap,
-        &[scratch, page],
-        "munmap of the scratch page",
-    )?;
-    seized.scratch = None;
+    Ok((itimers, posix_timers))
+}
 
+/// Pending signals (`pending_mask`: the process's and the main thread's,
+/// from /proc) and every queued one with its siginfo.
+fn capture_pending(
+    seized: &Seized,
+    pid: i32,
+    pending_mask: u64,
+) -> Result<(Vec<i32>, Vec<wire::QueuedSignal>)> {
     // The queues with their siginfo: the process's, then each thread's.
     let mut pending_siginfo = Vec::new();
     for (tid, shared) in std::iter::once((pid, true))
@@ -791,7 +869,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
     }
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     for sig in 1..=64 {
-        if (status.sigpnd | status.shdpnd) & (1u64 << (sig - 1)) != 0 {
+        if pending_mask & (1u64 << (sig - 1)) != 0 {
             pending.insert(sig);
         }
     }
@@ -808,6 +886,11 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
         pending.insert(libc::SIGSTOP);
     }
 
+    Ok((pending.into_iter().collect(), pending_siginfo))
+}
+
+/// The process's credentials, the same in every thread.
+fn capture_creds(seized: &Seized, pid: i32) -> Result<proc::ThreadCreds> {
     // One set of credentials per process in the image: threads that
     // changed their own (raw setresuid, capset) cannot be reproduced.
     let creds = proc::thread_creds(pid, pid).ctx(pid, || "read its credentials".into())?;
@@ -826,43 +909,7 @@ fn capture_core(seized: &mut Seized, pid: i32) -> Result<wire::Core> {
             ));
         }
     }
-    let limits = p.limits().ctx(pid, || "read limits".into())?;
-    let rlimits = convert_limits(&limits);
-
-    let link = |what: &str| -> Result<String> {
-        std::fs::read_link(format!("/proc/{pid}/{what}"))
-            .ctx(pid, || format!("readlink {what}"))
-            .map(|p| p.to_string_lossy().into_owned())
-    };
-    let root = link("root")?;
-    if root != "/" {
-        return Err(unsupported(
-            pid,
-            format!("its root directory is {root}, not /; chroot is not supported yet"),
-        ));
-    }
-
-    Ok(wire::Core {
-        pid,
-        threads,
-        sigactions,
-        pending_signals: pending.into_iter().collect(),
-        pending_siginfo,
-        creds: tern_state::creds::to_image(&creds, securebits),
-        umask: status.umask.unwrap_or(0o022),
-        rlimits,
-        cwd: link("cwd")?,
-        root,
-        was_session_leader: stat.session == pid,
-        was_group_leader: stat.pgrp == pid,
-        dumpable,
-        pdeath_signal,
-        personality,
-        oom_score_adj,
-        itimers,
-        posix_timers,
-        seccomp,
-    })
+    Ok(creds)
 }
 
 type Inject<'a> = dyn FnMut(libc::c_long, &[u64], &str) -> Result<u64> + 'a;
