@@ -1960,52 +1960,10 @@ fn fd_kind(
         })?);
     }
     if link == "anon_inode:[eventpoll]" {
-        let text = fdinfo()?;
-        let targets = proc::parse_epoll_targets(&text)
-            .ok_or_else(|| unsupported(pid, format!("{}: unreadable epoll fdinfo", what())))?;
-        let mut out = Vec::with_capacity(targets.len());
-        for (tfd, events, data, ino) in targets {
-            // The registration names the fd it was made with: it must still
-            // be that file (else the watched file lives on under another fd,
-            // or only inside the epoll, which cannot be rebuilt).
-            let same =
-                std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")).is_ok_and(|m| m.ino() == ino);
-            if !same {
-                return Err(unsupported(
-                    pid,
-                    format!(
-                        "{}: it watches fd {tfd}, which is no longer open as that file",
-                        what()
-                    ),
-                ));
-            }
-            out.push(wire::EpollTarget {
-                fd: tfd,
-                events,
-                data,
-            });
-        }
-        return Ok(wire::FdKind::Epoll { targets: out });
+        return capture_epoll(pid, &what(), &fdinfo()?);
     }
     if link == "anon_inode:inotify" {
-        let text = fdinfo()?;
-        let entries = proc::parse_inotify(&text)
-            .ok_or_else(|| unsupported(pid, format!("{}: unreadable inotify fdinfo", what())))?;
-        let mut watches = Vec::with_capacity(entries.len());
-        for e in entries {
-            let path = inotify_watch_path(&e)
-                .map_err(|why| unsupported(pid, format!("{}: watch {}: {why}", what(), e.wd)))?;
-            watches.push(wire::InotifyWatch {
-                wd: e.wd,
-                mask: e.mask,
-                path,
-            });
-        }
-        watches.sort_by_key(|w| w.wd);
-        return Ok(wire::FdKind::Inotify {
-            flags: flags & libc::O_NONBLOCK,
-            watches,
-        });
+        return capture_inotify(pid, &what(), flags, &fdinfo()?);
     }
     if !link.starts_with('/') {
         return Err(unsupported(
@@ -2024,33 +1982,8 @@ fn fd_kind(
         .strip_prefix("/memfd:")
         .and_then(|n| n.strip_suffix(" (deleted)"))
     {
-        if flags & libc::O_ACCMODE != libc::O_RDWR {
-            return Err(unsupported(
-                pid,
-                format!("{}: a memfd opened other than read-write", what()),
-            ));
-        }
-        let dup = tern_sys::take_fd(pid, fd).ctx(pid, || format!("take memfd fd {fd}"))?;
-        let seals = tern_sys::memfd_seals(&dup).ctx(pid, || format!("F_GET_SEALS on fd {fd}"))?;
-        if name.starts_with("hugetlb") || meta.blksize() > 4096 {
-            return Err(unsupported(
-                pid,
-                format!("{}: hugetlb memfds are not supported yet", what()),
-            ));
-        }
-        if let Some(dir) = dir {
-            let target = dir.join(wire::deleted_file_name(desc));
-            if !target.exists() {
-                save_file_contents(pid, &proc_path, &target)?;
-            }
-        }
-        return Ok(wire::FdKind::Memfd {
-            name: name.to_string(),
-            offset,
-            size: meta.size(),
-            seals,
-            mode: meta.mode() & 0o7777,
-        });
+        let saved = dir.map(|d| d.join(wire::deleted_file_name(desc)));
+        return capture_memfd(pid, fd, name, flags, offset, saved.as_deref());
     }
     if let Some(path) = link.strip_suffix(" (deleted)") {
         if !ft.is_file() {
@@ -2137,6 +2070,96 @@ fn inotify_watch_path(e: &proc::InotifyEntry) -> std::result::Result<String, Str
         return Err(format!("it watches {path}, which has no path any more"));
     }
     Ok(path)
+}
+
+/// An epoll instance: what it watches, by fd (`what` names it).
+fn capture_epoll(pid: i32, what: &str, fdinfo: &str) -> Result<wire::FdKind> {
+    let targets = proc::parse_epoll_targets(fdinfo)
+        .ok_or_else(|| unsupported(pid, format!("{}: unreadable epoll fdinfo", what)))?;
+    let mut out = Vec::with_capacity(targets.len());
+    for (tfd, events, data, ino) in targets {
+        // The registration names the fd it was made with: it must still
+        // be that file (else the watched file lives on under another fd,
+        // or only inside the epoll, which cannot be rebuilt).
+        let same = std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")).is_ok_and(|m| m.ino() == ino);
+        if !same {
+            return Err(unsupported(
+                pid,
+                format!(
+                    "{}: it watches fd {tfd}, which is no longer open as that file",
+                    what
+                ),
+            ));
+        }
+        out.push(wire::EpollTarget {
+            fd: tfd,
+            events,
+            data,
+        });
+    }
+    Ok(wire::FdKind::Epoll { targets: out })
+}
+
+/// An inotify instance: its watches, each by path (`what` names it).
+fn capture_inotify(pid: i32, what: &str, flags: i32, fdinfo: &str) -> Result<wire::FdKind> {
+    let entries = proc::parse_inotify(fdinfo)
+        .ok_or_else(|| unsupported(pid, format!("{}: unreadable inotify fdinfo", what)))?;
+    let mut watches = Vec::with_capacity(entries.len());
+    for e in entries {
+        let path = inotify_watch_path(&e)
+            .map_err(|why| unsupported(pid, format!("{}: watch {}: {why}", what, e.wd)))?;
+        watches.push(wire::InotifyWatch {
+            wd: e.wd,
+            mask: e.mask,
+            path,
+        });
+    }
+    watches.sort_by_key(|w| w.wd);
+    Ok(wire::FdKind::Inotify {
+        flags: flags & libc::O_NONBLOCK,
+        watches,
+    })
+}
+
+/// A memfd (fd `fd` of `pid`, named `name`); its bytes saved to `saved`,
+/// once per open file description.
+fn capture_memfd(
+    pid: i32,
+    fd: i32,
+    name: &str,
+    flags: i32,
+    offset: u64,
+    saved: Option<&Path>,
+) -> Result<wire::FdKind> {
+    let what = format!("fd {fd} (/memfd:{name} (deleted))");
+    let proc_path = format!("/proc/{pid}/fd/{fd}");
+    let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {what}"))?;
+    if flags & libc::O_ACCMODE != libc::O_RDWR {
+        return Err(unsupported(
+            pid,
+            format!("{}: a memfd opened other than read-write", what),
+        ));
+    }
+    let dup = tern_sys::take_fd(pid, fd).ctx(pid, || format!("take memfd fd {fd}"))?;
+    let seals = tern_sys::memfd_seals(&dup).ctx(pid, || format!("F_GET_SEALS on fd {fd}"))?;
+    if name.starts_with("hugetlb") || meta.blksize() > 4096 {
+        return Err(unsupported(
+            pid,
+            format!("{}: hugetlb memfds are not supported yet", what),
+        ));
+    }
+    if let Some(target) = saved {
+        if !target.exists() {
+            save_file_contents(pid, &proc_path, target)?;
+        }
+    }
+    Ok(wire::FdKind::Memfd {
+        name: name.to_string(),
+        offset,
+        size: meta.size(),
+        seals,
+        mode: meta.mode() & 0o7777,
+    })
 }
 
 /// In a mount namespace of its own a path names a file of that namespace;
