@@ -8,11 +8,13 @@ mod bench_evacuate;
 mod bench_storage;
 mod bench_svg;
 mod demo;
+mod dump_cmd;
 mod edges;
 mod evacuate;
 mod fdspec;
 mod inspect;
 mod migrate;
+mod restore_cmd;
 mod track;
 
 use anyhow::{Context, Result};
@@ -80,50 +82,7 @@ impl RoundArgs {
 enum Cmd {
     /// Stop a process and write its image; the process is killed afterwards
     /// unless --leave-running.
-    Dump {
-        #[arg(long, short = 't')]
-        pid: i32,
-        /// Image directory (created if missing).
-        #[arg(long, short = 'D')]
-        images: PathBuf,
-        /// Let the process continue after the dump.
-        #[arg(long, short = 'R')]
-        leave_running: bool,
-        /// Take established TCP connections (TCP repair mode; needs nft):
-        /// their packets are dropped by an nftables lock from the dump
-        /// until `tern restore` lifts it. Without it a program with an
-        /// established connection is refused.
-        #[arg(long)]
-        tcp_established: bool,
-        /// Page compression: a zstd level (1..19, or -1..-7 for zstd's fast
-        /// modes), 0 for none, or "auto": none when the image goes to memory
-        /// (tmpfs, where compressing only slows the dump), zstd 1 otherwise.
-        #[arg(long, default_value = "auto", allow_negative_numbers = true)]
-        compress: String,
-        /// An earlier image (pre-dump or dump) of this process: store only
-        /// pages changed since; `restore` then applies the whole chain.
-        /// A relative path is taken relative to --images, as in CRIU.
-        #[arg(long)]
-        parent: Option<PathBuf>,
-        /// Live checkpoint: copy memory in rounds while the program runs and
-        /// stop it only for the last delta (writes round-N/ increments in
-        /// --images; restore applies the chain).
-        #[arg(long, conflicts_with = "parent")]
-        pre_copy: bool,
-        /// How to stop the process (and its tree): ptrace (seize each in
-        /// turn) or cgroup (freeze all at once in a cgroup of tern's, then
-        /// seize; cgroup2 `cgroup.freeze` or the v1 freezer).
-        #[arg(long, default_value = "ptrace")]
-        freezer: tern_engine::dump::Freezer,
-        /// An fd shared with a process outside the dump (e.g. a pipe from a
-        /// supervisor): not saved, but named NAME (default: what it is,
-        /// e.g. pipe:[1234]) for the restore to replace with
-        /// --inherit-fd fd[M]:NAME. Repeatable.
-        #[arg(long, value_name = "fd[N][:NAME]")]
-        external: Vec<fdspec::ExternalFd>,
-        #[command(flatten)]
-        rounds: RoundArgs,
-    },
+    Dump(dump_cmd::DumpArgs),
     /// Save the memory of a running process (only pages changed since
     /// --parent, if given) and leave it running; the final `dump --parent`
     /// then stops it only for the last delta.
@@ -139,41 +98,7 @@ enum Cmd {
         compress: String,
     },
     /// Recreate a process from an image; returns once it runs.
-    Restore {
-        #[arg(long, short = 'D')]
-        images: PathBuf,
-        /// Write the restored process's pid here.
-        #[arg(long)]
-        pidfile: Option<PathBuf>,
-        /// Give it a new pid instead of its original one. Risky: glibc caches
-        /// the thread id, so raise(), pthread_kill() and robust futexes may
-        /// act on the wrong id.
-        #[arg(long)]
-        new_pid: bool,
-        /// How long to wait for the original pid to be free, in ms (with
-        /// `--pid-ns never`).
-        #[arg(long, default_value_t = 5000)]
-        pid_wait_ms: u64,
-        /// Restore into a fresh PID namespace: `auto` when the image's ids
-        /// are taken here, `always`, or `never` (wait for them to be free).
-        #[arg(long, default_value = "auto")]
-        pid_ns: tern_restorer::PidNsMode,
-        /// Rebuild a pre-copy chain round by round as `tern serve` does (a
-        /// warm standby), instead of all at once.
-        #[arg(long)]
-        standby: bool,
-        /// Restore a shell job into this terminal: the program joins this
-        /// tern's session and process group (its fds 0-2 that were a
-        /// terminal become this tern's), and tern stays in the foreground
-        /// until it exits, then exits with its status (128+N if killed by
-        /// signal N), as if the shell had started it.
-        #[arg(long)]
-        shell_job: bool,
-        /// Put this tern's fd N in place of the image's fd that was named
-        /// NAME at dump (`--external`). Repeatable.
-        #[arg(long, value_name = "fd[N]:NAME")]
-        inherit_fd: Vec<fdspec::InheritFd>,
-    },
+    Restore(restore_cmd::RestoreArgs),
     /// Show what an image holds.
     Inspect {
         #[arg(long, short = 'D')]
@@ -362,112 +287,7 @@ fn main() {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Dump {
-            pid,
-            images,
-            leave_running,
-            tcp_established,
-            compress,
-            parent,
-            pre_copy,
-            freezer,
-            external,
-            rounds,
-        } => {
-            let opts = tern_engine::DumpOptions {
-                leave_running,
-                zstd_level: zstd_level(&compress, &images)?,
-                parent,
-                delta_table: false,
-                tcp_established,
-                keep_net_lock: true,
-                freezer,
-                external: fdspec::external_fds(pid, &external)?,
-            };
-            if pre_copy
-                && freezer == tern_engine::dump::Freezer::Cgroup
-                && !tern_engine::tree::has_children(pid).unwrap_or(false)
-            {
-                // Refused rather than ignored: the pre-copy of one process
-                // freezes it with ptrace (a tree's takes the freezer).
-                anyhow::bail!("--freezer cgroup is for a plain dump or the pre-copy of a process tree; process {pid} has no children");
-            }
-            if pre_copy && rounds.policy.may_post_copy() {
-                anyhow::bail!(
-                    "--policy {} ends in post-copy, which needs a destination running the program: use `tern migrate`",
-                    rounds.policy
-                );
-            }
-            if pre_copy {
-                let popts = rounds.precopy_options(opts);
-                let r = tern_engine::precopy::precopy_dump(pid, &images, &popts).with_context(
-                    || format!("pre-copy dump of process {pid} failed; it was left running"),
-                )?;
-                eprintln!(
-                    "pre-copy of process {pid} (tracker {}, policy {}):",
-                    r.tracker, r.policy
-                );
-                eprintln!("  round  dirty_pages  stored_pages  stored_KiB       ms  hash");
-                for x in &r.rounds {
-                    eprintln!(
-                        "  {:>5}  {:>11}  {:>12}  {:>10}  {:>7.1}  {:016x}",
-                        x.round,
-                        x.dirty_pages,
-                        x.stored_pages,
-                        x.stored_bytes >> 10,
-                        x.ms,
-                        x.hash
-                    );
-                }
-                let f = &r.final_stats;
-                eprintln!(
-                    "  stopped: {}; final delta {} dirty pages, {} stored; program stopped for {:.1} ms{}",
-                    r.stop_reason,
-                    r.final_dirty_pages,
-                    f.pages_stored,
-                    f.frozen_ms,
-                    if leave_running { ", left running" } else { ", then killed" }
-                );
-                return Ok(());
-            }
-            let cgroup = freezer == tern_engine::dump::Freezer::Cgroup;
-            if cgroup || tern_engine::tree::has_children(pid).unwrap_or(false) {
-                let t = tern_engine::tree::dump_tree(pid, &images, &opts).with_context(|| {
-                    format!("dump of the process tree under {pid} failed; it was left running")
-                })?;
-                let pages: u64 = t.processes.iter().map(|(_, s)| s.pages_stored).sum();
-                let bytes: u64 = t.processes.iter().map(|(_, s)| s.pages_bytes).sum();
-                eprintln!(
-                    "dumped the tree of {} processes under {pid} ({}) to {}: {pages} pages saved ({} MiB); stopped for {:.1} ms{}",
-                    t.processes.len(),
-                    t.processes
-                        .iter()
-                        .map(|(p, _)| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    images.display(),
-                    bytes >> 20,
-                    t.frozen_ms,
-                    if leave_running { ", left running" } else { ", then killed" }
-                );
-                return Ok(());
-            }
-            let stats = tern_engine::dump(pid, &images, &opts)
-                .with_context(|| format!("dump of process {pid} failed; it was left running"))?;
-            eprintln!(
-                "dumped process {pid} to {}: {} of {} pages saved ({} MiB, {} MiB stored), {} mappings, {} fds; stopped for {:.1} ms{}",
-                images.display(),
-                stats.pages_stored,
-                stats.pages_seen,
-                stats.pages_bytes >> 20,
-                stats.stored_bytes >> 20,
-                stats.vmas,
-                stats.fds,
-                stats.frozen_ms,
-                if leave_running { ", left running" } else { ", then killed" }
-            );
-            Ok(())
-        }
+        Cmd::Dump(a) => dump_cmd::run(a),
         Cmd::PreDump {
             pid,
             images,
@@ -491,64 +311,7 @@ fn run(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Restore {
-            images,
-            pidfile,
-            new_pid,
-            pid_wait_ms,
-            pid_ns,
-            standby,
-            shell_job,
-            inherit_fd,
-        } => {
-            let opts = tern_restorer::RestoreOptions {
-                new_pid,
-                pid_wait: Duration::from_millis(pid_wait_ms),
-                pid_ns,
-                shell_job,
-                inherit_fds: fdspec::inherit_fds(&inherit_fd)?,
-            };
-            let mut processes = 1;
-            let r = if standby {
-                tern_restorer::restore_via_standby(&images, &opts)
-            } else if tern_restorer::tree::is_tree(&images) {
-                tern_restorer::tree::restore_tree(&images, &opts).map(|(r, n)| {
-                    processes = n;
-                    r
-                })
-            } else {
-                tern_restorer::restore(&images, &opts)
-            }
-            .with_context(|| format!("restore from {} failed", images.display()))?;
-            if let Some(p) = pidfile {
-                std::fs::write(&p, format!("{}\n", r.pid))
-                    .with_context(|| format!("write pidfile {}", p.display()))?;
-            }
-            let ns = match r.pid_ns_init {
-                Some(init) => format!(
-                    " in a fresh PID namespace (it sees itself as pid {}; namespace init {init})",
-                    r.ns_pid
-                ),
-                None => String::new(),
-            };
-            let tree = if processes > 1 {
-                format!(" with its {} descendants", processes - 1)
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "restored process {}{tree}{ns} from {} in {:.1} ms ({} MiB of memory)",
-                r.pid,
-                images.display(),
-                r.restore_ms,
-                r.pages_bytes >> 20
-            );
-            if shell_job {
-                let code = wait_shell_job(r.pid)?;
-                std::process::exit(code);
-            }
-            Ok(())
-        }
+        Cmd::Restore(a) => restore_cmd::run(a),
         Cmd::Inspect { images, json } => inspect::run(&images, json),
         Cmd::Keygen { out } => migrate::keygen(&out),
         Cmd::Serve(a) => migrate::serve(a),
@@ -625,7 +388,7 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 /// The zstd level for `--compress` (None: store raw).
-fn zstd_level(compress: &str, images: &std::path::Path) -> Result<Option<i32>> {
+pub(crate) fn zstd_level(compress: &str, images: &std::path::Path) -> Result<Option<i32>> {
     let level = match compress {
         "auto" => {
             if tern_engine::dump::is_memory_fs(images) {
@@ -674,7 +437,7 @@ fn check(json: bool) -> Result<()> {
 /// Stay in the foreground while the restored shell job (our child) runs;
 /// its exit status as a shell reports it. The terminal's ^C and ^\ reach
 /// the whole foreground group: tern ignores them, the program decides.
-fn wait_shell_job(pid: i32) -> Result<i32> {
+pub(crate) fn wait_shell_job(pid: i32) -> Result<i32> {
     tern_sys::ignore_signal(libc::SIGINT);
     tern_sys::ignore_signal(libc::SIGQUIT);
     use nix::sys::wait::{waitpid, WaitStatus};
