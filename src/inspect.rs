@@ -158,6 +158,27 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
         "creds: uid {:?} gid {:?} groups {:?}; cwd {}; umask {:03o}",
         c.creds.uid, c.creds.gid, c.creds.groups, c.cwd, c.umask
     );
+    print_process_state(c);
+    print_mappings(&image.mm.vmas);
+    println!("files:");
+    for f in &image.files.fds {
+        let what = describe_fd(&image, f);
+        println!(
+            "  fd {}{}: {what}{}",
+            f.fd,
+            if f.cloexec { " cloexec" } else { "" },
+            if f.desc as i32 != f.fd {
+                format!(" [shares fd {}]", f.desc)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Threads, signal handlers, timers and pending signals of an image.
+fn print_process_state(c: &wire::Core) {
     for t in &c.threads {
         let state = match t.syscall {
             wire::SyscallState::None => "running user code".to_string(),
@@ -207,8 +228,12 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
     if !c.pending_signals.is_empty() {
         println!("pending signals: {:?}", c.pending_signals);
     }
+}
+
+/// The memory map of an image, as /proc/PID/maps shows one.
+fn print_mappings(vmas: &[wire::Vma]) {
     println!("mappings:");
-    for v in &image.mm.vmas {
+    for v in vmas {
         let prot = format!(
             "{}{}{}{}",
             if v.prot & wire::PROT_READ != 0 {
@@ -230,113 +255,101 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
         );
         println!("  {:#014x}-{:#014x} {prot} {}", v.start, v.end, v.name);
     }
-    println!("files:");
-    for f in &image.files.fds {
-        // Kinds with a module of their own describe themselves.
-        let own = tern_state::files::describe(&f.kind);
-        let what = match &f.kind {
-            _ if own.is_some() => own.unwrap_or_default(),
-            wire::FdKind::Path {
-                path,
-                offset,
-                flags,
-                ..
-            } => {
-                format!("{path} (offset {offset}, flags {flags:#o})")
-            }
-            wire::FdKind::Deleted { path, size, .. } => {
-                format!("{path} (deleted, {size} bytes saved)")
-            }
-            wire::FdKind::Inherited { what } => {
-                format!("{what} (taken from the restorer's own fd)")
-            }
-            wire::FdKind::UnixWidowed { queued, .. } => format!(
-                "unix socket whose other end is closed ({} bytes waiting)",
-                queued.len()
-            ),
-            wire::FdKind::UnixBound {
-                name,
-                backlog,
-                file,
-                ..
-            } => {
-                let name = tern_state::sockets::show_unix_name(name);
-                let role = match backlog {
-                    Some(b) => format!("listening, backlog {b}"),
-                    None => "datagram".to_string(),
-                };
-                match file {
-                    Some((mode, uid, gid)) => {
-                        format!(
-                            "unix socket {name} ({role}; file mode {mode:o}, owner {uid}:{gid})"
-                        )
-                    }
-                    None => format!("unix socket {name} ({role})"),
+}
+
+/// One line about what an fd of the image is.
+fn describe_fd(image: &tern_restorer::Image, f: &wire::Fd) -> String {
+    // Kinds with a module of their own describe themselves.
+    let own = tern_state::files::describe(&f.kind);
+    match &f.kind {
+        _ if own.is_some() => own.unwrap_or_default(),
+        wire::FdKind::Path {
+            path,
+            offset,
+            flags,
+            ..
+        } => {
+            format!("{path} (offset {offset}, flags {flags:#o})")
+        }
+        wire::FdKind::Deleted { path, size, .. } => {
+            format!("{path} (deleted, {size} bytes saved)")
+        }
+        wire::FdKind::Inherited { what } => {
+            format!("{what} (taken from the restorer's own fd)")
+        }
+        wire::FdKind::UnixWidowed { queued, .. } => format!(
+            "unix socket whose other end is closed ({} bytes waiting)",
+            queued.len()
+        ),
+        wire::FdKind::UnixBound {
+            name,
+            backlog,
+            file,
+            ..
+        } => {
+            let name = tern_state::sockets::show_unix_name(name);
+            let role = match backlog {
+                Some(b) => format!("listening, backlog {b}"),
+                None => "datagram".to_string(),
+            };
+            match file {
+                Some((mode, uid, gid)) => {
+                    format!("unix socket {name} ({role}; file mode {mode:o}, owner {uid}:{gid})")
                 }
+                None => format!("unix socket {name} ({role})"),
             }
-            wire::FdKind::External { name, what, .. } => {
-                format!("{what}, shared with the outside: replaced by --inherit-fd fd[N]:{name}")
-            }
-            wire::FdKind::Pipe { id, write_end, .. } => {
-                let held = image
-                    .files
-                    .pipes
-                    .iter()
-                    .find(|p| p.id == *id)
-                    .map_or(0, |p| p.data.len());
-                format!(
-                    "pipe {id} ({} end, {held} bytes buffered)",
-                    if *write_end { "write" } else { "read" }
-                )
-            }
-            wire::FdKind::Inet(sock) => inet_line(sock),
-            wire::FdKind::Inotify { watches, .. } => format!(
-                "inotify watching {}",
-                watches
-                    .iter()
-                    .map(|w| format!("{} (wd {}, mask {:#x})", w.path, w.wd, w.mask))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            wire::FdKind::Fifo { path, data, .. } => {
-                format!("FIFO {path} ({} bytes buffered)", data.len())
-            }
-            wire::FdKind::Memfd {
-                name, size, seals, ..
-            } => format!("memfd {name:?} ({size} bytes saved, seals {seals:#x})"),
-            wire::FdKind::UnixPair {
-                pair, kind, queued, ..
-            } => format!(
-                "unix {} socketpair {pair} ({} bytes waiting)",
-                match *kind {
-                    libc::SOCK_STREAM => "stream",
-                    libc::SOCK_DGRAM => "datagram",
-                    _ => "seqpacket",
-                },
-                queued.len()
-            ),
-            wire::FdKind::Epoll { targets } => format!(
-                "epoll watching fds {}",
-                targets
-                    .iter()
-                    .map(|t| format!("{} ({:#x})", t.fd, t.events))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            other => format!("{other:?}"),
-        };
-        println!(
-            "  fd {}{}: {what}{}",
-            f.fd,
-            if f.cloexec { " cloexec" } else { "" },
-            if f.desc as i32 != f.fd {
-                format!(" [shares fd {}]", f.desc)
-            } else {
-                String::new()
-            }
-        );
+        }
+        wire::FdKind::External { name, what, .. } => {
+            format!("{what}, shared with the outside: replaced by --inherit-fd fd[N]:{name}")
+        }
+        wire::FdKind::Pipe { id, write_end, .. } => {
+            let held = image
+                .files
+                .pipes
+                .iter()
+                .find(|p| p.id == *id)
+                .map_or(0, |p| p.data.len());
+            format!(
+                "pipe {id} ({} end, {held} bytes buffered)",
+                if *write_end { "write" } else { "read" }
+            )
+        }
+        wire::FdKind::Inet(sock) => inet_line(sock),
+        wire::FdKind::Inotify { watches, .. } => format!(
+            "inotify watching {}",
+            watches
+                .iter()
+                .map(|w| format!("{} (wd {}, mask {:#x})", w.path, w.wd, w.mask))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        wire::FdKind::Fifo { path, data, .. } => {
+            format!("FIFO {path} ({} bytes buffered)", data.len())
+        }
+        wire::FdKind::Memfd {
+            name, size, seals, ..
+        } => format!("memfd {name:?} ({size} bytes saved, seals {seals:#x})"),
+        wire::FdKind::UnixPair {
+            pair, kind, queued, ..
+        } => format!(
+            "unix {} socketpair {pair} ({} bytes waiting)",
+            match *kind {
+                libc::SOCK_STREAM => "stream",
+                libc::SOCK_DGRAM => "datagram",
+                _ => "seqpacket",
+            },
+            queued.len()
+        ),
+        wire::FdKind::Epoll { targets } => format!(
+            "epoll watching fds {}",
+            targets
+                .iter()
+                .map(|t| format!("{} ({:#x})", t.fd, t.events))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => format!("{other:?}"),
     }
-    Ok(())
 }
 
 fn inet_line(s: &wire::InetSocket) -> String {
