@@ -1057,7 +1057,10 @@ fn migrate_process_tree_live() {
 
 /// A program in UTS and IPC namespaces of its own goes live from A to B and
 /// lands in new ones there, its UTS namespace named as before (it checks
-/// its names and its empty IPC namespace every tick).
+/// its names and its empty IPC namespace every tick). Then it goes back
+/// from B to A: in B it lived in a fresh PID namespace (its pid was taken
+/// on this one machine), under the reaper a tern restore made, which is no
+/// reason to refuse it; in A it keeps its pid there.
 #[test]
 fn migrate_keeps_uts_and_ipc_namespaces() {
     let Some(edges) = edges_or_skip("migrate_keeps_uts_and_ipc_namespaces") else {
@@ -1088,9 +1091,44 @@ fn migrate_keeps_uts_and_ipc_namespaces() {
         assert_ne!(&theirs.display().to_string(), ours, "{kind}");
     }
     let n = e.wait_tick_lines(1).len();
+    e.wait_tick_lines(n + 30);
+
+    // Back from B to A.
+    let inner = inner_pid(restored);
+    let _serve_a = start_serve_in(
+        &e.dir,
+        &e.edges.a,
+        &format!("{EDGE_A_ADDR}:{PORT}"),
+        &e.key,
+        &["--once"],
+    );
+    let report_back = e.dir.join("report-back.json");
+    let a = args![
+        "migrate",
+        "--pid",
+        restored.to_string(),
+        "--to",
+        format!("{EDGE_A_ADDR}:{PORT}"),
+        "--key",
+        &e.key,
+        "--report",
+        &report_back,
+        "--policy",
+        "rounds:3"
+    ];
+    run_tern_in(&e.dir, Some(&e.edges.b.name), &a, Stdio::null()).assert_ok("tern migrate (back)");
+    let back: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_back).expect("report")).expect("json");
+    let back = back["restored_pid"].as_i64().expect("restored_pid") as i32;
+    let mut back_guard = ProcGuard::adopt(back);
+    assert!(wait_gone(restored, Duration::from_secs(5)), "still in B");
+    restored_guard.disarm();
+    assert_eq!(netns_of(back), Some(e.edges.a.inode()));
+    assert_eq!(inner_pid(back), inner, "its pid in its namespace");
+    let n = e.wait_tick_lines(1).len();
     let all = e.wait_tick_lines(n + 30);
     check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
-    restored_guard.kill_and_wait();
+    back_guard.kill_and_wait();
 }
 
 /// A runc container made here: a busybox-static root file system with the
