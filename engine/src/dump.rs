@@ -1683,15 +1683,8 @@ pub(crate) enum Connections<'a> {
     Take(&'a mut tern_state::sockets::Held, bool),
 }
 
-/// The program's fds. Shared open file descriptions are found with
-/// kcmp(KCMP_FILE). `dir`: where to save the contents of deleted files
-/// (`None`: only check that every fd can be dumped).
-fn capture_files(
-    pid: i32,
-    dir: Option<&Path>,
-    conns: Connections<'_>,
-    cross: &CrossProcess,
-) -> Result<wire::Files> {
+/// Every open fd of process `pid`: (fd, what /proc/PID/fd names, fdinfo).
+fn list_open_fds(pid: i32) -> Result<Vec<(i32, String, proc::FdInfo)>> {
     let fds = proc::list_fds(pid).ctx(pid, || "list fds".into())?;
     let mut listed = Vec::with_capacity(fds.len());
     for &fd in &fds {
@@ -1705,34 +1698,29 @@ fn capture_files(
             .ok_or_else(|| unsupported(pid, format!("fd {fd}: unreadable fdinfo")))?;
         listed.push((fd, link, info));
     }
-    for fd in cross.external.keys() {
-        if !fds.contains(fd) {
-            return Err(unsupported(
-                pid,
-                format!("fd {fd}, named by --external, is not open"),
-            ));
-        }
-    }
-    // Named shared with the outside (and their duplicates): nothing of
-    // them is taken.
-    let outside = |fd: i32| {
-        cross
-            .external
-            .keys()
-            .any(|&e| e == fd || same_file(pid, e, fd))
-    };
-    let own: Vec<_> = listed.iter().filter(|l| !outside(l.0)).cloned().collect();
-    // Pipes the process holds both ends of are its own: saved with their data.
-    let pipe_id = |link: &str| {
-        link.strip_prefix("pipe:[")
-            .and_then(|r| r.strip_suffix(']'))
-            .and_then(|n| n.parse::<u64>().ok())
-    };
-    // So are pipes whose other end is closed (no process at all holds it:
-    // a writer whose reader exited, a reader whose writer did): restored
+    Ok(listed)
+}
+
+/// The id of a pipe fd's pipe, from what /proc/PID/fd names.
+fn pipe_id(link: &str) -> Option<u64> {
+    link.strip_prefix("pipe:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
+/// Pipes the process holds both ends of are its own: saved with their
+/// data (`own`: its fds not shared with the outside; pipes of `cross` are
+/// a tree's, saved with it).
+fn own_pipes(
+    pid: i32,
+    own: &[(i32, String, proc::FdInfo)],
+    cross: &CrossProcess,
+) -> Result<Vec<wire::Pipe>> {
+    // And pipes whose other end is closed (no process at all holds it: a
+    // writer whose reader exited, a reader whose writer did): restored
     // with that end closed again, a reader's bytes still to read.
     let mut pipes: Vec<wire::Pipe> = Vec::new();
-    for (fd, link, info) in &own {
+    for (fd, link, info) in own {
         let Some(id) = pipe_id(link) else { continue };
         if pipes.iter().any(|p| p.id == id) || cross.pipes.contains(&id) {
             continue;
@@ -1760,6 +1748,38 @@ fn capture_files(
             });
         }
     }
+    Ok(pipes)
+}
+
+/// The program's fds. Shared open file descriptions are found with
+/// kcmp(KCMP_FILE). `dir`: where to save the contents of deleted files
+/// (`None`: only check that every fd can be dumped).
+fn capture_files(
+    pid: i32,
+    dir: Option<&Path>,
+    conns: Connections<'_>,
+    cross: &CrossProcess,
+) -> Result<wire::Files> {
+    let listed = list_open_fds(pid)?;
+    let fds: Vec<i32> = listed.iter().map(|l| l.0).collect();
+    for fd in cross.external.keys() {
+        if !fds.contains(fd) {
+            return Err(unsupported(
+                pid,
+                format!("fd {fd}, named by --external, is not open"),
+            ));
+        }
+    }
+    // Named shared with the outside (and their duplicates): nothing of
+    // them is taken.
+    let outside = |fd: i32| {
+        cross
+            .external
+            .keys()
+            .any(|&e| e == fd || same_file(pid, e, fd))
+    };
+    let own: Vec<_> = listed.iter().filter(|l| !outside(l.0)).cloned().collect();
+    let pipes = own_pipes(pid, &own, cross)?;
     let unix_pairs = tern_state::sockets::capture_unix_pairs(pid, &own, &cross.sockets)?;
     let sockets = take_sockets(pid, &own, &unix_pairs, conns)?;
     let mut out: Vec<wire::Fd> = Vec::with_capacity(fds.len());
