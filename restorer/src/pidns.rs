@@ -110,16 +110,7 @@ fn kill_and_reap(pid: i32) {
 /// threads of `host_pid` (`NSpid:` in /proc/PID/task/TID/status).
 pub fn host_tid(host_pid: i32, ns_tid: i32) -> io::Result<i32> {
     for tid in tern_sys::proc::list_tasks(host_pid)? {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{host_pid}/task/{tid}/status"))
-        else {
-            continue;
-        };
-        let inner = status
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .and_then(|v| v.split_whitespace().last())
-            .and_then(|v| v.parse::<i32>().ok());
-        if inner == Some(ns_tid) {
+        if tern_sys::ns::inner_tid(host_pid, tid).ok() == Some(ns_tid) {
             return Ok(tid);
         }
     }

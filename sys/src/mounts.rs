@@ -5,7 +5,6 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
 
 /// One line of `/proc/PID/mountinfo` (`proc_pid_mountinfo(5)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,29 +257,13 @@ pub fn in_mount_namespace_of<T: Send>(
     with_ipc: bool,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
-    let ipc = std::fs::File::open(format!("/proc/{pid}/ns/ipc"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare and setns with namespace fds we hold open; they
-            // change this (scoped, soon ended) thread only: CLONE_FS gives
-            // it a root and cwd of its own first.
-            unsafe {
-                check(libc::unshare(libc::CLONE_FS), || "unshare(CLONE_FS)".into())?;
-                check(libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS), || {
-                    format!("setns into the mount namespace of {pid}")
-                })?;
-                if with_ipc {
-                    check(libc::setns(ipc.as_raw_fd(), libc::CLONE_NEWIPC), || {
-                        format!("setns into the IPC namespace of {pid}")
-                    })?;
-                }
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| io::Error::other("the mount namespace thread panicked"))?
-    })
+    use crate::ns::Kind;
+    let kinds: &[Kind] = if with_ipc {
+        &[Kind::Mnt, Kind::Ipc]
+    } else {
+        &[Kind::Mnt]
+    };
+    crate::ns::in_namespaces_of(pid, kinds, f)
 }
 
 #[cfg(test)]

@@ -58,12 +58,7 @@ impl Kind {
 /// The namespace of `kind` process `pid` lives in, as an inode number
 /// (`/proc/PID/ns/KIND`); `pid` 0 means tern itself.
 pub fn id(pid: i32, kind: Kind) -> io::Result<u64> {
-    let path = if pid == 0 {
-        format!("/proc/self/ns/{}", kind.name())
-    } else {
-        format!("/proc/{pid}/ns/{}", kind.name())
-    };
-    Ok(std::fs::metadata(path)?.ino())
+    id_of_file(pid, kind.name())
 }
 
 /// The name (`comm`) of the init of a PID namespace a tern restore makes
@@ -91,9 +86,15 @@ pub fn under_tern_reaper(pid: i32) -> io::Result<bool> {
     Ok(false)
 }
 
-/// The namespace `/proc/PID/ns/NAME` names (e.g. `pid_for_children`).
+/// The namespace `/proc/PID/ns/NAME` names (e.g. `pid_for_children`);
+/// `pid` 0 means tern itself.
 pub fn id_of_file(pid: i32, name: &str) -> io::Result<u64> {
-    Ok(std::fs::metadata(format!("/proc/{pid}/ns/{name}"))?.ino())
+    let path = if pid == 0 {
+        format!("/proc/self/ns/{name}")
+    } else {
+        format!("/proc/{pid}/ns/{name}")
+    };
+    Ok(std::fs::metadata(path)?.ino())
 }
 
 /// Task `tid`'s id in its innermost PID namespace (the last `NSpid:`).
@@ -112,6 +113,11 @@ pub fn inner_pid(pid: i32) -> io::Result<i32> {
     inner_of(&format!("/proc/{pid}/status"))
 }
 
+/// Thread `tid` of process `pid`: its id in its innermost PID namespace.
+pub fn inner_tid(pid: i32, tid: i32) -> io::Result<i32> {
+    inner_of(&format!("/proc/{pid}/task/{tid}/status"))
+}
+
 /// (id here, id in its innermost PID namespace) of process `pid`, each of
 /// its threads, and every descendant's. Stopped, the tree holds still; a
 /// running one (a pre-copy round) may lose a thread or a descendant while
@@ -127,7 +133,7 @@ pub fn inner_ids_of_tree(pid: i32) -> io::Result<Vec<(i32, i32)>> {
             Err(e) => return Err(e),
         };
         for tid in tasks {
-            match inner_of(&format!("/proc/{p}/task/{tid}/status")) {
+            match inner_tid(p, tid) {
                 Ok(inner) => out.push((tid, inner)),
                 Err(_) if tid != pid => {}
                 Err(e) => return Err(e),
@@ -150,19 +156,59 @@ pub fn in_namespace_of<T: Send>(
     kind: Kind,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/{}", kind.name()))?;
+    in_namespaces_of(pid, &[kind], f)
+}
+
+/// Run `f` in a thread of ours that has first joined process `pid`'s
+/// namespaces of `kinds`, in that order. For a mount namespace the thread
+/// first takes a root and working directory of its own
+/// (`unshare(CLONE_FS)`): a thread sharing its `fs_struct` may not change
+/// mount namespace.
+pub fn in_namespaces_of<T: Send>(
+    pid: i32,
+    kinds: &[Kind],
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    let files = kinds
+        .iter()
+        .map(|&k| {
+            Ok((
+                k,
+                std::fs::File::open(format!("/proc/{pid}/ns/{}", k.name()))?,
+            ))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns with a namespace fd we hold open; it changes the
-            // namespaces of this (scoped, soon ended) thread only.
-            if unsafe { libc::setns(ns.as_raw_fd(), kind.clone_flag() as libc::c_int) } != 0 {
-                return Err(io::Error::last_os_error());
+            for (kind, ns) in &files {
+                if *kind == Kind::Mnt {
+                    // SAFETY: unshare changes this (scoped, soon ended)
+                    // thread only.
+                    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                        return Err(os_error("unshare(CLONE_FS)"));
+                    }
+                }
+                // SAFETY: setns with a namespace fd we hold open; it
+                // changes the namespaces of this (scoped, soon ended)
+                // thread only.
+                if unsafe { libc::setns(ns.as_raw_fd(), kind.clone_flag() as libc::c_int) } != 0 {
+                    return Err(os_error(&format!(
+                        "setns into the {} namespace of {pid}",
+                        kind.name()
+                    )));
+                }
             }
             f()
         })
         .join()
         .map_err(|_| io::Error::other("the namespace thread panicked"))?
     })
+}
+
+/// The last OS error, saying what failed.
+fn os_error(what: &str) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// Host name and NIS domain name in process `pid`'s UTS namespace.
