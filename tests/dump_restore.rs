@@ -28,6 +28,17 @@ fn c_session(test: &str, prog: &str, args: &[&str]) -> Session {
     Session::start(dir, cmd, Stdio::null())
 }
 
+/// The workload `prog` (a "tick N" printer checking itself) is dumped once
+/// it printed `before`, restored, and must go on to `after` exactly.
+fn dump_restore_goes_on(test: &str, prog: &str, before: u64, after: u64) {
+    let mut s = c_session(test, prog, &[]);
+    s.wait_seq(before);
+    s.dump();
+    s.restore(Stdio::null());
+    s.wait_seq(after);
+    s.finish();
+}
+
 fn canonical(path: &Path) -> String {
     fs::canonicalize(path)
         .unwrap_or_else(|e| panic!("canonicalize {}: {e}", path.display()))
@@ -1638,12 +1649,7 @@ fn pipes_with_one_end_closed() {
     if !root_or_skip("pipes_with_one_end_closed") {
         return;
     }
-    let mut s = c_session("halfpipe", "halfpipe", &[]);
-    s.wait_seq(4);
-    s.dump();
-    s.restore(Stdio::null());
-    s.wait_seq(20);
-    s.finish();
+    dump_restore_goes_on("halfpipe", "halfpipe", 4, 20);
 }
 
 /// Closed TCP sockets: a connection reset by its client (the kernel
@@ -1656,16 +1662,12 @@ fn closed_tcp_sockets_hold_their_port_only_if_they_did() {
     if !root_or_skip("closed_tcp_sockets_hold_their_port_only_if_they_did") {
         return;
     }
-    let mut s = c_session(
+    dump_restore_goes_on(
         "closed_tcp_sockets_hold_their_port_only_if_they_did",
         "closed_conn",
-        &[],
+        12,
+        40,
     );
-    s.wait_seq(12);
-    s.dump();
-    s.restore(Stdio::null());
-    s.wait_seq(40);
-    s.finish();
 }
 
 /// `uts_names` under `unshare --uts --ipc`, naming its UTS namespace

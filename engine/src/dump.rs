@@ -144,6 +144,10 @@ pub(crate) struct CrossProcess {
     /// The pids of the tree's processes (empty for a process alone): what
     /// a pidfd may refer to.
     pub members: std::collections::BTreeSet<i32>,
+    /// The tree's mount table, when it lives in a mount namespace of its
+    /// own: read once (with its tmpfs files) for all its processes, which
+    /// share it.
+    pub mounts: Option<wire::MountTable>,
 }
 
 impl CrossProcess {
@@ -414,7 +418,16 @@ pub(crate) fn dump_frozen(
         .first()
         .map(|t| t.comm.clone())
         .unwrap_or_default();
-    write_inventory(dir, pid, comm, &capture, opts.parent.as_deref(), false)?;
+    let namespaces = tern_state::namespaces::capture(pid, cross.mounts.as_ref())?;
+    write_inventory(
+        dir,
+        pid,
+        comm,
+        &capture,
+        opts.parent.as_deref(),
+        namespaces,
+        false,
+    )?;
     debug!(
         pid,
         memory_ms,
@@ -474,6 +487,7 @@ fn write_inventory(
     comm: String,
     capture: &PageCapture,
     parent: Option<&Path>,
+    namespaces: wire::Namespaces,
     pre_dump: bool,
 ) -> Result<()> {
     match &capture.delta {
@@ -505,7 +519,7 @@ fn write_inventory(
         parent: parent.map(|p| p.to_string_lossy().into_owned()),
         pre_dump,
         round_hash: capture.round_hash,
-        namespaces: tern_state::namespaces::capture(pid)?,
+        namespaces,
     };
     // Written last: its presence marks a complete image.
     wire::write_record(
@@ -568,7 +582,8 @@ pub(crate) fn pre_dump_round(
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();
-    write_inventory(dir, pid, comm, &capture, parent, true)?;
+    let namespaces = tern_state::namespaces::capture(pid, None)?;
+    write_inventory(dir, pid, comm, &capture, parent, namespaces, true)?;
     let stats = DumpStats {
         pages_bytes: capture.stats.raw_bytes,
         stored_bytes: capture.stats.stored_bytes,
@@ -1762,6 +1777,7 @@ fn capture_files(
 ) -> Result<wire::Files> {
     let listed = list_open_fds(pid)?;
     let fds: Vec<i32> = listed.iter().map(|l| l.0).collect();
+    let mount_ids = own_mount_ids(pid)?;
     for fd in cross.external.keys() {
         if !fds.contains(fd) {
             return Err(unsupported(
@@ -1849,7 +1865,17 @@ fn capture_files(
                 what: "established TCP connection (checked)".into(),
             },
             Some(p) => wire::FdKind::Inet(tern_state::sockets::capture(pid, p, info.flags)?),
-            None => fd_kind(pid, fd, link, flags, info.pos, desc, dir, cross)?,
+            None => fd_kind(
+                pid,
+                fd,
+                link,
+                flags,
+                info.pos,
+                desc,
+                dir,
+                cross,
+                mount_ids.as_deref(),
+            )?,
         };
         out.push(wire::Fd {
             fd,
@@ -1944,6 +1970,7 @@ fn fd_kind(
     desc: u32,
     dir: Option<&Path>,
     cross: &CrossProcess,
+    mount_ids: Option<&[u32]>,
 ) -> Result<wire::FdKind> {
     let is_stdio = (0..=2).contains(&fd);
     let what = || format!("fd {fd} ({link})");
@@ -1992,7 +2019,9 @@ fn fd_kind(
         ));
     }
     if !link.starts_with("/memfd:") {
-        check_inside_mount_namespace(pid, fd, link, &fdinfo()?)?;
+        if let Some(ids) = mount_ids {
+            check_inside_mount_namespace(pid, fd, link, &fdinfo()?, ids)?;
+        }
     }
     let proc_path = format!("/proc/{pid}/fd/{fd}");
     let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {}", what()))?;
@@ -2182,22 +2211,35 @@ fn capture_memfd(
     })
 }
 
+/// The ids of process `pid`'s mounts if it lives in a mount namespace of
+/// its own (read once per process, for [`check_inside_mount_namespace`]).
+fn own_mount_ids(pid: i32) -> Result<Option<Vec<u32>>> {
+    if !tern_sys::ns::differs(pid, tern_sys::ns::Kind::Mnt).ctx(pid, || "read ns/mnt".into())? {
+        return Ok(None);
+    }
+    let table = tern_sys::mounts::mountinfo(pid).ctx(pid, || "read mountinfo".into())?;
+    Ok(Some(table.iter().map(|m| m.id).collect()))
+}
+
 /// In a mount namespace of its own a path names a file of that namespace;
 /// a file opened on a mount outside it (before the program entered it)
 /// would be looked for at the wrong place, unless the same path inside
 /// names the same file (`ip netns exec` copies the machine's mounts) or
 /// the same device (a runtime's `/dev/null`).
-fn check_inside_mount_namespace(pid: i32, fd: i32, link: &str, fdinfo: &str) -> Result<()> {
+/// `mount_ids`: the ids of its mounts ([`own_mount_ids`]).
+fn check_inside_mount_namespace(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    fdinfo: &str,
+    mount_ids: &[u32],
+) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
-    if !tern_sys::ns::differs(pid, tern_sys::ns::Kind::Mnt).ctx(pid, || "read ns/mnt".into())? {
-        return Ok(());
-    }
     let mnt_id: Option<u32> = fdinfo
         .lines()
         .find_map(|l| l.strip_prefix("mnt_id:"))
         .and_then(|v| v.trim().parse().ok());
-    let table = tern_sys::mounts::mountinfo(pid).ctx(pid, || "read mountinfo".into())?;
-    if mnt_id.is_some_and(|id| table.iter().any(|m| m.id == id)) {
+    if mnt_id.is_some_and(|id| mount_ids.contains(&id)) {
         return Ok(());
     }
     let outside = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"));

@@ -132,6 +132,7 @@ pub(crate) fn dump_tree_stopped(
         sockets,
         external: Default::default(),
         members: procs.iter().map(|p| p.pid).collect(),
+        mounts: tern_state::namespaces::tree_mounts(root)?,
     };
     // Children first; the root's inventory last marks the image complete.
     let mut stats = Vec::with_capacity(procs.len());

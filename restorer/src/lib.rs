@@ -631,10 +631,7 @@ pub(crate) fn spawn_puppet(
         );
     }
     puppet.namespace = namespace;
-    if let Some(table) = &namespaces.mnt {
-        build_mounts(&puppet, table, namespaces)?;
-        puppet.mounts = Some(table.clone());
-    }
+    build_mounts(&mut puppet, namespaces)?;
     Ok((puppet, want))
 }
 
@@ -660,20 +657,17 @@ fn spawn_pid_namespace_init(
         host_pid = puppet.pid,
         pid, "restoring as the init of a new PID namespace, as it was"
     );
-    if let Some(table) = &namespaces.mnt {
-        build_mounts(&puppet, table, namespaces)?;
-        puppet.mounts = Some(table.clone());
-    }
+    build_mounts(&mut puppet, namespaces)?;
     Ok((puppet, Some(1)))
 }
 
-/// The image's mount table, built in the puppet's new mount namespace by a
-/// thread of ours that joins it; the puppet's root becomes the table's.
-fn build_mounts(
-    puppet: &Puppet,
-    table: &wire::MountTable,
-    namespaces: &wire::Namespaces,
-) -> Result<()> {
+/// The image's mount table, if it had one of its own, built in the
+/// puppet's new mount namespace by a thread of ours that joins it; the
+/// puppet's root becomes the table's, and the puppet remembers the table.
+fn build_mounts(puppet: &mut Puppet, namespaces: &wire::Namespaces) -> Result<()> {
+    let Some(table) = &namespaces.mnt else {
+        return Ok(());
+    };
     let pid = puppet.pid;
     // proc for the program's own PID namespace, if it has one.
     let proc_for = namespaces.pid.is_some().then_some(pid);
@@ -694,7 +688,9 @@ fn build_mounts(
             warn!(pid, dir = %dir.display(), "cannot remove the staging directory: {e}");
         }
     }
-    built
+    built?;
+    puppet.mounts = Some(table.clone());
+    Ok(())
 }
 
 /// A restored program, complete and stopped just before it runs: killed

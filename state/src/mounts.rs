@@ -49,11 +49,8 @@ pub fn capture(pid: i32) -> Result<wire::MountTable> {
         let source = source_of(pid, m, k == 0, &ordered[..k], &ours)?;
         let source = match source {
             wire::MountSource::Fresh { data, .. } if m.fstype == "tmpfs" => {
-                let inner: Vec<&str> = ordered
-                    .iter()
-                    .filter(|c| c.id != m.id && is_under(&c.mount_point, &m.mount_point))
-                    .map(|c| c.mount_point.as_str())
-                    .collect();
+                let others = ordered.iter().map(|c| (c.id, c.mount_point.as_str()));
+                let inner = mount_points_below(others, m.id, &m.mount_point);
                 let contents = tmpfs_contents(pid, &m.mount_point, &inner, &mut tmpfs_bytes)?;
                 wire::MountSource::Fresh { data, contents }
             }
@@ -107,10 +104,22 @@ fn parents_first(pid: i32, all: &[MountInfo]) -> Result<Vec<MountInfo>> {
     Ok(out)
 }
 
+/// The mount points, among `all` (id, mount point), of the mounts other
+/// than `id` at or below `mount_point`: what hides parts of that mount.
+fn mount_points_below<'a>(
+    all: impl Iterator<Item = (u32, &'a str)>,
+    id: u32,
+    mount_point: &str,
+) -> Vec<&'a str> {
+    all.filter(|&(other, point)| other != id && is_under(point, mount_point))
+        .map(|(_, point)| point)
+        .collect()
+}
+
 /// Whether `path` is `dir` or below it.
 fn is_under(path: &str, dir: &str) -> bool {
     let dir = dir.trim_end_matches('/');
-    path == dir || path.starts_with(&format!("{dir}/")) || (dir.is_empty() && path.starts_with('/'))
+    path == dir || path.starts_with(&format!("{dir}/"))
 }
 
 /// `sub` relative to `root` when it lies below it ("" when equal).
@@ -420,12 +429,8 @@ pub fn rewrite_tmpfs_files(
         if m.fstype != "tmpfs" || m.source == was.source {
             continue;
         }
-        let inner: Vec<&str> = table
-            .mounts
-            .iter()
-            .filter(|c| c.id != m.id && is_under(&c.mount_point, &m.mount_point))
-            .map(|c| c.mount_point.as_str())
-            .collect();
+        let others = table.mounts.iter().map(|c| (c.id, c.mount_point.as_str()));
+        let inner = mount_points_below(others, m.id, &m.mount_point);
         remove_others(&m.mount_point, contents, &inner)?;
         let outside: Vec<wire::TmpfsEntry> = contents
             .iter()

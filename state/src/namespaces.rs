@@ -3,16 +3,19 @@
 //! make them again for the restored process (set up by the restorer before
 //! the program's state goes in).
 //!
-//! Kept today: a UTS namespace (host and domain name set again in a fresh
-//! one), an IPC namespace (a fresh one: refused at dump time if it held
-//! SysV objects, which tern does not move) and a mount namespace (its
-//! table rebuilt: [`crate::mounts`]) and a PID namespace whose init is the
-//! dumped process (made again with it as pid 1, every process and thread
-//! given back its id there). Refused, naming the namespace: another user,
-//! cgroup or time namespace, and a PID namespace the dumped process is not
-//! the init of. A network namespace
-//! of its own is not recreated: the program lands in the restorer's, as its
-//! sockets do (a migration's destination namespace is the user's choice).
+//! Kept today:
+//! - a UTS namespace (host and domain name set again in a fresh one);
+//! - an IPC namespace (a fresh one: refused at dump time if it held SysV
+//!   objects, which tern does not move);
+//! - a mount namespace (its table rebuilt: [`crate::mounts`]);
+//! - a PID namespace whose init is the dumped process (made again with it
+//!   as pid 1, every process and thread given back its id there), or one
+//!   a tern restore made for it under its reaper.
+//!
+//! Refused, naming the namespace: another user, cgroup or time namespace,
+//! and any other PID namespace. A network namespace of its own is not
+//! recreated: the program lands in the restorer's, as its sockets do (a
+//! migration's destination namespace is the user's choice).
 
 use tern_sys::ns::{self, Kind};
 use tern_sys::{Context, Error as EngineError, Result};
@@ -76,8 +79,20 @@ pub fn refuse_pid_namespace_member(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// The namespaces of its own process `pid` lives in, for its image.
-pub fn capture(pid: i32) -> Result<wire::Namespaces> {
+/// The mount table of the tree under `root` if it lives in a mount
+/// namespace of its own (every process of a tree shares the root's), read
+/// once for all of them.
+pub fn tree_mounts(root: i32) -> Result<Option<wire::MountTable>> {
+    if ns::differs(root, Kind::Mnt).ctx(root, || "read ns/mnt".into())? {
+        crate::mounts::capture(root).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The namespaces of its own process `pid` lives in, for its image;
+/// `mounts`: its mount table if already read (a tree's, [`tree_mounts`]).
+pub fn capture(pid: i32, mounts: Option<&wire::MountTable>) -> Result<wire::Namespaces> {
     let differs =
         |kind: Kind| ns::differs(pid, kind).ctx(pid, || format!("read ns/{}", kind.name()));
     let uts = if differs(Kind::Uts)? {
@@ -103,16 +118,15 @@ pub fn capture(pid: i32) -> Result<wire::Namespaces> {
             });
         }
     }
-    let mnt = if differs(Kind::Mnt)? {
-        Some(crate::mounts::capture(pid)?)
-    } else {
-        None
+    let mnt = match (differs(Kind::Mnt)?, mounts) {
+        (false, _) => None,
+        (true, Some(table)) => Some(table.clone()),
+        (true, None) => Some(crate::mounts::capture(pid)?),
     };
     let pid_ids = if differs(Kind::Pid)? {
-        Some(wire::PidIds {
-            ids: ns::inner_ids_of_tree(pid).ctx(pid, || "read NSpid of its tree".into())?,
-            init: ns::inner_pid(pid).ctx(pid, || "read NSpid".into())? == 1,
-        })
+        let ids = ns::inner_ids_of_tree(pid).ctx(pid, || "read NSpid of its tree".into())?;
+        let init = ids.contains(&(pid, 1));
+        Some(wire::PidIds { ids, init })
     } else {
         None
     };
