@@ -153,6 +153,7 @@ fn run_one(dir: &Path, json: bool) -> Result<()> {
         }
     );
     println!("namespaces of its own: {}", inv.namespaces.describe());
+    print_cgroups(&inv.cgroups);
     let c = &image.core;
     println!(
         "creds: uid {:?} gid {:?} groups {:?}; cwd {}; umask {:03o}",
@@ -370,4 +371,33 @@ fn inet_line(s: &wire::InetSocket) -> String {
         ),
     };
     format!("{} ({state})", s.endpoints())
+}
+
+/// The cgroups the image was in, with the settings a restore that makes
+/// them writes back.
+fn print_cgroups(cgroups: &[wire::Cgroup]) {
+    let placed: Vec<&wire::Cgroup> = cgroups.iter().filter(|c| c.path != "/").collect();
+    if placed.is_empty() {
+        println!("cgroups: the root of every hierarchy");
+        return;
+    }
+    println!("cgroups:");
+    for c in placed {
+        let name = if c.controllers.is_empty() {
+            "cgroup2"
+        } else {
+            &c.controllers
+        };
+        let settings: Vec<String> = c
+            .dirs
+            .last()
+            .map(|d| {
+                d.settings
+                    .iter()
+                    .map(|(f, v)| format!("{f}={}", v.replace('\n', ";")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("  {name}: {}  {}", c.path, settings.join(" "));
+    }
 }

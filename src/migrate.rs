@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// pipe to this machine's supervisor. Repeatable.
     #[arg(long, value_name = "fd[N]:NAME")]
     pub inherit_fd: Vec<crate::fdspec::InheritFd>,
+    /// The migrated programs' cgroups: `soft` joins them, making the ones
+    /// missing here with the source's settings; `ignore` leaves them in
+    /// this daemon's cgroups.
+    #[arg(long, default_value = "soft", value_name = "MODE")]
+    pub manage_cgroups: tern_restorer::CgroupMode,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -78,6 +83,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         restore: tern_restorer::RestoreOptions {
             pid_ns: a.pid_ns,
             inherit_fds: crate::fdspec::inherit_fds(&a.inherit_fd)?,
+            cgroups: a.manage_cgroups,
             ..Default::default()
         },
         max_sessions: a.max_sessions,

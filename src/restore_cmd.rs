@@ -41,6 +41,11 @@ pub(crate) struct RestoreArgs {
     /// NAME at dump (`--external`). Repeatable.
     #[arg(long, value_name = "fd[N]:NAME")]
     pub inherit_fd: Vec<fdspec::InheritFd>,
+    /// The image's cgroups: `soft` joins them, making the ones missing
+    /// here with the image's settings (limits, cpuset, device list);
+    /// `ignore` leaves the program in this tern's cgroups.
+    #[arg(long, default_value = "soft", value_name = "MODE")]
+    pub manage_cgroups: tern_restorer::CgroupMode,
 }
 
 pub(crate) fn run(a: RestoreArgs) -> Result<()> {
@@ -53,6 +58,7 @@ pub(crate) fn run(a: RestoreArgs) -> Result<()> {
         standby,
         shell_job,
         inherit_fd,
+        manage_cgroups,
     } = a;
     let opts = tern_restorer::RestoreOptions {
         new_pid,
@@ -60,6 +66,7 @@ pub(crate) fn run(a: RestoreArgs) -> Result<()> {
         pid_ns,
         shell_job,
         inherit_fds: fdspec::inherit_fds(&inherit_fd)?,
+        cgroups: manage_cgroups,
     };
     let mut processes = 1;
     let r = if standby {

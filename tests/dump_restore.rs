@@ -86,6 +86,110 @@ fn check_inspect(s: &Session) {
     );
 }
 
+/// The 64 MiB counter in cgroups of its own (v1 memory two levels deep
+/// with a limit at each, pids with a maximum, devices with an allow-list)
+/// is dumped, the cgroups are removed, and `tern restore` makes them again
+/// with those settings and puts the program in them before its memory is
+/// filled: its 64 MiB are charged to its memory cgroup (the original's were
+/// charged where it started, v1 charges do not move). It counts on. A
+/// second program restored with `--manage-cgroups ignore` stays in the
+/// restoring tern's cgroups.
+#[test]
+fn cgroups_are_made_again_with_their_settings() {
+    let test = "cgroups_are_made_again_with_their_settings";
+    if !root_or_skip(test) {
+        return;
+    }
+    let mut set = match CgroupSet::v1("cg", &["memory", "pids", "devices"]) {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIP {test}: {why} (the test sets v1 limits)");
+            return;
+        }
+    };
+    set.make("memory", "app").expect("memory/app");
+    set.write(
+        "memory",
+        "",
+        "memory.limit_in_bytes",
+        &(512u64 << 20).to_string(),
+    );
+    set.write(
+        "memory",
+        "app",
+        "memory.limit_in_bytes",
+        &(256u64 << 20).to_string(),
+    );
+    set.write("pids", "", "pids.max", "32");
+    set.write("devices", "", "devices.deny", "a");
+    for rule in ["c 1:3 rwm", "c 1:5 rwm", "c 1:8 rwm", "c 1:9 rwm"] {
+        set.write("devices", "", "devices.allow", rule);
+    }
+    let settings = |set: &CgroupSet| {
+        [
+            set.read("memory", "", "memory.limit_in_bytes"),
+            set.read("memory", "app", "memory.limit_in_bytes"),
+            set.read("pids", "", "pids.max"),
+            set.read("devices", "", "devices.list"),
+        ]
+    };
+    let before = settings(&set);
+    let mut s = c_session("cgroups", "counter64", &[]);
+    s.wait_seq(2);
+    set.add("memory", "app", s.pid);
+    set.add("pids", "", s.pid);
+    set.add("devices", "", s.pid);
+    let own = format!("/{}", set.name);
+    let app = format!("{own}/app");
+    let placed = |pid: i32| {
+        [
+            cgroup_of(pid, "memory"),
+            cgroup_of(pid, "pids"),
+            cgroup_of(pid, "devices"),
+        ]
+    };
+    let expected = [Some(app.clone()), Some(own.clone()), Some(own.clone())];
+    assert_eq!(placed(s.pid), expected);
+    s.wait_seq(3);
+    s.dump();
+    assert!(
+        set.remove_all(),
+        "the cgroups could not be removed after the dump"
+    );
+
+    s.restore(Stdio::null());
+    assert_eq!(placed(s.pid), expected, "{}", s.diag());
+    assert_eq!(
+        settings(&set),
+        before,
+        "the cgroups' settings were not made again"
+    );
+    let usage: u64 = set
+        .read("memory", "app", "memory.usage_in_bytes")
+        .parse()
+        .expect("usage");
+    assert!(
+        usage >= 64 << 20,
+        "the restored program's 64 MiB are not charged to its memory cgroup: {usage} bytes"
+    );
+    s.wait_seq(5);
+    s.finish();
+
+    let mut s = c_session("cgroups_ignored", "sleeper", &["rel"]);
+    s.wait_seq(1);
+    set.add("memory", "app", s.pid);
+    s.dump();
+    s.restore_with(Stdio::null(), &["--manage-cgroups".into(), "ignore".into()]);
+    let mine = cgroup_of(std::process::id() as i32, "memory");
+    assert_eq!(
+        cgroup_of(s.pid, "memory"),
+        mine,
+        "--manage-cgroups ignore: still placed"
+    );
+    s.wait_seq(3);
+    s.finish();
+}
+
 /// The 64 MiB self-verifying counter: dumped, killed, restored; it must keep
 /// counting from where it stopped, verify its whole buffer again after the
 /// restore, and keep writing stdout at the offset it had reached.

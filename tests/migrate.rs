@@ -883,8 +883,8 @@ fn migrate_through_total_packet_loss_leaves_the_source_running() {
 }
 
 /// The destination runs out of memory while it rebuilds the program: its
-/// `tern serve` (and what it starts) is in a memory cgroup limited to 96
-/// MiB and the program has 256 MiB. The OOM killer takes the half-built
+/// `tern serve` (and what it starts: `--manage-cgroups ignore`) is in a
+/// memory cgroup limited to 96 MiB and the program has 256 MiB. The OOM killer takes the half-built
 /// program (tern set its oom_score_adj to 1000), not the daemon; the
 /// migration fails saying so, the source runs on intact, and nothing of
 /// the program is left in B.
@@ -917,7 +917,15 @@ fn migrate_destination_out_of_memory_leaves_the_source_running() {
         &e.dir,
         &e.edges,
         &e.key,
-        &["--work-dir", &work_arg, "--timeout-ms", "10000"],
+        // What it rebuilds stays in its cgroup (not the source's).
+        &[
+            "--work-dir",
+            &work_arg,
+            "--timeout-ms",
+            "10000",
+            "--manage-cgroups",
+            "ignore",
+        ],
     ));
     let serve_pid = e.serve.as_ref().map(|s| s.pid()).unwrap_or(0);
     cgroup
@@ -1140,6 +1148,10 @@ struct Container {
     state: PathBuf,
     rootfs: PathBuf,
     pid: i32,
+    /// `/proc/PID/cgroup` of its init as runc made it.
+    cgroups: String,
+    /// The limits runc set in those cgroups.
+    limits: Vec<(String, String)>,
 }
 
 const CONTAINER_PORT: u16 = 7070;
@@ -1175,6 +1187,9 @@ impl Container {
             mark
         ]);
         config["hostname"] = CONTAINER_HOST.into();
+        // Limits in its cgroups (runc's default spec adds a device list).
+        config["linux"]["resources"]["pids"] = serde_json::json!({"limit": 64});
+        config["linux"]["resources"]["memory"] = serde_json::json!({"limit": 256u64 << 20});
         config["linux"]["namespaces"] = serde_json::json!([
             {"type": "pid"},
             {"type": "mount"},
@@ -1230,12 +1245,47 @@ impl Container {
             .trim()
             .parse()
             .expect("pid");
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        let limits = cgroup_limits(&cgroups);
+        assert!(
+            limits
+                .iter()
+                .any(|(f, v)| f.ends_with("pids.max") && v.trim() == "64"),
+            "runc set no pids limit: {limits:?} for {cgroups}"
+        );
         Container {
             id,
             state,
             rootfs,
             pid,
+            cgroups,
+            limits,
         }
+    }
+
+    /// `runc delete` the stopped container, which removes its cgroups.
+    fn delete(&self) {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&self.state)
+            .args(["delete", &self.id])
+            .output()
+            .expect("runc delete");
+        assert!(out.status.success(), "runc delete: {out:?}");
+        let dirs = self.cgroup_dirs();
+        assert!(
+            !dirs.is_empty() && dirs.iter().all(|d| !d.exists()),
+            "runc delete left its cgroups: {dirs:?}"
+        );
+    }
+
+    /// The directories of its cgroups named after it.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroups
+            .lines()
+            .filter_map(cgroup_dir)
+            .filter(|d| d.file_name().is_some_and(|n| n == self.id.as_str()))
+            .collect()
     }
 
     /// The counter's answer from network namespace `ns`, once it answers.
@@ -1297,6 +1347,15 @@ impl Container {
             "its root"
         );
         assert_eq!(mount_points(pid), mounts_before, "its mounts");
+        for p in [pid, kids[0]] {
+            let cgroups = std::fs::read_to_string(format!("/proc/{p}/cgroup")).expect("cgroup");
+            assert_eq!(cgroups, self.cgroups, "the cgroups of process {p}");
+        }
+        assert_eq!(
+            cgroup_limits(&self.cgroups),
+            self.limits,
+            "its cgroups' limits"
+        );
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         assert!(
             status.contains("Seccomp:\t2"),
@@ -1322,7 +1381,45 @@ impl Drop for Container {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.state);
+        // Those a restore made after `runc delete` are not runc's to remove.
+        for d in self.cgroup_dirs() {
+            for _ in 0..100 {
+                if !d.exists() || std::fs::remove_dir(&d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
+}
+
+/// The directory of a `/proc/PID/cgroup` line's cgroup, for a cgroup v1
+/// hierarchy mounted at `/sys/fs/cgroup/CONTROLLERS` or the unified one at
+/// `/sys/fs/cgroup/unified`.
+fn cgroup_dir(line: &str) -> Option<PathBuf> {
+    let mut parts = line.splitn(3, ':');
+    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    let hierarchy = match controllers {
+        "" => "unified",
+        c => c.strip_prefix("name=").unwrap_or(c),
+    };
+    let root = Path::new("/sys/fs/cgroup").join(hierarchy);
+    root.exists()
+        .then(|| root.join(path.trim_start_matches('/')))
+}
+
+/// The pids, memory and device limits of the cgroups in `/proc/PID/cgroup`
+/// text, as (file, value).
+fn cgroup_limits(cgroups: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for dir in cgroups.lines().filter_map(cgroup_dir) {
+        for file in ["pids.max", "memory.limit_in_bytes", "devices.list"] {
+            if let Ok(v) = std::fs::read_to_string(dir.join(file)) {
+                out.push((dir.join(file).display().to_string(), v));
+            }
+        }
+    }
+    out
 }
 
 /// Process `pid`'s id in its innermost PID namespace.
@@ -1363,8 +1460,9 @@ fn mount_points(pid: i32) -> Vec<String> {
 /// migrated live from A to B: each time its counter goes on from where it
 /// was, pid 1 with its child in a new PID namespace, in new mount, UTS and
 /// IPC namespaces with its root file system and its mounts, its host name
-/// and its seccomp filter. Its child alone is refused: not the init of its
-/// PID namespace.
+/// and its seccomp filter, in its cgroups with runc's limits (made again
+/// by the restore: runc deletes them with the container after the dump).
+/// Its child alone is refused: not the init of its PID namespace.
 #[test]
 fn runc_container_dump_restore_and_live_migration() {
     let test = "runc_container_dump_restore_and_live_migration";
@@ -1402,6 +1500,8 @@ fn runc_container_dump_restore_and_live_migration() {
         "the container still runs"
     );
     original.disarm();
+    // Its cgroups go with runc's container: the restore makes them again.
+    ctr.delete();
     let pidfile = dir.join("restored.pid");
     let a = args!["restore", "--images", &images, "--pidfile", &pidfile];
     run_tern_in(&dir, Some(&edges.a.name), &a, Stdio::null()).assert_ok("tern restore");

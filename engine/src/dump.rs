@@ -313,6 +313,9 @@ pub(crate) struct Tracking<'a> {
     /// of the image (listed in `deferred.img`); the destination fetches
     /// them after the program resumes there. Needs an exact tracker.
     pub defer: bool,
+    /// The cgroups the last round found it in (their settings are not
+    /// read again while it is frozen if it is still in those).
+    pub cgroups: &'a [wire::Cgroup],
 }
 
 /// The image of a stopped program; it stays stopped (the caller releases
@@ -331,13 +334,14 @@ pub(crate) fn dump_frozen(
 ) -> Result<DumpStats> {
     let pid = seized.pid;
     let tracked = tracking.is_some();
-    let (dirty, maps, exact, defer) = match tracking {
-        Some(t) => (Some(t.dirty), t.maps, t.exact, t.defer),
+    let (dirty, maps, exact, defer, prior_cgroups) = match tracking {
+        Some(t) => (Some(t.dirty), t.maps, t.exact, t.defer, Some(t.cgroups)),
         None => (
             None,
             proc::read_smaps(pid).ctx(pid, || "read smaps".into())?,
             false,
             false,
+            None,
         ),
     };
     let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or_else(|| {
@@ -418,14 +422,20 @@ pub(crate) fn dump_frozen(
         .first()
         .map(|t| t.comm.clone())
         .unwrap_or_default();
-    let namespaces = tern_state::namespaces::capture(pid, cross.mounts.as_ref())?;
+    let places = Places {
+        namespaces: tern_state::namespaces::capture(pid, cross.mounts.as_ref())?,
+        cgroups: match prior_cgroups {
+            Some(prior) => tern_state::cgroups::capture_since(pid, prior)?,
+            None => tern_state::cgroups::capture(pid)?,
+        },
+    };
     write_inventory(
         dir,
         pid,
         comm,
         &capture,
         opts.parent.as_deref(),
-        namespaces,
+        places,
         false,
     )?;
     debug!(
@@ -479,6 +489,12 @@ fn load_parent(pid: i32, dir: &Path, parent: Option<&Path>) -> Result<Vec<(u64, 
     )?)
 }
 
+/// Where a process lived: its namespaces and cgroups.
+struct Places {
+    namespaces: wire::Namespaces,
+    cgroups: Vec<wire::Cgroup>,
+}
+
 /// The page table goes whole (`hashes.img`), or as the capture's delta to
 /// its parent's (`table-delta.img`) when it has one.
 fn write_inventory(
@@ -487,7 +503,7 @@ fn write_inventory(
     comm: String,
     capture: &PageCapture,
     parent: Option<&Path>,
-    namespaces: wire::Namespaces,
+    places: Places,
     pre_dump: bool,
 ) -> Result<()> {
     match &capture.delta {
@@ -519,7 +535,8 @@ fn write_inventory(
         parent: parent.map(|p| p.to_string_lossy().into_owned()),
         pre_dump,
         round_hash: capture.round_hash,
-        namespaces,
+        namespaces: places.namespaces,
+        cgroups: places.cgroups,
     };
     // Written last: its presence marks a complete image.
     wire::write_record(
@@ -546,11 +563,19 @@ pub fn pre_dump(
     preflight(pid)?;
     prepare_dir(dir)?;
     let parent_hashes = load_parent(pid, dir, parent)?;
-    pre_dump_round(pid, dir, parent, &parent_hashes, None, zstd_level).map(|(stats, _)| stats)
+    pre_dump_round(pid, dir, parent, &parent_hashes, None, zstd_level).map(|r| r.stats)
 }
 
-/// One memory-only round while the program runs; returns the page table
-/// the next round compares against.
+/// What a pre-dump round leaves for the next one.
+pub(crate) struct Round {
+    pub stats: DumpStats,
+    /// The page table the next round compares against.
+    pub table: Vec<(u64, u64)>,
+    /// The cgroups it was in.
+    pub cgroups: Vec<wire::Cgroup>,
+}
+
+/// One memory-only round while the program runs.
 pub(crate) fn pre_dump_round(
     pid: i32,
     dir: &Path,
@@ -558,7 +583,7 @@ pub(crate) fn pre_dump_round(
     parent_hashes: &[(u64, u64)],
     dirty: Option<&DirtySet>,
     zstd_level: Option<i32>,
-) -> Result<(DumpStats, Vec<(u64, u64)>)> {
+) -> Result<Round> {
     prepare_dir(dir)?;
     let t0 = Instant::now();
     let mut seized = Seized::attach(pid)?;
@@ -582,8 +607,12 @@ pub(crate) fn pre_dump_round(
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_default();
-    let namespaces = tern_state::namespaces::capture(pid, None)?;
-    write_inventory(dir, pid, comm, &capture, parent, namespaces, true)?;
+    let places = Places {
+        namespaces: tern_state::namespaces::capture(pid, None)?,
+        cgroups: tern_state::cgroups::capture(pid)?,
+    };
+    let cgroups = places.cgroups.clone();
+    write_inventory(dir, pid, comm, &capture, parent, places, true)?;
     let stats = DumpStats {
         pages_bytes: capture.stats.raw_bytes,
         stored_bytes: capture.stats.stored_bytes,
@@ -596,7 +625,11 @@ pub(crate) fn pre_dump_round(
         round_hash: capture.round_hash,
         deferred: Vec::new(),
     };
-    Ok((stats, capture.hashes))
+    Ok(Round {
+        stats,
+        table: capture.hashes,
+        cgroups,
+    })
 }
 
 /// How page data is stored for a zstd level (`None`: raw).

@@ -102,6 +102,8 @@ struct Member {
     table: Vec<(u64, u64)>,
     /// Rounds that hold its pages; its next round is whole while 0.
     rounds: u32,
+    /// The cgroups its last round found it in.
+    cgroups: Vec<tern_wire::Cgroup>,
 }
 
 impl Member {
@@ -111,6 +113,7 @@ impl Member {
             tracker: track::open_tracker(pid, kind)?,
             table: Vec::new(),
             rounds: 0,
+            cgroups: Vec::new(),
         })
     }
 
@@ -154,7 +157,7 @@ fn member_round(
         Some(m.tracker.collect()?)
     };
     let parent = (m.rounds > 0).then(|| round_of(k - 1, root, m.pid, 1));
-    let (stats, next) = dump::pre_dump_round(
+    let round = dump::pre_dump_round(
         m.pid,
         dir,
         parent.as_deref(),
@@ -162,7 +165,9 @@ fn member_round(
         set.as_ref(),
         opts.dump.zstd_level,
     )?;
-    m.table = next;
+    let stats = round.stats;
+    m.table = round.table;
+    m.cgroups = round.cgroups;
     m.rounds += 1;
     let dirty = set.as_ref().map_or(stats.pages_seen, |s| s.total_pages());
     Ok((stats, dirty))
@@ -417,6 +422,7 @@ impl Precopy {
                 maps: m.tracker.maps().to_vec(),
                 exact: m.exact(),
                 defer,
+                cgroups: &m.cgroups,
             }),
             &dump::CrossProcess::alone(&final_opts),
         )?;
@@ -461,6 +467,7 @@ impl Precopy {
                     dirty: set.with_ranges(shared),
                     exact: m.exact(),
                     maps,
+                    cgroups: std::mem::take(&mut m.cgroups),
                 }))
             })?;
         let name = self.members.first().map_or("none", |m| m.tracker.name());

@@ -104,6 +104,8 @@ pub(crate) struct Prior {
     pub maps: Vec<MapEntry>,
     /// The tracker reports every change (see [`dump::Tracking::exact`]).
     pub exact: bool,
+    /// The cgroups the last round found it in.
+    pub cgroups: Vec<wire::Cgroup>,
 }
 
 /// Stop the tree under `root` and write its image into `dir`, leaving
@@ -179,6 +181,7 @@ fn dump_member(
         maps: prior.maps,
         exact: prior.exact,
         defer: false,
+        cgroups: &prior.cgroups,
     };
     dump::dump_frozen(seized, t0, dir, &opts, &prior.table, Some(tracking), cross)
 }

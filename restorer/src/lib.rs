@@ -111,6 +111,29 @@ pub struct RestoreOptions {
     /// outside it (`FdKind::External`): name -> this process's fd, put in
     /// their place (`--inherit-fd fd[N]:NAME`). Left open here.
     pub inherit_fds: BTreeMap<String, RawFd>,
+    /// Whether the program goes back into its cgroups.
+    pub cgroups: CgroupMode,
+}
+
+/// What a restore does with the image's cgroups (`--manage-cgroups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Join them, making the missing ones with the image's settings
+    /// (existing ones are used as they are).
+    Soft,
+    /// Leave the program in the restoring tern's cgroups.
+    Ignore,
+}
+
+impl std::str::FromStr for CgroupMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "soft" => Ok(CgroupMode::Soft),
+            "ignore" => Ok(CgroupMode::Ignore),
+            other => Err(format!("{other:?}: expected soft or ignore")),
+        }
+    }
 }
 
 /// When to restore into a fresh PID namespace (where the image's ids are
@@ -144,6 +167,7 @@ impl Default for RestoreOptions {
             shell_job: false,
             pid_ns: PidNsMode::Auto,
             inherit_fds: BTreeMap::new(),
+            cgroups: CgroupMode::Soft,
         }
     }
 }
@@ -551,19 +575,22 @@ pub(crate) fn above_image_fds<'a>(images: impl IntoIterator<Item = &'a Image>) -
 }
 
 /// A new puppet for the program `pid` (threads `tids`), in a fresh PID
-/// namespace where the options and the ids taken here call for one.
-/// Returns it with its namespace and the pid it will see itself as.
+/// namespace where the options and the ids taken here call for one, in
+/// its `cgroups` (before its mount table is built: that would make a
+/// cgroup directory it binds without the cgroup's settings). Returns it
+/// with its namespace and the pid it will see itself as.
 pub(crate) fn spawn_puppet(
     pid: i32,
     tids: &[i32],
     opts: &RestoreOptions,
     keep: Option<(i32, i32)>,
     namespaces: &wire::Namespaces,
+    cgroups: &[wire::Cgroup],
 ) -> Result<(Puppet, Option<i32>)> {
     let ns_flags = tern_state::namespaces::clone_flags(namespaces);
     let (pid, tids, own_ns): (i32, Vec<i32>, bool) = match &namespaces.pid {
         Some(ids) if ids.init => {
-            return spawn_pid_namespace_init(pid, opts, keep, namespaces, ns_flags);
+            return spawn_pid_namespace_init(pid, opts, keep, namespaces, cgroups, ns_flags);
         }
         // It lived under a reaper of a tern restore: a fresh namespace
         // again, with its ids there.
@@ -631,6 +658,7 @@ pub(crate) fn spawn_puppet(
         );
     }
     puppet.namespace = namespace;
+    place_in_cgroups(std::slice::from_mut(&mut puppet), &[cgroups], None, opts)?;
     build_mounts(&mut puppet, namespaces)?;
     Ok((puppet, want))
 }
@@ -642,6 +670,7 @@ fn spawn_pid_namespace_init(
     opts: &RestoreOptions,
     keep: Option<(i32, i32)>,
     namespaces: &wire::Namespaces,
+    cgroups: &[wire::Cgroup],
     ns_flags: u64,
 ) -> Result<(Puppet, Option<i32>)> {
     let mut puppet = Puppet::spawn_keeping(None, keep, !opts.shell_job, ns_flags).map_err(|e| {
@@ -657,8 +686,48 @@ fn spawn_pid_namespace_init(
         host_pid = puppet.pid,
         pid, "restoring as the init of a new PID namespace, as it was"
     );
+    place_in_cgroups(std::slice::from_mut(&mut puppet), &[cgroups], None, opts)?;
     build_mounts(&mut puppet, namespaces)?;
     Ok((puppet, Some(1)))
+}
+
+/// Put each of `puppets` (blank, before any memory is filled) into its
+/// image's cgroups (`cgroups[k]` for puppet k), making those missing
+/// here; the puppets share what was made (with what `made` holds: the
+/// rest of their tree's), removed if they die unrun.
+pub(crate) fn place_in_cgroups(
+    puppets: &mut [Puppet],
+    cgroups: &[&[wire::Cgroup]],
+    made: Option<Arc<tern_state::cgroups::Made>>,
+    opts: &RestoreOptions,
+) -> Result<()> {
+    if opts.cgroups == CgroupMode::Ignore {
+        return Ok(());
+    }
+    let made = made.unwrap_or_default();
+    let mut placed = Ok(());
+    for (puppet, c) in puppets.iter_mut().zip(cgroups) {
+        puppet.cgroups_made = Some(made.clone());
+        if placed.is_ok() {
+            placed = tern_state::cgroups::place(puppet.pid, c, &made);
+        }
+    }
+    placed.map_err(from_state)
+}
+
+/// A `tern_state` error met while restoring.
+pub(crate) fn from_state(e: tern_sys::Error) -> RestoreError {
+    match e {
+        tern_sys::Error::Sys { pid, what, source } => RestoreError::Step { pid, what, source },
+        tern_sys::Error::Unsupported { pid, reason } => {
+            RestoreError::Unsupported(format!("process {pid}: {reason}"))
+        }
+        other => RestoreError::Step {
+            pid: 0,
+            what: other.to_string(),
+            source: io::Error::other("tern-state"),
+        },
+    }
 }
 
 /// The image's mount table, if it had one of its own, built in the
@@ -960,6 +1029,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         opts,
         keep,
         &image.inventory.namespaces,
+        &image.inventory.cgroups,
     )?;
     let parts = build_all(
         &image,

@@ -28,6 +28,9 @@ pub struct Puppet {
     pub(crate) mounts: Option<tern_wire::MountTable>,
     /// Pid 1 of a PID namespace made for it (the image's was its own).
     pub(crate) pid_namespace_init: bool,
+    /// The cgroup directories made for it (and the rest of its tree):
+    /// removed if it never runs. Last, so dropped after it is reaped.
+    pub(crate) cgroups_made: Option<Arc<tern_state::cgroups::Made>>,
 }
 
 /// How puppets are traced (the root of a tree from its start, others
@@ -64,6 +67,7 @@ impl Puppet {
             namespace: None,
             mounts: None,
             pid_namespace_init: false,
+            cgroups_made: None,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) => {}
@@ -102,6 +106,7 @@ impl Puppet {
             namespace: None,
             mounts: None,
             pid_namespace_init: false,
+            cgroups_made: None,
         };
         match ptrace::wait(pid)? {
             ptrace::Stop::Signal(libc::SIGSTOP) | ptrace::Stop::EventStop(_) => {}
@@ -133,6 +138,9 @@ impl Puppet {
     pub fn release(&mut self) -> io::Result<()> {
         ptrace::detach(self.pid, 0)?;
         self.released = true;
+        if let Some(made) = &self.cgroups_made {
+            made.keep();
+        }
         Ok(())
     }
 }

@@ -55,6 +55,8 @@ pub struct Standby {
     /// (`RestoreOptions::inherit_fds`): made before the image's fd numbers
     /// are known, moved above them at the end.
     tern_chan: Option<u64>,
+    /// The cgroups the puppet was put into (round 0's).
+    cgroups: Vec<wire::Cgroup>,
 }
 
 /// Where a standby's puppet keeps tern's pidfd until the final image.
@@ -174,7 +176,14 @@ impl Standby {
             )
         };
         let keep = tern_pidfd.as_ref().map(|p| (p.as_raw_fd(), STANDBY_CHAN));
-        let (puppet, want) = crate::spawn_puppet(inv.pid, &[inv.pid], opts, keep, &inv.namespaces)?;
+        let (puppet, want) = crate::spawn_puppet(
+            inv.pid,
+            &[inv.pid],
+            opts,
+            keep,
+            &inv.namespaces,
+            &inv.cgroups,
+        )?;
         Standby::adopt(puppet, want, keep.is_some(), round0, opts)
     }
 
@@ -205,6 +214,7 @@ impl Standby {
             opts: opts.clone(),
             pages_bytes: 0,
             tern_chan: chan.then_some(STANDBY_CHAN as u64),
+            cgroups: inv.cgroups.clone(),
         };
         let t = Instant::now();
         let built = (|| {
@@ -264,6 +274,20 @@ impl Standby {
         };
         debug!(?applied, dir = %dir.display(), "standby round applied");
         Ok(applied)
+    }
+
+    /// The program moved to other cgroups since round 0: the puppet too.
+    fn follow_cgroups(&mut self, now: &[wire::Cgroup]) -> Result<()> {
+        if self.opts.cgroups == crate::CgroupMode::Ignore || now == self.cgroups.as_slice() {
+            return Ok(());
+        }
+        let made = self
+            .puppet
+            .cgroups_made
+            .get_or_insert_with(Default::default);
+        tern_state::cgroups::place(self.puppet.pid, now, made).map_err(crate::from_state)?;
+        self.cgroups = now.to_vec();
+        Ok(())
     }
 
     fn check_same_program(&self, dir: &Path, inv: &wire::Inventory) -> Result<()> {
@@ -633,6 +657,7 @@ impl Standby {
                 });
             }
         }
+        self.follow_cgroups(&image.inventory.cgroups)?;
         let owed = crate::postcopy::read_owed(dir, &image.mm.vmas, self.page_size)?;
         let is_owed = |a: u64| owed.as_ref().is_some_and(|o| o.binary_search(&a).is_ok());
         self.apply_layout(dir, &image.mm.vmas)?;

@@ -171,7 +171,9 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
     // tern's pidfd sits above every fd number any image uses.
     let chan = above_image_fds(&images);
     let namespaces = &images[0].inventory.namespaces;
-    let (puppets, want) = fork_blank_tree(procs, &all_tids, opts, chan, namespaces, forked)?;
+    let cgroups: Vec<&[wire::Cgroup]> = images.iter().map(|i| &i.inventory.cgroups[..]).collect();
+    let (puppets, want) =
+        fork_blank_tree(procs, &all_tids, opts, chan, namespaces, &cgroups, forked)?;
     let mut shared = Shared::make(&tree, &images)?;
     let mut members = Vec::with_capacity(procs.len());
     for (k, (p, mut puppet)) in procs.iter().zip(puppets).enumerate() {
@@ -273,20 +275,22 @@ pub(crate) fn member_ns_pid(
 /// The blank puppets of a tree, in the listing's order: the root spawned
 /// (keeping a pidfd of tern at fd `chan`), every other forked by its
 /// parent's puppet with its pid (unless `--new-pid`), sessions and groups
-/// set. Returns them and the pid the root asked for.
+/// set, each in its cgroups (`cgroups[k]` for process k). Returns them and
+/// the pid the root asked for.
 pub(crate) fn fork_blank_tree(
     procs: &[wire::TreeProcess],
     all_tids: &[i32],
     opts: &RestoreOptions,
     chan: i32,
     namespaces: &wire::Namespaces,
+    cgroups: &[&[wire::Cgroup]],
     forked: &mut Vec<i32>,
 ) -> Result<(Vec<Puppet>, Option<i32>)> {
     let root_pid = procs[0].pid;
     let pidfd = tern_sys::pidfd_open(std::process::id() as i32)
         .step(root_pid, || "pidfd_open of tern itself".into())?;
     let keep = Some((pidfd.as_raw_fd(), chan));
-    let (root, want) = spawn_puppet(root_pid, all_tids, opts, keep, namespaces)?;
+    let (root, want) = spawn_puppet(root_pid, all_tids, opts, keep, namespaces, cgroups[0])?;
     let mut puppets: Vec<Puppet> = vec![root];
     ptrace::set_options(puppets[0].pid, crate::puppet::TRACE_OPTIONS)
         .step(root_pid, || "PTRACE_SETOPTIONS (TRACEFORK)".into())?;
@@ -313,6 +317,8 @@ pub(crate) fn fork_blank_tree(
         puppets.push(child);
     }
     set_groups(procs, &mut puppets, namespaces.pid.as_ref())?;
+    let made = puppets[0].cgroups_made.clone();
+    crate::place_in_cgroups(&mut puppets[1..], &cgroups[1..], made, opts)?;
     Ok((puppets, want))
 }
 

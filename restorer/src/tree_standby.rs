@@ -47,13 +47,21 @@ impl TreeStandby {
             // Threads are only known at the end: the process ids decide
             // whether a fresh PID namespace is needed.
             let pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
-            let (root_inventory, _) = crate::standby::load_round(round0)?;
+            let inventories = procs
+                .iter()
+                .enumerate()
+                .map(|(k, p)| Ok(crate::standby::load_round(&tree::member_dir(round0, k, p))?.0))
+                .collect::<Result<Vec<_>>>()?;
+            let root_inventory = &inventories[0];
+            let cgroups: Vec<&[wire::Cgroup]> =
+                inventories.iter().map(|i| &i.cgroups[..]).collect();
             let (puppets, want) = tree::fork_blank_tree(
                 &procs,
                 &pids,
                 opts,
                 STANDBY_CHAN,
                 &root_inventory.namespaces,
+                &cgroups,
                 &mut forked,
             )?;
             let mut members = Vec::with_capacity(procs.len());

@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cgroups;
 pub mod creds;
 pub mod files;
 pub mod mounts;

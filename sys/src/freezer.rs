@@ -113,29 +113,21 @@ impl CgroupFreezer {
 
     /// The cgroup `pid` is in, in this hierarchy.
     fn cgroup_of(&self, pid: i32) -> Result<PathBuf> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ctx(pid, || "read /proc/PID/cgroup".into())?;
-        for line in text.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), Some(c)) => (a, b, c),
-                _ => continue,
-            };
-            let ours = match self.version {
-                Version::V2 => controllers.is_empty(),
-                Version::V1 => controllers.split(',').any(|c| c == "freezer"),
-            };
-            if ours {
-                return Ok(self.root.join(path.trim_start_matches('/')));
-            }
+        let all = crate::cgroup::memberships(pid).ctx(pid, || "read /proc/PID/cgroup".into())?;
+        let ours = all.iter().find(|m| match self.version {
+            Version::V2 => m.controllers.is_empty(),
+            Version::V1 => m.controllers.split(',').any(|c| c == "freezer"),
+        });
+        match ours {
+            Some(m) => Ok(self.root.join(m.path.trim_start_matches('/'))),
+            None => Err(Error::Unsupported {
+                pid,
+                reason: format!(
+                    "it is in no cgroup of {} (/proc/{pid}/cgroup)",
+                    self.root.display()
+                ),
+            }),
         }
-        Err(Error::Unsupported {
-            pid,
-            reason: format!(
-                "it is in no cgroup of {} (/proc/{pid}/cgroup)",
-                self.root.display()
-            ),
-        })
     }
 
     /// Move process `pid` (all its threads) into the freezer cgroup. A

@@ -10,6 +10,7 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("tern-sys supports x86-64 Linux only: add an arch module for this target");
 
+pub mod cgroup;
 pub mod child;
 pub mod error;
 pub mod freezer;

@@ -232,6 +232,115 @@ impl Drop for MemCgroup {
     }
 }
 
+/// A cgroup of one name in several cgroup v1 hierarchies
+/// (`/sys/fs/cgroup/<controller>/<name>`), with directories below it made
+/// on demand; every directory left is removed when dropped.
+pub struct CgroupSet {
+    pub name: String,
+    made: Vec<PathBuf>,
+}
+
+impl CgroupSet {
+    /// The cgroup in each of `controllers`' v1 hierarchies; an error
+    /// naming the first one this machine has not mounted.
+    pub fn v1(tag: &str, controllers: &[&str]) -> Result<CgroupSet, String> {
+        let name = format!("tern-test-{}-{tag}", std::process::id());
+        let mut set = CgroupSet {
+            name,
+            made: Vec::new(),
+        };
+        for c in controllers {
+            let root = Path::new("/sys/fs/cgroup").join(c);
+            if !root.join("cgroup.procs").exists() {
+                return Err(format!("no cgroup v1 {c} hierarchy at {}", root.display()));
+            }
+            set.make(c, "")?;
+        }
+        Ok(set)
+    }
+
+    /// The directory `sub` (relative, "" for the set's own) in hierarchy
+    /// `controller`.
+    pub fn dir(&self, controller: &str, sub: &str) -> PathBuf {
+        let d = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.name);
+        if sub.is_empty() {
+            d
+        } else {
+            d.join(sub)
+        }
+    }
+
+    /// Make directory `sub` in hierarchy `controller`.
+    pub fn make(&mut self, controller: &str, sub: &str) -> Result<(), String> {
+        let d = self.dir(controller, sub);
+        fs::create_dir(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+        self.made.push(d);
+        Ok(())
+    }
+
+    pub fn write(&self, controller: &str, sub: &str, file: &str, value: &str) {
+        let path = self.dir(controller, sub).join(file);
+        fs::write(&path, value)
+            .unwrap_or_else(|e| panic!("write {value} to {}: {e}", path.display()));
+    }
+
+    pub fn read(&self, controller: &str, sub: &str, file: &str) -> String {
+        let path = self.dir(controller, sub).join(file);
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// Move process `pid` into directory `sub` of hierarchy `controller`.
+    pub fn add(&self, controller: &str, sub: &str, pid: i32) {
+        self.write(controller, sub, "cgroup.procs", &pid.to_string());
+    }
+
+    /// Remove every directory (deepest first) now; false if one stays
+    /// (a process still in it).
+    pub fn remove_all(&self) -> bool {
+        let mut all_gone = true;
+        for d in self.made.iter().rev() {
+            let mut gone = !d.exists();
+            for _ in 0..100 {
+                if gone {
+                    break;
+                }
+                gone = fs::remove_dir(d).is_ok() || !d.exists();
+                if !gone {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+            all_gone &= gone;
+        }
+        all_gone
+    }
+}
+
+impl Drop for CgroupSet {
+    fn drop(&mut self) {
+        if !self.remove_all() {
+            eprintln!("note: could not remove every cgroup named {}", self.name);
+        }
+    }
+}
+
+/// Process `pid`'s cgroup in the hierarchy whose controllers are
+/// `controllers` (as `/proc/PID/cgroup` lists them).
+pub fn cgroup_of(pid: i32, controllers: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, c, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (c == controllers).then(|| path.to_string())
+        })
+}
+
 impl Drop for TmpfsMount {
     fn drop(&mut self) {
         let _ = Command::new("umount")

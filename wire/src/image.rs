@@ -42,6 +42,31 @@ pub struct Inventory {
     pub round_hash: u64,
     /// The namespaces of its own it lived in, recreated on restore.
     pub namespaces: Namespaces,
+    /// The cgroup it was in in each hierarchy of the dumping machine,
+    /// made (with its settings) if missing and joined on restore.
+    pub cgroups: Vec<Cgroup>,
+}
+
+/// The cgroup a process was in, in one hierarchy.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cgroup {
+    /// The hierarchy's controllers as `/proc/PID/cgroup` names them
+    /// (`cpu,cpuacct`, `name=systemd`); empty: the unified (v2) hierarchy.
+    pub controllers: String,
+    /// The cgroup's path in the hierarchy (`/` for its root).
+    pub path: String,
+    /// Every directory from below the hierarchy's root down to the cgroup,
+    /// with the settings a restore writes to the ones it has to make.
+    pub dirs: Vec<CgroupDir>,
+}
+
+/// One directory of a cgroup's path, and its settings: (file, value) in
+/// the order they are written back (`memory.limit_in_bytes`, `pids.max`,
+/// `devices.list`, v2's `cgroup.subtree_control`...).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct CgroupDir {
+    pub path: String,
+    pub settings: Vec<(String, String)>,
 }
 
 /// Namespaces a process lived in that were not its dumper's, as far as

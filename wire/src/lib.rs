@@ -27,7 +27,7 @@ pub use record::{read_record, write_record, RecordKind};
 use std::path::PathBuf;
 
 /// Version of the on-disk format. Readers refuse any other version.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// Every way reading or writing an image can fail. Each variant names the
 /// file and, where it applies, the byte offset of the problem.
