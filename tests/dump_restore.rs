@@ -992,6 +992,7 @@ fn check_reports_features() {
         "seccomp-filters",
         "mount-namespace-build",
         "pid-namespace-init",
+        "cgroup-placement",
     ] {
         let at = text.find(&format!("\"{needed}\"")).expect("probe present");
         // Each probe is one JSON object; look at this one only.

@@ -172,6 +172,11 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
         "freezer cgroup",
         probe_cgroup_freezer_v2,
     ),
+    (
+        "cgroup-placement",
+        "restore into the image's cgroups (--manage-cgroups soft)",
+        probe_cgroup_placement,
+    ),
 ];
 
 /// Run every probe and return one [`Probe`] per kernel feature.
@@ -1603,6 +1608,55 @@ fn probe_cgroup_freezer_v1() -> Outcome {
 
 fn probe_cgroup_freezer_v2() -> Outcome {
     probe_freezer(crate::freezer::Version::V2)
+}
+
+/// What a restore does in every hierarchy: make a cgroup and move a
+/// process into it (then back, and remove it).
+fn probe_cgroup_placement() -> Outcome {
+    let all = crate::cgroup::hierarchies().map_err(|e| io_err("read mountinfo", &e))?;
+    if all.is_empty() {
+        return Err("no cgroup hierarchy is mounted".into());
+    }
+    let child = Child::paused()?;
+    let mut names = Vec::new();
+    for h in &all {
+        let name = if h.controllers.is_empty() {
+            "cgroup2"
+        } else {
+            &h.controllers
+        };
+        move_in_and_back(h, child.pid).map_err(|e| format!("hierarchy {name}: {e}"))?;
+        names.push(name.to_string());
+    }
+    Ok(format!(
+        "pid {} moved into a new cgroup and back in {} hierarchies ({})",
+        child.pid,
+        names.len(),
+        names.join(" ")
+    ))
+}
+
+fn move_in_and_back(h: &crate::cgroup::Hierarchy, pid: pid_t) -> Result<(), String> {
+    let home = crate::cgroup::memberships(pid)
+        .map_err(|e| io_err("read /proc/PID/cgroup", &e))?
+        .into_iter()
+        .find(|m| m.controllers == h.controllers)
+        .and_then(|m| h.dir_of(&m.path))
+        .ok_or("the probe's process is in none of its cgroups tern can reach")?;
+    let dir = h.mount_point.join(format!("tern-check-{}", getpid()));
+    std::fs::create_dir(&dir).map_err(|e| io_err(&format!("mkdir {}", dir.display()), &e))?;
+    let moved = (|| {
+        // v1 cpuset: a new cgroup has no CPUs or memory nodes until given.
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(h.mount_point.join(file)) {
+                std::fs::write(dir.join(file), v.trim()).map_err(|e| io_err(file, &e))?;
+            }
+        }
+        crate::cgroup::join(&dir, pid).map_err(|e| io_err("move into it", &e))?;
+        crate::cgroup::join(&home, pid).map_err(|e| io_err("move back", &e))
+    })();
+    let removed = std::fs::remove_dir(&dir).map_err(|e| io_err("remove it", &e));
+    moved.and(removed)
 }
 
 fn probe_pid_namespace() -> Outcome {
