@@ -1862,6 +1862,75 @@ fn uts_and_ipc_namespaces_are_made_again() {
     );
 }
 
+/// Removes a POSIX message queue when dropped (with the workload's own
+/// `unlink` mode).
+struct QueueGuard {
+    exe: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.exe)
+            .args(["unlink", &self.name])
+            .status();
+    }
+}
+
+/// A program holding a POSIX message queue on an fd (three messages
+/// always waiting; it receives them in order every tick and checks the
+/// queue is still nonblocking) is dumped and restored: the queue is opened
+/// again by name on the same fd, and the program receives on in order
+/// (the messages are the machine's IPC namespace's, as a file's contents
+/// are the file system's). In an IPC namespace of its own, a queue that no
+/// fd holds would be lost: the dump is refused, naming it, and that
+/// program runs on.
+#[test]
+fn posix_message_queues_are_reopened_by_name() {
+    let test = "posix_message_queues_are_reopened_by_name";
+    if !root_or_skip(test) {
+        return;
+    }
+    let name = format!("/tern-test-{}-q", std::process::id());
+    let mut s = c_session(test, "mqueue", &[&name]);
+    let _queue = QueueGuard {
+        exe: s.dir.join("mqueue"),
+        name: name.clone(),
+    };
+    s.wait_seq(5);
+    s.dump();
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    assert!(
+        inspect.stdout.contains(&format!(
+            "POSIX message queue {name} (read-write, nonblocking)"
+        )),
+        "inspect shows the queue: {}",
+        inspect.stdout
+    );
+    s.restore(Stdio::null());
+    s.wait_seq(s.last_before + 30);
+    s.finish();
+
+    let mut refused =
+        in_own_uts_and_ipc(&format!("{test}-ns"), &["tern-ns-mq", "mq.example", "mq"]);
+    refused.wait_seq(3);
+    let a = args![
+        "dump",
+        "--pid",
+        refused.pid.to_string(),
+        "--images",
+        &refused.images
+    ];
+    let out = run_tern(&refused.dir, &a, Stdio::null());
+    assert!(
+        !out.success() && out.stderr.contains("POSIX message queues (/tern-ns-q)"),
+        "the dump must be refused naming the queue: {}",
+        out.describe()
+    );
+    let seen = refused.last_seq().unwrap_or(0);
+    refused.wait_seq(seen + 5);
+}
+
 /// A program started with `ip netns exec`, which gives it a mount
 /// namespace of its own (a copy of the machine's, with a fresh /sys): the
 /// restore makes one again with the same mounts, most of them the

@@ -2027,7 +2027,7 @@ fn fd_kind(
         std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
             .ctx(pid, || format!("read fdinfo {fd}"))
     };
-    if tern_state::files::takes(link) {
+    if tern_state::files::takes(&tern_state::files::FdLink { pid, fd, link }) {
         let text = fdinfo()?;
         let dumped = |p: i32| p == pid || cross.members.contains(&p);
         return Ok(tern_state::files::capture(&tern_state::files::OpenFd {

@@ -117,6 +117,18 @@ pub fn capture(pid: i32, mounts: Option<&wire::MountTable>) -> Result<wire::Name
                 ),
             });
         }
+        let queues = ns::posix_mqueues(pid).ctx(pid, || {
+            "list POSIX message queues in its IPC namespace".into()
+        })?;
+        if !queues.is_empty() {
+            return Err(EngineError::Unsupported {
+                pid,
+                reason: format!(
+                    "its IPC namespace holds POSIX message queues ({}), which tern does not move",
+                    queues.join(", ")
+                ),
+            });
+        }
     }
     let mnt = match (differs(Kind::Mnt)?, mounts) {
         (false, _) => None,

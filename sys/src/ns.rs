@@ -246,6 +246,30 @@ pub fn sysv_objects(pid: i32) -> io::Result<[usize; 3]> {
     })
 }
 
+/// The names of the POSIX message queues of process `pid`'s IPC
+/// namespace. They show only in an mqueue file system mounted from inside
+/// that namespace: the reading thread mounts one in a mount namespace of
+/// its own (gone with the thread), over the temporary directory.
+pub fn posix_mqueues(pid: i32) -> io::Result<Vec<String>> {
+    in_namespace_of(pid, Kind::Ipc, || {
+        // SAFETY: unshare changes this (scoped, soon ended) thread only
+        // (CLONE_NEWNS implies CLONE_FS).
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(os_error("unshare(CLONE_NEWNS)"));
+        }
+        crate::mounts::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+        let at = std::env::temp_dir();
+        let at = at.to_string_lossy();
+        crate::mounts::mount(Some("mqueue"), &at, Some("mqueue"), 0, None)?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&*at)? {
+            names.push(format!("/{}", entry?.file_name().to_string_lossy()));
+        }
+        names.sort();
+        Ok(names)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
  * and argv[2] (domain name), refusing to if its UTS or IPC namespace is
  * the machine's, given as argv[3] and argv[4] (`readlink /proc/self/ns/uts`
  * and `ipc` of the test: renaming would rename the machine); with argv[5]
- * = "shm" it also makes a SysV shared memory segment in its IPC namespace. Every 10 ms it checks that uname()
+ * = "shm" it also makes a SysV shared memory segment in its IPC namespace,
+ * with "mq" a POSIX message queue (/tern-ns-q, whose fd it closes). Every 10 ms it checks that uname()
  * still gives those names and that its IPC namespace holds exactly the
  * segments it made (none, or one), and prints "tick N"; anything else
  * prints CORRUPT and exits 3.
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <mqueue.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
 #include <sys/utsname.h>
@@ -66,6 +69,12 @@ int main(int argc, char **argv)
 		if (shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600) < 0)
 			corrupt("shmget", 0);
 		want_segments = 1;
+	}
+	if (argc > 5 && strcmp(argv[5], "mq") == 0) {
+		mqd_t q = mq_open("/tern-ns-q", O_CREAT | O_RDWR, 0600, NULL);
+		if (q == (mqd_t)-1)
+			corrupt("mq_open", 0);
+		mq_close(q);
 	}
 	for (unsigned long n = 1;; n++) {
 		struct utsname u;

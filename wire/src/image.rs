@@ -772,6 +772,15 @@ pub enum FdKind {
         /// `O_NONBLOCK` (`PIDFD_NONBLOCK`).
         flags: i32,
     },
+    /// A POSIX message queue (`mq_open`), by name: opened again by name
+    /// in the restored program's IPC namespace, where it must exist (its
+    /// messages are the machine's, as a file's contents are).
+    Mqueue {
+        /// Its name, with the leading `/`.
+        name: String,
+        /// Access mode and `O_NONBLOCK`.
+        flags: i32,
+    },
     /// One end of a connected pair of unix sockets whose other end was
     /// closed (the JVM keeps one as its "pre-close" fd): reading gives
     /// what waits, then end of file; writing fails with EPIPE.

@@ -1,13 +1,13 @@
 //! eventfd: its counter and semaphore mode.
 
-use super::{FileKind, OpenFd, Remote};
+use super::{FdLink, FileKind, OpenFd, Remote};
 use tern_wire as wire;
 
 pub(super) struct EventFd;
 
 impl FileKind for EventFd {
-    fn takes(link: &str) -> bool {
-        link == "anon_inode:[eventfd]"
+    fn takes(f: &FdLink<'_>) -> bool {
+        f.link == "anon_inode:[eventfd]"
     }
 
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {

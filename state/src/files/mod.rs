@@ -13,11 +13,32 @@
 //! `restorer::Builder::restore_files` (issue 14 moves them here too).
 
 mod eventfd;
+mod mqueue;
 mod pidfd;
 mod signalfd;
 mod timerfd;
 
 use tern_wire as wire;
+
+/// An fd of a stopped process, before its fdinfo is read.
+#[derive(Debug, Clone, Copy)]
+pub struct FdLink<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// Its `/proc/PID/fd/N` link (`anon_inode:[eventfd]`, `/queue`, ...).
+    pub link: &'a str,
+}
+
+impl FdLink<'_> {
+    /// The type of the file system its file is on (`statfs` through
+    /// `/proc/PID/fd/N`), if it can be read.
+    fn fs_magic(&self) -> Option<i64> {
+        tern_sys::fs_magic(std::path::Path::new(&format!(
+            "/proc/{}/fd/{}",
+            self.pid, self.fd
+        )))
+    }
+}
 
 /// An open fd of a stopped process, as `/proc` shows it.
 pub struct OpenFd<'a> {
@@ -45,7 +66,15 @@ impl std::fmt::Debug for OpenFd<'_> {
     }
 }
 
-impl OpenFd<'_> {
+impl<'a> OpenFd<'a> {
+    fn link(&self) -> FdLink<'a> {
+        FdLink {
+            pid: self.pid,
+            fd: self.fd,
+            link: self.link,
+        }
+    }
+
     /// "fd N (LINK)", for messages.
     fn what(&self) -> String {
         format!("fd {} ({})", self.fd, self.link)
@@ -100,8 +129,8 @@ pub trait Remote {
 
 /// One kind of file: its capture and its restore.
 trait FileKind {
-    /// Whether an fd whose `/proc` link reads `link` is of this kind.
-    fn takes(link: &str) -> bool;
+    /// Whether fd `f` is of this kind.
+    fn takes(f: &FdLink<'_>) -> bool;
     /// Its image record.
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind>;
     /// Make it anew inside `r` (image fd `fd`) if `kind` is of this kind:
@@ -114,14 +143,15 @@ trait FileKind {
 
 macro_rules! kinds {
     ($($kind:path),+ $(,)?) => {
-        /// Whether one of these kinds takes an fd whose link reads `link`.
-        pub fn takes(link: &str) -> bool {
-            false $(|| <$kind as FileKind>::takes(link))+
+        /// Whether one of these kinds takes fd `f`.
+        pub fn takes(f: &FdLink<'_>) -> bool {
+            false $(|| <$kind as FileKind>::takes(f))+
         }
 
         /// The image record of `f`, by the kind that takes it.
         pub fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {
-            $(if <$kind as FileKind>::takes(f.link) {
+            let link = f.link();
+            $(if <$kind as FileKind>::takes(&link) {
                 return <$kind as FileKind>::capture(f);
             })+
             Err(f.refuse("no kind of file takes it".into()))
@@ -148,6 +178,7 @@ kinds!(
     timerfd::TimerFd,
     signalfd::SignalFd,
     pidfd::Pidfd,
+    mqueue::Mqueue,
 );
 
 #[cfg(test)]
@@ -186,6 +217,15 @@ mod tests {
         }
     }
 
+    /// An fd of this test process (fd 0) that reads `link`.
+    pub(super) fn fd_link(link: &str) -> FdLink<'_> {
+        FdLink {
+            pid: std::process::id() as i32,
+            fd: 0,
+            link,
+        }
+    }
+
     pub(super) fn open_fd<'a>(link: &'a str, fdinfo: &'a str, flags: i32) -> OpenFd<'a> {
         OpenFd {
             pid: 100,
@@ -206,10 +246,11 @@ mod tests {
             "anon_inode:[pidfd]",
             "pidfd:[1234]",
         ] {
-            assert!(takes(link), "{link}");
+            assert!(takes(&fd_link(link)), "{link}");
         }
+        // /etc/hosts: a path, but not on an mqueue file system.
         for link in ["/etc/hosts", "pipe:[5]", "anon_inode:[eventpoll]"] {
-            assert!(!takes(link), "{link}");
+            assert!(!takes(&fd_link(link)), "{link}");
         }
         let pipe = wire::FdKind::Pipe {
             id: 1,

@@ -2,15 +2,15 @@
 //! process of its tree: reopened on the restored process, which keeps its
 //! pid.
 
-use super::{FileKind, OpenFd, Remote};
+use super::{FdLink, FileKind, OpenFd, Remote};
 use tern_wire as wire;
 
 pub(super) struct Pidfd;
 
 impl FileKind for Pidfd {
-    fn takes(link: &str) -> bool {
+    fn takes(f: &FdLink<'_>) -> bool {
         // `pidfd:[INO]` on kernels whose pidfds live in pidfs.
-        link == "anon_inode:[pidfd]" || link.starts_with("pidfd:")
+        f.link == "anon_inode:[pidfd]" || f.link.starts_with("pidfd:")
     }
 
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {

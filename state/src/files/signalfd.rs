@@ -1,13 +1,13 @@
 //! signalfd: the signals it reads.
 
-use super::{FileKind, OpenFd, Remote};
+use super::{FdLink, FileKind, OpenFd, Remote};
 use tern_wire as wire;
 
 pub(super) struct SignalFd;
 
 impl FileKind for SignalFd {
-    fn takes(link: &str) -> bool {
-        link == "anon_inode:[signalfd]"
+    fn takes(f: &FdLink<'_>) -> bool {
+        f.link == "anon_inode:[signalfd]"
     }
 
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {

@@ -1,7 +1,7 @@
 //! timerfd: its clock, the time left, the period and the expirations not
 //! yet read.
 
-use super::{FileKind, OpenFd, Remote};
+use super::{FdLink, FileKind, OpenFd, Remote};
 use tern_wire as wire;
 
 pub(super) struct TimerFd;
@@ -20,8 +20,8 @@ fn itimerspec(interval_ns: u64, value_ns: u64) -> Vec<u8> {
 }
 
 impl FileKind for TimerFd {
-    fn takes(link: &str) -> bool {
-        link == "anon_inode:[timerfd]"
+    fn takes(f: &FdLink<'_>) -> bool {
+        f.link == "anon_inode:[timerfd]"
     }
 
     fn capture(f: &OpenFd<'_>) -> tern_sys::Result<wire::FdKind> {
