@@ -10,6 +10,7 @@
 pub mod dump;
 pub mod error;
 pub mod migrate;
+pub mod pages;
 pub mod pagewriter;
 pub mod pending;
 pub mod policy;
