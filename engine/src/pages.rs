@@ -108,24 +108,40 @@ pub(crate) fn capture_delta(
     defer: bool,
 ) -> Result<PageCapture> {
     let page = page_size();
-    let pg = page as usize;
     let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
-    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, pg)?;
+    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, page as usize)?;
     let capturable: Vec<&MapEntry> = maps.iter().filter(|m| captures_pages(m)).collect();
-    let parent_has = |a: u64| {
-        parent
-            .binary_search_by_key(&a, |e| e.0)
-            .ok()
-            .map(|i| parent[i].1)
-    };
-    let mut changed: Vec<(u64, u64)> = Vec::new();
-    let mut removed: Vec<u64> = Vec::new();
-    let mut round = xxhash_rust::xxh3::Xxh3::new();
-    let mut pages_stored = 0u64;
-    // What to examine: the dirty pages, and whole every mapping the
-    // tracker had not registered at its last collect (new since the last
-    // round, e.g. unmapped and mapped again: it reports only the pages
-    // with data there, but the parent may have had others).
+    let examine = ranges_to_examine(dirty, &capturable, page);
+    let mut plan = DeltaPlan::default();
+    for m in &capturable {
+        plan.add_mapping(pid, &pagemap, m, &examine, parent, defer, page)?;
+    }
+    let mut stored = DeltaStored::new(parent);
+    let result = stored
+        .store_read(pid, &mut out, &plan)
+        .and_then(|go_on| match go_on {
+            true => stored.store_gone(pid, &mut out, &plan),
+            false => Ok(false),
+        });
+    let stats = out.finish();
+    result?;
+    stored.removed.extend(unmapped_entries(&capturable, parent));
+    Ok(stored.into_capture(stats?, plan.deferred))
+}
+
+/// The parent's hash of the page at `a`, if it had one.
+fn parent_hash(parent: &[(u64, u64)], a: u64) -> Option<u64> {
+    parent
+        .binary_search_by_key(&a, |e| e.0)
+        .ok()
+        .map(|i| parent[i].1)
+}
+
+/// What a final delta looks at, merged and sorted: the dirty pages, and
+/// whole every mapping the tracker had not registered at its last collect
+/// (new since the last round, e.g. unmapped and mapped again: it reports
+/// only the pages with data there, but the parent may have had others).
+fn ranges_to_examine(dirty: &DirtySet, capturable: &[&MapEntry], page: u64) -> Vec<(u64, u64)> {
     let mut examine: Vec<(u64, u64)> = dirty
         .ranges()
         .iter()
@@ -145,26 +161,48 @@ pub(crate) fn capture_delta(
             _ => merged.push((s, e)),
         }
     }
-    // What each examined page is now: to read (it has data), or gone
-    // since the parent (it now reads as zeros or as the file's bytes).
-    // One list per mapping: a chunk of the page file never spans two.
-    let mut to_read: Vec<Vec<u64>> = Vec::new();
-    let mut gone: Vec<Vec<(u64, bool)>> = Vec::new(); // (address, anonymous)
-    let mut anon_pages: Vec<(u64, u64)> = Vec::new(); // anonymous ranges
-    let mut deferred: Vec<u64> = Vec::new();
-    for m in &capturable {
-        let lo = merged.partition_point(|r| r.1 <= m.start);
-        let segs: Vec<(u64, u64)> = merged[lo..]
+    merged
+}
+
+/// What each examined page is now: to read (it has data), or gone since
+/// the parent (it now reads as zeros or as the file's bytes). One list per
+/// mapping: a chunk of the page file never spans two.
+#[derive(Default)]
+struct DeltaPlan {
+    to_read: Vec<Vec<u64>>,
+    /// (address, anonymous)
+    gone: Vec<Vec<(u64, bool)>>,
+    /// The anonymous mappings' ranges.
+    anon: Vec<(u64, u64)>,
+    /// Left for post-copy.
+    deferred: Vec<u64>,
+}
+
+impl DeltaPlan {
+    /// Sort the examined pages of mapping `m` (the parts of `examine` in it).
+    #[allow(clippy::too_many_arguments)]
+    fn add_mapping(
+        &mut self,
+        pid: i32,
+        pagemap: &Pagemap,
+        m: &MapEntry,
+        examine: &[(u64, u64)],
+        parent: &[(u64, u64)],
+        defer: bool,
+        page: u64,
+    ) -> Result<()> {
+        let lo = examine.partition_point(|r| r.1 <= m.start);
+        let segs: Vec<(u64, u64)> = examine[lo..]
             .iter()
             .take_while(|r| r.0 < m.end)
             .map(|r| (r.0.max(m.start), r.1.min(m.end)))
             .collect();
         let (Some(first), Some(last)) = (segs.first(), segs.last()) else {
-            continue;
+            return Ok(());
         };
         let anon = m.reads_zero_when_empty();
         if anon {
-            anon_pages.push((m.start, m.end));
+            self.anon.push((m.start, m.end));
         }
         let deferrable = defer && anon && !m.shared;
         let (mut reads, mut gones) = (Vec::new(), Vec::new());
@@ -192,10 +230,10 @@ pub(crate) fn capture_delta(
             while a < e0 {
                 let e = entries[((a - base) / page) as usize];
                 if page_needed(m, e) && deferrable {
-                    deferred.push(a);
+                    self.deferred.push(a);
                 } else if page_needed(m, e) {
                     reads.push(a);
-                } else if parent_has(a).is_some() {
+                } else if parent_hash(parent, a).is_some() {
                     gones.push((a, anon));
                 }
                 a += page;
@@ -206,63 +244,98 @@ pub(crate) fn capture_delta(
             start = m.start,
             name = %m.name,
             with_data = reads.len(),
-            deferred = deferred.len(),
+            deferred = self.deferred.len(),
             gone = gones.len(),
             deferrable,
             "final delta of a mapping"
         );
-        to_read.push(reads);
-        gone.push(gones);
+        self.to_read.push(reads);
+        self.gone.push(gones);
+        Ok(())
     }
-    let is_anon = |a: u64| anon_pages.iter().any(|&(s, e)| s <= a && a < e);
-    // Back-to-back (address, length) runs of ascending page addresses.
-    let runs_of = |addrs: &[u64]| {
-        let mut runs: Vec<(u64, usize)> = Vec::new();
-        for &a in addrs {
-            match runs.last_mut() {
-                Some(r) if r.0 + r.1 as u64 == a => r.1 += pg,
-                _ => runs.push((a, pg)),
-            }
+
+    fn is_anon(&self, a: u64) -> bool {
+        self.anon.iter().any(|&(s, e)| s <= a && a < e)
+    }
+}
+
+/// Back-to-back (address, length) runs of ascending page addresses.
+fn runs_of(addrs: &[u64], pg: usize) -> Vec<(u64, usize)> {
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for &a in addrs {
+        match runs.last_mut() {
+            Some(r) if r.0 + r.1 as u64 == a => r.1 += pg,
+            _ => runs.push((a, pg)),
         }
-        runs
-    };
-    let per_batch = BATCH_BYTES / pg;
-    let result = (|| -> Result<()> {
-        for batch in to_read.iter().flat_map(|r| r.chunks(per_batch)) {
+    }
+    runs
+}
+
+/// What a final delta stored, as it goes.
+struct DeltaStored<'a> {
+    parent: &'a [(u64, u64)],
+    /// New or changed table entries.
+    changed: Vec<(u64, u64)>,
+    /// Entries the table loses.
+    removed: Vec<u64>,
+    round: xxhash_rust::xxh3::Xxh3,
+    pages_stored: u64,
+}
+
+impl<'a> DeltaStored<'a> {
+    fn new(parent: &'a [(u64, u64)]) -> Self {
+        DeltaStored {
+            parent,
+            changed: Vec::new(),
+            removed: Vec::new(),
+            round: xxhash_rust::xxh3::Xxh3::new(),
+            pages_stored: 0,
+        }
+    }
+
+    /// Read, hash and store the pages with data that changed. False: the
+    /// writer stopped (its error comes from `finish`).
+    fn store_read(&mut self, pid: i32, out: &mut PageWriter, plan: &DeltaPlan) -> Result<bool> {
+        let pg = page_size() as usize;
+        for batch in plan.to_read.iter().flat_map(|r| r.chunks(BATCH_BYTES / pg)) {
             let len = batch.len() * pg;
             let Some(mut buf) = out.buffer(len) else {
-                return Ok(());
+                return Ok(false);
             };
-            mem::read_scattered(pid, &runs_of(batch), &mut buf[..len])
+            mem::read_scattered(pid, &runs_of(batch, pg), &mut buf[..len])
                 .ctx(pid, || format!("read {} dirty pages", batch.len()))?;
             let mut keep = Vec::with_capacity(batch.len());
             for (&pa, p) in batch.iter().zip(buf[..len].chunks(pg)) {
                 let h = xxhash_rust::xxh3::xxh3_64(p);
-                let old = parent_has(pa);
+                let old = parent_hash(self.parent, pa);
                 let is_new = match old {
                     Some(ph) => ph != h,
-                    None => !(is_anon(pa) && crate::pagewriter::is_zero(p)),
+                    None => !(plan.is_anon(pa) && crate::pagewriter::is_zero(p)),
                 };
                 if is_new || old.is_none() {
-                    changed.push((pa, h));
+                    self.changed.push((pa, h));
                 }
                 if is_new {
-                    round.update(&pa.to_le_bytes());
-                    round.update(&h.to_le_bytes());
-                }
-                if is_new {
-                    pages_stored += 1;
+                    self.round.update(&pa.to_le_bytes());
+                    self.round.update(&h.to_le_bytes());
+                    self.pages_stored += 1;
                 }
                 keep.push(is_new);
             }
             if !out.submit_scattered(batch.to_vec(), buf, PageFilter::Only(keep)) {
-                return Ok(());
+                return Ok(false);
             }
         }
-        for batch in gone.iter().flat_map(|g| g.chunks(per_batch)) {
+        Ok(true)
+    }
+
+    /// Store the pages gone since the parent as what they read as now.
+    fn store_gone(&mut self, pid: i32, out: &mut PageWriter, plan: &DeltaPlan) -> Result<bool> {
+        let pg = page_size() as usize;
+        for batch in plan.gone.iter().flat_map(|g| g.chunks(BATCH_BYTES / pg)) {
             let len = batch.len() * pg;
             let Some(mut buf) = out.buffer(len) else {
-                return Ok(());
+                return Ok(false);
             };
             buf[..len].fill(0);
             for (k, &(pa, anon)) in batch.iter().enumerate() {
@@ -271,50 +344,66 @@ pub(crate) fn capture_delta(
                     mem::read_fully(pid, pa, &mut buf[k * pg..(k + 1) * pg])
                         .ctx(pid, || format!("read file-backed page at {pa:#x}"))?;
                 }
-                removed.push(pa);
-                round.update(&pa.to_le_bytes());
-                round.update(&0u64.to_le_bytes());
-                pages_stored += 1;
+                self.removed.push(pa);
+                self.round.update(&pa.to_le_bytes());
+                self.round.update(&0u64.to_le_bytes());
+                self.pages_stored += 1;
             }
             let addrs: Vec<u64> = batch.iter().map(|g| g.0).collect();
             if !out.submit_scattered(addrs, buf, PageFilter::All) {
-                return Ok(());
+                return Ok(false);
             }
         }
-        Ok(())
-    })();
-    let stats = out.finish();
-    result?;
-    // Parent entries no captured mapping covers any more were unmapped.
+        Ok(true)
+    }
+
+    fn into_capture(
+        mut self,
+        stats: wire::chunks::ChunkStats,
+        deferred: Vec<u64>,
+    ) -> PageCapture {
+        self.changed.sort_unstable_by_key(|e| e.0);
+        self.changed.dedup_by_key(|e| e.0);
+        self.removed.sort_unstable();
+        self.removed.dedup();
+        let parent = self.parent;
+        let added = self
+            .changed
+            .iter()
+            .filter(|e| parent_hash(parent, e.0).is_none())
+            .count() as u64;
+        let count = (parent.len() as u64 + added).saturating_sub(self.removed.len() as u64);
+        PageCapture {
+            stats,
+            hashes: Vec::new(),
+            delta: Some(wire::TableDelta {
+                count,
+                changed: self.changed,
+                removed: self.removed,
+            }),
+            pages_stored: self.pages_stored,
+            round_hash: self.round.digest(),
+            deferred,
+        }
+    }
+}
+
+/// The parent's entries that no captured mapping covers any more: they
+/// were unmapped.
+fn unmapped_entries(capturable: &[&MapEntry], parent: &[(u64, u64)]) -> Vec<u64> {
     let mut bounds: Vec<(u64, u64)> = capturable.iter().map(|m| (m.start, m.end)).collect();
     bounds.sort_unstable();
+    let mut out = Vec::new();
     let mut at = 0u64;
     for &(s, e) in bounds.iter().chain(std::iter::once(&(u64::MAX, u64::MAX))) {
         if s > at {
             let lo = parent.partition_point(|x| x.0 < at);
             let hi = parent.partition_point(|x| x.0 < s);
-            removed.extend(parent[lo..hi].iter().map(|x| x.0));
+            out.extend(parent[lo..hi].iter().map(|x| x.0));
         }
         at = at.max(e);
     }
-    changed.sort_unstable_by_key(|e| e.0);
-    changed.dedup_by_key(|e| e.0);
-    removed.sort_unstable();
-    removed.dedup();
-    let added = changed.iter().filter(|e| parent_has(e.0).is_none()).count() as u64;
-    let count = (parent.len() as u64 + added).saturating_sub(removed.len() as u64);
-    Ok(PageCapture {
-        stats: stats?,
-        hashes: Vec::new(),
-        delta: Some(wire::TableDelta {
-            count,
-            changed,
-            removed,
-        }),
-        pages_stored,
-        round_hash: round.digest(),
-        deferred,
-    })
+    out
 }
 
 /// Copy every page that must move into the page file: all of them, or,
@@ -332,129 +421,194 @@ pub(crate) fn capture_pages(
     dirty: Option<&DirtySet>,
     running: bool,
 ) -> Result<PageCapture> {
-    let page = page_size();
-    let pg = page as usize;
     let t_setup = Instant::now();
     let pagemap = Pagemap::open(pid).ctx(pid, || "open pagemap".into())?;
-    let mut out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, pg)?;
+    let out = PageWriter::create(&dir.join(wire::PAGES_FILE), codec, page_size() as usize)?;
     let setup_ms = t_setup.elapsed().as_secs_f64() * 1e3;
-    let batch_pages = BATCH_BYTES / pg;
-    // Two forward cursors over the parent table: one looks ahead for the
-    // extent of a batch, one follows the pages as they are processed (a
-    // binary search per page cost ~20 ms per GiB, frozen).
-    let mut ahead = TableCursor::new(parent);
-    let mut behind = TableCursor::new(parent);
-    let mut hashes: Vec<(u64, u64)> = Vec::new();
-    let mut round = xxhash_rust::xxh3::Xxh3::new();
-    let mut pages_stored = 0u64;
-    let mut read_ns = 0u128;
-    let mut pagemap_ns = 0u128;
+    let mut c = WholeCapture {
+        pid,
+        page: page_size(),
+        running,
+        dirty,
+        parent,
+        ahead: TableCursor::new(parent),
+        behind: TableCursor::new(parent),
+        out,
+        hashes: Vec::new(),
+        round: xxhash_rust::xxh3::Xxh3::new(),
+        pages_stored: 0,
+        read_ns: 0,
+        pagemap_ns: 0,
+    };
     let read_result = (|| -> Result<()> {
-        for m in maps {
-            if !captures_pages(m) {
+        for m in maps.iter().filter(|m| captures_pages(m)) {
+            if !c.mapping(&pagemap, m)? {
+                return Ok(());
+            }
+        }
+        c.store_gone(maps).map(drop)
+    })();
+    let tf = Instant::now();
+    let stats = c.out.finish();
+    debug!(
+        setup_ms,
+        walk_ms = tf.duration_since(t_setup).as_secs_f64() * 1e3,
+        read_ms = c.read_ns as f64 / 1e6,
+        pagemap_ms = c.pagemap_ns as f64 / 1e6,
+        drain_ms = tf.elapsed().as_secs_f64() * 1e3,
+        "page capture timing"
+    );
+    read_result?;
+    Ok(PageCapture {
+        stats: stats?,
+        hashes: c.hashes,
+        delta: None,
+        pages_stored: c.pages_stored,
+        round_hash: c.round.digest(),
+        deferred: Vec::new(),
+    })
+}
+
+/// A whole capture as it goes ([`capture_pages`]).
+struct WholeCapture<'a> {
+    pid: i32,
+    page: u64,
+    running: bool,
+    /// With a tracker's dirty set, only pages it reports (or that no older
+    /// image has) are read; the others keep their old hash.
+    dirty: Option<&'a DirtySet>,
+    parent: &'a [(u64, u64)],
+    /// Two forward cursors over the parent table: one looks ahead for the
+    /// extent of a batch, one follows the pages as they are processed (a
+    /// binary search per page cost ~20 ms per GiB, frozen).
+    ahead: TableCursor<'a>,
+    behind: TableCursor<'a>,
+    out: PageWriter,
+    hashes: Vec<(u64, u64)>,
+    round: xxhash_rust::xxh3::Xxh3,
+    pages_stored: u64,
+    read_ns: u128,
+    pagemap_ns: u128,
+}
+
+impl WholeCapture<'_> {
+    /// Capture the pages of mapping `m`. False: the writer stopped (its
+    /// error comes from `finish`).
+    fn mapping(&mut self, pagemap: &Pagemap, m: &MapEntry) -> Result<bool> {
+        let page = self.page;
+        let batch_pages = BATCH_BYTES / page as usize;
+        // Anonymous memory starts zero-filled on restore: zero pages
+        // need not be stored unless an older image had data there.
+        let anon = m.reads_zero_when_empty();
+        let hashes_before = self.hashes.len();
+        let t_pm = Instant::now();
+        let entries = pagemap.read(m.start, m.end, page);
+        self.pagemap_ns += t_pm.elapsed().as_nanos();
+        let entries = match entries {
+            Ok(e) => e,
+            Err(_) if self.running => return Ok(true),
+            Err(e) => {
+                return Err(e).ctx(self.pid, || {
+                    format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
+                })
+            }
+        };
+        let addr_of = |k: usize| m.start + k as u64 * page;
+        let dirty = self.dirty;
+        let candidate = |k: usize, cur: &mut TableCursor| {
+            page_needed(m, entries[k])
+                && match dirty {
+                    None => true,
+                    Some(set) => set.contains(addr_of(k)) || cur.get(addr_of(k)).is_none(),
+                }
+        };
+        let mut i = 0usize;
+        while i < entries.len() {
+            if !candidate(i, &mut self.ahead) {
+                if page_needed(m, entries[i]) {
+                    if let Some(h) = self.behind.get(addr_of(i)) {
+                        self.hashes.push((addr_of(i), h));
+                    }
+                }
+                i += 1;
                 continue;
             }
-            // Anonymous memory starts zero-filled on restore: zero pages
-            // need not be stored unless an older image had data there.
-            let anon = m.reads_zero_when_empty();
-            let hashes_before = hashes.len();
-            let t_pm = Instant::now();
-            let entries = pagemap.read(m.start, m.end, page);
-            pagemap_ns += t_pm.elapsed().as_nanos();
-            let entries = match entries {
-                Ok(e) => e,
-                Err(_) if running => continue,
-                Err(e) => {
-                    return Err(e).ctx(pid, || {
-                        format!("read pagemap for {:#x}-{:#x}", m.start, m.end)
-                    })
-                }
-            };
-            // With a tracker's dirty set, only pages it reports (or that no
-            // older image has) are read; the others keep their old hash.
-            let addr_of = |k: usize| m.start + k as u64 * page;
-            let candidate = |k: usize, cur: &mut TableCursor| {
-                page_needed(m, entries[k])
-                    && match dirty {
-                        None => true,
-                        Some(set) => set.contains(addr_of(k)) || cur.get(addr_of(k)).is_none(),
-                    }
-            };
-            let mut i = 0usize;
-            while i < entries.len() {
-                if !candidate(i, &mut ahead) {
-                    if page_needed(m, entries[i]) {
-                        if let Some(h) = behind.get(addr_of(i)) {
-                            hashes.push((addr_of(i), h));
-                        }
-                    }
-                    i += 1;
-                    continue;
-                }
-                let mut j = i;
-                while j < entries.len() && (j - i) < batch_pages && candidate(j, &mut ahead) {
-                    j += 1;
-                }
-                let addr = m.start + i as u64 * page;
-                let len = (j - i) * pg;
-                i = j;
-                // A stopped pipeline has an error that finish() reports.
-                let Some(mut buf) = out.buffer(len) else {
-                    return Ok(());
-                };
-                let tr = Instant::now();
-                match mem::read_fully(pid, addr, &mut buf[..len]) {
-                    Ok(()) => {}
-                    Err(_) if running => {
-                        // Unmapped meanwhile: give the buffer back, move on.
-                        out.submit(addr, buf, 0, PageFilter::All);
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(e)
-                            .ctx(pid, || format!("read memory at {addr:#x} (+{len} bytes)"))
-                    }
-                }
-                read_ns += tr.elapsed().as_nanos();
-                let mut keep = Vec::with_capacity(len / pg);
-                for (k, p) in buf[..len].chunks(pg).enumerate() {
-                    let a = addr + (k * pg) as u64;
-                    let h = xxhash_rust::xxh3::xxh3_64(p);
-                    hashes.push((a, h));
-                    let changed = match behind.get(a) {
-                        Some(ph) => ph != h,
-                        None => !(anon && crate::pagewriter::is_zero(p)),
-                    };
-                    if changed {
-                        round.update(&a.to_le_bytes());
-                        round.update(&h.to_le_bytes());
-                        pages_stored += 1;
-                    }
-                    keep.push(changed);
-                }
-                if !out.submit(addr, buf, len, PageFilter::Only(keep)) {
-                    return Ok(());
-                }
+            let mut j = i;
+            while j < entries.len() && (j - i) < batch_pages && candidate(j, &mut self.ahead) {
+                j += 1;
             }
-            debug!(
-                pid,
-                start = m.start,
-                name = %m.name,
-                pages_with_data = hashes.len() - hashes_before,
-                "captured mapping"
-            );
+            let (addr, len) = (addr_of(i), (j - i) * page as usize);
+            i = j;
+            if !self.read_batch(addr, len, anon)? {
+                return Ok(false);
+            }
         }
-        // Pages an older image holds that are no longer present.
+        debug!(
+            pid = self.pid,
+            start = m.start,
+            name = %m.name,
+            pages_with_data = self.hashes.len() - hashes_before,
+            "captured mapping"
+        );
+        Ok(true)
+    }
+
+    /// Read the `len` bytes at `addr` (of a mapping whose empty pages read
+    /// as zeros if `anon`), hash every page and store those that changed.
+    /// False: the writer stopped.
+    fn read_batch(&mut self, addr: u64, len: usize, anon: bool) -> Result<bool> {
+        let pg = self.page as usize;
+        let Some(mut buf) = self.out.buffer(len) else {
+            return Ok(false);
+        };
+        let tr = Instant::now();
+        match mem::read_fully(self.pid, addr, &mut buf[..len]) {
+            Ok(()) => {}
+            Err(_) if self.running => {
+                // Unmapped meanwhile: give the buffer back, move on.
+                self.out.submit(addr, buf, 0, PageFilter::All);
+                return Ok(true);
+            }
+            Err(e) => {
+                return Err(e).ctx(self.pid, || {
+                    format!("read memory at {addr:#x} (+{len} bytes)")
+                })
+            }
+        }
+        self.read_ns += tr.elapsed().as_nanos();
+        let mut keep = Vec::with_capacity(len / pg);
+        for (k, p) in buf[..len].chunks(pg).enumerate() {
+            let a = addr + (k * pg) as u64;
+            let h = xxhash_rust::xxh3::xxh3_64(p);
+            self.hashes.push((a, h));
+            let changed = match self.behind.get(a) {
+                Some(ph) => ph != h,
+                None => !(anon && crate::pagewriter::is_zero(p)),
+            };
+            if changed {
+                self.round.update(&a.to_le_bytes());
+                self.round.update(&h.to_le_bytes());
+                self.pages_stored += 1;
+            }
+            keep.push(changed);
+        }
+        Ok(self.out.submit(addr, buf, len, PageFilter::Only(keep)))
+    }
+
+    /// Store the pages an older image holds that are no longer present, as
+    /// they read now. False: the writer stopped.
+    fn store_gone(&mut self, maps: &[MapEntry]) -> Result<bool> {
+        let pg = self.page as usize;
         let mut gone: Vec<u64> = Vec::new();
-        let mut cur = hashes.iter().map(|(a, _)| *a).peekable();
-        for &(a, _) in parent {
+        let mut cur = self.hashes.iter().map(|(a, _)| *a).peekable();
+        for &(a, _) in self.parent {
             while cur.next_if(|c| *c < a).is_some() {}
             if cur.peek() != Some(&a) {
                 gone.push(a);
             }
         }
-        for run in gone.chunk_by(|x, y| *y == *x + page) {
-            for piece in run.chunks(batch_pages) {
+        for run in gone.chunk_by(|x, y| *y == *x + self.page) {
+            for piece in run.chunks(BATCH_BYTES / pg) {
                 let addr = piece[0];
                 let Some(m) = maps
                     .iter()
@@ -464,52 +618,34 @@ pub(crate) fn capture_pages(
                 };
                 let end = (addr + (piece.len() * pg) as u64).min(m.end);
                 let len = (end - addr) as usize;
-                let Some(mut buf) = out.buffer(len) else {
-                    return Ok(());
+                let Some(mut buf) = self.out.buffer(len) else {
+                    return Ok(false);
                 };
                 if !m.reads_zero_when_empty() {
                     // The file's bytes show through again: read them.
-                    if let Err(e) = mem::read_fully(pid, addr, &mut buf[..len]) {
-                        if running {
-                            out.submit(addr, buf, 0, PageFilter::All);
+                    if let Err(e) = mem::read_fully(self.pid, addr, &mut buf[..len]) {
+                        if self.running {
+                            self.out.submit(addr, buf, 0, PageFilter::All);
                             continue;
                         }
-                        return Err(e).ctx(pid, || format!("read file-backed page at {addr:#x}"));
+                        return Err(e)
+                            .ctx(self.pid, || format!("read file-backed page at {addr:#x}"));
                     }
                 } else {
                     buf[..len].fill(0);
                 }
                 for k in 0..len / pg {
-                    round.update(&(addr + (k * pg) as u64).to_le_bytes());
-                    round.update(&0u64.to_le_bytes());
+                    self.round.update(&(addr + (k * pg) as u64).to_le_bytes());
+                    self.round.update(&0u64.to_le_bytes());
                 }
-                pages_stored += (len / pg) as u64;
-                if !out.submit(addr, buf, len, PageFilter::All) {
-                    return Ok(());
+                self.pages_stored += (len / pg) as u64;
+                if !self.out.submit(addr, buf, len, PageFilter::All) {
+                    return Ok(false);
                 }
             }
         }
-        Ok(())
-    })();
-    let tf = Instant::now();
-    let stats = out.finish();
-    debug!(
-        setup_ms,
-        walk_ms = tf.duration_since(t_setup).as_secs_f64() * 1e3,
-        read_ms = read_ns as f64 / 1e6,
-        pagemap_ms = pagemap_ns as f64 / 1e6,
-        drain_ms = tf.elapsed().as_secs_f64() * 1e3,
-        "page capture timing"
-    );
-    read_result?;
-    Ok(PageCapture {
-        stats: stats?,
-        hashes,
-        delta: None,
-        pages_stored,
-        round_hash: round.digest(),
-        deferred: Vec::new(),
-    })
+        Ok(true)
+    }
 }
 
 /// Mappings whose pages an image may hold.
