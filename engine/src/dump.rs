@@ -376,43 +376,16 @@ pub(crate) fn dump_frozen(
     );
 
     let t_mem = Instant::now();
-    let codec = codec_for(opts.zstd_level);
-    let mut capture = match dirty {
-        // An exact tracker reports every change since the parent (writes,
-        // zapped pages, new mappings): only those pages are looked at, so
-        // this costs what changed, not what the program holds.
-        Some(d) if exact && !parent.is_empty() => {
-            let mut c = capture_delta(pid, &maps, dir, codec, parent, d, defer)?;
-            if !opts.delta_table {
-                if let Some(full) = c.delta.as_ref().and_then(|x| x.apply(parent)) {
-                    c.hashes = full;
-                    c.delta = None;
-                } else {
-                    return Err(EngineError::Internal(
-                        "page table delta does not fit its parent".into(),
-                    ));
-                }
-            }
-            c
-        }
-        _ => capture_pages(pid, &maps, dir, codec, parent, dirty, false)?,
-    };
-    if opts.delta_table && capture.delta.is_none() && opts.parent.is_some() {
-        capture.delta = Some(wire::TableDelta::between(parent, &capture.hashes));
-    }
+    let capture = frozen_pages(
+        pid,
+        &maps,
+        dir,
+        opts,
+        parent,
+        dirty.map(|d| (d, exact, defer)),
+    )?;
     let page_stats = capture.stats;
     let memory_ms = t_mem.elapsed().as_secs_f64() * 1e3;
-    if !capture.deferred.is_empty() {
-        let deferred = wire::Deferred {
-            pages: std::mem::take(&mut capture.deferred),
-        };
-        wire::write_record(
-            &dir.join(wire::DEFERRED_FILE),
-            wire::RecordKind::Deferred,
-            &deferred,
-        )?;
-        capture.deferred = deferred.pages;
-    }
 
     wire::write_record(&dir.join(wire::CORE_FILE), wire::RecordKind::Core, &core)?;
     wire::write_record(&dir.join(wire::MM_FILE), wire::RecordKind::Mm, &mm)?;
@@ -458,6 +431,56 @@ pub(crate) fn dump_frozen(
         deferred: capture.deferred.clone(),
     };
     Ok(stats)
+}
+
+/// The pages of a frozen program into `dir`: with `tracked` = (the
+/// tracker's dirty set, whether it is exact, whether to defer pages for
+/// post-copy), only what changed since `parent`; the pages left for
+/// post-copy listed in `deferred.img`.
+fn frozen_pages(
+    pid: i32,
+    maps: &[MapEntry],
+    dir: &Path,
+    opts: &DumpOptions,
+    parent: &[(u64, u64)],
+    tracked: Option<(&DirtySet, bool, bool)>,
+) -> Result<PageCapture> {
+    let codec = codec_for(opts.zstd_level);
+    let mut capture = match tracked {
+        // An exact tracker reports every change since the parent (writes,
+        // zapped pages, new mappings): only those pages are looked at, so
+        // this costs what changed, not what the program holds.
+        Some((d, true, defer)) if !parent.is_empty() => {
+            let mut c = capture_delta(pid, maps, dir, codec, parent, d, defer)?;
+            if !opts.delta_table {
+                if let Some(full) = c.delta.as_ref().and_then(|x| x.apply(parent)) {
+                    c.hashes = full;
+                    c.delta = None;
+                } else {
+                    return Err(EngineError::Internal(
+                        "page table delta does not fit its parent".into(),
+                    ));
+                }
+            }
+            c
+        }
+        _ => capture_pages(pid, maps, dir, codec, parent, tracked.map(|t| t.0), false)?,
+    };
+    if opts.delta_table && capture.delta.is_none() && opts.parent.is_some() {
+        capture.delta = Some(wire::TableDelta::between(parent, &capture.hashes));
+    }
+    if !capture.deferred.is_empty() {
+        let deferred = wire::Deferred {
+            pages: std::mem::take(&mut capture.deferred),
+        };
+        wire::write_record(
+            &dir.join(wire::DEFERRED_FILE),
+            wire::RecordKind::Deferred,
+            &deferred,
+        )?;
+        capture.deferred = deferred.pages;
+    }
+    Ok(capture)
 }
 
 /// Page hashes of the parent image, checked to belong to the same process.
@@ -1211,7 +1234,6 @@ fn vma_kind(pid: i32, m: &MapEntry, in_round: bool) -> Result<wire::VmaKind> {
     })
 }
 
-
 /// What a dump does with established TCP connections.
 pub(crate) enum Connections<'a> {
     /// Refuse the program (the default: moving them needs the lock).
@@ -1221,6 +1243,21 @@ pub(crate) enum Connections<'a> {
     /// Lock their packets, put them into repair mode and read them; the
     /// bool: the image records the lock (the dump leaves it in place).
     Take(&'a mut tern_state::sockets::Held, bool),
+}
+
+/// The record of an fd shared with the outside world, named `name` by
+/// `--external` (nothing of it is taken).
+fn external_kind(name: &str, link: &str, flags: i32) -> wire::FdKind {
+    let mode = match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => "read",
+        libc::O_WRONLY => "write",
+        _ => "read-write",
+    };
+    wire::FdKind::External {
+        name: name.to_string(),
+        what: format!("{link} ({mode})"),
+        flags: flags & libc::O_NONBLOCK,
+    }
 }
 
 /// Every open fd of process `pid`: (fd, what /proc/PID/fd names, fdinfo).
@@ -1340,20 +1377,11 @@ fn capture_files(
         }
         let desc = fd as u32;
         if let Some(name) = cross.external.get(&fd) {
-            let mode = match info.flags & libc::O_ACCMODE {
-                libc::O_RDONLY => "read",
-                libc::O_WRONLY => "write",
-                _ => "read-write",
-            };
             out.push(wire::Fd {
                 fd,
                 cloexec: info.flags & libc::O_CLOEXEC != 0,
                 desc,
-                kind: wire::FdKind::External {
-                    name: name.clone(),
-                    what: format!("{link} ({mode})"),
-                    flags: info.flags & libc::O_NONBLOCK,
-                },
+                kind: external_kind(name, link, info.flags),
             });
             continue;
         }
@@ -1548,6 +1576,24 @@ fn fd_kind(
             check_inside_mount_namespace(pid, fd, link, &fdinfo()?, ids)?;
         }
     }
+    path_fd_kind(pid, fd, link, flags, offset, desc, dir)
+}
+
+/// The record of an fd opened by path: a memfd, a deleted file (its
+/// contents saved once per open description `desc` into `dir`), a FIFO
+/// (with its buffered bytes), a terminal (only as stdio), another
+/// character device, a regular file or a directory.
+fn path_fd_kind(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    flags: i32,
+    offset: u64,
+    desc: u32,
+    dir: Option<&Path>,
+) -> Result<wire::FdKind> {
+    let is_stdio = (0..=2).contains(&fd);
+    let what = || format!("fd {fd} ({link})");
     let proc_path = format!("/proc/{pid}/fd/{fd}");
     let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {}", what()))?;
     let ft = meta.file_type();
@@ -1804,4 +1850,3 @@ fn save_file_contents(pid: i32, src: &str, target: &Path) -> Result<()> {
     w.finish()?;
     Ok(())
 }
-

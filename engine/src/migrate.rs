@@ -634,45 +634,17 @@ pub fn migrate(
     info!(pid, to = %opts.to, "connected, authenticated");
 
     // Rounds while the program runs; any failure leaves it running.
-    let mut precopy_opts = opts.precopy.clone();
-    precopy_opts.dump.zstd_level = match opts.compress {
-        Compression::Zstd(l) => Some(l),
-        Compression::Off | Compression::Auto => None,
-    };
-    let mut shipped = Shipped {
-        rounds: Vec::new(),
-        pending: 0,
-        compressing: precopy_opts.dump.zstd_level.is_some(),
-    };
+    let mut shipped = Shipped::default();
     let mut turn = None;
-    let frozen = match opts.mode {
-        Mode::Simple => {
-            turn = opts.freeze_turns.as_ref().map(|t| t.take().0);
-            precopy::freeze_whole(pid, &stage_dir, &precopy_opts.dump)
-        }
-        Mode::Live => live_rounds(
-            pid,
-            opts,
-            &precopy_opts,
-            &stage_dir,
-            &mut link,
-            &mut shipped,
-            &mut turn,
-            on_round,
-        ),
-    }
-    .map_err(|e| {
-        // A send that failed because the destination refused and hung up:
-        // its reason says more than "broken pipe".
-        let e = match (&e, link.refusal()) {
-            (EngineError::Migration { .. }, Some(reason)) => {
-                fail(format!("the destination refused: {reason}"))
-            }
-            _ => e,
-        };
-        link.abort("the source failed before the final round");
-        e
-    })?;
+    let frozen = run_until_frozen(
+        pid,
+        opts,
+        &stage_dir,
+        &mut link,
+        &mut shipped,
+        &mut turn,
+        on_round,
+    )?;
 
     // Frozen from here: until the commit, any failure thaws the program.
     let final_dump_ms = frozen.stopped_ms();
@@ -888,12 +860,63 @@ fn commit(
 }
 
 /// The rounds on their way to the destination.
+#[derive(Default)]
 struct Shipped {
     rounds: Vec<WireRound>,
     /// Handed to the sender task, not yet reported sent.
     pending: usize,
     /// Pages go compressed (from some round on).
     compressing: bool,
+}
+
+/// Everything before the freeze: the pre-copy rounds shipped as they are
+/// taken (live), or nothing (simple); then the program frozen with its
+/// final image. Any failure leaves it running and tells the destination.
+/// `turn`: this migration's turn to be frozen, if evacuating.
+fn run_until_frozen<'t>(
+    pid: i32,
+    opts: &'t MigrateOptions,
+    stage_dir: &Path,
+    link: &mut Link,
+    shipped: &mut Shipped,
+    turn: &mut Option<std::sync::MutexGuard<'t, ()>>,
+    on_round: &mut dyn FnMut(&RoundReport),
+) -> Result<Frozen> {
+    let fail = |what: String| EngineError::Migration { pid, what };
+    let mut precopy_opts = opts.precopy.clone();
+    precopy_opts.dump.zstd_level = match opts.compress {
+        Compression::Zstd(l) => Some(l),
+        Compression::Off | Compression::Auto => None,
+    };
+    shipped.compressing = precopy_opts.dump.zstd_level.is_some();
+    match opts.mode {
+        Mode::Simple => {
+            *turn = opts.freeze_turns.as_ref().map(|t| t.take().0);
+            precopy::freeze_whole(pid, stage_dir, &precopy_opts.dump)
+        }
+        Mode::Live => live_rounds(
+            pid,
+            opts,
+            &precopy_opts,
+            stage_dir,
+            link,
+            shipped,
+            turn,
+            on_round,
+        ),
+    }
+    .map_err(|e| {
+        // A send that failed because the destination refused and hung up:
+        // its reason says more than "broken pipe".
+        let e = match (&e, link.refusal()) {
+            (EngineError::Migration { .. }, Some(reason)) => {
+                fail(format!("the destination refused: {reason}"))
+            }
+            _ => e,
+        };
+        link.abort("the source failed before the final round");
+        e
+    })
 }
 
 /// Pre-copy: rounds read while the program runs and shipped as they are

@@ -8,9 +8,9 @@ use crate::pagewriter::{PageFilter, PageWriter, BATCH_BYTES};
 use crate::track::DirtySet;
 use std::path::Path;
 use std::time::Instant;
+use tern_sys::mem;
 use tern_sys::page_size;
 use tern_sys::proc::{self, MapEntry, Pagemap};
-use tern_sys::mem;
 use tern_wire as wire;
 use tracing::debug;
 
@@ -357,11 +357,7 @@ impl<'a> DeltaStored<'a> {
         Ok(true)
     }
 
-    fn into_capture(
-        mut self,
-        stats: wire::chunks::ChunkStats,
-        deferred: Vec<u64>,
-    ) -> PageCapture {
+    fn into_capture(mut self, stats: wire::chunks::ChunkStats, deferred: Vec<u64>) -> PageCapture {
         self.changed.sort_unstable_by_key(|e| e.0);
         self.changed.dedup_by_key(|e| e.0);
         self.removed.sort_unstable();

@@ -449,10 +449,26 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>
             data,
         });
     }
-    // Open file descriptions held by several processes.
+    let shared_fds = shared_descriptions(&fds);
+    let shared_memory = shared_anon_memory(procs)?;
+    Ok((
+        wire::Tree {
+            processes: Vec::new(),
+            pipes,
+            shared_fds,
+            shared_memory,
+        },
+        sockets,
+    ))
+}
+
+/// Open file descriptions held by several processes of the tree, as
+/// groups of (pid, fd); `fds`: every (pid, fd, link) of the tree.
+fn shared_descriptions(fds: &[(i32, i32, String)]) -> Vec<Vec<(i32, i32)>> {
     let mut shared_fds: Vec<Vec<(i32, i32)>> = Vec::new();
     for (i, (pa, fa, la)) in fds.iter().enumerate() {
-        if pipe_id(la).is_some() || shared_fds.iter().any(|g| g.contains(&(*pa, *fa))) {
+        // Pipes are the tree's pipes.
+        if la.starts_with("pipe:") || shared_fds.iter().any(|g| g.contains(&(*pa, *fa))) {
             continue;
         }
         let mut group = vec![(*pa, *fa)];
@@ -476,7 +492,12 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>
             }
         }
     }
-    // Shared anonymous memory mapped in several processes.
+    shared_fds
+}
+
+/// Shared anonymous memory mapped in several processes of the tree: for
+/// each object, (pid, start, offset) of every mapping of it.
+fn shared_anon_memory(procs: &[wire::TreeProcess]) -> Result<Vec<Vec<(i32, u64, u64)>>> {
     // (device, inode) of the shmem object -> (pid, start, offset, length).
     type Mapping = (i32, u64, u64, u64);
     let mut objects: BTreeMap<(u32, u32, u64), Vec<Mapping>> = BTreeMap::new();
@@ -507,13 +528,5 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>
         }
         shared_memory.push(members.iter().map(|m| (m.0, m.1, m.2)).collect());
     }
-    Ok((
-        wire::Tree {
-            processes: Vec::new(),
-            pipes,
-            shared_fds,
-            shared_memory,
-        },
-        sockets,
-    ))
+    Ok(shared_memory)
 }

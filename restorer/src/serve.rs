@@ -247,14 +247,7 @@ async fn session(
     )
     .await?;
 
-    let stage = opts
-        .work_dir
-        .join(format!("tern-standby-{}-{n}", std::process::id()));
-    // One left by a daemon that died with this pid (killed, so it could not
-    // clean up) would mix its files with this session's: no live daemon
-    // can own it.
-    let _ = std::fs::remove_dir_all(&stage);
-    tern_wire::create_image_dir(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
+    let stage = make_stage(&opts.work_dir, n)?;
     let _staged = tern_wire::image::Staging(stage.clone());
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
@@ -309,20 +302,36 @@ async fn session(
     // unfinished standby (after a commit it is no longer there).
     drop(cmd_tx);
     if result.is_err() {
-        // Wait until it has (half-built program killed, network lock
-        // lifted): `--once` exits right after this session.
-        let discarded = async { while ev_rx.recv().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(30), discarded)
-            .await
-            .is_err()
-        {
-            warn!(%peer, "the standby thread did not finish discarding within 30 s");
-        }
+        wait_discarded(&mut ev_rx, peer).await;
         // Never resumed (Resume is only sent on Commit, and a failed
         // resume kills it).
         journal.discarded(id);
     }
     result
+}
+
+/// Session `n`'s staging directory in `work_dir`, made empty.
+fn make_stage(work_dir: &std::path::Path, n: u64) -> Result<PathBuf, String> {
+    let stage = work_dir.join(format!("tern-standby-{}-{n}", std::process::id()));
+    // One left by a daemon that died with this pid (killed, so it could not
+    // clean up) would mix its files with this session's: no live daemon
+    // can own it.
+    let _ = std::fs::remove_dir_all(&stage);
+    tern_wire::create_image_dir(&stage).map_err(|e| format!("create {}: {e}", stage.display()))?;
+    Ok(stage)
+}
+
+/// Wait until the puppet thread has discarded an unfinished standby
+/// (half-built program killed, network lock lifted): `--once` exits right
+/// after the session.
+async fn wait_discarded(ev_rx: &mut mpsc::UnboundedReceiver<Event>, peer: std::net::SocketAddr) {
+    let discarded = async { while ev_rx.recv().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), discarded)
+        .await
+        .is_err()
+    {
+        warn!(%peer, "the standby thread did not finish discarding within 30 s");
+    }
 }
 
 /// One migration being received: what the loop over the source's messages

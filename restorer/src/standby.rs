@@ -276,6 +276,40 @@ impl Standby {
         Ok(applied)
     }
 
+    /// The final image's threads get their ids: in our own namespace one
+    /// may be taken by now.
+    fn check_thread_ids_free(&self, image: &Image) -> Result<()> {
+        for t in image.core.threads.iter().skip(1) {
+            if self.puppet.namespace.is_none()
+                && image.inventory.namespaces.pid.is_none()
+                && !self.opts.new_pid
+                && Path::new(&format!("/proc/{}", t.tid)).exists()
+            {
+                return Err(RestoreError::PidBusy {
+                    pid: t.tid,
+                    waited_ms: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop the owed pages the standby holds from an earlier round (stale)
+    /// and those present without it having written them (a transparent
+    /// huge page filled around a neighbour, khugepaged, reads as zeros), so
+    /// the program's first touch faults and fetches each. Returns how many.
+    fn drop_stale_owed(&mut self, owed: &[u64]) -> Result<u64> {
+        let pid = self.puppet.pid;
+        let present = crate::postcopy::present_among(pid, owed, self.page_size)
+            .step(pid, || "read the pagemap of the owed pages".into())?;
+        let stale: Vec<u64> = owed
+            .iter()
+            .copied()
+            .filter(|a| self.pages.contains_key(a) || present.binary_search(a).is_ok())
+            .collect();
+        self.drop_pages(&stale)
+    }
+
     /// The program moved to other cgroups since round 0: the puppet too.
     fn follow_cgroups(&mut self, now: &[wire::Cgroup]) -> Result<()> {
         if self.opts.cgroups == crate::CgroupMode::Ignore || now == self.cgroups.as_slice() {
@@ -644,19 +678,7 @@ impl Standby {
             Some(_) => Vec::new(),
             None => wire::hashes::read_page_hashes(&dir.join(wire::HASHES_FILE))?,
         };
-        for t in image.core.threads.iter().skip(1) {
-            // In our own namespace a thread id may be taken by now.
-            if self.puppet.namespace.is_none()
-                && image.inventory.namespaces.pid.is_none()
-                && !self.opts.new_pid
-                && Path::new(&format!("/proc/{}", t.tid)).exists()
-            {
-                return Err(RestoreError::PidBusy {
-                    pid: t.tid,
-                    waited_ms: 0,
-                });
-            }
-        }
+        self.check_thread_ids_free(&image)?;
         self.follow_cgroups(&image.inventory.cgroups)?;
         let owed = crate::postcopy::read_owed(dir, &image.mm.vmas, self.page_size)?;
         let is_owed = |a: u64| owed.as_ref().is_some_and(|o| o.binary_search(&a).is_ok());
@@ -675,23 +697,9 @@ impl Standby {
             }
             None => self.reconcile(dir, &full_table)?,
         };
-        // Owed pages the standby holds from an earlier round are stale, and
-        // those present without it having written them (a transparent huge
-        // page filled around a neighbour, khugepaged) read as zeros: all
-        // are dropped, so the program's first touch faults and fetches the
-        // page.
+        // Owed pages it may hold wrong: dropped, to be fetched.
         let stale_dropped = match &owed {
-            Some(owed) => {
-                let pid = self.puppet.pid;
-                let present = crate::postcopy::present_among(pid, owed, self.page_size)
-                    .step(pid, || "read the pagemap of the owed pages".into())?;
-                let stale: Vec<u64> = owed
-                    .iter()
-                    .copied()
-                    .filter(|a| self.pages.contains_key(a) || present.binary_search(a).is_ok())
-                    .collect();
-                self.drop_pages(&stale)?
-            }
+            Some(owed) => self.drop_stale_owed(owed)?,
             None => 0,
         };
         // Made before the credentials and seccomp filter are restored.
