@@ -331,13 +331,24 @@ fn describe_fd(image: &tern_restorer::Image, f: &wire::Fd) -> String {
             name, size, seals, ..
         } => format!("memfd {name:?} ({size} bytes saved, seals {seals:#x})"),
         wire::FdKind::UnixPair {
-            pair, kind, queued, ..
+            pair,
+            kind,
+            queued,
+            name,
+            ..
         } => format!(
-            "unix {} socketpair {pair} ({} bytes waiting)",
+            "unix {} {} {pair} ({} bytes waiting)",
             match *kind {
                 libc::SOCK_STREAM => "stream",
                 libc::SOCK_DGRAM => "datagram",
                 _ => "seqpacket",
+            },
+            match name {
+                Some(n) => format!(
+                    "connection accepted at {}, pair",
+                    tern_state::sockets::show_unix_name(n)
+                ),
+                None => "socketpair".to_string(),
             },
             queued.len()
         ),

@@ -1862,6 +1862,40 @@ fn uts_and_ipc_namespaces_are_made_again() {
     );
 }
 
+/// A unix listener with a connection it accepted, the client's end held
+/// by a forked child ("tree") or by the process itself ("self"), a ping
+/// every 10 ms and a reply always waiting at the client: dumped and
+/// restored, the accepted end is named as the listener (getsockname), the
+/// client's peer name is the listener's (getpeername), and the exchange
+/// goes on without a byte lost or repeated (the program checks each).
+#[test]
+fn accepted_unix_connections_keep_their_names() {
+    let test = "accepted_unix_connections_keep_their_names";
+    if !root_or_skip(test) {
+        return;
+    }
+    for mode in ["tree", "self"] {
+        let path = format!("/tmp/tern-test-{}-{mode}.sock", std::process::id());
+        let mut s = c_session(&format!("{test}-{mode}"), "named_conn", &[&path, mode]);
+        s.wait_seq(5);
+        s.dump();
+        let inspect = tern_inspect(&s.dir, &s.images, false);
+        assert!(
+            inspect
+                .stdout
+                .contains(&format!("connection accepted at \"{path}\"")),
+            "inspect shows the accepted connection: {}",
+            inspect.stdout
+        );
+        // The child's pid may take a moment to be free.
+        let never = args!["--pid-ns", "never"];
+        s.restore_with(Stdio::null(), &never);
+        s.wait_seq(s.last_before + 30);
+        s.finish();
+        let _ = fs::remove_file(&path);
+    }
+}
+
 /// Removes a POSIX message queue when dropped (with the workload's own
 /// `unlink` mode).
 struct QueueGuard {

@@ -1139,6 +1139,40 @@ fn migrate_keeps_uts_and_ipc_namespaces() {
     back_guard.kill_and_wait();
 }
 
+/// A unix listener's accepted connection whose client end a forked child
+/// holds (`named_conn.c`, a ping every 10 ms, a reply always waiting)
+/// migrates live A -> B: the destination's standby makes the connection
+/// through a listener of its own, so the names stay (the accepted end's is
+/// the listener's path, the client's peer name too) and the exchange goes
+/// on without a gap; then the same with both ends in one process.
+#[test]
+fn migrate_keeps_accepted_unix_connections() {
+    let test = "migrate_keeps_accepted_unix_connections";
+    for mode in ["tree", "self"] {
+        let Some(edges) = edges_or_skip(test) else {
+            return;
+        };
+        let path = format!("/tmp/tern-test-{}-m{mode}.sock", std::process::id());
+        let mut e = start_program(
+            &format!("migrate-named-{mode}"),
+            edges,
+            "named_conn",
+            &[],
+            &[&path, mode],
+        );
+        e.wait_tick_lines(5);
+        let source = e.program.pid();
+        let (moved, mut guard) = e.migrate_to_b(&["--policy", "rounds:3"], source);
+        e.program.disarm();
+        assert_eq!(netns_of(moved), Some(e.edges.b.inode()));
+        let n = e.wait_tick_lines(1).len();
+        let all = e.wait_tick_lines(n + 30);
+        check_consecutive(&all, 1).unwrap_or_else(|err| panic!("{mode}: output: {err}"));
+        guard.kill_and_wait();
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// A runc container made here: a busybox-static root file system with the
 /// static counter (and the child it forks), its own mount, UTS, IPC and
 /// PID namespaces (the counter is pid 1 there), network namespace A (by

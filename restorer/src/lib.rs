@@ -1008,7 +1008,15 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     let tids: Vec<i32> = image.core.threads.iter().map(|t| t.tid).collect();
     // Fds given for the image's external ones: the puppet takes them from
     // tern through tern's pidfd, kept above the image's fd numbers.
-    let inherited = inherited_fds(&image, opts)?;
+    let mut inherited = inherited_fds(&image, opts)?;
+    // Accepted unix connections are made by tern (through a listener of
+    // its own) and taken the same way.
+    let mut held = Vec::new();
+    let pairs = tree::make_cross_pairs(std::slice::from_ref(&image), &mut held)
+        .step(image.core.pid, || {
+            "make its accepted unix connections".into()
+        })?;
+    inherited.extend(tree::pair_imports(&image, &pairs));
     let (tern_pidfd, imports) = if inherited.is_empty() {
         (None, None)
     } else {

@@ -57,6 +57,8 @@ pub struct Standby {
     tern_chan: Option<u64>,
     /// The cgroups the puppet was put into (round 0's).
     cgroups: Vec<wire::Cgroup>,
+    /// Fds made here for the final image, until the puppet has taken them.
+    held: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Where a standby's puppet keeps tern's pidfd until the final image.
@@ -166,16 +168,12 @@ impl Standby {
     /// puppet and build its address space.
     pub fn start(round0: &Path, opts: &RestoreOptions) -> Result<Standby> {
         let (inv, _) = load_round(round0)?;
-        // Threads are only known at the end: the main pid decides.
-        let tern_pidfd = if opts.inherit_fds.is_empty() {
-            None
-        } else {
-            Some(
-                tern_sys::pidfd_open(std::process::id() as i32)
-                    .step(inv.pid, || "pidfd_open of tern itself".into())?,
-            )
-        };
-        let keep = tern_pidfd.as_ref().map(|p| (p.as_raw_fd(), STANDBY_CHAN));
+        // Threads are only known at the end: the main pid decides. The
+        // puppet holds tern's pidfd to take the fds the final image needs
+        // from tern (inherited ones, accepted unix connections).
+        let tern_pidfd = tern_sys::pidfd_open(std::process::id() as i32)
+            .step(inv.pid, || "pidfd_open of tern itself".into())?;
+        let keep = Some((tern_pidfd.as_raw_fd(), STANDBY_CHAN));
         let (puppet, want) = crate::spawn_puppet(
             inv.pid,
             &[inv.pid],
@@ -184,7 +182,7 @@ impl Standby {
             &inv.namespaces,
             &inv.cgroups,
         )?;
-        Standby::adopt(puppet, want, keep.is_some(), round0, opts)
+        Standby::adopt(puppet, want, true, round0, opts)
     }
 
     /// Build the address space of the first round (`round0`) into a blank
@@ -215,6 +213,7 @@ impl Standby {
             pages_bytes: 0,
             tern_chan: chan.then_some(STANDBY_CHAN as u64),
             cgroups: inv.cgroups.clone(),
+            held: Vec::new(),
         };
         let t = Instant::now();
         let built = (|| {
@@ -786,11 +785,18 @@ impl Standby {
                 chan: moved,
                 ..tree
             },
-            None => crate::tree::Imports {
-                chan: moved,
-                fds: crate::inherited_fds(image, &self.opts)?,
-                maps: BTreeMap::new(),
-            },
+            None => {
+                let mut fds = crate::inherited_fds(image, &self.opts)?;
+                let pairs =
+                    crate::tree::make_cross_pairs(std::slice::from_ref(image), &mut self.held)
+                        .step(pid, || "make its accepted unix connections".into())?;
+                fds.extend(crate::tree::pair_imports(image, &pairs));
+                crate::tree::Imports {
+                    chan: moved,
+                    fds,
+                    maps: BTreeMap::new(),
+                }
+            }
         }))
     }
 

@@ -378,20 +378,13 @@ impl Shared {
             maps: BTreeMap::new(),
         };
         for f in &image.files.fds {
-            match &f.kind {
-                wire::FdKind::Pipe { id, write_end, .. } => {
-                    if let Some(&(r, w)) = self.pipe_ends.get(id) {
-                        imports.fds.insert(f.fd, if *write_end { w } else { r });
-                    }
+            if let wire::FdKind::Pipe { id, write_end, .. } = &f.kind {
+                if let Some(&(r, w)) = self.pipe_ends.get(id) {
+                    imports.fds.insert(f.fd, if *write_end { w } else { r });
                 }
-                wire::FdKind::UnixPair { ino, .. } => {
-                    if let Some(&end) = self.pair_ends.get(ino) {
-                        imports.fds.insert(f.fd, end);
-                    }
-                }
-                _ => {}
             }
         }
+        imports.fds.extend(pair_imports(image, &self.pair_ends));
         for (g, group) in tree.shared_fds.iter().enumerate() {
             if let Some(&fd) = self.fds.get(&g) {
                 for &(_, n) in group.iter().skip(1).filter(|m| m.0 == pid) {
@@ -619,11 +612,13 @@ fn set_groups(
     Ok(())
 }
 
-/// The unix socketpairs of the images whose two ends are held by
-/// different processes, made here (each end's waiting bytes sent from the
-/// other end, O_NONBLOCK as recorded): end inode -> tern's fd (kept in
+/// The unix socket pairs of the images that tern makes (each end's
+/// waiting bytes sent from the other end, O_NONBLOCK as recorded): those
+/// whose two ends are held by different processes, and accepted
+/// connections (one end named, made through a listener of tern's:
+/// `tern_sys::sock::accepted_pair`). End inode -> tern's fd (kept in
 /// `held`).
-fn make_cross_pairs(
+pub(crate) fn make_cross_pairs(
     images: &[Image],
     held: &mut Vec<OwnedFd>,
 ) -> std::io::Result<BTreeMap<u64, RawFd>> {
@@ -633,6 +628,7 @@ fn make_cross_pairs(
         kind: i32,
         nonblock: bool,
         queued: &'a [u8],
+        name: Option<&'a [u8]>,
     }
     let mut pairs: BTreeMap<u64, Vec<End<'_>>> = BTreeMap::new();
     for (k, image) in images.iter().enumerate() {
@@ -643,6 +639,7 @@ fn make_cross_pairs(
                 kind,
                 flags,
                 queued,
+                name,
             } = &f.kind
             {
                 pairs.entry(*pair).or_default().push(End {
@@ -651,14 +648,19 @@ fn make_cross_pairs(
                     kind: *kind,
                     nonblock: flags & libc::O_NONBLOCK != 0,
                     queued,
+                    name: name.as_deref(),
                 });
             }
         }
     }
     let mut out = BTreeMap::new();
     for (pair, ends) in pairs {
-        if ends.iter().all(|e| e.process == ends[0].process) {
-            continue; // one process makes it itself
+        // One process makes an unnamed pair of its own itself.
+        if ends
+            .iter()
+            .all(|e| e.process == ends[0].process && e.name.is_none())
+        {
+            continue;
         }
         let a = &ends[0];
         let Some(b) = ends.iter().find(|e| e.ino != a.ino) else {
@@ -666,7 +668,19 @@ fn make_cross_pairs(
                 "unix socket pair {pair} has one end in the images"
             )));
         };
-        let (fa, fb) = tern_sys::sock::socketpair(a.kind)?;
+        let (fa, fb) = match (a.name, b.name) {
+            (None, None) => tern_sys::sock::socketpair(a.kind)?,
+            (Some(name), None) => tern_sys::sock::accepted_pair(a.kind, name)?,
+            (None, Some(name)) => {
+                let (fb, fa) = tern_sys::sock::accepted_pair(b.kind, name)?;
+                (fa, fb)
+            }
+            (Some(_), Some(_)) => {
+                return Err(std::io::Error::other(format!(
+                    "both ends of unix socket pair {pair} have a name"
+                )))
+            }
+        };
         use std::os::fd::AsFd;
         tern_sys::sock::send_all(fb.as_fd(), a.queued)?;
         tern_sys::sock::send_all(fa.as_fd(), b.queued)?;
@@ -683,6 +697,20 @@ fn make_cross_pairs(
         held.push(fb);
     }
     Ok(out)
+}
+
+/// Image fd -> tern's fd for the ends of `image`'s unix pairs among `ends`
+/// (made by [`make_cross_pairs`]).
+pub(crate) fn pair_imports(image: &Image, ends: &BTreeMap<u64, RawFd>) -> Vec<(i32, RawFd)> {
+    image
+        .files
+        .fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            wire::FdKind::UnixPair { ino, .. } => ends.get(ino).map(|&e| (f.fd, e)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Make pipe `p` here with its capacity and data, each end with the

@@ -532,6 +532,39 @@ fn is_unix(pid: i32, fd: i32) -> Result<bool> {
     Ok(family == libc::AF_UNIX)
 }
 
+/// A connected unix socket `s` bound to `name`: taken if it is a
+/// connection a listener bound to a path accepted (it has the listener's
+/// name) whose client is unnamed; else why not.
+fn check_accepted(
+    s: &sock_diag::UnixSocket,
+    name: &[u8],
+    all: &[sock_diag::UnixSocket],
+) -> std::result::Result<(), String> {
+    let shown = show_unix_name(name);
+    if name.first() == Some(&0) {
+        return Err(format!(
+            "bound to {shown} and connected (a connection at an abstract name)"
+        ));
+    }
+    if name.first() != Some(&b'/') {
+        return Err(format!(
+            "bound to {shown} and connected (a connection at a relative path)"
+        ));
+    }
+    if s.kind == libc::SOCK_DGRAM {
+        return Err(format!(
+            "bound to {shown} and connected (a named datagram socket)"
+        ));
+    }
+    let peer = s.peer.and_then(|p| all.iter().find(|o| o.ino == p));
+    if peer.is_some_and(|p| p.name.is_some()) {
+        return Err(format!(
+            "bound to {shown} and connected to a socket with a name too (a named client)"
+        ));
+    }
+    Ok(())
+}
+
 /// The program's unix sockets (stdio aside): each must be one end of a
 /// connected pair whose other end the program (or its tree) holds too (`socketpair`),
 /// not shut down; a stream end's waiting bytes are read (not consumed),
@@ -579,10 +612,7 @@ pub fn capture_unix_pairs(
                 out.insert(fd, capture_bound(pid, fd, s, name, flags)?);
                 continue;
             }
-            return Err(what(format!(
-                "bound to {} and connected (an accepted connection or a named client)",
-                show_unix_name(name)
-            )));
+            check_accepted(s, name, &all).map_err(what)?;
         }
         if s.state != 1 {
             return Err(what(format!("not connected (state {})", s.state)));
@@ -634,6 +664,7 @@ pub fn capture_unix_pairs(
                 kind: s.kind,
                 flags: flags & libc::O_NONBLOCK,
                 queued,
+                name: s.name.clone(),
             }
         };
         out.insert(fd, record);

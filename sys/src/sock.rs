@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -312,9 +312,9 @@ pub fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
     .map(drop)
 }
 
-/// Bind a unix socket to `name`: a path, or `\0` and an abstract name
-/// (looked up in the socket's own network namespace).
-pub fn bind_unix(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+/// The `sockaddr_un` of unix socket name `name` (a path, or `\0` and an
+/// abstract name), with its length.
+fn unix_addr(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain old data; all zeroes is valid.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     if name.is_empty() || name.len() >= addr.sun_path.len() {
@@ -331,6 +331,13 @@ pub fn bind_unix(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let extra = usize::from(name[0] != 0);
     let len = std::mem::size_of::<libc::sa_family_t>() + name.len() + extra;
     let len = libc::socklen_t::try_from(len).map_err(|_| io::Error::other("address length"))?;
+    Ok((addr, len))
+}
+
+/// Bind a unix socket to `name`: a path, or `\0` and an abstract name
+/// (looked up in the socket's own network namespace).
+pub fn bind_unix(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (addr, len) = unix_addr(name)?;
     // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
     cvt(unsafe {
         libc::bind(
@@ -340,6 +347,95 @@ pub fn bind_unix(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         )
     })
     .map(drop)
+}
+
+/// Connect a unix socket to `name`.
+fn connect_unix(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (addr, len) = unix_addr(name)?;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+    cvt(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    })
+    .map(drop)
+}
+
+/// A new unix socket of type `kind`, close-on-exec.
+fn unix_socket(kind: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain call with integer arguments.
+    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: the kernel just returned this descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// A connected pair of unix sockets of type `kind` (stream or seqpacket)
+/// whose first end is named `path` (an absolute path) and whose second
+/// has `path` as its peer's name: what a connection accepted by a listener
+/// bound to `path` is, on both sides. Made through a listener bound to
+/// the same path string by a thread of ours whose root is a directory of
+/// its own (`chroot` after `unshare(CLONE_FS)`), so nothing is bound at
+/// `path` itself, which a listener of the program may hold. The name is
+/// the string; the accepted end keeps that scratch socket file (removed)
+/// as its inode.
+pub fn accepted_pair(
+    kind: i32,
+    path: &[u8],
+) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::unix::ffi::OsStrExt;
+    // sock_diag shows a path with its terminating NUL.
+    let end = path.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let path = &path[..end];
+    let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    if !rel.is_absolute() || path.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the name is not an absolute path",
+        ));
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let scratch = std::env::temp_dir().join(format!(
+        "tern-unix-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let parent = rel.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::create_dir_all(scratch.join(parent.strip_prefix("/").unwrap_or(parent)))?;
+    let root = std::ffi::CString::new(scratch.as_os_str().as_bytes())?;
+    let made = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare and chroot change this (scoped, soon ended)
+            // thread only; `root` is NUL-terminated.
+            unsafe {
+                cvt(libc::unshare(libc::CLONE_FS))?;
+                cvt(libc::chroot(root.as_ptr()))?;
+                cvt(libc::chdir(c"/".as_ptr()))?;
+            }
+            let listener = unix_socket(kind)?;
+            bind_unix(listener.as_fd(), path)?;
+            listen(listener.as_fd(), 1)?;
+            let client = unix_socket(kind)?;
+            connect_unix(client.as_fd(), path)?;
+            // SAFETY: accept4 with no address buffers on a listening socket.
+            let accepted = cvt(unsafe {
+                libc::accept4(
+                    listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            })?;
+            // SAFETY: the kernel just returned this descriptor.
+            let accepted = unsafe { std::os::fd::OwnedFd::from_raw_fd(accepted) };
+            Ok((accepted, client))
+        })
+        .join()
+        .map_err(|_| io::Error::other("the socket thread panicked"))?
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    made
 }
 
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {

@@ -721,7 +721,9 @@ pub enum FdKind {
         mode: u32,
     },
     /// One end of a connected pair of unix sockets both held by the
-    /// program (`socketpair`), with the bytes waiting to be read at it.
+    /// program (or its tree): a `socketpair`, or a connection accepted by
+    /// a listener bound to a path and its client; with the bytes waiting
+    /// to be read at it.
     UnixPair {
         /// The pair: the smaller of the two ends' inodes.
         pair: u64,
@@ -732,6 +734,9 @@ pub enum FdKind {
         /// `O_NONBLOCK` of the open file description.
         flags: i32,
         queued: Vec<u8>,
+        /// This end's name: the path of the listener that accepted it
+        /// (its client's peer name). `None`: unnamed.
+        name: Option<Vec<u8>>,
     },
     /// (Appended last: postcard numbers variants.)
     /// An fd shared with a process outside the dump (a supervisor's pipe, a
