@@ -1794,6 +1794,21 @@ fn in_own_uts_and_ipc(test: &str, names: &[&str]) -> Session {
     Session::start(dir, cmd, Stdio::null())
 }
 
+/// `tern dump` of the session's program (once it ticks) must fail with
+/// every one of `needles` in its message, and the program tick on.
+fn dump_refused_saying(s: &mut Session, needles: &[&str]) {
+    s.wait_seq(3);
+    let a = args!["dump", "--pid", s.pid.to_string(), "--images", &s.images];
+    let out = run_tern(&s.dir, &a, Stdio::null());
+    assert!(
+        !out.success() && needles.iter().all(|n| out.stderr.contains(n)),
+        "the dump must be refused saying {needles:?}: {}",
+        out.describe()
+    );
+    let seen = s.last_seq().unwrap_or(0);
+    s.wait_seq(seen + 5);
+}
+
 fn ns_of(pid: impl std::fmt::Display, kind: &str) -> std::path::PathBuf {
     fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("read an ns link")
 }
@@ -1815,24 +1830,8 @@ fn uts_and_ipc_namespaces_are_made_again() {
         &format!("{test}-shm"),
         &["tern-ns-shm", "shm.example", "shm"],
     );
-    refused.wait_seq(3);
-    let a = args![
-        "dump",
-        "--pid",
-        refused.pid.to_string(),
-        "--images",
-        &refused.images
-    ];
-    let out = run_tern(&refused.dir, &a, Stdio::null());
-    assert!(
-        !out.success()
-            && out.stderr.contains("SysV")
-            && out.stderr.contains(&refused.pid.to_string()),
-        "the dump must be refused naming the SysV objects and the process: {}",
-        out.describe()
-    );
-    let seen = refused.last_seq().unwrap_or(0);
-    refused.wait_seq(seen + 5);
+    let pid = refused.pid.to_string();
+    dump_refused_saying(&mut refused, &["SysV", &pid]);
 
     let mut s = in_own_uts_and_ipc(test, &["tern-edge-7", "nis.example"]);
     s.wait_seq(5);
@@ -1947,22 +1946,7 @@ fn posix_message_queues_are_reopened_by_name() {
 
     let mut refused =
         in_own_uts_and_ipc(&format!("{test}-ns"), &["tern-ns-mq", "mq.example", "mq"]);
-    refused.wait_seq(3);
-    let a = args![
-        "dump",
-        "--pid",
-        refused.pid.to_string(),
-        "--images",
-        &refused.images
-    ];
-    let out = run_tern(&refused.dir, &a, Stdio::null());
-    assert!(
-        !out.success() && out.stderr.contains("POSIX message queues (/tern-ns-q)"),
-        "the dump must be refused naming the queue: {}",
-        out.describe()
-    );
-    let seen = refused.last_seq().unwrap_or(0);
-    refused.wait_seq(seen + 5);
+    dump_refused_saying(&mut refused, &["POSIX message queues (/tern-ns-q)"]);
 }
 
 /// A program started with `ip netns exec`, which gives it a mount

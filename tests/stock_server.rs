@@ -242,67 +242,15 @@ fn memcached_or_skip(test: &str) -> bool {
     command_or_skip(test, "memcached", "memcached")
 }
 
-/// Send `request` to memcached in `ns` (a thread of ours joins the
-/// namespace) and read until a line `until` ends the answer.
+/// Send `request` to memcached in `ns` and read until a line `until` ends
+/// the answer.
 fn memcached_says(ns: &Netns, request: &str, until: &str) -> String {
-    memcached_try(ns, request, until).unwrap_or_else(|e| panic!("memcached: {e}"))
-}
-
-/// [`memcached_says`], failing with what went wrong.
-fn memcached_try(ns: &Netns, request: &str, until: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    in_netns(ns, || {
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", MEMCACHED_PORT))
-            .map_err(|e| format!("connect: {e}"))?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        conn.write_all(request.as_bytes())
-            .map_err(|e| format!("send: {e}"))?;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&answer).ends_with(until) {
-            let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err(format!("closed the connection after {answer:?}"));
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
-        Ok(String::from_utf8_lossy(&answer).into_owned())
-    })
+    memcached_try(ns, MEMCACHED_PORT, request, until).unwrap_or_else(|e| panic!("memcached: {e}"))
 }
 
 /// Start memcached in `ns` with 4 worker threads; returns once it answers.
 fn start_memcached(dir: &TestDir, ns: &Netns) -> ProcGuard {
-    let cmd = ns
-        .cmd("memcached")
-        .arg("-u")
-        .arg("root")
-        .arg("-l")
-        .arg("0.0.0.0")
-        .arg("-p")
-        .arg(MEMCACHED_PORT.to_string())
-        .arg("-U")
-        .arg("0")
-        .arg("-t")
-        .arg("4");
-    let m = spawn_redirected(
-        &cmd,
-        Stdio::null(),
-        &dir.join("memcached.out"),
-        &dir.join("memcached.err"),
-    );
-    wait_until(
-        Duration::from_secs(10),
-        "memcached to answer version",
-        || {
-            memcached_try(ns, "version\r\n", "\r\n")
-                .ok()
-                .filter(|v| v.starts_with("VERSION"))
-                .map(drop)
-        },
-        || tail(&dir.join("memcached.err"), 10),
-    );
-    m
+    common::start_memcached(dir, ns, MEMCACHED_PORT)
 }
 
 /// A value and a counter at 5.

@@ -240,6 +240,10 @@ impl Drop for Made {
 /// (recorded in `made`). A hierarchy this machine has not mounted is
 /// refused, naming it.
 pub fn place(pid: i32, cgroups: &[wire::Cgroup], made: &Made) -> Result<()> {
+    check_record(cgroups).map_err(|why| Error::Unsupported {
+        pid,
+        reason: format!("its image's cgroup record is damaged: {why}"),
+    })?;
     let hierarchies = cgroup::hierarchies().ctx(pid, || "list cgroup mounts".into())?;
     for c in cgroups {
         let Some(h) = cgroup::find(&hierarchies, &c.controllers) else {
@@ -284,6 +288,38 @@ pub fn place(pid: i32, cgroups: &[wire::Cgroup], made: &Made) -> Result<()> {
     Ok(())
 }
 
+/// An image comes from elsewhere: its cgroup paths must stay inside their
+/// hierarchy (absolute, no `..`), each directory must be on its cgroup's
+/// path, and only the settings tern records may be written.
+fn check_record(cgroups: &[wire::Cgroup]) -> std::result::Result<(), String> {
+    let plain = |path: &str| {
+        path.starts_with('/')
+            && !path.contains('\0')
+            && path
+                .split('/')
+                .skip(1)
+                .all(|part| !matches!(part, "" | "." | "..") || path == "/")
+    };
+    let known = |file: &str| {
+        file == SUBTREE_CONTROL || SETTINGS.iter().any(|(_, files)| files.contains(&file))
+    };
+    for c in cgroups {
+        if !plain(&c.path) {
+            return Err(format!("cgroup path {:?}", c.path));
+        }
+        for d in &c.dirs {
+            let inside = c.path == d.path || c.path.starts_with(&format!("{}/", d.path));
+            if !plain(&d.path) || d.path == "/" || !inside {
+                return Err(format!("directory {:?} of cgroup {:?}", d.path, c.path));
+            }
+            if let Some((file, _)) = d.settings.iter().find(|(f, _)| !known(f)) {
+                return Err(format!("setting {file:?} of cgroup {:?}", d.path));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn hierarchy_name(controllers: &str) -> &str {
     if controllers.is_empty() {
         "cgroup2 (unified)"
@@ -324,6 +360,31 @@ fn write_settings(dir: &Path, settings: &[(String, String)]) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_leaving_its_hierarchy_is_refused() {
+        let cg = |path: &str, dir: &str, file: &str| wire::Cgroup {
+            controllers: "pids".into(),
+            path: path.into(),
+            dirs: vec![wire::CgroupDir {
+                path: dir.into(),
+                settings: vec![(file.into(), "1".into())],
+            }],
+        };
+        assert!(check_record(&[cg("/a/b", "/a", "pids.max")]).is_ok());
+        assert!(check_record(&[cg("/a/b", "/a/b", "devices.list")]).is_ok());
+        assert!(check_record(&[cg("/a/../../etc", "/a", "pids.max")]).is_err());
+        assert!(check_record(&[cg("/a/b", "/c", "pids.max")]).is_err());
+        assert!(check_record(&[cg("/a/b", "/ab", "pids.max")]).is_err());
+        assert!(check_record(&[cg("/a/b", "/a", "../../passwd")]).is_err());
+        assert!(check_record(&[cg("a/b", "a", "pids.max")]).is_err());
+        let root = wire::Cgroup {
+            controllers: String::new(),
+            path: "/".into(),
+            dirs: Vec::new(),
+        };
+        assert!(check_record(&[root]).is_ok());
+    }
 
     #[test]
     fn ancestors_of_a_path() {

@@ -2032,6 +2032,65 @@ pub fn start_go_server(dir: &TestDir, ns: &Netns, exe: &Path, port: u16) -> Proc
     server
 }
 
+/// Send `request` to memcached on `port` in `ns` (a thread of ours joins
+/// the namespace) and read until a line `until` ends the answer.
+pub fn memcached_try(ns: &Netns, port: u16, request: &str, until: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    in_netns(ns, || {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+            .map_err(|e| format!("connect: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        conn.write_all(request.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).ends_with(until) {
+            let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err(format!("closed the connection after {answer:?}"));
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    })
+}
+
+/// Start memcached in `ns` on `port` with 4 worker threads; returns once
+/// it answers.
+pub fn start_memcached(dir: &TestDir, ns: &Netns, port: u16) -> ProcGuard {
+    let cmd = ns
+        .cmd("memcached")
+        .arg("-u")
+        .arg("root")
+        .arg("-l")
+        .arg("0.0.0.0")
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-U")
+        .arg("0")
+        .arg("-t")
+        .arg("4");
+    let m = spawn_redirected(
+        &cmd,
+        Stdio::null(),
+        &dir.join("memcached.out"),
+        &dir.join("memcached.err"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "memcached to answer version",
+        || {
+            memcached_try(ns, port, "version\r\n", "\r\n")
+                .ok()
+                .filter(|v| v.starts_with("VERSION"))
+                .map(drop)
+        },
+        || tail(&dir.join("memcached.err"), 10),
+    );
+    m
+}
+
 /// Start the Node.js server (`tests/workloads/node_server.js`) in `ns` on
 /// `port`; returns once it answers.
 pub fn start_node_server(dir: &TestDir, ns: &Netns, port: u16) -> ProcGuard {
