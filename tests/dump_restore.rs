@@ -87,7 +87,8 @@ fn check_inspect(s: &Session) {
 }
 
 /// The 64 MiB counter in cgroups of its own (v1 memory two levels deep
-/// with a limit at each, pids with a maximum, devices with an allow-list)
+/// with a limit at each, pids with a maximum, devices with an allow-list;
+/// two levels of the cgroup2 hierarchy where it is mounted beside them)
 /// is dumped, the cgroups are removed, and `tern restore` makes them again
 /// with those settings and puts the program in them before its memory is
 /// filled: its 64 MiB are charged to its memory cgroup (the original's were
@@ -108,6 +109,13 @@ fn cgroups_are_made_again_with_their_settings() {
         }
     };
     set.make("memory", "app").expect("memory/app");
+    // The cgroup2 hierarchy beside them, where mounted (no controllers
+    // enabled on this kind of machine: the directories alone).
+    let unified = Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists();
+    if unified {
+        set.make("unified", "").expect("unified");
+        set.make("unified", "app").expect("unified/app");
+    }
     set.write(
         "memory",
         "",
@@ -139,6 +147,9 @@ fn cgroups_are_made_again_with_their_settings() {
     set.add("memory", "app", s.pid);
     set.add("pids", "", s.pid);
     set.add("devices", "", s.pid);
+    if unified {
+        set.add("unified", "app", s.pid);
+    }
     let own = format!("/{}", set.name);
     let app = format!("{own}/app");
     let placed = |pid: i32| {
@@ -146,9 +157,15 @@ fn cgroups_are_made_again_with_their_settings() {
             cgroup_of(pid, "memory"),
             cgroup_of(pid, "pids"),
             cgroup_of(pid, "devices"),
+            cgroup_of(pid, "").filter(|_| unified),
         ]
     };
-    let expected = [Some(app.clone()), Some(own.clone()), Some(own.clone())];
+    let expected = [
+        Some(app.clone()),
+        Some(own.clone()),
+        Some(own.clone()),
+        unified.then(|| app.clone()),
+    ];
     assert_eq!(placed(s.pid), expected);
     s.wait_seq(3);
     s.dump();
