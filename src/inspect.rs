@@ -74,6 +74,17 @@ fn run_tree(dir: &Path, json: bool) -> Result<()> {
             p.sid
         );
     }
+    for z in &tree.zombies {
+        let how = if libc::WIFSIGNALED(z.status) {
+            format!("killed by signal {}", libc::WTERMSIG(z.status))
+        } else {
+            format!("exited with status {}", libc::WEXITSTATUS(z.status))
+        };
+        println!(
+            "zombie {} (child of {}, {how}, not reaped yet)",
+            z.pid, z.ppid
+        );
+    }
     for p in &tree.pipes {
         println!(
             "shared pipe {} ({} bytes buffered, capacity {})",

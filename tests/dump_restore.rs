@@ -1589,47 +1589,71 @@ fn process_tree_refusal_leaves_every_process_running() {
     parent.kill_and_wait();
 }
 
-/// A child that exited but was never reaped (a zombie) makes the tree
-/// impossible to restore as it was: refused, naming it.
+/// Children that exited and were never reaped (zombies: one with exit
+/// code 7, one killed by SIGTERM) go with their parent's tree: the dump
+/// lists them, the restore makes them again with their pids and statuses,
+/// and the parent, told to reap them after the restore, gets both with the
+/// right status (it checks), then ticks on.
 #[test]
-fn process_tree_with_a_zombie_is_refused() {
-    let test = "process_tree_with_a_zombie_is_refused";
+fn zombies_of_a_tree_are_made_again() {
+    let test = "zombies_of_a_tree_are_made_again";
     if !root_or_skip(test) {
         return;
     }
-    let dir = TestDir::new(test);
-    let out = dir.join("out.txt");
-    let script = "import os, time\nif os.fork() == 0:\n    os._exit(0)\nn = 0\nwhile True:\n    n += 1\n    print('tick', n, flush=True)\n    time.sleep(0.02)\n";
-    let mut parent = spawn_redirected(
-        &Cmd::new("/usr/bin/python3").arg("-I").arg("-c").arg(script),
-        Stdio::null(),
-        &out,
-        &dir.join("err.txt"),
-    );
-    let pid = parent.pid();
-    let zombie = wait_until(
+    let marker = std::env::temp_dir().join(format!("tern-test-{}-reap", std::process::id()));
+    let _ = fs::remove_file(&marker);
+    let marker_arg = marker.to_string_lossy().into_owned();
+    let mut s = c_session(test, "zombies", &[&marker_arg]);
+    s.wait_seq(3);
+    let zombies = wait_until(
         WAIT,
-        "a zombie child",
+        "two zombie children",
         || {
-            children_of(pid)
+            let z: Vec<i32> = children_of(s.pid)
                 .into_iter()
-                .find(|k| proc_stat(*k).is_some_and(|s| s.state == 'Z'))
+                .filter(|k| proc_stat(*k).is_some_and(|st| st.state == 'Z'))
+                .collect();
+            (z.len() == 2).then_some(z)
         },
-        || tail(&out, 5),
+        || s.diag(),
     );
-    let out_dump = tern_dump(&dir, pid, &dir.join("images"), false);
+    s.dump();
+    let inspect = tern_inspect(&s.dir, &s.images, false);
+    for z in &zombies {
+        assert!(
+            inspect
+                .stdout
+                .contains(&format!("zombie {z} (child of {}", s.pid)),
+            "inspect lists zombie {z}: {}",
+            inspect.stdout
+        );
+    }
+    let never = args!["--pid-ns", "never"];
+    s.restore_with(Stdio::null(), &never);
+    let mut again = children_of(s.pid);
+    again.sort_unstable();
+    let mut want = zombies.clone();
+    want.sort_unstable();
+    assert_eq!(again, want, "the zombies are back with their pids");
+    for z in &zombies {
+        assert_eq!(
+            proc_stat(*z).map(|st| st.state),
+            Some('Z'),
+            "{z} is a zombie"
+        );
+    }
+    fs::write(&marker, "reap").expect("marker");
+    let reaped = s.wait_for_line("the parent reaping its zombies", |l| l.contains("reaped"));
+    let _ = fs::remove_file(&marker);
     assert!(
-        !out_dump.success(),
-        "dump succeeded: {}",
-        out_dump.describe()
+        reaped.contains("exit 7")
+            && reaped.contains("signal 15")
+            && zombies.iter().all(|z| reaped.contains(&format!(" {z} "))),
+        "{reaped}: both zombies {zombies:?} reaped with their statuses"
     );
-    assert!(
-        out_dump.stderr.contains("zombie") && out_dump.stderr.contains(&zombie.to_string()),
-        "the refusal must name the zombie: {}",
-        out_dump.stderr
-    );
-    assert_eq!(status_field(pid, "TracerPid").as_deref(), Some("0"));
-    parent.kill_and_wait();
+    let n = s.wait_seq(1);
+    s.wait_seq(n + 20);
+    s.finish();
 }
 
 /// The family stopped by the cgroup freezer (all at once, then seized):

@@ -1173,6 +1173,60 @@ fn migrate_keeps_accepted_unix_connections() {
     }
 }
 
+/// A parent with two zombie children (`zombies.c`: one exited with code 7,
+/// one killed by SIGTERM, not reaped) migrates live A -> B: the tree is
+/// frozen with its zombies listed, the destination rebuilds it from the
+/// rounds with them made again, and the parent in B, told to reap them,
+/// gets both with their statuses and ticks on.
+#[test]
+fn migrate_a_tree_with_zombies() {
+    let test = "migrate_a_tree_with_zombies";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let marker = std::env::temp_dir().join(format!("tern-test-{}-mreap", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let marker_arg = marker.to_string_lossy().into_owned();
+    let mut e = start_program("migrate-zombies", edges, "zombies", &[], &[&marker_arg]);
+    e.wait_tick_lines(5);
+    let source = e.program.pid();
+    let zombies = wait_until(
+        Duration::from_secs(10),
+        "two zombie children",
+        || (children_of(source).len() == 2).then(|| children_of(source)),
+        String::new,
+    );
+    let (moved, mut guard) = e.migrate_to_b(&["--policy", "rounds:2"], source);
+    e.program.disarm();
+    // On one machine the source's zombies hold their pids until the
+    // commit: B's tree may be in a fresh PID namespace, with them there.
+    let mut again: Vec<i32> = children_of(moved).into_iter().map(inner_pid).collect();
+    again.sort_unstable();
+    let mut want = zombies.clone();
+    want.sort_unstable();
+    assert_eq!(again, want, "the zombies are back in B with their pids");
+    std::fs::write(&marker, "reap").expect("marker");
+    let reaped = wait_until(
+        Duration::from_secs(10),
+        "the parent in B reaping its zombies",
+        || {
+            complete_lines(&e.out)
+                .into_iter()
+                .find(|l| l.contains("reaped"))
+        },
+        || tail(&e.out, 5),
+    );
+    let _ = std::fs::remove_file(&marker);
+    assert!(
+        reaped.contains("exit 7") && reaped.contains("signal 15"),
+        "{reaped}"
+    );
+    let n = e.wait_tick_lines(1).len();
+    let all = e.wait_tick_lines(n + 20);
+    check_consecutive(&all, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    guard.kill_and_wait();
+}
+
 /// A runc container made here: a busybox-static root file system with the
 /// static counter (and the child it forks), its own mount, UTS, IPC and
 /// PID namespaces (the counter is pid 1 there), network namespace A (by

@@ -53,6 +53,20 @@ fn ids(pid: i32) -> Result<wire::TreeProcess> {
     })
 }
 
+/// Child `child` of `parent`, if it is a zombie (exited, not reaped).
+fn zombie(parent: i32, child: i32) -> Option<wire::Zombie> {
+    let stat = procfs::process::Process::new(child)
+        .and_then(|p| p.stat())
+        .ok()?;
+    (stat.state == 'Z').then(|| wire::Zombie {
+        pid: child,
+        ppid: parent,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        status: stat.exit_code.unwrap_or(0),
+    })
+}
+
 /// Whether `pid` has children.
 pub fn has_children(pid: i32) -> Result<bool> {
     Ok(!proc::list_children(pid)
@@ -127,7 +141,7 @@ pub(crate) fn dump_tree_stopped(
     dump::preflight_root(root)?;
     dump::prepare_dir(dir)?;
     let t0 = Instant::now();
-    let (mut seized, procs) = seize_tree(root, opts.freezer)?;
+    let (mut seized, procs, zombies) = seize_tree(root, opts.freezer)?;
     let (tree, sockets) = find_shared(&procs)?;
     let cross = CrossProcess {
         pipes: tree.pipes.iter().map(|p| p.id).collect(),
@@ -146,6 +160,7 @@ pub(crate) fn dump_tree_stopped(
     }
     let mut tree = tree;
     tree.processes = procs.clone();
+    tree.zombies = zombies;
     wire::write_record(&dir.join(wire::TREE_FILE), wire::RecordKind::Tree, &tree)?;
     let root_cross = CrossProcess {
         external: opts.external.clone(),
@@ -245,12 +260,14 @@ pub(crate) fn tree_totals(stats: &[(i32, DumpStats)]) -> DumpStats {
 /// How often the stop of a tree is tried while children are exiting.
 const STOP_TRIES: u32 = 50;
 
-/// Stop every process of the tree under `root`. A stop that meets a child
-/// that has just exited and is not reaped yet (a zombie, which tern does
-/// not restore), or one gone between listing and seizing, lets the tree
-/// go at once, so its program reaps it, and tries again (50 times, 2 ms
-/// apart) before it refuses.
-fn seize_tree(root: i32, freezer: Freezer) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+/// A stopped tree: its seized processes, their ids, and its zombies.
+type StoppedProcesses = (Vec<Seized>, Vec<wire::TreeProcess>, Vec<wire::Zombie>);
+
+/// Stop every process of the tree under `root`; children that have exited
+/// and wait to be reaped are listed as zombies. A stop that meets a child
+/// still exiting, or one gone between listing and seizing, lets the tree
+/// go at once and tries again (50 times, 2 ms apart) before it refuses.
+fn seize_tree(root: i32, freezer: Freezer) -> Result<StoppedProcesses> {
     let mut tries = 0;
     loop {
         let stopped = match freezer {
@@ -282,9 +299,7 @@ fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {
     if leaving(child) {
         return Err(EngineError::TreeChanging {
             pid: root,
-            reason: format!(
-                "its descendant {child} has exited and its parent {parent} has not reaped it yet (tern does not restore zombies)"
-            ),
+            reason: format!("its descendant {child} (child of {parent}) is exiting"),
         });
     }
     dump::preflight_process(child).map_err(|e| {
@@ -308,6 +323,7 @@ fn check_descendant(root: i32, parent: i32, child: i32) -> Result<()> {
 /// children listed in turn). Whether any was found.
 fn add_unlisted_children(
     procs: &mut Vec<wire::TreeProcess>,
+    zombies: &mut Vec<wire::Zombie>,
     mut take: impl FnMut(i32, i32) -> Result<()>,
 ) -> Result<bool> {
     let root = procs[0].pid;
@@ -316,7 +332,12 @@ fn add_unlisted_children(
     while next < procs.len() {
         let parent = procs[next].pid;
         for child in proc::list_children(parent).ctx(parent, || "list children".into())? {
-            if procs.iter().any(|p| p.pid == child) {
+            if procs.iter().any(|p| p.pid == child) || zombies.iter().any(|z| z.pid == child) {
+                continue;
+            }
+            // Its parent is stopped: it stays a zombie until the restore.
+            if let Some(z) = zombie(parent, child) {
+                zombies.push(z);
                 continue;
             }
             check_descendant(root, parent, child)?;
@@ -330,28 +351,30 @@ fn add_unlisted_children(
 }
 
 /// Seize a process, then list its children: stopped, it cannot fork.
-fn seize_in_turn(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+fn seize_in_turn(root: i32) -> Result<StoppedProcesses> {
     let mut seized: Vec<Seized> = vec![Seized::attach(root)?];
     let mut procs = vec![ids(root)?];
-    add_unlisted_children(&mut procs, |_, child| {
+    let mut zombies = Vec::new();
+    add_unlisted_children(&mut procs, &mut zombies, |_, child| {
         seized.push(Seized::attach(child)?);
         Ok(())
     })?;
-    Ok((seized, procs))
+    Ok((seized, procs, zombies))
 }
 
 /// Freeze the tree in a cgroup of tern's, then seize every thread of it
 /// while frozen; thawed, each traps into its ptrace stop. Back in their
 /// own cgroups afterwards.
-fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
+fn seize_frozen(root: i32) -> Result<StoppedProcesses> {
     let mut freezer = CgroupFreezer::create(root)?;
     let mut procs = vec![ids(root)?];
+    let mut zombies = Vec::new();
     freezer.add(root, None)?;
     freezer.freeze()?;
     // Processes move in one by one while the others run (a child forked
     // before its parent moved stays outside; one forked after is inside
     // already): list again, while frozen, until nothing new appears.
-    while add_unlisted_children(&mut procs, |parent, child| {
+    while add_unlisted_children(&mut procs, &mut zombies, |parent, child| {
         Ok(freezer.add(child, Some(parent))?)
     })? {
         freezer.freeze()?;
@@ -380,7 +403,7 @@ fn seize_frozen(root: i32) -> Result<(Vec<Seized>, Vec<wire::TreeProcess>)> {
     }
     info!(root, processes = procs.len(), cgroup = %freezer.dir().display(), "tree frozen and seized");
     drop(freezer);
-    Ok((seized, procs))
+    Ok((seized, procs, zombies))
 }
 
 /// What the stopped processes of a tree share, and the inodes of the
@@ -457,6 +480,7 @@ fn find_shared(procs: &[wire::TreeProcess]) -> Result<(wire::Tree, BTreeSet<u64>
             pipes,
             shared_fds,
             shared_memory,
+            zombies: Vec::new(),
         },
         sockets,
     ))

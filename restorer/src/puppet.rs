@@ -134,6 +134,12 @@ impl Puppet {
         self.remote.syscall_ok(nr, args)
     }
 
+    /// It ended as it was made to (a zombie made on purpose): nothing is
+    /// left to kill or reap.
+    pub(crate) fn forget(mut self) {
+        self.released = true;
+    }
+
     /// Let the restored program run: it is no longer ours to kill.
     pub fn release(&mut self) -> io::Result<()> {
         ptrace::detach(self.pid, 0)?;

@@ -167,13 +167,21 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
     let all_tids: Vec<i32> = images
         .iter()
         .flat_map(|i| i.core.threads.iter().map(|t| t.tid))
+        .chain(tree.zombies.iter().map(|z| z.pid))
         .collect();
     // tern's pidfd sits above every fd number any image uses.
     let chan = above_image_fds(&images);
     let namespaces = &images[0].inventory.namespaces;
     let cgroups: Vec<&[wire::Cgroup]> = images.iter().map(|i| &i.inventory.cgroups[..]).collect();
-    let (puppets, want) =
-        fork_blank_tree(procs, &all_tids, opts, chan, namespaces, &cgroups, forked)?;
+    let (puppets, want) = fork_blank_tree(
+        (procs, &tree.zombies),
+        &all_tids,
+        opts,
+        chan,
+        namespaces,
+        &cgroups,
+        forked,
+    )?;
     let mut shared = Shared::make(&tree, &images)?;
     let mut members = Vec::with_capacity(procs.len());
     for (k, (p, mut puppet)) in procs.iter().zip(puppets).enumerate() {
@@ -278,7 +286,7 @@ pub(crate) fn member_ns_pid(
 /// set, each in its cgroups (`cgroups[k]` for process k). Returns them and
 /// the pid the root asked for.
 pub(crate) fn fork_blank_tree(
-    procs: &[wire::TreeProcess],
+    (procs, zombies): (&[wire::TreeProcess], &[wire::Zombie]),
     all_tids: &[i32],
     opts: &RestoreOptions,
     chan: i32,
@@ -319,7 +327,88 @@ pub(crate) fn fork_blank_tree(
     set_groups(procs, &mut puppets, namespaces.pid.as_ref())?;
     let made = puppets[0].cgroups_made.clone();
     crate::place_in_cgroups(&mut puppets[1..], &cgroups[1..], made, opts)?;
+    for z in zombies {
+        let Some(parent) = procs.iter().position(|p| p.pid == z.ppid) else {
+            return Err(RestoreError::Unsupported(format!(
+                "zombie {} has no parent {} in the tree",
+                z.pid, z.ppid
+            )));
+        };
+        let inner = namespaces
+            .pid
+            .as_ref()
+            .map_or(z.pid, |ids| ids.inner(z.pid));
+        let want = if opts.new_pid { None } else { Some(inner) };
+        make_zombie(&mut puppets[parent], z, want, forked)
+            .map_err(|e| explain(&puppets[parent], e))?;
+    }
     Ok((puppets, want))
+}
+
+/// Have traced process `pid` (in a ptrace stop) die of signal `sig`: sent,
+/// seen at its delivery stop, passed on there (a signal given to
+/// `PTRACE_CONT` from any other stop is ignored). Whether it died of it.
+fn kill_with(pid: i32, sig: i32) -> std::io::Result<bool> {
+    tern_sys::signal(pid, sig)?;
+    ptrace::cont(pid, 0)?;
+    for _ in 0..16 {
+        match ptrace::wait(pid)? {
+            ptrace::Stop::Signal(s) if s == sig => ptrace::cont(pid, sig)?,
+            ptrace::Stop::Killed(s) => return Ok(s == sig),
+            ptrace::Stop::Exited(_) => return Ok(false),
+            _ => ptrace::cont(pid, 0)?,
+        }
+    }
+    Ok(false)
+}
+
+/// Make zombie `z` again: forked by its parent's (blank) puppet with pid
+/// `want`, leading its group or session as it did, then ended with its
+/// status: `exit_group` with its code, or its signal (made undumpable
+/// first, so no core file is written: the status then lacks the core
+/// flag). tern, its tracer, waits for it; the kernel then hands it to its
+/// parent, which finds it waiting to be reaped (and gets a SIGCHLD).
+fn make_zombie(
+    parent: &mut Puppet,
+    z: &wire::Zombie,
+    want: Option<i32>,
+    forked: &mut Vec<i32>,
+) -> Result<()> {
+    let mut child = fork_puppet(parent, want, forked)?;
+    let pid = child.pid;
+    if z.sid == z.pid {
+        child
+            .syscall(libc::SYS_setsid, &[])
+            .step(pid, || "setsid".into())?;
+    } else if z.pgid == z.pid {
+        child
+            .syscall(libc::SYS_setpgid, &[0, 0])
+            .step(pid, || "setpgid".into())?;
+    }
+    let ended = if libc::WIFEXITED(z.status) {
+        let code = libc::WEXITSTATUS(z.status) as u64;
+        // Never returns: the wait that follows the exit reports it.
+        let _ = child.remote.syscall(libc::SYS_exit_group, &[code]);
+        true
+    } else if libc::WIFSIGNALED(z.status) {
+        let sig = libc::WTERMSIG(z.status);
+        child
+            .syscall(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, 0])
+            .step(pid, || "prctl(PR_SET_DUMPABLE, 0)".into())?;
+        kill_with(pid, sig).step(pid, || format!("deliver signal {sig}"))?
+    } else {
+        false
+    };
+    let state = tern_sys::proc::read_stat_state(pid).unwrap_or('?');
+    if !ended || state != 'Z' {
+        return Err(RestoreError::Step {
+            pid,
+            what: format!("make zombie {} with status {:#x}", z.pid, z.status),
+            source: std::io::Error::other(format!("it is in state {state}")),
+        });
+    }
+    child.forget();
+    Ok(())
 }
 
 /// What the processes of a tree share, made or taken by tern and put into

@@ -56,7 +56,7 @@ impl TreeStandby {
             let cgroups: Vec<&[wire::Cgroup]> =
                 inventories.iter().map(|i| &i.cgroups[..]).collect();
             let (puppets, want) = tree::fork_blank_tree(
-                &procs,
+                (&procs, &[]),
                 &pids,
                 opts,
                 STANDBY_CHAN,
@@ -108,11 +108,15 @@ impl TreeStandby {
     /// Whether the tree image (or round) in `dir` lists the processes this
     /// standby holds, with the same parents, in the same order.
     pub fn matches(&self, dir: &Path) -> Result<bool> {
-        Ok(tree::read_listing(dir)?
-            .processes
-            .iter()
-            .map(|p| (p.pid, p.ppid))
-            .eq(self.procs.iter().map(|p| (p.pid, p.ppid))))
+        let listing = tree::read_listing(dir)?;
+        // Zombies are made by blank puppets: a tree that has some now is
+        // rebuilt.
+        Ok(listing.zombies.is_empty()
+            && listing
+                .processes
+                .iter()
+                .map(|p| (p.pid, p.ppid))
+                .eq(self.procs.iter().map(|p| (p.pid, p.ppid))))
     }
 
     /// Apply a later round of the tree (its listing checked by the caller

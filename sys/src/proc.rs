@@ -389,6 +389,15 @@ pub fn is_io_worker(pid: i32, tid: i32) -> bool {
         .is_some_and(|flags| flags & PF_IO_WORKER != 0)
 }
 
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z`...) from
+/// `/proc/PID/stat` (after the command name, which may hold anything).
+pub fn read_stat_state(pid: i32) -> io::Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rfind(") ")
+        .and_then(|i| stat[i + 2..].chars().next())
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat: no state")))
+}
+
 /// Thread ids in `/proc/PID/task`.
 pub fn list_tasks(pid: i32) -> io::Result<Vec<i32>> {
     numeric_entries(&format!("/proc/{pid}/task"))

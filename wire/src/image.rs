@@ -940,6 +940,20 @@ pub struct Tree {
     /// (each group: (pid, mapping start, offset into the object) members;
     /// the first member's process makes it).
     pub shared_memory: Vec<Vec<(i32, u64, u64)>>,
+    /// Children that had exited and were not reaped yet by their parent
+    /// (a process of the tree): made again as zombies with their status.
+    pub zombies: Vec<Zombie>,
+}
+
+/// A child that has exited, waiting for its parent to reap it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Zombie {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its exit status, as `waitpid` reports it.
+    pub status: i32,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
