@@ -7,9 +7,12 @@
 
 #![deny(unsafe_code)]
 
+mod core_state;
 pub mod dump;
 pub mod error;
+mod files;
 pub mod migrate;
+mod mm;
 pub mod pages;
 pub mod pagewriter;
 pub mod pending;

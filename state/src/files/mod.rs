@@ -9,7 +9,7 @@
 //! [`restore`] and [`describe`].
 //!
 //! Kinds still elsewhere (regular and deleted files, pipes, FIFOs, memfds,
-//! epoll, inotify, sockets): `engine::dump::fd_kind` and
+//! epoll, inotify, sockets): `engine::files::fd_kind` and
 //! `restorer::Builder::restore_files` (issue 14 moves them here too).
 
 mod eventfd;
