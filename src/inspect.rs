@@ -346,6 +346,7 @@ fn describe_fd(image: &tern_restorer::Image, f: &wire::Fd) -> String {
             kind,
             queued,
             name,
+            accepted,
             ..
         } => format!(
             "unix {} {} {pair} ({} bytes waiting)",
@@ -354,12 +355,16 @@ fn describe_fd(image: &tern_restorer::Image, f: &wire::Fd) -> String {
                 libc::SOCK_DGRAM => "datagram",
                 _ => "seqpacket",
             },
-            match name {
-                Some(n) => format!(
+            match (name, accepted) {
+                (Some(n), true) => format!(
                     "connection accepted at {}, pair",
                     tern_state::sockets::show_unix_name(n)
                 ),
-                None => "socketpair".to_string(),
+                (Some(n), false) => format!(
+                    "client bound to {}, pair",
+                    tern_state::sockets::show_unix_name(n)
+                ),
+                (None, _) => "socketpair".to_string(),
             },
             queued.len()
         ),

@@ -1903,10 +1903,12 @@ fn uts_and_ipc_namespaces_are_made_again() {
 }
 
 /// A unix listener with a connection it accepted, the client's end held
-/// by a forked child ("tree") or by the process itself ("self"), a ping
+/// by a forked child ("tree") or by the process itself ("self"), unnamed or
+/// bound to a name of its own before it connected ("-named"), a ping
 /// every 10 ms and a reply always waiting at the client: dumped and
 /// restored, the accepted end is named as the listener (getsockname), the
-/// client's peer name is the listener's (getpeername), and the exchange
+/// client's peer name is the listener's (getpeername), a named client keeps
+/// its name (seen from both ends), and the exchange
 /// goes on without a byte lost or repeated (the program checks each).
 #[test]
 fn accepted_unix_connections_keep_their_names() {
@@ -1914,7 +1916,7 @@ fn accepted_unix_connections_keep_their_names() {
     if !root_or_skip(test) {
         return;
     }
-    for mode in ["tree", "self"] {
+    for mode in ["tree", "self", "tree-named", "self-named"] {
         let path = format!("/tmp/tern-test-{}-{mode}.sock", std::process::id());
         let mut s = c_session(&format!("{test}-{mode}"), "named_conn", &[&path, mode]);
         s.wait_seq(5);
@@ -1933,6 +1935,7 @@ fn accepted_unix_connections_keep_their_names() {
         s.wait_seq(s.last_before + 30);
         s.finish();
         let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(format!("{path}.c"));
     }
 }
 

@@ -1144,11 +1144,12 @@ fn migrate_keeps_uts_and_ipc_namespaces() {
 /// migrates live A -> B: the destination's standby makes the connection
 /// through a listener of its own, so the names stay (the accepted end's is
 /// the listener's path, the client's peer name too) and the exchange goes
-/// on without a gap; then the same with both ends in one process.
+/// on without a gap; then the same with both ends in one process and the
+/// client bound to a name of its own.
 #[test]
 fn migrate_keeps_accepted_unix_connections() {
     let test = "migrate_keeps_accepted_unix_connections";
-    for mode in ["tree", "self"] {
+    for mode in ["tree", "self-named"] {
         let Some(edges) = edges_or_skip(test) else {
             return;
         };
@@ -1170,6 +1171,7 @@ fn migrate_keeps_accepted_unix_connections() {
         check_consecutive(&all, 1).unwrap_or_else(|err| panic!("{mode}: output: {err}"));
         guard.kill_and_wait();
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(format!("{path}.c"));
     }
 }
 

@@ -718,6 +718,7 @@ pub(crate) fn make_cross_pairs(
         nonblock: bool,
         queued: &'a [u8],
         name: Option<&'a [u8]>,
+        accepted: bool,
     }
     let mut pairs: BTreeMap<u64, Vec<End<'_>>> = BTreeMap::new();
     for (k, image) in images.iter().enumerate() {
@@ -729,6 +730,7 @@ pub(crate) fn make_cross_pairs(
                 flags,
                 queued,
                 name,
+                accepted,
             } = &f.kind
             {
                 pairs.entry(*pair).or_default().push(End {
@@ -738,6 +740,7 @@ pub(crate) fn make_cross_pairs(
                     nonblock: flags & libc::O_NONBLOCK != 0,
                     queued,
                     name: name.as_deref(),
+                    accepted: *accepted,
                 });
             }
         }
@@ -757,18 +760,25 @@ pub(crate) fn make_cross_pairs(
                 "unix socket pair {pair} has one end in the images"
             )));
         };
-        let (fa, fb) = match (a.name, b.name) {
-            (None, None) => tern_sys::sock::socketpair(a.kind)?,
-            (Some(name), None) => tern_sys::sock::accepted_pair(a.kind, name)?,
-            (None, Some(name)) => {
-                let (fb, fa) = tern_sys::sock::accepted_pair(b.kind, name)?;
-                (fa, fb)
-            }
-            (Some(_), Some(_)) => {
-                return Err(std::io::Error::other(format!(
-                    "both ends of unix socket pair {pair} have a name"
-                )))
-            }
+        // An accepted connection: made through a listener of ours bound to
+        // the accepted end's name, the client bound to its own if it had one.
+        let accepted = |acc: &End<'_>, cli: &End<'_>| match acc.name {
+            Some(name) => tern_sys::sock::accepted_pair(acc.kind, name, cli.name),
+            None => Err(std::io::Error::other(format!(
+                "unix socket pair {pair}: its accepted end has no name"
+            ))),
+        };
+        let (fa, fb) = if a.accepted {
+            accepted(a, b)?
+        } else if b.accepted {
+            let (fb, fa) = accepted(b, a)?;
+            (fa, fb)
+        } else if a.name.is_none() && b.name.is_none() {
+            tern_sys::sock::socketpair(a.kind)?
+        } else {
+            return Err(std::io::Error::other(format!(
+                "unix socket pair {pair} has a named end that no listener accepted"
+            )));
         };
         use std::os::fd::AsFd;
         tern_sys::sock::send_all(fb.as_fd(), a.queued)?;

@@ -532,14 +532,16 @@ fn is_unix(pid: i32, fd: i32) -> Result<bool> {
     Ok(family == libc::AF_UNIX)
 }
 
-/// A connected unix socket `s` bound to `name`: taken if it is a
-/// connection a listener bound to a path accepted (it has the listener's
-/// name) whose client is unnamed; else why not.
+/// A connected unix socket `s` bound to `name`: taken if it is one end
+/// of a connection a listener bound to a path accepted. Whether it is the
+/// accepted end (named as its listener) rather than a client bound to a
+/// name of its own; else why it is refused. With both ends named, the
+/// accepted one is the one whose name a listener still has.
 fn check_accepted(
     s: &sock_diag::UnixSocket,
     name: &[u8],
     all: &[sock_diag::UnixSocket],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<bool, String> {
     let shown = show_unix_name(name);
     if name.first() == Some(&0) {
         return Err(format!(
@@ -557,12 +559,21 @@ fn check_accepted(
         ));
     }
     let peer = s.peer.and_then(|p| all.iter().find(|o| o.ino == p));
-    if peer.is_some_and(|p| p.name.is_some()) {
-        return Err(format!(
-            "bound to {shown} and connected to a socket with a name too (a named client)"
-        ));
+    let Some(peer_name) = peer.and_then(|p| p.name.as_deref()) else {
+        return Ok(true);
+    };
+    let listens_at = |n: &[u8]| {
+        all.iter()
+            .any(|o| o.state == 10 && o.name.as_deref() == Some(n))
+    };
+    match (listens_at(name), listens_at(peer_name)) {
+        (true, false) => Ok(true),
+        (false, true) => Ok(false),
+        _ => Err(format!(
+            "bound to {shown} and connected to {}: which end was accepted cannot be told (no listener has just one of the names)",
+            show_unix_name(peer_name)
+        )),
     }
-    Ok(())
 }
 
 /// The program's unix sockets (stdio aside): each must be one end of a
@@ -607,12 +618,13 @@ pub fn capture_unix_pairs(
         let what = |why: String| {
             refuse(pid, format!("fd {fd}: a unix socket {why}; only socketpairs whose two ends the program holds are supported"))
         };
+        let mut accepted = false;
         if let Some(name) = &s.name {
             if s.state != 1 {
                 out.insert(fd, capture_bound(pid, fd, s, name, flags)?);
                 continue;
             }
-            check_accepted(s, name, &all).map_err(what)?;
+            accepted = check_accepted(s, name, &all).map_err(what)?;
         }
         if s.state != 1 {
             return Err(what(format!("not connected (state {})", s.state)));
@@ -665,6 +677,7 @@ pub fn capture_unix_pairs(
                 flags: flags & libc::O_NONBLOCK,
                 queued,
                 name: s.name.clone(),
+                accepted,
             }
         };
         out.insert(fd, record);

@@ -371,10 +371,25 @@ fn unix_socket(kind: i32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// `name` (a unix socket path as sock_diag shows it, with its terminating
+/// NUL) without the NULs, if it is an absolute path.
+fn absolute_path(name: &[u8]) -> io::Result<&[u8]> {
+    let end = name.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let name = &name[..end];
+    if name.first() != Some(&b'/') || name.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a unix socket name that is not an absolute path",
+        ));
+    }
+    Ok(name)
+}
+
 /// A connected pair of unix sockets of type `kind` (stream or seqpacket)
 /// whose first end is named `path` (an absolute path) and whose second
 /// has `path` as its peer's name: what a connection accepted by a listener
-/// bound to `path` is, on both sides. Made through a listener bound to
+/// bound to `path` is, on both sides. `client`: the name the second end
+/// was bound to before it connected, if any. Made through a listener bound to
 /// the same path string by a thread of ours whose root is a directory of
 /// its own (`chroot` after `unshare(CLONE_FS)`), so nothing is bound at
 /// `path` itself, which a listener of the program may hold. The name is
@@ -383,26 +398,22 @@ fn unix_socket(kind: i32) -> io::Result<std::os::fd::OwnedFd> {
 pub fn accepted_pair(
     kind: i32,
     path: &[u8],
+    client: Option<&[u8]>,
 ) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::unix::ffi::OsStrExt;
-    // sock_diag shows a path with its terminating NUL.
-    let end = path.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    let path = &path[..end];
-    let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
-    if !rel.is_absolute() || path.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the name is not an absolute path",
-        ));
-    }
+    let path = absolute_path(path)?;
+    let client = client.map(absolute_path).transpose()?;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let scratch = std::env::temp_dir().join(format!(
         "tern-unix-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let parent = rel.parent().unwrap_or(std::path::Path::new("/"));
-    std::fs::create_dir_all(scratch.join(parent.strip_prefix("/").unwrap_or(parent)))?;
+    for p in std::iter::once(path).chain(client) {
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(p));
+        let parent = p.parent().unwrap_or(std::path::Path::new("/"));
+        std::fs::create_dir_all(scratch.join(parent.strip_prefix("/").unwrap_or(parent)))?;
+    }
     let root = std::ffi::CString::new(scratch.as_os_str().as_bytes())?;
     let made = std::thread::scope(|s| {
         s.spawn(|| {
@@ -416,8 +427,11 @@ pub fn accepted_pair(
             let listener = unix_socket(kind)?;
             bind_unix(listener.as_fd(), path)?;
             listen(listener.as_fd(), 1)?;
-            let client = unix_socket(kind)?;
-            connect_unix(client.as_fd(), path)?;
+            let sock = unix_socket(kind)?;
+            if let Some(name) = client {
+                bind_unix(sock.as_fd(), name)?;
+            }
+            connect_unix(sock.as_fd(), path)?;
             // SAFETY: accept4 with no address buffers on a listening socket.
             let accepted = cvt(unsafe {
                 libc::accept4(
@@ -429,7 +443,7 @@ pub fn accepted_pair(
             })?;
             // SAFETY: the kernel just returned this descriptor.
             let accepted = unsafe { std::os::fd::OwnedFd::from_raw_fd(accepted) };
-            Ok((accepted, client))
+            Ok((accepted, sock))
         })
         .join()
         .map_err(|_| io::Error::other("the socket thread panicked"))?

@@ -1,7 +1,8 @@
 /*
- * named_conn PATH tree|self: a unix stream listener bound to PATH and a
- * connection it accepted from a client, whose other end is held by a
- * forked child ("tree") or by the process itself ("self").
+ * named_conn PATH tree|self[-named]: a unix stream listener bound to PATH
+ * and a connection it accepted from a client, whose other end is held by a
+ * forked child ("tree") or by the process itself ("self"); with "-named"
+ * the client binds to PATH.c before it connects.
  *
  * Every 10 ms the client sends "ping N" and reads "pong N-1" (a reply
  * always waits at the client between ticks); the server side reads
@@ -70,11 +71,14 @@ static void expect_line(int fd, const char *word, long n)
 		corrupt("message", n);
 }
 
+/* The client's own name: PATH.c, or none. */
+static char client_name[120];
+
 /* One tick of the client: ping n, take the pong of n-1. */
 static void client_tick(int c, const char *path, long n)
 {
 	check_name(c, getpeername, path, "client's peer name", n);
-	check_name(c, getsockname, "", "client's own name", n);
+	check_name(c, getsockname, client_name, "client's own name", n);
 	send_line(c, "ping", n);
 	if (n > 0)
 		expect_line(c, "pong", n - 1);
@@ -84,6 +88,7 @@ static void client_tick(int c, const char *path, long n)
 static void server_tick(int s, const char *path, long n)
 {
 	check_name(s, getsockname, path, "accepted socket's name", n);
+	check_name(s, getpeername, client_name, "accepted socket's peer name", n);
 	expect_line(s, "ping", n);
 	send_line(s, "pong", n);
 }
@@ -94,7 +99,8 @@ int main(int argc, char **argv)
 	if (argc != 3)
 		return 2;
 	const char *path = argv[1];
-	int tree = strcmp(argv[2], "tree") == 0;
+	int tree = strncmp(argv[2], "tree", 4) == 0;
+	int named = strstr(argv[2], "-named") != NULL;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
@@ -103,7 +109,17 @@ int main(int argc, char **argv)
 	if (l < 0 || bind(l, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(l, 4) != 0)
 		corrupt("listen", 0);
 	int c = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (c < 0 || connect(c, (struct sockaddr *)&addr, sizeof addr) != 0)
+	if (c < 0)
+		corrupt("socket", 0);
+	if (named) {
+		struct sockaddr_un own = {.sun_family = AF_UNIX};
+		snprintf(client_name, sizeof client_name, "%s.c", path);
+		strncpy(own.sun_path, client_name, sizeof own.sun_path - 1);
+		unlink(client_name);
+		if (bind(c, (struct sockaddr *)&own, sizeof own) != 0)
+			corrupt("bind the client", 0);
+	}
+	if (connect(c, (struct sockaddr *)&addr, sizeof addr) != 0)
 		corrupt("connect", 0);
 	int s = accept(l, NULL, NULL);
 	if (s < 0)

@@ -735,8 +735,11 @@ pub enum FdKind {
         flags: i32,
         queued: Vec<u8>,
         /// This end's name: the path of the listener that accepted it
-        /// (its client's peer name). `None`: unnamed.
+        /// (`accepted`), or the path a client bound before it connected.
+        /// `None`: unnamed.
         name: Option<Vec<u8>>,
+        /// This end was accepted by a listener bound to `name`.
+        accepted: bool,
     },
     /// (Appended last: postcard numbers variants.)
     /// An fd shared with a process outside the dump (a supervisor's pipe, a
