@@ -759,8 +759,14 @@ fn migrate_commit_outcome_is_settled_by_asking() {
         "the error must point to tern resolve: {}",
         out.stderr
     );
-    let st = proc_stat(source_pid).expect("the source must still exist");
-    assert_eq!(st.state, 'T', "the source must be left stopped");
+    // Let go with a SIGSTOP queued: it stops on its way back to user
+    // space (its state may read R for that instant, never running code).
+    wait_until(
+        Duration::from_secs(2),
+        "the source to be left stopped",
+        || proc_stat(source_pid).filter(|st| st.state == 'T'),
+        || format!("{:?}", proc_stat(source_pid).map(|st| st.state)),
+    );
     assert_eq!(status_field(source_pid, "TracerPid").as_deref(), Some("0"));
     let record = PathBuf::from(format!("/run/tern/pending/{source_pid}"));
     assert!(record.exists(), "no pending record {}", record.display());

@@ -23,6 +23,14 @@ pub(crate) enum Connections<'a> {
     Take(&'a mut tern_state::sockets::Held, bool),
 }
 
+/// Fds 0-2 that are a pipe, socket or terminal: the restoring tern's own
+/// are given to the program (`Inherited`); `None` for any other fd.
+fn stdio_kind(fd: i32, link: &str) -> Option<wire::FdKind> {
+    (0..=2).contains(&fd).then(|| wire::FdKind::Inherited {
+        what: link.to_string(),
+    })
+}
+
 /// The record of an fd shared with the outside world, named `name` by
 /// `--external` (nothing of it is taken).
 fn external_kind(name: &str, link: &str, flags: i32) -> wire::FdKind {
@@ -303,14 +311,11 @@ fn fd_kind(
     cross: &CrossProcess,
     mount_ids: Option<&[u32]>,
 ) -> Result<wire::FdKind> {
-    let is_stdio = (0..=2).contains(&fd);
     let what = || format!("fd {fd} ({link})");
     if link.starts_with("pipe:") || link.starts_with("socket:") {
         // Sockets other than stdio were taken by `take_sockets`.
-        if is_stdio {
-            return Ok(wire::FdKind::Inherited {
-                what: link.to_string(),
-            });
+        if let Some(kind) = stdio_kind(fd, link) {
+            return Ok(kind);
         }
         return Err(unsupported(
             pid,
@@ -370,7 +375,6 @@ fn path_fd_kind(
     desc: u32,
     dir: Option<&Path>,
 ) -> Result<wire::FdKind> {
-    let is_stdio = (0..=2).contains(&fd);
     let what = || format!("fd {fd} ({link})");
     let proc_path = format!("/proc/{pid}/fd/{fd}");
     let meta = std::fs::metadata(&proc_path).ctx(pid, || format!("stat {}", what()))?;
@@ -420,10 +424,8 @@ fn path_fd_kind(
         let major = (meta.rdev() >> 8) & 0xfff;
         // 4, 5 and 136-143 are terminals: they belong to the session, not the image.
         if major == 4 || major == 5 || (136..=143).contains(&major) {
-            if is_stdio {
-                return Ok(wire::FdKind::Inherited {
-                    what: link.to_string(),
-                });
+            if let Some(kind) = stdio_kind(fd, link) {
+                return Ok(kind);
             }
             return Err(unsupported(
                 pid,
