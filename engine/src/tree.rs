@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_sys::freezer::CgroupFreezer;
+pub(crate) use tern_sys::proc::leaving;
 use tern_sys::proc::{self, MapEntry};
 use tern_wire as wire;
 use tracing::info;
@@ -232,17 +233,6 @@ pub(crate) fn list_tree(root: i32) -> Result<Vec<wire::TreeProcess>> {
         }
     }
     Ok(procs)
-}
-
-/// Whether process `pid` has exited or is exiting (gone, a zombie, or
-/// `PF_EXITING`: its memory may already be gone while it still runs).
-pub(crate) fn leaving(pid: i32) -> bool {
-    const PF_EXITING: u32 = 0x4;
-    procfs::process::Process::new(pid)
-        .and_then(|p| p.stat())
-        .map_or(true, |st| {
-            matches!(st.state, 'Z' | 'X') || st.flags & PF_EXITING != 0
-        })
 }
 
 /// A tree's figures in one: the root's, with the pages of every process.

@@ -389,13 +389,36 @@ pub fn is_io_worker(pid: i32, tid: i32) -> bool {
         .is_some_and(|flags| flags & PF_IO_WORKER != 0)
 }
 
-/// The state letter of process `pid` (`R`, `S`, `T`, `Z`...) from
-/// `/proc/PID/stat` (after the command name, which may hold anything).
-pub fn read_stat_state(pid: i32) -> io::Result<char> {
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// anything): the state letter first, then ppid, pgrp, session, tty,
+/// tpgid, flags...
+fn stat_fields_after_comm(pid: i32) -> io::Result<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat.rfind(") ")
-        .and_then(|i| stat[i + 2..].chars().next())
+    let rest = stat
+        .rfind(") ")
+        .map(|i| &stat[i + 2..])
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat: no command name")))?;
+    Ok(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z`...).
+pub fn read_stat_state(pid: i32) -> io::Result<char> {
+    stat_fields_after_comm(pid)?
+        .first()
+        .and_then(|f| f.chars().next())
         .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat: no state")))
+}
+
+/// Whether process `pid` has exited or is exiting: gone, a zombie, or
+/// `PF_EXITING` (its memory may already be gone while it still runs).
+pub fn leaving(pid: i32) -> bool {
+    const PF_EXITING: u32 = 0x4;
+    let Ok(fields) = stat_fields_after_comm(pid) else {
+        return true;
+    };
+    let state = fields.first().and_then(|f| f.chars().next());
+    let flags = fields.get(6).and_then(|f| f.parse::<u32>().ok());
+    matches!(state, Some('Z' | 'X') | None) || flags.is_none_or(|f| f & PF_EXITING != 0)
 }
 
 /// Thread ids in `/proc/PID/task`.

@@ -508,3 +508,78 @@ pub fn socketpair(kind: i32) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::O
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// The unix name `get` (getsockname or getpeername) gives `fd`.
+    fn unix_name(
+        fd: BorrowedFd<'_>,
+        get: unsafe extern "C" fn(
+            libc::c_int,
+            *mut libc::sockaddr,
+            *mut libc::socklen_t,
+        ) -> libc::c_int,
+    ) -> String {
+        // SAFETY: sockaddr_un is plain old data; all zeroes is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` are valid out-pointers for the call.
+        let r = unsafe {
+            get(
+                fd.as_raw_fd(),
+                std::ptr::addr_of_mut!(addr).cast::<libc::sockaddr>(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        let bytes: Vec<u8> = addr
+            .sun_path
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn an_accepted_pair_has_the_names_of_one() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP an_accepted_pair_has_the_names_of_one: chroot needs root");
+            return;
+        }
+        // Paths that need not exist: the pair is made under a scratch root.
+        let listener = b"/run/tern-no-such-dir/app.sock\0";
+        let client = b"/var/tern-no-such-dir/client.sock";
+        let (acc, cli) = accepted_pair(libc::SOCK_STREAM, listener, Some(client)).expect("pair");
+        assert_eq!(
+            unix_name(acc.as_fd(), libc::getsockname),
+            "/run/tern-no-such-dir/app.sock"
+        );
+        assert_eq!(
+            unix_name(cli.as_fd(), libc::getpeername),
+            "/run/tern-no-such-dir/app.sock"
+        );
+        assert_eq!(
+            unix_name(cli.as_fd(), libc::getsockname),
+            "/var/tern-no-such-dir/client.sock"
+        );
+        assert_eq!(
+            unix_name(acc.as_fd(), libc::getpeername),
+            "/var/tern-no-such-dir/client.sock"
+        );
+        assert!(!std::path::Path::new("/run/tern-no-such-dir").exists());
+        let (mut a, mut c) = (std::fs::File::from(acc), std::fs::File::from(cli));
+        a.write_all(b"hi").expect("send");
+        let mut got = [0u8; 2];
+        c.read_exact(&mut got).expect("receive");
+        assert_eq!(&got, b"hi");
+        let (acc, cli) = accepted_pair(libc::SOCK_SEQPACKET, listener, None).expect("unnamed");
+        assert_eq!(unix_name(cli.as_fd(), libc::getsockname), "");
+        assert_eq!(unix_name(acc.as_fd(), libc::getpeername), "");
+        assert!(accepted_pair(libc::SOCK_STREAM, b"relative.sock", None).is_err());
+    }
+}
