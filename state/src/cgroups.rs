@@ -60,7 +60,11 @@ const ALLOW_ALL: &str = "a *:* rwm";
 /// The cgroups of process `pid`, with the settings of every directory on
 /// their paths.
 pub fn capture(pid: i32) -> Result<Vec<wire::Cgroup>> {
-    let own = memberships(pid)?;
+    capture_of(pid, &memberships(pid)?)
+}
+
+/// The cgroups `own` (process `pid`'s memberships) with their settings.
+fn capture_of(pid: i32, own: &[Membership]) -> Result<Vec<wire::Cgroup>> {
     let hierarchies = cgroup::hierarchies().ctx(pid, || "list cgroup mounts".into())?;
     own.iter()
         .map(|m| capture_one(pid, m, &hierarchies))
@@ -81,7 +85,7 @@ pub fn capture_since(pid: i32, prior: &[wire::Cgroup]) -> Result<Vec<wire::Cgrou
     if same {
         return Ok(prior.to_vec());
     }
-    capture(pid)
+    capture_of(pid, &own)
 }
 
 /// The cgroups of process `pid`; refused if one of its threads is in

@@ -107,8 +107,9 @@ pub fn capture(pid: i32, mounts: Option<&wire::MountTable>) -> Result<wire::Name
     };
     let ipc = differs(Kind::Ipc)?;
     if ipc {
-        let [shm, sem, msg] =
-            ns::sysv_objects(pid).ctx(pid, || "list SysV objects in its IPC namespace".into())?;
+        let held =
+            ns::ipc_objects(pid).ctx(pid, || "list the objects of its IPC namespace".into())?;
+        let [shm, sem, msg] = held.sysv;
         if shm + sem + msg > 0 {
             return Err(EngineError::Unsupported {
                 pid,
@@ -117,9 +118,7 @@ pub fn capture(pid: i32, mounts: Option<&wire::MountTable>) -> Result<wire::Name
                 ),
             });
         }
-        let queues = ns::posix_mqueues(pid).ctx(pid, || {
-            "list POSIX message queues in its IPC namespace".into()
-        })?;
+        let queues = held.mqueues;
         if !queues.is_empty() {
             return Err(EngineError::Unsupported {
                 pid,

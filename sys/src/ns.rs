@@ -232,26 +232,29 @@ pub fn uts_names(pid: i32) -> io::Result<(String, String)> {
     })
 }
 
-/// How many SysV shared memory segments, semaphore sets and message queues
-/// process `pid`'s IPC namespace holds.
-pub fn sysv_objects(pid: i32) -> io::Result<[usize; 3]> {
+/// What an IPC namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcObjects {
+    /// SysV shared memory segments, semaphore sets and message queues.
+    pub sysv: [usize; 3],
+    /// The names of its POSIX message queues, sorted.
+    pub mqueues: Vec<String>,
+}
+
+/// What process `pid`'s IPC namespace holds, read by one thread of ours
+/// that joins it. SysV objects are counted in `/proc/sysvipc/*` (which
+/// shows the reader's namespace). POSIX queues show only in an mqueue
+/// file system mounted from inside the namespace: the thread mounts one in
+/// a mount namespace of its own (gone with the thread), over the temporary
+/// directory.
+pub fn ipc_objects(pid: i32) -> io::Result<IpcObjects> {
     in_namespace_of(pid, Kind::Ipc, || {
-        let mut counts = [0; 3];
+        let mut sysv = [0; 3];
         for (k, what) in ["shm", "sem", "msg"].iter().enumerate() {
             // One header line, then one line per object.
             let text = std::fs::read_to_string(format!("/proc/sysvipc/{what}"))?;
-            counts[k] = text.lines().count().saturating_sub(1);
+            sysv[k] = text.lines().count().saturating_sub(1);
         }
-        Ok(counts)
-    })
-}
-
-/// The names of the POSIX message queues of process `pid`'s IPC
-/// namespace. They show only in an mqueue file system mounted from inside
-/// that namespace: the reading thread mounts one in a mount namespace of
-/// its own (gone with the thread), over the temporary directory.
-pub fn posix_mqueues(pid: i32) -> io::Result<Vec<String>> {
-    in_namespace_of(pid, Kind::Ipc, || {
         // SAFETY: unshare changes this (scoped, soon ended) thread only
         // (CLONE_NEWNS implies CLONE_FS).
         if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
@@ -261,12 +264,12 @@ pub fn posix_mqueues(pid: i32) -> io::Result<Vec<String>> {
         let at = std::env::temp_dir();
         let at = at.to_string_lossy();
         crate::mounts::mount(Some("mqueue"), &at, Some("mqueue"), 0, None)?;
-        let mut names = Vec::new();
+        let mut mqueues = Vec::new();
         for entry in std::fs::read_dir(&*at)? {
-            names.push(format!("/{}", entry?.file_name().to_string_lossy()));
+            mqueues.push(format!("/{}", entry?.file_name().to_string_lossy()));
         }
-        names.sort();
-        Ok(names)
+        mqueues.sort();
+        Ok(IpcObjects { sysv, mqueues })
     })
 }
 

@@ -475,7 +475,7 @@ impl Child {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(stat) = fs::read_to_string(&path) {
-                if stat_fields(&stat).first() == Some(&"S") {
+                if crate::proc::stat_fields(&stat).first() == Some(&"S") {
                     return;
                 }
             }
@@ -563,14 +563,6 @@ fn decode_exit(status: c_int) -> Exit {
         Exit::Signal(libc::WTERMSIG(status))
     } else {
         Exit::Code(libc::WEXITSTATUS(status))
-    }
-}
-
-/// Fields of `/proc/PID/stat` after the `(comm)`: index 0 is field 3 (state).
-fn stat_fields(stat: &str) -> Vec<&str> {
-    match stat.rfind(')') {
-        Some(i) => stat[i + 1..].split_whitespace().collect(),
-        None => Vec::new(),
     }
 }
 
@@ -1174,7 +1166,7 @@ fn probe_pr_set_mm_map() -> Outcome {
 fn current_mm_map() -> Result<(PrctlMmMap, Vec<u64>), String> {
     let stat =
         fs::read_to_string("/proc/self/stat").map_err(|e| io_err("read /proc/self/stat", &e))?;
-    let fields = stat_fields(&stat);
+    let fields = crate::proc::stat_fields(&stat);
     // Field n of proc_pid_stat(5) is index n - 3 here.
     let field = |n: usize| -> Result<u64, String> {
         fields

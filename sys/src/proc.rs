@@ -389,21 +389,25 @@ pub fn is_io_worker(pid: i32, tid: i32) -> bool {
         .is_some_and(|flags| flags & PF_IO_WORKER != 0)
 }
 
-/// The fields of `/proc/PID/stat` after the command name (which may hold
-/// anything): the state letter first, then ppid, pgrp, session, tty,
-/// tpgid, flags...
-fn stat_fields_after_comm(pid: i32) -> io::Result<Vec<String>> {
+/// The fields of `/proc/PID/stat` text after the `(comm)` (which may hold
+/// anything): index 0 is field 3, the state letter; then ppid, pgrp,
+/// session, tty, tpgid, flags...
+pub fn stat_fields(stat: &str) -> Vec<&str> {
+    match stat.rfind(')') {
+        Some(i) => stat[i + 1..].split_whitespace().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// [`stat_fields`] of process `pid`, owned.
+fn stat_fields_of(pid: i32) -> io::Result<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rfind(") ")
-        .map(|i| &stat[i + 2..])
-        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat: no command name")))?;
-    Ok(rest.split_whitespace().map(str::to_string).collect())
+    Ok(stat_fields(&stat).into_iter().map(str::to_string).collect())
 }
 
 /// The state letter of process `pid` (`R`, `S`, `T`, `Z`...).
 pub fn read_stat_state(pid: i32) -> io::Result<char> {
-    stat_fields_after_comm(pid)?
+    stat_fields_of(pid)?
         .first()
         .and_then(|f| f.chars().next())
         .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat: no state")))
@@ -413,7 +417,7 @@ pub fn read_stat_state(pid: i32) -> io::Result<char> {
 /// `PF_EXITING` (its memory may already be gone while it still runs).
 pub fn leaving(pid: i32) -> bool {
     const PF_EXITING: u32 = 0x4;
-    let Ok(fields) = stat_fields_after_comm(pid) else {
+    let Ok(fields) = stat_fields_of(pid) else {
         return true;
     };
     let state = fields.first().and_then(|f| f.chars().next());
