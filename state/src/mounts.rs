@@ -210,7 +210,13 @@ fn tmpfs_contents(
     let mut dirs = vec![String::new()];
     while let Some(rel) = dirs.pop() {
         let dir = join(&top, &rel);
-        let entries = std::fs::read_dir(&dir).ctx(pid, || format!("list {dir}"))?;
+        // In a live round the program goes on making and removing files
+        // while they are listed: what is gone by the time it is read was
+        // simply not there at this snapshot (the frozen dump's is exact).
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if vanished(&e) && !rel.is_empty() => continue,
+            r => r.ctx(pid, || format!("list {dir}"))?,
+        };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -223,7 +229,10 @@ fn tmpfs_contents(
                 format!("{rel}/{name}")
             };
             let full = join(&top, &rel_path);
-            let meta = std::fs::symlink_metadata(&full).ctx(pid, || format!("stat {full}"))?;
+            let meta = match std::fs::symlink_metadata(&full) {
+                Err(e) if vanished(&e) => continue,
+                r => r.ctx(pid, || format!("stat {full}"))?,
+            };
             let in_ns = join(mount_point, &rel_path);
             let t = meta.file_type();
             let kind = if t.is_dir() {
@@ -233,7 +242,10 @@ fn tmpfs_contents(
                 }
                 wire::TmpfsKind::Dir
             } else if t.is_symlink() {
-                let target = std::fs::read_link(&full).ctx(pid, || format!("readlink {full}"))?;
+                let target = match std::fs::read_link(&full) {
+                    Err(e) if vanished(&e) => continue,
+                    r => r.ctx(pid, || format!("readlink {full}"))?,
+                };
                 wire::TmpfsKind::Symlink(target.to_string_lossy().into_owned())
             } else if t.is_file() {
                 *total += meta.len();
@@ -251,7 +263,10 @@ fn tmpfs_contents(
                     // are hidden; an empty file holds the place.
                     wire::TmpfsKind::File(Vec::new())
                 } else {
-                    wire::TmpfsKind::File(std::fs::read(&full).ctx(pid, || format!("read {full}"))?)
+                    match std::fs::read(&full) {
+                        Err(e) if vanished(&e) => continue,
+                        r => wire::TmpfsKind::File(r.ctx(pid, || format!("read {full}"))?),
+                    }
                 }
             } else if t.is_char_device() || t.is_block_device() || t.is_fifo() {
                 wire::TmpfsKind::Node {
@@ -274,6 +289,11 @@ fn tmpfs_contents(
         }
     }
     Ok(out)
+}
+
+/// A file removed between its directory's listing and its reading.
+fn vanished(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
 }
 
 /// Where `path` of the program's namespace is on this machine before its
