@@ -73,6 +73,7 @@ pub(crate) fn run(a: DumpArgs) -> Result<()> {
         keep_net_lock: true,
         freezer,
         external: fdspec::external_fds(pid, &external)?,
+        defer_private_anon: false,
     };
     if pre_copy
         && freezer == tern_engine::dump::Freezer::Cgroup

@@ -71,6 +71,7 @@ pub fn evacuate(a: EvacuateArgs) -> Result<()> {
         handoff_cmd: None,
         settle_timeout: Duration::from_secs(60),
         freeze_turns: Some(turns),
+        stream_pages: true,
     };
     eprintln!(
         "evacuating {} program(s) to {}, {} at a time: {pids:?}",

@@ -202,6 +202,15 @@ enum Cmd {
         /// leaving the program stopped here for `tern resolve`.
         #[arg(long, default_value_t = 60_000)]
         settle_timeout_ms: u64,
+        /// Simple mode: send every page inside the image, written whole
+        /// before it is sent and received whole before the destination
+        /// rebuilds (slower; for comparison). By default a single
+        /// process's private memory streams right after the rest of its
+        /// image, read and placed as it goes, while the destination
+        /// rebuilds the rest (not with --compress N: compressed pages go
+        /// in the image).
+        #[arg(long)]
+        no_page_stream: bool,
     },
     /// Move many programs to one destination at once (e.g. to empty this
     /// server): each migrates on its own session, their rounds side by
@@ -268,6 +277,8 @@ pub(crate) fn migration_dump_options(
         keep_net_lock: false,
         freezer: tern_engine::dump::Freezer::Ptrace,
         external,
+        // Set by a stop-and-copy that streams its pages.
+        defer_private_anon: false,
     }
 }
 
@@ -329,6 +340,7 @@ fn run(cmd: Cmd) -> Result<()> {
             handoff_cmd,
             external,
             settle_timeout_ms,
+            no_page_stream,
         } => {
             let compress = match compress.as_str() {
                 "auto" => tern_engine::migrate::Compression::Auto,
@@ -352,6 +364,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 report,
                 handoff_cmd,
                 settle_timeout: Duration::from_millis(settle_timeout_ms),
+                stream_pages: !no_page_stream,
             })
         }
         Cmd::Evacuate(a) => evacuate::evacuate(a),

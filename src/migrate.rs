@@ -117,6 +117,7 @@ pub struct MigrateArgs {
     pub report: Option<PathBuf>,
     pub handoff_cmd: Option<String>,
     pub settle_timeout: Duration,
+    pub stream_pages: bool,
 }
 
 pub fn migrate(a: MigrateArgs) -> Result<()> {
@@ -138,6 +139,10 @@ pub fn migrate(a: MigrateArgs) -> Result<()> {
         handoff_cmd: a.handoff_cmd,
         settle_timeout: a.settle_timeout,
         freeze_turns: None,
+        // Streamed pages go raw: a zstd level asked for keeps them in the
+        // (compressed) image.
+        stream_pages: a.stream_pages
+            && !matches!(a.compress, tern_engine::migrate::Compression::Zstd(_)),
     };
     eprintln!("migrating process {} to {}", a.pid, a.to);
     let mut on_round = |r: &tern_engine::precopy::RoundReport| {
@@ -187,6 +192,13 @@ fn print_summary(r: &MigrationReport) {
         r.bytes_on_wire >> 20,
         r.total_ms
     );
+    if r.streamed_pages > 0 {
+        eprintln!(
+            "  streamed {} pages ({} MiB) after the image, placed as they came, before the destination was ready",
+            r.streamed_pages,
+            (r.streamed_pages * tern_sys::page_size()) >> 20
+        );
+    }
     if let Some(pc) = &r.post_copy {
         eprintln!(
             "  post-copy: {} pages owed, {} sent ({} wanted first, in {} requests), {} placed; {:.0} ms from resume to the last page, then the source copy ended",
@@ -231,6 +243,7 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "final_pages": r.final_pages,
         "final_bytes": r.final_bytes,
+        "streamed_pages": r.streamed_pages,
         "post_copy": r.post_copy.as_ref().map(|pc| serde_json::json!({
             "pages": pc.pages,
             "pages_sent": pc.pages_sent,

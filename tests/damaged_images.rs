@@ -648,6 +648,7 @@ async fn play_source(
         round: 0,
         final_round,
         files,
+        pages_follow: false,
     })
     .await
     .map_err(|e| e.to_string())?;

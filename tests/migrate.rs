@@ -374,6 +374,55 @@ fn migrate_256mib_counter_between_edge_servers() {
     restored_guard.kill_and_wait();
 }
 
+/// Stop-and-copy of one process streams its private memory after the rest
+/// of its image (read and placed as it goes) unless `--no-page-stream`:
+/// either way the 64 MiB counter goes on exactly in B (consecutive ticks,
+/// its whole buffer verified twice more).
+#[test]
+fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
+    for stream in [true, false] {
+        let test = "stop_and_copy_streams_its_memory_and_goes_on_exactly";
+        let Some(edges) = edges_or_skip(test) else {
+            return;
+        };
+        let mut e = start("simple-stream", edges, 64);
+        let pass0 = e.wait_ticks(40).last().map(|t| t.1).unwrap_or(0);
+        let source = e.program.pid();
+        let mut how = vec!["--mode", "simple"];
+        if !stream {
+            how.push("--no-page-stream");
+        }
+        let (_, mut guard) = e.migrate_to_b(&how, source);
+        let rep = report(&e.dir);
+        let streamed = rep["streamed_pages"].as_u64().expect("streamed_pages");
+        let in_image = rep["final_pages"].as_u64().expect("final_pages");
+        if stream {
+            assert!(
+                streamed >= (64 << 20) / 4096 && in_image < streamed / 10,
+                "the 64 MiB buffer must stream after the image: {streamed} pages streamed, {in_image} in the image"
+            );
+        } else {
+            assert!(
+                streamed == 0 && in_image >= (64 << 20) / 4096,
+                "--no-page-stream puts every page in the image: {streamed} streamed, {in_image} in it"
+            );
+        }
+        let before = ticks(&e.out).len() as u64;
+        let all = e.wait_ticks(before + 70);
+        let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+        check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+        assert!(all.last().map(|t| t.1).unwrap_or(0) >= pass0 + 2);
+        eprintln!(
+            "stop-and-copy, 64 MiB, stream {stream}: downtime {:.1} ms (final dump {:.1}, transfer {:.1}, restore {:.1})",
+            rep["downtime_ms"].as_f64().unwrap_or(-1.0),
+            rep["breakdown_ms"]["final_dump"].as_f64().unwrap_or(-1.0),
+            rep["breakdown_ms"]["transfer"].as_f64().unwrap_or(-1.0),
+            rep["breakdown_ms"]["restore"].as_f64().unwrap_or(-1.0),
+        );
+        guard.kill_and_wait();
+    }
+}
+
 #[test]
 fn migrate_failures_leave_the_source_running() {
     let Some(edges) = edges_or_skip("migrate_failures_leave_the_source_running") else {
@@ -896,7 +945,28 @@ fn migrate_through_total_packet_loss_leaves_the_source_running() {
 /// the program is left in B.
 #[test]
 fn migrate_destination_out_of_memory_leaves_the_source_running() {
-    let test = "migrate_destination_out_of_memory_leaves_the_source_running";
+    out_of_memory_at_the_destination(
+        "migrate_destination_out_of_memory_leaves_the_source_running",
+        &["--compress", "3"],
+    );
+}
+
+/// The same with a stop-and-copy that streams its memory after its image:
+/// the destination's puppet faults the streamed pages in itself before
+/// they are written (no room for tern to allocate them), so the OOM killer
+/// takes it, not the daemon.
+#[test]
+fn streamed_stop_and_copy_out_of_memory_leaves_the_source_running() {
+    out_of_memory_at_the_destination(
+        "streamed_stop_and_copy_out_of_memory_leaves_the_source_running",
+        &["--mode", "simple"],
+    );
+}
+
+/// A 256 MiB program migrated (with `how`) to a `tern serve` in a 96 MiB
+/// memory cgroup: refused, the program rebuilt there killed by the OOM
+/// killer (not the daemon, which says so), the source running on intact.
+fn out_of_memory_at_the_destination(test: &str, how: &[&str]) {
     let Some(edges) = edges_or_skip(test) else {
         return;
     };
@@ -937,7 +1007,9 @@ fn migrate_destination_out_of_memory_leaves_the_source_running() {
     cgroup
         .add(serve_pid)
         .expect("move tern serve into the cgroup");
-    let out = e.migrate(&["--timeout-ms", "10000", "--compress", "3"]);
+    let mut args = vec!["--timeout-ms", "10000"];
+    args.extend(how);
+    let out = e.migrate(&args);
     eprintln!("{test}: {}", out.stderr.lines().last().unwrap_or(""));
     assert!(!out.success(), "migrate succeeded: {}", out.describe());
     assert!(

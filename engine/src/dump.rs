@@ -48,6 +48,11 @@ pub struct DumpOptions {
     /// (a supervisor's pipe), by fd number, with the name the restore
     /// finds their replacement under (`--external fd[N]:NAME`).
     pub external: std::collections::BTreeMap<i32, String>,
+    /// Leave every page of private anonymous memory out of the image
+    /// (listed in `deferred.img`): a stop-and-copy migration streams them
+    /// to the destination right after it, while the destination builds the
+    /// rest. Whole dumps of one process only (a tree's ignore it).
+    pub defer_private_anon: bool,
 }
 
 impl Default for DumpOptions {
@@ -61,6 +66,7 @@ impl Default for DumpOptions {
             keep_net_lock: true,
             freezer: Freezer::Ptrace,
             external: Default::default(),
+            defer_private_anon: false,
         }
     }
 }
@@ -446,13 +452,23 @@ fn frozen_pages(
     tracked: Option<(&DirtySet, bool, bool)>,
 ) -> Result<PageCapture> {
     let codec = codec_for(opts.zstd_level);
-    let mut capture = match tracked {
+    let everything = DirtySet::empty();
+    // A whole image whose private anonymous pages are streamed after it:
+    // a delta to nothing (every mapping is examined whole, being
+    // unregistered with a tracker), deferring those pages.
+    let delta = match tracked {
         // An exact tracker reports every change since the parent (writes,
         // zapped pages, new mappings): only those pages are looked at, so
         // this costs what changed, not what the program holds.
-        Some((d, true, defer)) if !parent.is_empty() => {
+        Some((d, true, defer)) if !parent.is_empty() => Some((d, defer)),
+        None if opts.defer_private_anon && parent.is_empty() => Some((&everything, true)),
+        _ => None,
+    };
+    let mut capture = match delta {
+        Some((d, defer)) => {
             let mut c = capture_delta(pid, maps, dir, codec, parent, d, defer)?;
-            if !opts.delta_table {
+            // A delta to nothing is the whole table.
+            if !opts.delta_table || parent.is_empty() {
                 if let Some(full) = c.delta.as_ref().and_then(|x| x.apply(parent)) {
                     c.hashes = full;
                     c.delta = None;
@@ -464,7 +480,7 @@ fn frozen_pages(
             }
             c
         }
-        _ => capture_pages(pid, maps, dir, codec, parent, tracked.map(|t| t.0), false)?,
+        None => capture_pages(pid, maps, dir, codec, parent, tracked.map(|t| t.0), false)?,
     };
     if opts.delta_table && capture.delta.is_none() && opts.parent.is_some() {
         capture.delta = Some(wire::TableDelta::between(parent, &capture.hashes));

@@ -90,6 +90,12 @@ pub struct MigrateOptions {
     /// program runs at the destination (or here again), so that no two
     /// frozen phases overlap.
     pub freeze_turns: Option<std::sync::Arc<FreezeTurns>>,
+    /// Stop-and-copy of one process: send the private anonymous memory as
+    /// a stream of pages right after the rest of the image, read from the
+    /// stopped program as they go and placed by the destination as they
+    /// come, instead of inside the image (written, sent, then read). The
+    /// program still resumes there only once every page is in.
+    pub stream_pages: bool,
 }
 
 /// One program frozen at a time among migrations run at once: see
@@ -168,6 +174,9 @@ pub struct MigrationReport {
     pub handoff_ms: f64,
     pub final_pages: u64,
     pub final_bytes: u64,
+    /// Pages streamed after the final image, before `Ready` (stop-and-copy
+    /// with [`MigrateOptions::stream_pages`]); `final_pages` excludes them.
+    pub streamed_pages: u64,
     pub bytes_on_wire: u64,
     pub total_ms: f64,
 }
@@ -178,6 +187,8 @@ enum Job {
         round: u32,
         dir: PathBuf,
         final_round: bool,
+        /// The final image's owed pages are streamed after it, before `Ready`.
+        pages_follow: bool,
         /// Remove `dir` once sent (a round's directory; not the final one).
         remove: bool,
     },
@@ -228,6 +239,7 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
     round: u32,
     dir: &Path,
     final_round: bool,
+    pages_follow: bool,
 ) -> std::result::Result<(), String> {
     use std::io::Read;
     let names = image_files(dir).map_err(|e| format!("list {}: {e}", dir.display()))?;
@@ -288,6 +300,7 @@ async fn send_round<W: tokio::io::AsyncWrite + Unpin>(
         round,
         final_round,
         files,
+        pages_follow,
     })
     .await
     .map_err(|e| e.to_string())
@@ -420,9 +433,10 @@ impl Link {
                         round,
                         dir,
                         final_round,
+                        pages_follow,
                         remove,
                     } => {
-                        let r = send_round(&mut tx, round, &dir, final_round).await;
+                        let r = send_round(&mut tx, round, &dir, final_round, pages_follow).await;
                         if remove {
                             let _ = std::fs::remove_dir_all(&dir);
                         }
@@ -496,8 +510,11 @@ impl Link {
     fn submit(&mut self, job: Job) -> std::result::Result<(), String> {
         match &job {
             Job::Round {
-                round, final_round, ..
-            } => self.proto.round_sent(*round, *final_round),
+                round,
+                final_round,
+                pages_follow,
+                ..
+            } => self.proto.round_sent(*round, *final_round, *pages_follow),
             Job::Message(m) => self.proto.send(m),
         }
         .map_err(|e| e.to_string())?;
@@ -648,7 +665,10 @@ pub fn migrate(
 
     // Frozen from here: until the commit, any failure thaws the program.
     let final_dump_ms = frozen.stopped_ms();
-    let owes_pages = !frozen.deferred().is_empty();
+    // Pages left out of the final image: streamed before `Ready` by a
+    // stop-and-copy, sent after `Running` by post-copy.
+    let streamed = opts.mode == Mode::Simple && !frozen.deferred().is_empty();
+    let owes_pages = !streamed && !frozen.deferred().is_empty();
     if owes_pages {
         info!(
             pages = frozen.deferred().len(),
@@ -656,10 +676,17 @@ pub fn migrate(
         );
         link.proto.owe_pages();
     }
-    let ready = match final_round_until_ready(&mut link, &mut shipped, &stage_dir, opts, pid) {
-        Ok(r) => r,
-        Err(what) => return Err(settle(frozen, &mut link, pid, what)),
+    let streamed_pages = if streamed {
+        frozen.deferred().len() as u64
+    } else {
+        0
     };
+    let stream = streamed.then(|| frozen.deferred());
+    let ready =
+        match final_round_until_ready(&mut link, &mut shipped, &stage_dir, opts, pid, stream) {
+            Ok(r) => r,
+            Err(what) => return Err(settle(frozen, &mut link, pid, what)),
+        };
     let (frozen, (restored_pid, restored_ns_pid)) =
         commit(frozen, &mut link, opts, pid, session, owes_pages)?;
     let t_running = Instant::now();
@@ -701,6 +728,7 @@ pub fn migrate(
         handoff_ms: ready.handoff_ms,
         final_pages: report.final_stats.pages_stored,
         final_bytes: report.final_stats.stored_bytes,
+        streamed_pages,
         bytes_on_wire,
         total_ms: t_start.elapsed().as_secs_f64() * 1e3,
     };
@@ -719,15 +747,17 @@ struct Readied {
     handoff_ms: f64,
 }
 
-/// Frozen: ship the final image (after every round before it), wait for
-/// the destination's `Ready`, run the handoff command. An error means
-/// nothing was committed: the caller thaws the program here.
+/// Frozen: ship the final image (after every round before it) and the
+/// pages it left out to `stream` (if any), wait for the destination's
+/// `Ready`, run the handoff command. An error means nothing was
+/// committed: the caller thaws the program here.
 fn final_round_until_ready(
     link: &mut Link,
     shipped: &mut Shipped,
     stage_dir: &Path,
     opts: &MigrateOptions,
     pid: i32,
+    stream: Option<&[u64]>,
 ) -> std::result::Result<Readied, String> {
     let t = Instant::now();
     drain(link, &mut shipped.rounds, &mut shipped.pending)?;
@@ -735,10 +765,20 @@ fn final_round_until_ready(
         round: shipped.rounds.len() as u32,
         dir: stage_dir.to_path_buf(),
         final_round: true,
+        pages_follow: stream.is_some(),
         remove: false,
     })?;
+    let messages = match stream {
+        Some(pages) => postcopy::stream_pages(link, pid, pages)?,
+        None => 0,
+    };
     if !matches!(link.wait_sent()?, Sent::Round { .. }) {
         return Err("sender out of step".into());
+    }
+    for _ in 0..messages {
+        if !matches!(link.wait_sent()?, Sent::Message) {
+            return Err("sender out of step".into());
+        }
     }
     let transfer_ms = t.elapsed().as_secs_f64() * 1e3;
     debug!(transfer_ms, "final round sent");
@@ -891,6 +931,7 @@ fn run_until_frozen<'t>(
     shipped.compressing = precopy_opts.dump.zstd_level.is_some();
     match opts.mode {
         Mode::Simple => {
+            precopy_opts.dump.defer_private_anon = opts.stream_pages;
             *turn = opts.freeze_turns.as_ref().map(|t| t.take().0);
             precopy::freeze_whole(pid, stage_dir, &precopy_opts.dump)
         }
@@ -1019,6 +1060,7 @@ fn ship_round(
         round: r.round,
         dir: r.dir.clone(),
         final_round: false,
+        pages_follow: false,
         remove: true,
     })?;
     shipped.pending += 1;

@@ -690,11 +690,16 @@ impl Drop for Frozen {
 /// Stop-and-copy: stop the program and write its whole image into `dir`
 /// (no rounds); the program stays stopped like after [`Precopy::freeze`].
 /// A process with children is taken with its whole tree (as `tern dump`
-/// takes it), every process stopped.
+/// takes it), every process stopped; its images hold all their pages
+/// (`defer_private_anon` is for one process).
 pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> {
     let (seized, final_stats, t0) = if crate::tree::has_children(pid)? {
+        let opts = DumpOptions {
+            defer_private_anon: false,
+            ..opts.clone()
+        };
         let crate::tree::StoppedTree { seized, stats, t0 } =
-            crate::tree::dump_tree_stopped(pid, dir, opts, &mut |_| Ok(None))?;
+            crate::tree::dump_tree_stopped(pid, dir, &opts, &mut |_| Ok(None))?;
         (seized, crate::tree::tree_totals(&stats), t0)
     } else {
         dump::preflight(pid)?;

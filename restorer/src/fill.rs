@@ -27,7 +27,7 @@
 
 use crate::puppet::Puppet;
 use crate::{RestoreError, Result, StepContext};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tern_sys::uffd_missing;
 use tern_wire as wire;
 use tracing::debug;
@@ -50,12 +50,7 @@ impl MissingPages {
     /// where memory is short (see the module docs) or the kernel has no
     /// userfaultfd: the caller writes the pages as before.
     pub fn open(puppet: &mut Puppet, vmas: &[wire::Vma], bytes: u64) -> Option<MissingPages> {
-        let headroom = tern_sys::proc::memory_headroom(puppet.pid).unwrap_or(0);
-        if headroom < bytes.saturating_add(bytes / 4).saturating_add(MARGIN) {
-            debug!(
-                headroom,
-                bytes, "memory is short: the puppet faults its pages in itself"
-            );
+        if !has_room(puppet.pid, bytes) {
             return None;
         }
         let uffd = match crate::postcopy::uffd_of(puppet, 0, "filling memory") {
@@ -87,20 +82,41 @@ impl MissingPages {
     /// Place `data` (whole pages, missing so far) at `addr` of process
     /// `pid`; a copy may stop part-way and goes on from there.
     pub fn fill(&self, pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = addr + done as u64;
-            let n = uffd_missing::copy(self.uffd.as_fd(), at, &data[done..])
-                .step(pid, || format!("UFFDIO_COPY of pages at {at:#x}"))?;
-            if n == 0 {
-                return Err(RestoreError::Step {
-                    pid,
-                    what: format!("UFFDIO_COPY of pages at {at:#x}"),
-                    source: std::io::Error::other("no page placed"),
-                });
-            }
-            done += n;
-        }
-        Ok(())
+        copy_pages(self.uffd.as_fd(), pid, addr, data)
     }
+}
+
+/// Whether process `pid`'s memory (cgroups and machine) has room for
+/// `bytes` more, with a margin, for tern to allocate them on its behalf.
+pub(crate) fn has_room(pid: i32, bytes: u64) -> bool {
+    let headroom = tern_sys::proc::memory_headroom(pid).unwrap_or(0);
+    let room = headroom >= bytes.saturating_add(bytes / 4).saturating_add(MARGIN);
+    if !room {
+        debug!(
+            headroom,
+            bytes, "memory is short: the puppet faults its pages in itself"
+        );
+    }
+    room
+}
+
+/// `UFFDIO_COPY` of `data` (whole pages, missing so far) to `addr` of
+/// process `pid` through `uffd`; a copy may stop part-way and goes on from
+/// there.
+pub(crate) fn copy_pages(uffd: BorrowedFd<'_>, pid: i32, addr: u64, data: &[u8]) -> Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let at = addr + done as u64;
+        let n = uffd_missing::copy(uffd, at, &data[done..])
+            .step(pid, || format!("UFFDIO_COPY of pages at {at:#x}"))?;
+        if n == 0 {
+            return Err(RestoreError::Step {
+                pid,
+                what: format!("UFFDIO_COPY of pages at {at:#x}"),
+                source: std::io::Error::other("no page placed"),
+            });
+        }
+        done += n;
+    }
+    Ok(())
 }

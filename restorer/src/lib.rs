@@ -18,6 +18,7 @@ pub mod serve;
 mod shape;
 mod spawn;
 pub mod standby;
+pub mod streamed;
 pub mod tree;
 pub mod tree_standby;
 
@@ -58,6 +59,10 @@ pub enum RestoreError {
     },
     #[error("cannot restore here: {0}")]
     Unsupported(String),
+    /// The pages a streamed stop-and-copy sends after its image did not
+    /// all come, or not as owed.
+    #[error("streamed pages: {0}")]
+    Stream(String),
     /// An fd the image shares with a process outside it has no
     /// replacement among the options.
     #[error("process {pid}'s fd {fd} ({what}) was shared with a process outside the image, named {name:?}: give its replacement with --inherit-fd fd[N]:{name}")]
@@ -403,6 +408,41 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
     let t0 = Instant::now();
     let image = Image::load(dir)?;
     image.refuse_owed_pages()?;
+    prepare_image(image, opts, None, t0)
+}
+
+/// Where a streamed stop-and-copy's pages come from: fills the pages it is
+/// given until every one is in (placing each as it arrives), or says why
+/// it cannot.
+pub type PageStream<'a> =
+    &'a mut dyn FnMut(&mut streamed::StreamedPages) -> std::result::Result<(), String>;
+
+/// [`prepare`] for the final image of a streamed stop-and-copy, which
+/// leaves the pages of its private anonymous memory out (`deferred.img`):
+/// once its mappings and its other pages are made, `receive` places them
+/// as the source sends them; the rest is rebuilt once all are in.
+pub fn prepare_streamed(
+    dir: &Path,
+    opts: &RestoreOptions,
+    receive: PageStream,
+) -> Result<Prepared> {
+    let t0 = Instant::now();
+    let image = Image::load(dir)?;
+    let owed =
+        postcopy::read_owed(dir, &image.mm.vmas, image.inventory.page_size)?.unwrap_or_default();
+    prepare_image(image, opts, Some((owed, receive)), t0)
+}
+
+/// Rebuild `image` (loaded since `t0`) up to the moment it would run;
+/// with `stream`, the pages it owes come from there.
+fn prepare_image(
+    image: Image,
+    opts: &RestoreOptions,
+    stream: Option<(Vec<u64>, PageStream)>,
+    t0: Instant,
+) -> Result<Prepared> {
+    let dir = image.dir.clone();
+    let dir = dir.as_path();
     check_outside_world(&image, opts)?;
     // Not needed to rebuild the process, but part of the image: a damaged
     // table means a damaged image, and a later `--parent` would trust it.
@@ -455,6 +495,7 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
         &mut puppet,
         opts,
         imports.as_ref(),
+        stream,
     )
     .map_err(|e| explain(&puppet, e))?;
     let ns_pid = want.unwrap_or(puppet.pid);
@@ -476,7 +517,8 @@ pub(crate) fn explain(puppet: &Puppet, e: RestoreError) -> RestoreError {
 
 /// Build the whole program into `puppet`: the image (over its older
 /// `ancestors`, if a chain), with what a process of a tree gets from tern
-/// (`imports`).
+/// (`imports`); with `stream`, the pages it owes placed from there
+/// before the rest is built.
 pub(crate) fn build_all(
     image: &Image,
     ancestors: &[PathBuf],
@@ -484,6 +526,7 @@ pub(crate) fn build_all(
     puppet: &mut Puppet,
     opts: &RestoreOptions,
     imports: Option<&tree::Imports>,
+    stream: Option<(Vec<u64>, PageStream)>,
 ) -> Result<Parts> {
     let mut b = Builder {
         image,
@@ -500,6 +543,13 @@ pub(crate) fn build_all(
         imports,
     };
     b.build_memory()?;
+    if let Some((owed, receive)) = stream {
+        let page_size = image.inventory.page_size;
+        let mut pages = streamed::StreamedPages::new(b.puppet, owed, page_size, &image.mm.vmas)?;
+        let t = Instant::now();
+        receive(&mut pages).map_err(RestoreError::Stream)?;
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, "streamed pages in");
+    }
     b.build_rest()?;
     Ok(b.into_parts())
 }

@@ -149,12 +149,22 @@ pub fn serve(
     })
 }
 
+/// Why a session ends when its puppet thread is gone.
+const STANDBY_GONE: &str = "the standby thread is gone";
+
 /// Commands from a connection's task to its puppet thread.
 enum Cmd {
     Apply {
         round: u32,
         dir: PathBuf,
         final_round: bool,
+        /// The final image's owed pages follow as `Pages`, before `Ready`.
+        pages_follow: bool,
+    },
+    /// Pages of a streamed stop-and-copy's final image.
+    Pages {
+        start: u64,
+        data: Vec<u8>,
     },
     Resume,
 }
@@ -294,8 +304,19 @@ async fn session(
             }
             ev = ev_rx.recv() => live.on_event(ev, &mut incoming).await,
         };
-        if let Some(r) = flow {
-            break r;
+        match flow {
+            // The puppet thread ended on a failure whose report is still
+            // on its way: that is the reason to give the source.
+            Some(Err(e)) if e == STANDBY_GONE => {
+                let failed = tokio::time::timeout(Duration::from_secs(1), ev_rx.recv()).await;
+                let reason = match failed {
+                    Ok(Some(Event::Failed(reason))) => reason,
+                    _ => e,
+                };
+                break Err(refuse(&mut tx, &mut proto, reason).await);
+            }
+            Some(r) => break r,
+            None => {}
         }
     };
     // Dropping the command channel makes the puppet thread discard an
@@ -306,6 +327,13 @@ async fn session(
         // Never resumed (Resume is only sent on Commit, and a failed
         // resume kills it).
         journal.discarded(id);
+        // What the source still sends (it may be streaming pages) is read
+        // and dropped until it hangs up, having read the refusal: a
+        // connection closed with unread data is reset, and the reset can
+        // destroy the refusal before the source reads it.
+        let _ = tx.shutdown().await;
+        let drain = async { while let Some(Ok(_)) = incoming.recv().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
     result
 }
@@ -374,6 +402,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
                 round,
                 final_round,
                 files: summary,
+                pages_follow,
             }) => {
                 let dir = round_dir(self.stage, round);
                 if let Err(e) = check_round(&dir, round, &mut self.files, &summary) {
@@ -388,18 +417,24 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
                     round,
                     dir,
                     final_round,
+                    pages_follow,
                 };
                 self.cmd_tx
                     .send(apply)
                     .is_err()
-                    .then(|| Err("the standby thread is gone".into()))
+                    .then(|| Err(STANDBY_GONE.into()))
             }
+            Ok(DestinationInput::Pages { start, data }) => self
+                .cmd_tx
+                .send(Cmd::Pages { start, data })
+                .is_err()
+                .then(|| Err(STANDBY_GONE.into())),
             Ok(DestinationInput::Commit) => {
                 debug!("commit received");
                 self.cmd_tx
                     .send(Cmd::Resume)
                     .is_err()
-                    .then(|| Err("the standby thread is gone".into()))
+                    .then(|| Err(STANDBY_GONE.into()))
             }
             Ok(other) => Some(Err(format!("tern bug: {other:?} in a migration"))),
             Err(e @ ProtocolError::Aborted(_)) => Some(Err(e.to_string())),
@@ -415,7 +450,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
         incoming: &mut mpsc::Receiver<Result<Message, String>>,
     ) -> Flow {
         let reply = match ev {
-            None => return Some(Err("the standby thread is gone".into())),
+            None => return Some(Err(STANDBY_GONE.into())),
             Some(Event::Applied { round, pages, ms }) => Message::RoundApplied { round, pages, ms },
             Some(Event::Ready { pid, ns_pid, ms }) => {
                 if test_fault("exit-on-ready") {
@@ -683,6 +718,7 @@ fn puppet_thread(
                 round,
                 dir,
                 final_round: false,
+                ..
             } => {
                 let tree_round = standby.is_none() && crate::tree::is_tree(&dir);
                 let r = if tree_round {
@@ -707,21 +743,38 @@ fn puppet_thread(
                         pages,
                         ms: ms(),
                     },
-                    Err(e) => Event::Failed(format!("round {round}: {e}")),
+                    Err(e) => Event::Failed(format!("round {round}: {}", with_causes(&e))),
                 }
             }
             Cmd::Apply {
                 dir,
                 final_round: true,
+                pages_follow,
                 ..
             } => {
-                let r = match standby.take() {
-                    Some(s) => s.finish(&dir).map(|p| Rebuilt::One(Box::new(p))),
-                    None if crate::tree::is_tree(&dir) => {
-                        finish_migrated_tree(&dir, tree_standby.take(), &opts).map(Rebuilt::Tree)
+                // A streamed image's pages are the next commands.
+                let mut receive = |pages: &mut crate::streamed::StreamedPages| {
+                    while !pages.complete() {
+                        match cmds.recv() {
+                            Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
+                            Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
+                            Err(_) => {
+                                return Err(format!(
+                                    "the connection ended with {} page(s) still to come",
+                                    pages.left()
+                                ))
+                            }
+                        }
                     }
-                    None => crate::prepare(&dir, &opts).map(|p| Rebuilt::One(Box::new(p))),
+                    Ok(())
                 };
+                let r = build_final(
+                    standby.take(),
+                    tree_standby.take(),
+                    &dir,
+                    pages_follow.then_some(&mut receive as crate::PageStream),
+                    &opts,
+                );
                 match r {
                     Ok(p) => {
                         let (pid, ns_pid) = (p.pid(), p.ns_pid());
@@ -732,9 +785,12 @@ fn puppet_thread(
                             ms: ms(),
                         }
                     }
-                    Err(e) => Event::Failed(format!("final round: {e}")),
+                    Err(e) => Event::Failed(format!("final round: {}", with_causes(&e))),
                 }
             }
+            Cmd::Pages { start, .. } => Event::Failed(format!(
+                "the source sent pages at {start:#x} that no image here owes"
+            )),
             Cmd::Resume => match prepared.take().map(resume_with_post_copy) {
                 None => Event::Failed("commit before the program was ready".into()),
                 Some(Err(e)) => Event::Failed(format!("resume: {e}")),
@@ -757,6 +813,47 @@ fn puppet_thread(
     }
     // The connection ended first: `standby` / `prepared` are dropped here,
     // which kills the half-built program.
+}
+
+/// An error with what caused it (an errno under a restore step), as one
+/// line for the source to print.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    line
+}
+
+/// The final image in `dir` rebuilt, stopped: over the standby of the
+/// rounds before it, as a tree, or alone; with `stream` (a streamed
+/// stop-and-copy of one process, never after rounds), with the pages the
+/// source sends after it.
+fn build_final(
+    standby: Option<Standby>,
+    tree_standby: Option<TreeStandby>,
+    dir: &Path,
+    stream: Option<crate::PageStream>,
+    opts: &RestoreOptions,
+) -> crate::Result<Rebuilt> {
+    let one = |p: Prepared| Rebuilt::One(Box::new(p));
+    if let Some(receive) = stream {
+        if standby.is_some() || crate::tree::is_tree(dir) {
+            return Err(crate::RestoreError::Unsupported(
+                "the source streams pages after an image of a tree or after pre-copy rounds: only a stop-and-copy of one process streams them".into(),
+            ));
+        }
+        return Ok(one(crate::prepare_streamed(dir, opts, receive)?));
+    }
+    Ok(match standby {
+        Some(s) => one(s.finish(dir)?),
+        None if crate::tree::is_tree(dir) => {
+            Rebuilt::Tree(finish_migrated_tree(dir, tree_standby, opts)?)
+        }
+        None => one(crate::prepare(dir, opts)?),
+    })
 }
 
 /// A round of a tree: kept on disk (the final image's chain) and built

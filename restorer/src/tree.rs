@@ -194,6 +194,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
             &mut puppet,
             opts,
             Some(&imports),
+            None,
         )
         .map_err(|e| explain(&puppet, e))?;
         shared.export(&tree, p.pid, image, puppet.pid)?;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the protocol; both ends must speak the same.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE: &[u8] = b"tern migration protocol 1";
 /// Largest encoded message accepted.
@@ -96,10 +96,14 @@ pub enum Message {
     },
     /// Round `round` is complete: these files, no others. `final_round`:
     /// the program is frozen and this is the full last image.
+    /// `pages_follow` (final round only): the pages it owes come next as
+    /// `Pages`, before `Ready` (a stop-and-copy that streams its memory);
+    /// otherwise any it owes come after `Running` (post-copy).
     RoundDone {
         round: u32,
         final_round: bool,
         files: Vec<FileSummary>,
+        pages_follow: bool,
     },
     /// The source's copy is frozen for good: resume yours.
     Commit,
@@ -146,7 +150,8 @@ pub enum Message {
         outcome: SessionOutcome,
     },
 
-    // post-copy, after `Running` (protocol 3)
+    // post-copy, after `Running` (protocol 3); or streamed before `Ready`
+    // (protocol 4, `RoundDone::pages_follow`)
     /// source -> destination: pages still owed, `data` a whole number of
     /// pages from the source's address `start` on.
     Pages {

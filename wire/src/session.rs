@@ -12,6 +12,7 @@
 //!   FileData{round k}.. RoundDone{k} ->
 //!                                   <-     RoundApplied{k}       (k = 0, 1, ..)
 //!   ..final round: RoundDone{n, final} ->
+//!   (pages_follow: Pages{start, data}.. -> the pages the image owes, streamed)
 //!                                   <-     Ready{pid}            (rebuilt, stopped)
 //!   Commit                          ->
 //!                                   <-     Running{pid, ns_pid}
@@ -67,8 +68,9 @@ pub enum DestinationState {
     Greeted,
     /// Receiving round `round`.
     Receiving { round: u32 },
-    /// The final round came; it is being built.
-    Building { rounds: u32 },
+    /// The final round came; it is being built (`pages_follow`: and the
+    /// pages it owes are arriving, before `Ready`).
+    Building { rounds: u32, pages_follow: bool },
     /// `Ready` was sent; waiting for `Commit` (or `Abort`).
     AwaitCommit,
     /// `Commit` came: the program is being resumed.
@@ -123,6 +125,7 @@ pub enum DestinationInput {
         round: u32,
         final_round: bool,
         files: Vec<FileSummary>,
+        pages_follow: bool,
     },
     /// Resume the program.
     Commit,
@@ -260,14 +263,21 @@ impl Destination {
                     round: r,
                     final_round,
                     files,
+                    pages_follow,
                 },
             ) => {
                 if r != round {
                     return Err(self.wrong_round("RoundDone", r, round));
                 }
+                if pages_follow && !final_round {
+                    return Err(self.unexpected("pages to follow only a final round", got));
+                }
                 self.rounds_done = round + 1;
                 let next = if final_round {
-                    S::Building { rounds: round + 1 }
+                    S::Building {
+                        rounds: round + 1,
+                        pages_follow,
+                    }
                 } else {
                     S::Receiving { round: round + 1 }
                 };
@@ -277,12 +287,19 @@ impl Destination {
                         round,
                         final_round,
                         files,
+                        pages_follow,
                     },
                 )
             }
             (S::Receiving { .. }, _) => {
                 return Err(self.unexpected("FileData, RoundDone or Abort", got))
             }
+            (
+                s @ S::Building {
+                    pages_follow: true, ..
+                },
+                Message::Pages { start, data },
+            ) => (s, DestinationInput::Pages { start, data }),
             (S::Building { .. }, _) => return Err(self.unexpected("nothing before Ready", got)),
             (S::AwaitCommit, Message::Commit) => (S::Committed, DestinationInput::Commit),
             (S::AwaitCommit, _) => return Err(self.unexpected("Commit or Abort", got)),
@@ -356,8 +373,9 @@ pub enum SourceState {
     AwaitWelcome,
     /// Sending rounds (`next` is the next round's number).
     Streaming { next: u32 },
-    /// The final round is sent; waiting for `Ready`.
-    AwaitReady,
+    /// The final round is sent; waiting for `Ready` (`pages_follow`:
+    /// meanwhile sending the pages it owes).
+    AwaitReady { pages_follow: bool },
     /// `Ready` came: the source may commit.
     Ready,
     /// `Commit` sent: waiting for `Running`.
@@ -374,7 +392,7 @@ impl SourceState {
             SourceState::Start => "start",
             SourceState::AwaitWelcome => "awaiting Welcome",
             SourceState::Streaming { .. } => "streaming rounds",
-            SourceState::AwaitReady => "awaiting Ready",
+            SourceState::AwaitReady { .. } => "awaiting Ready",
             SourceState::Ready => "ready",
             SourceState::AwaitRunning => "awaiting Running",
             SourceState::PostCopy => "post-copy",
@@ -466,9 +484,13 @@ impl Source {
             (
                 S::Streaming { .. },
                 Message::RoundDone {
-                    round, final_round, ..
+                    round,
+                    final_round,
+                    pages_follow,
+                    ..
                 },
-            ) => return self.round_sent(*round, *final_round),
+            ) => return self.round_sent(*round, *final_round, *pages_follow),
+            (s @ S::AwaitReady { pages_follow: true }, Message::Pages { .. }) => s,
             (S::Ready, Message::Commit) => S::AwaitRunning,
             (S::PostCopy, Message::Pages { .. }) => S::PostCopy,
             _ => {
@@ -482,13 +504,19 @@ impl Source {
     }
 
     /// Check that round `round` (its files and its `RoundDone`) may be sent
-    /// now: rounds go in order, none after the final one.
-    pub fn round_sent(&mut self, round: u32, final_round: bool) -> Result<(), ProtocolError> {
+    /// now: rounds go in order, none after the final one; pages follow
+    /// only the final one.
+    pub fn round_sent(
+        &mut self,
+        round: u32,
+        final_round: bool,
+        pages_follow: bool,
+    ) -> Result<(), ProtocolError> {
         match self.state {
-            SourceState::Streaming { next } if round == next => {
+            SourceState::Streaming { next } if round == next && (final_round || !pages_follow) => {
                 self.rounds_sent = next + 1;
                 self.state = if final_round {
-                    SourceState::AwaitReady
+                    SourceState::AwaitReady { pages_follow }
                 } else {
                     SourceState::Streaming { next: next + 1 }
                 };
@@ -528,7 +556,10 @@ impl Source {
                 Ok(SourceInput::Welcome)
             }
             (S::AwaitWelcome, _) => Err(self.unexpected("Welcome", got)),
-            (S::Streaming { .. } | S::AwaitReady, Message::RoundApplied { round, pages, ms }) => {
+            (
+                S::Streaming { .. } | S::AwaitReady { .. },
+                Message::RoundApplied { round, pages, ms },
+            ) => {
                 if round != self.rounds_applied || round >= self.rounds_sent {
                     self.state = S::Ended;
                     return Err(ProtocolError::WrongRound {
@@ -540,12 +571,12 @@ impl Source {
                 self.rounds_applied += 1;
                 Ok(SourceInput::Applied { round, pages, ms })
             }
-            (S::AwaitReady, Message::Ready { pid, ms }) => {
+            (S::AwaitReady { .. }, Message::Ready { pid, ms }) => {
                 self.state = S::Ready;
                 Ok(SourceInput::Ready { pid, ms })
             }
             (S::Streaming { .. }, _) => Err(self.unexpected("RoundApplied", got)),
-            (S::AwaitReady, _) => Err(self.unexpected("RoundApplied or Ready", got)),
+            (S::AwaitReady { .. }, _) => Err(self.unexpected("RoundApplied or Ready", got)),
             (
                 S::AwaitRunning,
                 Message::Running {
@@ -631,6 +662,7 @@ mod tests {
             round,
             final_round,
             files: Vec::new(),
+            pages_follow: false,
         }
     }
     fn applied(round: u32) -> Message {
@@ -714,8 +746,19 @@ mod tests {
     #[test]
     fn a_whole_migration_follows_the_rules() {
         let mut p = Pair::final_sent(3);
-        assert_eq!(p.dst.state(), DestinationState::Building { rounds: 4 });
-        assert_eq!(p.src.state(), SourceState::AwaitReady);
+        assert_eq!(
+            p.dst.state(),
+            DestinationState::Building {
+                rounds: 4,
+                pages_follow: false
+            }
+        );
+        assert_eq!(
+            p.src.state(),
+            SourceState::AwaitReady {
+                pages_follow: false
+            }
+        );
         assert!(matches!(
             p.destination_says(ready()),
             Ok(SourceInput::Ready { pid: 42, .. })
@@ -733,6 +776,86 @@ mod tests {
         assert_eq!(p.src.state(), SourceState::Ended);
         assert_eq!(p.dst.state(), DestinationState::Ended);
         assert_eq!(p.src.rounds_applied(), 3);
+    }
+
+    #[test]
+    fn streamed_pages_follow_a_final_round_before_ready_and_never_after() {
+        let pages = || Message::Pages {
+            start: 0x1000,
+            data: vec![0; 4096],
+        };
+        let mut p = Pair::started();
+        p.source_says(piece(0)).expect("piece");
+        // Pages follow only a final round.
+        let not_final = Message::RoundDone {
+            round: 0,
+            final_round: false,
+            files: Vec::new(),
+            pages_follow: true,
+        };
+        assert!(p.src.send(&not_final).is_err());
+        assert!(p.dst.receive(not_final).is_err());
+        assert_eq!(p.dst.state(), DestinationState::Broken);
+
+        let mut p = Pair::started();
+        p.source_says(piece(0)).expect("piece");
+        let streamed = Message::RoundDone {
+            round: 0,
+            final_round: true,
+            files: Vec::new(),
+            pages_follow: true,
+        };
+        p.source_says(streamed).expect("final round, pages follow");
+        for _ in 0..3 {
+            assert!(matches!(
+                p.source_says(pages()),
+                Ok(DestinationInput::Pages { start: 0x1000, .. })
+            ));
+        }
+        // The source may still give up, its program untouched.
+        let mut q = Pair::started();
+        q.source_says(piece(0)).expect("piece");
+        q.source_says(Message::RoundDone {
+            round: 0,
+            final_round: true,
+            files: Vec::new(),
+            pages_follow: true,
+        })
+        .expect("final");
+        assert!(matches!(
+            q.source_says(abort()),
+            Err(ProtocolError::Aborted(_))
+        ));
+        // Once ready, no page comes any more, and none goes after Running.
+        p.destination_says(ready()).expect("ready");
+        assert!(p.src.send(&pages()).is_err());
+        p.source_says(Message::Commit).expect("commit");
+        p.destination_says(running()).expect("running");
+        assert_eq!(p.src.state(), SourceState::Ended);
+        assert!(p.src.send(&pages()).is_err());
+        // A destination that is ready refuses a page sent anyway.
+        q = Pair::started();
+        q.source_says(piece(0)).expect("piece");
+        q.source_says(Message::RoundDone {
+            round: 0,
+            final_round: true,
+            files: Vec::new(),
+            pages_follow: true,
+        })
+        .expect("final");
+        q.destination_says(ready()).expect("ready");
+        assert!(q.dst.receive(pages()).is_err());
+    }
+
+    #[test]
+    fn a_final_round_without_streamed_pages_takes_none_before_ready() {
+        let mut p = Pair::final_sent(1);
+        let pages = Message::Pages {
+            start: 0x1000,
+            data: vec![0; 4096],
+        };
+        assert!(p.src.send(&pages).is_err());
+        assert!(p.dst.receive(pages).is_err());
     }
 
     #[test]
@@ -1008,15 +1131,18 @@ mod tests {
     #[test]
     fn source_may_not_send_out_of_turn() {
         let mut s = Source::new();
-        assert!(s.round_sent(0, false).is_err(), "a round before Welcome");
+        assert!(
+            s.round_sent(0, false, false).is_err(),
+            "a round before Welcome"
+        );
         let mut p = Pair::started();
         assert!(
-            p.src.round_sent(1, false).is_err(),
+            p.src.round_sent(1, false, false).is_err(),
             "round 1 before round 0"
         );
-        p.src.round_sent(0, true).expect("final round 0");
+        p.src.round_sent(0, true, false).expect("final round 0");
         assert!(
-            p.src.round_sent(1, false).is_err(),
+            p.src.round_sent(1, false, false).is_err(),
             "a round after the final one"
         );
         assert!(

@@ -307,6 +307,7 @@ mod decoder_mutations {
                     size: 77,
                     xxh3: 0xdead_beef,
                 }],
+                pages_follow: false,
             },
             Message::Commit,
             Message::Running {

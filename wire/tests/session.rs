@@ -64,6 +64,7 @@ fn round(round: u32, final_round: bool) -> [Message; 2] {
             round,
             final_round,
             files: Vec::new(),
+            pages_follow: false,
         },
     ]
 }
@@ -167,7 +168,9 @@ fn a_destination_that_dies_at_each_step_fails_the_source_there() {
         SourceState::AwaitWelcome,
         SourceState::Streaming { next: 1 },
         SourceState::Streaming { next: 2 },
-        SourceState::AwaitReady,
+        SourceState::AwaitReady {
+            pages_follow: false,
+        },
         SourceState::AwaitRunning,
     ];
     for (answered, want) in waits.iter().enumerate() {
@@ -252,7 +255,7 @@ fn a_destination_refuses_a_skipped_round_and_says_why() {
             proto.receive(w).expect("welcome accepted");
             // Round 1's data without round 0: a buggy or hostile source,
             // sent raw (its own machine would refuse to send it).
-            assert!(proto.round_sent(1, false).is_err());
+            assert!(proto.round_sent(1, false, false).is_err());
             for m in round(1, false) {
                 stx.send(&m).await.expect("send");
             }

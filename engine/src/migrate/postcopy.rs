@@ -213,6 +213,57 @@ fn pump(
     }
 }
 
+/// Pages per message of a streamed stop-and-copy (1 MiB): large enough
+/// that per-message costs vanish, small enough that reading the next run
+/// overlaps sending this one.
+const STREAM_RUN_PAGES: u64 = 256;
+
+/// Stop-and-copy, streamed: send the pages `deferred` (sorted addresses in
+/// process `pid`, stopped) right after the final image, before `Ready`, in
+/// runs of contiguous pages, each read from the program as it goes.
+/// Returns the messages handed to the sender (each reports `Sent`). The
+/// sender's queue holds one message, so reading waits for the link.
+pub(super) fn stream_pages(
+    link: &mut Link,
+    pid: i32,
+    deferred: &[u64],
+) -> std::result::Result<u64, String> {
+    let t0 = Instant::now();
+    let page = tern_sys::page_size();
+    let mut messages = 0;
+    for (start, n) in contiguous_runs(deferred, page, STREAM_RUN_PAGES) {
+        // A refusal (e.g. the destination ran out of memory) ends it early.
+        link.check_incoming()?;
+        let mut data = vec![0u8; (n * page) as usize];
+        mem::read_fully(pid, start, &mut data)
+            .map_err(|e| format!("read {n} page(s) at {start:#x} of process {pid}: {e}"))?;
+        link.submit(Job::Message(Message::Pages { start, data }))?;
+        messages += 1;
+    }
+    debug!(
+        pages = deferred.len(),
+        messages,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "pages streamed to the sender"
+    );
+    Ok(messages)
+}
+
+/// Runs (start, pages) of at most `max` pages contiguous in `pages`
+/// (sorted addresses).
+fn contiguous_runs(pages: &[u64], page: u64, max: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = *pages.get(at)?;
+        let mut n = 1;
+        while n < max && pages.get(at + n as usize) == Some(&(start + n * page)) {
+            n += 1;
+        }
+        at += n as usize;
+        Some((start, n))
+    })
+}
+
 /// Take one message of the destination's: wanted pages are queued; the
 /// end gives `Some(what the destination tallied)`.
 fn heard(
@@ -236,6 +287,26 @@ fn heard(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_runs_are_contiguous_and_bounded() {
+        let p = 4096;
+        let pages: Vec<u64> = [0, 1, 2, 3, 4, 9, 10, 20]
+            .iter()
+            .map(|i| 0x1000_0000 + i * p)
+            .collect();
+        let runs: Vec<(u64, u64)> = contiguous_runs(&pages, p, 3).collect();
+        assert_eq!(
+            runs,
+            vec![
+                (0x1000_0000, 3),
+                (0x1000_0000 + 3 * p, 2),
+                (0x1000_0000 + 9 * p, 2),
+                (0x1000_0000 + 20 * p, 1)
+            ]
+        );
+        assert_eq!(contiguous_runs(&[], p, 3).count(), 0);
+    }
 
     #[test]
     fn wanted_pages_go_first_and_the_push_follows_them() {

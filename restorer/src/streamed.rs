@@ -1,0 +1,211 @@
+//! The destination's half of a streamed stop-and-copy: the final image
+//! leaves the program's private anonymous pages out (`deferred.img`, as a
+//! post-copy image does) and the source sends them right after it, before
+//! `Ready`. The program's mappings and the image's other pages are made
+//! meanwhile; each streamed page is placed as it comes; only once every
+//! one is in is the rest rebuilt (threads, files, credentials...), so the
+//! build sees the memory complete as in any restore (the kernel writes to
+//! it then: e.g. a thread's rseq area, which glibc keeps at the top of its
+//! stack, when rseq is registered), and the program never runs without a
+//! page (unlike post-copy).
+//!
+//! Placing: `UFFDIO_COPY` through a userfaultfd registered for missing
+//! pages over the mappings that hold owed pages (allocates and fills a
+//! page in one step, no zeroing), as the restore's fill does, when the
+//! puppet's memory cgroup has room (see `fill`: tern allocates, so tern is
+//! whom an OOM killer would blame); otherwise the puppet faults the pages
+//! in itself first (`MADV_POPULATE_WRITE`) and tern writes them with
+//! `process_vm_writev`.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use tern_sys::uffd_missing as uffd;
+use tern_wire as wire;
+use tracing::debug;
+
+use crate::puppet::Puppet;
+use crate::{Result, StepContext};
+
+/// Pages owed by a final image whose source streams them before `Ready`.
+#[derive(Debug)]
+pub struct StreamedPages {
+    pid: i32,
+    /// Every owed page, sorted, and whether it is in yet.
+    owed: Vec<u64>,
+    placed: Vec<bool>,
+    left: usize,
+    page_size: u64,
+    /// Registered for missing pages over the mappings holding owed pages;
+    /// closing it (drop) ends the registration.
+    uffd: Option<OwnedFd>,
+}
+
+impl StreamedPages {
+    /// The pages `owed` (sorted, checked against the layout) of the
+    /// stopped `puppet`, whose mappings are made: with room for tern to
+    /// allocate them, its mappings holding them are registered for missing
+    /// pages until every one is in.
+    pub(crate) fn new(
+        puppet: &mut Puppet,
+        owed: Vec<u64>,
+        page_size: u64,
+        vmas: &[wire::Vma],
+    ) -> Result<StreamedPages> {
+        let pid = puppet.pid;
+        let uffd = open_uffd(puppet, owed.len() as u64 * page_size);
+        if uffd.is_none() {
+            // The puppet faults them in itself, now: if memory runs out,
+            // the OOM killer takes it, not the daemon that writes into it.
+            for run in owed.chunk_by(|a, b| b - a == page_size) {
+                if let Some(&first) = run.first() {
+                    crate::shape::populate(puppet, first, run.len() * page_size as usize)?;
+                }
+            }
+        }
+        if let Some(fd) = &uffd {
+            let mut done: Option<(u64, u64)> = None;
+            for &a in &owed {
+                if done.is_some_and(|(s, e)| s <= a && a < e) {
+                    continue;
+                }
+                let Some(v) = vmas.iter().find(|v| v.start <= a && a < v.end) else {
+                    continue;
+                };
+                uffd::register_missing(fd.as_fd(), v.start, v.end).step(pid, || {
+                    format!("register {:#x}-{:#x} for streamed pages", v.start, v.end)
+                })?;
+                done = Some((v.start, v.end));
+            }
+        }
+        debug!(
+            pid,
+            pages = owed.len(),
+            uffd = uffd.is_some(),
+            "waiting for streamed pages"
+        );
+        Ok(StreamedPages {
+            pid,
+            placed: vec![false; owed.len()],
+            left: owed.len(),
+            owed,
+            page_size,
+            uffd,
+        })
+    }
+
+    /// Whether every owed page is in.
+    pub fn complete(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Pages still to come.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Place `data`, whole pages from `start` on, each owed and not yet
+    /// placed (anything else is a broken or hostile source: refused).
+    pub fn place(&mut self, start: u64, data: &[u8]) -> std::result::Result<(), String> {
+        let (first, n) = self.claim(start, data.len())?;
+        match &self.uffd {
+            Some(fd) => {
+                crate::fill::copy_pages(fd.as_fd(), self.pid, start, data).map_err(|e| {
+                    match std::error::Error::source(&e) {
+                        Some(cause) => format!("{e}: {cause}"),
+                        None => e.to_string(),
+                    }
+                })?
+            }
+            None => tern_sys::mem::write_fully(self.pid, start, data).map_err(|e| {
+                format!(
+                    "write {n} streamed page(s) at {start:#x} into process {}: {e}",
+                    self.pid
+                )
+            })?,
+        }
+        self.placed[first..first + n].fill(true);
+        self.left -= n;
+        if self.left == 0 {
+            // Unregistered: the program may run from now on.
+            self.uffd = None;
+        }
+        Ok(())
+    }
+
+    /// Where `len` bytes of pages from `start` go among the owed pages
+    /// (index of the first, count), if they are whole pages, all owed, none
+    /// placed yet.
+    fn claim(&self, start: u64, len: usize) -> std::result::Result<(usize, usize), String> {
+        let page = self.page_size;
+        if len == 0 || !(len as u64).is_multiple_of(page) {
+            return Err(format!(
+                "{len} bytes of pages at {start:#x} are not whole pages"
+            ));
+        }
+        let n = (len as u64 / page) as usize;
+        let first = self
+            .owed
+            .binary_search(&start)
+            .map_err(|_| format!("the source sent page {start:#x}, which was not owed"))?;
+        for k in 0..n {
+            let a = start + k as u64 * page;
+            if self.owed.get(first + k) != Some(&a) {
+                return Err(format!("the source sent page {a:#x}, which was not owed"));
+            }
+            if self.placed[first + k] {
+                return Err(format!("the source sent page {a:#x} twice"));
+            }
+        }
+        Ok((first, n))
+    }
+}
+
+/// The userfaultfd to place streamed pages with, made inside `puppet`:
+/// `None` where memory is short or the kernel has none.
+fn open_uffd(puppet: &mut Puppet, owed_bytes: u64) -> Option<OwnedFd> {
+    if !crate::fill::has_room(puppet.pid, owed_bytes) {
+        return None;
+    }
+    match crate::postcopy::uffd_of(puppet, 0, "streamed pages") {
+        Ok((fd, _)) => Some(fd),
+        Err(e) => {
+            debug!("no userfaultfd ({e}): streamed pages are written instead");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owed(pages: &[u64]) -> StreamedPages {
+        StreamedPages {
+            pid: 0,
+            placed: vec![false; pages.len()],
+            left: pages.len(),
+            owed: pages.iter().map(|p| 0x10_0000 + p * 4096).collect(),
+            page_size: 4096,
+            uffd: None,
+        }
+    }
+
+    #[test]
+    fn only_whole_owed_pages_not_yet_placed_are_taken() {
+        let mut s = owed(&[0, 1, 2, 5]);
+        assert_eq!(s.claim(0x10_0000 + 4096, 2 * 4096), Ok((1, 2)));
+        assert!(s
+            .claim(0x10_0000, 100)
+            .unwrap_err()
+            .contains("not whole pages"));
+        assert!(s.claim(0x10_0000, 0).is_err());
+        // Page 3 is not owed: a run over it is refused, naming it.
+        let e = s.claim(0x10_0000 + 2 * 4096, 2 * 4096).unwrap_err();
+        assert!(e.contains("0x103000") && e.contains("not owed"), "{e}");
+        assert!(s.claim(0x20_0000, 4096).unwrap_err().contains("not owed"));
+        s.placed[1] = true;
+        let e = s.claim(0x10_0000, 2 * 4096).unwrap_err();
+        assert!(e.contains("0x101000") && e.contains("twice"), "{e}");
+        assert_eq!(s.claim(0x10_0000 + 5 * 4096, 4096), Ok((3, 1)));
+    }
+}
