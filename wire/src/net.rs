@@ -500,42 +500,31 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
     pub async fn send(&mut self, msg: &Message) -> Result<()> {
         // Length prefix, then the message, encoded straight into a buffer
         // kept between calls (pieces of 4 MiB: no allocation per message).
+        // Bulk data (file pieces, pages) is not copied there: only what
+        // precedes it, and the pieces are encrypted from the data itself.
         let mut plain = std::mem::take(&mut self.plain);
         plain.clear();
         plain.extend_from_slice(&[0u8; 4]);
-        let mut plain =
-            postcard::to_extend(msg, plain).map_err(|e| NetError::Decode(e.to_string()))?;
-        let body_len = plain.len() - 4;
-        if body_len > MAX_MESSAGE {
-            self.plain = plain;
-            return Err(NetError::TooLarge {
-                size: body_len,
-                limit: MAX_MESSAGE,
-            });
-        }
-        let Ok(len) = u32::try_from(body_len) else {
-            self.plain = plain;
-            return Err(NetError::TooLarge {
-                size: body_len,
-                limit: MAX_MESSAGE,
-            });
+        let (mut plain, bulk) = bulk_head(msg, plain)?;
+        let body_len = plain.len() - 4 + bulk.len();
+        let len = match u32::try_from(body_len) {
+            Ok(len) if body_len <= MAX_MESSAGE => len,
+            _ => {
+                self.plain = plain;
+                return Err(NetError::TooLarge {
+                    size: body_len,
+                    limit: MAX_MESSAGE,
+                });
+            }
         };
         plain[..4].copy_from_slice(&len.to_le_bytes());
-        let piece = NOISE_MAX - TAG;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        for p in plain.chunks(piece) {
-            let at = out.len();
-            out.resize(at + 2 + p.len() + TAG, 0);
-            let n = self
-                .noise
-                .write_message(self.nonce, p, &mut out[at + 2..])
-                .map_err(|_| NetError::Decrypt)?;
-            self.nonce += 1;
-            // A Noise message is at most NOISE_MAX (65535) bytes.
-            let n16 = u16::try_from(n).map_err(|_| NetError::Decrypt)?;
-            out[at..at + 2].copy_from_slice(&n16.to_be_bytes());
-            out.truncate(at + 2 + n);
+        let sealed = self.seal(&mut plain, bulk, &mut out);
+        self.plain = plain;
+        if let Err(e) = sealed {
+            self.out = out;
+            return Err(e);
         }
         let r = async {
             self.io.write_all(&out).await?;
@@ -543,9 +532,48 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
         }
         .await;
         self.bytes += out.len() as u64;
-        self.plain = plain;
         self.out = out;
         r?;
+        Ok(())
+    }
+
+    /// Encrypt the message `head ++ bulk` into `out` as Noise messages of
+    /// at most NOISE_MAX bytes, each after its u16 length. A piece wholly
+    /// inside `head` or `bulk` is encrypted from there; the one across
+    /// both is gathered in `head`'s spare room first.
+    fn seal(&mut self, head: &mut Vec<u8>, bulk: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let piece = NOISE_MAX - TAG;
+        let head_len = head.len();
+        let total = head_len + bulk.len();
+        let mut at = 0;
+        while at < total {
+            let end = (at + piece).min(total);
+            let p: &[u8] = if at >= head_len {
+                &bulk[at - head_len..end - head_len]
+            } else if end <= head_len {
+                &head[at..end]
+            } else {
+                // Gathered after the head (which stays as it is).
+                head.truncate(head_len);
+                let from_head = end.min(head_len);
+                head.extend_from_within(at..from_head);
+                head.extend_from_slice(&bulk[..end.saturating_sub(head_len)]);
+                &head[head_len..]
+            };
+            let o = out.len();
+            out.resize(o + 2 + p.len() + TAG, 0);
+            let n = self
+                .noise
+                .write_message(self.nonce, p, &mut out[o + 2..])
+                .map_err(|_| NetError::Decrypt)?;
+            self.nonce += 1;
+            // A Noise message is at most NOISE_MAX (65535) bytes.
+            let n16 = u16::try_from(n).map_err(|_| NetError::Decrypt)?;
+            out[o..o + 2].copy_from_slice(&n16.to_be_bytes());
+            out.truncate(o + 2 + n);
+            at = end;
+        }
+        head.truncate(head_len);
         Ok(())
     }
 
@@ -555,6 +583,60 @@ impl<W: AsyncWrite + Unpin> Sender<W> {
         Ok(())
     }
 }
+
+/// `msg` postcard-encoded after what `buf` holds, except that the bytes
+/// of a bulk message (file data, pages; the last field) are returned as
+/// they are instead of copied: `buf ++ bulk` is the encoding.
+fn bulk_head(msg: &Message, buf: Vec<u8>) -> Result<(Vec<u8>, &[u8])> {
+    let encode = |m: &Message, buf: Vec<u8>| {
+        postcard::to_extend(m, buf).map_err(|e| NetError::Decode(e.to_string()))
+    };
+    let (bare, bulk) = match msg {
+        Message::FileData {
+            round,
+            name,
+            offset,
+            data,
+        } if data.len() >= BULK_MIN => (
+            Message::FileData {
+                round: *round,
+                name: name.clone(),
+                offset: *offset,
+                data: Vec::new(),
+            },
+            data.as_slice(),
+        ),
+        Message::Pages { start, data } if data.len() >= BULK_MIN => (
+            Message::Pages {
+                start: *start,
+                data: Vec::new(),
+            },
+            data.as_slice(),
+        ),
+        _ => return Ok((encode(msg, buf)?, &[])),
+    };
+    // Its empty byte string, last, is the length 0 (one byte): replaced
+    // by the real length, as postcard writes it (LEB128).
+    let mut head = encode(&bare, buf)?;
+    if head.pop() != Some(0) {
+        return Err(NetError::Decode("tern bug: bulk message layout".into()));
+    }
+    let mut n = bulk.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            head.push(byte);
+            break;
+        }
+        head.push(byte | 0x80);
+    }
+    Ok((head, bulk))
+}
+
+/// Data from this size on is sent without copying it into the message
+/// buffer first.
+const BULK_MIN: usize = 64 << 10;
 
 /// The receiving half of an established channel.
 #[derive(Debug)]
@@ -577,6 +659,25 @@ impl<R: AsyncRead + Unpin> Receiver<R> {
         loop {
             read_frame(&mut self.io, &mut self.frame).await?;
             self.bytes += 2 + self.frame.len() as u64;
+            if let Some(len) = want {
+                // Decrypted straight into the message.
+                let at = body.len();
+                let plain = self.frame.len().checked_sub(TAG).ok_or(NetError::Decrypt)?;
+                if at + plain > len {
+                    return Err(NetError::Decode("pieces longer than the message".into()));
+                }
+                body.resize(at + plain, 0);
+                let n = self
+                    .noise
+                    .read_message(self.nonce, &self.frame, &mut body[at..])
+                    .map_err(|_| NetError::Decrypt)?;
+                self.nonce += 1;
+                body.truncate(at + n);
+                if body.len() == len {
+                    return Message::decode(&body);
+                }
+                continue;
+            }
             let n = self
                 .noise
                 .read_message(self.nonce, &self.frame, &mut self.seg)
@@ -615,6 +716,87 @@ impl<R: AsyncRead + Unpin> Receiver<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulky(len: usize) -> Vec<Message> {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        vec![
+            Message::FileData {
+                round: 300,
+                name: "pages.img".into(),
+                offset: 1 << 40,
+                data: data.clone(),
+            },
+            Message::Pages {
+                start: 0x7fff_0000_0000,
+                data,
+            },
+        ]
+    }
+
+    /// Sizes around the bulk threshold, the Noise piece (65519 bytes), a
+    /// varint length's steps and a large message.
+    const SIZES: [usize; 9] = [
+        0,
+        1,
+        BULK_MIN - 1,
+        BULK_MIN,
+        65519,
+        65519 * 2 + 3,
+        1 << 14,
+        1 << 21,
+        (4 << 20) + 17,
+    ];
+
+    #[test]
+    fn bulk_messages_encode_exactly_as_postcard_does() {
+        for len in SIZES {
+            for m in bulky(len) {
+                let (head, bulk) = bulk_head(&m, vec![9, 9]).expect("encode");
+                let mut ours = head;
+                ours.extend_from_slice(bulk);
+                let mut theirs = vec![9, 9];
+                theirs.extend(postcard::to_stdvec(&m).expect("postcard"));
+                assert!(ours == theirs, "{} of {len} bytes", m.kind());
+                assert_eq!(bulk.is_empty(), len < BULK_MIN);
+            }
+        }
+    }
+
+    #[test]
+    fn messages_of_every_size_cross_the_channel_whole() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let key = Key::generate().expect("key");
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let k2 = key.clone();
+            let receiver = tokio::spawn(async move {
+                let (_tx, mut rx) = handshake(b, &k2, false).await.expect("handshake");
+                let mut got = Vec::new();
+                while let Ok(m) = rx.recv().await {
+                    got.push(m);
+                }
+                got
+            });
+            let (mut tx, _rx) = handshake(a, &key, true).await.expect("handshake");
+            let mut sent = Vec::new();
+            for len in SIZES {
+                for m in bulky(len) {
+                    tx.send(&m).await.expect("send");
+                    sent.push(m);
+                }
+            }
+            tx.shutdown().await.expect("shutdown");
+            drop(tx);
+            let got = receiver.await.expect("receiver");
+            assert_eq!(got.len(), sent.len());
+            for (g, s) in got.iter().zip(&sent) {
+                assert!(g == s, "{} differs after the channel", s.kind());
+            }
+        });
+    }
 
     #[test]
     fn image_paths_are_files_or_one_process_directory_down() {
