@@ -20,7 +20,10 @@ pub struct BenchArgs {
     /// Process sizes in MiB.
     #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
     pub sizes: Vec<u64>,
-    /// simple (freeze, copy all, restore) and/or live (pre-copy).
+    /// simple (freeze, copy all, restore: a single process's memory
+    /// streamed after its image), simple-image (the same with the whole
+    /// image written, sent, then restored: `--no-page-stream`) and/or live
+    /// (pre-copy).
     #[arg(long, value_delimiter = ',', default_value = "simple,live")]
     pub modes: Vec<String>,
     /// Stop policies for live runs.
@@ -167,12 +170,15 @@ fn one_run(
         .arg("--key")
         .arg(&key)
         .arg("--mode")
-        .arg(mode)
+        .arg(if stop_and_copy(mode) { "simple" } else { mode })
         .arg("--report")
         .arg(&report)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(mig_log);
+    if mode == SIMPLE_WHOLE_IMAGE {
+        migrate.arg("--no-page-stream");
+    }
     if mode == "live" {
         migrate.args(["--policy", policy]);
         if policy == "paper" {
@@ -259,8 +265,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("nothing to measure: give --sizes, --modes and --repeat of at least 1");
     }
     for m in &args.modes {
-        if m != "simple" && m != "live" {
-            bail!("--modes: {m:?} is not simple or live");
+        if !stop_and_copy(m) && m != "live" {
+            bail!("--modes: {m:?} is not simple, {SIMPLE_WHOLE_IMAGE} or live");
         }
     }
     let exe = std::env::current_exe().context("find the tern executable")?;
@@ -274,7 +280,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     for &size in &args.sizes {
         for mode in &args.modes {
-            let policies: Vec<String> = if mode == "simple" {
+            let policies: Vec<String> = if stop_and_copy(mode) {
                 vec!["-".to_string()]
             } else {
                 args.policies.clone()
@@ -334,6 +340,8 @@ fn rows_for_svg(rows: &[Row]) -> Vec<crate::bench_svg::Point> {
             size_mib: r.size_mib,
             series: if r.mode == "simple" {
                 "simple (stop and copy)".to_string()
+            } else if r.mode == SIMPLE_WHOLE_IMAGE {
+                "simple, whole image first".to_string()
             } else {
                 format!("live, {}", r.policy)
             },
@@ -378,6 +386,15 @@ fn paper(size_mib: u64) -> Option<(f64, f64)> {
     }
 }
 
+/// The bench mode that runs `tern migrate --mode simple --no-page-stream`:
+/// the stop-and-copy that writes, sends, then restores the whole image.
+const SIMPLE_WHOLE_IMAGE: &str = "simple-image";
+
+/// Whether bench mode `mode` is a stop-and-copy (no policy, no rounds).
+fn stop_and_copy(mode: &str) -> bool {
+    mode == "simple" || mode == SIMPLE_WHOLE_IMAGE
+}
+
 fn print_table(rows: &[Row], link: &str, criu: Option<&str>) {
     println!();
     println!("Downtime by process size ({link}; median of runs, [min-max]):");
@@ -395,14 +412,14 @@ fn print_table(rows: &[Row], link: &str, criu: Option<&str>) {
         "paper (s)"
     );
     for r in rows {
-        let label = if r.mode == "simple" {
-            "simple".to_string()
+        let label = if stop_and_copy(&r.mode) {
+            r.mode.clone()
         } else {
             format!("live/{}", r.policy)
         };
         let paper_col = match paper(r.size_mib) {
             Some((simple, live)) => {
-                format!("{:.1}", if r.mode == "simple" { simple } else { live })
+                format!("{:.1}", if stop_and_copy(&r.mode) { simple } else { live })
             }
             None => "-".into(),
         };
