@@ -194,9 +194,10 @@ fn print_summary(r: &MigrationReport) {
     );
     if r.streamed_pages > 0 {
         eprintln!(
-            "  streamed {} pages ({} MiB) after the image, placed as they came, before the destination was ready",
+            "  streamed {} pages ({} MiB, {} of them zeros, not sent) after the image, placed as they came, before the destination was ready",
             r.streamed_pages,
-            (r.streamed_pages * tern_sys::page_size()) >> 20
+            (r.streamed_pages * tern_sys::page_size()) >> 20,
+            r.streamed_zero_pages
         );
     }
     if let Some(pc) = &r.post_copy {
@@ -244,6 +245,7 @@ pub fn report_json(r: &MigrationReport) -> serde_json::Value {
         "final_pages": r.final_pages,
         "final_bytes": r.final_bytes,
         "streamed_pages": r.streamed_pages,
+        "streamed_zero_pages": r.streamed_zero_pages,
         "post_copy": r.post_copy.as_ref().map(|pc| serde_json::json!({
             "pages": pc.pages,
             "pages_sent": pc.pages_sent,

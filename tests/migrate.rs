@@ -375,9 +375,10 @@ fn migrate_256mib_counter_between_edge_servers() {
 }
 
 /// Stop-and-copy of one process streams its private memory after the rest
-/// of its image (read and placed as it goes) unless `--no-page-stream`:
-/// either way the 64 MiB counter goes on exactly in B (consecutive ticks,
-/// its whole buffer verified twice more).
+/// of its image (read and placed as it goes; pages of zeros only named)
+/// unless `--no-page-stream`: either way the 64 MiB counter, every other
+/// 256 KiB of it zeros, goes on exactly in B (consecutive ticks, its whole
+/// buffer verified twice more).
 #[test]
 fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
     for stream in [true, false] {
@@ -385,7 +386,12 @@ fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
         let Some(edges) = edges_or_skip(test) else {
             return;
         };
-        let mut e = start("simple-stream", edges, 64);
+        let mut e = start_built(
+            "simple-stream",
+            edges,
+            &["-DBUF_MIB=64", "-DZERO_PAGES"],
+            &[],
+        );
         let pass0 = e.wait_ticks(40).last().map(|t| t.1).unwrap_or(0);
         let source = e.program.pid();
         let mut how = vec!["--mode", "simple"];
@@ -396,15 +402,24 @@ fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
         let rep = report(&e.dir);
         let streamed = rep["streamed_pages"].as_u64().expect("streamed_pages");
         let in_image = rep["final_pages"].as_u64().expect("final_pages");
+        let zeros = rep["streamed_zero_pages"]
+            .as_u64()
+            .expect("streamed_zero_pages");
+        let on_wire = rep["bytes_on_wire"].as_u64().expect("bytes_on_wire");
         if stream {
             assert!(
                 streamed >= (64 << 20) / 4096 && in_image < streamed / 10,
                 "the 64 MiB buffer must stream after the image: {streamed} pages streamed, {in_image} in the image"
             );
-        } else {
             assert!(
-                streamed == 0 && in_image >= (64 << 20) / 4096,
-                "--no-page-stream puts every page in the image: {streamed} streamed, {in_image} in it"
+                zeros >= (32 << 20) / 4096 && zeros < streamed && on_wire < 48 << 20,
+                "its 32 MiB of zeros must be named, not sent: {zeros} of {streamed} pages, {on_wire} bytes on the wire"
+            );
+        } else {
+            // (The image leaves pages of zeros out too.)
+            assert!(
+                streamed == 0 && in_image >= (32 << 20) / 4096,
+                "--no-page-stream puts every page with data in the image: {streamed} streamed, {in_image} in it"
             );
         }
         let before = ticks(&e.out).len() as u64;

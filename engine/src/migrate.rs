@@ -177,6 +177,8 @@ pub struct MigrationReport {
     /// Pages streamed after the final image, before `Ready` (stop-and-copy
     /// with [`MigrateOptions::stream_pages`]); `final_pages` excludes them.
     pub streamed_pages: u64,
+    /// Of those, pages of zeros: named, not sent.
+    pub streamed_zero_pages: u64,
     pub bytes_on_wire: u64,
     pub total_ms: f64,
 }
@@ -729,6 +731,7 @@ pub fn migrate(
         final_pages: report.final_stats.pages_stored,
         final_bytes: report.final_stats.stored_bytes,
         streamed_pages,
+        streamed_zero_pages: ready.zero_pages,
         bytes_on_wire,
         total_ms: t_start.elapsed().as_secs_f64() * 1e3,
     };
@@ -745,6 +748,8 @@ struct Readied {
     /// When `Ready` came.
     at: Instant,
     handoff_ms: f64,
+    /// Streamed pages that were zeros (only named on the wire).
+    zero_pages: u64,
 }
 
 /// Frozen: ship the final image (after every round before it) and the
@@ -768,14 +773,14 @@ fn final_round_until_ready(
         pages_follow: stream.is_some(),
         remove: false,
     })?;
-    let messages = match stream {
+    let streamed = match stream {
         Some(pages) => postcopy::stream_pages(link, pid, pages)?,
-        None => 0,
+        None => Default::default(),
     };
     if !matches!(link.wait_sent()?, Sent::Round { .. }) {
         return Err("sender out of step".into());
     }
-    for _ in 0..messages {
+    for _ in 0..streamed.messages {
         if !matches!(link.wait_sent()?, Sent::Message) {
             return Err("sender out of step".into());
         }
@@ -801,6 +806,7 @@ fn final_round_until_ready(
         restore_ms,
         at,
         handoff_ms,
+        zero_pages: streamed.zero_pages,
     })
 }
 

@@ -166,6 +166,11 @@ enum Cmd {
         start: u64,
         data: Vec<u8>,
     },
+    /// Pages of it that are zeros.
+    ZeroPages {
+        start: u64,
+        pages: u64,
+    },
     Resume,
 }
 
@@ -427,6 +432,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
             Ok(DestinationInput::Pages { start, data }) => self
                 .cmd_tx
                 .send(Cmd::Pages { start, data })
+                .is_err()
+                .then(|| Err(STANDBY_GONE.into())),
+            Ok(DestinationInput::ZeroPages { start, pages }) => self
+                .cmd_tx
+                .send(Cmd::ZeroPages { start, pages })
                 .is_err()
                 .then(|| Err(STANDBY_GONE.into())),
             Ok(DestinationInput::Commit) => {
@@ -757,6 +767,7 @@ fn puppet_thread(
                     while !pages.complete() {
                         match cmds.recv() {
                             Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
+                            Ok(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
                             Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
                             Err(_) => {
                                 return Err(format!(
@@ -788,7 +799,7 @@ fn puppet_thread(
                     Err(e) => Event::Failed(format!("final round: {}", with_causes(&e))),
                 }
             }
-            Cmd::Pages { start, .. } => Event::Failed(format!(
+            Cmd::Pages { start, .. } | Cmd::ZeroPages { start, .. } => Event::Failed(format!(
                 "the source sent pages at {start:#x} that no image here owes"
             )),
             Cmd::Resume => match prepared.take().map(resume_with_post_copy) {

@@ -123,13 +123,28 @@ impl StreamedPages {
                 )
             })?,
         }
+        self.mark_placed(first, n);
+        Ok(())
+    }
+
+    /// Take `n` owed pages from `start` on as zeros: nothing is placed
+    /// (private anonymous memory reads as zeros where nothing was put, and
+    /// without the userfaultfd the puppet has faulted them in as zeros).
+    pub fn zeros(&mut self, start: u64, n: u64) -> std::result::Result<(), String> {
+        let len = usize::try_from(n.saturating_mul(self.page_size))
+            .map_err(|_| format!("{n} zero pages at {start:#x}: too many"))?;
+        let (first, n) = self.claim(start, len)?;
+        self.mark_placed(first, n);
+        Ok(())
+    }
+
+    fn mark_placed(&mut self, first: usize, n: usize) {
         self.placed[first..first + n].fill(true);
         self.left -= n;
         if self.left == 0 {
             // Unregistered: the program may run from now on.
             self.uffd = None;
         }
-        Ok(())
     }
 
     /// Where `len` bytes of pages from `start` go among the owed pages
@@ -207,5 +222,14 @@ mod tests {
         let e = s.claim(0x10_0000, 2 * 4096).unwrap_err();
         assert!(e.contains("0x101000") && e.contains("twice"), "{e}");
         assert_eq!(s.claim(0x10_0000 + 5 * 4096, 4096), Ok((3, 1)));
+        // Zero pages are claimed the same way.
+        s.zeros(0x10_0000 + 5 * 4096, 1).expect("page 5 as zeros");
+        assert!(s
+            .zeros(0x10_0000 + 5 * 4096, 1)
+            .unwrap_err()
+            .contains("twice"));
+        assert!(s.zeros(0x10_0000, 3).unwrap_err().contains("twice"));
+        assert!(s.zeros(0x10_0000, u64::MAX).is_err());
+        assert_eq!(s.left(), 3);
     }
 }

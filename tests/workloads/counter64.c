@@ -35,12 +35,12 @@ static uint64_t stamp[NPAGES]; /* tick that last rewrote each page, 0 = initial 
 /* Every word of a page alike: zstd shrinks a page ~100x, so an image of it
  * is small while the program still needs all of its memory (the
  * out-of-memory migration test). */
-static uint64_t pattern(uint64_t index, uint64_t seed)
+static uint64_t word_of(uint64_t index, uint64_t seed)
 {
 	return ((index / WORDS_PER_PAGE) * 0x9E3779B97F4A7C15ULL) ^ (seed * 0xD6E8FEB86659FD93ULL) ^ 1;
 }
 #else
-static uint64_t pattern(uint64_t index, uint64_t seed)
+static uint64_t word_of(uint64_t index, uint64_t seed)
 {
 	uint64_t x = index * 0x9E3779B97F4A7C15ULL + seed * 0xD6E8FEB86659FD93ULL + 1;
 	x ^= x >> 31;
@@ -49,6 +49,17 @@ static uint64_t pattern(uint64_t index, uint64_t seed)
 	return x;
 }
 #endif
+
+/* With -DZERO_PAGES every other run of 64 pages holds zeros (written, so
+ * present: a stop-and-copy streams them as zero pages). */
+static uint64_t pattern(uint64_t index, uint64_t seed)
+{
+#ifdef ZERO_PAGES
+	if ((index / WORDS_PER_PAGE / 64) % 2)
+		return 0;
+#endif
+	return word_of(index, seed);
+}
 
 static void fill_page(uint64_t page, uint64_t seed)
 {

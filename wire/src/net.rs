@@ -159,6 +159,13 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// source -> destination, streamed before `Ready`: `pages` owed pages
+    /// from `start` on hold only zeros. Nothing is sent or placed for them:
+    /// private anonymous memory reads as zeros where no page was put.
+    ZeroPages {
+        start: u64,
+        pages: u64,
+    },
     /// destination -> source: the program touched these pages (source
     /// addresses): send them (and their neighbours) first.
     PageWant {
@@ -240,6 +247,7 @@ impl Message {
             Message::Refused { .. } => "Refused",
             Message::Outcome { .. } => "Outcome",
             Message::Pages { .. } => "Pages",
+            Message::ZeroPages { .. } => "ZeroPages",
             Message::PageWant { .. } => "PageWant",
             Message::PostCopyDone { .. } => "PostCopyDone",
         }

@@ -12,7 +12,8 @@
 //!   FileData{round k}.. RoundDone{k} ->
 //!                                   <-     RoundApplied{k}       (k = 0, 1, ..)
 //!   ..final round: RoundDone{n, final} ->
-//!   (pages_follow: Pages{start, data}.. -> the pages the image owes, streamed)
+//!   (pages_follow: Pages{start, data}, ZeroPages{start, pages}.. -> the pages
+//!    the image owes, streamed)
 //!                                   <-     Ready{pid}            (rebuilt, stopped)
 //!   Commit                          ->
 //!                                   <-     Running{pid, ns_pid}
@@ -131,6 +132,8 @@ pub enum DestinationInput {
     Commit,
     /// Pages owed, from source address `start` on.
     Pages { start: u64, data: Vec<u8> },
+    /// `pages` owed pages from `start` on are zeros (streamed only).
+    ZeroPages { start: u64, pages: u64 },
 }
 
 /// The destination's side of one connection.
@@ -300,6 +303,12 @@ impl Destination {
                 },
                 Message::Pages { start, data },
             ) => (s, DestinationInput::Pages { start, data }),
+            (
+                s @ S::Building {
+                    pages_follow: true, ..
+                },
+                Message::ZeroPages { start, pages },
+            ) => (s, DestinationInput::ZeroPages { start, pages }),
             (S::Building { .. }, _) => return Err(self.unexpected("nothing before Ready", got)),
             (S::AwaitCommit, Message::Commit) => (S::Committed, DestinationInput::Commit),
             (S::AwaitCommit, _) => return Err(self.unexpected("Commit or Abort", got)),
@@ -490,7 +499,10 @@ impl Source {
                     ..
                 },
             ) => return self.round_sent(*round, *final_round, *pages_follow),
-            (s @ S::AwaitReady { pages_follow: true }, Message::Pages { .. }) => s,
+            (
+                s @ S::AwaitReady { pages_follow: true },
+                Message::Pages { .. } | Message::ZeroPages { .. },
+            ) => s,
             (S::Ready, Message::Commit) => S::AwaitRunning,
             (S::PostCopy, Message::Pages { .. }) => S::PostCopy,
             _ => {
@@ -812,6 +824,16 @@ mod tests {
                 Ok(DestinationInput::Pages { start: 0x1000, .. })
             ));
         }
+        assert_eq!(
+            p.source_says(Message::ZeroPages {
+                start: 0x2000,
+                pages: 3
+            }),
+            Ok(DestinationInput::ZeroPages {
+                start: 0x2000,
+                pages: 3
+            })
+        );
         // The source may still give up, its program untouched.
         let mut q = Pair::started();
         q.source_says(piece(0)).expect("piece");

@@ -218,35 +218,80 @@ fn pump(
 /// overlaps sending this one.
 const STREAM_RUN_PAGES: u64 = 256;
 
+/// What a streamed stop-and-copy sent after its image.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Streamed {
+    /// Messages handed to the sender (each reports `Sent`).
+    pub messages: u64,
+    /// Pages that held only zeros (announced, not sent).
+    pub zero_pages: u64,
+}
+
 /// Stop-and-copy, streamed: send the pages `deferred` (sorted addresses in
 /// process `pid`, stopped) right after the final image, before `Ready`, in
-/// runs of contiguous pages, each read from the program as it goes.
-/// Returns the messages handed to the sender (each reports `Sent`). The
-/// sender's queue holds one message, so reading waits for the link.
+/// runs of contiguous pages, each read from the program as it goes; runs of
+/// zeros are only named. The sender's queue holds one message, so reading
+/// waits for the link.
 pub(super) fn stream_pages(
     link: &mut Link,
     pid: i32,
     deferred: &[u64],
-) -> std::result::Result<u64, String> {
+) -> std::result::Result<Streamed, String> {
     let t0 = Instant::now();
     let page = tern_sys::page_size();
-    let mut messages = 0;
+    let mut out = Streamed::default();
     for (start, n) in contiguous_runs(deferred, page, STREAM_RUN_PAGES) {
         // A refusal (e.g. the destination ran out of memory) ends it early.
         link.check_incoming()?;
         let mut data = vec![0u8; (n * page) as usize];
         mem::read_fully(pid, start, &mut data)
             .map_err(|e| format!("read {n} page(s) at {start:#x} of process {pid}: {e}"))?;
-        link.submit(Job::Message(Message::Pages { start, data }))?;
-        messages += 1;
+        for (at, pages, zeros) in zero_split(&data, page as usize) {
+            let first = start + (at * page as usize) as u64;
+            let msg = if zeros {
+                out.zero_pages += pages as u64;
+                Message::ZeroPages {
+                    start: first,
+                    pages: pages as u64,
+                }
+            } else if pages as u64 == n {
+                Message::Pages {
+                    start: first,
+                    data: std::mem::take(&mut data),
+                }
+            } else {
+                let bytes = &data[at * page as usize..(at + pages) * page as usize];
+                Message::Pages {
+                    start: first,
+                    data: bytes.to_vec(),
+                }
+            };
+            link.submit(Job::Message(msg))?;
+            out.messages += 1;
+        }
     }
     debug!(
         pages = deferred.len(),
-        messages,
+        zero_pages = out.zero_pages,
+        messages = out.messages,
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "pages streamed to the sender"
     );
-    Ok(messages)
+    Ok(out)
+}
+
+/// `data`, whole pages of `page` bytes, as runs (first page, pages,
+/// whether all zeros) alternating between pages of zeros and the others.
+fn zero_split(data: &[u8], page: usize) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, p) in data.chunks(page).enumerate() {
+        let zeros = crate::pagewriter::is_zero(p);
+        match runs.last_mut() {
+            Some(last) if last.2 == zeros => last.1 += 1,
+            _ => runs.push((i, 1, zeros)),
+        }
+    }
+    runs
 }
 
 /// Runs (start, pages) of at most `max` pages contiguous in `pages`
@@ -287,6 +332,21 @@ fn heard(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_pages_are_split_from_the_others() {
+        let page = 16;
+        let mut data = vec![0u8; 6 * page];
+        data[page * 2 + 3] = 1; // page 2
+        data[page * 3] = 7; // page 3
+        data[page * 6 - 1] = 9; // page 5
+        assert_eq!(
+            zero_split(&data, page),
+            vec![(0, 2, true), (2, 2, false), (4, 1, true), (5, 1, false)]
+        );
+        assert_eq!(zero_split(&[0u8; 32], page), vec![(0, 2, true)]);
+        assert!(zero_split(&[], page).is_empty());
+    }
 
     #[test]
     fn streamed_runs_are_contiguous_and_bounded() {
