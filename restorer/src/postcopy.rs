@@ -137,33 +137,42 @@ pub(crate) fn register(
     pages: Vec<u64>,
     page_size: u64,
 ) -> Result<OwedPages> {
-    let mut done: Vec<(u64, u64)> = Vec::new();
-    for &a in &pages {
-        if done.last().is_some_and(|&(s, e)| s <= a && a < e) {
-            continue;
-        }
-        let Some(v) = vmas.iter().find(|v| v.start <= a && a < v.end) else {
-            continue;
-        };
-        uffd::register_missing(uffd.as_fd(), v.start, v.end).step(pid, || {
-            format!(
-                "register {:#x}-{:#x} for missing-page faults",
-                v.start, v.end
-            )
-        })?;
-        done.push((v.start, v.end));
-    }
-    debug!(
-        pid,
-        mappings = done.len(),
-        pages = pages.len(),
-        "post-copy registered"
-    );
+    let mappings = register_mappings_of(pid, uffd.as_fd(), vmas, &pages)?;
+    debug!(pid, mappings, pages = pages.len(), "post-copy registered");
     Ok(OwedPages {
         uffd,
         pages,
         page_size,
     })
+}
+
+/// Register each mapping of `vmas` holding one of `pages` (sorted) with
+/// `uffd` for missing-page faults, whole; returns how many.
+pub(crate) fn register_mappings_of(
+    pid: i32,
+    uffd: std::os::fd::BorrowedFd<'_>,
+    vmas: &[wire::Vma],
+    pages: &[u64],
+) -> Result<usize> {
+    let mut done: Option<(u64, u64)> = None;
+    let mut mappings = 0;
+    for &a in pages {
+        if done.is_some_and(|(s, e)| s <= a && a < e) {
+            continue;
+        }
+        let Some(v) = vmas.iter().find(|v| v.start <= a && a < v.end) else {
+            continue;
+        };
+        uffd::register_missing(uffd, v.start, v.end).step(pid, || {
+            format!(
+                "register {:#x}-{:#x} for missing-page faults",
+                v.start, v.end
+            )
+        })?;
+        done = Some((v.start, v.end));
+        mappings += 1;
+    }
+    Ok(mappings)
 }
 
 /// One address space waiting for pages: the program's, or a child's it

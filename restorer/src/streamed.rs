@@ -19,12 +19,11 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use tern_sys::uffd_missing as uffd;
 use tern_wire as wire;
 use tracing::debug;
 
 use crate::puppet::Puppet;
-use crate::{Result, StepContext};
+use crate::Result;
 
 /// Pages owed by a final image whose source streams them before `Ready`.
 #[derive(Debug)]
@@ -63,19 +62,7 @@ impl StreamedPages {
             }
         }
         if let Some(fd) = &uffd {
-            let mut done: Option<(u64, u64)> = None;
-            for &a in &owed {
-                if done.is_some_and(|(s, e)| s <= a && a < e) {
-                    continue;
-                }
-                let Some(v) = vmas.iter().find(|v| v.start <= a && a < v.end) else {
-                    continue;
-                };
-                uffd::register_missing(fd.as_fd(), v.start, v.end).step(pid, || {
-                    format!("register {:#x}-{:#x} for streamed pages", v.start, v.end)
-                })?;
-                done = Some((v.start, v.end));
-            }
+            crate::postcopy::register_mappings_of(pid, fd.as_fd(), vmas, &owed)?;
         }
         debug!(
             pid,

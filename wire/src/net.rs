@@ -726,7 +726,7 @@ mod tests {
     use super::*;
 
     fn bulky(len: usize) -> Vec<Message> {
-        let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + len).to_le_bytes()[0]).collect();
         vec![
             Message::FileData {
                 round: 300,

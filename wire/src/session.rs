@@ -796,28 +796,28 @@ mod tests {
             start: 0x1000,
             data: vec![0; 4096],
         };
-        let mut p = Pair::started();
-        p.source_says(piece(0)).expect("piece");
-        // Pages follow only a final round.
-        let not_final = Message::RoundDone {
+        // Round 0 with pages to follow.
+        let streamed = |final_round| Message::RoundDone {
             round: 0,
-            final_round: false,
+            final_round,
             files: Vec::new(),
             pages_follow: true,
         };
-        assert!(p.src.send(&not_final).is_err());
-        assert!(p.dst.receive(not_final).is_err());
+        // Both in their streaming state, round 0's data sent.
+        let receiving = || {
+            let mut p = Pair::started();
+            p.source_says(piece(0)).expect("piece");
+            p
+        };
+        let mut p = receiving();
+        // Pages follow only a final round.
+        assert!(p.src.send(&streamed(false)).is_err());
+        assert!(p.dst.receive(streamed(false)).is_err());
         assert_eq!(p.dst.state(), DestinationState::Broken);
 
-        let mut p = Pair::started();
-        p.source_says(piece(0)).expect("piece");
-        let streamed = Message::RoundDone {
-            round: 0,
-            final_round: true,
-            files: Vec::new(),
-            pages_follow: true,
-        };
-        p.source_says(streamed).expect("final round, pages follow");
+        let mut p = receiving();
+        p.source_says(streamed(true))
+            .expect("final round, pages follow");
         for _ in 0..3 {
             assert!(matches!(
                 p.source_says(pages()),
@@ -835,15 +835,8 @@ mod tests {
             })
         );
         // The source may still give up, its program untouched.
-        let mut q = Pair::started();
-        q.source_says(piece(0)).expect("piece");
-        q.source_says(Message::RoundDone {
-            round: 0,
-            final_round: true,
-            files: Vec::new(),
-            pages_follow: true,
-        })
-        .expect("final");
+        let mut q = receiving();
+        q.source_says(streamed(true)).expect("final");
         assert!(matches!(
             q.source_says(abort()),
             Err(ProtocolError::Aborted(_))
@@ -856,15 +849,8 @@ mod tests {
         assert_eq!(p.src.state(), SourceState::Ended);
         assert!(p.src.send(&pages()).is_err());
         // A destination that is ready refuses a page sent anyway.
-        q = Pair::started();
-        q.source_says(piece(0)).expect("piece");
-        q.source_says(Message::RoundDone {
-            round: 0,
-            final_round: true,
-            files: Vec::new(),
-            pages_follow: true,
-        })
-        .expect("final");
+        q = receiving();
+        q.source_says(streamed(true)).expect("final");
         q.destination_says(ready()).expect("ready");
         assert!(q.dst.receive(pages()).is_err());
     }
