@@ -9,6 +9,7 @@
 //! runs any instruction of its own), and on drop puts every process back
 //! into the cgroup it came from and removes its own.
 
+use crate::cgroup::Hierarchy;
 use crate::error::{Context, Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,8 +26,8 @@ pub enum Version {
 #[derive(Debug)]
 pub struct CgroupFreezer {
     version: Version,
-    /// The hierarchy's root.
-    root: PathBuf,
+    /// The hierarchy, as tern's mount table shows it.
+    hierarchy: Hierarchy,
     /// Our cgroup in it.
     dir: PathBuf,
     /// (pid, the cgroup directory it came from), to go back on drop.
@@ -41,33 +42,24 @@ fn err(pid: i32, what: String, e: std::io::Error) -> Error {
     }
 }
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// Whether `path` is the root of a mounted cgroup2 file system.
-fn is_cgroup2(path: &Path) -> bool {
-    crate::fs_magic(path) == Some(CGROUP2_SUPER_MAGIC) && path.join("cgroup.controllers").exists()
-}
-
-/// Where a cgroup2 hierarchy is mounted, if any (hybrid systems:
-/// /sys/fs/cgroup/unified).
-fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| is_cgroup2(p))
-}
-
-/// The v1 freezer hierarchy, if mounted.
-fn v1_root() -> Option<PathBuf> {
-    let v1 = PathBuf::from("/sys/fs/cgroup/freezer");
-    v1.join("cgroup.procs").exists().then_some(v1)
+/// The hierarchy a freezer of `version` works in, wherever tern's mount
+/// table has it (hybrid systems: cgroup2 at /sys/fs/cgroup/unified): the
+/// cgroup2 one, or the v1 one with the freezer controller.
+fn hierarchy(version: Version) -> Option<Hierarchy> {
+    crate::cgroup::hierarchies()
+        .ok()?
+        .into_iter()
+        .find(|h| match version {
+            Version::V2 => h.controllers.is_empty(),
+            Version::V1 => h.controllers.split(',').any(|c| c == "freezer"),
+        })
 }
 
 impl CgroupFreezer {
     /// A new, thawed freezer cgroup (for process `pid`'s tree: named
     /// after it and this tern).
     pub fn create(pid: i32) -> Result<CgroupFreezer> {
-        let version = if cgroup2_root().is_some() {
+        let version = if hierarchy(Version::V2).is_some() {
             Version::V2
         } else {
             Version::V1
@@ -79,23 +71,21 @@ impl CgroupFreezer {
     /// each).
     pub fn create_version(pid: i32, version: Version) -> Result<CgroupFreezer> {
         let name = format!("tern-freeze-{pid}-{}", std::process::id());
-        let root = match version {
-            Version::V2 => cgroup2_root(),
-            Version::V1 => v1_root(),
-        }
-        .ok_or_else(|| Error::Unsupported {
+        let hierarchy = hierarchy(version).ok_or_else(|| Error::Unsupported {
             pid,
             reason: match version {
-                Version::V2 => "no cgroup2 mount at /sys/fs/cgroup/unified or /sys/fs/cgroup",
-                Version::V1 => "no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer",
+                Version::V2 => "no cgroup2 file system is mounted (/proc/self/mountinfo)",
+                Version::V1 => {
+                    "no cgroup v1 hierarchy with the freezer controller is mounted (/proc/self/mountinfo)"
+                }
             }
             .into(),
         })?;
-        let dir = root.join(name);
+        let dir = hierarchy.mount_point.join(name);
         std::fs::create_dir(&dir).map_err(|e| err(pid, format!("mkdir {}", dir.display()), e))?;
         let f = CgroupFreezer {
             version,
-            root,
+            hierarchy,
             dir,
             moved: Vec::new(),
         };
@@ -119,12 +109,22 @@ impl CgroupFreezer {
             Version::V1 => m.controllers.split(',').any(|c| c == "freezer"),
         });
         match ours {
-            Some(m) => Ok(self.root.join(m.path.trim_start_matches('/'))),
+            Some(m) => self
+                .hierarchy
+                .dir_of(&m.path)
+                .ok_or_else(|| Error::Unsupported {
+                    pid,
+                    reason: format!(
+                        "its cgroup {} lies outside the part of the hierarchy mounted at {}",
+                        m.path,
+                        self.hierarchy.mount_point.display()
+                    ),
+                }),
             None => Err(Error::Unsupported {
                 pid,
                 reason: format!(
                     "it is in no cgroup of {} (/proc/{pid}/cgroup)",
-                    self.root.display()
+                    self.hierarchy.mount_point.display()
                 ),
             }),
         }
