@@ -438,6 +438,32 @@ fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
     }
 }
 
+/// Private anonymous pages with data behind PROT_NONE and read-only
+/// protections stream like the others (read through /proc/PID/mem at the
+/// source, placed in their mappings at the destination): in B the program
+/// goes on checking them all (`tests/workloads/guarded_pages.c`).
+#[test]
+fn stop_and_copy_streams_pages_behind_every_protection() {
+    let test = "stop_and_copy_streams_pages_behind_every_protection";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let mut e = start_program(test, edges, "guarded_pages", &[], &[]);
+    e.wait_ticks(12);
+    let source = e.program.pid();
+    let (_, mut guard) = e.migrate_to_b(&["--mode", "simple"], source);
+    let streamed = report(&e.dir)["streamed_pages"].as_u64().unwrap_or(0);
+    assert!(
+        streamed >= 1024 + 32,
+        "its 4 MiB and 32 guarded pages must stream: {streamed} pages"
+    );
+    let before = ticks(&e.out).len() as u64;
+    let all = e.wait_ticks(before + 25);
+    let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    guard.kill_and_wait();
+}
+
 #[test]
 fn migrate_failures_leave_the_source_running() {
     let Some(edges) = edges_or_skip("migrate_failures_leave_the_source_running") else {

@@ -37,6 +37,9 @@ pub struct StreamedPages {
     /// Registered for missing pages over the mappings holding owed pages;
     /// closing it (drop) ends the registration.
     uffd: Option<OwnedFd>,
+    /// The private anonymous mappings (start, end), sorted: one
+    /// `UFFDIO_COPY` never spans two (the kernel refuses it, `ENOENT`).
+    mappings: Vec<(u64, u64)>,
 }
 
 impl StreamedPages {
@@ -51,7 +54,17 @@ impl StreamedPages {
         vmas: &[wire::Vma],
     ) -> Result<StreamedPages> {
         let pid = puppet.pid;
-        let uffd = open_uffd(puppet, owed.len() as u64 * page_size);
+        let uffd = open_uffd(puppet, owed.len() as u64 * page_size).and_then(|fd| {
+            // A mapping the kernel will not register: none is (closing the
+            // uffd ends what was), and every page is written instead.
+            match crate::postcopy::register_mappings_of(pid, fd.as_fd(), vmas, &owed) {
+                Ok(_) => Some(fd),
+                Err(e) => {
+                    debug!("streamed pages are written, not placed: {e}");
+                    None
+                }
+            }
+        });
         if uffd.is_none() {
             // The puppet faults them in itself, now: if memory runs out,
             // the OOM killer takes it, not the daemon that writes into it.
@@ -61,15 +74,18 @@ impl StreamedPages {
                 }
             }
         }
-        if let Some(fd) = &uffd {
-            crate::postcopy::register_mappings_of(pid, fd.as_fd(), vmas, &owed)?;
-        }
         debug!(
             pid,
             pages = owed.len(),
             uffd = uffd.is_some(),
             "waiting for streamed pages"
         );
+        let mut mappings: Vec<(u64, u64)> = vmas
+            .iter()
+            .filter(|v| v.kind == wire::VmaKind::Anon && !v.shared)
+            .map(|v| (v.start, v.end))
+            .collect();
+        mappings.sort_unstable();
         Ok(StreamedPages {
             pid,
             placed: vec![false; owed.len()],
@@ -77,6 +93,7 @@ impl StreamedPages {
             owed,
             page_size,
             uffd,
+            mappings,
         })
     }
 
@@ -96,12 +113,21 @@ impl StreamedPages {
         let (first, n) = self.claim(start, data.len())?;
         match &self.uffd {
             Some(fd) => {
-                crate::fill::copy_pages(fd.as_fd(), self.pid, start, data).map_err(|e| {
-                    match std::error::Error::source(&e) {
-                        Some(cause) => format!("{e}: {cause}"),
-                        None => e.to_string(),
-                    }
-                })?
+                // A run of contiguous pages may cross from one mapping
+                // into the next (e.g. where protections change).
+                let mut at = 0;
+                while at < data.len() {
+                    let here = start + at as u64;
+                    let end = self.mapping_end(here)?;
+                    let n = data.len().min(at + (end - here) as usize);
+                    crate::fill::copy_pages(fd.as_fd(), self.pid, here, &data[at..n]).map_err(
+                        |e| match std::error::Error::source(&e) {
+                            Some(cause) => format!("{e}: {cause}"),
+                            None => e.to_string(),
+                        },
+                    )?;
+                    at = n;
+                }
             }
             None => tern_sys::mem::write_fully(self.pid, start, data).map_err(|e| {
                 format!(
@@ -112,6 +138,17 @@ impl StreamedPages {
         }
         self.mark_placed(first, n);
         Ok(())
+    }
+
+    /// Where the private anonymous mapping holding `addr` ends.
+    fn mapping_end(&self, addr: u64) -> std::result::Result<u64, String> {
+        let i = self.mappings.partition_point(|m| m.1 <= addr);
+        match self.mappings.get(i) {
+            Some(&(s, e)) if s <= addr => Ok(e),
+            _ => Err(format!(
+                "page {addr:#x} is in no private anonymous mapping of the image"
+            )),
+        }
     }
 
     /// Take `n` owed pages from `start` on as zeros: nothing is placed
@@ -189,6 +226,7 @@ mod tests {
             owed: pages.iter().map(|p| 0x10_0000 + p * 4096).collect(),
             page_size: 4096,
             uffd: None,
+            mappings: vec![(0x10_0000, 0x10_3000), (0x10_3000, 0x10_8000)],
         }
     }
 
@@ -218,5 +256,9 @@ mod tests {
         assert!(s.zeros(0x10_0000, 3).unwrap_err().contains("twice"));
         assert!(s.zeros(0x10_0000, u64::MAX).is_err());
         assert_eq!(s.left(), 3);
+        // A run is cut where its mapping ends.
+        assert_eq!(s.mapping_end(0x10_2000), Ok(0x10_3000));
+        assert_eq!(s.mapping_end(0x10_3000), Ok(0x10_8000));
+        assert!(s.mapping_end(0x10_8000).is_err());
     }
 }
