@@ -204,8 +204,8 @@ enum Cmd {
         settle_timeout_ms: u64,
         /// Simple mode: send every page inside the image, written whole
         /// before it is sent and received whole before the destination
-        /// rebuilds (slower; for comparison). By default a single
-        /// process's private memory streams right after the rest of its
+        /// rebuilds (slower; for comparison). By default the private
+        /// memory of each process streams right after the rest of its
         /// image, read and placed as it goes, while the destination
         /// rebuilds the rest (not with --compress N: compressed pages go
         /// in the image).

@@ -438,6 +438,51 @@ fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
     }
 }
 
+/// A stop-and-copy of a process tree streams each process's private
+/// memory after the tree's images, process by process: counter64 and the
+/// child it forked (its own copy of the 32 MiB buffer, checked silently:
+/// a wrong word prints CORRUPT) go on exactly in B.
+#[test]
+fn stop_and_copy_streams_a_tree_process_by_process() {
+    let test = "stop_and_copy_streams_a_tree_process_by_process";
+    let Some(edges) = edges_or_skip(test) else {
+        return;
+    };
+    let mut e = start_built(
+        "simple-stream-tree",
+        edges,
+        &["-DBUF_MIB=32", "-DFORK_CHILD"],
+        &[],
+    );
+    let source = e.program.pid();
+    let children = children_of(source);
+    assert_eq!(children.len(), 1, "counter64 -DFORK_CHILD has one child");
+    let mut child = ProcGuard::adopt(children[0]);
+    let pass0 = e.wait_ticks(40).last().map(|t| t.1).unwrap_or(0);
+    let (moved, mut guard) = e.migrate_to_b(&["--mode", "simple"], source);
+    let streamed = report(&e.dir)["streamed_pages"].as_u64().unwrap_or(0);
+    assert!(
+        streamed >= 2 * (32 << 20) / 4096,
+        "both processes' 32 MiB must stream: {streamed} pages"
+    );
+    let moved_children = children_of(moved);
+    assert_eq!(moved_children.len(), 1, "the parent in B has its child");
+    // The same pid again (the source's child is gone): this guard ends it.
+    child.disarm();
+    let mut child = ProcGuard::adopt(moved_children[0]);
+    let before = ticks(&e.out).len() as u64;
+    let all = e.wait_ticks(before + 70);
+    let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
+    check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
+    assert!(all.last().map(|t| t.1).unwrap_or(0) >= pass0 + 2);
+    assert!(
+        child.alive(),
+        "the child in B ended (its buffer was wrong?)"
+    );
+    child.kill_and_wait();
+    guard.kill_and_wait();
+}
+
 /// Private anonymous pages with data behind PROT_NONE and read-only
 /// protections stream like the others (read through /proc/PID/mem at the
 /// source, placed in their mappings at the destination): in B the program

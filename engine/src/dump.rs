@@ -51,7 +51,8 @@ pub struct DumpOptions {
     /// Leave every page of private anonymous memory out of the image
     /// (listed in `deferred.img`): a stop-and-copy migration streams them
     /// to the destination right after it, while the destination builds the
-    /// rest. Whole dumps of one process only (a tree's ignore it).
+    /// rest. Whole dumps only (with no `parent`: not over a pre-copy
+    /// round).
     pub defer_private_anon: bool,
 }
 

@@ -90,8 +90,8 @@ pub struct MigrateOptions {
     /// program runs at the destination (or here again), so that no two
     /// frozen phases overlap.
     pub freeze_turns: Option<std::sync::Arc<FreezeTurns>>,
-    /// Stop-and-copy of one process: send the private anonymous memory as
-    /// a stream of pages right after the rest of the image, read from the
+    /// Stop-and-copy: send each process's private anonymous memory as a
+    /// stream of pages right after the rest of the image, read from the
     /// stopped program as they go and placed by the destination as they
     /// come, instead of inside the image (written, sent, then read). The
     /// program still resumes there only once every page is in.
@@ -669,7 +669,7 @@ pub fn migrate(
     let final_dump_ms = frozen.stopped_ms();
     // Pages left out of the final image: streamed before `Ready` by a
     // stop-and-copy, sent after `Running` by post-copy.
-    let streamed = opts.mode == Mode::Simple && !frozen.deferred().is_empty();
+    let streamed = !frozen.streams().is_empty();
     let owes_pages = !streamed && !frozen.deferred().is_empty();
     if owes_pages {
         info!(
@@ -678,12 +678,8 @@ pub fn migrate(
         );
         link.proto.owe_pages();
     }
-    let streamed_pages = if streamed {
-        frozen.deferred().len() as u64
-    } else {
-        0
-    };
-    let stream = streamed.then(|| frozen.deferred());
+    let streamed_pages = frozen.streams().iter().map(|s| s.1.len() as u64).sum();
+    let stream = streamed.then(|| frozen.streams());
     let ready =
         match final_round_until_ready(&mut link, &mut shipped, &stage_dir, opts, pid, stream) {
             Ok(r) => r,
@@ -762,7 +758,7 @@ fn final_round_until_ready(
     stage_dir: &Path,
     opts: &MigrateOptions,
     pid: i32,
-    stream: Option<&[u64]>,
+    stream: Option<&[(i32, Vec<u64>)]>,
 ) -> std::result::Result<Readied, String> {
     let t = Instant::now();
     drain(link, &mut shipped.rounds, &mut shipped.pending)?;
@@ -773,10 +769,10 @@ fn final_round_until_ready(
         pages_follow: stream.is_some(),
         remove: false,
     })?;
-    let streamed = match stream {
-        Some(pages) => postcopy::stream_pages(link, pid, pages)?,
-        None => Default::default(),
-    };
+    let mut streamed = postcopy::Streamed::default();
+    for (process, pages) in stream.unwrap_or_default() {
+        streamed.add(postcopy::stream_pages(link, *process, pages)?);
+    }
     if !matches!(link.wait_sent()?, Sent::Round { .. }) {
         return Err("sender out of step".into());
     }

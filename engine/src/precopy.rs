@@ -428,6 +428,7 @@ impl Precopy {
         )?;
         let report = self.report(final_stats, set.total_pages(), m.tracker.name());
         Ok(Frozen {
+            streams: Vec::new(),
             keep_net_lock: final_opts.keep_net_lock,
             seized: vec![seized],
             t0,
@@ -479,6 +480,7 @@ impl Precopy {
             "tree frozen, last deltas written"
         );
         Ok(Frozen {
+            streams: Vec::new(),
             keep_net_lock: self.opts.dump.keep_net_lock,
             seized: stopped.seized,
             t0: stopped.t0,
@@ -548,9 +550,18 @@ pub struct Frozen {
     seized: Vec<Seized>,
     t0: Instant,
     pub report: PrecopyReport,
+    /// Each process's pages left out of its image for a stream after it
+    /// (stop-and-copy: [`DumpOptions::defer_private_anon`]), in the tree's
+    /// order, only processes that have some.
+    streams: Vec<(i32, Vec<u64>)>,
 }
 
 impl Frozen {
+    /// The pages to stream after the image, process by process.
+    pub fn streams(&self) -> &[(i32, Vec<u64>)] {
+        &self.streams
+    }
+
     pub fn pid(&self) -> i32 {
         self.seized.first().map_or(0, |s| s.pid)
     }
@@ -690,17 +701,19 @@ impl Drop for Frozen {
 /// Stop-and-copy: stop the program and write its whole image into `dir`
 /// (no rounds); the program stays stopped like after [`Precopy::freeze`].
 /// A process with children is taken with its whole tree (as `tern dump`
-/// takes it), every process stopped; its images hold all their pages
-/// (`defer_private_anon` is for one process).
+/// takes it), every process stopped. With `defer_private_anon`, each
+/// process's private anonymous pages are left out of its image, to be
+/// streamed after it ([`Frozen::streams`]).
 pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> {
-    let (seized, final_stats, t0) = if crate::tree::has_children(pid)? {
-        let opts = DumpOptions {
-            defer_private_anon: false,
-            ..opts.clone()
-        };
+    let (seized, final_stats, t0, streams) = if crate::tree::has_children(pid)? {
         let crate::tree::StoppedTree { seized, stats, t0 } =
-            crate::tree::dump_tree_stopped(pid, dir, &opts, &mut |_| Ok(None))?;
-        (seized, crate::tree::tree_totals(&stats), t0)
+            crate::tree::dump_tree_stopped(pid, dir, opts, &mut |_| Ok(None))?;
+        let streams = stats
+            .iter()
+            .filter(|(_, s)| !s.deferred.is_empty())
+            .map(|(p, s)| (*p, s.deferred.clone()))
+            .collect();
+        (seized, crate::tree::tree_totals(&stats), t0, streams)
     } else {
         dump::preflight(pid)?;
         dump::prepare_dir(dir)?;
@@ -715,9 +728,15 @@ pub fn freeze_whole(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<Frozen> 
             None,
             &dump::CrossProcess::alone(opts),
         )?;
-        (vec![seized], stats, t0)
+        let streams = if stats.deferred.is_empty() {
+            Vec::new()
+        } else {
+            vec![(pid, stats.deferred.clone())]
+        };
+        (vec![seized], stats, t0, streams)
     };
     Ok(Frozen {
+        streams,
         keep_net_lock: opts.keep_net_lock,
         trackers: Vec::new(),
         seized,

@@ -412,10 +412,13 @@ pub fn prepare(dir: &Path, opts: &RestoreOptions) -> Result<Prepared> {
 }
 
 /// Where a streamed stop-and-copy's pages come from: fills the pages it is
-/// given until every one is in (placing each as it arrives), or says why
-/// it cannot.
-pub type PageStream<'a> =
-    &'a mut dyn FnMut(&mut streamed::StreamedPages) -> std::result::Result<(), String>;
+/// given, process `pid`'s (its pid at the source), until every one is in
+/// (placing each as it arrives), or says why it cannot.
+pub type PageStream<'a> = &'a mut PageStreamFn<'a>;
+
+/// What a [`PageStream`] points to.
+pub type PageStreamFn<'a> =
+    dyn FnMut(i32, &mut streamed::StreamedPages) -> std::result::Result<(), String> + 'a;
 
 /// [`prepare`] for the final image of a streamed stop-and-copy, which
 /// leaves the pages of its private anonymous memory out (`deferred.img`):
@@ -526,7 +529,7 @@ pub(crate) fn build_all(
     puppet: &mut Puppet,
     opts: &RestoreOptions,
     imports: Option<&tree::Imports>,
-    stream: Option<(Vec<u64>, PageStream)>,
+    stream: Option<(Vec<u64>, &mut PageStreamFn<'_>)>,
 ) -> Result<Parts> {
     let mut b = Builder {
         image,
@@ -547,7 +550,7 @@ pub(crate) fn build_all(
         let page_size = image.inventory.page_size;
         let mut pages = streamed::StreamedPages::new(b.puppet, owed, page_size, &image.mm.vmas)?;
         let t = Instant::now();
-        receive(&mut pages).map_err(RestoreError::Stream)?;
+        receive(image.core.pid, &mut pages).map_err(RestoreError::Stream)?;
         debug!(ms = t.elapsed().as_secs_f64() * 1e3, "streamed pages in");
     }
     b.build_rest()?;

@@ -171,6 +171,10 @@ enum Cmd {
         start: u64,
         pages: u64,
     },
+    /// The pages that follow are this process's (its pid at the source).
+    PagesOf {
+        pid: i32,
+    },
     Resume,
 }
 
@@ -432,6 +436,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
             Ok(DestinationInput::Pages { start, data }) => self
                 .cmd_tx
                 .send(Cmd::Pages { start, data })
+                .is_err()
+                .then(|| Err(STANDBY_GONE.into())),
+            Ok(DestinationInput::PagesOf { pid }) => self
+                .cmd_tx
+                .send(Cmd::PagesOf { pid })
                 .is_err()
                 .then(|| Err(STANDBY_GONE.into())),
             Ok(DestinationInput::ZeroPages { start, pages }) => self
@@ -763,9 +772,23 @@ fn puppet_thread(
                 ..
             } => {
                 // A streamed image's pages are the next commands.
-                let mut receive = |pages: &mut crate::streamed::StreamedPages| {
+                // The source names each process before its pages.
+                let mut named: Option<i32> = None;
+                let mut receive = |pid: i32, pages: &mut crate::streamed::StreamedPages| {
                     while !pages.complete() {
                         match cmds.recv() {
+                            Ok(Cmd::PagesOf { pid: p }) if p == pid => named = Some(p),
+                            Ok(Cmd::Pages { .. } | Cmd::ZeroPages { .. }) if named != Some(pid) => {
+                                return Err(format!(
+                                    "pages came without naming process {pid}, the one being rebuilt"
+                                ))
+                            }
+                            Ok(Cmd::PagesOf { pid: p }) => {
+                                return Err(format!(
+                                    "pages of process {p} came while process {pid} is rebuilt, {} of its page(s) still to come",
+                                    pages.left()
+                                ))
+                            }
                             Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
                             Ok(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
                             Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
@@ -801,6 +824,9 @@ fn puppet_thread(
             }
             Cmd::Pages { start, .. } | Cmd::ZeroPages { start, .. } => Event::Failed(format!(
                 "the source sent pages at {start:#x} that no image here owes"
+            )),
+            Cmd::PagesOf { pid } => Event::Failed(format!(
+                "the source sent pages of process {pid}, which no image here owes"
             )),
             Cmd::Resume => match prepared.take().map(resume_with_post_copy) {
                 None => Event::Failed("commit before the program was ready".into()),
@@ -840,8 +866,8 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// The final image in `dir` rebuilt, stopped: over the standby of the
 /// rounds before it, as a tree, or alone; with `stream` (a streamed
-/// stop-and-copy of one process, never after rounds), with the pages the
-/// source sends after it.
+/// stop-and-copy, never after rounds), with the pages the source sends
+/// after it, process by process.
 fn build_final(
     standby: Option<Standby>,
     tree_standby: Option<TreeStandby>,
@@ -850,20 +876,19 @@ fn build_final(
     opts: &RestoreOptions,
 ) -> crate::Result<Rebuilt> {
     let one = |p: Prepared| Rebuilt::One(Box::new(p));
-    if let Some(receive) = stream {
-        if standby.is_some() || crate::tree::is_tree(dir) {
+    Ok(match (standby, stream) {
+        (Some(_), Some(_)) => {
             return Err(crate::RestoreError::Unsupported(
-                "the source streams pages after an image of a tree or after pre-copy rounds: only a stop-and-copy of one process streams them".into(),
-            ));
+                "the source streams pages after pre-copy rounds: only a stop-and-copy streams them"
+                    .into(),
+            ))
         }
-        return Ok(one(crate::prepare_streamed(dir, opts, receive)?));
-    }
-    Ok(match standby {
-        Some(s) => one(s.finish(dir)?),
-        None if crate::tree::is_tree(dir) => {
-            Rebuilt::Tree(finish_migrated_tree(dir, tree_standby, opts)?)
+        (Some(s), None) => one(s.finish(dir)?),
+        (None, stream) if crate::tree::is_tree(dir) => {
+            Rebuilt::Tree(finish_migrated_tree(dir, tree_standby, opts, stream)?)
         }
-        None => one(crate::prepare(dir, opts)?),
+        (None, Some(receive)) => one(crate::prepare_streamed(dir, opts, receive)?),
+        (None, None) => one(crate::prepare(dir, opts)?),
     })
 }
 

@@ -94,7 +94,7 @@ pub fn is_tree(dir: &Path) -> bool {
 pub fn restore_tree(dir: &Path, opts: &RestoreOptions) -> Result<(Restored, usize)> {
     let _subreaper = Subreaper::on();
     let mut forked = Vec::new();
-    let restored = build_tree(dir, opts, &mut forked).and_then(PreparedTree::resume);
+    let restored = build_tree(dir, opts, &mut forked, None).and_then(PreparedTree::resume);
     if restored.is_err() {
         // Every puppet is killed and its parent gone by now.
         let left = crate::pidns::reap_within(&forked, Duration::from_secs(1));
@@ -107,11 +107,16 @@ pub fn restore_tree(dir: &Path, opts: &RestoreOptions) -> Result<(Restored, usiz
 
 /// Restore the tree in `dir` up to the moment it would run: the migration
 /// daemon's final round, resumed at the commit (see [`restore_tree`] for
-/// why tern is a subreaper meanwhile).
-pub fn prepare_tree(dir: &Path, opts: &RestoreOptions) -> Result<PreparedTree> {
+/// why tern is a subreaper meanwhile). With `stream`, the pages its images
+/// left out come from there, process by process.
+pub fn prepare_tree(
+    dir: &Path,
+    opts: &RestoreOptions,
+    stream: Option<crate::PageStream>,
+) -> Result<PreparedTree> {
     let _subreaper = Subreaper::on();
     let mut forked = Vec::new();
-    let built = build_tree(dir, opts, &mut forked);
+    let built = build_tree(dir, opts, &mut forked, stream);
     if built.is_err() {
         let left = crate::pidns::reap_within(&forked, Duration::from_secs(1));
         if !left.is_empty() {
@@ -148,15 +153,27 @@ fn bad(dir: &Path, what: String) -> RestoreError {
 }
 
 /// Restore the tree in `dir` up to the moment it would run; the pid of
-/// every puppet forked is added to `forked`.
-fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Result<PreparedTree> {
+/// every puppet forked is added to `forked`; the pages its images owe come
+/// from `stream`.
+fn build_tree(
+    dir: &Path,
+    opts: &RestoreOptions,
+    forked: &mut Vec<i32>,
+    mut stream: Option<crate::PageStream>,
+) -> Result<PreparedTree> {
     let t0 = Instant::now();
     let tree = read_listing(dir)?;
     let procs = &tree.processes;
     let mut images = Vec::with_capacity(procs.len());
     let mut chains = Vec::with_capacity(procs.len());
+    let mut owed = Vec::with_capacity(procs.len());
     for (k, p) in procs.iter().enumerate() {
-        let image = load_member(dir, k, p, opts)?;
+        let image = load_member(dir, k, p, opts, stream.is_some())?;
+        owed.push(crate::postcopy::read_owed(
+            &image.dir,
+            &image.mm.vmas,
+            image.inventory.page_size,
+        )?);
         chains.push(pre_copy_chain(dir, &image)?);
         images.push(image);
     }
@@ -187,6 +204,9 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
     for (k, (p, mut puppet)) in procs.iter().zip(puppets).enumerate() {
         let image = &images[k];
         let imports = shared.imports(&tree, p.pid, image, chan as u64, opts)?;
+        let member_stream = stream
+            .as_mut()
+            .map(|receive| (owed[k].take().unwrap_or_default(), &mut **receive));
         let parts = build_all(
             image,
             &chains[k],
@@ -194,7 +214,7 @@ fn build_tree(dir: &Path, opts: &RestoreOptions, forked: &mut Vec<i32>) -> Resul
             &mut puppet,
             opts,
             Some(&imports),
-            None,
+            member_stream,
         )
         .map_err(|e| explain(&puppet, e))?;
         shared.export(&tree, p.pid, image, puppet.pid)?;
@@ -246,15 +266,20 @@ pub(crate) fn member_dir(dir: &Path, k: usize, p: &wire::TreeProcess) -> std::pa
 }
 
 /// The final image of the `k`th process `p` of the tree in `dir`.
+/// The image of the `k`th process `p` of the tree in `dir`; it may owe
+/// pages only if they are `streamed`.
 pub(crate) fn load_member(
     dir: &Path,
     k: usize,
     p: &wire::TreeProcess,
     opts: &RestoreOptions,
+    streamed: bool,
 ) -> Result<Image> {
     let pdir = member_dir(dir, k, p);
     let image = Image::load(&pdir)?;
-    image.refuse_owed_pages()?;
+    if !streamed {
+        image.refuse_owed_pages()?;
+    }
     if image.inventory.pid != p.pid {
         return Err(bad(&pdir, format!("is not an image of process {}", p.pid)));
     }

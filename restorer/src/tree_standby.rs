@@ -138,7 +138,7 @@ impl TreeStandby {
             .processes
             .iter()
             .enumerate()
-            .map(|(k, p)| tree::load_member(dir, k, p, opts))
+            .map(|(k, p)| tree::load_member(dir, k, p, opts, false))
             .collect::<Result<Vec<_>>>()?;
         let mut shared = Shared::make(&listing, &images)?;
         let mut prepared = Vec::with_capacity(images.len());
@@ -187,15 +187,19 @@ pub fn finish_migrated_tree(
     final_dir: &Path,
     standby: Option<TreeStandby>,
     opts: &RestoreOptions,
+    stream: Option<crate::PageStream>,
 ) -> Result<PreparedTree> {
     let stage = tree::move_up(final_dir)?;
     match standby {
+        Some(_) if stream.is_some() => Err(crate::RestoreError::Unsupported(
+            "the source streams pages after pre-copy rounds of a tree: only a stop-and-copy streams them".into(),
+        )),
         Some(s) if s.matches(&stage)? => s.finish(&stage, opts),
         Some(s) => {
             warn!("the tree changed since the last round: rebuilding it from the rounds");
             drop(s);
-            tree::prepare_tree(&stage, opts)
+            tree::prepare_tree(&stage, opts, None)
         }
-        None => tree::prepare_tree(&stage, opts),
+        None => tree::prepare_tree(&stage, opts, stream),
     }
 }

@@ -159,6 +159,12 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// source -> destination, streamed before `Ready`: the `Pages` and
+    /// `ZeroPages` that follow are process `pid`'s (its pid at the source;
+    /// a tree's processes come one after another, in the tree's order).
+    PagesOf {
+        pid: i32,
+    },
     /// source -> destination, streamed before `Ready`: `pages` owed pages
     /// from `start` on hold only zeros. Nothing is sent or placed for them:
     /// private anonymous memory reads as zeros where no page was put.
@@ -248,6 +254,7 @@ impl Message {
             Message::Outcome { .. } => "Outcome",
             Message::Pages { .. } => "Pages",
             Message::ZeroPages { .. } => "ZeroPages",
+            Message::PagesOf { .. } => "PagesOf",
             Message::PageWant { .. } => "PageWant",
             Message::PostCopyDone { .. } => "PostCopyDone",
         }

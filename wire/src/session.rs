@@ -12,8 +12,8 @@
 //!   FileData{round k}.. RoundDone{k} ->
 //!                                   <-     RoundApplied{k}       (k = 0, 1, ..)
 //!   ..final round: RoundDone{n, final} ->
-//!   (pages_follow: Pages{start, data}, ZeroPages{start, pages}.. -> the pages
-//!    the image owes, streamed)
+//!   (pages_follow: PagesOf{pid}, Pages{start, data}, ZeroPages{start, pages}..
+//!    -> the pages the image owes, streamed, process by process)
 //!                                   <-     Ready{pid}            (rebuilt, stopped)
 //!   Commit                          ->
 //!                                   <-     Running{pid, ns_pid}
@@ -134,6 +134,8 @@ pub enum DestinationInput {
     Pages { start: u64, data: Vec<u8> },
     /// `pages` owed pages from `start` on are zeros (streamed only).
     ZeroPages { start: u64, pages: u64 },
+    /// The streamed pages that follow are process `pid`'s.
+    PagesOf { pid: i32 },
 }
 
 /// The destination's side of one connection.
@@ -309,6 +311,12 @@ impl Destination {
                 },
                 Message::ZeroPages { start, pages },
             ) => (s, DestinationInput::ZeroPages { start, pages }),
+            (
+                s @ S::Building {
+                    pages_follow: true, ..
+                },
+                Message::PagesOf { pid },
+            ) => (s, DestinationInput::PagesOf { pid }),
             (S::Building { .. }, _) => return Err(self.unexpected("nothing before Ready", got)),
             (S::AwaitCommit, Message::Commit) => (S::Committed, DestinationInput::Commit),
             (S::AwaitCommit, _) => return Err(self.unexpected("Commit or Abort", got)),
@@ -501,7 +509,7 @@ impl Source {
             ) => return self.round_sent(*round, *final_round, *pages_follow),
             (
                 s @ S::AwaitReady { pages_follow: true },
-                Message::Pages { .. } | Message::ZeroPages { .. },
+                Message::Pages { .. } | Message::ZeroPages { .. } | Message::PagesOf { .. },
             ) => s,
             (S::Ready, Message::Commit) => S::AwaitRunning,
             (S::PostCopy, Message::Pages { .. }) => S::PostCopy,
@@ -824,6 +832,10 @@ mod tests {
                 Ok(DestinationInput::Pages { start: 0x1000, .. })
             ));
         }
+        assert_eq!(
+            p.source_says(Message::PagesOf { pid: 42 }),
+            Ok(DestinationInput::PagesOf { pid: 42 })
+        );
         assert_eq!(
             p.source_says(Message::ZeroPages {
                 start: 0x2000,

@@ -227,11 +227,18 @@ pub(super) struct Streamed {
     pub zero_pages: u64,
 }
 
+impl Streamed {
+    pub fn add(&mut self, other: Streamed) {
+        self.messages += other.messages;
+        self.zero_pages += other.zero_pages;
+    }
+}
+
 /// Stop-and-copy, streamed: send the pages `deferred` (sorted addresses in
-/// process `pid`, stopped) right after the final image, before `Ready`, in
-/// runs of contiguous pages, each read from the program as it goes; runs of
-/// zeros are only named. The sender's queue holds one message, so reading
-/// waits for the link.
+/// process `pid`, stopped) right after the final image, before `Ready`,
+/// after a `PagesOf` naming the process, in runs of contiguous pages, each
+/// read from the program as it goes; runs of zeros are only named. The
+/// sender's queue holds one message, so reading waits for the link.
 pub(super) fn stream_pages(
     link: &mut Link,
     pid: i32,
@@ -240,6 +247,8 @@ pub(super) fn stream_pages(
     let t0 = Instant::now();
     let page = tern_sys::page_size();
     let mut out = Streamed::default();
+    link.submit(Job::Message(Message::PagesOf { pid }))?;
+    out.messages += 1;
     for (start, n) in contiguous_runs(deferred, page, STREAM_RUN_PAGES) {
         // A refusal (e.g. the destination ran out of memory) ends it early.
         link.check_incoming()?;
