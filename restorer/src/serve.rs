@@ -152,6 +152,14 @@ pub fn serve(
 /// Why a session ends when its puppet thread is gone.
 const STANDBY_GONE: &str = "the standby thread is gone";
 
+/// The failure a puppet thread that ended reported (or is about to).
+async fn standby_failure(events: &mut mpsc::UnboundedReceiver<Event>) -> Option<String> {
+    match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+        Ok(Some(Event::Failed(reason))) => Some(reason),
+        _ => None,
+    }
+}
+
 /// Commands from a connection's task to its puppet thread.
 enum Cmd {
     Apply {
@@ -276,20 +284,7 @@ async fn session(
         .spawn(move || puppet_thread(cmd_rx, ev_tx, restore_opts))
         .map_err(|e| format!("start the standby thread: {e}"))?;
 
-    // A task of its own reads the connection: a message spans many frames,
-    // and a read abandoned half-way by `select!` would lose its place in
-    // the stream (Receiver::recv is not cancel-safe).
-    let (in_tx, mut incoming) = mpsc::channel::<Result<Message, String>>(4);
-    let reader = tokio::spawn(async move {
-        loop {
-            let m = rx.recv().await.map_err(|e| e.to_string());
-            let stop = m.is_err();
-            if in_tx.send(m).await.is_err() || stop {
-                break;
-            }
-        }
-    });
-    let _stop_reader = AbortOnDrop(reader);
+    let (mut incoming, _stop_reader) = spawn_reader(rx);
     let mut live = Live {
         tx: &mut tx,
         proto: &mut proto,
@@ -317,11 +312,7 @@ async fn session(
             // The puppet thread ended on a failure whose report is still
             // on its way: that is the reason to give the source.
             Some(Err(e)) if e == STANDBY_GONE => {
-                let failed = tokio::time::timeout(Duration::from_secs(1), ev_rx.recv()).await;
-                let reason = match failed {
-                    Ok(Some(Event::Failed(reason))) => reason,
-                    _ => e,
-                };
+                let reason = standby_failure(&mut ev_rx).await.unwrap_or(e);
                 break Err(refuse(&mut tx, &mut proto, reason).await);
             }
             Some(r) => break r,
@@ -336,15 +327,42 @@ async fn session(
         // Never resumed (Resume is only sent on Commit, and a failed
         // resume kills it).
         journal.discarded(id);
-        // What the source still sends (it may be streaming pages) is read
-        // and dropped until it hangs up, having read the refusal: a
-        // connection closed with unread data is reset, and the reset can
-        // destroy the refusal before the source reads it.
-        let _ = tx.shutdown().await;
-        let drain = async { while let Some(Ok(_)) = incoming.recv().await {} };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        hang_up_after_refusal(&mut tx, &mut incoming).await;
     }
     result
+}
+
+/// A task of its own reads the connection: a message spans many frames,
+/// and a read abandoned half-way by `select!` would lose its place in the
+/// stream (`Receiver::recv` is not cancel-safe). Returns its messages, and
+/// what ends it when dropped.
+fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    mut rx: net::Receiver<R>,
+) -> (mpsc::Receiver<Result<Message, String>>, AbortOnDrop) {
+    let (in_tx, incoming) = mpsc::channel::<Result<Message, String>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = rx.recv().await.map_err(|e| e.to_string());
+            let stop = m.is_err();
+            if in_tx.send(m).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    (incoming, AbortOnDrop(reader))
+}
+
+/// What the source still sends after a refusal (it may be streaming
+/// pages) is read and dropped until it hangs up, having read the refusal
+/// (2 s at most): a connection closed with unread data is reset, and the
+/// reset can destroy the refusal before the source reads it.
+async fn hang_up_after_refusal<W: tokio::io::AsyncWrite + Unpin>(
+    tx: &mut net::Sender<W>,
+    incoming: &mut mpsc::Receiver<Result<Message, String>>,
+) {
+    let _ = tx.shutdown().await;
+    let drain = async { while let Some(Ok(_)) = incoming.recv().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// Session `n`'s staging directory in `work_dir`, made empty.
@@ -772,35 +790,9 @@ fn puppet_thread(
                 ..
             } => {
                 // A streamed image's pages are the next commands.
-                // The source names each process before its pages.
                 let mut named: Option<i32> = None;
                 let mut receive = |pid: i32, pages: &mut crate::streamed::StreamedPages| {
-                    while !pages.complete() {
-                        match cmds.recv() {
-                            Ok(Cmd::PagesOf { pid: p }) if p == pid => named = Some(p),
-                            Ok(Cmd::Pages { .. } | Cmd::ZeroPages { .. }) if named != Some(pid) => {
-                                return Err(format!(
-                                    "pages came without naming process {pid}, the one being rebuilt"
-                                ))
-                            }
-                            Ok(Cmd::PagesOf { pid: p }) => {
-                                return Err(format!(
-                                    "pages of process {p} came while process {pid} is rebuilt, {} of its page(s) still to come",
-                                    pages.left()
-                                ))
-                            }
-                            Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
-                            Ok(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
-                            Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
-                            Err(_) => {
-                                return Err(format!(
-                                    "the connection ended with {} page(s) still to come",
-                                    pages.left()
-                                ))
-                            }
-                        }
-                    }
-                    Ok(())
+                    receive_streamed(&cmds, &mut named, pid, pages)
                 };
                 let r = build_final(
                     standby.take(),
@@ -862,6 +854,43 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     line
+}
+
+/// Place process `pid`'s streamed pages as the connection's task passes
+/// them on (`cmds`) until every one is in. The source names each process
+/// (`named`: the last it named) before its pages.
+fn receive_streamed(
+    cmds: &std::sync::mpsc::Receiver<Cmd>,
+    named: &mut Option<i32>,
+    pid: i32,
+    pages: &mut crate::streamed::StreamedPages,
+) -> Result<(), String> {
+    while !pages.complete() {
+        match cmds.recv() {
+            Ok(Cmd::PagesOf { pid: p }) if p == pid => *named = Some(p),
+            Ok(Cmd::Pages { .. } | Cmd::ZeroPages { .. }) if *named != Some(pid) => {
+                return Err(format!(
+                    "pages came without naming process {pid}, the one being rebuilt"
+                ))
+            }
+            Ok(Cmd::PagesOf { pid: p }) => {
+                return Err(format!(
+                    "pages of process {p} came while process {pid} is rebuilt, {} of its page(s) still to come",
+                    pages.left()
+                ))
+            }
+            Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
+            Ok(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
+            Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
+            Err(_) => {
+                return Err(format!(
+                    "the connection ended with {} page(s) still to come",
+                    pages.left()
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The final image in `dir` rebuilt, stopped: over the standby of the

@@ -190,49 +190,7 @@ impl Destination {
         use DestinationState as S;
         let got = m.kind();
         let (next, input) = match (self.state, m) {
-            (
-                S::AwaitHello,
-                Message::Hello {
-                    protocol,
-                    tern_version,
-                    ..
-                },
-            ) if protocol != PROTOCOL_VERSION => {
-                self.state = S::Broken;
-                return Err(ProtocolError::Version {
-                    theirs: protocol,
-                    their_version: tern_version,
-                });
-            }
-            (S::AwaitHello, Message::Ask { protocol, .. }) if protocol != PROTOCOL_VERSION => {
-                self.state = S::Broken;
-                return Err(ProtocolError::Version {
-                    theirs: protocol,
-                    their_version: "unknown".into(),
-                });
-            }
-            (S::AwaitHello, Message::Ask { session, .. }) => {
-                (S::Asked, DestinationInput::Ask { session })
-            }
-            (
-                S::AwaitHello,
-                Message::Hello {
-                    pid,
-                    comm,
-                    session,
-                    kernel_release,
-                    ..
-                },
-            ) => (
-                S::Greeted,
-                DestinationInput::Start {
-                    pid,
-                    comm,
-                    session,
-                    kernel_release,
-                },
-            ),
-            (S::AwaitHello, _) => return Err(self.unexpected("Hello or Ask", got)),
+            (S::AwaitHello, m) => self.greeted(m)?,
             (S::Asked | S::Greeted, _) => {
                 return Err(self.unexpected("nothing before an answer", got))
             }
@@ -299,25 +257,11 @@ impl Destination {
             (S::Receiving { .. }, _) => {
                 return Err(self.unexpected("FileData, RoundDone or Abort", got))
             }
-            (
-                s @ S::Building {
-                    pages_follow: true, ..
-                },
-                Message::Pages { start, data },
-            ) => (s, DestinationInput::Pages { start, data }),
-            (
-                s @ S::Building {
-                    pages_follow: true, ..
-                },
-                Message::ZeroPages { start, pages },
-            ) => (s, DestinationInput::ZeroPages { start, pages }),
-            (
-                s @ S::Building {
-                    pages_follow: true, ..
-                },
-                Message::PagesOf { pid },
-            ) => (s, DestinationInput::PagesOf { pid }),
-            (S::Building { .. }, _) => return Err(self.unexpected("nothing before Ready", got)),
+            // Only the pages that follow the image, if they do.
+            (s @ S::Building { pages_follow, .. }, m) => match streamed(m) {
+                Some(input) if pages_follow => (s, input),
+                _ => return Err(self.unexpected("nothing before Ready", got)),
+            },
             (S::AwaitCommit, Message::Commit) => (S::Committed, DestinationInput::Commit),
             (S::AwaitCommit, _) => return Err(self.unexpected("Commit or Abort", got)),
             (S::PostCopy, Message::Pages { start, data }) => {
@@ -328,6 +272,53 @@ impl Destination {
         };
         self.state = next;
         Ok(input)
+    }
+
+    /// The first message: `Hello` (a migration) or `Ask` (a question about
+    /// one), in this protocol's version.
+    fn greeted(
+        &mut self,
+        m: Message,
+    ) -> Result<(DestinationState, DestinationInput), ProtocolError> {
+        use DestinationState as S;
+        let got = m.kind();
+        match m {
+            Message::Hello {
+                protocol,
+                tern_version,
+                ..
+            } if protocol != PROTOCOL_VERSION => {
+                self.state = S::Broken;
+                Err(ProtocolError::Version {
+                    theirs: protocol,
+                    their_version: tern_version,
+                })
+            }
+            Message::Ask { protocol, .. } if protocol != PROTOCOL_VERSION => {
+                self.state = S::Broken;
+                Err(ProtocolError::Version {
+                    theirs: protocol,
+                    their_version: "unknown".into(),
+                })
+            }
+            Message::Ask { session, .. } => Ok((S::Asked, DestinationInput::Ask { session })),
+            Message::Hello {
+                pid,
+                comm,
+                session,
+                kernel_release,
+                ..
+            } => Ok((
+                S::Greeted,
+                DestinationInput::Start {
+                    pid,
+                    comm,
+                    session,
+                    kernel_release,
+                },
+            )),
+            _ => Err(self.unexpected("Hello or Ask", got)),
+        }
     }
 
     /// Check a message this side is about to send; an answer out of turn is
@@ -378,6 +369,17 @@ impl Destination {
             what,
             state: self.state.name(),
         }
+    }
+}
+
+/// A message of the pages streamed after an image, as the destination's
+/// input (`None`: another kind).
+fn streamed(m: Message) -> Option<DestinationInput> {
+    match m {
+        Message::Pages { start, data } => Some(DestinationInput::Pages { start, data }),
+        Message::ZeroPages { start, pages } => Some(DestinationInput::ZeroPages { start, pages }),
+        Message::PagesOf { pid } => Some(DestinationInput::PagesOf { pid }),
+        _ => None,
     }
 }
 
