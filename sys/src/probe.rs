@@ -159,7 +159,7 @@ const PROBES: &[(&str, &str, ProbeFn)] = &[
     ("pagemap-scan", "tracker uffd-wp", probe_pagemap_scan),
     (
         "uffd-missing-events",
-        "--policy hybrid|postcopy (post-copy)",
+        "--policy hybrid|postcopy (post-copy); fills fresh memory on restore and places the pages a stop-and-copy streams (both write the pages instead without it)",
         probe_uffd_missing_events,
     ),
     (
