@@ -207,8 +207,7 @@ enum Cmd {
         /// rebuilds (slower; for comparison). By default the private
         /// memory of each process streams right after the rest of its
         /// image, read and placed as it goes, while the destination
-        /// rebuilds the rest (not with --compress N: compressed pages go
-        /// in the image).
+        /// rebuilds the rest (with --compress N, compressed run by run).
         #[arg(long)]
         no_page_stream: bool,
     },

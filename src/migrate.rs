@@ -139,10 +139,7 @@ pub fn migrate(a: MigrateArgs) -> Result<()> {
         handoff_cmd: a.handoff_cmd,
         settle_timeout: a.settle_timeout,
         freeze_turns: None,
-        // Streamed pages go raw: a zstd level asked for keeps them in the
-        // (compressed) image.
-        stream_pages: a.stream_pages
-            && !matches!(a.compress, tern_engine::migrate::Compression::Zstd(_)),
+        stream_pages: a.stream_pages,
     };
     eprintln!("migrating process {} to {}", a.pid, a.to);
     let mut on_round = |r: &tern_engine::precopy::RoundReport| {

@@ -374,67 +374,91 @@ fn migrate_256mib_counter_between_edge_servers() {
     restored_guard.kill_and_wait();
 }
 
+/// How one stop-and-copy of [`stop_and_copy_streams_its_memory_and_goes_on_exactly`]
+/// moves its memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Moved {
+    Streamed,
+    WholeImage,
+    StreamedZstd,
+}
+
 /// Stop-and-copy of one process streams its private memory after the rest
-/// of its image (read and placed as it goes; pages of zeros only named)
-/// unless `--no-page-stream`: either way the 64 MiB counter, every other
-/// 256 KiB of it zeros, goes on exactly in B (consecutive ticks, its whole
-/// buffer verified twice more).
+/// of its image (read and placed as it goes; pages of zeros only named;
+/// with `--compress 3` run by run) unless `--no-page-stream`: each way the
+/// 64 MiB counter (every other 256 KiB of it zeros; or every page alike
+/// word by word, for zstd) goes on exactly in B (consecutive ticks, its
+/// whole buffer verified twice more).
 #[test]
 fn stop_and_copy_streams_its_memory_and_goes_on_exactly() {
-    for stream in [true, false] {
+    for moved in [Moved::Streamed, Moved::WholeImage, Moved::StreamedZstd] {
         let test = "stop_and_copy_streams_its_memory_and_goes_on_exactly";
         let Some(edges) = edges_or_skip(test) else {
             return;
         };
-        let mut e = start_built(
-            "simple-stream",
-            edges,
-            &["-DBUF_MIB=64", "-DZERO_PAGES"],
-            &[],
-        );
+        let contents = match moved {
+            Moved::StreamedZstd => "-DCOMPRESSIBLE",
+            _ => "-DZERO_PAGES",
+        };
+        let mut e = start_built("simple-stream", edges, &["-DBUF_MIB=64", contents], &[]);
         let pass0 = e.wait_ticks(40).last().map(|t| t.1).unwrap_or(0);
         let source = e.program.pid();
-        let mut how = vec!["--mode", "simple"];
-        if !stream {
-            how.push("--no-page-stream");
-        }
-        let (_, mut guard) = e.migrate_to_b(&how, source);
+        let how: &[&str] = match moved {
+            Moved::Streamed => &["--mode", "simple"],
+            Moved::WholeImage => &["--mode", "simple", "--no-page-stream"],
+            Moved::StreamedZstd => &["--mode", "simple", "--compress", "3"],
+        };
+        let (_, mut guard) = e.migrate_to_b(how, source);
         let rep = report(&e.dir);
-        let streamed = rep["streamed_pages"].as_u64().expect("streamed_pages");
-        let in_image = rep["final_pages"].as_u64().expect("final_pages");
-        let zeros = rep["streamed_zero_pages"]
-            .as_u64()
-            .expect("streamed_zero_pages");
-        let on_wire = rep["bytes_on_wire"].as_u64().expect("bytes_on_wire");
-        if stream {
-            assert!(
-                streamed >= (64 << 20) / 4096 && in_image < streamed / 10,
-                "the 64 MiB buffer must stream after the image: {streamed} pages streamed, {in_image} in the image"
-            );
-            assert!(
-                zeros >= (32 << 20) / 4096 && zeros < streamed && on_wire < 48 << 20,
-                "its 32 MiB of zeros must be named, not sent: {zeros} of {streamed} pages, {on_wire} bytes on the wire"
-            );
-        } else {
-            // (The image leaves pages of zeros out too.)
-            assert!(
-                streamed == 0 && in_image >= (32 << 20) / 4096,
-                "--no-page-stream puts every page with data in the image: {streamed} streamed, {in_image} in it"
-            );
-        }
+        check_stream_report(moved, &rep);
         let before = ticks(&e.out).len() as u64;
         let all = e.wait_ticks(before + 70);
         let numbers: Vec<u64> = all.iter().map(|t| t.0).collect();
         check_consecutive(&numbers, 1).unwrap_or_else(|err| panic!("output: {err}"));
         assert!(all.last().map(|t| t.1).unwrap_or(0) >= pass0 + 2);
         eprintln!(
-            "stop-and-copy, 64 MiB, stream {stream}: downtime {:.1} ms (final dump {:.1}, transfer {:.1}, restore {:.1})",
+            "stop-and-copy, 64 MiB, {moved:?}: downtime {:.1} ms (final dump {:.1}, transfer {:.1}, restore {:.1}), {} bytes on the wire",
             rep["downtime_ms"].as_f64().unwrap_or(-1.0),
             rep["breakdown_ms"]["final_dump"].as_f64().unwrap_or(-1.0),
             rep["breakdown_ms"]["transfer"].as_f64().unwrap_or(-1.0),
             rep["breakdown_ms"]["restore"].as_f64().unwrap_or(-1.0),
+            rep["bytes_on_wire"],
         );
         guard.kill_and_wait();
+    }
+}
+
+/// What a report of [`stop_and_copy_streams_its_memory_and_goes_on_exactly`]
+/// must say of where the 64 MiB went.
+fn check_stream_report(moved: Moved, rep: &serde_json::Value) {
+    let streamed = rep["streamed_pages"].as_u64().expect("streamed_pages");
+    let in_image = rep["final_pages"].as_u64().expect("final_pages");
+    let zeros = rep["streamed_zero_pages"]
+        .as_u64()
+        .expect("streamed_zero_pages");
+    let on_wire = rep["bytes_on_wire"].as_u64().expect("bytes_on_wire");
+    let buffer_pages = (64 << 20) / 4096;
+    match moved {
+        Moved::Streamed | Moved::StreamedZstd => assert!(
+            streamed >= buffer_pages && in_image < streamed / 10,
+            "{moved:?}: the 64 MiB buffer must stream after the image: {streamed} pages streamed, {in_image} in the image"
+        ),
+        // (The image leaves pages of zeros out too.)
+        Moved::WholeImage => assert!(
+            streamed == 0 && in_image >= buffer_pages / 2,
+            "--no-page-stream puts every page with data in the image: {streamed} streamed, {in_image} in it"
+        ),
+    }
+    match moved {
+        Moved::Streamed => assert!(
+            zeros >= buffer_pages / 2 && zeros < streamed && on_wire < 48 << 20,
+            "its 32 MiB of zeros must be named, not sent: {zeros} of {streamed} pages, {on_wire} bytes on the wire"
+        ),
+        Moved::StreamedZstd => assert!(
+            on_wire < 16 << 20,
+            "its pages, alike word by word, must go compressed: {on_wire} bytes on the wire"
+        ),
+        Moved::WholeImage => {}
     }
 }
 

@@ -770,8 +770,12 @@ fn final_round_until_ready(
         remove: false,
     })?;
     let mut streamed = postcopy::Streamed::default();
+    let zstd = match opts.compress {
+        Compression::Zstd(level) => Some(level),
+        Compression::Off | Compression::Auto => None,
+    };
     for (process, pages) in stream.unwrap_or_default() {
-        streamed.add(postcopy::stream_pages(link, *process, pages)?);
+        streamed.add(postcopy::stream_pages(link, *process, pages, zstd)?);
     }
     if !matches!(link.wait_sent()?, Sent::Round { .. }) {
         return Err("sender out of step".into());

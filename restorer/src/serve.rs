@@ -183,6 +183,12 @@ enum Cmd {
     PagesOf {
         pid: i32,
     },
+    /// Pages of it, compressed.
+    ZstdPages {
+        start: u64,
+        pages: u64,
+        data: Vec<u8>,
+    },
     Resume,
 }
 
@@ -454,6 +460,11 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
             Ok(DestinationInput::Pages { start, data }) => self
                 .cmd_tx
                 .send(Cmd::Pages { start, data })
+                .is_err()
+                .then(|| Err(STANDBY_GONE.into())),
+            Ok(DestinationInput::ZstdPages { start, pages, data }) => self
+                .cmd_tx
+                .send(Cmd::ZstdPages { start, pages, data })
                 .is_err()
                 .then(|| Err(STANDBY_GONE.into())),
             Ok(DestinationInput::PagesOf { pid }) => self
@@ -814,7 +825,9 @@ fn puppet_thread(
                     Err(e) => Event::Failed(format!("final round: {}", with_causes(&e))),
                 }
             }
-            Cmd::Pages { start, .. } | Cmd::ZeroPages { start, .. } => Event::Failed(format!(
+            Cmd::Pages { start, .. }
+            | Cmd::ZeroPages { start, .. }
+            | Cmd::ZstdPages { start, .. } => Event::Failed(format!(
                 "the source sent pages at {start:#x} that no image here owes"
             )),
             Cmd::PagesOf { pid } => Event::Failed(format!(
@@ -868,7 +881,9 @@ fn receive_streamed(
     while !pages.complete() {
         match cmds.recv() {
             Ok(Cmd::PagesOf { pid: p }) if p == pid => *named = Some(p),
-            Ok(Cmd::Pages { .. } | Cmd::ZeroPages { .. }) if *named != Some(pid) => {
+            Ok(Cmd::Pages { .. } | Cmd::ZeroPages { .. } | Cmd::ZstdPages { .. })
+                if *named != Some(pid) =>
+            {
                 return Err(format!(
                     "pages came without naming process {pid}, the one being rebuilt"
                 ))
@@ -881,6 +896,11 @@ fn receive_streamed(
             }
             Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
             Ok(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
+            Ok(Cmd::ZstdPages {
+                start,
+                pages: n,
+                data,
+            }) => pages.place_compressed(start, n, &data)?,
             Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
             Err(_) => {
                 return Err(format!(

@@ -25,6 +25,9 @@ use tracing::debug;
 use crate::puppet::Puppet;
 use crate::Result;
 
+/// The most bytes one compressed run of streamed pages may decompress to.
+pub const MAX_COMPRESSED_RUN: usize = 16 << 20;
+
 /// Pages owed by a final image whose source streams them before `Ready`.
 #[derive(Debug)]
 pub struct StreamedPages {
@@ -151,6 +154,25 @@ impl StreamedPages {
         }
     }
 
+    /// Place `n` pages from `start` on whose bytes `data` holds compressed
+    /// (zstd): checked as owed before anything is decompressed, and never
+    /// more than [`MAX_COMPRESSED_RUN`] bytes made.
+    pub fn place_compressed(
+        &mut self,
+        start: u64,
+        n: u64,
+        data: &[u8],
+    ) -> std::result::Result<(), String> {
+        let len = usize::try_from(n.saturating_mul(self.page_size))
+            .ok()
+            .filter(|&l| l <= MAX_COMPRESSED_RUN)
+            .ok_or_else(|| format!("{n} compressed pages at {start:#x}: more than a run holds"))?;
+        self.claim(start, len)?;
+        let raw = wire::net::decompress_pages(data, len)
+            .map_err(|e| format!("pages at {start:#x}: {e}"))?;
+        self.place(start, &raw)
+    }
+
     /// Take `n` owed pages from `start` on as zeros: nothing is placed
     /// (private anonymous memory reads as zeros where nothing was put, and
     /// without the userfaultfd the puppet has faulted them in as zeros).
@@ -255,6 +277,11 @@ mod tests {
             .contains("twice"));
         assert!(s.zeros(0x10_0000, 3).unwrap_err().contains("twice"));
         assert!(s.zeros(0x10_0000, u64::MAX).is_err());
+        // Compressed: claimed before decompressing, and bounded.
+        let e = s.place_compressed(0x20_0000, 1, b"x").unwrap_err();
+        assert!(e.contains("not owed"), "{e}");
+        let e = s.place_compressed(0x10_0000, 1 << 40, b"x").unwrap_err();
+        assert!(e.contains("more than a run"), "{e}");
         assert_eq!(s.left(), 3);
         // A run is cut where its mapping ends.
         assert_eq!(s.mapping_end(0x10_2000), Ok(0x10_3000));

@@ -165,6 +165,15 @@ pub enum Message {
     PagesOf {
         pid: i32,
     },
+    /// source -> destination, streamed before `Ready` (`--compress N`):
+    /// `pages` owed pages from `start` on, `data` their bytes compressed
+    /// with zstd ([`compress_pages`]).
+    ZstdPages {
+        start: u64,
+        pages: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// source -> destination, streamed before `Ready`: `pages` owed pages
     /// from `start` on hold only zeros. Nothing is sent or placed for them:
     /// private anonymous memory reads as zeros where no page was put.
@@ -255,6 +264,7 @@ impl Message {
             Message::Pages { .. } => "Pages",
             Message::ZeroPages { .. } => "ZeroPages",
             Message::PagesOf { .. } => "PagesOf",
+            Message::ZstdPages { .. } => "ZstdPages",
             Message::PageWant { .. } => "PageWant",
             Message::PostCopyDone { .. } => "PostCopyDone",
         }
@@ -649,6 +659,25 @@ fn bulk_head(msg: &Message, buf: Vec<u8>) -> Result<(Vec<u8>, &[u8])> {
     Ok((head, bulk))
 }
 
+/// `data` (whole pages) compressed with zstd at `level`, for `ZstdPages`.
+pub fn compress_pages(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    zstd::bulk::compress(data, level).map_err(|e| NetError::Protocol(format!("zstd: {e}")))
+}
+
+/// The `len` bytes of pages `data` decompresses to; anything that
+/// decompresses to another size, or is not zstd, is refused (never more
+/// than `len` bytes are made).
+pub fn decompress_pages(data: &[u8], len: usize) -> Result<Vec<u8>> {
+    match zstd::bulk::decompress(data, len) {
+        Ok(v) if v.len() == len => Ok(v),
+        Ok(v) => Err(NetError::Decode(format!(
+            "compressed pages hold {} bytes, not the {len} announced",
+            v.len()
+        ))),
+        Err(e) => Err(NetError::Decode(format!("compressed pages: {e}"))),
+    }
+}
+
 /// Data from this size on is sent without copying it into the message
 /// buffer first.
 const BULK_MIN: usize = 64 << 10;
@@ -761,6 +790,20 @@ mod tests {
         1 << 21,
         (4 << 20) + 17,
     ];
+
+    #[test]
+    fn compressed_pages_come_back_only_at_their_announced_size() {
+        let pages: Vec<u8> = (0..3 * 4096)
+            .map(|i: usize| (i / 4096).to_le_bytes()[0])
+            .collect();
+        let packed = compress_pages(&pages, 3).expect("compress");
+        assert!(packed.len() < pages.len() / 10);
+        assert_eq!(decompress_pages(&packed, pages.len()).expect("back"), pages);
+        // Announced smaller or larger than it is, or not zstd: refused.
+        assert!(decompress_pages(&packed, 2 * 4096).is_err());
+        assert!(decompress_pages(&packed, 4 * 4096).is_err());
+        assert!(decompress_pages(&pages[..100], 4096).is_err());
+    }
 
     #[test]
     fn bulk_messages_encode_exactly_as_postcard_does() {

@@ -136,6 +136,12 @@ pub enum DestinationInput {
     ZeroPages { start: u64, pages: u64 },
     /// The streamed pages that follow are process `pid`'s.
     PagesOf { pid: i32 },
+    /// `pages` owed pages from `start` on, compressed (streamed only).
+    ZstdPages {
+        start: u64,
+        pages: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// The destination's side of one connection.
@@ -379,6 +385,9 @@ fn streamed(m: Message) -> Option<DestinationInput> {
         Message::Pages { start, data } => Some(DestinationInput::Pages { start, data }),
         Message::ZeroPages { start, pages } => Some(DestinationInput::ZeroPages { start, pages }),
         Message::PagesOf { pid } => Some(DestinationInput::PagesOf { pid }),
+        Message::ZstdPages { start, pages, data } => {
+            Some(DestinationInput::ZstdPages { start, pages, data })
+        }
         _ => None,
     }
 }
@@ -511,7 +520,10 @@ impl Source {
             ) => return self.round_sent(*round, *final_round, *pages_follow),
             (
                 s @ S::AwaitReady { pages_follow: true },
-                Message::Pages { .. } | Message::ZeroPages { .. } | Message::PagesOf { .. },
+                Message::Pages { .. }
+                | Message::ZeroPages { .. }
+                | Message::PagesOf { .. }
+                | Message::ZstdPages { .. },
             ) => s,
             (S::Ready, Message::Commit) => S::AwaitRunning,
             (S::PostCopy, Message::Pages { .. }) => S::PostCopy,
@@ -838,6 +850,14 @@ mod tests {
             p.source_says(Message::PagesOf { pid: 42 }),
             Ok(DestinationInput::PagesOf { pid: 42 })
         );
+        assert!(matches!(
+            p.source_says(Message::ZstdPages {
+                start: 0x3000,
+                pages: 2,
+                data: vec![1, 2]
+            }),
+            Ok(DestinationInput::ZstdPages { pages: 2, .. })
+        ));
         assert_eq!(
             p.source_says(Message::ZeroPages {
                 start: 0x2000,

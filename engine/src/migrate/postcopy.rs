@@ -237,12 +237,14 @@ impl Streamed {
 /// Stop-and-copy, streamed: send the pages `deferred` (sorted addresses in
 /// process `pid`, stopped) right after the final image, before `Ready`,
 /// after a `PagesOf` naming the process, in runs of contiguous pages, each
-/// read from the program as it goes; runs of zeros are only named. The
-/// sender's queue holds one message, so reading waits for the link.
+/// read from the program as it goes; runs of zeros are only named, and
+/// with `zstd` (a level) the others go compressed where that saves bytes.
+/// The sender's queue holds one message, so reading waits for the link.
 pub(super) fn stream_pages(
     link: &mut Link,
     pid: i32,
     deferred: &[u64],
+    zstd: Option<i32>,
 ) -> std::result::Result<Streamed, String> {
     let t0 = Instant::now();
     let page = tern_sys::page_size();
@@ -275,7 +277,7 @@ pub(super) fn stream_pages(
                     data: bytes.to_vec(),
                 }
             };
-            link.submit(Job::Message(msg))?;
+            link.submit(Job::Message(compressed(msg, zstd)?))?;
             out.messages += 1;
         }
     }
@@ -287,6 +289,23 @@ pub(super) fn stream_pages(
         "pages streamed to the sender"
     );
     Ok(out)
+}
+
+/// `Pages` as `ZstdPages` at zstd level `zstd`, if given and smaller.
+fn compressed(msg: Message, zstd: Option<i32>) -> std::result::Result<Message, String> {
+    let (Some(level), Message::Pages { start, data }) = (zstd, &msg) else {
+        return Ok(msg);
+    };
+    let packed = tern_wire::net::compress_pages(data, level).map_err(|e| e.to_string())?;
+    if packed.len() >= data.len() {
+        return Ok(msg);
+    }
+    let pages = (data.len() as u64) / tern_sys::page_size();
+    Ok(Message::ZstdPages {
+        start: *start,
+        pages,
+        data: packed,
+    })
 }
 
 /// `data`, whole pages of `page` bytes, as runs (first page, pages,
