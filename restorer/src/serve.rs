@@ -149,6 +149,10 @@ pub fn serve(
     })
 }
 
+/// Commands the standby thread may have waiting (each at most a message,
+/// e.g. a MiB of pages).
+const CMD_QUEUE: usize = 256;
+
 /// Why a session ends when its puppet thread is gone.
 const STANDBY_GONE: &str = "the standby thread is gone";
 
@@ -282,7 +286,9 @@ async fn session(
 
     let stage = make_stage(&opts.work_dir, n)?;
     let _staged = tern_wire::image::Staging(stage.clone());
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Cmd>();
+    // Bounded: pages the source streams while the standby thread is busy
+    // wait on the connection (its sender waits too), not in memory here.
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(CMD_QUEUE);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let restore_opts = opts.restore.clone();
     std::thread::Builder::new()
@@ -403,7 +409,7 @@ struct Live<'a, W> {
     stage: &'a Path,
     /// The files of the round arriving.
     files: BTreeMap<String, Incoming>,
-    cmd_tx: &'a std::sync::mpsc::Sender<Cmd>,
+    cmd_tx: &'a mpsc::Sender<Cmd>,
     journal: &'a Journal,
     id: u64,
     peer: std::net::SocketAddr,
@@ -415,6 +421,16 @@ struct Live<'a, W> {
 type Flow = Option<Result<(), String>>;
 
 impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
+    /// Pass `cmd` on to the standby thread, waiting while its queue is
+    /// full.
+    async fn pass_on(&self, cmd: Cmd) -> Flow {
+        self.cmd_tx
+            .send(cmd)
+            .await
+            .is_err()
+            .then(|| Err(STANDBY_GONE.into()))
+    }
+
     /// A message from the source: a piece of a round, a round complete, the
     /// commit.
     async fn on_message(&mut self, msg: Message) -> Flow {
@@ -452,37 +468,21 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
                     final_round,
                     pages_follow,
                 };
-                self.cmd_tx
-                    .send(apply)
-                    .is_err()
-                    .then(|| Err(STANDBY_GONE.into()))
+                self.pass_on(apply).await
             }
-            Ok(DestinationInput::Pages { start, data }) => self
-                .cmd_tx
-                .send(Cmd::Pages { start, data })
-                .is_err()
-                .then(|| Err(STANDBY_GONE.into())),
-            Ok(DestinationInput::ZstdPages { start, pages, data }) => self
-                .cmd_tx
-                .send(Cmd::ZstdPages { start, pages, data })
-                .is_err()
-                .then(|| Err(STANDBY_GONE.into())),
-            Ok(DestinationInput::PagesOf { pid }) => self
-                .cmd_tx
-                .send(Cmd::PagesOf { pid })
-                .is_err()
-                .then(|| Err(STANDBY_GONE.into())),
-            Ok(DestinationInput::ZeroPages { start, pages }) => self
-                .cmd_tx
-                .send(Cmd::ZeroPages { start, pages })
-                .is_err()
-                .then(|| Err(STANDBY_GONE.into())),
+            Ok(DestinationInput::Pages { start, data }) => {
+                self.pass_on(Cmd::Pages { start, data }).await
+            }
+            Ok(DestinationInput::ZstdPages { start, pages, data }) => {
+                self.pass_on(Cmd::ZstdPages { start, pages, data }).await
+            }
+            Ok(DestinationInput::PagesOf { pid }) => self.pass_on(Cmd::PagesOf { pid }).await,
+            Ok(DestinationInput::ZeroPages { start, pages }) => {
+                self.pass_on(Cmd::ZeroPages { start, pages }).await
+            }
             Ok(DestinationInput::Commit) => {
                 debug!("commit received");
-                self.cmd_tx
-                    .send(Cmd::Resume)
-                    .is_err()
-                    .then(|| Err(STANDBY_GONE.into()))
+                self.pass_on(Cmd::Resume).await
             }
             Ok(other) => Some(Err(format!("tern bug: {other:?} in a migration"))),
             Err(e @ ProtocolError::Aborted(_)) => Some(Err(e.to_string())),
@@ -749,7 +749,7 @@ impl Rebuilt {
 
 /// The thread that owns (and traces) one migration's puppet.
 fn puppet_thread(
-    cmds: std::sync::mpsc::Receiver<Cmd>,
+    mut cmds: mpsc::Receiver<Cmd>,
     events: mpsc::UnboundedSender<Event>,
     opts: RestoreOptions,
 ) {
@@ -758,7 +758,7 @@ fn puppet_thread(
     let mut tree_rounds = false;
     let mut tree_standby: Option<TreeStandby> = None;
     let mut prepared: Option<Rebuilt> = None;
-    while let Ok(cmd) = cmds.recv() {
+    while let Some(cmd) = cmds.blocking_recv() {
         let t = Instant::now();
         let ms = || t.elapsed().as_secs_f64() * 1e3;
         let event = match cmd {
@@ -803,7 +803,7 @@ fn puppet_thread(
                 // A streamed image's pages are the next commands.
                 let mut named: Option<i32> = None;
                 let mut receive = |pid: i32, pages: &mut crate::streamed::StreamedPages| {
-                    receive_streamed(&cmds, &mut named, pid, pages)
+                    receive_streamed(&mut cmds, &mut named, pid, pages)
                 };
                 let r = build_final(
                     standby.take(),
@@ -873,36 +873,36 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// them on (`cmds`) until every one is in. The source names each process
 /// (`named`: the last it named) before its pages.
 fn receive_streamed(
-    cmds: &std::sync::mpsc::Receiver<Cmd>,
+    cmds: &mut mpsc::Receiver<Cmd>,
     named: &mut Option<i32>,
     pid: i32,
     pages: &mut crate::streamed::StreamedPages,
 ) -> Result<(), String> {
     while !pages.complete() {
-        match cmds.recv() {
-            Ok(Cmd::PagesOf { pid: p }) if p == pid => *named = Some(p),
-            Ok(Cmd::Pages { .. } | Cmd::ZeroPages { .. } | Cmd::ZstdPages { .. })
+        match cmds.blocking_recv() {
+            Some(Cmd::PagesOf { pid: p }) if p == pid => *named = Some(p),
+            Some(Cmd::Pages { .. } | Cmd::ZeroPages { .. } | Cmd::ZstdPages { .. })
                 if *named != Some(pid) =>
             {
                 return Err(format!(
                     "pages came without naming process {pid}, the one being rebuilt"
                 ))
             }
-            Ok(Cmd::PagesOf { pid: p }) => {
+            Some(Cmd::PagesOf { pid: p }) => {
                 return Err(format!(
                     "pages of process {p} came while process {pid} is rebuilt, {} of its page(s) still to come",
                     pages.left()
                 ))
             }
-            Ok(Cmd::Pages { start, data }) => pages.place(start, &data)?,
-            Ok(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
-            Ok(Cmd::ZstdPages {
+            Some(Cmd::Pages { start, data }) => pages.place(start, &data)?,
+            Some(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
+            Some(Cmd::ZstdPages {
                 start,
                 pages: n,
                 data,
             }) => pages.place_compressed(start, n, &data)?,
-            Ok(_) => return Err(format!("{} page(s) never came", pages.left())),
-            Err(_) => {
+            Some(_) => return Err(format!("{} page(s) never came", pages.left())),
+            None => {
                 return Err(format!(
                     "the connection ended with {} page(s) still to come",
                     pages.left()
