@@ -505,6 +505,18 @@ fn prepare_image(
     Ok(Prepared::new(puppet, true, ns_pid, parts, t0))
 }
 
+/// An error with what caused it (an errno under a restore step), as one
+/// line (for the source of a migration to print).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    line
+}
+
 /// An error met while building `puppet`: if the puppet itself was killed
 /// meanwhile (by the kernel's OOM killer, most likely), that is the news.
 pub(crate) fn explain(puppet: &Puppet, e: RestoreError) -> RestoreError {

@@ -173,26 +173,9 @@ enum Cmd {
         /// The final image's owed pages follow as `Pages`, before `Ready`.
         pages_follow: bool,
     },
-    /// Pages of a streamed stop-and-copy's final image.
-    Pages {
-        start: u64,
-        data: Vec<u8>,
-    },
-    /// Pages of it that are zeros.
-    ZeroPages {
-        start: u64,
-        pages: u64,
-    },
-    /// The pages that follow are this process's (its pid at the source).
-    PagesOf {
-        pid: i32,
-    },
-    /// Pages of it, compressed.
-    ZstdPages {
-        start: u64,
-        pages: u64,
-        data: Vec<u8>,
-    },
+    /// A message of the pages a streamed stop-and-copy sends after its
+    /// final image (`PagesOf`, `Pages`, `ZstdPages`, `ZeroPages`).
+    Stream(DestinationInput),
     Resume,
 }
 
@@ -470,16 +453,12 @@ impl<W: tokio::io::AsyncWrite + Unpin> Live<'_, W> {
                 };
                 self.pass_on(apply).await
             }
-            Ok(DestinationInput::Pages { start, data }) => {
-                self.pass_on(Cmd::Pages { start, data }).await
-            }
-            Ok(DestinationInput::ZstdPages { start, pages, data }) => {
-                self.pass_on(Cmd::ZstdPages { start, pages, data }).await
-            }
-            Ok(DestinationInput::PagesOf { pid }) => self.pass_on(Cmd::PagesOf { pid }).await,
-            Ok(DestinationInput::ZeroPages { start, pages }) => {
-                self.pass_on(Cmd::ZeroPages { start, pages }).await
-            }
+            Ok(
+                input @ (DestinationInput::Pages { .. }
+                | DestinationInput::ZstdPages { .. }
+                | DestinationInput::PagesOf { .. }
+                | DestinationInput::ZeroPages { .. }),
+            ) => self.pass_on(Cmd::Stream(input)).await,
             Ok(DestinationInput::Commit) => {
                 debug!("commit received");
                 self.pass_on(Cmd::Resume).await
@@ -791,7 +770,7 @@ fn puppet_thread(
                         pages,
                         ms: ms(),
                     },
-                    Err(e) => Event::Failed(format!("round {round}: {}", with_causes(&e))),
+                    Err(e) => Event::Failed(format!("round {round}: {}", crate::with_causes(&e))),
                 }
             }
             Cmd::Apply {
@@ -822,17 +801,13 @@ fn puppet_thread(
                             ms: ms(),
                         }
                     }
-                    Err(e) => Event::Failed(format!("final round: {}", with_causes(&e))),
+                    Err(e) => Event::Failed(format!("final round: {}", crate::with_causes(&e))),
                 }
             }
-            Cmd::Pages { start, .. }
-            | Cmd::ZeroPages { start, .. }
-            | Cmd::ZstdPages { start, .. } => Event::Failed(format!(
-                "the source sent pages at {start:#x} that no image here owes"
-            )),
-            Cmd::PagesOf { pid } => Event::Failed(format!(
+            Cmd::Stream(DestinationInput::PagesOf { pid }) => Event::Failed(format!(
                 "the source sent pages of process {pid}, which no image here owes"
             )),
+            Cmd::Stream(_) => Event::Failed("the source sent pages that no image here owes".into()),
             Cmd::Resume => match prepared.take().map(resume_with_post_copy) {
                 None => Event::Failed("commit before the program was ready".into()),
                 Some(Err(e)) => Event::Failed(format!("resume: {e}")),
@@ -857,18 +832,6 @@ fn puppet_thread(
     // which kills the half-built program.
 }
 
-/// An error with what caused it (an errno under a restore step), as one
-/// line for the source to print.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    line
-}
-
 /// Place process `pid`'s streamed pages as the connection's task passes
 /// them on (`cmds`) until every one is in. The source names each process
 /// (`named`: the last it named) before its pages.
@@ -878,29 +841,10 @@ fn receive_streamed(
     pid: i32,
     pages: &mut crate::streamed::StreamedPages,
 ) -> Result<(), String> {
+    use DestinationInput as In;
     while !pages.complete() {
-        match cmds.blocking_recv() {
-            Some(Cmd::PagesOf { pid: p }) if p == pid => *named = Some(p),
-            Some(Cmd::Pages { .. } | Cmd::ZeroPages { .. } | Cmd::ZstdPages { .. })
-                if *named != Some(pid) =>
-            {
-                return Err(format!(
-                    "pages came without naming process {pid}, the one being rebuilt"
-                ))
-            }
-            Some(Cmd::PagesOf { pid: p }) => {
-                return Err(format!(
-                    "pages of process {p} came while process {pid} is rebuilt, {} of its page(s) still to come",
-                    pages.left()
-                ))
-            }
-            Some(Cmd::Pages { start, data }) => pages.place(start, &data)?,
-            Some(Cmd::ZeroPages { start, pages: n }) => pages.zeros(start, n)?,
-            Some(Cmd::ZstdPages {
-                start,
-                pages: n,
-                data,
-            }) => pages.place_compressed(start, n, &data)?,
+        let input = match cmds.blocking_recv() {
+            Some(Cmd::Stream(input)) => input,
             Some(_) => return Err(format!("{} page(s) never came", pages.left())),
             None => {
                 return Err(format!(
@@ -908,6 +852,28 @@ fn receive_streamed(
                     pages.left()
                 ))
             }
+        };
+        match input {
+            In::PagesOf { pid: p } if p == pid => *named = Some(p),
+            In::PagesOf { pid: p } => {
+                return Err(format!(
+                    "pages of process {p} came while process {pid} is rebuilt, {} of its page(s) still to come",
+                    pages.left()
+                ))
+            }
+            _ if *named != Some(pid) => {
+                return Err(format!(
+                    "pages came without naming process {pid}, the one being rebuilt"
+                ))
+            }
+            In::Pages { start, data } => pages.place(start, &data)?,
+            In::ZeroPages { start, pages: n } => pages.zeros(start, n)?,
+            In::ZstdPages {
+                start,
+                pages: n,
+                data,
+            } => pages.place_compressed(start, n, &data)?,
+            _ => return Err("tern bug: another message among streamed pages".into()),
         }
     }
     Ok(())

@@ -114,6 +114,18 @@ impl StreamedPages {
     /// placed (anything else is a broken or hostile source: refused).
     pub fn place(&mut self, start: u64, data: &[u8]) -> std::result::Result<(), String> {
         let (first, n) = self.claim(start, data.len())?;
+        self.put(first, n, start, data)
+    }
+
+    /// Put `data`, the `n` claimed pages from index `first` (address
+    /// `start`) on, into the program.
+    fn put(
+        &mut self,
+        first: usize,
+        n: usize,
+        start: u64,
+        data: &[u8],
+    ) -> std::result::Result<(), String> {
         match &self.uffd {
             Some(fd) => {
                 // A run of contiguous pages may cross from one mapping
@@ -121,15 +133,11 @@ impl StreamedPages {
                 let mut at = 0;
                 while at < data.len() {
                     let here = start + at as u64;
-                    let end = self.mapping_end(here)?;
-                    let n = data.len().min(at + (end - here) as usize);
-                    crate::fill::copy_pages(fd.as_fd(), self.pid, here, &data[at..n]).map_err(
-                        |e| match std::error::Error::source(&e) {
-                            Some(cause) => format!("{e}: {cause}"),
-                            None => e.to_string(),
-                        },
-                    )?;
-                    at = n;
+                    let mapping_end = self.mapping_end(here)?;
+                    let end = data.len().min(at + (mapping_end - here) as usize);
+                    crate::fill::copy_pages(fd.as_fd(), self.pid, here, &data[at..end])
+                        .map_err(|e| crate::with_causes(&e))?;
+                    at = end;
                 }
             }
             None => tern_sys::mem::write_fully(self.pid, start, data).map_err(|e| {
@@ -167,10 +175,10 @@ impl StreamedPages {
             .ok()
             .filter(|&l| l <= MAX_COMPRESSED_RUN)
             .ok_or_else(|| format!("{n} compressed pages at {start:#x}: more than a run holds"))?;
-        self.claim(start, len)?;
+        let (first, pages) = self.claim(start, len)?;
         let raw = wire::net::decompress_pages(data, len)
             .map_err(|e| format!("pages at {start:#x}: {e}"))?;
-        self.place(start, &raw)
+        self.put(first, pages, start, &raw)
     }
 
     /// Take `n` owed pages from `start` on as zeros: nothing is placed

@@ -169,11 +169,13 @@ fn build_tree(
     let mut owed = Vec::with_capacity(procs.len());
     for (k, p) in procs.iter().enumerate() {
         let image = load_member(dir, k, p, opts, stream.is_some())?;
-        owed.push(crate::postcopy::read_owed(
-            &image.dir,
-            &image.mm.vmas,
-            image.inventory.page_size,
-        )?);
+        // (Without a stream, an image that owes pages was refused.)
+        owed.push(match stream {
+            Some(_) => {
+                crate::postcopy::read_owed(&image.dir, &image.mm.vmas, image.inventory.page_size)?
+            }
+            None => None,
+        });
         chains.push(pre_copy_chain(dir, &image)?);
         images.push(image);
     }
@@ -265,8 +267,7 @@ pub(crate) fn member_dir(dir: &Path, k: usize, p: &wire::TreeProcess) -> std::pa
     }
 }
 
-/// The final image of the `k`th process `p` of the tree in `dir`.
-/// The image of the `k`th process `p` of the tree in `dir`; it may owe
+/// The final image of the `k`th process `p` of the tree in `dir`; it may owe
 /// pages only if they are `streamed`.
 pub(crate) fn load_member(
     dir: &Path,

@@ -159,8 +159,8 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    /// source -> destination, streamed before `Ready`: the `Pages` and
-    /// `ZeroPages` that follow are process `pid`'s (its pid at the source;
+    /// source -> destination, streamed before `Ready`: the `Pages`,
+    /// `ZstdPages` and `ZeroPages` that follow are process `pid`'s (its pid at the source;
     /// a tree's processes come one after another, in the tree's order).
     PagesOf {
         pid: i32,
@@ -641,21 +641,13 @@ fn bulk_head(msg: &Message, buf: Vec<u8>) -> Result<(Vec<u8>, &[u8])> {
         _ => return Ok((encode(msg, buf)?, &[])),
     };
     // Its empty byte string, last, is the length 0 (one byte): replaced
-    // by the real length, as postcard writes it (LEB128).
+    // by the real length, which postcard writes as it writes any length.
     let mut head = encode(&bare, buf)?;
     if head.pop() != Some(0) {
         return Err(NetError::Decode("tern bug: bulk message layout".into()));
     }
-    let mut n = bulk.len() as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            head.push(byte);
-            break;
-        }
-        head.push(byte | 0x80);
-    }
+    let head =
+        postcard::to_extend(&bulk.len(), head).map_err(|e| NetError::Decode(e.to_string()))?;
     Ok((head, bulk))
 }
 

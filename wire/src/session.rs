@@ -12,8 +12,9 @@
 //!   FileData{round k}.. RoundDone{k} ->
 //!                                   <-     RoundApplied{k}       (k = 0, 1, ..)
 //!   ..final round: RoundDone{n, final} ->
-//!   (pages_follow: PagesOf{pid}, Pages{start, data}, ZeroPages{start, pages}..
-//!    -> the pages the image owes, streamed, process by process)
+//!   (pages_follow: PagesOf{pid}, Pages{start, data}, ZstdPages{..},
+//!    ZeroPages{start, pages}.. -> the pages the image owes, streamed,
+//!    process by process)
 //!                                   <-     Ready{pid}            (rebuilt, stopped)
 //!   Commit                          ->
 //!                                   <-     Running{pid, ns_pid}

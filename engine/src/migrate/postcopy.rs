@@ -325,16 +325,10 @@ fn zero_split(data: &[u8], page: usize) -> Vec<(usize, usize, bool)> {
 /// Runs (start, pages) of at most `max` pages contiguous in `pages`
 /// (sorted addresses).
 fn contiguous_runs(pages: &[u64], page: u64, max: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let start = *pages.get(at)?;
-        let mut n = 1;
-        while n < max && pages.get(at + n as usize) == Some(&(start + n * page)) {
-            n += 1;
-        }
-        at += n as usize;
-        Some((start, n))
-    })
+    pages
+        .chunk_by(move |a, b| b - a == page)
+        .flat_map(move |run| run.chunks(max as usize))
+        .map(|run| (run[0], run.len() as u64))
 }
 
 /// Take one message of the destination's: wanted pages are queued; the
